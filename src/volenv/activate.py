@@ -1,0 +1,425 @@
+"""Activation: manifest -> index -> snapshot -> seal check -> environment -> exec.
+
+This module is the container entrypoint's fast path. It imports only os, sys, json and
+hashlib (plus small volenv modules that do the same) so a start costs milliseconds; it needs
+no network and no writes. Manifest validation (which needs `packaging`) is skipped through an
+alias: the sha256 of the manifest's bytes -> the env and manifest digest that a full parse
+gave when the manifest was synced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from .errors import (
+    EXIT_USAGE,
+    InterpreterMismatch,
+    LockTimeout,
+    NoSnapshotError,
+    UsageError,
+    VerifyError,
+    VolenvError,
+    VolumeError,
+)
+from .sealcheck import SealProblem, check_seal
+
+ALIAS_SCHEMA = 1
+ON_MISSING = ("build", "wait", "fail")
+VERIFY_LEVELS = ("seal", "stat", "full")
+
+
+class Target:
+    """What to activate: env, manifest digest (None for --env) and the activation settings."""
+
+    def __init__(self, env: str, digest: str | None, activation: dict[str, Any], manifest_path: str | None) -> None:
+        self.env = env
+        self.digest = digest
+        self.activation = activation
+        self.manifest_path = manifest_path
+
+
+def _read_json(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path, "rb") as fh:
+            data = json.loads(fh.read())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def alias_path(root: str, manifest_bytes: bytes) -> str:
+    return os.path.join(root, "aliases", hashlib.sha256(manifest_bytes).hexdigest() + ".json")
+
+
+def activation_settings(manifest: Any) -> dict[str, Any]:
+    """What activation needs from a parsed Manifest, as plain data."""
+    from .manifest import _model_dict
+
+    return {"env": dict(manifest.env), "models": [_model_dict(m) for m in manifest.models]}
+
+
+def write_alias(paths: Any, manifest: Any) -> None:
+    """Best effort: remember this manifest's bytes so the next start skips validation."""
+    from .fsutil import atomic_write_json
+
+    try:
+        raw = manifest.path.read_bytes()
+        lock = None
+        if manifest.lockfile is not None:
+            lock = [os.path.relpath(manifest.lockfile, manifest.path.parent), manifest.lockfile_sha256]
+        dest = alias_path(str(paths.root), raw)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        atomic_write_json(
+            paths.root / "aliases" / os.path.basename(dest),
+            {
+                "schema": ALIAS_SCHEMA,
+                "env": manifest.name,
+                "manifest_digest": manifest.digest,
+                "lockfile": lock,
+                "activation": activation_settings(manifest),
+            },
+            durable=False,
+        )
+    except OSError:
+        pass
+
+
+def target_from_manifest(root: str, manifest_path: str) -> Target:
+    try:
+        with open(manifest_path, "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        raw = None
+    if raw is not None:
+        alias = _read_json(alias_path(root, raw))
+        if alias is not None and alias.get("schema") == ALIAS_SCHEMA and _lock_matches(alias, manifest_path):
+            return Target(alias["env"], alias["manifest_digest"], alias["activation"], manifest_path)
+    from .manifest import load_manifest  # slow path: full validation
+
+    m = load_manifest(manifest_path)
+    return Target(m.name, m.digest, activation_settings(m), manifest_path)
+
+
+def _lock_matches(alias: dict[str, Any], manifest_path: str) -> bool:
+    lock = alias.get("lockfile")
+    if lock is None:
+        return True
+    path = os.path.join(os.path.dirname(os.path.abspath(manifest_path)), lock[0])
+    try:
+        with open(path, "rb") as fh:
+            return bool(hashlib.file_digest(fh, "sha256").hexdigest() == lock[1])
+    except OSError:
+        return False
+
+
+def _pointer(path: str) -> str | None:
+    data = _read_json(path)
+    if data is None:
+        if os.path.exists(path):
+            raise VolenvError(f"{path} is damaged")
+        return None
+    snap = data.get("snapshot")
+    return snap if isinstance(snap, str) else None
+
+
+def find_snapshot(root: str, target: Target) -> str | None:
+    env_dir = os.path.join(root, "envs", target.env)
+    if target.digest is not None:
+        return _pointer(os.path.join(env_dir, "index", target.digest))
+    return _pointer(os.path.join(env_dir, "current"))
+
+
+# ---------------------------------------------------------------- environment
+
+
+def model_location(root: str, model: dict[str, Any]) -> str:
+    """Where a manifest model lives on the volume (the models module writes exactly here)."""
+    if model.get("hf"):
+        hf = model["hf"]
+        repo_dir = "models--" + hf["repo"].replace("/", "--")
+        return os.path.join(root, "models", "hf", "hub", repo_dir, "snapshots", hf["revision"])
+    url = model["url"]
+    filename = url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or "model.bin"
+    return os.path.join(root, "models", "files", model["name"], model["sha256"][:16], filename)
+
+
+def model_env_name(name: str) -> str:
+    return "VOLENV_MODEL_" + "".join(c.upper() if c.isalnum() else "_" for c in name)
+
+
+def compute_env(
+    root: str, snapshot_dir: str, env_name: str, activation: dict[str, Any], base: dict[str, str] | None = None
+) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    env.pop("PYTHONHOME", None)
+    env.pop("__PYVENV_LAUNCHER__", None)
+    bindir = os.path.join(snapshot_dir, "bin")
+    old_venv = env.get("VIRTUAL_ENV")
+    parts = [p for p in env.get("PATH", os.defpath).split(os.pathsep) if p]
+    if old_venv:
+        parts = [p for p in parts if p != os.path.join(old_venv, "bin")]
+    env["PATH"] = os.pathsep.join([bindir, *parts])
+    env["VIRTUAL_ENV"] = snapshot_dir
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env["PYTHONNOUSERSITE"] = "1"
+    env["VOLENV_ROOT"] = root
+    env["VOLENV_ENV"] = env_name
+    env["VOLENV_SNAPSHOT"] = os.path.basename(snapshot_dir)
+    models_dir = os.path.join(root, "models")
+    env["HF_HOME"] = os.path.join(models_dir, "hf")
+    env["HF_HUB_CACHE"] = os.path.join(models_dir, "hf", "hub")
+    env["TORCH_HOME"] = os.path.join(models_dir, "torch")
+    env["NLTK_DATA"] = os.path.join(models_dir, "nltk")
+    models = activation.get("models", [])
+    all_present = True
+    for m in models:
+        loc = model_location(root, m)
+        if os.path.exists(loc):
+            env[model_env_name(m["name"])] = loc
+        elif not m.get("optional"):
+            all_present = False
+    if models and all_present:
+        env["HF_HUB_OFFLINE"] = "1"
+    for k, v in activation.get("env", {}).items():
+        env[k] = v
+    return env
+
+
+# ---------------------------------------------------------------- run
+
+
+class RunOptions:
+    def __init__(self) -> None:
+        self.manifest: str | None = None
+        self.env: str | None = None
+        self.on_missing = os.environ.get("VOLENV_ON_MISSING", "build")
+        self.verify = os.environ.get("VOLENV_VERIFY", "seal")
+        self.lock_timeout = float(os.environ.get("VOLENV_LOCK_TIMEOUT", "900"))
+        self.diagnose = False
+        self.command: list[str] = []
+
+
+RUN_USAGE = (
+    "usage: volenv [--root DIR] run (--manifest M | --env NAME) [--on-missing build|wait|fail]\n"
+    "                 [--verify seal|stat|full] [--lock-timeout SECONDS] [--diagnose] -- CMD [ARGS...]"
+)
+
+
+def parse_run_args(argv: list[str]) -> RunOptions:
+    o = RunOptions()
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            o.command = argv[i + 1 :]
+            break
+        if a in ("-h", "--help"):
+            print(RUN_USAGE)
+            raise SystemExit(0)
+        key, eq, val = a.partition("=")
+        takes = {"--manifest", "-m", "--env", "-e", "--on-missing", "--verify", "--lock-timeout"}
+        if key in takes:
+            if not eq:
+                i += 1
+                if i >= len(argv):
+                    raise UsageError(f"{key} needs a value", hint=RUN_USAGE)
+                val = argv[i]
+            if key in ("--manifest", "-m"):
+                o.manifest = val
+            elif key in ("--env", "-e"):
+                o.env = val
+            elif key == "--on-missing":
+                o.on_missing = val
+            elif key == "--verify":
+                o.verify = val
+            else:
+                try:
+                    o.lock_timeout = float(val)
+                except ValueError:
+                    raise UsageError(f"--lock-timeout: {val!r} is not a number of seconds") from None
+        elif a == "--diagnose":
+            o.diagnose = True
+        elif a.startswith("-"):
+            raise UsageError(f"run: unknown option {a!r}", hint=RUN_USAGE)
+        else:
+            o.command = argv[i:]
+            break
+        i += 1
+    if o.on_missing not in ON_MISSING:
+        raise UsageError(f"--on-missing: {o.on_missing!r} is not one of {', '.join(ON_MISSING)}")
+    if o.verify not in VERIFY_LEVELS:
+        raise UsageError(f"--verify: {o.verify!r} is not one of {', '.join(VERIFY_LEVELS)}")
+    if (o.manifest is None) == (o.env is None):
+        raise UsageError("run: give exactly one of --manifest M or --env NAME", hint=RUN_USAGE)
+    if not o.command:
+        raise UsageError("run: no command given after --", hint=RUN_USAGE)
+    return o
+
+
+def resolve_target(root: str, o: RunOptions) -> Target:
+    if o.manifest is not None:
+        return target_from_manifest(root, o.manifest)
+    assert o.env is not None
+    return Target(o.env, None, {}, None)
+
+
+def prepare(root: str, o: RunOptions) -> tuple[Target, str, dict[str, Any]]:
+    """Find and verify the snapshot, applying the on-missing policy. Returns target, dir, seal."""
+    if not os.path.isdir(root):
+        if o.on_missing != "build" or o.manifest is None:
+            raise VolumeError(
+                f"volume root {root} does not exist",
+                hint="mount the volume, or pass --root / VOLENV_ROOT",
+            )
+    target = resolve_target(root, o)
+    deadline = time.monotonic() + o.lock_timeout
+    attempts = 0
+    while True:
+        attempts += 1
+        sid = find_snapshot(root, target) if os.path.isdir(root) else None
+        problem: SealProblem | VerifyError | None = None
+        if sid is not None:
+            snap_dir = os.path.join(root, "envs", target.env, "snapshots", sid)
+            try:
+                seal = check_seal(snap_dir, sid)
+                if o.verify != "seal":
+                    _verify_deep(snap_dir, o.verify)
+                if target.digest is None:
+                    target.activation = _activation_from_seal(seal)
+                return target, snap_dir, seal
+            except SealProblem as sp:
+                problem = sp
+            except VerifyError as ve:
+                problem = ve
+        if o.on_missing == "build" and attempts <= 2:
+            _build_for(root, o, target, sid, problem)
+            continue
+        if o.on_missing == "wait" and problem is None:
+            if time.monotonic() >= deadline:
+                raise LockTimeout(
+                    f"timed out after {o.lock_timeout:.0f}s waiting for a snapshot of '{target.env}'"
+                )
+            time.sleep(0.5)
+            continue
+        raise _missing_error(root, o, target, sid, problem)
+
+
+def _verify_deep(snap_dir: str, level: str) -> None:
+    from pathlib import Path
+
+    from .integrity import verify_snapshot
+
+    report = verify_snapshot(Path(snap_dir), level)
+    if not report.ok:
+        err = VerifyError(report.summary(), hint="volenv verify --repair, or run with --on-missing build")
+        err.report = report  # type: ignore[attr-defined]
+        raise err
+
+
+def _activation_from_seal(seal: dict[str, Any]) -> dict[str, Any]:
+    m = seal.get("manifest", {})
+    return {"env": m.get("env", {}), "models": m.get("models", [])}
+
+
+def _missing_error(
+    root: str, o: RunOptions, target: Target, sid: str | None, problem: SealProblem | VerifyError | None
+) -> VolenvError:
+    build_cmd = f"volenv --root {root} sync {o.manifest}" if o.manifest else f"volenv --root {root} sync MANIFEST"
+    if problem is None:
+        what = (
+            f"manifest {o.manifest} (digest {target.digest[:16]}…)" if target.digest else f"env '{target.env}'"
+        )
+        return NoSnapshotError(f"no snapshot for {what} under {root}", hint=f"build it: {build_cmd}")
+    if isinstance(problem, SealProblem) and problem.kind == "interpreter":
+        return InterpreterMismatch(f"snapshot {sid}: {problem.detail}", hint=f"rebuild for this image: {build_cmd}")
+    if isinstance(problem, VerifyError):
+        return problem
+    return VerifyError(f"snapshot {sid} failed verification: {problem.detail}", hint=f"rebuild: {build_cmd}")
+
+
+def _build_for(
+    root: str, o: RunOptions, target: Target, sid: str | None, problem: SealProblem | VerifyError | None
+) -> None:
+    """--on-missing build: quarantine a damaged snapshot, then sync (others wait on the lease)."""
+    from pathlib import Path
+
+    from .build import SyncOptions, quarantine, sync
+    from .manifest import load_manifest
+    from .paths import VolumePaths
+    from .ui import reporter
+
+    if o.manifest is None:
+        raise NoSnapshotError(
+            f"env '{target.env}' has no usable snapshot and --env gives nothing to build from",
+            hint="use --manifest M so volenv can build it",
+        )
+    paths = VolumePaths(Path(root))
+    if problem is not None and sid is not None and not (
+        isinstance(problem, SealProblem) and problem.kind == "interpreter"
+    ):
+        snap = paths.snapshot(target.env, sid)
+        report = getattr(problem, "report", None)
+        if snap.exists():
+            from dataclasses import asdict
+
+            quarantine(paths, snap, str(problem), asdict(report) if report is not None else None)
+    reporter.info(f"no usable snapshot for '{target.env}'; building it")
+    manifest = load_manifest(o.manifest)
+    sync(paths, manifest, SyncOptions(lock_timeout=o.lock_timeout, refresh=problem is not None))
+    target.digest = manifest.digest
+
+
+def mark_used(root: str, env: str, sid: str) -> None:
+    marker = os.path.join(root, "envs", env, "used", sid)
+    try:
+        os.utime(marker)
+    except FileNotFoundError:
+        try:
+            os.close(os.open(marker, os.O_WRONLY | os.O_CREAT, 0o644))
+        except OSError:
+            pass
+    except OSError:
+        pass
+
+
+def run(root: str, argv: list[str]) -> int:
+    """`volenv run`: never returns on success (exec); returns an exit code on failure."""
+    o = parse_run_args(argv)
+    try:
+        target, snap_dir, _seal = prepare(root, o)
+    except VolenvError as exc:
+        if o.diagnose:
+            from .diagnose import serve_diagnosis
+
+            return serve_diagnosis(root, o, exc)
+        raise
+    env = compute_env(root, snap_dir, target.env, target.activation)
+    mark_used(root, target.env, os.path.basename(snap_dir))
+    cmd = o.command
+    try:
+        os.execvpe(cmd[0], cmd, env)
+    except OSError as exc:
+        raise UsageError(f"cannot run {cmd[0]!r}: {exc.strerror}") from exc
+    return EXIT_USAGE  # pragma: no cover
+
+
+def main_fast(root_opt: str | None, argv: list[str]) -> int:
+    from .rootfind import discover_root
+
+    root, _source = discover_root(root_opt)
+    try:
+        return run(root, argv)
+    except VolenvError as exc:
+        print(f"volenv: error: {exc.message}", file=sys.stderr)
+        if exc.cause:
+            print(f"  cause: {exc.cause}", file=sys.stderr)
+        if exc.hint:
+            print(f"  hint: {exc.hint}", file=sys.stderr)
+        return exc.exit_code

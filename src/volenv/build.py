@@ -1,0 +1,774 @@
+"""`volenv sync`: manifest -> sealed snapshot. Reads top to bottom as the lifecycle:
+
+    plan (index hit? resolve, snapshot id) -> lease -> preflight -> stage -> install ->
+    groups -> post-install -> compile -> smoke -> record (+ wheel check) -> seal -> commit
+
+Each step is a named function with a fault point, so tests can kill the builder at any of them.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from . import __version__, faults, store
+from .errors import BuildError, DiskSpaceError, VolenvError, from_oserror
+from .fsutil import atomic_write_bytes, atomic_write_json, fsync_dir, remove_tree, unique_suffix
+from .integrity import Entry, build_record, encode_record, load_record
+from .interp import fingerprint_key, probe
+from .locks import BuildLease
+from .manifest import Manifest, canonical_json
+from .paths import VolumePaths
+from .sealcheck import META_DIR, RECORD_NAME, SEAL_NAME, SEAL_SCHEMA, SealProblem, check_seal
+from .ui import reporter
+from .uvtool import index_args, last_error_line, run_uv
+
+DEFAULT_MIN_FREE = 128 * 1024 * 1024
+BUILDING_NAME = "building.json"
+
+
+@dataclass(frozen=True)
+class SyncOptions:
+    refresh: bool = False
+    dry_run: bool = False
+    lock_timeout: float = 900.0
+    min_free: int | None = None
+    offline: bool = False
+
+
+@dataclass(frozen=True)
+class GroupState:
+    name: str
+    required: bool
+    state: str  # installed | failed
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What resolution decided: the inputs of the snapshot id."""
+
+    python: str
+    fingerprint: dict[str, Any]
+    base: tuple[str, ...]
+    groups: dict[str, tuple[str, ...]]
+    unresolvable: dict[str, str]
+    snapshot_id: str
+
+
+@dataclass(frozen=True)
+class SyncPlan:
+    env: str
+    manifest_digest: str
+    action: str  # reuse | index | build
+    snapshot: str | None
+    previous: str | None
+    resolution: Resolution | None = None
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    env: str
+    snapshot: str
+    action: str  # built | reused | would-build | would-reuse
+    path: str
+    manifest_digest: str
+    seconds: float
+    previous: str | None = None
+    groups: tuple[GroupState, ...] = ()
+    stats: dict[str, int] = field(default_factory=dict)
+    link_mode: str | None = None
+    log: str | None = None
+
+
+# ---------------------------------------------------------------- the lifecycle
+
+
+def sync(paths: VolumePaths, manifest: Manifest, opts: SyncOptions) -> SyncResult:
+    t0 = time.perf_counter()
+    env = manifest.name
+    store.open_volume(paths, create=not opts.dry_run)
+    hit = None if opts.refresh else valid_index_hit(paths, manifest)
+    if hit is not None:
+        return _reuse(paths, manifest, hit, t0, opts)
+    if opts.dry_run:
+        plan = make_plan(paths, manifest, opts, tempfile.gettempdir())
+        action = "would-reuse" if plan.action in ("reuse", "index") else "would-build"
+        sid = plan.snapshot or "?"
+        return SyncResult(
+            env, sid, action, str(paths.snapshot(env, sid)), manifest.digest, time.perf_counter() - t0, plan.previous
+        )
+    try:
+        store.ensure_env_dirs(paths, env)
+    except OSError as exc:
+        raise from_oserror(exc, f"cannot create the env directories of '{env}'") from exc
+    lease = BuildLease(paths, env, timeout=opts.lock_timeout, say=reporter.info)
+    with lease:
+        hit = None if opts.refresh else valid_index_hit(paths, manifest)
+        if hit is not None:
+            return _reuse(paths, manifest, hit, t0, opts)
+        with tempfile.TemporaryDirectory(prefix="volenv-resolve-") as tmp:
+            faults.point("resolve")
+            plan = make_plan(paths, manifest, opts, tmp)
+            assert plan.resolution is not None
+            if plan.action == "index":
+                _publish_pointers(paths, manifest, plan.resolution.snapshot_id, "index")
+                return _reuse(paths, manifest, plan.resolution.snapshot_id, t0, opts)
+            return build_snapshot(paths, manifest, plan, lease, opts, Path(tmp), t0)
+
+
+def valid_index_hit(paths: VolumePaths, manifest: Manifest) -> str | None:
+    """The index's snapshot for this manifest, if it exists and is valid at `seal`."""
+    try:
+        sid = store.read_index(paths, manifest.name, manifest.digest)
+    except VolenvError:
+        return None
+    if sid is None:
+        return None
+    try:
+        check_seal(str(paths.snapshot(manifest.name, sid)), sid)
+    except SealProblem:
+        return None
+    return sid
+
+
+def _reuse(paths: VolumePaths, manifest: Manifest, sid: str, t0: float, opts: SyncOptions) -> SyncResult:
+    env = manifest.name
+    previous = store.read_current(paths, env)
+    if previous != sid and not opts.dry_run:
+        try:
+            store.switch_current(paths, env, sid, manifest.digest, "sync")
+        except OSError as exc:
+            raise from_oserror(exc, "cannot switch the current pointer") from exc
+    if not opts.dry_run:
+        store.log_event(paths, env, "sync", action="reused", snapshot=sid, manifest_digest=manifest.digest)
+    seal = check_seal(str(paths.snapshot(env, sid)), sid)
+    return SyncResult(
+        env,
+        sid,
+        "would-reuse" if opts.dry_run else "reused",
+        str(paths.snapshot(env, sid)),
+        manifest.digest,
+        time.perf_counter() - t0,
+        previous,
+        groups=tuple(GroupState(**g) for g in seal.get("groups", [])),
+        link_mode=seal.get("link_mode"),
+    )
+
+
+# ---------------------------------------------------------------- plan / resolve
+
+
+def make_plan(paths: VolumePaths, manifest: Manifest, opts: SyncOptions, tmp: str) -> SyncPlan:
+    resolution = resolve(paths, manifest, Path(tmp), opts)
+    sid = resolution.snapshot_id
+    target = paths.snapshot(manifest.name, sid)
+    action = "build"
+    if target.exists():
+        try:
+            check_seal(str(target), sid)
+            action = "index"
+        except SealProblem:
+            action = "build"
+    previous = None
+    try:
+        previous = store.read_current(paths, manifest.name)
+    except VolenvError:
+        pass
+    return SyncPlan(manifest.name, manifest.digest, action, sid, previous, resolution)
+
+
+def find_interpreter(paths: VolumePaths, manifest: Manifest) -> str:
+    proc = run_uv(["python", "find", "--system", manifest.python], paths, None)
+    if proc.returncode != 0:
+        raise BuildError(
+            f"no Python matching {manifest.python!r}: {last_error_line(proc)}",
+            step="resolve",
+            hint=f"install it in the image, or `uv python install {manifest.python}` with"
+            f" UV_PYTHON_INSTALL_DIR={paths.python}",
+        )
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def resolve(paths: VolumePaths, manifest: Manifest, tmp: Path, opts: SyncOptions) -> Resolution:
+    with reporter.step("resolving"):
+        python = find_interpreter(paths, manifest)
+        fp = probe(python)
+        if manifest.lockfile is not None:
+            base = tuple(_lockfile_pins(manifest.lockfile))
+        else:
+            base = _compile(paths, manifest, list(manifest.requirements), tmp / "base", None, python, opts)
+        constraints = tmp / "base.constraints.txt"
+        constraints.write_text("\n".join(base) + "\n")
+        groups: dict[str, tuple[str, ...]] = {}
+        unresolvable: dict[str, str] = {}
+        for g in manifest.optional:
+            try:
+                groups[g.name] = _compile(
+                    paths, manifest, list(g.requirements), tmp / f"group-{g.name}", constraints, python, opts
+                )
+            except BuildError as exc:
+                if g.required:
+                    raise BuildError(
+                        f"required group '{g.name}' does not resolve: {exc.message}", step="resolve"
+                    ) from exc
+                unresolvable[g.name] = exc.message
+                reporter.warn(f"optional group '{g.name}' does not resolve; building without it")
+    key = {
+        "format": 1,
+        "inputs": manifest.build_inputs(),
+        "base": list(base),
+        "groups": {k: list(v) for k, v in sorted(groups.items())},
+        "fingerprint": fingerprint_key(fp),
+    }
+    sid = f"{manifest.name}-{hashlib.sha256(canonical_json(key)).hexdigest()[:12]}"
+    return Resolution(python, fp, base, groups, unresolvable, sid)
+
+
+def _compile(
+    paths: VolumePaths,
+    manifest: Manifest,
+    requirements: list[str],
+    stem: Path,
+    constraints: Path | None,
+    python: str,
+    opts: SyncOptions,
+) -> tuple[str, ...]:
+    src = stem.with_suffix(".in")
+    out = stem.with_suffix(".txt")
+    src.write_text("\n".join(requirements) + "\n")
+    args = ["pip", "compile", str(src), "-o", str(out), "--python", python, "--no-header", "--no-annotate", "-q"]
+    if constraints is not None:
+        args += ["-c", str(constraints)]
+    if opts.refresh:
+        args.append("--refresh")
+    args += index_args(manifest)
+    proc = run_uv(args, paths, None, offline=opts.offline)
+    if proc.returncode != 0:
+        _raise_if_disk_full(proc)
+        raise BuildError(f"resolution failed: {last_error_line(proc)}", step="resolve")
+    lines = [ln.strip() for ln in out.read_text().splitlines()]
+    return tuple(sorted(ln for ln in lines if ln and not ln.startswith(("#", "-"))))
+
+
+def _lockfile_pins(lockfile: Path) -> list[str]:
+    """name==version of every package in a pylock.toml: constraints for the optional groups."""
+    data = tomllib.loads(lockfile.read_text(encoding="utf-8"))
+    pins = []
+    for pkg in data.get("packages", []):
+        if isinstance(pkg, dict) and "name" in pkg and "version" in pkg:
+            pins.append(f"{pkg['name']}=={pkg['version']}")
+    return sorted(pins)
+
+
+# ---------------------------------------------------------------- build
+
+
+class _Build:
+    """State of one build in staging; each method is one step of the lifecycle."""
+
+    def __init__(self, paths: VolumePaths, manifest: Manifest, plan: SyncPlan, tmp: Path) -> None:
+        assert plan.resolution is not None
+        self.paths = paths
+        self.manifest = manifest
+        self.res = plan.resolution
+        self.plan = plan
+        self.tmp = tmp
+        self.env = manifest.name
+        self.sid = self.res.snapshot_id
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        self.staging = paths.staging / f"{self.sid}.{unique_suffix()}"
+        self.log = paths.env_logs(self.env) / f"build-{stamp}-{self.sid}.log"
+        self.python = self.staging / "bin" / "python"
+        self.groups: list[GroupState] = []
+        self.stats: dict[str, int] = {}
+        self.link_mode = "hardlink"
+        self.previous = self._previous_snapshots()
+
+    def _previous_snapshots(self) -> list[Path]:
+        """Current first, then the newest others: sources of reusable hashes and bytecode."""
+        out: list[Path] = []
+        cur = self.plan.previous
+        if cur:
+            out.append(self.paths.snapshot(self.env, cur))
+        others = [self.paths.snapshot(self.env, s) for s in store.list_snapshots(self.paths, self.env) if s != cur]
+        others.sort(key=lambda p: p.stat().st_mtime if p.exists() else 0, reverse=True)
+        out.extend(others[:2])
+        valid = []
+        for p in out:
+            try:
+                seal = check_seal(str(p), p.name)
+            except SealProblem:
+                continue
+            if seal.get("fingerprint") == self.res.fingerprint:
+                valid.append(p)
+        return valid
+
+    def logline(self, text: str) -> None:
+        with open(self.log, "a", encoding="utf-8") as fh:
+            fh.write(text.rstrip("\n") + "\n")
+
+    def uv(self, args: list[str], step: str) -> subprocess.CompletedProcess[str]:
+        proc = run_uv(args, self.paths, self.log, cwd=self.manifest.path.parent)
+        if proc.returncode != 0:
+            _raise_if_disk_full(proc, str(self.log))
+            raise BuildError(last_error_line(proc), step=step, log_path=str(self.log))
+        return proc
+
+    # -- steps
+
+    def preflight(self, min_free: int | None) -> None:
+        faults.point("preflight")
+        need = DEFAULT_MIN_FREE if min_free is None else min_free
+        if self.previous:
+            need = max(need, unique_size(self.previous[0]))
+        free = psutil.disk_usage(str(self.paths.root)).free
+        self.stats["free_bytes"] = free
+        self.stats["needed_bytes"] = need
+        if free < need:
+            raise DiskSpaceError(
+                f"not enough space on {self.paths.root}: {_mib(free)} free, {_mib(need)} needed",
+                hint="free space with `volenv gc`, or pass --min-free to change the estimate",
+            )
+
+    def stage(self) -> None:
+        faults.point("stage")
+        self.logline(f"# volenv {__version__} building {self.sid} on {socket.gethostname()} pid {os.getpid()}")
+        self.uv(["venv", "--relocatable", "--python", self.res.python, "--no-project", str(self.staging)], "stage")
+        meta = self.staging / META_DIR
+        meta.mkdir()
+        atomic_write_json(
+            meta / BUILDING_NAME,
+            {"schema": 1, "host": socket.gethostname(), "pid": os.getpid(), "started": time.time()},
+            durable=False,
+        )
+
+    def install(self) -> None:
+        faults.point("install")
+        with reporter.step("installing"):
+            self.uv(self._sync_args(list(self.res.groups)[:0]), "install")
+            self.link_mode = detect_link_mode(self.staging)
+            if self.link_mode != "hardlink":
+                reporter.warn(
+                    "uv could not hard-link from its cache (different filesystem or no hard links):"
+                    " every snapshot holds full copies and uses more disk"
+                )
+
+    def _sync_args(self, groups: list[str]) -> list[str]:
+        if self.manifest.lockfile is not None and not groups:
+            reqs = [str(self.manifest.lockfile)]
+        else:
+            files = [self._write_lock("base", self.res.base)]
+            files += [self._write_lock(f"group-{g}", self.res.groups[g]) for g in groups]
+            if self.manifest.lockfile is not None:
+                files[0] = str(self.manifest.lockfile)
+            reqs = files
+        return [
+            "pip",
+            "sync",
+            *reqs,
+            "--python",
+            str(self.python),
+            "--link-mode",
+            "hardlink",
+            *index_args(self.manifest),
+        ]
+
+    def _write_lock(self, name: str, lines: tuple[str, ...]) -> str:
+        path = self.tmp / f"{name}.lock.txt"
+        path.write_text("\n".join(lines) + "\n")
+        return str(path)
+
+    def install_groups(self) -> None:
+        faults.point("groups")
+        ok: list[str] = []
+        for g in self.manifest.optional:
+            if g.name in self.res.unresolvable:
+                self.groups.append(GroupState(g.name, g.required, "failed", self.res.unresolvable[g.name]))
+                continue
+            args = [
+                "pip",
+                "install",
+                "-r",
+                self._write_lock(f"group-{g.name}", self.res.groups[g.name]),
+                "--python",
+                str(self.python),
+                "--link-mode",
+                "hardlink",
+                *index_args(self.manifest),
+            ]
+            with reporter.step(f"installing optional group '{g.name}'"):
+                proc = run_uv(args, self.paths, self.log, cwd=self.manifest.path.parent)
+            if proc.returncode == 0:
+                ok.append(g.name)
+                self.groups.append(GroupState(g.name, g.required, "installed"))
+                continue
+            _raise_if_disk_full(proc, str(self.log))
+            reason = last_error_line(proc)
+            if g.required:
+                raise BuildError(f"required group '{g.name}': {reason}", step="groups", log_path=str(self.log))
+            reporter.warn(f"optional group '{g.name}' failed to install ({reason}); snapshot built without it")
+            self.groups.append(GroupState(g.name, g.required, "failed", reason))
+            # A failed install may have left part of the group behind: restore the exact set.
+            self.uv(self._sync_args(ok), "groups")
+
+    def post_install(self) -> None:
+        faults.point("post-install")
+        env = activation_env_for_build(self.staging)
+        for i, cmd in enumerate(self.manifest.post_install):
+            argv = ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+            shown = cmd if isinstance(cmd, str) else shlex.join(cmd)
+            self.logline(f"$ [post-install {i}] {shown}")
+            with reporter.step(f"post-install: {shown}"), open(self.log, "a", encoding="utf-8") as fh:
+                try:
+                    proc = subprocess.run(
+                        argv, env=env, cwd=self.manifest.path.parent, stdout=fh, stderr=subprocess.STDOUT, check=False
+                    )
+                except OSError as exc:
+                    raise BuildError(
+                        f"post-install command {i} ({shown}) cannot start: {exc.strerror}",
+                        step="post-install",
+                        log_path=str(self.log),
+                    ) from exc
+            if proc.returncode != 0:
+                raise BuildError(
+                    f"post-install command {i} ({shown}) exited {proc.returncode}",
+                    step="post-install",
+                    log_path=str(self.log),
+                )
+
+    def compile(self) -> None:
+        """Bytecode at build time; .pyc of sources unchanged since a previous snapshot (same
+        inode, so same bytes and mtime) are hard-linked instead of recompiled."""
+        faults.point("compile")
+        self.stats["bytecode_reused"] = link_previous_bytecode(self.staging, self.previous)
+        with reporter.step("compiling bytecode"):
+            proc = subprocess.run(
+                [str(self.python), "-m", "compileall", "-q", "-j", "0", *site_packages_dirs(self.staging)],
+                capture_output=True,
+                text=True,
+                check=False,
+                env=activation_env_for_build(self.staging),
+            )
+        if proc.returncode != 0:
+            self.logline(proc.stdout + proc.stderr)
+            if "No space left" in proc.stdout + proc.stderr:
+                raise DiskSpaceError(f"volume full while compiling bytecode (build log: {self.log})")
+            reporter.warn("some modules failed to byte-compile (see the build log); they compile at import")
+
+    def smoke(self) -> None:
+        faults.point("smoke")
+        mods = list(self.manifest.smoke_imports)
+        if not mods:
+            return
+        script = (
+            "import importlib, json, sys, traceback\n"
+            "bad = {}\n"
+            f"for m in {mods!r}:\n"
+            "    try:\n        importlib.import_module(m)\n"
+            "    except BaseException as e:\n        bad[m] = f'{type(e).__name__}: {e}'\n"
+            "        traceback.print_exc()\n"
+            "print(json.dumps(bad))\n"
+        )
+        env = activation_env_for_build(self.staging)
+        env.update(dict(self.manifest.env))
+        with reporter.step("smoke imports"):
+            proc = subprocess.run(
+                [str(self.python), "-c", script], capture_output=True, text=True, env=env, check=False, timeout=900
+            )
+        self.logline(f"$ smoke imports {mods}\n{proc.stdout}{proc.stderr}")
+        try:
+            bad = json.loads(proc.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            bad = {"(interpreter)": f"exited {proc.returncode}"}
+        if bad:
+            first = next(iter(bad.items()))
+            raise BuildError(
+                f"smoke import {first[0]!r} failed: {first[1]}", step="smoke", log_path=str(self.log)
+            )
+
+    def record(self) -> list[Entry]:
+        faults.point("record")
+        previous_records = []
+        for p in self.previous:
+            try:
+                previous_records.append(load_record(p))
+            except (OSError, SealProblem):
+                continue
+        with reporter.step("hashing files"):
+            entries, stats, mismatches = build_record(self.staging, previous_records)
+        if mismatches:
+            entries, stats = self._refresh_damaged(mismatches)
+        self.stats.update(files=stats.files, hashed=stats.hashed, hash_reused=stats.reused)
+        self.stats["bytes_hashed"] = stats.bytes_hashed
+        atomic_write_bytes(self.staging / META_DIR / RECORD_NAME, encode_record(entries))
+        return entries
+
+    def _refresh_damaged(self, mismatches: list[Any]) -> tuple[list[Entry], Any]:
+        """Inherited damage (a hard-linked cache file edited in place) is never sealed:
+        reinstall those distributions from the index with a refreshed cache entry."""
+        dists = sorted({m.distribution.rsplit("-", 1)[0] for m in mismatches})
+        reporter.warn(
+            f"installed files differ from their wheels ({', '.join(m.path for m in mismatches[:3])}…);"
+            f" reinstalling {', '.join(dists)} from the index"
+        )
+        self.logline(f"# wheel RECORD mismatches: {[m.path for m in mismatches]}")
+        args = self._sync_args([g.name for g in self.groups if g.state == "installed"])
+        for d in dists:
+            args += ["--reinstall-package", d, "--refresh-package", d]
+        self.uv(args, "record")
+        link_previous_bytecode(self.staging, [])
+        subprocess.run(
+            [str(self.python), "-m", "compileall", "-q", "-j", "0", *site_packages_dirs(self.staging)],
+            capture_output=True,
+            check=False,
+            env=activation_env_for_build(self.staging),
+        )
+        entries, stats, again = build_record(self.staging, [])
+        if again:
+            raise BuildError(
+                f"files still differ from their wheels after a refresh: {[m.path for m in again[:5]]}",
+                step="record",
+                log_path=str(self.log),
+            )
+        self.stats["refreshed_packages"] = len(dists)
+        return entries, stats
+
+    def seal(self, entries: list[Entry]) -> None:
+        faults.point("seal")
+        meta = self.staging / META_DIR
+        try:
+            os.unlink(meta / BUILDING_NAME)
+        except FileNotFoundError:
+            pass
+        record_sha = hashlib.sha256((meta / RECORD_NAME).read_bytes()).hexdigest()
+        seal = {
+            "schema": SEAL_SCHEMA,
+            "snapshot": self.sid,
+            "env": self.env,
+            "created": time.time(),
+            "volenv_version": __version__,
+            "record_sha256": record_sha,
+            "record_entries": len(entries),
+            "apparent_bytes": sum(e.size for e in entries),
+            "fingerprint": self.res.fingerprint,
+            "manifest": self.manifest.normalized(),
+            "manifest_digest": self.manifest.digest,
+            "manifest_path": str(self.manifest.path),
+            "resolved": {"base": list(self.res.base), "groups": {k: list(v) for k, v in self.res.groups.items()}},
+            "groups": [asdict(g) for g in self.groups],
+            "link_mode": self.link_mode,
+            "stats": self.stats,
+        }
+        try:
+            (meta / "build.log").write_bytes(self.log.read_bytes())
+        except OSError:
+            pass
+        atomic_write_json(meta / SEAL_NAME, seal)
+        fsync_dir(meta)
+
+    def commit(self, lease: BuildLease) -> None:
+        faults.point("commit")
+        target = self.paths.snapshot(self.env, self.sid)
+        lease.fence()
+        if target.exists():
+            try:
+                check_seal(str(target), self.sid)
+                # Same content committed meanwhile (another manifest resolving to the same set).
+                remove_tree(self.staging, self.paths.root)
+                return
+            except SealProblem as sp:
+                quarantine(self.paths, target, f"replaced by a rebuild: {sp.detail}")
+        os.rename(self.staging, target)
+        fsync_dir(target.parent)
+        faults.point("index")
+        _publish_pointers(self.paths, self.manifest, self.sid, "build")
+
+    def abort(self) -> None:
+        try:
+            remove_tree(self.staging, self.paths.root)
+        except (OSError, VolenvError):
+            reporter.warn(f"could not remove staging {self.staging}; `volenv gc` will collect it")
+
+
+def build_snapshot(
+    paths: VolumePaths,
+    manifest: Manifest,
+    plan: SyncPlan,
+    lease: BuildLease,
+    opts: SyncOptions,
+    tmp: Path,
+    t0: float,
+) -> SyncResult:
+    b = _Build(paths, manifest, plan, tmp)
+    reporter.info(f"building {b.sid} for '{b.env}' (log: {b.log})")
+    store.log_event(paths, b.env, "build-start", snapshot=b.sid, manifest_digest=manifest.digest, log=str(b.log))
+    try:
+        try:
+            b.preflight(opts.min_free)
+            b.stage()
+            b.install()
+            b.install_groups()
+            b.post_install()
+            b.compile()
+            b.smoke()
+            entries = b.record()
+            b.seal(entries)
+            b.commit(lease)
+        except OSError as exc:
+            raise from_oserror(exc, f"build of {b.sid} failed (build log: {b.log})") from exc
+    except BaseException as exc:
+        b.abort()
+        code = getattr(exc, "exit_code", 1)
+        try:
+            store.log_event(paths, b.env, "build-failed", snapshot=b.sid, error=str(exc), exit_code=code)
+        except OSError:
+            pass
+        raise
+    store.log_event(paths, b.env, "build-done", snapshot=b.sid, stats=b.stats, link_mode=b.link_mode)
+    return SyncResult(
+        b.env,
+        b.sid,
+        "built",
+        str(paths.snapshot(b.env, b.sid)),
+        manifest.digest,
+        time.perf_counter() - t0,
+        plan.previous,
+        tuple(b.groups),
+        dict(b.stats),
+        b.link_mode,
+        str(b.log),
+    )
+
+
+def _publish_pointers(paths: VolumePaths, manifest: Manifest, sid: str, action: str) -> None:
+    store.write_index(paths, manifest.name, manifest.digest, sid)
+    faults.point("current")
+    if store.read_current(paths, manifest.name) != sid:
+        store.switch_current(paths, manifest.name, sid, manifest.digest, action)
+    from .activate import write_alias
+
+    write_alias(paths, manifest)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def quarantine(paths: VolumePaths, snapshot_dir: Path, reason: str, report: dict[str, Any] | None = None) -> Path:
+    """Move a damaged snapshot aside (never delete it silently), report next to it."""
+    paths.quarantine.mkdir(parents=True, exist_ok=True)
+    dest = paths.quarantine / f"{snapshot_dir.name}.{unique_suffix()}"
+    os.rename(snapshot_dir, dest)
+    atomic_write_json(
+        dest.with_name(dest.name + ".report.json"),
+        {"schema": 1, "snapshot": snapshot_dir.name, "time": time.time(), "reason": reason, "report": report},
+    )
+    reporter.warn(f"quarantined {snapshot_dir.name} -> {dest} ({reason})")
+    return dest
+
+
+def site_packages_dirs(venv: Path) -> list[str]:
+    lib = venv / "lib"
+    return [str(p) for p in sorted(lib.glob("python*/site-packages"))]
+
+
+def detect_link_mode(venv: Path) -> str:
+    for sp in site_packages_dirs(venv):
+        for dirpath, _dirs, files in os.walk(sp):
+            for name in files:
+                if name.endswith(".py"):
+                    return "hardlink" if os.lstat(os.path.join(dirpath, name)).st_nlink > 1 else "copy"
+    return "hardlink"
+
+
+def link_previous_bytecode(staging: Path, previous: list[Path]) -> int:
+    """Hard-link __pycache__/*.pyc from a previous snapshot for every source file that is the
+    very same inode there (uv hard-links both from one cache entry)."""
+    if not previous:
+        return 0
+    prev = previous[0]
+    linked = 0
+    tag = f".{sys.implementation.cache_tag}"
+    for sp in site_packages_dirs(staging):
+        rel_sp = os.path.relpath(sp, staging)
+        for dirpath, _dirs, files in os.walk(sp):
+            rel_dir = os.path.relpath(dirpath, staging)
+            for name in files:
+                if not name.endswith(".py"):
+                    continue
+                src = os.path.join(dirpath, name)
+                old_src = os.path.join(prev, rel_dir, name)
+                try:
+                    if os.lstat(src).st_ino != os.lstat(old_src).st_ino:
+                        continue
+                except OSError:
+                    continue
+                pyc_name = name[:-3] + _cache_tag(prev, rel_sp, tag) + ".pyc"
+                old_pyc = os.path.join(prev, rel_dir, "__pycache__", pyc_name)
+                new_pyc = os.path.join(dirpath, "__pycache__", pyc_name)
+                try:
+                    os.makedirs(os.path.join(dirpath, "__pycache__"), exist_ok=True)
+                    os.link(old_pyc, new_pyc)
+                    linked += 1
+                except FileExistsError:
+                    continue
+                except OSError as exc:
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                        raise
+                    continue
+    return linked
+
+
+def _cache_tag(prev: Path, rel_sp: str, default: str) -> str:
+    # lib/pythonX.Y/site-packages -> .cpython-XY (the snapshot's interpreter, not ours)
+    ver = rel_sp.split(os.sep)[1].removeprefix("python").replace(".", "")
+    return f".cpython-{ver}" if ver.isdigit() else default
+
+
+def unique_size(snapshot_dir: Path) -> int:
+    """Bytes held only by this snapshot (files with one link): the space a rebuild may need."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(snapshot_dir):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            if st.st_nlink == 1:
+                total += st.st_size
+    return total
+
+
+def activation_env_for_build(venv: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("PYTHONHOME", None)
+    env["VIRTUAL_ENV"] = str(venv)
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env["PYTHONNOUSERSITE"] = "1"
+    return env
+
+
+def _raise_if_disk_full(proc: subprocess.CompletedProcess[str], log: str | None = None) -> None:
+    text = (proc.stderr or "") + (proc.stdout or "")
+    if "No space left on device" in text or "Disk quota exceeded" in text:
+        where = f" (build log: {log})" if log else ""
+        raise DiskSpaceError(f"the volume filled up while uv was writing{where}")
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1024 / 1024:.1f} MiB ({n} bytes)"

@@ -1,0 +1,269 @@
+"""The typer CLI: declares options and calls one function per command; nothing else lives here."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from . import __version__, ui
+from .errors import EXIT_INTERNAL, UsageError, VolenvError
+from .paths import RootChoice, VolumePaths, choose_root
+from .render import err_console, render_error
+
+app = typer.Typer(
+    name="volenv",
+    help="Sealed, versioned Python environments and model caches on a shared network volume.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@dataclass(frozen=True)
+class GlobalOptions:
+    root: RootChoice
+    json: bool
+    verbosity: int
+    progress: bool
+
+    @property
+    def paths(self) -> VolumePaths:
+        return VolumePaths(self.root.path)
+
+    @property
+    def quiet(self) -> int:
+        return max(0, -self.verbosity)
+
+
+class RichReporter(ui.Reporter):
+    def __init__(self, verbosity: int, progress: bool) -> None:
+        super().__init__(verbosity)
+        self.progress = progress and err_console.is_terminal
+
+    def info(self, msg: str) -> None:
+        if self.verbosity >= 0:
+            err_console.print(msg, highlight=False)
+
+    def detail(self, msg: str) -> None:
+        if self.verbosity >= 1:
+            err_console.print(f"[dim]{msg}[/dim]", highlight=False)
+
+    def warn(self, msg: str) -> None:
+        if self.verbosity >= -1:
+            err_console.print(f"[yellow]warning:[/yellow] {msg}", highlight=False)
+
+    @contextmanager
+    def step(self, label: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        if self.progress and self.verbosity >= 0:
+            with err_console.status(f"{label}…"):
+                yield
+        else:
+            self.detail(f"{label}…")
+            yield
+        self.detail(f"{label}: {time.perf_counter() - t0:.2f}s")
+
+
+def _globals(ctx: typer.Context) -> GlobalOptions:
+    obj = ctx.obj
+    assert isinstance(obj, GlobalOptions)
+    return obj
+
+
+class Color(str, Enum):
+    auto = "auto"
+    always = "always"
+    never = "never"
+
+
+@app.callback()
+def main_callback(
+    ctx: typer.Context,
+    root: Annotated[
+        str | None, typer.Option("--root", envvar="VOLENV_ROOT", help="Volume root (default: discovered).")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON document on stdout, nothing else there.")] = False,
+    quiet: Annotated[int, typer.Option("--quiet", "-q", count=True, help="Less output (-qq: none).")] = 0,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More output (-vv: tracebacks).")] = 0,
+    color: Annotated[Color, typer.Option("--color", help="Colour output.")] = Color.auto,
+    no_progress: Annotated[
+        bool, typer.Option("--no-progress", envvar="VOLENV_NO_PROGRESS", help="No spinners or progress bars.")
+    ] = False,
+) -> None:
+    if color == Color.never or os.environ.get("NO_COLOR"):
+        err_console.no_color = True
+    elif color == Color.always:
+        err_console.force_terminal = True
+    verbosity = verbose - quiet - (2 if json_out else 0)
+    ctx.obj = GlobalOptions(choose_root(root), json_out, verbose - quiet, not no_progress)
+    ui.set_reporter(RichReporter(verbosity, not no_progress))
+
+
+@app.command()
+def version() -> None:
+    """Print volenv's version."""
+    print(__version__)
+
+
+@app.command()
+def sync(
+    ctx: typer.Context,
+    manifest: Annotated[Path, typer.Argument(help="Manifest TOML file.")],
+    refresh: Annotated[bool, typer.Option("--refresh", help="Re-resolve unpinned requirements.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
+    lock_timeout: Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for the build lease.")] = 900,
+    min_free: Annotated[
+        int | None, typer.Option("--min-free", help="Bytes that must be free on the volume before a build.")
+    ] = None,
+    offline: Annotated[bool, typer.Option("--offline", envvar="VOLENV_OFFLINE", help="Resolve from cache only.")] = False,
+) -> None:
+    """Build (or reuse) the snapshot for MANIFEST and make it current."""
+    from .build import SyncOptions
+    from .build import sync as do_sync
+    from .manifest import load_manifest
+    from .render import emit_json, render_sync
+
+    g = _globals(ctx)
+    m = load_manifest(manifest)
+    result = do_sync(
+        g.paths, m, SyncOptions(refresh=refresh, dry_run=dry_run, lock_timeout=lock_timeout, min_free=min_free, offline=offline)
+    )
+    if g.json:
+        emit_json("sync", result)
+    else:
+        render_sync(result, g.quiet)
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+def run(ctx: typer.Context) -> None:
+    """Activate a verified snapshot and exec CMD in it: run (--manifest M | --env NAME) -- CMD."""
+    from .activate import run as do_run
+
+    g = _globals(ctx)
+    raise typer.Exit(do_run(str(g.root.path), list(ctx.args)))
+
+
+class EnvFormat(str, Enum):
+    sh = "sh"
+    json = "json"
+
+
+@app.command("env")
+def env_cmd(
+    ctx: typer.Context,
+    manifest: Annotated[str | None, typer.Option("--manifest", "-m", help="Manifest TOML file.")] = None,
+    env: Annotated[str | None, typer.Option("--env", "-e", help="Env name (uses its current snapshot).")] = None,
+    fmt: Annotated[EnvFormat, typer.Option("--format", help="sh (for eval) or json.")] = EnvFormat.sh,
+    verify: Annotated[str, typer.Option("--verify", help="seal, stat or full.")] = "seal",
+) -> None:
+    """Print the activation environment: eval "$(volenv env --env NAME)"."""
+    from .commands.envcmd import activation_env
+    from .render import render_env
+
+    g = _globals(ctx)
+    if (manifest is None) == (env is None):
+        raise UsageError("env: give exactly one of --manifest M or --env NAME")
+    result = activation_env(str(g.root.path), manifest, env, verify)
+    render_env(result, "json" if g.json else fmt.value)
+
+
+def _status(ctx: typer.Context, env: str | None, sizes: bool, command: str) -> None:
+    from .commands.status import scan
+    from .render import emit_json, render_status
+
+    g = _globals(ctx)
+    report = scan(g.paths, g.root.source, env_filter=env, sizes=sizes)
+    if g.json:
+        emit_json(command, report)
+    else:
+        render_status(report, g.quiet)
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    env: Annotated[str | None, typer.Argument(help="Only this env.")] = None,
+    sizes: Annotated[bool, typer.Option("--sizes/--no-sizes", help="Compute unique (hard-link aware) sizes.")] = True,
+) -> None:
+    """Envs and snapshots on the volume: current, created, sizes, last used, groups, validity."""
+    _status(ctx, env, sizes, "status")
+
+
+@app.command("list")
+def list_cmd(
+    ctx: typer.Context,
+    env: Annotated[str | None, typer.Argument(help="Only this env.")] = None,
+) -> None:
+    """Like status, without the (slower) unique size computation."""
+    _status(ctx, env, False, "list")
+
+
+def _log_traceback(root: Path | None) -> str | None:
+    text = traceback.format_exc()
+    candidates = []
+    if root is not None:
+        candidates.append(root / "logs" / "volenv-errors.log")
+    candidates.append(Path(os.environ.get("TMPDIR", "/tmp")) / "volenv-errors.log")
+    for path in candidates:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True) if path.parent.exists() or root is None else None
+            with open(path, "a", encoding="utf-8") as fh:
+                fh.write(f"--- {time.ctime()} pid {os.getpid()} argv {sys.argv}\n{text}\n")
+            return str(path)
+        except OSError:
+            continue
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    from . import commands  # noqa: F401  (registers nothing; keeps the package importable)
+
+    _register_optional_commands()
+    debug = os.environ.get("VOLENV_DEBUG") == "1" or any(a in ("-vv",) for a in (argv or []))
+    root_guess: Path | None = None
+    try:
+        app(args=argv, standalone_mode=False)
+        return 0
+    except typer.Exit as exc:
+        return int(exc.exit_code or 0)
+    except typer.Abort:
+        err_console.print("aborted")
+        return 130
+    except VolenvError as exc:
+        render_error(exc.message, exc.cause, exc.hint)
+        if debug:
+            traceback.print_exc()
+        return exc.exit_code
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return exc.exit_code
+        where = _log_traceback(root_guess)
+        render_error(f"internal error: {type(exc).__name__}: {exc}", None, f"traceback in {where}" if where else None)
+        if debug:
+            traceback.print_exc()
+        return EXIT_INTERNAL
+
+
+def _register_optional_commands() -> None:
+    """Commands that live in their own modules register themselves on the app."""
+    from . import cli_extra  # noqa: F401
+
+
+def _unused(*_: Any) -> None:
+    return None

@@ -1,0 +1,3 @@
+"""Commands beyond the foundation (verify, ...), registered on the same typer app."""
+
+from __future__ import annotations

@@ -1,0 +1,131 @@
+"""`volenv status` / `volenv list`: a scan of the volume into frozen data; nothing is changed."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .. import store
+from ..paths import VolumePaths
+from ..sealcheck import SealProblem, check_seal
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    name: str
+    state: str
+    required: bool
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    id: str
+    env: str
+    path: str
+    created: float | None
+    apparent_bytes: int
+    unique_bytes: int | None
+    files: int
+    last_used: float | None
+    current: bool
+    pinned: bool
+    valid: bool
+    problem: str | None
+    link_mode: str | None
+    python: str | None
+    groups: tuple[GroupInfo, ...]
+
+
+@dataclass(frozen=True)
+class EnvInfo:
+    name: str
+    current: str | None
+    snapshots: tuple[SnapshotInfo, ...]
+    generations: int
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    root: str
+    root_source: str
+    exists: bool
+    free_bytes: int | None
+    envs: tuple[EnvInfo, ...]
+    warnings: tuple[str, ...]
+
+
+def scan(paths: VolumePaths, root_source: str, *, env_filter: str | None = None, sizes: bool = False) -> StatusReport:
+    if not paths.root.is_dir():
+        return StatusReport(str(paths.root), root_source, False, None, (), ())
+    import psutil
+
+    free = psutil.disk_usage(str(paths.root)).free
+    warnings: list[str] = []
+    envs = []
+    for env in store.list_envs(paths):
+        if env_filter and env != env_filter:
+            continue
+        try:
+            current = store.read_current(paths, env)
+        except Exception as exc:  # a damaged pointer is reported, not fatal
+            warnings.append(f"{env}: current pointer unreadable: {exc}")
+            current = None
+        snaps = []
+        for sid in store.list_snapshots(paths, env):
+            snaps.append(_snapshot_info(paths, env, sid, current, sizes))
+        copies = [s.id for s in snaps if s.link_mode == "copy"]
+        if copies:
+            warnings.append(
+                f"{env}: {len(copies)} snapshot(s) were installed by copying (no hard links on this"
+                " filesystem): each holds a full copy of every package"
+            )
+        snaps.sort(key=lambda s: s.created or 0)
+        envs.append(EnvInfo(env, current, tuple(snaps), len(store.read_history(paths, env))))
+    return StatusReport(str(paths.root), root_source, True, free, tuple(envs), tuple(warnings))
+
+
+def _snapshot_info(paths: VolumePaths, env: str, sid: str, current: str | None, sizes: bool) -> SnapshotInfo:
+    path = paths.snapshot(env, sid)
+    try:
+        seal = check_seal(str(path), sid)
+        valid, problem = True, None
+    except SealProblem as sp:
+        valid, problem = False, f"{sp.kind}: {sp.detail}"
+        seal = {}
+        try:
+            from ..sealcheck import read_seal
+
+            seal = read_seal(str(path))
+        except SealProblem:
+            pass
+    fp = seal.get("fingerprint") or {}
+    groups = tuple(GroupInfo(g["name"], g["state"], g["required"]) for g in seal.get("groups", []))
+    unique = _unique_bytes(str(path)) if sizes else None
+    return SnapshotInfo(
+        id=sid,
+        env=env,
+        path=str(path),
+        created=seal.get("created"),
+        apparent_bytes=int(seal.get("apparent_bytes", 0)),
+        unique_bytes=unique,
+        files=int(seal.get("record_entries", 0)),
+        last_used=store.last_used(paths, env, sid),
+        current=sid == current,
+        pinned=store.is_pinned(paths, env, sid),
+        valid=valid,
+        problem=problem,
+        link_mode=seal.get("link_mode"),
+        python=f"{fp.get('implementation', '?')} {fp.get('version', '?')}" if fp else None,
+        groups=groups,
+    )
+
+
+def _unique_bytes(path: str) -> int:
+    """Blocks held only by this snapshot: files whose every link is inside it."""
+    counts: dict[int, list[int]] = {}
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            st = os.lstat(os.path.join(dirpath, name))
+            entry = counts.setdefault(st.st_ino, [0, st.st_nlink, st.st_blocks * 512])
+            entry[0] += 1
+    return sum(size for seen, nlink, size in counts.values() if seen >= nlink)

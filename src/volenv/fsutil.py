@@ -1,0 +1,187 @@
+"""Crash-safe file primitives: unique temp + fsync + rename, strict record reads, safe removal."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import stat
+from pathlib import Path
+from typing import Any
+
+from .errors import VolenvError, VolumeError
+
+CACHEDIR_TAG = (
+    b"Signature: 8a477f597d28d172789f06886806bc55\n"
+    b"# This directory is managed by volenv; backup tools may skip it.\n"
+)
+
+
+def unique_suffix() -> str:
+    """A name part no other process or host will pick: host, pid and randomness."""
+    host = socket.gethostname().split(".")[0][:24] or "host"
+    safe_host = "".join(c if c.isalnum() or c in "-_" else "_" for c in host)
+    return f"{safe_host}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename durable; some filesystems (FUSE, exFAT) refuse directory fsync, which is fine."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Readers see the old content or the new, never half: unique temp, fsync, rename."""
+    tmp = path.with_name(f".{path.name}.tmp-{unique_suffix()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    if durable:
+        fsync_dir(path.parent)
+
+
+def dumps_json(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+
+
+def atomic_write_json(path: Path, obj: Any, *, durable: bool = True) -> None:
+    atomic_write_bytes(path, dumps_json(obj), durable=durable)
+
+
+def read_record(path: Path, kind: str, schema: int) -> dict[str, Any]:
+    """Read a versioned on-volume JSON record strictly: damage is an error, never a default."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise VolumeError(f"cannot read {kind} {path}: {exc.strerror}") from exc
+    try:
+        obj = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise VolenvError(f"{kind} {path} is damaged: not valid JSON ({exc})") from exc
+    if not isinstance(obj, dict) or not isinstance(obj.get("schema"), int):
+        raise VolenvError(f"{kind} {path} is damaged: no integer 'schema' field")
+    if obj["schema"] > schema:
+        raise VolumeError(
+            f"{kind} {path} has schema {obj['schema']}, newer than this volenv understands ({schema})",
+            hint="upgrade volenv (pip install -U volenv)",
+        )
+    return obj
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one JSON line with O_APPEND in a single write, so concurrent appenders never interleave."""
+    data = (line.rstrip("\n") + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_cachedir_tag(directory: Path) -> None:
+    tag = directory / "CACHEDIR.TAG"
+    if not tag.exists():
+        try:
+            atomic_write_bytes(tag, CACHEDIR_TAG, durable=False)
+        except FileExistsError:
+            pass
+
+
+def is_within(path: Path, root: Path) -> bool:
+    """Lexical containment: `path` is root or below it (no symlink is resolved)."""
+    try:
+        Path(os.path.normpath(path)).relative_to(os.path.normpath(root))
+    except ValueError:
+        return False
+    return True
+
+
+def assert_real_parents(path: Path, root: Path) -> None:
+    """Refuse a path whose parents (between root and it) include a symlink: deleting through
+    one would reach outside the volume root."""
+    if not is_within(path, root) or os.path.normpath(path) == os.path.normpath(root):
+        raise VolenvError(f"refusing to touch {path}: not strictly inside the volume root {root}")
+    rel = Path(os.path.normpath(path)).relative_to(os.path.normpath(root))
+    current = Path(os.path.normpath(root))
+    for part in rel.parts[:-1]:
+        if part in ("..", "."):
+            raise VolenvError(f"refusing to touch {path}: '..' in the path")
+        current = current / part
+        if stat.S_ISLNK(os.lstat(current).st_mode):
+            raise VolenvError(f"refusing to touch {path}: {current} is a symlink")
+
+
+def remove_tree(path: Path, root: Path) -> None:
+    """Delete a tree strictly inside root without following any symlink out of it.
+
+    shutil.rmtree walks with O_NOFOLLOW and dir fds (symlink-race safe); a symlink at
+    `path` itself is unlinked, never followed.
+    """
+    assert_real_parents(path, root)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path, onerror=_make_writable_and_retry)
+    else:
+        os.unlink(path)
+
+
+def _make_writable_and_retry(func: Any, path: str, exc_info: Any) -> None:
+    # A read-only directory inside a tree (chmod by a user) would stop rmtree; fix and retry once.
+    if func in (os.rmdir, os.unlink) and isinstance(exc_info[1], PermissionError):
+        parent = os.path.dirname(path)
+        os.chmod(parent, 0o755)
+        func(path)
+        return
+    raise exc_info[1]
+
+
+def tree_size(path: Path) -> tuple[int, int]:
+    """(apparent bytes, file count) of a tree, not following symlinks."""
+    total = 0
+    count = 0
+    stack = [str(path)]
+    while stack:
+        current = stack.pop()
+        try:
+            with os.scandir(current) as it:
+                for entry in it:
+                    st = entry.stat(follow_symlinks=False)
+                    if stat.S_ISDIR(st.st_mode):
+                        stack.append(entry.path)
+                    else:
+                        total += st.st_size
+                        count += 1
+        except FileNotFoundError:
+            continue
+    return total, count

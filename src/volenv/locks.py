@@ -1,0 +1,137 @@
+"""The build lease: one builder per env across hosts, without relying on flock.
+
+filelock's SoftFileLease claims with an O_EXCL marker, refreshes it from a heartbeat thread,
+and lets peers take over a marker that stayed unchanged for the lease duration (or whose
+owner is a dead process on this host). Fencing: right before the commit rename the builder
+re-reads the marker and checks it still carries its own token.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+from filelock import SoftFileLease, Timeout
+
+from .errors import LeaseLost, LockTimeout, from_oserror
+from .fsutil import atomic_write_json, read_record
+from .paths import VolumePaths
+
+DEFAULT_LEASE_SECONDS = 60.0
+
+
+def lease_seconds() -> float:
+    """All contenders must agree on the duration; tests shorten it through the environment."""
+    return float(os.environ.get("VOLENV_LEASE_SECONDS", DEFAULT_LEASE_SECONDS))
+
+
+def describe_holder(marker: Path) -> str | None:
+    """'host H pid P since T (heartbeat Ns ago)' from the marker and our info file."""
+    try:
+        text = marker.read_text(encoding="utf-8", errors="replace")
+        age = time.time() - marker.stat().st_mtime
+    except OSError:
+        return None
+    fields = dict(line.split("=", 1) for line in text.splitlines()[1:] if "=" in line)
+    since = ""
+    try:
+        info = read_record(marker.with_suffix(".info"), "lease info", 1)
+        if info.get("token") == fields.get("token"):
+            since = f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(float(info['since'])))}"
+    except Exception:
+        pass
+    return f"host {fields.get('host', '?')} pid {fields.get('pid', '?')}{since} (heartbeat {age:.0f}s ago)"
+
+
+class BuildLease:
+    def __init__(
+        self,
+        paths: VolumePaths,
+        env: str,
+        *,
+        timeout: float,
+        say: Callable[[str], None],
+        duration: float | None = None,
+    ) -> None:
+        self.path = paths.build_lease(env)
+        self.env = env
+        self.timeout = timeout
+        self.say = say
+        self.duration = duration or lease_seconds()
+        self._lease = SoftFileLease(str(self.path), lease_duration=self.duration, is_singleton=False)
+        self.waited = 0.0
+
+    def acquire(self) -> None:
+        start = time.monotonic()
+        deadline = start + self.timeout if self.timeout >= 0 else None
+        announced = 0.0
+        while True:
+            step = 2.0 if deadline is None else max(0.0, min(2.0, deadline - time.monotonic()))
+            try:
+                self._lease.acquire(timeout=step, poll_interval=0.05)
+                break
+            except Timeout:
+                pass
+            except OSError as exc:
+                raise from_oserror(exc, f"cannot take the build lease {self.path}") from exc
+            now = time.monotonic()
+            if now - announced >= 10 or announced == 0.0:
+                holder = describe_holder(self.path) or "another builder"
+                self.say(f"waiting for the build lease of '{self.env}', held by {holder}")
+                announced = now
+            if deadline is not None and now >= deadline:
+                holder = describe_holder(self.path) or "another builder"
+                raise LockTimeout(
+                    f"timed out after {self.timeout:.0f}s waiting for the build lease of '{self.env}' ({holder})",
+                    hint="raise --lock-timeout, or wait for that build to finish",
+                )
+        self.waited = time.monotonic() - start
+        try:
+            atomic_write_json(
+                self.path.with_suffix(".info"),
+                {
+                    "schema": 1,
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "since": time.time(),
+                    "token": self._lease.token,
+                },
+                durable=False,
+            )
+        except OSError:
+            pass
+
+    @property
+    def token(self) -> str | None:
+        return self._lease.token
+
+    def fence(self) -> None:
+        """Raise LeaseLost unless the marker on the volume still carries our token."""
+        if self._lease.compromise is not None:
+            raise LeaseLost(f"build lease lost ({self._lease.compromise.reason}); another builder took over")
+        token = self._lease.token
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise LeaseLost(f"build lease marker unreadable before commit: {exc}") from exc
+        if token is None or f"token={token}\n" not in text:
+            raise LeaseLost("build lease was taken over by another builder before the commit")
+
+    def release(self) -> None:
+        try:
+            self._lease.release(force=True)
+        except OSError:
+            pass
+
+    def __enter__(self) -> BuildLease:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()

@@ -1,0 +1,439 @@
+"""The manifest: what an environment is, parsed strictly (unknown keys are errors).
+
+Kept cheap to import: `volenv run` parses the manifest on every container start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ManifestError
+
+SCHEMA = 1
+SLUG = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_-]|\.(?!\.)){0,62}$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+HEX40 = re.compile(r"^[0-9a-f]{40}$")
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+PYTHON_REQUEST = re.compile(r"^(?:(?:cpython|pypy|graalpy)[@-]?)?[0-9]+(?:\.[0-9]+){0,2}t?$")
+TORCH_BACKEND = re.compile(r"^(?:auto|cpu|cu[0-9]{2,3}|rocm[0-9.]+|xpu)$")
+RESERVED_ENV = {"VIRTUAL_ENV", "PYTHONHOME", "VOLENV_SNAPSHOT", "VOLENV_ROOT"}
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    url: str | None = None
+    extra_urls: tuple[str, ...] = ()
+    find_links: tuple[str, ...] = ()
+    no_index: bool = False
+    torch_backend: str | None = None
+
+
+@dataclass(frozen=True)
+class OptionalGroup:
+    name: str
+    requirements: tuple[str, ...]
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class HfSource:
+    repo: str
+    revision: str
+    files: tuple[str, ...] = ()
+    allow_patterns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    hf: HfSource | None = None
+    url: str | None = None
+    sha256: str | None = None
+    size: int | None = None
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path
+    name: str
+    python: str
+    requirements: tuple[str, ...]
+    lockfile: Path | None = None
+    lockfile_sha256: str | None = None
+    index: IndexSettings = field(default_factory=IndexSettings)
+    optional: tuple[OptionalGroup, ...] = ()
+    post_install: tuple[tuple[str, ...] | str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    smoke_imports: tuple[str, ...] = ()
+    models: tuple[ModelSpec, ...] = ()
+
+    def build_inputs(self) -> dict[str, Any]:
+        """Everything that determines the snapshot's content (not activation env, not models)."""
+        return {
+            "name": self.name,
+            "python": self.python,
+            "requirements": sorted(self.requirements),
+            "lockfile_sha256": self.lockfile_sha256,
+            "index": {
+                "url": self.index.url,
+                "extra_urls": list(self.index.extra_urls),
+                "find_links": list(self.index.find_links),
+                "no_index": self.index.no_index,
+                "torch_backend": self.index.torch_backend,
+            },
+            "optional": {
+                g.name: {"requirements": sorted(g.requirements), "required": g.required}
+                for g in self.optional
+            },
+            "post_install": [list(c) if isinstance(c, tuple) else c for c in self.post_install],
+            "smoke_imports": list(self.smoke_imports),
+        }
+
+    def normalized(self) -> dict[str, Any]:
+        """The whole manifest as plain data, stable across formatting and key order."""
+        data = self.build_inputs()
+        data["schema"] = SCHEMA
+        data["env"] = dict(self.env)
+        data["models"] = [_model_dict(m) for m in self.models]
+        return data
+
+    @property
+    def digest(self) -> str:
+        """The index key: any change to the manifest (or its lockfile) gives a new digest."""
+        return hashlib.sha256(canonical_json(self.normalized())).hexdigest()
+
+    def find_links_paths(self) -> list[str]:
+        """find-links entries with local paths made absolute against the manifest's folder."""
+        out = []
+        for entry in self.index.find_links:
+            if "://" in entry:
+                out.append(entry)
+            else:
+                out.append(str((self.path.parent / entry).resolve()))
+        return out
+
+
+def _model_dict(m: ModelSpec) -> dict[str, Any]:
+    d: dict[str, Any] = {"name": m.name, "optional": m.optional}
+    if m.hf is not None:
+        d["hf"] = {
+            "repo": m.hf.repo,
+            "revision": m.hf.revision,
+            "files": list(m.hf.files),
+            "allow_patterns": list(m.hf.allow_patterns),
+        }
+    else:
+        d["url"] = m.url
+        d["sha256"] = m.sha256
+        d["size"] = m.size
+    return d
+
+
+def canonical_json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+class _Checker:
+    """Walks a TOML table, naming file and dotted key in every error."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def fail(self, key: str, problem: str, hint: str | None = None) -> ManifestError:
+        return ManifestError(self.path, key, problem, hint=hint)
+
+    def keys(self, table: dict[str, Any], allowed: set[str], prefix: str) -> None:
+        for key in table:
+            if key not in allowed:
+                dotted = f"{prefix}{key}"
+                raise self.fail(dotted, f"unknown key {key!r}", hint=f"allowed here: {', '.join(sorted(allowed))}")
+
+    def string(self, value: Any, key: str) -> str:
+        if not isinstance(value, str):
+            raise self.fail(key, f"expected a string, got {_type(value)} {value!r}")
+        return value
+
+    def boolean(self, value: Any, key: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(key, f"expected true or false, got {_type(value)} {value!r}")
+        return value
+
+    def table(self, value: Any, key: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(key, f"expected a table, got {_type(value)} {value!r}")
+        return value
+
+    def strings(self, value: Any, key: str) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise self.fail(key, f"expected a list of strings, got {_type(value)} {value!r}")
+        for i, item in enumerate(value):
+            self.string(item, f"{key}[{i}]")
+        return tuple(value)
+
+    def slug(self, value: Any, key: str) -> str:
+        text = self.string(value, key)
+        if not SLUG.match(text):
+            raise self.fail(
+                key,
+                f"{text!r} is not a plain name (letters, digits, '.', '_', '-'; no '/', '..' or spaces;"
+                " at most 63 characters)",
+            )
+        return text
+
+    def requirements(self, value: Any, key: str) -> tuple[str, ...]:
+        from packaging.requirements import InvalidRequirement, Requirement
+
+        items = self.strings(value, key)
+        out = []
+        for i, item in enumerate(items):
+            try:
+                req = Requirement(item)
+            except InvalidRequirement as exc:
+                first = str(exc).splitlines()[0]
+                raise self.fail(f"{key}[{i}]", f"invalid requirement {item!r}: {first}") from None
+            out.append(str(req))
+        return tuple(out)
+
+
+def _type(value: Any) -> str:
+    return {
+        str: "string",
+        int: "integer",
+        float: "float",
+        bool: "boolean",
+        list: "array",
+        dict: "table",
+    }.get(type(value), type(value).__name__)
+
+
+TOP_KEYS = {"name", "python", "requirements", "lockfile", "index", "optional", "build", "activate", "models"}
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Parse and validate; raises ManifestError (exit 2) naming file, key and value."""
+    p = Path(path)
+    c = _Checker(p)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise c.fail("(file)", "no such file") from None
+    except IsADirectoryError:
+        raise c.fail("(file)", "is a directory, expected a TOML manifest") from None
+    except OSError as exc:
+        raise c.fail("(file)", f"cannot read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise c.fail("(file)", "not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise c.fail("(toml)", f"invalid TOML: {exc}") from None
+    return _parse(p.absolute(), data, c)
+
+
+def _parse(p: Path, data: dict[str, Any], c: _Checker) -> Manifest:
+    c.keys(data, TOP_KEYS, "")
+    if "name" not in data:
+        raise c.fail("name", "missing (every manifest names its environment)")
+    name = c.slug(data["name"], "name")
+    python = c.string(data.get("python", "3.11"), "python")
+    _check_python(c, python)
+    if "requirements" not in data and "lockfile" not in data:
+        raise c.fail("requirements", "missing (give requirements or a lockfile)")
+    requirements = c.requirements(data.get("requirements", []), "requirements")
+
+    lockfile: Path | None = None
+    lock_sha: str | None = None
+    if "lockfile" in data:
+        rel = c.string(data["lockfile"], "lockfile")
+        lockfile = (p.parent / rel).resolve()
+        if not re.match(r"^pylock\.([^.]+\.)?toml$", lockfile.name):
+            raise c.fail("lockfile", f"{rel!r}: expected a pylock.toml or pylock.<name>.toml file (PEP 751)")
+        try:
+            lock_bytes = lockfile.read_bytes()
+        except OSError as exc:
+            raise c.fail("lockfile", f"{rel!r}: cannot read ({exc.strerror})") from None
+        try:
+            tomllib.loads(lock_bytes.decode())
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise c.fail("lockfile", f"{rel!r}: not a valid TOML lockfile ({exc})") from None
+        lock_sha = hashlib.sha256(lock_bytes).hexdigest()
+
+    index = _parse_index(c, data.get("index", {}))
+    optional = _parse_optional(c, data.get("optional", {}))
+    post_install = _parse_build(c, data.get("build", {}))
+    env, smoke = _parse_activate(c, data.get("activate", {}))
+    models = _parse_models(c, data.get("models", []))
+    return Manifest(
+        path=p,
+        name=name,
+        python=python,
+        requirements=requirements,
+        lockfile=lockfile,
+        lockfile_sha256=lock_sha,
+        index=index,
+        optional=optional,
+        post_install=post_install,
+        env=env,
+        smoke_imports=smoke,
+        models=models,
+    )
+
+
+def _check_python(c: _Checker, python: str) -> None:
+    if PYTHON_REQUEST.match(python):
+        return
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    try:
+        SpecifierSet(python)
+    except InvalidSpecifier:
+        raise c.fail(
+            "python", f"{python!r} is not a Python request (e.g. '3.11', '3.11.7', '>=3.11,<3.12')"
+        ) from None
+    if not python.strip():
+        raise c.fail("python", "empty")
+
+
+def _parse_index(c: _Checker, value: Any) -> IndexSettings:
+    t = c.table(value, "index")
+    c.keys(t, {"url", "extra-urls", "find-links", "no-index", "torch-backend"}, "index.")
+    url = c.string(t["url"], "index.url") if "url" in t else None
+    extra = c.strings(t.get("extra-urls", []), "index.extra-urls")
+    for i, u in enumerate((url, *extra) if url else extra):
+        if not re.match(r"^(https?|file)://\S+$", u):
+            key = "index.url" if (url and i == 0) else "index.extra-urls"
+            raise c.fail(key, f"{u!r} is not an http(s):// or file:// URL")
+    find_links = c.strings(t.get("find-links", []), "index.find-links")
+    no_index = c.boolean(t.get("no-index", False), "index.no-index")
+    backend = None
+    if "torch-backend" in t:
+        backend = c.string(t["torch-backend"], "index.torch-backend")
+        if not TORCH_BACKEND.match(backend):
+            raise c.fail("index.torch-backend", f"{backend!r} is not a uv torch backend (auto, cpu, cu126, ...)")
+    return IndexSettings(url, extra, find_links, no_index, backend)
+
+
+def _parse_optional(c: _Checker, value: Any) -> tuple[OptionalGroup, ...]:
+    t = c.table(value, "optional")
+    groups = []
+    for gname, gval in t.items():
+        key = f"optional.{gname}"
+        c.slug(gname, key)
+        g = c.table(gval, key)
+        c.keys(g, {"requirements", "required"}, f"{key}.")
+        if "requirements" not in g:
+            raise c.fail(f"{key}.requirements", "missing")
+        reqs = c.requirements(g["requirements"], f"{key}.requirements")
+        if not reqs:
+            raise c.fail(f"{key}.requirements", "empty list")
+        required = c.boolean(g.get("required", False), f"{key}.required")
+        groups.append(OptionalGroup(gname, reqs, required))
+    return tuple(groups)
+
+
+def _parse_build(c: _Checker, value: Any) -> tuple[tuple[str, ...] | str, ...]:
+    t = c.table(value, "build")
+    c.keys(t, {"post-install"}, "build.")
+    cmds = t.get("post-install", [])
+    if not isinstance(cmds, list):
+        raise c.fail("build.post-install", f"expected a list of commands, got {_type(cmds)} {cmds!r}")
+    out: list[tuple[str, ...] | str] = []
+    for i, cmd in enumerate(cmds):
+        key = f"build.post-install[{i}]"
+        if isinstance(cmd, str):
+            if not cmd.strip():
+                raise c.fail(key, "empty command")
+            out.append(cmd)
+        elif isinstance(cmd, list) and cmd:
+            out.append(c.strings(cmd, key))
+        else:
+            raise c.fail(key, f"expected a shell string or a non-empty argv list, got {cmd!r}")
+    return tuple(out)
+
+
+def _parse_activate(c: _Checker, value: Any) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+    t = c.table(value, "activate")
+    c.keys(t, {"env", "smoke-imports"}, "activate.")
+    env_t = c.table(t.get("env", {}), "activate.env")
+    env = []
+    for k, v in env_t.items():
+        key = f"activate.env.{k}"
+        if not ENV_NAME.match(k):
+            raise c.fail(key, f"{k!r} is not a valid environment variable name")
+        if k in RESERVED_ENV:
+            raise c.fail(key, f"{k} is set by volenv itself and cannot be overridden")
+        env.append((k, c.string(v, key)))
+    smoke = c.strings(t.get("smoke-imports", []), "activate.smoke-imports")
+    for i, mod in enumerate(smoke):
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", mod):
+            raise c.fail(f"activate.smoke-imports[{i}]", f"{mod!r} is not a module name")
+    return tuple(sorted(env)), smoke
+
+
+def _parse_models(c: _Checker, value: Any) -> tuple[ModelSpec, ...]:
+    if not isinstance(value, list):
+        raise c.fail("models", f"expected an array of tables ([[models]]), got {_type(value)}")
+    seen: set[str] = set()
+    out = []
+    for i, item in enumerate(value):
+        key = f"models[{i}]"
+        m = c.table(item, key)
+        c.keys(m, {"name", "hf", "url", "sha256", "size", "optional"}, f"{key}.")
+        if "name" not in m:
+            raise c.fail(f"{key}.name", "missing")
+        name = c.slug(m["name"], f"{key}.name")
+        if name in seen:
+            raise c.fail(f"{key}.name", f"duplicate model name {name!r}")
+        seen.add(name)
+        optional = c.boolean(m.get("optional", False), f"{key}.optional")
+        if ("hf" in m) == ("url" in m):
+            raise c.fail(key, "give exactly one source: `hf = {...}` or `url` + `sha256`")
+        if "hf" in m:
+            for k in ("sha256", "size"):
+                if k in m:
+                    raise c.fail(f"{key}.{k}", "only for `url` models (hf files are checked against the Hub)")
+            out.append(ModelSpec(name, hf=_parse_hf(c, m["hf"], f"{key}.hf"), optional=optional))
+            continue
+        url = c.string(m["url"], f"{key}.url")
+        if not re.match(r"^https?://\S+$", url):
+            raise c.fail(f"{key}.url", f"{url!r} is not an http(s) URL")
+        if "sha256" not in m:
+            raise c.fail(f"{key}.sha256", "missing (a url model must be pinned by its checksum)")
+        sha = c.string(m["sha256"], f"{key}.sha256").lower()
+        if not HEX64.match(sha):
+            raise c.fail(f"{key}.sha256", f"{m['sha256']!r} is not 64 hex digits")
+        size = m.get("size")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
+            raise c.fail(f"{key}.size", f"expected a positive integer, got {size!r}")
+        out.append(ModelSpec(name, url=url, sha256=sha, size=size, optional=optional))
+    return tuple(out)
+
+
+def _parse_hf(c: _Checker, value: Any, key: str) -> HfSource:
+    t = c.table(value, key)
+    c.keys(t, {"repo", "revision", "files", "allow-patterns"}, f"{key}.")
+    if "repo" not in t:
+        raise c.fail(f"{key}.repo", "missing")
+    repo = c.string(t["repo"], f"{key}.repo")
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$", repo) or ".." in repo:
+        raise c.fail(f"{key}.repo", f"{repo!r} is not an 'owner/name' repository id")
+    if "revision" not in t:
+        raise c.fail(f"{key}.revision", "missing (pin a 40-hex commit for reproducible snapshots)")
+    rev = c.string(t["revision"], f"{key}.revision")
+    if not HEX40.match(rev):
+        raise c.fail(f"{key}.revision", f"{rev!r} is not a 40-hex commit id (branches and tags move)")
+    files = c.strings(t.get("files", []), f"{key}.files")
+    patterns = c.strings(t.get("allow-patterns", []), f"{key}.allow-patterns")
+    for i, f in enumerate(files):
+        if f.startswith("/") or ".." in f.split("/"):
+            raise c.fail(f"{key}.files[{i}]", f"{f!r} must be a relative path inside the repository")
+    if not files and not patterns:
+        raise c.fail(key, "give `files` or `allow-patterns` (never a whole repository by accident)")
+    return HfSource(repo, rev, files, patterns)

@@ -1,0 +1,140 @@
+"""One renderer: results -> rich tables on stderr, or one versioned JSON document on stdout."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+JSON_VERSION = 1
+
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+def to_data(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_data(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_data(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_data(v) for v in obj]
+    return obj
+
+
+def emit_json(command: str, result: Any) -> None:
+    doc = {"version": JSON_VERSION, "command": command}
+    data = to_data(result)
+    if isinstance(data, dict):
+        doc.update(data)
+    else:
+        doc["result"] = data
+    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def human_time(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+def render_sync(r: Any, quiet: int) -> None:
+    if quiet > 0:
+        return
+    verb = {"built": "built", "reused": "reused", "would-build": "would build", "would-reuse": "would reuse"}
+    err_console.print(f"[bold]{verb.get(r.action, r.action)}[/bold] {r.snapshot} ({r.seconds:.2f}s)")
+    err_console.print(f"  path: {r.path}")
+    for g in r.groups:
+        mark = "[green]installed[/green]" if g.state == "installed" else f"[yellow]{g.state}[/yellow]"
+        extra = f": {g.error}" if g.error else ""
+        err_console.print(f"  optional group {g.name}: {mark}{extra}")
+    if r.stats:
+        s = r.stats
+        err_console.print(
+            f"  files: {s.get('files', 0)}, hashed {s.get('hashed', 0)}, reused hashes {s.get('hash_reused', 0)},"
+            f" reused bytecode {s.get('bytecode_reused', 0)}, link mode {r.link_mode}"
+        )
+
+
+def render_status(r: Any, quiet: int) -> None:
+    if not r.exists:
+        err_console.print(f"volume root {r.root} (from {r.root_source}) does not exist yet")
+        return
+    err_console.print(f"root: {r.root} (from {r.root_source}), free {human_bytes(r.free_bytes)}")
+    if not r.envs:
+        err_console.print("no environments yet")
+    for e in r.envs:
+        table = Table(title=f"env {e.name} — {e.generations} generation(s)", title_justify="left")
+        for col in ("", "snapshot", "created", "python", "size", "unique", "last used", "groups", "state"):
+            table.add_column(col)
+        for s in e.snapshots:
+            flags = ("*" if s.current else "") + ("P" if s.pinned else "")
+            groups = ", ".join(f"{g.name}:{g.state}" for g in s.groups) or "-"
+            state = "valid" if s.valid else f"[red]{s.problem}[/red]"
+            if s.link_mode == "copy":
+                state += " [yellow](copied)[/yellow]"
+            table.add_row(
+                flags,
+                s.id,
+                human_time(s.created),
+                s.python or "-",
+                human_bytes(s.apparent_bytes),
+                human_bytes(s.unique_bytes),
+                human_time(s.last_used),
+                groups,
+                state,
+            )
+        err_console.print(table)
+    for w in r.warnings:
+        err_console.print(f"[yellow]warning:[/yellow] {w}")
+
+
+def render_env(r: Any, fmt: str) -> None:
+    if fmt == "json":
+        emit_json("env", r)
+        return
+    lines = [f"unset {name}" for name in r.unset]
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(r.variables.items())]
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def render_verify(reports: Any, quiet: int) -> None:
+    for rep in reports:
+        style = "green" if rep.ok and not rep.problems else ("yellow" if rep.ok else "red")
+        if quiet > 0 and rep.ok:
+            continue
+        err_console.print(f"[{style}]{rep.summary()}[/{style}] ({rep.seconds:.2f}s)")
+        if rep.problems:
+            table = Table(show_header=True)
+            for col in ("severity", "kind", "path", "detail", "package"):
+                table.add_column(col)
+            for p in rep.problems[:200]:
+                table.add_row(p.severity, p.kind, p.path, p.detail, p.distribution or "")
+            err_console.print(table)
+            if len(rep.problems) > 200:
+                err_console.print(f"… and {len(rep.problems) - 200} more (use --json for all)")
+
+
+def render_error(message: str, cause: str | None, hint: str | None) -> None:
+    err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    if cause:
+        err_console.print(f"  [bold]cause:[/bold] {cause}", highlight=False)
+    if hint:
+        err_console.print(f"  [bold cyan]hint:[/bold cyan] {hint}", highlight=False)

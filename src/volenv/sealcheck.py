@@ -1,0 +1,90 @@
+"""Seal-level verification, kept free of heavy imports: it runs on every container start.
+
+A seal is valid when it parses, names this snapshot, its record digest matches the record
+file, and the base interpreter it was built for is present (DESIGN.md, level `seal`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+SEAL_SCHEMA = 1
+META_DIR = ".volenv"
+SEAL_NAME = "seal.json"
+RECORD_NAME = "record"
+
+
+class SealProblem(Exception):
+    """What is wrong with a seal; `kind` is one of the verify report's kinds."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+
+
+def read_seal(snapshot_dir: str) -> dict[str, Any]:
+    path = os.path.join(snapshot_dir, META_DIR, SEAL_NAME)
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except FileNotFoundError:
+        raise SealProblem("seal-missing", f"no seal at {path}: the snapshot was never completed") from None
+    try:
+        seal = json.loads(raw)
+    except ValueError as exc:
+        raise SealProblem("seal-damaged", f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(seal, dict) or not isinstance(seal.get("schema"), int):
+        raise SealProblem("seal-damaged", f"{path} has no integer schema")
+    if seal["schema"] > SEAL_SCHEMA:
+        raise SealProblem("seal-newer", f"{path} has seal schema {seal['schema']}; upgrade volenv")
+    for key, typ in (("snapshot", str), ("record_sha256", str), ("fingerprint", dict), ("env", str)):
+        if not isinstance(seal.get(key), typ):
+            raise SealProblem("seal-damaged", f"{path}: field {key!r} missing or of the wrong type")
+    return seal
+
+
+def record_sha256(snapshot_dir: str) -> str:
+    path = os.path.join(snapshot_dir, META_DIR, RECORD_NAME)
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+    except FileNotFoundError:
+        raise SealProblem("record-missing", f"no record at {path}") from None
+
+
+def check_seal(snapshot_dir: str, snapshot_id: str | None = None) -> dict[str, Any]:
+    """Return the seal if the snapshot is valid at level `seal`; raise SealProblem otherwise."""
+    seal = read_seal(snapshot_dir)
+    expected = snapshot_id or os.path.basename(os.path.normpath(snapshot_dir))
+    if seal["snapshot"] != expected:
+        raise SealProblem("seal-mismatch", f"seal names {seal['snapshot']!r}, the directory is {expected!r}")
+    actual = record_sha256(snapshot_dir)
+    if actual != seal["record_sha256"]:
+        raise SealProblem(
+            "record-mismatch",
+            f"record digest {actual[:16]}… does not match the seal's {seal['record_sha256'][:16]}…",
+        )
+    problem = interpreter_problem(seal["fingerprint"])
+    if problem:
+        raise SealProblem("interpreter", problem)
+    return seal
+
+
+def interpreter_problem(fp: dict[str, Any]) -> str | None:
+    """No subprocess: the base interpreter the venv links to is present and the same build (size)."""
+    exe = fp.get("executable", "")
+    desc = f"{fp.get('implementation')} {fp.get('version')} ({fp.get('abi')}, {fp.get('platform')}) at {exe}"
+    try:
+        st = os.stat(exe)
+    except OSError:
+        return f"the snapshot needs {desc}, which this container does not have"
+    if fp.get("executable_size") not in (None, st.st_size):
+        return (
+            f"the snapshot was built for {desc} ({fp['executable_size']} bytes), "
+            f"but {exe} here is a different build ({st.st_size} bytes)"
+        )
+    return None

@@ -1,0 +1,205 @@
+"""The store on the volume: format file, index, current pointer, generations, use and pin marks.
+
+Every pointer is a small versioned JSON record written temp + fsync + rename.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import VolenvError, VolumeError, from_oserror
+from .fsutil import append_line, atomic_write_json, read_record, write_cachedir_tag
+from .paths import FORMAT_VERSION, VolumePaths
+
+POINTER_SCHEMA = 1
+HISTORY_SCHEMA = 1
+
+
+def open_volume(paths: VolumePaths, *, create: bool) -> None:
+    """Check (and with create=True, make) the root and its layout; refuse a newer format."""
+    root = paths.root
+    if not root.is_dir():
+        if not create:
+            raise VolumeError(
+                f"volume root {root} does not exist",
+                hint=f"build something first: volenv --root {root} sync MANIFEST",
+            )
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise from_oserror(exc, f"cannot create volume root {root}") from exc
+    if paths.meta.exists():
+        meta = read_record(paths.meta, "volume format file", FORMAT_VERSION)
+        fmt = meta.get("format")
+        if not isinstance(fmt, int):
+            raise VolenvError(f"{paths.meta} is damaged: no integer 'format'")
+        if fmt > FORMAT_VERSION:
+            raise VolumeError(
+                f"{root} uses volume format {fmt}; this volenv understands format {FORMAT_VERSION}",
+                hint="upgrade volenv in this image",
+            )
+    elif create:
+        try:
+            atomic_write_json(
+                paths.meta,
+                {"schema": 1, "format": FORMAT_VERSION, "created_by": f"volenv {__version__}", "created": time.time()},
+            )
+        except OSError as exc:
+            raise from_oserror(exc, f"cannot initialise volume root {root}") from exc
+    if create:
+        try:
+            for d in paths.top_dirs():
+                d.mkdir(parents=True, exist_ok=True)
+            for d in (paths.root / "cache", paths.staging, paths.trash, paths.logs):
+                write_cachedir_tag(d)
+        except OSError as exc:
+            raise from_oserror(exc, f"cannot create the layout under {root}") from exc
+
+
+def ensure_env_dirs(paths: VolumePaths, env: str) -> None:
+    base = paths.env_dir(env)
+    for sub in ("snapshots", "index", "used", "pins"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    paths.env_logs(env).mkdir(parents=True, exist_ok=True)
+
+
+# ---------------------------------------------------------------- pointers
+
+
+def _read_pointer(path: Path, kind: str) -> str | None:
+    try:
+        rec = read_record(path, kind, POINTER_SCHEMA)
+    except FileNotFoundError:
+        return None
+    snap = rec.get("snapshot")
+    if not isinstance(snap, str):
+        raise VolenvError(f"{kind} {path} is damaged: no 'snapshot'")
+    return snap
+
+
+def read_index(paths: VolumePaths, env: str, manifest_digest: str) -> str | None:
+    return _read_pointer(paths.index_entry(env, manifest_digest), "index entry")
+
+
+def write_index(paths: VolumePaths, env: str, manifest_digest: str, snapshot_id: str) -> None:
+    atomic_write_json(
+        paths.index_entry(env, manifest_digest),
+        {"schema": POINTER_SCHEMA, "snapshot": snapshot_id, "time": time.time()},
+    )
+
+
+def read_current(paths: VolumePaths, env: str) -> str | None:
+    return _read_pointer(paths.current(env), "current pointer")
+
+
+def write_current(paths: VolumePaths, env: str, snapshot_id: str) -> None:
+    atomic_write_json(paths.current(env), {"schema": POINTER_SCHEMA, "snapshot": snapshot_id, "time": time.time()})
+
+
+@dataclass(frozen=True)
+class Generation:
+    number: int
+    time: float
+    snapshot: str
+    manifest_digest: str | None
+    action: str
+
+
+def read_history(paths: VolumePaths, env: str) -> list[Generation]:
+    path = paths.history(env)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    out: list[Generation] = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            # A torn final line (crash mid-append) is skipped; anything else is damage.
+            if n == len(text.splitlines()):
+                continue
+            raise VolenvError(f"{path}: line {n} is not valid JSON") from None
+        if rec.get("schema", 0) > HISTORY_SCHEMA:
+            raise VolumeError(f"{path}: line {n} has a newer schema; upgrade volenv")
+        out.append(
+            Generation(len(out) + 1, float(rec["time"]), rec["snapshot"], rec.get("manifest_digest"), rec["action"])
+        )
+    return out
+
+
+def append_history(paths: VolumePaths, env: str, snapshot_id: str, manifest_digest: str | None, action: str) -> None:
+    rec = {
+        "schema": HISTORY_SCHEMA,
+        "time": time.time(),
+        "snapshot": snapshot_id,
+        "manifest_digest": manifest_digest,
+        "action": action,
+    }
+    append_line(paths.history(env), json.dumps(rec, sort_keys=True))
+
+
+def switch_current(paths: VolumePaths, env: str, snapshot_id: str, manifest_digest: str | None, action: str) -> None:
+    """The one pointer switch: current then history (a crash between leaves a valid current)."""
+    write_current(paths, env, snapshot_id)
+    append_history(paths, env, snapshot_id, manifest_digest, action)
+
+
+def mark_used(paths: VolumePaths, env: str, snapshot_id: str) -> None:
+    """Best effort: a read-only volume must still activate."""
+    marker = paths.used_marker(env, snapshot_id)
+    try:
+        os.utime(marker)
+    except FileNotFoundError:
+        try:
+            fd = os.open(marker, os.O_WRONLY | os.O_CREAT, 0o644)
+            os.close(fd)
+        except OSError:
+            pass
+    except OSError:
+        pass
+
+
+def last_used(paths: VolumePaths, env: str, snapshot_id: str) -> float | None:
+    try:
+        return paths.used_marker(env, snapshot_id).stat().st_mtime
+    except OSError:
+        return None
+
+
+def is_pinned(paths: VolumePaths, env: str, snapshot_id: str) -> bool:
+    return paths.pin(env, snapshot_id).exists()
+
+
+def list_envs(paths: VolumePaths) -> list[str]:
+    try:
+        return sorted(p.name for p in paths.envs.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except FileNotFoundError:
+        return []
+
+
+def list_snapshots(paths: VolumePaths, env: str) -> list[str]:
+    try:
+        return sorted(p.name for p in paths.snapshots(env).iterdir() if not p.name.startswith("."))
+    except FileNotFoundError:
+        return []
+
+
+def log_event(paths: VolumePaths, env: str, event: str, **fields: Any) -> None:
+    """JSON-lines events per env; never lets logging break the operation it describes."""
+    rec = {"time": time.time(), "event": event, "pid": os.getpid(), **fields}
+    try:
+        paths.env_logs(env).mkdir(parents=True, exist_ok=True)
+        append_line(paths.events(env), json.dumps(rec, sort_keys=True, default=str))
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.ENOSPC, errno.EACCES, errno.EPERM):
+            raise

@@ -1,0 +1,85 @@
+"""The uv binary, run as a subprocess with the volume's cache and interpreter store."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from .manifest import IndexSettings, Manifest
+from .paths import VolumePaths
+
+
+def uv_bin() -> str:
+    """The binary shipped by the `uv` package, else one on PATH."""
+    override = os.environ.get("VOLENV_UV")
+    if override:
+        return override
+    try:
+        from uv import find_uv_bin
+
+        return find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        found = shutil.which("uv")
+        if found:
+            return found
+        raise
+
+
+def uv_env(paths: VolumePaths, *, offline: bool = False) -> dict[str, str]:
+    env = dict(os.environ)
+    for var in ("VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONHOME", "UV_SYSTEM_PYTHON"):
+        env.pop(var, None)
+    env["UV_CACHE_DIR"] = str(paths.uv_cache)
+    env["UV_PYTHON_INSTALL_DIR"] = str(paths.python)
+    env["UV_PYTHON_DOWNLOADS"] = env.get("UV_PYTHON_DOWNLOADS", "never")
+    env["UV_NO_PROGRESS"] = "1"
+    env["NO_COLOR"] = "1"
+    if offline:
+        env["UV_OFFLINE"] = "1"
+    return env
+
+
+def index_args(manifest: Manifest, *, torch_backend: bool = True) -> list[str]:
+    idx: IndexSettings = manifest.index
+    args: list[str] = []
+    if idx.no_index:
+        args.append("--no-index")
+    if idx.url:
+        args += ["--index-url", idx.url]
+    for url in idx.extra_urls:
+        args += ["--extra-index-url", url]
+    for link in manifest.find_links_paths():
+        args += ["--find-links", link]
+    if torch_backend and idx.torch_backend:
+        args += ["--torch-backend", idx.torch_backend]
+    return args
+
+
+def run_uv(
+    args: Sequence[str],
+    paths: VolumePaths,
+    log: Path | None,
+    *,
+    cwd: Path | None = None,
+    offline: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    """Run uv; its output goes to the build log (and is returned for error messages)."""
+    cmd = [uv_bin(), *args]
+    proc = subprocess.run(
+        cmd, env=uv_env(paths, offline=offline), capture_output=True, text=True, cwd=cwd, check=False
+    )
+    if log is not None:
+        with open(log, "a", encoding="utf-8") as fh:
+            fh.write(f"$ uv {' '.join(args)}\n{proc.stdout}{proc.stderr}[exit {proc.returncode}]\n")
+    return proc
+
+
+def last_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
+    for ln in lines:
+        if ln.startswith(("error:", "×", "╰─▶")) or "No solution" in ln:
+            return ln.lstrip("×╰─▶ ").strip()
+    return lines[-1] if lines else f"uv exited {proc.returncode}"
