@@ -29,7 +29,7 @@ def make_wheel(
     if files is None:
         files = {f"{norm}/__init__.py": f"__version__ = {version!r}\nNAME = {name!r}\n"}
     dist_info = f"{norm}-{version}.dist-info"
-    meta = [f"Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
+    meta = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
     meta += [f"Requires-Dist: {r}" for r in requires]
     entries: dict[str, bytes] = {}
     for path, content in files.items():

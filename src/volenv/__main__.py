@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     if rest and rest[0] == "run":
         from . import ui
 
-        ui.reporter.verbosity = verbosity
+        ui.set_reporter(ui.Reporter(verbosity))
         from .activate import main_fast
 
         return main_fast(root, rest[1:])

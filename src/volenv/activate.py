@@ -9,15 +9,12 @@ gave when the manifest was synced.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
 import time
-from typing import Any
 
 from .errors import (
-    EXIT_USAGE,
     InterpreterMismatch,
     LockTimeout,
     NoSnapshotError,
@@ -26,7 +23,11 @@ from .errors import (
     VolenvError,
     VolumeError,
 )
-from .sealcheck import SealProblem, check_seal
+from .sealcheck import SealProblem, check_seal, sha256_hex
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 ALIAS_SCHEMA = 1
 ON_MISSING = ("build", "wait", "fail")
@@ -36,7 +37,9 @@ VERIFY_LEVELS = ("seal", "stat", "full")
 class Target:
     """What to activate: env, manifest digest (None for --env) and the activation settings."""
 
-    def __init__(self, env: str, digest: str | None, activation: dict[str, Any], manifest_path: str | None) -> None:
+    def __init__(
+        self, env: str, digest: str | None, activation: dict[str, Any], manifest_path: str | None
+    ) -> None:
         self.env = env
         self.digest = digest
         self.activation = activation
@@ -55,7 +58,7 @@ def _read_json(path: str) -> dict[str, Any] | None:
 
 
 def alias_path(root: str, manifest_bytes: bytes) -> str:
-    return os.path.join(root, "aliases", hashlib.sha256(manifest_bytes).hexdigest() + ".json")
+    return os.path.join(root, "aliases", sha256_hex(manifest_bytes) + ".json")
 
 
 def activation_settings(manifest: Any) -> dict[str, Any]:
@@ -114,7 +117,7 @@ def _lock_matches(alias: dict[str, Any], manifest_path: str) -> bool:
     path = os.path.join(os.path.dirname(os.path.abspath(manifest_path)), lock[0])
     try:
         with open(path, "rb") as fh:
-            return bool(hashlib.file_digest(fh, "sha256").hexdigest() == lock[1])
+            return bool(sha256_hex(fh.read()) == lock[1])
     except OSError:
         return False
 
@@ -155,7 +158,11 @@ def model_env_name(name: str) -> str:
 
 
 def compute_env(
-    root: str, snapshot_dir: str, env_name: str, activation: dict[str, Any], base: dict[str, str] | None = None
+    root: str,
+    snapshot_dir: str,
+    env_name: str,
+    activation: dict[str, Any],
+    base: dict[str, str] | None = None,
 ) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     env.pop("PYTHONHOME", None)
@@ -272,12 +279,11 @@ def resolve_target(root: str, o: RunOptions) -> Target:
 
 def prepare(root: str, o: RunOptions) -> tuple[Target, str, dict[str, Any]]:
     """Find and verify the snapshot, applying the on-missing policy. Returns target, dir, seal."""
-    if not os.path.isdir(root):
-        if o.on_missing != "build" or o.manifest is None:
-            raise VolumeError(
-                f"volume root {root} does not exist",
-                hint="mount the volume, or pass --root / VOLENV_ROOT",
-            )
+    if not os.path.isdir(root) and (o.on_missing != "build" or o.manifest is None):
+        raise VolumeError(
+            f"volume root {root} does not exist",
+            hint="mount the volume, or pass --root / VOLENV_ROOT",
+        )
     target = resolve_target(root, o)
     deadline = time.monotonic() + o.lock_timeout
     attempts = 0
@@ -331,14 +337,20 @@ def _activation_from_seal(seal: dict[str, Any]) -> dict[str, Any]:
 def _missing_error(
     root: str, o: RunOptions, target: Target, sid: str | None, problem: SealProblem | VerifyError | None
 ) -> VolenvError:
-    build_cmd = f"volenv --root {root} sync {o.manifest}" if o.manifest else f"volenv --root {root} sync MANIFEST"
+    build_cmd = (
+        f"volenv --root {root} sync {o.manifest}" if o.manifest else f"volenv --root {root} sync MANIFEST"
+    )
     if problem is None:
         what = (
-            f"manifest {o.manifest} (digest {target.digest[:16]}…)" if target.digest else f"env '{target.env}'"
+            f"manifest {o.manifest} (digest {target.digest[:16]}…)"
+            if target.digest
+            else f"env '{target.env}'"
         )
         return NoSnapshotError(f"no snapshot for {what} under {root}", hint=f"build it: {build_cmd}")
     if isinstance(problem, SealProblem) and problem.kind == "interpreter":
-        return InterpreterMismatch(f"snapshot {sid}: {problem.detail}", hint=f"rebuild for this image: {build_cmd}")
+        return InterpreterMismatch(
+            f"snapshot {sid}: {problem.detail}", hint=f"rebuild for this image: {build_cmd}"
+        )
     if isinstance(problem, VerifyError):
         return problem
     return VerifyError(f"snapshot {sid} failed verification: {problem.detail}", hint=f"rebuild: {build_cmd}")
@@ -361,8 +373,10 @@ def _build_for(
             hint="use --manifest M so volenv can build it",
         )
     paths = VolumePaths(Path(root))
-    if problem is not None and sid is not None and not (
-        isinstance(problem, SealProblem) and problem.kind == "interpreter"
+    if (
+        problem is not None
+        and sid is not None
+        and not (isinstance(problem, SealProblem) and problem.kind == "interpreter")
     ):
         snap = paths.snapshot(target.env, sid)
         report = getattr(problem, "report", None)
@@ -407,7 +421,6 @@ def run(root: str, argv: list[str]) -> int:
         os.execvpe(cmd[0], cmd, env)
     except OSError as exc:
         raise UsageError(f"cannot run {cmd[0]!r}: {exc.strerror}") from exc
-    return EXIT_USAGE  # pragma: no cover
 
 
 def main_fast(root_opt: str | None, argv: list[str]) -> int:

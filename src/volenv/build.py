@@ -110,7 +110,13 @@ def sync(paths: VolumePaths, manifest: Manifest, opts: SyncOptions) -> SyncResul
         action = "would-reuse" if plan.action in ("reuse", "index") else "would-build"
         sid = plan.snapshot or "?"
         return SyncResult(
-            env, sid, action, str(paths.snapshot(env, sid)), manifest.digest, time.perf_counter() - t0, plan.previous
+            env,
+            sid,
+            action,
+            str(paths.snapshot(env, sid)),
+            manifest.digest,
+            time.perf_counter() - t0,
+            plan.previous,
         )
     try:
         store.ensure_env_dirs(paths, env)
@@ -251,7 +257,18 @@ def _compile(
     src = stem.with_suffix(".in")
     out = stem.with_suffix(".txt")
     src.write_text("\n".join(requirements) + "\n")
-    args = ["pip", "compile", str(src), "-o", str(out), "--python", python, "--no-header", "--no-annotate", "-q"]
+    args = [
+        "pip",
+        "compile",
+        str(src),
+        "-o",
+        str(out),
+        "--python",
+        python,
+        "--no-header",
+        "--no-annotate",
+        "-q",
+    ]
     if constraints is not None:
         args += ["-c", str(constraints)]
     if opts.refresh:
@@ -305,7 +322,9 @@ class _Build:
         cur = self.plan.previous
         if cur:
             out.append(self.paths.snapshot(self.env, cur))
-        others = [self.paths.snapshot(self.env, s) for s in store.list_snapshots(self.paths, self.env) if s != cur]
+        others = [
+            self.paths.snapshot(self.env, s) for s in store.list_snapshots(self.paths, self.env) if s != cur
+        ]
         others.sort(key=lambda p: p.stat().st_mtime if p.exists() else 0, reverse=True)
         out.extend(others[:2])
         valid = []
@@ -347,8 +366,12 @@ class _Build:
 
     def stage(self) -> None:
         faults.point("stage")
-        self.logline(f"# volenv {__version__} building {self.sid} on {socket.gethostname()} pid {os.getpid()}")
-        self.uv(["venv", "--relocatable", "--python", self.res.python, "--no-project", str(self.staging)], "stage")
+        self.logline(
+            f"# volenv {__version__} building {self.sid} on {socket.gethostname()} pid {os.getpid()}"
+        )
+        self.uv(
+            ["venv", "--relocatable", "--python", self.res.python, "--no-project", str(self.staging)], "stage"
+        )
         meta = self.staging / META_DIR
         meta.mkdir()
         atomic_write_json(
@@ -360,7 +383,7 @@ class _Build:
     def install(self) -> None:
         faults.point("install")
         with reporter.step("installing"):
-            self.uv(self._sync_args(list(self.res.groups)[:0]), "install")
+            self.uv(self._sync_args([]), "install")
             self.link_mode = detect_link_mode(self.staging)
             if self.link_mode != "hardlink":
                 reporter.warn(
@@ -420,8 +443,12 @@ class _Build:
             _raise_if_disk_full(proc, str(self.log))
             reason = last_error_line(proc)
             if g.required:
-                raise BuildError(f"required group '{g.name}': {reason}", step="groups", log_path=str(self.log))
-            reporter.warn(f"optional group '{g.name}' failed to install ({reason}); snapshot built without it")
+                raise BuildError(
+                    f"required group '{g.name}': {reason}", step="groups", log_path=str(self.log)
+                )
+            reporter.warn(
+                f"optional group '{g.name}' failed to install ({reason}); snapshot built without it"
+            )
             self.groups.append(GroupState(g.name, g.required, "failed", reason))
             # A failed install may have left part of the group behind: restore the exact set.
             self.uv(self._sync_args(ok), "groups")
@@ -436,7 +463,12 @@ class _Build:
             with reporter.step(f"post-install: {shown}"), open(self.log, "a", encoding="utf-8") as fh:
                 try:
                     proc = subprocess.run(
-                        argv, env=env, cwd=self.manifest.path.parent, stdout=fh, stderr=subprocess.STDOUT, check=False
+                        argv,
+                        env=env,
+                        cwd=self.manifest.path.parent,
+                        stdout=fh,
+                        stderr=subprocess.STDOUT,
+                        check=False,
                     )
                 except OSError as exc:
                     raise BuildError(
@@ -488,7 +520,12 @@ class _Build:
         env.update(dict(self.manifest.env))
         with reporter.step("smoke imports"):
             proc = subprocess.run(
-                [str(self.python), "-c", script], capture_output=True, text=True, env=env, check=False, timeout=900
+                [str(self.python), "-c", script],
+                capture_output=True,
+                text=True,
+                env=env,
+                check=False,
+                timeout=900,
             )
         self.logline(f"$ smoke imports {mods}\n{proc.stdout}{proc.stderr}")
         try:
@@ -569,7 +606,10 @@ class _Build:
             "manifest": self.manifest.normalized(),
             "manifest_digest": self.manifest.digest,
             "manifest_path": str(self.manifest.path),
-            "resolved": {"base": list(self.res.base), "groups": {k: list(v) for k, v in self.res.groups.items()}},
+            "resolved": {
+                "base": list(self.res.base),
+                "groups": {k: list(v) for k, v in self.res.groups.items()},
+            },
             "groups": [asdict(g) for g in self.groups],
             "link_mode": self.link_mode,
             "stats": self.stats,
@@ -581,11 +621,18 @@ class _Build:
         atomic_write_json(meta / SEAL_NAME, seal)
         fsync_dir(meta)
 
-    def commit(self, lease: BuildLease) -> None:
+    def commit(self, lease: BuildLease, *, replace: bool = False) -> None:
         faults.point("commit")
         target = self.paths.snapshot(self.env, self.sid)
         lease.fence()
-        if target.exists():
+        if target.exists() and replace:
+            from .integrity import verify_snapshot
+
+            fresh = verify_snapshot(self.staging_as_snapshot(), "full")
+            if not fresh.ok:
+                raise BuildError(f"the rebuilt snapshot does not verify: {fresh.summary()}", step="commit")
+            quarantine(self.paths, target, "replaced by verify --repair")
+        elif target.exists():
             try:
                 check_seal(str(target), self.sid)
                 # Same content committed meanwhile (another manifest resolving to the same set).
@@ -595,12 +642,25 @@ class _Build:
                 quarantine(self.paths, target, f"replaced by a rebuild: {sp.detail}")
         os.rename(self.staging, target)
         fsync_dir(target.parent)
+        if self.staging.parent.name.startswith(".verify-"):
+            os.rmdir(self.staging.parent)
         faults.point("index")
-        _publish_pointers(self.paths, self.manifest, self.sid, "build")
+        if not replace:  # a repair keeps the same id: pointers already name it
+            _publish_pointers(self.paths, self.manifest, self.sid, "build")
+
+    def staging_as_snapshot(self) -> Path:
+        """verify_snapshot checks the directory name against the seal: view staging by its id."""
+        view = self.staging.parent / f".verify-{unique_suffix()}" / self.sid
+        view.parent.mkdir()
+        os.rename(self.staging, view)
+        self.staging = view
+        return view
 
     def abort(self) -> None:
         try:
             remove_tree(self.staging, self.paths.root)
+            if self.staging.parent.name.startswith(".verify-"):
+                os.rmdir(self.staging.parent)
         except (OSError, VolenvError):
             reporter.warn(f"could not remove staging {self.staging}; `volenv gc` will collect it")
 
@@ -613,10 +673,18 @@ def build_snapshot(
     opts: SyncOptions,
     tmp: Path,
     t0: float,
+    *,
+    repair: bool = False,
 ) -> SyncResult:
+    """Run the build steps in order. With repair=True nothing is reused from earlier snapshots
+    (their files may be the damaged ones) and the damaged target is quarantined on commit."""
     b = _Build(paths, manifest, plan, tmp)
+    if repair:
+        b.previous = []
     reporter.info(f"building {b.sid} for '{b.env}' (log: {b.log})")
-    store.log_event(paths, b.env, "build-start", snapshot=b.sid, manifest_digest=manifest.digest, log=str(b.log))
+    store.log_event(
+        paths, b.env, "build-start", snapshot=b.sid, manifest_digest=manifest.digest, log=str(b.log)
+    )
     try:
         try:
             b.preflight(opts.min_free)
@@ -628,7 +696,7 @@ def build_snapshot(
             b.smoke()
             entries = b.record()
             b.seal(entries)
-            b.commit(lease)
+            b.commit(lease, replace=repair)
         except OSError as exc:
             raise from_oserror(exc, f"build of {b.sid} failed (build log: {b.log})") from exc
     except BaseException as exc:
@@ -668,7 +736,9 @@ def _publish_pointers(paths: VolumePaths, manifest: Manifest, sid: str, action: 
 # ---------------------------------------------------------------- helpers
 
 
-def quarantine(paths: VolumePaths, snapshot_dir: Path, reason: str, report: dict[str, Any] | None = None) -> Path:
+def quarantine(
+    paths: VolumePaths, snapshot_dir: Path, reason: str, report: dict[str, Any] | None = None
+) -> Path:
     """Move a damaged snapshot aside (never delete it silently), report next to it."""
     paths.quarantine.mkdir(parents=True, exist_ok=True)
     dest = paths.quarantine / f"{snapshot_dir.name}.{unique_suffix()}"

@@ -11,14 +11,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from . import __version__, ui
+from . import __version__, render, ui
 from .errors import EXIT_INTERNAL, UsageError, VolenvError
 from .paths import RootChoice, VolumePaths, choose_root
-from .render import err_console, render_error
+from .render import render_error
 
 app = typer.Typer(
     name="volenv",
@@ -49,25 +49,25 @@ class GlobalOptions:
 class RichReporter(ui.Reporter):
     def __init__(self, verbosity: int, progress: bool) -> None:
         super().__init__(verbosity)
-        self.progress = progress and err_console.is_terminal
+        self.progress = progress and render.err_console.is_terminal
 
     def info(self, msg: str) -> None:
         if self.verbosity >= 0:
-            err_console.print(msg, highlight=False)
+            render.err_console.print(msg, highlight=False)
 
     def detail(self, msg: str) -> None:
         if self.verbosity >= 1:
-            err_console.print(f"[dim]{msg}[/dim]", highlight=False)
+            render.err_console.print(f"[dim]{msg}[/dim]", highlight=False)
 
     def warn(self, msg: str) -> None:
         if self.verbosity >= -1:
-            err_console.print(f"[yellow]warning:[/yellow] {msg}", highlight=False)
+            render.err_console.print(f"[yellow]warning:[/yellow] {msg}", highlight=False)
 
     @contextmanager
     def step(self, label: str) -> Iterator[None]:
         t0 = time.perf_counter()
         if self.progress and self.verbosity >= 0:
-            with err_console.status(f"{label}…"):
+            with render.err_console.status(f"{label}…"):
                 yield
         else:
             self.detail(f"{label}…")
@@ -93,18 +93,19 @@ def main_callback(
     root: Annotated[
         str | None, typer.Option("--root", envvar="VOLENV_ROOT", help="Volume root (default: discovered).")
     ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="One JSON document on stdout, nothing else there.")] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="One JSON document on stdout, nothing else there.")
+    ] = False,
     quiet: Annotated[int, typer.Option("--quiet", "-q", count=True, help="Less output (-qq: none).")] = 0,
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More output (-vv: tracebacks).")] = 0,
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="More output (-vv: tracebacks).")
+    ] = 0,
     color: Annotated[Color, typer.Option("--color", help="Colour output.")] = Color.auto,
     no_progress: Annotated[
         bool, typer.Option("--no-progress", envvar="VOLENV_NO_PROGRESS", help="No spinners or progress bars.")
     ] = False,
 ) -> None:
-    if color == Color.never or os.environ.get("NO_COLOR"):
-        err_console.no_color = True
-    elif color == Color.always:
-        err_console.force_terminal = True
+    render.configure_console(color.value)
     verbosity = verbose - quiet - (2 if json_out else 0)
     ctx.obj = GlobalOptions(choose_root(root), json_out, verbose - quiet, not no_progress)
     ui.set_reporter(RichReporter(verbosity, not no_progress))
@@ -122,11 +123,15 @@ def sync(
     manifest: Annotated[Path, typer.Argument(help="Manifest TOML file.")],
     refresh: Annotated[bool, typer.Option("--refresh", help="Re-resolve unpinned requirements.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
-    lock_timeout: Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for the build lease.")] = 900,
+    lock_timeout: Annotated[
+        float, typer.Option("--lock-timeout", help="Seconds to wait for the build lease.")
+    ] = 900,
     min_free: Annotated[
         int | None, typer.Option("--min-free", help="Bytes that must be free on the volume before a build.")
     ] = None,
-    offline: Annotated[bool, typer.Option("--offline", envvar="VOLENV_OFFLINE", help="Resolve from cache only.")] = False,
+    offline: Annotated[
+        bool, typer.Option("--offline", envvar="VOLENV_OFFLINE", help="Resolve from cache only.")
+    ] = False,
 ) -> None:
     """Build (or reuse) the snapshot for MANIFEST and make it current."""
     from .build import SyncOptions
@@ -137,7 +142,11 @@ def sync(
     g = _globals(ctx)
     m = load_manifest(manifest)
     result = do_sync(
-        g.paths, m, SyncOptions(refresh=refresh, dry_run=dry_run, lock_timeout=lock_timeout, min_free=min_free, offline=offline)
+        g.paths,
+        m,
+        SyncOptions(
+            refresh=refresh, dry_run=dry_run, lock_timeout=lock_timeout, min_free=min_free, offline=offline
+        ),
     )
     if g.json:
         emit_json("sync", result)
@@ -146,7 +155,11 @@ def sync(
 
 
 @app.command(
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "allow_interspersed_args": False},
+    context_settings={
+        "allow_extra_args": True,
+        "ignore_unknown_options": True,
+        "allow_interspersed_args": False,
+    },
 )
 def run(ctx: typer.Context) -> None:
     """Activate a verified snapshot and exec CMD in it: run (--manifest M | --env NAME) -- CMD."""
@@ -165,7 +178,9 @@ class EnvFormat(str, Enum):
 def env_cmd(
     ctx: typer.Context,
     manifest: Annotated[str | None, typer.Option("--manifest", "-m", help="Manifest TOML file.")] = None,
-    env: Annotated[str | None, typer.Option("--env", "-e", help="Env name (uses its current snapshot).")] = None,
+    env: Annotated[
+        str | None, typer.Option("--env", "-e", help="Env name (uses its current snapshot).")
+    ] = None,
     fmt: Annotated[EnvFormat, typer.Option("--format", help="sh (for eval) or json.")] = EnvFormat.sh,
     verify: Annotated[str, typer.Option("--verify", help="seal, stat or full.")] = "seal",
 ) -> None:
@@ -196,7 +211,9 @@ def _status(ctx: typer.Context, env: str | None, sizes: bool, command: str) -> N
 def status(
     ctx: typer.Context,
     env: Annotated[str | None, typer.Argument(help="Only this env.")] = None,
-    sizes: Annotated[bool, typer.Option("--sizes/--no-sizes", help="Compute unique (hard-link aware) sizes.")] = True,
+    sizes: Annotated[
+        bool, typer.Option("--sizes/--no-sizes", help="Compute unique (hard-link aware) sizes.")
+    ] = True,
 ) -> None:
     """Envs and snapshots on the volume: current, created, sizes, last used, groups, validity."""
     _status(ctx, env, sizes, "status")
@@ -212,14 +229,14 @@ def list_cmd(
 
 
 def _log_traceback(root: Path | None) -> str | None:
+    """Tracebacks always go to a log file: the root's logs/ when writable, else the temp dir."""
     text = traceback.format_exc()
     candidates = []
-    if root is not None:
+    if root is not None and (root / "logs").is_dir():
         candidates.append(root / "logs" / "volenv-errors.log")
     candidates.append(Path(os.environ.get("TMPDIR", "/tmp")) / "volenv-errors.log")
     for path in candidates:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True) if path.parent.exists() or root is None else None
             with open(path, "a", encoding="utf-8") as fh:
                 fh.write(f"--- {time.ctime()} pid {os.getpid()} argv {sys.argv}\n{text}\n")
             return str(path)
@@ -229,41 +246,45 @@ def _log_traceback(root: Path | None) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import commands  # noqa: F401  (registers nothing; keeps the package importable)
-
+    """The one place that maps exceptions to messages and exit codes (typer handles its own
+    usage errors, exit 2, in standalone mode)."""
     _register_optional_commands()
-    debug = os.environ.get("VOLENV_DEBUG") == "1" or any(a in ("-vv",) for a in (argv or []))
-    root_guess: Path | None = None
+    args = sys.argv[1:] if argv is None else argv
+    debug = os.environ.get("VOLENV_DEBUG") == "1" or "-vv" in args
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=args, prog_name="volenv", standalone_mode=True)
         return 0
-    except typer.Exit as exc:
-        return int(exc.exit_code or 0)
-    except typer.Abort:
-        err_console.print("aborted")
-        return 130
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
     except VolenvError as exc:
         render_error(exc.message, exc.cause, exc.hint)
         if debug:
             traceback.print_exc()
         return exc.exit_code
+    except KeyboardInterrupt:
+        render_error("interrupted", None, None)
+        return 130
     except Exception as exc:
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            return exc.exit_code
-        where = _log_traceback(root_guess)
-        render_error(f"internal error: {type(exc).__name__}: {exc}", None, f"traceback in {where}" if where else None)
+        where = _log_traceback(_root_from_args(args))
+        render_error(
+            f"internal error: {type(exc).__name__}: {exc}", None, f"traceback in {where}" if where else None
+        )
         if debug:
             traceback.print_exc()
         return EXIT_INTERNAL
 
 
+def _root_from_args(args: list[str]) -> Path | None:
+    from .__main__ import _split_globals
+
+    _rest, root, _v = _split_globals(args)
+    try:
+        return choose_root(root).path
+    except Exception:
+        return None
+
+
 def _register_optional_commands() -> None:
     """Commands that live in their own modules register themselves on the app."""
     from . import cli_extra  # noqa: F401
-
-
-def _unused(*_: Any) -> None:
-    return None

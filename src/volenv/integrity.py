@@ -302,7 +302,9 @@ def verify_snapshot(snapshot_dir: Path, level: str = "seal", *, workers: int = H
     except SealProblem as sp:
         problems.append(Problem(sp.kind, f"{META_DIR}/", sp.detail))
         if sp.kind != "interpreter":
-            return VerifyReport(sid, str(snapshot_dir), level, tuple(problems), seconds=time.perf_counter() - t0)
+            return VerifyReport(
+                sid, str(snapshot_dir), level, tuple(problems), seconds=time.perf_counter() - t0
+            )
     if level == "seal":
         return VerifyReport(sid, str(snapshot_dir), level, tuple(problems), seconds=time.perf_counter() - t0)
     try:
@@ -334,7 +336,9 @@ def verify_snapshot(snapshot_dir: Path, level: str = "seal", *, workers: int = H
         if kind == "l":
             target = os.readlink(snapshot_dir / rel)
             if target != e.digest:
-                problems.append(Problem("symlink-changed", rel, f"points to {target!r}, recorded {e.digest!r}"))
+                problems.append(
+                    Problem("symlink-changed", rel, f"points to {target!r}, recorded {e.digest!r}")
+                )
             continue
         mode = stat.S_IMODE(st.st_mode)
         if mode != e.mode:
@@ -371,7 +375,9 @@ def verify_snapshot(snapshot_dir: Path, level: str = "seal", *, workers: int = H
 
 
 def _attach_owners(snapshot_dir: Path, problems: list[Problem]) -> list[Problem]:
-    damaged = [p for p in problems if p.kind in ("content-changed", "size-changed", "missing", "mode-changed")]
+    damaged = [
+        p for p in problems if p.kind in ("content-changed", "size-changed", "missing", "mode-changed")
+    ]
     if not damaged:
         return problems
     owners = owner_distributions(snapshot_dir)
@@ -384,4 +390,3 @@ def _attach_owners(snapshot_dir: Path, problems: list[Problem]) -> list[Problem]
 
 def seal_of(snapshot_dir: Path) -> dict[str, object]:
     return read_seal(str(snapshot_dir))
-

@@ -86,7 +86,8 @@ class BuildLease:
             if deadline is not None and now >= deadline:
                 holder = describe_holder(self.path) or "another builder"
                 raise LockTimeout(
-                    f"timed out after {self.timeout:.0f}s waiting for the build lease of '{self.env}' ({holder})",
+                    f"timed out after {self.timeout:.0f}s waiting for the build lease of"
+                    f" '{self.env}' ({holder})",
                     hint="raise --lock-timeout, or wait for that build to finish",
                 )
         self.waited = time.monotonic() - start

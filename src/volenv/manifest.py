@@ -153,7 +153,9 @@ class _Checker:
         for key in table:
             if key not in allowed:
                 dotted = f"{prefix}{key}"
-                raise self.fail(dotted, f"unknown key {key!r}", hint=f"allowed here: {', '.join(sorted(allowed))}")
+                raise self.fail(
+                    dotted, f"unknown key {key!r}", hint=f"allowed here: {', '.join(sorted(allowed))}"
+                )
 
     def string(self, value: Any, key: str) -> str:
         if not isinstance(value, str):
@@ -316,7 +318,9 @@ def _parse_index(c: _Checker, value: Any) -> IndexSettings:
     if "torch-backend" in t:
         backend = c.string(t["torch-backend"], "index.torch-backend")
         if not TORCH_BACKEND.match(backend):
-            raise c.fail("index.torch-backend", f"{backend!r} is not a uv torch backend (auto, cpu, cu126, ...)")
+            raise c.fail(
+                "index.torch-backend", f"{backend!r} is not a uv torch backend (auto, cpu, cu126, ...)"
+            )
     return IndexSettings(url, extra, find_links, no_index, backend)
 
 
@@ -437,3 +441,33 @@ def _parse_hf(c: _Checker, value: Any, key: str) -> HfSource:
     if not files and not patterns:
         raise c.fail(key, "give `files` or `allow-patterns` (never a whole repository by accident)")
     return HfSource(repo, rev, files, patterns)
+
+
+def manifest_from_seal(data: dict[str, Any], path: str) -> Manifest:
+    """Rebuild a Manifest from the normalized copy a seal carries (for repair): the build
+    inputs are exact; relative find-links resolve against the original manifest's folder."""
+    c = _Checker(Path(path))
+    idx = data.get("index", {})
+    raw: dict[str, Any] = {
+        "name": data["name"],
+        "python": data["python"],
+        "requirements": data["requirements"],
+        "index": {
+            k: v
+            for k, v in {
+                "url": idx.get("url"),
+                "extra-urls": idx.get("extra_urls", []),
+                "find-links": idx.get("find_links", []),
+                "no-index": idx.get("no_index", False),
+                "torch-backend": idx.get("torch_backend"),
+            }.items()
+            if v is not None
+        },
+        "optional": {k: dict(v) for k, v in data.get("optional", {}).items()},
+        "build": {"post-install": data.get("post_install", [])},
+        "activate": {"env": data.get("env", {}), "smoke-imports": data.get("smoke_imports", [])},
+    }
+    m = _parse(Path(path), raw, c)
+    if data.get("lockfile_sha256"):
+        raise ManifestError(path, "lockfile", "snapshots built from a lockfile are repaired by `volenv sync`")
+    return m

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shlex
 import sys
 import time
@@ -14,7 +15,25 @@ from rich.table import Table
 
 JSON_VERSION = 1
 
-err_console = Console(stderr=True, soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
+
+
+def configure_console(color: str) -> None:
+    """--color auto|always|never (NO_COLOR honoured): rebinds the shared stderr console."""
+    global err_console
+    force = True if color == "always" else None
+    no_color = color == "never" or bool(os.environ.get("NO_COLOR"))
+    err_console = Console(
+        stderr=True,
+        soft_wrap=True,
+        force_terminal=force,
+        no_color=no_color,
+        width=None if (sys.stderr.isatty() or force) else 200,
+    )
+
+
+def _c() -> Console:
+    return err_console
 
 
 def to_data(obj: Any) -> Any:
@@ -59,27 +78,28 @@ def render_sync(r: Any, quiet: int) -> None:
     if quiet > 0:
         return
     verb = {"built": "built", "reused": "reused", "would-build": "would build", "would-reuse": "would reuse"}
-    err_console.print(f"[bold]{verb.get(r.action, r.action)}[/bold] {r.snapshot} ({r.seconds:.2f}s)")
-    err_console.print(f"  path: {r.path}")
+    _c().print(f"[bold]{verb.get(r.action, r.action)}[/bold] {r.snapshot} ({r.seconds:.2f}s)")
+    _c().print(f"  path: {r.path}")
     for g in r.groups:
         mark = "[green]installed[/green]" if g.state == "installed" else f"[yellow]{g.state}[/yellow]"
         extra = f": {g.error}" if g.error else ""
-        err_console.print(f"  optional group {g.name}: {mark}{extra}")
+        _c().print(f"  optional group {g.name}: {mark}{extra}")
     if r.stats:
         s = r.stats
-        err_console.print(
-            f"  files: {s.get('files', 0)}, hashed {s.get('hashed', 0)}, reused hashes {s.get('hash_reused', 0)},"
+        _c().print(
+            f"  files: {s.get('files', 0)}, hashed {s.get('hashed', 0)},"
+            f" reused hashes {s.get('hash_reused', 0)},"
             f" reused bytecode {s.get('bytecode_reused', 0)}, link mode {r.link_mode}"
         )
 
 
 def render_status(r: Any, quiet: int) -> None:
     if not r.exists:
-        err_console.print(f"volume root {r.root} (from {r.root_source}) does not exist yet")
+        _c().print(f"volume root {r.root} (from {r.root_source}) does not exist yet")
         return
-    err_console.print(f"root: {r.root} (from {r.root_source}), free {human_bytes(r.free_bytes)}")
+    _c().print(f"root: {r.root} (from {r.root_source}), free {human_bytes(r.free_bytes)}")
     if not r.envs:
-        err_console.print("no environments yet")
+        _c().print("no environments yet")
     for e in r.envs:
         table = Table(title=f"env {e.name} — {e.generations} generation(s)", title_justify="left")
         for col in ("", "snapshot", "created", "python", "size", "unique", "last used", "groups", "state"):
@@ -101,9 +121,9 @@ def render_status(r: Any, quiet: int) -> None:
                 groups,
                 state,
             )
-        err_console.print(table)
+        _c().print(table)
     for w in r.warnings:
-        err_console.print(f"[yellow]warning:[/yellow] {w}")
+        _c().print(f"[yellow]warning:[/yellow] {w}")
 
 
 def render_env(r: Any, fmt: str) -> None:
@@ -120,21 +140,21 @@ def render_verify(reports: Any, quiet: int) -> None:
         style = "green" if rep.ok and not rep.problems else ("yellow" if rep.ok else "red")
         if quiet > 0 and rep.ok:
             continue
-        err_console.print(f"[{style}]{rep.summary()}[/{style}] ({rep.seconds:.2f}s)")
+        _c().print(f"[{style}]{rep.summary()}[/{style}] ({rep.seconds:.2f}s)")
         if rep.problems:
             table = Table(show_header=True)
             for col in ("severity", "kind", "path", "detail", "package"):
                 table.add_column(col)
             for p in rep.problems[:200]:
                 table.add_row(p.severity, p.kind, p.path, p.detail, p.distribution or "")
-            err_console.print(table)
+            _c().print(table)
             if len(rep.problems) > 200:
-                err_console.print(f"… and {len(rep.problems) - 200} more (use --json for all)")
+                _c().print(f"… and {len(rep.problems) - 200} more (use --json for all)")
 
 
 def render_error(message: str, cause: str | None, hint: str | None) -> None:
-    err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    _c().print(f"[bold red]error:[/bold red] {message}", highlight=False)
     if cause:
-        err_console.print(f"  [bold]cause:[/bold] {cause}", highlight=False)
+        _c().print(f"  [bold]cause:[/bold] {cause}", highlight=False)
     if hint:
-        err_console.print(f"  [bold cyan]hint:[/bold cyan] {hint}", highlight=False)
+        _c().print(f"  [bold cyan]hint:[/bold cyan] {hint}", highlight=False)

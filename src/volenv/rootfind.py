@@ -6,7 +6,10 @@ os-only on purpose: it runs on the entrypoint's fast path.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 
 def discover_root(explicit: str | None, environ: Mapping[str, str] | None = None) -> tuple[str, str]:

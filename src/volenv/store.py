@@ -49,7 +49,12 @@ def open_volume(paths: VolumePaths, *, create: bool) -> None:
         try:
             atomic_write_json(
                 paths.meta,
-                {"schema": 1, "format": FORMAT_VERSION, "created_by": f"volenv {__version__}", "created": time.time()},
+                {
+                    "schema": 1,
+                    "format": FORMAT_VERSION,
+                    "created_by": f"volenv {__version__}",
+                    "created": time.time(),
+                },
             )
         except OSError as exc:
             raise from_oserror(exc, f"cannot initialise volume root {root}") from exc
@@ -100,7 +105,9 @@ def read_current(paths: VolumePaths, env: str) -> str | None:
 
 
 def write_current(paths: VolumePaths, env: str, snapshot_id: str) -> None:
-    atomic_write_json(paths.current(env), {"schema": POINTER_SCHEMA, "snapshot": snapshot_id, "time": time.time()})
+    atomic_write_json(
+        paths.current(env), {"schema": POINTER_SCHEMA, "snapshot": snapshot_id, "time": time.time()}
+    )
 
 
 @dataclass(frozen=True)
@@ -132,12 +139,16 @@ def read_history(paths: VolumePaths, env: str) -> list[Generation]:
         if rec.get("schema", 0) > HISTORY_SCHEMA:
             raise VolumeError(f"{path}: line {n} has a newer schema; upgrade volenv")
         out.append(
-            Generation(len(out) + 1, float(rec["time"]), rec["snapshot"], rec.get("manifest_digest"), rec["action"])
+            Generation(
+                len(out) + 1, float(rec["time"]), rec["snapshot"], rec.get("manifest_digest"), rec["action"]
+            )
         )
     return out
 
 
-def append_history(paths: VolumePaths, env: str, snapshot_id: str, manifest_digest: str | None, action: str) -> None:
+def append_history(
+    paths: VolumePaths, env: str, snapshot_id: str, manifest_digest: str | None, action: str
+) -> None:
     rec = {
         "schema": HISTORY_SCHEMA,
         "time": time.time(),
@@ -148,7 +159,9 @@ def append_history(paths: VolumePaths, env: str, snapshot_id: str, manifest_dige
     append_line(paths.history(env), json.dumps(rec, sort_keys=True))
 
 
-def switch_current(paths: VolumePaths, env: str, snapshot_id: str, manifest_digest: str | None, action: str) -> None:
+def switch_current(
+    paths: VolumePaths, env: str, snapshot_id: str, manifest_digest: str | None, action: str
+) -> None:
     """The one pointer switch: current then history (a crash between leaves a valid current)."""
     write_current(paths, env, snapshot_id)
     append_history(paths, env, snapshot_id, manifest_digest, action)

@@ -5,8 +5,28 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+    from types import TracebackType
+
+
+class _Step:
+    def __init__(self, reporter: Reporter, label: str) -> None:
+        self.reporter = reporter
+        self.label = label
+        self.t0 = 0.0
+
+    def __enter__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.reporter.detail(f"{self.label}…")
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is None:
+            self.reporter.detail(f"{self.label}: done in {time.perf_counter() - self.t0:.2f}s")
 
 
 class Reporter:
@@ -25,17 +45,21 @@ class Reporter:
         if self.verbosity >= -1:
             print(f"volenv: warning: {msg}", file=sys.stderr, flush=True)
 
-    @contextmanager
-    def step(self, label: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        self.detail(f"{label}…")
-        yield
-        self.detail(f"{label}: done in {time.perf_counter() - t0:.2f}s")
+    def step(self, label: str) -> AbstractContextManager[None]:
+        return _Step(self, label)
 
 
-reporter: Reporter = Reporter()
+class _Proxy:
+    """Modules import `reporter` once; the CLI swaps the backend behind it."""
+
+    backend: Reporter = Reporter()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.backend, name)
+
+
+reporter: Reporter = _Proxy()  # type: ignore[assignment]
 
 
 def set_reporter(r: Reporter) -> None:
-    global reporter
-    reporter = r
+    _Proxy.backend = r

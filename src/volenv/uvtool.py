@@ -78,8 +78,13 @@ def run_uv(
 
 
 def last_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """uv's error line plus its cause lines, joined: enough to act on without the log."""
     lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
-    for ln in lines:
-        if ln.startswith(("error:", "×", "╰─▶")) or "No solution" in ln:
-            return ln.lstrip("×╰─▶ ").strip()
+    for i, ln in enumerate(lines):
+        if ln.startswith(("error:", "×")) or "No solution" in ln:
+            causes = [
+                c.lstrip("╰─▶ ") for c in lines[i + 1 : i + 4] if c.startswith(("cause:", "Caused by", "╰─▶"))
+            ]
+            text = ln.lstrip("× ").removeprefix("error: ").strip()
+            return "; ".join([text, *causes])
     return lines[-1] if lines else f"uv exited {proc.returncode}"

@@ -54,7 +54,9 @@ class StatusReport:
     warnings: tuple[str, ...]
 
 
-def scan(paths: VolumePaths, root_source: str, *, env_filter: str | None = None, sizes: bool = False) -> StatusReport:
+def scan(
+    paths: VolumePaths, root_source: str, *, env_filter: str | None = None, sizes: bool = False
+) -> StatusReport:
     if not paths.root.is_dir():
         return StatusReport(str(paths.root), root_source, False, None, (), ())
     import psutil

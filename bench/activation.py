@@ -1,0 +1,79 @@
+"""Activation overhead: `volenv run -- python -c pass` against the snapshot's own
+`python -c pass`, median of many alternating runs in one process. Target ratio <= 2.0.
+
+Usage: python bench/activation.py [--runs N] [--root DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEMO = HERE.parent / "manifests" / "demo.toml"
+
+
+def volenv_cmd() -> list[str]:
+    exe = shutil.which("volenv", path=os.path.dirname(sys.executable))
+    return [exe] if exe else [sys.executable, "-m", "volenv"]
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--runs", type=int, default=60)
+    ap.add_argument("--root", type=Path, default=None)
+    args = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix="volenv-bench-act-")
+    root = args.root or Path(tmp) / "root"
+    env = dict(os.environ)
+    try:
+        subprocess.run([*volenv_cmd(), "--root", str(root), "-q", "sync", str(DEMO)], check=True)
+        current = (root / "envs" / "demo" / "current").read_text()
+        import json
+
+        sid = json.loads(current)["snapshot"]
+        py = str(root / "envs" / "demo" / "snapshots" / sid / "bin" / "python")
+        run = [
+            *volenv_cmd(),
+            "--root",
+            str(root),
+            "run",
+            "--manifest",
+            str(DEMO),
+            "--",
+            "python",
+            "-c",
+            "pass",
+        ]
+        direct = [py, "-c", "pass"]
+        for _ in range(5):  # warm the page cache for both
+            timed(run, env)
+            timed(direct, env)
+        a, b = [], []
+        for _ in range(args.runs):
+            a.append(timed(run, env))
+            b.append(timed(direct, env))
+        ma, mb = statistics.median(a), statistics.median(b)
+        print(f"volenv run -- python -c pass : {ma * 1000:.1f} ms (median of {args.runs})")
+        print(f"snapshot python -c pass      : {mb * 1000:.1f} ms")
+        print(f"ratio                        : {ma / mb:.2f}  (target <= 2.0)")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

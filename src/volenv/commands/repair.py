@@ -1,0 +1,70 @@
+"""`volenv verify --repair`: rebuild a damaged snapshot from the manifest and package set its
+seal records, and swap it in only when the rebuild verifies."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from ..build import Resolution, SyncOptions, SyncPlan, build_snapshot
+from ..errors import VerifyError
+from ..integrity import VerifyReport, verify_snapshot
+from ..interp import fingerprint_key, probe
+from ..locks import BuildLease
+from ..manifest import manifest_from_seal
+from ..paths import VolumePaths
+from ..sealcheck import SealProblem, read_seal
+from ..ui import reporter
+from .verify import VerifyResult
+
+
+def repair_snapshot(paths: VolumePaths, snapshot_dir: Path, *, lock_timeout: float = 900.0) -> VerifyReport:
+    sid = snapshot_dir.name
+    try:
+        seal = read_seal(str(snapshot_dir))
+    except SealProblem as sp:
+        raise VerifyError(
+            f"cannot repair {sid}: its seal is unusable ({sp.detail})",
+            hint="re-run `volenv sync MANIFEST` to build it again",
+        ) from None
+    manifest = manifest_from_seal(
+        seal["manifest"], str(seal.get("manifest_path", snapshot_dir / "manifest.toml"))
+    )
+    fp = probe(seal["fingerprint"]["executable"])
+    if fingerprint_key(fp) != fingerprint_key(seal["fingerprint"]):
+        raise VerifyError(
+            f"cannot repair {sid} here: it was built for another interpreter",
+            hint="repair it in a container with the snapshot's interpreter",
+        )
+    resolved = seal.get("resolved", {})
+    groups = {g["name"]: tuple(resolved.get("groups", {}).get(g["name"], ())) for g in seal.get("groups", [])}
+    failed = {
+        g["name"]: g.get("error") or "failed" for g in seal.get("groups", []) if g["state"] != "installed"
+    }
+    res = Resolution(
+        python=fp["executable"],
+        fingerprint=fp,
+        base=tuple(resolved.get("base", ())),
+        groups={k: v for k, v in groups.items() if k not in failed},
+        unresolvable=failed,
+        snapshot_id=sid,
+    )
+    plan = SyncPlan(manifest.name, manifest.digest, "build", sid, None, res)
+    reporter.info(f"repairing {sid}: rebuilding from its recorded package set")
+    lease = BuildLease(paths, manifest.name, timeout=lock_timeout, say=reporter.info)
+    with lease, tempfile.TemporaryDirectory(prefix="volenv-repair-") as tmp:
+        build_snapshot(
+            paths, manifest, plan, lease, SyncOptions(), Path(tmp), time.perf_counter(), repair=True
+        )
+    return verify_snapshot(paths.snapshot(manifest.name, sid), "full")
+
+
+def repair_reports(paths: VolumePaths, result: VerifyResult) -> VerifyResult:
+    out = []
+    for rep in result.reports:
+        if rep.ok:
+            out.append(rep)
+            continue
+        out.append(repair_snapshot(paths, Path(rep.path)))
+    return VerifyResult("full", tuple(out))

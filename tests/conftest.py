@@ -1,0 +1,209 @@
+"""Shared fixtures: tiny wheels, a local package index that counts downloads, manifests, and a
+helper that runs the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from wheelfactory import make_wheel
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _many_modules(prefix: str, n: int) -> dict[str, str]:
+    files = {f"{prefix}/__init__.py": "VALUE = 1\n"}
+    for i in range(n):
+        files[f"{prefix}/mod{i}.py"] = f"X = {i}\n"
+    return files
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("wheels")
+    make_wheel(
+        d,
+        "alpha",
+        "1.0",
+        files={"alpha/__init__.py": "def main():\n    print('alpha says hi')\n"},
+        scripts={"alpha-cli": "alpha:main"},
+    )
+    make_wheel(d, "alpha", "2.0", files={"alpha/__init__.py": "def main():\n    print('alpha 2')\n"})
+    make_wheel(d, "beta", "1.0", requires=["alpha>=1"], files=_many_modules("beta", 20))
+    make_wheel(d, "gamma", "1.0")
+    make_wheel(d, "delta", "1.0", requires=["alpha<2"])
+    make_wheel(d, "needs-new-alpha", "1.0", requires=["alpha>=2"])
+    make_wheel(d, "explodes", "1.0", files={"explodes/__init__.py": "raise RuntimeError('boom at import')\n"})
+    return d
+
+
+@dataclass
+class Index:
+    url: str
+    hits: Counter[str]
+
+    def wheel_downloads(self) -> Counter[str]:
+        return Counter({k: v for k, v in self.hits.items() if k.endswith(".whl")})
+
+
+@pytest.fixture
+def package_index(wheelhouse: Path) -> Iterator[Index]:
+    """A PEP 503 simple index on 127.0.0.1 serving the wheelhouse, counting every GET."""
+    hits: Counter[str] = Counter()
+    wheels = sorted(wheelhouse.glob("*.whl"))
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_HEAD(self) -> None:
+            self._serve(head=True)
+
+        def do_GET(self) -> None:
+            self._serve(head=False)
+
+        def _serve(self, head: bool) -> None:
+            path = self.path.split("?")[0]
+            if not head:
+                hits[path] += 1
+            parts = [p for p in path.split("/") if p]
+            if parts[:1] == ["simple"] and len(parts) == 2:
+                project = parts[1]
+                links = [
+                    f'<a href="/files/{w.name}">{w.name}</a>'
+                    for w in wheels
+                    if w.name.split("-")[0].replace("_", "-") == project
+                ]
+                if not links:
+                    self.send_error(404)
+                    return
+                body = ("<html><body>" + "".join(links) + "</body></html>").encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Cache-Control", "max-age=600, public")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if not head:
+                    self.wfile.write(body)
+                return
+            if parts[:1] == ["files"] and len(parts) == 2 and (wheelhouse / parts[1]).is_file():
+                data = (wheelhouse / parts[1]).read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                # like PyPI's file host: wheels are immutable
+                self.send_header("Cache-Control", "max-age=365000000, immutable, public")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if not head:
+                    self.wfile.write(data)
+                return
+            self.send_error(404)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield Index(f"http://127.0.0.1:{server.server_address[1]}/simple", hits)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def write_manifest(
+    directory: Path,
+    name: str = "app",
+    requirements: list[str] | None = None,
+    *,
+    find_links: Path | None = None,
+    index_url: str | None = None,
+    extra: str = "",
+    filename: str | None = None,
+) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    reqs = json.dumps(requirements if requirements is not None else ["alpha==1.0"])
+    lines = [f'name = "{name}"', 'python = "3.11"', f"requirements = {reqs}", "", "[index]"]
+    if index_url:
+        lines.append(f'url = "{index_url}"')
+    else:
+        lines.append("no-index = true")
+    if find_links:
+        lines.append(f'find-links = ["{find_links}"]')
+    text = "\n".join(lines) + "\n" + textwrap.dedent(extra)
+    path = directory / (filename or f"{name}.toml")
+    path.write_text(text)
+    return path
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> dict[str, object]:
+        data = json.loads(self.stdout)
+        assert isinstance(data, dict)
+        return data
+
+
+def base_env() -> dict[str, str]:
+    env = dict(os.environ)
+    for var in ("VOLENV_ROOT", "VIRTUAL_ENV", "VOLENV_FAULT", "PYTHONDONTWRITEBYTECODE"):
+        env.pop(var, None)
+    env["NO_COLOR"] = "1"
+    env["VOLENV_NO_PROGRESS"] = "1"
+    return env
+
+
+def volenv(
+    *args: str | Path, env: dict[str, str] | None = None, timeout: float = 300, cwd: Path | None = None
+) -> Result:
+    full_env = base_env()
+    if env:
+        full_env.update(env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "volenv", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=cwd,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def volenv_popen(*args: str | Path, env: dict[str, str] | None = None, **kw: object) -> subprocess.Popen[str]:
+    full_env = base_env()
+    if env:
+        full_env.update(env)
+    return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
+        [sys.executable, "-m", "volenv", *map(str, args)], env=full_env, text=True, **kw
+    )
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "volume" / "volenv"
+
+
+def snapshot_of(root: Path, env: str) -> str:
+    data = json.loads((root / "envs" / env / "current").read_text())
+    return str(data["snapshot"])
+
+
+def staging_left(root: Path) -> list[str]:
+    """Build leftovers in staging (the CACHEDIR.TAG is the directory's own)."""
+    d = root / "staging"
+    return sorted(p.name for p in d.iterdir() if p.name != "CACHEDIR.TAG") if d.exists() else []
