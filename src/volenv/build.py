@@ -33,7 +33,15 @@ from .interp import fingerprint_key, probe
 from .locks import BuildLease
 from .manifest import Manifest, canonical_json
 from .paths import VolumePaths
-from .sealcheck import META_DIR, RECORD_NAME, SEAL_NAME, SEAL_SCHEMA, SealProblem, check_seal
+from .sealcheck import (
+    META_DIR,
+    RECORD_NAME,
+    SEAL_NAME,
+    SEAL_SCHEMA,
+    SealProblem,
+    check_seal,
+    seal_self_digest,
+)
 from .ui import reporter
 from .uvtool import index_args, last_error_line, run_uv
 
@@ -564,6 +572,9 @@ class _Build:
             f" reinstalling {', '.join(dists)} from the index"
         )
         self.logline(f"# wheel RECORD mismatches: {[m.path for m in mismatches]}")
+        # The damaged bytes sit in uv's cache entry (hard links share the inode): drop those
+        # entries through uv itself (it takes its own cache lock), then reinstall.
+        self.uv(["cache", "clean", *dists], "record")
         args = self._sync_args([g.name for g in self.groups if g.state == "installed"])
         for d in dists:
             args += ["--reinstall-package", d, "--refresh-package", d]
@@ -618,6 +629,7 @@ class _Build:
             (meta / "build.log").write_bytes(self.log.read_bytes())
         except OSError:
             pass
+        seal["self_sha256"] = seal_self_digest(seal)
         atomic_write_json(meta / SEAL_NAME, seal)
         fsync_dir(meta)
 

@@ -197,7 +197,7 @@ def check_wheel_records(root: Path, entries: dict[str, Entry]) -> list[WheelMism
                 if e is None or e.type != "f":
                     continue
                 if e.digest != expected:
-                    found.append(WheelMismatch(e.path, rec_path.split("/")[-2]))
+                    found.append(WheelMismatch(e.path, rec_path.split("/")[-2].removesuffix(".dist-info")))
     return found
 
 

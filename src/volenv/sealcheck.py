@@ -28,6 +28,12 @@ class SealProblem(Exception):
         self.detail = detail
 
 
+def seal_self_digest(seal: dict[str, Any]) -> str:
+    """Digest of the seal's own content (without this field): an edited seal is detected."""
+    body = {k: v for k, v in seal.items() if k != "self_sha256"}
+    return sha256_hex(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+
+
 def read_seal(snapshot_dir: str) -> dict[str, Any]:
     path = os.path.join(snapshot_dir, META_DIR, SEAL_NAME)
     try:
@@ -46,6 +52,8 @@ def read_seal(snapshot_dir: str) -> dict[str, Any]:
     for key, typ in (("snapshot", str), ("record_sha256", str), ("fingerprint", dict), ("env", str)):
         if not isinstance(seal.get(key), typ):
             raise SealProblem("seal-damaged", f"{path}: field {key!r} missing or of the wrong type")
+    if seal.get("self_sha256") != seal_self_digest(seal):
+        raise SealProblem("seal-damaged", f"{path} was edited after sealing (its self digest does not match)")
     return seal
 
 
