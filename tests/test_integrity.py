@@ -200,7 +200,7 @@ def test_run_quarantines_truncated_snapshot_and_rebuilds(built: tuple[Path, Path
 
 
 def test_repair_restores_snapshot_and_refreshes_damaged_cache(built: tuple[Path, Path, Path]) -> None:
-    m, root, snap = built
+    _m, root, snap = built
     target = snap / SP / "beta/mod7.py"
     good = target.read_bytes()
     with open(target, "r+b") as fh:  # damages the uv cache entry too (same inode)
@@ -221,7 +221,7 @@ def test_repair_restores_snapshot_and_refreshes_damaged_cache(built: tuple[Path,
 
 
 def test_verify_all_and_bad_targets(built: tuple[Path, Path, Path]) -> None:
-    _m, root, snap = built
+    _m, root, _snap = built
     assert volenv("--root", root, "verify", "--all", "--level", "full").returncode == 0
     assert volenv("--root", root, "verify", "app").returncode == 0
     r = volenv("--root", root, "verify", "nope-000000000000")
