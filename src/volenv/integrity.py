@@ -109,9 +109,21 @@ def walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
                     stack.append(r)
 
 
+_CHUNK = 1 << 20
+
+
 def hash_file(path: str) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+    """sha256 with unbuffered 1 MiB reads: small files in one read, large ones streamed into a
+    reused buffer (hashlib releases the GIL, so threads overlap reading and hashing)."""
+    with open(path, "rb", buffering=0) as fh:
+        first = fh.read(_CHUNK)
+        h = hashlib.sha256(first)
+        if len(first) == _CHUNK:
+            buf = bytearray(_CHUNK)
+            view = memoryview(buf)
+            while n := fh.readinto(buf):
+                h.update(view[:n])
+        return h.hexdigest()
 
 
 @dataclass

@@ -1,0 +1,95 @@
+"""Build times: cold build, no-op sync and incremental (+1 package) sync, against plain
+`uv venv && uv pip install` of the same set in the same run.
+Targets: incremental sync <= 1.5x plain uv; no-op sync <= 0.3 s.
+
+Usage: python bench/build.py [--packages N] [--modules M]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import generate_wheels, manifest, timed, uv_bin, volenv_cmd  # noqa: E402
+
+
+def plain_uv(workdir: Path, cache: Path, reqs: list[str], wheels: Path, tag: str) -> float:
+    venv = workdir / f"plain-{tag}"
+    req = workdir / f"req-{tag}.txt"
+    req.write_text("\n".join(reqs) + "\n")
+    env = dict(os.environ, UV_CACHE_DIR=str(cache), UV_NO_PROGRESS="1")
+    t0 = time.perf_counter()
+    subprocess.run([uv_bin(), "venv", "-q", "--python", sys.executable, str(venv)], check=True, env=env)
+    subprocess.run(
+        [uv_bin(), "pip", "install", "-q", "--python", str(venv / "bin" / "python"), "--no-index",
+         "--find-links", str(wheels), "--compile-bytecode", "-r", str(req)],
+        check=True,
+        env=env,
+    )
+    return time.perf_counter() - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--packages", type=int, default=40)
+    ap.add_argument("--modules", type=int, default=150)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="volenv-bench-build-"))
+    try:
+        wheels = tmp / "wheels"
+        reqs = generate_wheels(wheels, args.packages, args.modules)
+        extra = generate_wheels(wheels, 1, args.modules, prefix="extra")
+        files = args.packages * (args.modules + 1)
+        print(f"set: {args.packages} packages, ~{files} modules (+1 package for the incremental step)")
+
+        # plain uv: cold (empty cache), then +1 package into a fresh venv with a warm cache
+        uv_cache = tmp / "uv-cache"
+        uv_cold = plain_uv(tmp, uv_cache, reqs, wheels, "cold")
+        uv_incr = plain_uv(tmp, uv_cache, reqs + extra, wheels, "incr")
+
+        root = tmp / "root"
+        m1 = manifest(tmp / "m1.toml", "bench", reqs, wheels)
+        m2 = manifest(tmp / "m2.toml", "bench", reqs + extra, wheels)
+        v = volenv_cmd()
+        cold = timed([*v, "--root", str(root), "-q", "sync", str(m1)])
+        noop_runs = []
+        for _ in range(5):
+            noop_runs.append(timed([*v, "--root", str(root), "-q", "sync", str(m1)]))
+        noop_internal = json.loads(
+            subprocess.run([*v, "--root", str(root), "--json", "sync", str(m1)], capture_output=True, check=True).stdout
+        )["seconds"]
+        incr_out = subprocess.run(
+            [*v, "--root", str(root), "--json", "sync", str(m2)], capture_output=True, check=True
+        )
+        incr_doc = json.loads(incr_out.stdout)
+        incr = float(incr_doc["seconds"])
+        noop = sorted(noop_runs)[len(noop_runs) // 2]
+
+        print(f"plain uv cold (venv + install + compile) : {uv_cold:.2f} s")
+        print(f"volenv cold sync                         : {cold:.2f} s   ratio {cold / uv_cold:.2f}x")
+        print(f"plain uv +1 package (warm cache)         : {uv_incr:.2f} s")
+        print(
+            f"volenv incremental sync (+1 package)     : {incr:.2f} s   ratio {incr / uv_incr:.2f}x (target <= 1.5x)"
+        )
+        s = incr_doc["stats"]
+        print(
+            f"  hashed {s['hashed']} files, reused {s['hash_reused']} hashes, "
+            f"re-linked {s['bytecode_reused']} .pyc"
+        )
+        print(f"volenv no-op sync, whole process (median): {noop:.3f} s (target <= 0.3 s)")
+        print(f"volenv no-op sync, inside the command    : {float(noop_internal) * 1000:.1f} ms")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
