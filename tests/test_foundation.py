@@ -351,6 +351,9 @@ def test_interpreter_mismatch_is_named(tmp_path: Path, root: Path, wheelhouse: P
     with open(fake, "ab") as fh:
         fh.write(b"\0")
     seal["fingerprint"]["executable"] = str(fake)
+    from volenv.sealcheck import seal_self_digest
+
+    seal["self_sha256"] = seal_self_digest(seal)
     seal_path.write_text(json.dumps(seal))
     r = volenv("--root", root, "run", "--on-missing", "fail", "--manifest", m, "--", "true")
     assert r.returncode == 4

@@ -279,7 +279,10 @@ def resolve_target(root: str, o: RunOptions) -> Target:
 
 def prepare(root: str, o: RunOptions) -> tuple[Target, str, dict[str, Any]]:
     """Find and verify the snapshot, applying the on-missing policy. Returns target, dir, seal."""
-    if not os.path.isdir(root) and (o.on_missing != "build" or o.manifest is None):
+    from .rootfind import root_exists
+
+    present = root_exists(root)
+    if not present and (o.on_missing != "build" or o.manifest is None):
         raise VolumeError(
             f"volume root {root} does not exist",
             hint="mount the volume, or pass --root / VOLENV_ROOT",
@@ -289,7 +292,7 @@ def prepare(root: str, o: RunOptions) -> tuple[Target, str, dict[str, Any]]:
     attempts = 0
     while True:
         attempts += 1
-        sid = find_snapshot(root, target) if os.path.isdir(root) else None
+        sid = find_snapshot(root, target) if root_exists(root) else None
         problem: SealProblem | VerifyError | None = None
         if sid is not None:
             snap_dir = os.path.join(root, "envs", target.env, "snapshots", sid)

@@ -26,7 +26,7 @@ from typing import Any
 import psutil
 
 from . import __version__, faults, store
-from .errors import BuildError, DiskSpaceError, VolenvError, from_oserror
+from .errors import BuildError, DiskSpaceError, VolenvError, VolumeError, from_oserror
 from .fsutil import atomic_write_bytes, atomic_write_json, fsync_dir, remove_tree, unique_suffix
 from .integrity import Entry, build_record, encode_record, load_record
 from .interp import fingerprint_key, probe
@@ -322,6 +322,7 @@ class _Build:
         self.groups: list[GroupState] = []
         self.stats: dict[str, int] = {}
         self.link_mode = "hardlink"
+        self.need = DEFAULT_MIN_FREE
         self.previous = self._previous_snapshots()
 
     def _previous_snapshots(self) -> list[Path]:
@@ -360,12 +361,25 @@ class _Build:
 
     def preflight(self, min_free: int | None) -> None:
         faults.point("preflight")
+        self.stats["stale_staging_removed"] = clean_stale_staging(self.paths, self.env)
+        caps = probe_filesystem(self.paths.staging)
+        if not caps["symlinks"]:
+            raise VolumeError(
+                f"the filesystem under {self.paths.root} has no symbolic links (exFAT/FAT?):"
+                " a venv cannot live there",
+                hint="put the volenv root on ext4, xfs, a network volume or another POSIX filesystem",
+            )
+        if not caps["hardlinks"]:
+            reporter.warn(
+                f"{self.paths.root} has no hard links: packages are copied into every snapshot (more disk)"
+            )
         need = DEFAULT_MIN_FREE if min_free is None else min_free
         if self.previous:
             need = max(need, unique_size(self.previous[0]))
         free = psutil.disk_usage(str(self.paths.root)).free
         self.stats["free_bytes"] = free
         self.stats["needed_bytes"] = need
+        self.need = need
         if free < need:
             raise DiskSpaceError(
                 f"not enough space on {self.paths.root}: {_mib(free)} free, {_mib(need)} needed",
@@ -711,13 +725,16 @@ def build_snapshot(
             b.commit(lease, replace=repair)
         except OSError as exc:
             raise from_oserror(exc, f"build of {b.sid} failed (build log: {b.log})") from exc
+        except DiskSpaceError as exc:
+            raise _with_space_figures(exc, paths, b.need) from exc
+    except DiskSpaceError as exc:
+        b.abort()
+        err = exc if "free now" in exc.message else _with_space_figures(exc, paths, b.need)
+        _log_failure(paths, b, err)
+        raise err from exc
     except BaseException as exc:
         b.abort()
-        code = getattr(exc, "exit_code", 1)
-        try:
-            store.log_event(paths, b.env, "build-failed", snapshot=b.sid, error=str(exc), exit_code=code)
-        except OSError:
-            pass
+        _log_failure(paths, b, exc)
         raise
     store.log_event(paths, b.env, "build-done", snapshot=b.sid, stats=b.stats, link_mode=b.link_mode)
     return SyncResult(
@@ -733,6 +750,95 @@ def build_snapshot(
         b.link_mode,
         str(b.log),
     )
+
+
+def _log_failure(paths: VolumePaths, b: _Build, exc: BaseException) -> None:
+    code = getattr(exc, "exit_code", 1)
+    try:
+        store.log_event(paths, b.env, "build-failed", snapshot=b.sid, error=str(exc), exit_code=code)
+    except OSError:
+        pass
+
+
+def _with_space_figures(exc: VolenvError, paths: VolumePaths, need: int) -> DiskSpaceError:
+    try:
+        free = psutil.disk_usage(str(paths.root)).free
+    except OSError:
+        free = -1
+    return DiskSpaceError(
+        f"{exc.message}; free now {_mib(free)}, needed at least {_mib(need)}",
+        hint=exc.hint or "free space with `volenv gc`, or grow the volume",
+    )
+
+
+def clean_stale_staging(paths: VolumePaths, env: str) -> int:
+    """Under the env's lease, every staging dir of this env is a dead (or fenced-off) builder's."""
+    removed = 0
+    try:
+        names = os.listdir(paths.staging)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        path = paths.staging / name
+        if name.startswith(".verify-"):
+            inner = _listdir(path)
+            if not any(_staging_env(n) == env for n in inner):
+                continue
+        elif _staging_env(name) != env:
+            continue
+        try:
+            remove_tree(path, paths.root)
+            removed += 1
+            reporter.info(f"removed a dead builder's staging {name}")
+        except (OSError, VolenvError) as exc:
+            reporter.warn(f"could not remove stale staging {name}: {exc}")
+    return removed
+
+
+def _listdir(path: Path) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
+def _staging_env(name: str) -> str | None:
+    """`<env>-<12 hex>.<unique>` -> env (env names may contain '-' and '.')."""
+    head = name
+    for i in range(len(head)):
+        if head[i] == "-" and len(head) > i + 13 and head[i + 13] == "." and all(
+            c in "0123456789abcdef" for c in head[i + 1 : i + 13]
+        ):
+            return head[:i]
+    return None
+
+
+def probe_filesystem(directory: Path) -> dict[str, bool]:
+    """What the volume's filesystem can do: symlinks (venvs need them), hard links (uv's cache)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    base = directory / f".probe-{unique_suffix()}"
+    caps = {"symlinks": True, "hardlinks": True}
+    try:
+        base.write_bytes(b"probe")
+        try:
+            os.symlink(base.name, f"{base}.sym")
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                raise
+            caps["symlinks"] = False
+        try:
+            os.link(base, f"{base}.lnk")
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                raise
+            caps["hardlinks"] = False
+    finally:
+        for suffix in ("", ".sym", ".lnk"):
+            try:
+                os.unlink(f"{base}{suffix}")
+            except OSError:
+                pass
+    return caps
 
 
 def _publish_pointers(paths: VolumePaths, manifest: Manifest, sid: str, action: str) -> None:

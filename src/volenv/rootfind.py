@@ -24,3 +24,24 @@ def discover_root(explicit: str | None, environ: Mapping[str, str] | None = None
             return os.path.join(mount, "volenv"), mount
     data_home = env.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return os.path.join(data_home, "volenv"), "xdg"
+
+
+def root_exists(path: str) -> bool:
+    """True/False for present/absent; an unreachable volume (ENOTCONN, EIO, ESTALE, EACCES)
+    raises VolumeError (exit 8) instead of passing for 'missing'."""
+    import stat as _stat
+
+    from .errors import VolumeError
+
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise VolumeError(
+            f"volume root {path} is unreachable: {exc.strerror} (errno {exc.errno})",
+            hint="the network volume is not mounted or its connection is gone; check the mount",
+        ) from None
+    if not _stat.S_ISDIR(st.st_mode):
+        raise VolumeError(f"volume root {path} is not a directory")
+    return True

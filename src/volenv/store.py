@@ -17,6 +17,7 @@ from . import __version__
 from .errors import VolenvError, VolumeError, from_oserror
 from .fsutil import append_line, atomic_write_json, read_record, write_cachedir_tag
 from .paths import FORMAT_VERSION, VolumePaths
+from .rootfind import root_exists
 
 POINTER_SCHEMA = 1
 HISTORY_SCHEMA = 1
@@ -25,7 +26,7 @@ HISTORY_SCHEMA = 1
 def open_volume(paths: VolumePaths, *, create: bool) -> None:
     """Check (and with create=True, make) the root and its layout; refuse a newer format."""
     root = paths.root
-    if not root.is_dir():
+    if not root_exists(str(root)):
         if not create:
             raise VolumeError(
                 f"volume root {root} does not exist",

@@ -57,7 +57,9 @@ class StatusReport:
 def scan(
     paths: VolumePaths, root_source: str, *, env_filter: str | None = None, sizes: bool = False
 ) -> StatusReport:
-    if not paths.root.is_dir():
+    from ..rootfind import root_exists
+
+    if not root_exists(str(paths.root)):
         return StatusReport(str(paths.root), root_source, False, None, (), ())
     import psutil
 

@@ -43,9 +43,10 @@ def select_snapshots(paths: VolumePaths, target: str | None, all_: bool) -> list
 
 
 def verify(paths: VolumePaths, target: str | None, *, all_: bool, level: str) -> VerifyResult:
-    if not paths.root.is_dir():
-        from ..errors import VolumeError
+    from ..errors import VolumeError
+    from ..rootfind import root_exists
 
+    if not root_exists(str(paths.root)):
         raise VolumeError(f"volume root {paths.root} does not exist")
     snaps = select_snapshots(paths, target, all_)
     return VerifyResult(level, tuple(verify_snapshot(s, level) for s in snaps))
