@@ -12,7 +12,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from wheelfactory import make_wheel  # noqa: E402
+from wheelfactory import make_wheel
 
 
 def volenv_cmd() -> list[str]:
@@ -26,7 +26,9 @@ def uv_bin() -> str:
     return find_uv_bin()
 
 
-def generate_wheels(dest: Path, count: int, modules: int, *, big_bytes: int = 0, prefix: str = "pkg") -> list[str]:
+def generate_wheels(
+    dest: Path, count: int, modules: int, *, big_bytes: int = 0, prefix: str = "pkg"
+) -> list[str]:
     """`count` wheels with `modules` small modules each and optionally one big data file."""
     names = []
     for i in range(count):

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import generate_wheels, manifest, timed, uv_bin, volenv_cmd  # noqa: E402
+from _common import generate_wheels, manifest, timed, uv_bin, volenv_cmd
 
 
 def plain_uv(workdir: Path, cache: Path, reqs: list[str], wheels: Path, tag: str) -> float:
@@ -29,8 +29,20 @@ def plain_uv(workdir: Path, cache: Path, reqs: list[str], wheels: Path, tag: str
     t0 = time.perf_counter()
     subprocess.run([uv_bin(), "venv", "-q", "--python", sys.executable, str(venv)], check=True, env=env)
     subprocess.run(
-        [uv_bin(), "pip", "install", "-q", "--python", str(venv / "bin" / "python"), "--no-index",
-         "--find-links", str(wheels), "--compile-bytecode", "-r", str(req)],
+        [
+            uv_bin(),
+            "pip",
+            "install",
+            "-q",
+            "--python",
+            str(venv / "bin" / "python"),
+            "--no-index",
+            "--find-links",
+            str(wheels),
+            "--compile-bytecode",
+            "-r",
+            str(req),
+        ],
         check=True,
         env=env,
     )
@@ -64,7 +76,9 @@ def main() -> int:
         for _ in range(5):
             noop_runs.append(timed([*v, "--root", str(root), "-q", "sync", str(m1)]))
         noop_internal = json.loads(
-            subprocess.run([*v, "--root", str(root), "--json", "sync", str(m1)], capture_output=True, check=True).stdout
+            subprocess.run(
+                [*v, "--root", str(root), "--json", "sync", str(m1)], capture_output=True, check=True
+            ).stdout
         )["seconds"]
         incr_out = subprocess.run(
             [*v, "--root", str(root), "--json", "sync", str(m2)], capture_output=True, check=True

@@ -21,9 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import drop_caches, generate_wheels, manifest, volenv_cmd  # noqa: E402
+from _common import drop_caches, generate_wheels, manifest, volenv_cmd
 
-from volenv.integrity import HASH_WORKERS, verify_snapshot  # noqa: E402
+from volenv.integrity import HASH_WORKERS, verify_snapshot
 
 
 def files_of(root: Path) -> list[str]:
@@ -86,7 +86,11 @@ def main() -> int:
         reqs = generate_wheels(wheels, args.packages, args.modules, big_bytes=int(args.big_mib * 1024 * 1024))
         root = tmp / "root"
         m = manifest(tmp / "m.toml", "bench", reqs, wheels)
-        out = subprocess.run([*volenv_cmd(), "--root", str(root), "--json", "-q", "sync", str(m)], capture_output=True, check=True)
+        out = subprocess.run(
+            [*volenv_cmd(), "--root", str(root), "--json", "-q", "sync", str(m)],
+            capture_output=True,
+            check=True,
+        )
         snap = Path(json.loads(out.stdout)["path"])
         paths = files_of(snap)
         total = sum(os.path.getsize(p) for p in paths)
@@ -99,8 +103,12 @@ def main() -> int:
             stat_v = best(lambda: verify_snapshot(snap, "stat"), args.runs, cold)
             walk = best(lambda: plain_walk(snap), args.runs, cold)
             print(f"[{label}]")
-            print(f"  full verify {full:.2f} s vs parallel read {read:.2f} s: {full / read:.2f}x (target <= 1.25x)")
-            print(f"  stat verify {stat_v:.3f} s vs scandir walk {walk:.3f} s: {stat_v / walk:.2f}x (target <= 1.5x)")
+            print(
+                f"  full verify {full:.2f} s vs parallel read {read:.2f} s: {full / read:.2f}x (target <= 1.25x)"
+            )
+            print(
+                f"  stat verify {stat_v:.3f} s vs scandir walk {walk:.3f} s: {stat_v / walk:.2f}x (target <= 1.5x)"
+            )
         print(f"seal verify: {seal_ms:.2f} ms")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -47,12 +47,18 @@ class Target:
 
 
 def _read_json(path: str) -> dict[str, Any] | None:
+    """None when absent or unparseable; an unreachable volume is an error, never 'absent'."""
     try:
         with open(path, "rb") as fh:
             data = json.loads(fh.read())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    except (OSError, ValueError):
+    except OSError as exc:
+        raise VolumeError(
+            f"cannot read {path}: {exc.strerror} (errno {exc.errno}); the volume is unreachable",
+            hint="check the network volume's mount",
+        ) from None
+    except ValueError:
         return None
     return data if isinstance(data, dict) else None
 
@@ -431,7 +437,12 @@ def main_fast(root_opt: str | None, argv: list[str]) -> int:
 
     root, _source = discover_root(root_opt)
     try:
-        return run(root, argv)
+        try:
+            return run(root, argv)
+        except OSError as exc:
+            from .errors import from_oserror
+
+            raise from_oserror(exc, "volume access failed") from exc
     except VolenvError as exc:
         print(f"volenv: error: {exc.message}", file=sys.stderr)
         if exc.cause:

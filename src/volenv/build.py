@@ -128,6 +128,7 @@ def sync(paths: VolumePaths, manifest: Manifest, opts: SyncOptions) -> SyncResul
         )
     try:
         store.ensure_env_dirs(paths, env)
+        check_filesystem(paths)
     except OSError as exc:
         raise from_oserror(exc, f"cannot create the env directories of '{env}'") from exc
     lease = BuildLease(paths, env, timeout=opts.lock_timeout, say=reporter.info)
@@ -362,17 +363,6 @@ class _Build:
     def preflight(self, min_free: int | None) -> None:
         faults.point("preflight")
         self.stats["stale_staging_removed"] = clean_stale_staging(self.paths, self.env)
-        caps = probe_filesystem(self.paths.staging)
-        if not caps["symlinks"]:
-            raise VolumeError(
-                f"the filesystem under {self.paths.root} has no symbolic links (exFAT/FAT?):"
-                " a venv cannot live there",
-                hint="put the volenv root on ext4, xfs, a network volume or another POSIX filesystem",
-            )
-        if not caps["hardlinks"]:
-            reporter.warn(
-                f"{self.paths.root} has no hard links: packages are copied into every snapshot (more disk)"
-            )
         need = DEFAULT_MIN_FREE if min_free is None else min_free
         if self.previous:
             need = max(need, unique_size(self.previous[0]))
@@ -382,7 +372,8 @@ class _Build:
         self.need = need
         if free < need:
             raise DiskSpaceError(
-                f"not enough space on {self.paths.root}: {_mib(free)} free, {_mib(need)} needed",
+                f"not enough space on {self.paths.root} for a build: free now {_mib(free)},"
+                f" needed at least {_mib(need)}",
                 hint="free space with `volenv gc`, or pass --min-free to change the estimate",
             )
 
@@ -725,8 +716,6 @@ def build_snapshot(
             b.commit(lease, replace=repair)
         except OSError as exc:
             raise from_oserror(exc, f"build of {b.sid} failed (build log: {b.log})") from exc
-        except DiskSpaceError as exc:
-            raise _with_space_figures(exc, paths, b.need) from exc
     except DiskSpaceError as exc:
         b.abort()
         err = exc if "free now" in exc.message else _with_space_figures(exc, paths, b.need)
@@ -806,11 +795,26 @@ def _staging_env(name: str) -> str | None:
     """`<env>-<12 hex>.<unique>` -> env (env names may contain '-' and '.')."""
     head = name
     for i in range(len(head)):
-        if head[i] == "-" and len(head) > i + 13 and head[i + 13] == "." and all(
-            c in "0123456789abcdef" for c in head[i + 1 : i + 13]
+        if (
+            head[i] == "-"
+            and len(head) > i + 13
+            and head[i + 13] == "."
+            and all(c in "0123456789abcdef" for c in head[i + 1 : i + 13])
         ):
             return head[:i]
     return None
+
+
+def check_filesystem(paths: VolumePaths) -> None:
+    """Refuse, before anything else is written, a filesystem that cannot hold a venv."""
+    caps = probe_filesystem(paths.staging)
+    if not caps["symlinks"]:
+        raise VolumeError(
+            f"the filesystem under {paths.root} has no symbolic links (exFAT/FAT?): a venv cannot live there",
+            hint="put the volenv root on ext4, xfs, a network volume or another POSIX filesystem",
+        )
+    if not caps["hardlinks"]:
+        reporter.warn(f"{paths.root} has no hard links: packages are copied into every snapshot (more disk)")
 
 
 def probe_filesystem(directory: Path) -> dict[str, bool]:

@@ -106,7 +106,7 @@ def main_callback(
     ] = False,
 ) -> None:
     render.configure_console(color.value)
-    verbosity = verbose - quiet - (2 if json_out else 0)
+    verbosity = verbose - quiet
     ctx.obj = GlobalOptions(choose_root(root), json_out, verbose - quiet, not no_progress)
     ui.set_reporter(RichReporter(verbosity, not no_progress))
 
@@ -262,6 +262,16 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         return exc.exit_code
+    except OSError as exc:
+        from .errors import from_oserror
+
+        mapped = from_oserror(exc, "volume access failed")
+        if mapped.exit_code == EXIT_INTERNAL:
+            where = _log_traceback(_root_from_args(args))
+            render_error(f"internal error: {exc}", None, f"traceback in {where}" if where else None)
+            return EXIT_INTERNAL
+        render_error(mapped.message, mapped.cause, mapped.hint)
+        return mapped.exit_code
     except KeyboardInterrupt:
         render_error("interrupted", None, None)
         return 130

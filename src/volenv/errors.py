@@ -127,6 +127,7 @@ def from_oserror(exc: OSError, doing: str) -> VolenvError:
             hint = "the volume is mounted read-only; run sync where it is writable"
         elif exc.errno in (errno.ENOTCONN, errno.EIO, errno.ESTALE):
             hint = "the network volume is unreachable; check the mount"
+            text = f"{text} (the volume is unreachable)"
         return VolumeError(text, hint=hint)
     err = VolenvError(text)
     return err

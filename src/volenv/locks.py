@@ -68,9 +68,9 @@ class BuildLease:
     def acquire(self) -> None:
         start = time.monotonic()
         deadline = start + self.timeout if self.timeout >= 0 else None
-        announced = 0.0
+        announced: float | None = None
+        step = 0.0  # first attempt does not wait, so a waiter says at once whom it waits for
         while True:
-            step = 2.0 if deadline is None else max(0.0, min(2.0, deadline - time.monotonic()))
             try:
                 self._lease.acquire(timeout=step, poll_interval=0.05)
                 break
@@ -79,10 +79,6 @@ class BuildLease:
             except OSError as exc:
                 raise from_oserror(exc, f"cannot take the build lease {self.path}") from exc
             now = time.monotonic()
-            if now - announced >= 10 or announced == 0.0:
-                holder = describe_holder(self.path) or "another builder"
-                self.say(f"waiting for the build lease of '{self.env}', held by {holder}")
-                announced = now
             if deadline is not None and now >= deadline:
                 holder = describe_holder(self.path) or "another builder"
                 raise LockTimeout(
@@ -90,6 +86,11 @@ class BuildLease:
                     f" '{self.env}' ({holder})",
                     hint="raise --lock-timeout, or wait for that build to finish",
                 )
+            if announced is None or now - announced >= 10:
+                holder = describe_holder(self.path) or "another builder"
+                self.say(f"waiting for the build lease of '{self.env}', held by {holder}")
+                announced = now
+            step = 2.0 if deadline is None else max(0.0, min(2.0, deadline - now))
         self.waited = time.monotonic() - start
         try:
             atomic_write_json(
