@@ -302,6 +302,8 @@ def prepare(root: str, o: RunOptions) -> tuple[Target, str, dict[str, Any]]:
         problem: SealProblem | VerifyError | None = None
         if sid is not None:
             snap_dir = os.path.join(root, "envs", target.env, "snapshots", sid)
+            # in-flight guard: GC keeps snapshots whose use mark is fresh, so mark before checking
+            mark_used(root, target.env, sid)
             try:
                 seal = check_seal(snap_dir, sid)
                 if o.verify != "seal":
@@ -424,10 +426,17 @@ def run(root: str, argv: list[str]) -> int:
             return serve_diagnosis(root, o, exc)
         raise
     env = compute_env(root, snap_dir, target.env, target.activation)
-    mark_used(root, target.env, os.path.basename(snap_dir))
-    cmd = o.command
+    cmd = list(o.command)
+    # A program the snapshot provides runs by absolute path: if the snapshot vanished between
+    # the check and the exec, that fails loudly instead of falling back to another PATH entry.
+    own = os.path.join(snap_dir, "bin", cmd[0])
+    if os.sep not in cmd[0] and os.path.exists(own):
+        cmd[0] = own
     try:
-        os.execvpe(cmd[0], cmd, env)
+        if os.sep in cmd[0]:
+            os.execve(cmd[0], cmd, env)
+        else:
+            os.execvpe(cmd[0], cmd, env)
     except OSError as exc:
         raise UsageError(f"cannot run {cmd[0]!r}: {exc.strerror}") from exc
 

@@ -8,6 +8,7 @@ Each step is a named function with a fault point, so tests can kill the builder 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -135,14 +136,14 @@ def sync(paths: VolumePaths, manifest: Manifest, opts: SyncOptions) -> SyncResul
     with lease:
         hit = None if opts.refresh else valid_index_hit(paths, manifest)
         if hit is not None:
-            return _reuse(paths, manifest, hit, t0, opts)
+            return _reuse(paths, manifest, hit, t0, opts, have_lease=True)
         with tempfile.TemporaryDirectory(prefix="volenv-resolve-") as tmp:
             faults.point("resolve")
             plan = make_plan(paths, manifest, opts, tmp)
             assert plan.resolution is not None
             if plan.action == "index":
                 _publish_pointers(paths, manifest, plan.resolution.snapshot_id, "index")
-                return _reuse(paths, manifest, plan.resolution.snapshot_id, t0, opts)
+                return _reuse(paths, manifest, plan.resolution.snapshot_id, t0, opts, have_lease=True)
             return build_snapshot(paths, manifest, plan, lease, opts, Path(tmp), t0)
 
 
@@ -161,14 +162,31 @@ def valid_index_hit(paths: VolumePaths, manifest: Manifest) -> str | None:
     return sid
 
 
-def _reuse(paths: VolumePaths, manifest: Manifest, sid: str, t0: float, opts: SyncOptions) -> SyncResult:
+def _reuse(
+    paths: VolumePaths,
+    manifest: Manifest,
+    sid: str,
+    t0: float,
+    opts: SyncOptions,
+    *,
+    have_lease: bool = False,
+) -> SyncResult:
     env = manifest.name
     previous = store.read_current(paths, env)
     if previous != sid and not opts.dry_run:
-        try:
-            store.switch_current(paths, env, sid, manifest.digest, "sync")
-        except OSError as exc:
-            raise from_oserror(exc, "cannot switch the current pointer") from exc
+        # switching current happens under the env's lease, so GC's root check stays consistent
+        lease = (
+            contextlib.nullcontext()
+            if have_lease
+            else BuildLease(paths, env, timeout=opts.lock_timeout, say=reporter.info)
+        )
+        with lease:
+            if not have_lease and valid_index_hit(paths, manifest) != sid:
+                raise BuildError(f"snapshot {sid} disappeared while being reused", step="index")
+            try:
+                store.switch_current(paths, env, sid, manifest.digest, "sync")
+            except OSError as exc:
+                raise from_oserror(exc, "cannot switch the current pointer") from exc
     if not opts.dry_run:
         store.log_event(paths, env, "sync", action="reused", snapshot=sid, manifest_digest=manifest.digest)
     seal = check_seal(str(paths.snapshot(env, sid)), sid)

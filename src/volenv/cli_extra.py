@@ -43,3 +43,97 @@ def verify_cmd(
         render_verify(result.reports, g.quiet)
     if not result.ok:
         raise typer.Exit(EXIT_VERIFY)
+
+
+@app.command("history")
+def history_cmd(ctx: typer.Context, env: Annotated[str, typer.Argument(help="Env name.")]) -> None:
+    """Generations of ENV: every switch of its current pointer."""
+    from .commands.versions import history
+    from .render import emit_json, render_history
+
+    g = _globals(ctx)
+    result = history(g.paths, env)
+    emit_json("history", result) if g.json else render_history(result)
+
+
+@app.command("rollback")
+def rollback_cmd(
+    ctx: typer.Context,
+    env: Annotated[str, typer.Argument(help="Env name.")],
+    to: Annotated[
+        str | None, typer.Option("--to", help="Snapshot id (default: the previous generation).")
+    ] = None,
+    lock_timeout: Annotated[float, typer.Option("--lock-timeout")] = 60,
+) -> None:
+    """Switch ENV's current pointer back (one atomic switch; the target must verify at seal)."""
+    from .commands.versions import rollback
+    from .render import emit_json, render_switch
+
+    g = _globals(ctx)
+    result = rollback(g.paths, env, to, lock_timeout=lock_timeout)
+    emit_json("rollback", result) if g.json else render_switch(result)
+
+
+@app.command("pin")
+def pin_cmd(ctx: typer.Context, snapshot: Annotated[str, typer.Argument(help="Snapshot id.")]) -> None:
+    """Keep SNAPSHOT through every gc."""
+    from .commands.versions import pin
+    from .render import emit_json, render_switch
+
+    g = _globals(ctx)
+    result = pin(g.paths, snapshot, on=True)
+    emit_json("pin", result) if g.json else render_switch(result)
+
+
+@app.command("unpin")
+def unpin_cmd(ctx: typer.Context, snapshot: Annotated[str, typer.Argument(help="Snapshot id.")]) -> None:
+    """Let gc consider SNAPSHOT again."""
+    from .commands.versions import pin
+    from .render import emit_json, render_switch
+
+    g = _globals(ctx)
+    result = pin(g.paths, snapshot, on=False)
+    emit_json("unpin", result) if g.json else render_switch(result)
+
+
+@app.command("gc")
+def gc_cmd(
+    ctx: typer.Context,
+    keep: Annotated[int, typer.Option("--keep", help="Keep the newest N snapshots per env.")] = 2,
+    keep_within: Annotated[
+        str, typer.Option("--keep-within", help="Keep snapshots used within this long (0s, 12h, 7d, 2w).")
+    ] = "7d",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before removing.")] = False,
+) -> None:
+    """Remove what no root keeps: snapshots, dead staging, old quarantine, unused uv cache."""
+    import sys
+
+    from . import gc
+    from .errors import VolumeError
+    from .render import emit_json, render_gc
+    from .rootfind import root_exists
+
+    g = _globals(ctx)
+    if keep < 0:
+        from .errors import UsageError
+
+        raise UsageError("--keep must be 0 or more")
+    seconds = gc.parse_duration(keep_within)
+    if not root_exists(str(g.paths.root)):
+        raise VolumeError(f"volume root {g.paths.root} does not exist")
+    plan = gc.make_plan(g.paths, keep=keep, keep_within=seconds)
+    if dry_run or not plan.removals:
+        result = gc.GcResult(plan)
+    else:
+        if not yes and not g.json and sys.stdin.isatty() and sys.stderr.isatty():
+            render_gc(gc.GcResult(plan), g.quiet)
+            if not typer.confirm(f"remove {len(plan.removals)} item(s)?", default=False, err=True):
+                raise typer.Exit(1)
+        result = gc.execute(g.paths, plan)
+    if g.json:
+        emit_json("gc", {"dry_run": dry_run, "ok": result.ok, "result": result})
+    else:
+        render_gc(result, g.quiet)
+    if not result.ok:
+        raise typer.Exit(1)

@@ -158,3 +158,48 @@ def render_error(message: str, cause: str | None, hint: str | None) -> None:
         _c().print(f"  [bold]cause:[/bold] {cause}", highlight=False)
     if hint:
         _c().print(f"  [bold cyan]hint:[/bold cyan] {hint}", highlight=False)
+
+
+def render_history(r: Any) -> None:
+    table = Table(title=f"history of {r.env}", title_justify="left")
+    for col in ("gen", "time", "action", "snapshot", ""):
+        table.add_column(col)
+    for g in r.generations:
+        table.add_row(
+            str(g.number), human_time(g.time), g.action, g.snapshot, "*" if g.snapshot == r.current else ""
+        )
+    _c().print(table)
+
+
+def render_switch(r: Any) -> None:
+    before = f" (was {r.previous})" if r.previous else ""
+    _c().print(f"{r.action}: {r.env} -> {r.snapshot}{before}")
+
+
+def render_gc(r: Any, quiet: int) -> None:
+    plan = r.plan
+    if quiet <= 0:
+        table = Table(
+            title=f"gc plan (keep {plan.keep}, keep-within {plan.keep_within:g}s)", title_justify="left"
+        )
+        for col in ("action", "kind", "path", "size", "why"):
+            table.add_column(col)
+        for item in plan.items:
+            style = "red" if item.action == "remove" else "green"
+            table.add_row(
+                f"[{style}]{item.action}[/{style}]",
+                item.kind,
+                item.path,
+                human_bytes(item.apparent_bytes),
+                "; ".join(item.reasons),
+            )
+        _c().print(table)
+    if r.executed:
+        for o in r.outcomes:
+            if not o.done:
+                _c().print(f"[yellow]not removed:[/yellow] {o.path}: {o.detail}")
+        _c().print(f"freed {human_bytes(r.freed_bytes)} ({sum(o.done for o in r.outcomes)} removed)")
+    else:
+        _c().print(
+            f"would free {human_bytes(plan.freed_bytes)} ({len(plan.removals)} to remove); nothing changed"
+        )

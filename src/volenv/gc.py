@@ -1,0 +1,492 @@
+"""Garbage collection as plan, then execute (huggingface_hub's cache manager, Nix's roots).
+
+The scan produces a frozen GcPlan: every snapshot, staging dir, quarantine and trash entry
+and uv cache archive, each kept for a named reason or removed. Execution, per env under the
+env's build lease, re-checks the roots, removes references (index entries, use marks) before
+payloads, renames each payload into trash/ (atomic) and only then deletes it. Sizes are
+hard-link aware: "freed" counts the blocks of inodes whose every link is removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import store
+from .errors import UsageError, VolenvError
+from .fsutil import remove_tree, unique_suffix
+from .paths import VolumePaths
+from .sealcheck import SealProblem, read_seal
+
+#: an activation touches its snapshot's use mark before checking and exec'ing it; GC never
+#: removes a snapshot touched this recently, whatever --keep-within says (in-flight guard)
+IN_FLIGHT_GRACE = 60.0
+DEFAULT_KEEP = 2
+DEFAULT_KEEP_WITHIN = "7d"
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """'0s', '90m', '12h', '7d', '2w', '1d12h' -> seconds."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)([smhdw])", text.strip())
+    if not parts or "".join(n + u for n, u in parts) != text.strip():
+        raise UsageError(f"--keep-within: {text!r} is not a duration like 0s, 90m, 12h, 7d, 2w or 1d12h")
+    return sum(float(n) * _UNITS[u] for n, u in parts)
+
+
+@dataclass(frozen=True)
+class GcItem:
+    kind: str  # snapshot | staging | quarantine | trash | uv-archive
+    path: str
+    env: str | None
+    action: str  # keep | remove
+    reasons: tuple[str, ...]
+    apparent_bytes: int
+    created: float | None = None
+    last_used: float | None = None
+    package: str | None = None  # uv-archive: the distribution it unpacks
+
+
+@dataclass(frozen=True)
+class GcPlan:
+    root: str
+    keep: int
+    keep_within: float
+    created: float
+    items: tuple[GcItem, ...]
+    freed_bytes: int  # hard-link aware estimate of what removal frees
+    envs_busy: tuple[str, ...] = ()
+
+    @property
+    def removals(self) -> list[GcItem]:
+        return [i for i in self.items if i.action == "remove"]
+
+
+@dataclass(frozen=True)
+class GcOutcome:
+    path: str
+    kind: str
+    done: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class GcResult:
+    plan: GcPlan
+    outcomes: tuple[GcOutcome, ...] = ()
+    freed_bytes: int = 0
+    executed: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return all(o.done for o in self.outcomes)
+
+
+# ---------------------------------------------------------------- scan -> plan
+
+
+def make_plan(paths: VolumePaths, *, keep: int, keep_within: float, now: float | None = None) -> GcPlan:
+    now = time.time() if now is None else now
+    items: list[GcItem] = []
+    busy: list[str] = []
+    for env in store.list_envs(paths):
+        held = lease_holder(paths, env)
+        if held:
+            busy.append(env)
+        items.extend(_plan_env(paths, env, keep, keep_within, now, held))
+    items.extend(_plan_staging(paths, busy))
+    items.extend(_plan_dir(paths.quarantine, "quarantine", keep_within, now))
+    items.extend(_plan_dir(paths.trash, "trash", 0.0, now))
+    removed_snapshots = [Path(i.path) for i in items if i.kind == "snapshot" and i.action == "remove"]
+    items.extend(_plan_uv_archives(paths, removed_snapshots))
+    freed = freed_bytes([Path(i.path) for i in items if i.action == "remove"])
+    return GcPlan(str(paths.root), keep, keep_within, now, tuple(items), freed, tuple(busy))
+
+
+def _plan_env(
+    paths: VolumePaths, env: str, keep: int, keep_within: float, now: float, busy: str | None
+) -> list[GcItem]:
+    try:
+        current = store.read_current(paths, env)
+    except VolenvError:
+        current = None
+    infos = []
+    for sid in store.list_snapshots(paths, env):
+        path = paths.snapshot(env, sid)
+        try:
+            created = float(read_seal(str(path)).get("created", 0.0))
+        except SealProblem:
+            created = path.stat().st_mtime
+        infos.append((sid, path, created, store.last_used(paths, env, sid)))
+    newest = {sid for sid, *_ in sorted(infos, key=lambda x: x[2], reverse=True)[:keep]}
+    out = []
+    for sid, path, created, used in infos:
+        reasons = []
+        if sid == current:
+            reasons.append("current")
+        if store.is_pinned(paths, env, sid):
+            reasons.append("pinned")
+        if sid in newest:
+            reasons.append(f"newest {keep}")
+        if used is not None and now - used <= keep_within:
+            reasons.append(f"used within {_fmt_duration(keep_within)}")
+        elif used is not None and now - used <= IN_FLIGHT_GRACE:
+            reasons.append("activated in the last minute")
+        if busy:
+            reasons.append(f"being built ({busy})")
+        action = "keep" if reasons else "remove"
+        if not reasons:
+            reasons = ["not current, not pinned, not among the newest, not used recently"]
+        size = _apparent(path)
+        out.append(GcItem("snapshot", str(path), env, action, tuple(reasons), size, created, used))
+    return out
+
+
+def _plan_staging(paths: VolumePaths, busy: list[str]) -> list[GcItem]:
+    from .build import _staging_env
+
+    out = []
+    for name in _listdir(paths.staging):
+        if name == "CACHEDIR.TAG" or name.startswith(".probe-"):
+            continue
+        path = paths.staging / name
+        env = _staging_env(name)
+        if env is None and name.startswith(".verify-"):
+            env = next((e for e in map(_staging_env, _listdir(path)) if e), None)
+        if env is not None and env in busy:
+            out.append(
+                GcItem("staging", str(path), env, "keep", ("being built (lease held)",), _apparent(path))
+            )
+        else:
+            out.append(
+                GcItem("staging", str(path), env, "remove", ("dead builder (no lease)",), _apparent(path))
+            )
+    return out
+
+
+def _plan_dir(directory: Path, kind: str, keep_within: float, now: float) -> list[GcItem]:
+    out = []
+    for name in _listdir(directory):
+        if name == "CACHEDIR.TAG":
+            continue
+        path = directory / name
+        age = now - path.lstat().st_mtime
+        if kind == "trash" or age > keep_within:
+            why = (
+                "left by an interrupted gc" if kind == "trash" else f"older than {_fmt_duration(keep_within)}"
+            )
+            out.append(GcItem(kind, str(path), None, "remove", (why,), _apparent(path)))
+        else:
+            out.append(
+                GcItem(
+                    kind,
+                    str(path),
+                    None,
+                    "keep",
+                    (f"newer than {_fmt_duration(keep_within)}",),
+                    _apparent(path),
+                )
+            )
+    return out
+
+
+def _plan_uv_archives(paths: VolumePaths, removed: list[Path]) -> list[GcItem]:
+    """uv cache archives (unpacked wheels) that no retained snapshot hard-links into.
+
+    Removal goes through `uv cache clean PACKAGE` (uv's own command and lock, and it drops
+    uv's pointers with the archives), so an archive is only removed when every archive of its
+    package is unused; otherwise it is left to uv."""
+    archive_root = paths.uv_cache / "archive-v0"
+    names = _listdir(archive_root)
+    if not names:
+        return []
+    in_removed: dict[tuple[int, int], int] = {}
+    for snap in removed:
+        for st in _walk_stats(snap):
+            key = (st.st_dev, st.st_ino)
+            in_removed[key] = in_removed.get(key, 0) + 1
+    rows = []
+    for name in names:
+        path = archive_root / name
+        used = False
+        size = 0
+        for st in _walk_stats(path):
+            size += st.st_size
+            if st.st_nlink - 1 - in_removed.get((st.st_dev, st.st_ino), 0) > 0:
+                used = True
+        rows.append((path, _archive_package(path), used, size))
+    used_packages = {pkg for _p, pkg, used, _s in rows if used or pkg is None}
+    out = []
+    for path, pkg, used, size in rows:
+        if used:
+            why = ("linked from a kept snapshot",)
+            item = GcItem("uv-archive", str(path), None, "keep", why, size, package=pkg)
+        elif pkg is None or pkg in used_packages:
+            why = "another archive of its package is in use (left to uv)" if pkg else "not a wheel archive"
+            item = GcItem("uv-archive", str(path), None, "keep", (why,), size, package=pkg)
+        else:
+            item = GcItem(
+                "uv-archive", str(path), None, "remove", ("no kept snapshot links it",), size, package=pkg
+            )
+        out.append(item)
+    return out
+
+
+def _archive_package(path: Path) -> str | None:
+    for name in _listdir(path):
+        if name.endswith(".dist-info"):
+            dist = name[: -len(".dist-info")].rsplit("-", 1)[0]
+            return re.sub(r"[-_.]+", "-", dist).lower()
+    return None
+
+
+def inode_table(targets: list[Path]) -> dict[str, list[tuple[tuple[int, int], int, int]]]:
+    """target -> [(inode key, link count, bytes in blocks)] for every file and dir under it."""
+    table: dict[str, list[tuple[tuple[int, int], int, int]]] = {}
+    for t in targets:
+        table[str(t)] = [
+            ((st.st_dev, st.st_ino), 1 if _isdir(st) else st.st_nlink, st.st_blocks * 512)
+            for st in _walk_stats(t, include_dirs=True)
+        ]
+    return table
+
+
+def freed_from(table: dict[str, list[tuple[tuple[int, int], int, int]]], removed: set[str]) -> int:
+    """Blocks of every inode whose links all lie inside the removed targets."""
+    seen: dict[tuple[int, int], list[int]] = {}
+    for target, rows in table.items():
+        if target not in removed:
+            continue
+        for key, nlink, blocks in rows:
+            entry = seen.setdefault(key, [0, nlink, blocks])
+            entry[0] += 1
+    return sum(blocks for count, nlink, blocks in seen.values() if count >= nlink)
+
+
+def freed_bytes(targets: list[Path]) -> int:
+    table = inode_table(targets)
+    return freed_from(table, set(table))
+
+
+def _isdir(st: os.stat_result) -> bool:
+    import stat as _stat
+
+    return _stat.S_ISDIR(st.st_mode)
+
+
+def _walk_stats(path: Path, include_dirs: bool = False) -> Iterator[os.stat_result]:
+    try:
+        top = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not _isdir(top):
+        yield top
+        return
+    if include_dirs:
+        yield top
+    for dirpath, dirs, files in os.walk(path):
+        for name in files + ([d for d in dirs] if include_dirs else []):
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except FileNotFoundError:
+                continue
+            if _isdir(st) and not include_dirs:
+                continue
+            yield st
+        # symlinked dirs appear in `dirs` but os.walk does not follow them
+        for d in dirs:
+            if os.path.islink(os.path.join(dirpath, d)) and not include_dirs:
+                yield os.lstat(os.path.join(dirpath, d))
+
+
+def _apparent(path: Path) -> int:
+    return sum(st.st_size for st in _walk_stats(path))
+
+
+def _listdir(path: Path) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _fmt_duration(seconds: float) -> str:
+    for unit, n in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= n and seconds % n == 0:
+            return f"{int(seconds // n)}{unit}"
+    return f"{seconds:g}s"
+
+
+# ---------------------------------------------------------------- leases
+
+
+def lease_holder(paths: VolumePaths, env: str) -> str | None:
+    """Who holds an env's build lease, if anyone live does."""
+    from .locks import describe_holder
+
+    marker = paths.build_lease(env)
+    if not marker.exists():
+        return None
+    try:
+        from filelock import SoftFileLease
+
+        probe = SoftFileLease(str(marker), lease_duration=_lease_seconds(), is_singleton=False)
+        probe.acquire(timeout=0)
+    except Exception:
+        return describe_holder(marker) or "another process"
+    probe.release(force=True)
+    return None
+
+
+def _lease_seconds() -> float:
+    from .locks import lease_seconds
+
+    return lease_seconds()
+
+
+@contextlib.contextmanager
+def env_lease(paths: VolumePaths, env: str) -> Iterator[bool]:
+    """Hold the env's build lease without waiting: False when a build holds it."""
+    from .locks import BuildLease
+
+    lease = BuildLease(paths, env, timeout=0, say=lambda _m: None)
+    try:
+        lease.acquire()
+    except VolenvError:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lease.release()
+
+
+# ---------------------------------------------------------------- execute
+
+
+def execute(paths: VolumePaths, plan: GcPlan) -> GcResult:
+    """Carry out exactly the plan's removals; report every item; never swallow a failure."""
+    from .fsutil import fsync_dir
+
+    paths.trash.mkdir(parents=True, exist_ok=True)
+    outcomes: list[GcOutcome] = []
+    table = inode_table([Path(i.path) for i in plan.removals])
+    by_env: dict[str | None, list[GcItem]] = {}
+    for item in plan.removals:
+        by_env.setdefault(item.env if item.kind in ("snapshot", "staging") else None, []).append(item)
+    for env, items in by_env.items():
+        if env is None:
+            continue
+        with env_lease(paths, env) as held:
+            if not held:
+                for item in items:
+                    outcomes.append(
+                        GcOutcome(item.path, item.kind, False, "skipped: a build holds the env's lease")
+                    )
+                continue
+            for item in items:
+                outcomes.append(_remove_env_item(paths, plan, item))
+    others = [i for i in by_env.get(None, []) if i.kind != "uv-archive"]
+    for item in others:
+        outcomes.append(_trash_and_delete(paths, Path(item.path), item.kind))
+    archives = [i for i in by_env.get(None, []) if i.kind == "uv-archive"]
+    if archives:
+        outcomes.extend(_remove_archives(paths, archives))
+    fsync_dir(paths.trash)
+    done = {o.path for o in outcomes if o.done}
+    return GcResult(plan, tuple(outcomes), freed_from(table, done), True)
+
+
+def _remove_env_item(paths: VolumePaths, plan: GcPlan, item: GcItem) -> GcOutcome:
+    path = Path(item.path)
+    env = item.env
+    assert env is not None
+    if item.kind == "staging":
+        return _trash_and_delete(paths, path, "staging")
+    sid = path.name
+    # the roots again, now under the lease: current, pins, and in-flight activations
+    if store.read_current(paths, env) == sid:
+        return GcOutcome(item.path, item.kind, False, "kept: became current after the plan")
+    if store.is_pinned(paths, env, sid):
+        return GcOutcome(item.path, item.kind, False, "kept: pinned after the plan")
+    if _recently_used(paths, env, sid, plan):
+        return GcOutcome(item.path, item.kind, False, "kept: activated after the plan")
+    # references before payload: index entries, then the use mark
+    for digest in _listdir(paths.env_dir(env) / "index"):
+        entry = paths.index_entry(env, digest)
+        try:
+            if store.read_index(paths, env, digest) == sid:
+                os.unlink(entry)
+        except (OSError, VolenvError):
+            continue
+    dest = paths.trash / f"{sid}.{unique_suffix()}"
+    try:
+        os.rename(path, dest)
+    except OSError as exc:
+        return GcOutcome(item.path, item.kind, False, f"rename to trash failed: {exc.strerror}")
+    if _recently_used(paths, env, sid, plan):
+        # an activation slipped in between the check and the rename: give it back
+        os.rename(dest, path)
+        return GcOutcome(item.path, item.kind, False, "kept: activated while being removed")
+    try:
+        os.unlink(paths.used_marker(env, sid))
+    except FileNotFoundError:
+        pass
+    store.log_event(paths, env, "gc-remove", snapshot=sid)
+    return _delete(paths, dest, item)
+
+
+def _recently_used(paths: VolumePaths, env: str, sid: str, plan: GcPlan) -> bool:
+    used = store.last_used(paths, env, sid)
+    if used is None:
+        return False
+    return time.time() - used <= max(IN_FLIGHT_GRACE, plan.keep_within) or used > plan.created
+
+
+def _trash_and_delete(paths: VolumePaths, path: Path, kind: str) -> GcOutcome:
+    if path.parent == paths.trash:
+        dest = path
+    else:
+        dest = paths.trash / f"{path.name}.{unique_suffix()}"
+        try:
+            os.rename(path, dest)
+        except FileNotFoundError:
+            return GcOutcome(str(path), kind, True, "already gone")
+        except OSError as exc:
+            return GcOutcome(str(path), kind, False, f"rename to trash failed: {exc.strerror}")
+    return _delete(paths, dest, GcItem(kind, str(path), None, "remove", (), 0))
+
+
+def _delete(paths: VolumePaths, dest: Path, item: GcItem) -> GcOutcome:
+    try:
+        remove_tree(dest, paths.root)
+    except (OSError, VolenvError) as exc:
+        return GcOutcome(item.path, item.kind, False, f"in trash, delete failed: {exc}")
+    return GcOutcome(item.path, item.kind, True, "removed")
+
+
+def _remove_archives(paths: VolumePaths, archives: list[GcItem]) -> list[GcOutcome]:
+    """`uv cache clean PACKAGE` for each package whose archives are all unused."""
+    from .uvtool import run_uv
+
+    out = []
+    packages = sorted({i.package for i in archives if i.package})
+    if not packages:
+        return []
+    proc = run_uv(["cache", "clean", *packages], paths, None)
+    for item in archives:
+        if proc.returncode == 0 and not Path(item.path).exists():
+            done = f"removed by uv cache clean {item.package}"
+            out.append(GcOutcome(item.path, item.kind, True, done))
+        else:
+            detail = "still present after uv cache clean"
+            if proc.returncode:
+                detail = (proc.stderr.strip().splitlines() or [f"uv exited {proc.returncode}"])[-1]
+            out.append(GcOutcome(item.path, item.kind, False, detail))
+    return out
