@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import generate_wheels, manifest, volenv_cmd  # noqa: E402
+from _common import generate_wheels, manifest, volenv_cmd
 
 
 def main() -> int:

@@ -225,8 +225,8 @@ def _plan_uv_archives(paths: VolumePaths, removed: list[Path]) -> list[GcItem]:
     out = []
     for path, pkg, used, size in rows:
         if used:
-            why = ("linked from a kept snapshot",)
-            item = GcItem("uv-archive", str(path), None, "keep", why, size, package=pkg)
+            reasons = ("linked from a kept snapshot",)
+            item = GcItem("uv-archive", str(path), None, "keep", reasons, size, package=pkg)
         elif pkg is None or pkg in used_packages:
             why = "another archive of its package is in use (left to uv)" if pkg else "not a wheel archive"
             item = GcItem("uv-archive", str(path), None, "keep", (why,), size, package=pkg)
