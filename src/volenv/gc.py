@@ -14,7 +14,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import store
@@ -62,6 +62,10 @@ class GcPlan:
     items: tuple[GcItem, ...]
     freed_bytes: int  # hard-link aware estimate of what removal frees
     envs_busy: tuple[str, ...] = ()
+    # target -> inode rows, from the scan; execution reuses it (never printed)
+    _inodes: dict[str, list[tuple[tuple[int, int], int, int]]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @property
     def removals(self) -> list[GcItem]:
@@ -104,9 +108,11 @@ def make_plan(paths: VolumePaths, *, keep: int, keep_within: float, now: float |
     items.extend(_plan_dir(paths.quarantine, "quarantine", keep_within, now))
     items.extend(_plan_dir(paths.trash, "trash", 0.0, now))
     removed_snapshots = [Path(i.path) for i in items if i.kind == "snapshot" and i.action == "remove"]
-    items.extend(_plan_uv_archives(paths, removed_snapshots))
-    freed = freed_bytes([Path(i.path) for i in items if i.action == "remove"])
-    return GcPlan(str(paths.root), keep, keep_within, now, tuple(items), freed, tuple(busy))
+    table = inode_table(removed_snapshots)
+    items.extend(_plan_uv_archives(paths, table))
+    table.update(inode_table([Path(i.path) for i in items if i.action == "remove" and i.path not in table]))
+    freed = freed_from(table, set(table))
+    return GcPlan(str(paths.root), keep, keep_within, now, tuple(items), freed, tuple(busy), table)
 
 
 def _plan_env(
@@ -120,13 +126,16 @@ def _plan_env(
     for sid in store.list_snapshots(paths, env):
         path = paths.snapshot(env, sid)
         try:
-            created = float(read_seal(str(path)).get("created", 0.0))
+            seal = read_seal(str(path))
+            created = float(seal.get("created", 0.0))
+            size = int(seal.get("apparent_bytes", 0))  # the record's sum: no walk needed
         except SealProblem:
             created = path.stat().st_mtime
-        infos.append((sid, path, created, store.last_used(paths, env, sid)))
+            size = _apparent(path)
+        infos.append((sid, path, created, store.last_used(paths, env, sid), size))
     newest = {sid for sid, *_ in sorted(infos, key=lambda x: x[2], reverse=True)[:keep]}
     out = []
-    for sid, path, created, used in infos:
+    for sid, path, created, used, size in infos:
         reasons = []
         if sid == current:
             reasons.append("current")
@@ -143,7 +152,6 @@ def _plan_env(
         action = "keep" if reasons else "remove"
         if not reasons:
             reasons = ["not current, not pinned, not among the newest, not used recently"]
-        size = _apparent(path)
         out.append(GcItem("snapshot", str(path), env, action, tuple(reasons), size, created, used))
     return out
 
@@ -196,7 +204,9 @@ def _plan_dir(directory: Path, kind: str, keep_within: float, now: float) -> lis
     return out
 
 
-def _plan_uv_archives(paths: VolumePaths, removed: list[Path]) -> list[GcItem]:
+def _plan_uv_archives(
+    paths: VolumePaths, removed: dict[str, list[tuple[tuple[int, int], int, int]]]
+) -> list[GcItem]:
     """uv cache archives (unpacked wheels) that no retained snapshot hard-links into.
 
     Removal goes through `uv cache clean PACKAGE` (uv's own command and lock, and it drops
@@ -207,9 +217,8 @@ def _plan_uv_archives(paths: VolumePaths, removed: list[Path]) -> list[GcItem]:
     if not names:
         return []
     in_removed: dict[tuple[int, int], int] = {}
-    for snap in removed:
-        for st in _walk_stats(snap):
-            key = (st.st_dev, st.st_ino)
+    for inode_rows in removed.values():
+        for key, _nlink, _blocks in inode_rows:
             in_removed[key] = in_removed.get(key, 0) + 1
     rows = []
     for name in names:
@@ -376,7 +385,7 @@ def execute(paths: VolumePaths, plan: GcPlan) -> GcResult:
 
     paths.trash.mkdir(parents=True, exist_ok=True)
     outcomes: list[GcOutcome] = []
-    table = inode_table([Path(i.path) for i in plan.removals])
+    table = plan._inodes or inode_table([Path(i.path) for i in plan.removals])
     by_env: dict[str | None, list[GcItem]] = {}
     for item in plan.removals:
         by_env.setdefault(item.env if item.kind in ("snapshot", "staging") else None, []).append(item)

@@ -38,7 +38,8 @@ def _c() -> Console:
 
 def to_data(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_data(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        fields = [f.name for f in dataclasses.fields(obj) if not f.name.startswith("_")]
+        return {name: to_data(getattr(obj, name)) for name in fields}
     if isinstance(obj, dict):
         return {str(k): to_data(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
