@@ -159,6 +159,17 @@ def model_location(root: str, model: dict[str, Any]) -> str:
     return os.path.join(root, "models", "files", model["name"], model["sha256"][:16], filename)
 
 
+def model_key(model: dict[str, Any]) -> str:
+    """Digest of a model's source spec: a changed spec is a different model record."""
+    spec = {k: v for k, v in model.items() if k not in ("name", "optional")}
+    return sha256_hex(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode())[:16]
+
+
+def model_record_path(root: str, model: dict[str, Any]) -> str:
+    """Written last by a fetch, after every file verified: its presence means 'model present'."""
+    return os.path.join(root, "models", "records", f"{model['name']}.{model_key(model)}.json")
+
+
 def model_env_name(name: str) -> str:
     return "VOLENV_MODEL_" + "".join(c.upper() if c.isalnum() else "_" for c in name)
 
@@ -193,9 +204,8 @@ def compute_env(
     models = activation.get("models", [])
     all_present = True
     for m in models:
-        loc = model_location(root, m)
-        if os.path.exists(loc):
-            env[model_env_name(m["name"])] = loc
+        if os.path.exists(model_record_path(root, m)):
+            env[model_env_name(m["name"])] = model_location(root, m)
         elif not m.get("optional"):
             all_present = False
     if models and all_present:

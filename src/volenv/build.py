@@ -57,6 +57,7 @@ class SyncOptions:
     lock_timeout: float = 900.0
     min_free: int | None = None
     offline: bool = False
+    models: bool = True
 
 
 @dataclass(frozen=True)
@@ -102,12 +103,25 @@ class SyncResult:
     stats: dict[str, int] = field(default_factory=dict)
     link_mode: str | None = None
     log: str | None = None
+    models: tuple[Any, ...] = ()
 
 
 # ---------------------------------------------------------------- the lifecycle
 
 
 def sync(paths: VolumePaths, manifest: Manifest, opts: SyncOptions) -> SyncResult:
+    """The snapshot, then (unless --no-models) the manifest's models."""
+    result = sync_snapshot(paths, manifest, opts)
+    if opts.dry_run or not opts.models or not manifest.models:
+        return result
+    from dataclasses import replace
+
+    from .models import fetch_models
+
+    return replace(result, models=tuple(fetch_models(paths, manifest, lock_timeout=opts.lock_timeout)))
+
+
+def sync_snapshot(paths: VolumePaths, manifest: Manifest, opts: SyncOptions) -> SyncResult:
     t0 = time.perf_counter()
     env = manifest.name
     store.open_volume(paths, create=not opts.dry_run)

@@ -49,7 +49,7 @@ class GlobalOptions:
 class RichReporter(ui.Reporter):
     def __init__(self, verbosity: int, progress: bool) -> None:
         super().__init__(verbosity)
-        self.progress = progress and render.err_console.is_terminal
+        self.progress_bars = progress and render.err_console.is_terminal
 
     def info(self, msg: str) -> None:
         if self.verbosity >= 0:
@@ -63,16 +63,60 @@ class RichReporter(ui.Reporter):
         if self.verbosity >= -1:
             render.err_console.print(f"[yellow]warning:[/yellow] {msg}", highlight=False)
 
+    def progress(self, label: str, total: int | None) -> ui.Progress:
+        if self.progress_bars and self.verbosity >= 0:
+            return RichProgress(self, label, total)
+        return ui.Progress(self, label, total)
+
     @contextmanager
     def step(self, label: str) -> Iterator[None]:
         t0 = time.perf_counter()
-        if self.progress and self.verbosity >= 0:
+        if self.progress_bars and self.verbosity >= 0:
             with render.err_console.status(f"{label}…"):
                 yield
         else:
             self.detail(f"{label}…")
             yield
         self.detail(f"{label}: {time.perf_counter() - t0:.2f}s")
+
+
+class RichProgress(ui.Progress):
+    """Sizes and rates on stderr (rich), for downloads and uploads."""
+
+    def __init__(self, reporter: ui.Reporter, label: str, total: int | None) -> None:
+        super().__init__(reporter, label, total)
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self._bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=render.err_console,
+            transient=True,
+        )
+        self._bar.start()
+        self._task = self._bar.add_task(label, total=total)
+
+    def update(self, n: int) -> None:
+        super().update(n)
+        self._bar.update(self._task, advance=n)
+
+    def reset(self, done: int) -> None:
+        super().reset(done)
+        self._bar.update(self._task, completed=done)
+
+    def close(self) -> None:
+        self._bar.stop()
+        super().close()
 
 
 def _globals(ctx: typer.Context) -> GlobalOptions:
@@ -132,8 +176,11 @@ def sync(
     offline: Annotated[
         bool, typer.Option("--offline", envvar="VOLENV_OFFLINE", help="Resolve from cache only.")
     ] = False,
+    no_models: Annotated[
+        bool, typer.Option("--no-models", help="Do not fetch the manifest's models.")
+    ] = False,
 ) -> None:
-    """Build (or reuse) the snapshot for MANIFEST and make it current."""
+    """Build (or reuse) the snapshot for MANIFEST, make it current, fetch its models."""
     from .build import SyncOptions
     from .build import sync as do_sync
     from .manifest import load_manifest
@@ -145,7 +192,12 @@ def sync(
         g.paths,
         m,
         SyncOptions(
-            refresh=refresh, dry_run=dry_run, lock_timeout=lock_timeout, min_free=min_free, offline=offline
+            refresh=refresh,
+            dry_run=dry_run,
+            lock_timeout=lock_timeout,
+            min_free=min_free,
+            offline=offline,
+            models=not no_models,
         ),
     )
     if g.json:

@@ -137,3 +137,67 @@ def gc_cmd(
         render_gc(result, g.quiet)
     if not result.ok:
         raise typer.Exit(1)
+
+
+models_app = typer.Typer(help="Model caches on the volume: fetch, verify, list.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("fetch")
+def models_fetch_cmd(
+    ctx: typer.Context,
+    manifest: Annotated[str, typer.Argument(help="Manifest TOML file.")],
+    lock_timeout: Annotated[float, typer.Option("--lock-timeout")] = 3600,
+) -> None:
+    """Download and verify the manifest's models into the volume (once, under a lease)."""
+    from .manifest import load_manifest
+    from .models import fetch_models
+    from .render import emit_json, render_models
+    from .store import open_volume
+
+    g = _globals(ctx)
+    m = load_manifest(manifest)
+    open_volume(g.paths, create=True)
+    states = fetch_models(g.paths, m, lock_timeout=lock_timeout)
+    emit_json("models fetch", {"models": states}) if g.json else render_models(states)
+
+
+@models_app.command("list")
+def models_list_cmd(
+    ctx: typer.Context,
+    manifest: Annotated[
+        str | None, typer.Option("--manifest", "-m", help="Only this manifest's models.")
+    ] = None,
+) -> None:
+    """Models on the volume (or a manifest's models and whether they are present)."""
+    from .manifest import load_manifest
+    from .models import list_models
+    from .render import emit_json, render_models
+
+    g = _globals(ctx)
+    states = list_models(g.paths, load_manifest(manifest) if manifest else None)
+    emit_json("models list", {"models": states}) if g.json else render_models(states)
+
+
+@models_app.command("verify")
+def models_verify_cmd(
+    ctx: typer.Context,
+    manifest: Annotated[
+        str | None, typer.Option("--manifest", "-m", help="Only this manifest's models.")
+    ] = None,
+    level: Annotated[Level, typer.Option("--level", "-l", help="seal, stat or full.")] = Level.stat,
+) -> None:
+    """Check model files against their records; exit 4 on any problem."""
+    from .errors import EXIT_VERIFY
+    from .manifest import load_manifest
+    from .models import verify_models
+    from .render import emit_json, render_model_verify
+
+    g = _globals(ctx)
+    report = verify_models(g.paths, load_manifest(manifest) if manifest else None, level.value)
+    if g.json:
+        emit_json("models verify", {"ok": report.ok, "report": report})
+    else:
+        render_model_verify(report)
+    if not report.ok:
+        raise typer.Exit(EXIT_VERIFY)

@@ -42,7 +42,7 @@ def parse_duration(text: str) -> float:
 
 @dataclass(frozen=True)
 class GcItem:
-    kind: str  # snapshot | staging | quarantine | trash | uv-archive
+    kind: str  # snapshot | staging | quarantine | trash | model | uv-archive
     path: str
     env: str | None
     action: str  # keep | remove
@@ -50,7 +50,7 @@ class GcItem:
     apparent_bytes: int
     created: float | None = None
     last_used: float | None = None
-    package: str | None = None  # uv-archive: the distribution it unpacks
+    package: str | None = None  # uv-archive: its distribution; model: its record file
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,8 @@ def make_plan(paths: VolumePaths, *, keep: int, keep_within: float, now: float |
     items.extend(_plan_staging(paths, busy))
     items.extend(_plan_dir(paths.quarantine, "quarantine", keep_within, now))
     items.extend(_plan_dir(paths.trash, "trash", 0.0, now))
+    kept = [Path(i.path) for i in items if i.kind == "snapshot" and i.action == "keep"]
+    items.extend(_plan_models(paths, kept))
     removed_snapshots = [Path(i.path) for i in items if i.kind == "snapshot" and i.action == "remove"]
     table = inode_table(removed_snapshots)
     items.extend(_plan_uv_archives(paths, table))
@@ -199,6 +201,84 @@ def _plan_dir(directory: Path, kind: str, keep_within: float, now: float) -> lis
                     "keep",
                     (f"newer than {_fmt_duration(keep_within)}",),
                     _apparent(path),
+                )
+            )
+    return out
+
+
+def _referenced_models(paths: VolumePaths, kept: list[Path]) -> dict[str, dict[str, object]]:
+    """model record file name -> spec, for every model a kept snapshot's manifest names: the
+    manifest sealed into it, and every manifest whose index entry points at it (aliases)."""
+    import json as _json
+
+    from .activate import model_record_path
+
+    root = str(paths.root)
+    kept_ids = {p.name for p in kept}
+    specs: list[dict[str, object]] = []
+    for snap in kept:
+        try:
+            specs.extend(read_seal(str(snap)).get("manifest", {}).get("models", []))
+        except SealProblem:
+            continue
+    for alias in _listdir(paths.root / "aliases"):
+        try:
+            data = _json.loads((paths.root / "aliases" / alias).read_bytes())
+            sid = store.read_index(paths, data["env"], data["manifest_digest"])
+        except (OSError, ValueError, KeyError, VolenvError):
+            continue
+        if sid in kept_ids:
+            specs.extend(data.get("activation", {}).get("models", []))
+    return {os.path.basename(model_record_path(root, m)): m for m in specs}
+
+
+def _plan_models(paths: VolumePaths, kept: list[Path]) -> list[GcItem]:
+    """Model records (and their files) that no kept snapshot's manifest references."""
+    from .activate import model_location
+
+    records = paths.models / "records"
+    names = [n for n in _listdir(records) if n.endswith(".json")]
+    if not names:
+        return []
+    referenced = _referenced_models(paths, kept)
+    kept_repos = {
+        "models--" + str(m["hf"]["repo"]).replace("/", "--")  # type: ignore[index]
+        for m in referenced.values()
+        if m.get("hf")
+    }
+    kept_locations = {model_location(str(paths.root), m) for m in referenced.values()}
+    out = []
+    import json as _json
+
+    for name in names:
+        rec_path = records / name
+        try:
+            spec = _json.loads(rec_path.read_bytes())["spec"]
+        except (OSError, ValueError, KeyError):
+            out.append(GcItem("model", str(rec_path), None, "keep", ("record unreadable: left alone",), 0))
+            continue
+        loc = Path(model_location(str(paths.root), spec))
+        payload = loc.parent if not spec.get("hf") else loc
+        if spec.get("hf"):
+            repo_dir = loc.parent.parent
+            if repo_dir.name not in kept_repos:
+                payload = repo_dir
+        size = _apparent(payload)
+        if name in referenced or str(loc) in kept_locations:
+            why = (
+                "referenced by a kept snapshot" if name in referenced else "its files are a kept model's too"
+            )
+            out.append(GcItem("model", str(payload), None, "keep", (why,), size, package=name))
+        else:
+            out.append(
+                GcItem(
+                    "model",
+                    str(payload),
+                    None,
+                    "remove",
+                    ("no kept snapshot references it",),
+                    size,
+                    package=name,
                 )
             )
     return out
@@ -403,6 +483,15 @@ def execute(paths: VolumePaths, plan: GcPlan) -> GcResult:
                 outcomes.append(_remove_env_item(paths, plan, item))
     others = [i for i in by_env.get(None, []) if i.kind != "uv-archive"]
     for item in others:
+        if item.kind == "model" and item.package:
+            # reference before payload: without its record the model is "absent" to activation
+            try:
+                os.unlink(paths.models / "records" / item.package)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                outcomes.append(GcOutcome(item.path, item.kind, False, f"record not removed: {exc.strerror}"))
+                continue
         outcomes.append(_trash_and_delete(paths, Path(item.path), item.kind))
     archives = [i for i in by_env.get(None, []) if i.kind == "uv-archive"]
     if archives:

@@ -204,3 +204,25 @@ def render_gc(r: Any, quiet: int) -> None:
         _c().print(
             f"would free {human_bytes(plan.freed_bytes)} ({len(plan.removals)} to remove); nothing changed"
         )
+
+
+def render_models(states: Any) -> None:
+    table = Table(title="models", title_justify="left")
+    for col in ("name", "source", "present", "files", "size", "location"):
+        table.add_column(col)
+    for s in states:
+        mark = (
+            "[green]yes[/green]"
+            if s.present
+            else ("[yellow]no (optional)[/yellow]" if s.optional else "[red]no[/red]")
+        )
+        table.add_row(s.name, s.source, mark, str(s.files), human_bytes(s.bytes), s.location)
+    _c().print(table)
+
+
+def render_model_verify(report: Any) -> None:
+    if report.ok:
+        _c().print(f"[green]models ok at level {report.level}[/green]: {', '.join(report.checked) or 'none'}")
+        return
+    for p in report.problems:
+        _c().print(f"[red]{p.name}: {p.kind}[/red] {p.path}: {p.detail}")

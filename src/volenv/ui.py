@@ -29,6 +29,29 @@ class _Step:
             self.reporter.detail(f"{self.label}: done in {time.perf_counter() - self.t0:.2f}s")
 
 
+class Progress:
+    """A byte counter for a long transfer; the plain backend reports only the end."""
+
+    def __init__(self, reporter: Reporter, label: str, total: int | None) -> None:
+        self.reporter = reporter
+        self.label = label
+        self.total = total
+        self.done = 0
+        self.t0 = time.perf_counter()
+
+    def update(self, n: int) -> None:
+        self.done += n
+
+    def reset(self, done: int) -> None:
+        self.done = done
+
+    def close(self) -> None:
+        secs = max(time.perf_counter() - self.t0, 1e-6)
+        self.reporter.detail(
+            f"{self.label}: {self.done} bytes in {secs:.1f}s ({self.done / secs / 1e6:.1f} MB/s)"
+        )
+
+
 class Reporter:
     def __init__(self, verbosity: int = 0) -> None:
         self.verbosity = verbosity
@@ -47,6 +70,9 @@ class Reporter:
 
     def step(self, label: str) -> AbstractContextManager[None]:
         return _Step(self, label)
+
+    def progress(self, label: str, total: int | None) -> Progress:
+        return Progress(self, label, total)
 
 
 class _Proxy:

@@ -1,0 +1,378 @@
+"""Model caches on the volume: fetch (HTTP with resume, or the Hugging Face Hub), checksum,
+record, verify. One fetcher per model across hosts (a lease); the others wait and find it.
+
+Layout: url models under models/files/<name>/<sha256[:16]>/<file>; hf models in the hub
+cache layout under models/hf/hub (so libraries find them through HF_HUB_CACHE); and for each
+fetched model a record models/records/<name>.<key>.json, written last, listing every file
+with size and sha256: its presence is what "present" means to activation.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import http.client
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .activate import model_key, model_location, model_record_path
+from .errors import ModelError, VolenvError
+from .fsutil import atomic_write_json, fsync_dir, unique_suffix
+from .integrity import hash_file
+from .locks import BuildLease
+from .manifest import Manifest, ModelSpec, _model_dict
+from .paths import VolumePaths
+from .ui import reporter
+
+RECORD_SCHEMA = 1
+CHUNK = 1 << 20
+ATTEMPTS = int(os.environ.get("VOLENV_FETCH_ATTEMPTS", "6"))
+TIMEOUT = float(os.environ.get("VOLENV_FETCH_TIMEOUT", "60"))
+
+
+@dataclass(frozen=True)
+class ModelState:
+    name: str
+    source: str
+    location: str
+    present: bool
+    optional: bool
+    files: int = 0
+    bytes: int = 0
+    action: str = ""  # fetch: fetched | present | failed (optional)
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class ModelProblem:
+    name: str
+    kind: str  # missing | size-changed | content-changed | record-damaged
+    path: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class ModelVerifyReport:
+    level: str
+    checked: tuple[str, ...]
+    problems: tuple[ModelProblem, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _source(m: dict[str, Any]) -> str:
+    if m.get("hf"):
+        return f"hf:{m['hf']['repo']}@{m['hf']['revision'][:12]}"
+    return str(m["url"])
+
+
+# ---------------------------------------------------------------- fetch
+
+
+def fetch_models(paths: VolumePaths, manifest: Manifest, *, lock_timeout: float = 3600) -> list[ModelState]:
+    out = []
+    for spec in manifest.models:
+        m = _model_dict(spec)
+        try:
+            out.append(fetch_model(paths, spec, lock_timeout=lock_timeout))
+        except ModelError as exc:
+            if not spec.optional:
+                raise
+            reporter.warn(f"optional model '{spec.name}' not fetched: {exc.message}")
+            out.append(
+                ModelState(
+                    spec.name,
+                    _source(m),
+                    model_location(str(paths.root), m),
+                    False,
+                    True,
+                    action="failed",
+                    detail=exc.message,
+                )
+            )
+    return out
+
+
+def fetch_model(paths: VolumePaths, spec: ModelSpec, *, lock_timeout: float = 3600) -> ModelState:
+    m = _model_dict(spec)
+    root = str(paths.root)
+    record = Path(model_record_path(root, m))
+    loc = model_location(root, m)
+    if record.exists():
+        return _state(paths, m, "present")
+    record.parent.mkdir(parents=True, exist_ok=True)
+    lease = BuildLease(paths, f"model-{spec.name}.{model_key(m)}", timeout=lock_timeout, say=reporter.info)
+    with lease:
+        if record.exists():  # another worker fetched it while we waited
+            return _state(paths, m, "present")
+        files = _fetch_url(paths, spec, Path(loc)) if spec.url else _fetch_hf(paths, spec, Path(loc))
+        atomic_write_json(
+            record,
+            {
+                "schema": RECORD_SCHEMA,
+                "name": spec.name,
+                "key": model_key(m),
+                "spec": m,
+                "location": os.path.relpath(loc, root),
+                "files": files,
+                "fetched": time.time(),
+            },
+        )
+    store_event(paths, spec.name, files)
+    return _state(paths, m, "fetched")
+
+
+def store_event(paths: VolumePaths, name: str, files: list[dict[str, Any]]) -> None:
+    from . import store
+
+    store.log_event(
+        paths, "_models", "model-fetched", model=name, files=len(files), bytes=sum(f["size"] for f in files)
+    )
+
+
+def _state(paths: VolumePaths, m: dict[str, Any], action: str) -> ModelState:
+    root = str(paths.root)
+    rec = read_model_record(Path(model_record_path(root, m)))
+    files = rec.get("files", []) if rec else []
+    return ModelState(
+        m["name"],
+        _source(m),
+        model_location(root, m),
+        rec is not None,
+        bool(m.get("optional")),
+        len(files),
+        sum(int(f["size"]) for f in files),
+        action,
+    )
+
+
+def read_model_record(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise VolenvError(f"model record {path} is damaged: {exc}") from exc
+    if not isinstance(data, dict) or data.get("schema", 0) > RECORD_SCHEMA:
+        raise VolenvError(f"model record {path} is damaged or newer than this volenv")
+    return data
+
+
+class _Download:
+    """What a download has so far: bytes written and their running sha256."""
+
+    def __init__(self) -> None:
+        self.have = 0
+        self.h = hashlib.sha256()
+
+    def restart(self) -> None:
+        self.have = 0
+        self.h = hashlib.sha256()
+
+
+def _fetch_url(paths: VolumePaths, spec: ModelSpec, dest: Path) -> list[dict[str, Any]]:
+    """Download into a unique temp file, resuming with Range after a dropped connection,
+    retrying with backoff; publish by rename only when the sha256 (and size) match."""
+    assert spec.url and spec.sha256
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.part-{unique_suffix()}")
+    reporter.info(f"fetching model '{spec.name}' from {spec.url}")
+    progress = reporter.progress(spec.name, spec.size)
+    state = _Download()
+    delay = 0.5
+    try:
+        with open(tmp, "wb") as out:
+            for attempt in range(1, ATTEMPTS + 1):
+                try:
+                    _download_into(spec.url, out, state, progress)
+                    break
+                except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+                    if isinstance(exc, urllib.error.HTTPError) and 400 <= exc.code < 500 and exc.code != 416:
+                        raise ModelError(
+                            f"model '{spec.name}': {spec.url} answered HTTP {exc.code}"
+                        ) from None
+                    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                        raise
+                    out.flush()
+                    if attempt == ATTEMPTS:
+                        raise ModelError(
+                            f"model '{spec.name}': download failed after {ATTEMPTS} attempts: {exc}",
+                            hint="check the URL and the network, then `volenv models fetch` again",
+                        ) from None
+                    reporter.warn(
+                        f"model '{spec.name}': {exc}; resuming at byte {state.have} in {delay:.1f}s"
+                    )
+                    time.sleep(delay)
+                    delay = min(delay * 2, 15)
+            out.flush()
+            os.fsync(out.fileno())
+        digest = state.h.hexdigest()
+        if spec.size is not None and state.have != spec.size:
+            raise ModelError(f"model '{spec.name}': got {state.have} bytes, the manifest says {spec.size}")
+        if digest != spec.sha256:
+            raise ModelError(
+                f"model '{spec.name}': sha256 mismatch: expected {spec.sha256}, got {digest};"
+                " nothing was published",
+                hint="the server served other bytes than the manifest pins",
+            )
+        os.rename(tmp, dest)
+        fsync_dir(dest.parent)
+    finally:
+        progress.close()
+        if tmp.exists():
+            tmp.unlink()
+    return [{"path": dest.name, "size": state.have, "sha256": digest}]
+
+
+def _download_into(url: str, out: Any, state: _Download, progress: Any) -> None:
+    """One attempt: continue from state.have (Range) and append; raise on a short body."""
+    req = urllib.request.Request(url, headers={"User-Agent": "volenv", "Accept-Encoding": "identity"})
+    if state.have:
+        req.add_header("Range", f"bytes={state.have}-")
+    with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:
+        if state.have and resp.status == 200:  # the server ignored Range: start over
+            out.seek(0)
+            out.truncate()
+            state.restart()
+            progress.reset(0)
+        expected = resp.headers.get("Content-Length")
+        got = 0
+        while chunk := resp.read(CHUNK):
+            out.write(chunk)
+            state.h.update(chunk)
+            state.have += len(chunk)
+            got += len(chunk)
+            progress.update(len(chunk))
+        if expected is not None and got < int(expected):
+            raise ConnectionError(f"connection dropped after {got} of {expected} bytes")
+
+
+def _fetch_hf(paths: VolumePaths, spec: ModelSpec, snapshot_dir: Path) -> list[dict[str, Any]]:
+    """huggingface_hub downloads into the hub cache layout (its own locks and resume); we then
+    check every LFS file against its sha256 and record sizes and hashes."""
+    assert spec.hf is not None
+    try:
+        import huggingface_hub
+        from huggingface_hub.errors import HfHubHTTPError
+    except ImportError:
+        raise ModelError(
+            "huggingface_hub is not installed", hint="pip install 'volenv[models]' (or huggingface_hub)"
+        ) from None
+    cache = paths.models / "hf" / "hub"
+    cache.mkdir(parents=True, exist_ok=True)
+    reporter.info(f"fetching model '{spec.name}' from the Hub: {spec.hf.repo}@{spec.hf.revision[:12]}")
+    try:
+        if spec.hf.files:
+            for f in spec.hf.files:
+                huggingface_hub.hf_hub_download(
+                    spec.hf.repo, f, revision=spec.hf.revision, cache_dir=str(cache)
+                )
+        else:
+            huggingface_hub.snapshot_download(
+                spec.hf.repo,
+                revision=spec.hf.revision,
+                allow_patterns=list(spec.hf.allow_patterns),
+                cache_dir=str(cache),
+            )
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise ModelError(f"model '{spec.name}': Hub download failed: {str(exc).splitlines()[0]}") from None
+    files = []
+    for dirpath, _dirs, names in os.walk(snapshot_dir):
+        for n in names:
+            p = Path(dirpath) / n
+            blob = p.resolve()
+            digest = hash_file(str(blob))
+            if len(blob.name) == 64 and blob.name != digest:  # LFS blobs are named by their sha256
+                for victim in (p, blob):
+                    victim.unlink(missing_ok=True)
+                raise ModelError(
+                    f"model '{spec.name}': {p.relative_to(snapshot_dir)} does not match its sha256"
+                    f" ({blob.name}); removed"
+                )
+            files.append(
+                {"path": str(p.relative_to(snapshot_dir)), "size": blob.stat().st_size, "sha256": digest}
+            )
+    if not files:
+        raise ModelError(f"model '{spec.name}': nothing matched in {spec.hf.repo}@{spec.hf.revision}")
+    return sorted(files, key=lambda f: f["path"])
+
+
+# ---------------------------------------------------------------- list / verify
+
+
+def list_models(paths: VolumePaths, manifest: Manifest | None) -> list[ModelState]:
+    root = str(paths.root)
+    if manifest is not None:
+        return [_state(paths, _model_dict(s), "") for s in manifest.models]
+    out = []
+    for rec_path in sorted((paths.models / "records").glob("*.json")):
+        rec = read_model_record(rec_path)
+        if rec is None:
+            continue
+        m = rec["spec"]
+        files = rec.get("files", [])
+        out.append(
+            ModelState(
+                m["name"],
+                _source(m),
+                model_location(root, m),
+                True,
+                bool(m.get("optional")),
+                len(files),
+                sum(int(f["size"]) for f in files),
+            )
+        )
+    return out
+
+
+def verify_models(paths: VolumePaths, manifest: Manifest | None, level: str) -> ModelVerifyReport:
+    """seal: record and files exist; stat: + sizes; full: + sha256 of every file."""
+    root = str(paths.root)
+    if manifest is not None:
+        specs = [_model_dict(s) for s in manifest.models]
+        records = [(m, Path(model_record_path(root, m))) for m in specs]
+    else:
+        records = []
+        for rec_path in sorted((paths.models / "records").glob("*.json")):
+            rec = read_model_record(rec_path)
+            if rec is not None:
+                records.append((rec["spec"], rec_path))
+    problems: list[ModelProblem] = []
+    checked = []
+    for m, rec_path in records:
+        checked.append(m["name"])
+        try:
+            rec = read_model_record(rec_path)
+        except VolenvError as exc:
+            problems.append(ModelProblem(m["name"], "record-damaged", str(rec_path), str(exc)))
+            continue
+        if rec is None:
+            if not m.get("optional"):
+                problems.append(ModelProblem(m["name"], "missing", str(rec_path), "never fetched"))
+            continue
+        base = Path(model_location(root, m))
+        base_dir = base if m.get("hf") else base.parent
+        for f in rec["files"]:
+            p = base_dir / f["path"]
+            try:
+                size = p.stat().st_size
+            except OSError:
+                problems.append(ModelProblem(m["name"], "missing", str(p), "recorded but not found"))
+                continue
+            if level in ("stat", "full") and size != f["size"]:
+                problems.append(
+                    ModelProblem(m["name"], "size-changed", str(p), f"{size} bytes, recorded {f['size']}")
+                )
+            elif level == "full" and hash_file(str(p)) != f["sha256"]:
+                problems.append(
+                    ModelProblem(m["name"], "content-changed", str(p), "sha256 differs from the record")
+                )
+    return ModelVerifyReport(level, tuple(checked), tuple(problems))
