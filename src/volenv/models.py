@@ -264,7 +264,7 @@ def _fetch_hf(paths: VolumePaths, spec: ModelSpec, snapshot_dir: Path) -> list[d
         from huggingface_hub.errors import HfHubHTTPError
     except ImportError:
         raise ModelError(
-            "huggingface_hub is not installed", hint="pip install 'volenv[models]' (or huggingface_hub)"
+            "huggingface_hub is not installed", hint="pip install huggingface_hub"
         ) from None
     cache = paths.models / "hf" / "hub"
     cache.mkdir(parents=True, exist_ok=True)
