@@ -164,7 +164,7 @@ def version() -> None:
 @app.command()
 def sync(
     ctx: typer.Context,
-    manifest: Annotated[Path, typer.Argument(help="Manifest TOML file.")],
+    manifest: Annotated[Path | None, typer.Argument(help="Manifest TOML file.")] = None,
     refresh: Annotated[bool, typer.Option("--refresh", help="Re-resolve unpinned requirements.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
     lock_timeout: Annotated[
@@ -179,6 +179,14 @@ def sync(
     no_models: Annotated[
         bool, typer.Option("--no-models", help="Do not fetch the manifest's models.")
     ] = False,
+    from_env: Annotated[
+        str | None,
+        typer.Option("--from-env", help="Read the manifest's text from this environment variable."),
+    ] = None,
+    result: Annotated[
+        Path | None,
+        typer.Option("--result", help="Also write the JSON result to this file (provisioning pods)."),
+    ] = None,
 ) -> None:
     """Build (or reuse) the snapshot for MANIFEST, make it current, fetch its models."""
     from .build import SyncOptions
@@ -187,8 +195,17 @@ def sync(
     from .render import emit_json, render_sync
 
     g = _globals(ctx)
+    if (manifest is None) == (from_env is None):
+        raise UsageError("sync: give a MANIFEST file or --from-env VAR")
+    if from_env is not None:
+        import tempfile
+
+        from .provision import read_inline_manifest
+
+        manifest = read_inline_manifest(from_env, Path(tempfile.gettempdir()) / "volenv-inline")
+    assert manifest is not None
     m = load_manifest(manifest)
-    result = do_sync(
+    outcome = do_sync(
         g.paths,
         m,
         SyncOptions(
@@ -200,10 +217,16 @@ def sync(
             models=not no_models,
         ),
     )
+    if result is not None:
+        from .fsutil import atomic_write_json
+        from .render import to_data
+
+        result.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(result, {"version": 1, "command": "sync", **to_data(outcome)})
     if g.json:
-        emit_json("sync", result)
+        emit_json("sync", outcome)
     else:
-        render_sync(result, g.quiet)
+        render_sync(outcome, g.quiet)
 
 
 @app.command(

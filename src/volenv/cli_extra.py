@@ -201,3 +201,52 @@ def models_verify_cmd(
         render_model_verify(report)
     if not report.ok:
         raise typer.Exit(EXIT_VERIFY)
+
+
+@app.command("doctor")
+def doctor_cmd(ctx: typer.Context) -> None:
+    """Root, mount, space, leases, snapshots, interpreter, GPU/driver vs torch CUDA, last build log."""
+    from .commands.doctor import doctor
+    from .render import emit_json, render_doctor
+
+    g = _globals(ctx)
+    report = doctor(g.paths, g.root)
+    if g.json:
+        emit_json("doctor", {"exit_code": report.exit_code, "report": report})
+    else:
+        render_doctor(report)
+    if report.exit_code:
+        raise typer.Exit(report.exit_code)
+
+
+@app.command("provision")
+def provision_cmd(
+    ctx: typer.Context,
+    volume_id: Annotated[str, typer.Option("--volume-id", help="RunPod network volume id.")],
+    manifest: Annotated[str, typer.Option("--manifest", "-m", help="Manifest TOML file (sent to the pod).")],
+    image: Annotated[
+        str,
+        typer.Option("--image", envvar="VOLENV_PROVISION_IMAGE", help="Image built from Dockerfile.runpod."),
+    ],
+    gpu_type: Annotated[
+        str | None, typer.Option("--gpu-type", help="GPU type id (default: a CPU pod).")
+    ] = None,
+    data_center: Annotated[
+        str | None, typer.Option("--data-center", help="e.g. EU-RO-1 (default: the volume's).")
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait/--no-wait", help="Poll until the sync finished, then terminate.")
+    ] = True,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the pod.")] = 3600,
+    poll: Annotated[float, typer.Option("--poll", help="Seconds between status polls.")] = 10,
+) -> None:
+    """Build a manifest's snapshot on a network volume from a one-off RunPod pod."""
+    from pathlib import Path
+
+    from .provision import ProvisionOptions, provision
+    from .render import emit_json, render_switch_generic
+
+    g = _globals(ctx)
+    opts = ProvisionOptions(volume_id, Path(manifest), image, gpu_type, data_center, wait, timeout, poll)
+    result = provision(opts)
+    emit_json("provision", result) if g.json else render_switch_generic(result)

@@ -263,9 +263,7 @@ def _fetch_hf(paths: VolumePaths, spec: ModelSpec, snapshot_dir: Path) -> list[d
         import huggingface_hub
         from huggingface_hub.errors import HfHubHTTPError
     except ImportError:
-        raise ModelError(
-            "huggingface_hub is not installed", hint="pip install huggingface_hub"
-        ) from None
+        raise ModelError("huggingface_hub is not installed", hint="pip install huggingface_hub") from None
     cache = paths.models / "hf" / "hub"
     cache.mkdir(parents=True, exist_ok=True)
     reporter.info(f"fetching model '{spec.name}' from the Hub: {spec.hf.repo}@{spec.hf.revision[:12]}")

@@ -226,3 +226,38 @@ def render_model_verify(report: Any) -> None:
         return
     for p in report.problems:
         _c().print(f"[red]{p.name}: {p.kind}[/red] {p.path}: {p.detail}")
+
+
+def render_doctor(r: Any) -> None:
+    ok = "[green]ok[/green]"
+    _c().print(f"root       : {r.root} (from {r.root_source})")
+    no = "[red]no[/red]"
+    _c().print(f"exists     : {ok if r.exists else no}   reachable: {ok if r.reachable else no}")
+    _c().print(f"filesystem : {r.fs_type or '?'} mounted at {r.mount_point or '?'}; writable: {r.writable}")
+    _c().print(f"space      : {human_bytes(r.free_bytes)} free of {human_bytes(r.total_bytes)}")
+    _c().print(f"python     : {r.python}")
+    g = r.gpu
+    gpu = f"{', '.join(g.names)} driver {g.driver} (CUDA <= {g.cuda})" if g.present else g.detail
+    _c().print(f"gpu        : {gpu}")
+    for env, holder in r.leases.items():
+        _c().print(f"lease      : {env} held by {holder}")
+    if r.snapshots:
+        table = Table(title="snapshots", title_justify="left")
+        for col in ("", "snapshot", "seal", "interpreter", "torch CUDA"):
+            table.add_column(col)
+        for s in r.snapshots:
+            table.add_row("*" if s.current else "", s.snapshot, s.seal, s.interpreter, s.torch_cuda or "-")
+        _c().print(table)
+    if r.build_log:
+        _c().print(f"last build log: {r.build_log}")
+        for line in r.build_log_tail:
+            _c().print(f"  | {line}", highlight=False, markup=False)
+    for p in r.problems:
+        _c().print(f"[red]problem:[/red] {p}")
+    if not r.problems:
+        _c().print("[green]no problems found[/green]")
+
+
+def render_switch_generic(r: Any) -> None:
+    for key, value in to_data(r).items():
+        _c().print(f"{key:20s}: {value}", highlight=False)

@@ -30,10 +30,19 @@ def uv_bin() -> str:
 
 def uv_env(paths: VolumePaths, *, offline: bool = False) -> dict[str, str]:
     env = dict(os.environ)
-    for var in ("VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONHOME", "UV_SYSTEM_PYTHON"):
+    # volenv chooses these itself (link mode, bytecode it compiles and re-links, no project)
+    for var in (
+        "VIRTUAL_ENV",
+        "CONDA_PREFIX",
+        "PYTHONHOME",
+        "UV_SYSTEM_PYTHON",
+        "UV_COMPILE_BYTECODE",
+        "UV_LINK_MODE",
+    ):
         env.pop(var, None)
     env["UV_CACHE_DIR"] = str(paths.uv_cache)
-    env["UV_PYTHON_INSTALL_DIR"] = str(paths.python)
+    # an image may pin its own interpreter store (see Dockerfile.runpod); else the volume's
+    env.setdefault("UV_PYTHON_INSTALL_DIR", str(paths.python))
     env["UV_PYTHON_DOWNLOADS"] = env.get("UV_PYTHON_DOWNLOADS", "never")
     env["UV_NO_PROGRESS"] = "1"
     env["NO_COLOR"] = "1"

@@ -1,0 +1,209 @@
+"""`volenv doctor`: what a person asks first when a worker will not start, in one report."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import store
+from ..paths import RootChoice, VolumePaths
+from ..sealcheck import SealProblem, check_seal, interpreter_problem
+
+
+@dataclass(frozen=True)
+class SnapshotHealth:
+    env: str
+    snapshot: str
+    current: bool
+    seal: str  # "valid" or the problem
+    interpreter: str  # "matches" / the problem
+    torch_cuda: str | None
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    present: bool
+    names: tuple[str, ...] = ()
+    driver: str | None = None
+    cuda: str | None = None  # the newest CUDA the driver supports
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class DoctorReport:
+    root: str
+    root_source: str
+    exists: bool
+    reachable: bool
+    mount_point: str | None
+    fs_type: str | None
+    writable: bool
+    free_bytes: int | None
+    total_bytes: int | None
+    leases: dict[str, str]
+    snapshots: tuple[SnapshotHealth, ...]
+    gpu: GpuInfo
+    python: str
+    build_log: str | None
+    build_log_tail: tuple[str, ...]
+    problems: tuple[str, ...]
+
+    @property
+    def exit_code(self) -> int:
+        if not self.exists or not self.reachable:
+            return 8
+        if any(s.seal != "valid" for s in self.snapshots if s.current):
+            return 4
+        return 0
+
+
+def _mount_of(path: str) -> tuple[str | None, str | None]:
+    import psutil
+
+    best: tuple[str | None, str | None] = (None, None)
+    real = os.path.realpath(path)
+    for part in psutil.disk_partitions(all=True):
+        mp = part.mountpoint
+        if (real == mp or real.startswith(mp.rstrip("/") + "/")) and len(mp) >= len(best[0] or ""):
+            best = (mp, part.fstype)
+    return best
+
+
+def _writable(root: Path) -> bool:
+    probe = root / f".doctor-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+        return True
+    except OSError:
+        return False
+
+
+def gpu_info() -> GpuInfo:
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return GpuInfo(False, detail="nvidia-smi not found (no GPU driver in this container)")
+    try:
+        out = subprocess.run([exe], capture_output=True, text=True, timeout=15).stdout
+        names = subprocess.run(
+            [exe, "--query-gpu=name,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=15,
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        return GpuInfo(False, detail=f"nvidia-smi failed: {exc}")
+    rows = [r.split(",") for r in names.strip().splitlines() if "," in r]
+    cuda = re.search(r"CUDA Version:\s*([0-9.]+)", out)
+    return GpuInfo(
+        bool(rows),
+        tuple(r[0].strip() for r in rows),
+        rows[0][1].strip() if rows else None,
+        cuda.group(1) if cuda else None,
+    )
+
+
+def torch_cuda_of(snapshot: Path) -> str | None:
+    """torch's CUDA build from its version.py, without importing torch."""
+    for version_py in snapshot.glob("lib/python*/site-packages/torch/version.py"):
+        m = re.search(r"^cuda(?:: [^=]+)? = ['\"]([^'\"]+)['\"]", version_py.read_text(), re.M)
+        return m.group(1) if m else "cpu"
+    return None
+
+
+def _ver(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", v)[:2])
+
+
+def doctor(paths: VolumePaths, choice: RootChoice) -> DoctorReport:
+    root = str(paths.root)
+    problems: list[str] = []
+    exists = reachable = True
+    try:
+        st = os.stat(root)
+        exists = os.path.isdir(root) and bool(st)
+    except FileNotFoundError:
+        exists = False
+        problems.append(f"volume root {root} does not exist (from {choice.source})")
+    except OSError as exc:
+        reachable = False
+        problems.append(f"volume root {root} is unreachable: {exc.strerror}")
+    mount, fstype = _mount_of(root if exists else os.path.dirname(root))
+    free = total = None
+    if exists and reachable:
+        usage = shutil.disk_usage(root)
+        free, total = usage.free, usage.total
+    writable = exists and reachable and _writable(paths.root)
+    if exists and reachable and not writable:
+        problems.append(f"{root} is not writable: `run` works, `sync` and `gc` will not")
+    leases: dict[str, str] = {}
+    snaps: list[SnapshotHealth] = []
+    gpu = gpu_info()
+    log_path: str | None = None
+    tail: tuple[str, ...] = ()
+    if exists and reachable:
+        from ..diagnose import _last_build_log
+        from ..gc import lease_holder
+
+        for env in store.list_envs(paths):
+            holder = lease_holder(paths, env)
+            if holder:
+                leases[env] = holder
+            try:
+                current = store.read_current(paths, env)
+            except Exception as exc:
+                problems.append(f"{env}: current pointer unreadable: {exc}")
+                current = None
+            for sid in store.list_snapshots(paths, env):
+                snap = paths.snapshot(env, sid)
+                seal_state, interp = "valid", "matches"
+                try:
+                    seal = check_seal(str(snap), sid)
+                except SealProblem as sp:
+                    seal_state = f"{sp.kind}: {sp.detail}"
+                    seal = {}
+                    if sp.kind == "interpreter":
+                        interp = sp.detail
+                if seal:
+                    interp = interpreter_problem(seal["fingerprint"]) or _same_python(seal["fingerprint"])
+                tc = torch_cuda_of(snap)
+                snaps.append(SnapshotHealth(env, sid, sid == current, seal_state, interp, tc))
+                if sid == current and seal_state != "valid":
+                    problems.append(f"{env}: current snapshot {sid} is damaged ({seal_state})")
+                if sid == current and tc and tc != "cpu" and gpu.cuda and _ver(tc) > _ver(gpu.cuda):
+                    problems.append(
+                        f"{env}: torch in {sid} needs CUDA {tc}, the driver supports up to {gpu.cuda}"
+                    )
+        lines, log_path = _last_build_log(root, None)
+        tail = tuple(lines[-15:])
+    python = f"{sys.implementation.name} {sys.version.split()[0]} at {os.path.realpath(sys.executable)}"
+    return DoctorReport(
+        root,
+        choice.source,
+        exists,
+        reachable,
+        mount,
+        fstype,
+        writable,
+        free,
+        total,
+        leases,
+        tuple(snaps),
+        gpu,
+        python,
+        log_path,
+        tail,
+        tuple(problems),
+    )
+
+
+def _same_python(fp: dict[str, object]) -> str:
+    here = os.path.realpath(sys.executable)
+    if fp.get("executable") == here:
+        return "matches this interpreter"
+    return f"built for {fp.get('executable')} (present), this volenv runs on {here}"
