@@ -298,8 +298,17 @@ def status(
 def list_cmd(
     ctx: typer.Context,
     env: Annotated[str | None, typer.Argument(help="Only this env.")] = None,
+    remote: Annotated[str | None, typer.Option("--remote", help="List what a bucket holds instead.")] = None,
 ) -> None:
-    """Like status, without the (slower) unique size computation."""
+    """Like status, without the (slower) unique size computation; --remote URL for a bucket."""
+    if remote is not None:
+        from .remote import open_remote
+        from .render import emit_json, render_switch_generic
+        from .replicate import list_remote
+
+        listing = list_remote(open_remote(remote))
+        emit_json("list", listing) if _globals(ctx).json else render_switch_generic(listing)
+        return
     _status(ctx, env, False, "list")
 
 

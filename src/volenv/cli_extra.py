@@ -250,3 +250,77 @@ def provision_cmd(
     opts = ProvisionOptions(volume_id, Path(manifest), image, gpu_type, data_center, wait, timeout, poll)
     result = provision(opts)
     emit_json("provision", result) if g.json else render_switch_generic(result)
+
+
+@app.command("push")
+def push_cmd(
+    ctx: typer.Context,
+    target: Annotated[str, typer.Argument(help="ENV (its current snapshot) or SNAPSHOT id.")],
+    to: Annotated[str, typer.Option("--to", help="s3://BUCKET/PREFIX or file:///DIR")],
+    endpoint: Annotated[
+        str | None, typer.Option("--endpoint", envvar="AWS_ENDPOINT_URL", help="S3 endpoint URL.")
+    ] = None,
+    region: Annotated[str | None, typer.Option("--region", envvar="AWS_REGION", help="S3 region.")] = None,
+) -> None:
+    """Send a sealed snapshot (and its models) to object storage as content-addressed packs."""
+    from .remote import open_remote
+    from .render import emit_json, render_switch_generic
+    from .replicate import push
+
+    g = _globals(ctx)
+    result = push(g.paths, open_remote(to, endpoint=endpoint, region=region), target)
+    emit_json("push", result) if g.json else render_switch_generic(result)
+
+
+@app.command("pull")
+def pull_cmd(
+    ctx: typer.Context,
+    target: Annotated[str | None, typer.Argument(help="ENV (the remote's current) or SNAPSHOT id.")] = None,
+    from_: Annotated[str, typer.Option("--from", help="s3://BUCKET/PREFIX or file:///DIR")] = "",
+    endpoint: Annotated[
+        str | None, typer.Option("--endpoint", envvar="AWS_ENDPOINT_URL", help="S3 endpoint URL.")
+    ] = None,
+    region: Annotated[str | None, typer.Option("--region", envvar="AWS_REGION", help="S3 region.")] = None,
+    no_switch: Annotated[
+        bool, typer.Option("--no-switch", help="Do not make it the env's current snapshot.")
+    ] = False,
+    lock_timeout: Annotated[float, typer.Option("--lock-timeout")] = 900,
+) -> None:
+    """Fetch a snapshot into this volume, verified at full before it becomes visible."""
+    from .errors import UsageError
+    from .remote import open_remote
+    from .render import emit_json, render_switch_generic
+    from .replicate import pull
+
+    g = _globals(ctx)
+    if not from_:
+        raise UsageError("pull: --from URL is required")
+    result = pull(
+        g.paths,
+        open_remote(from_, endpoint=endpoint, region=region),
+        target,
+        switch=not no_switch,
+        lock_timeout=lock_timeout,
+    )
+    emit_json("pull", result) if g.json else render_switch_generic(result)
+
+
+@app.command("pack")
+def pack_cmd(
+    ctx: typer.Context,
+    target: Annotated[str, typer.Argument(help="ENV (its current snapshot) or SNAPSHOT id.")],
+) -> None:
+    """Store a snapshot as zstd packs beside it (for push and for --materialize)."""
+    from .packs import pack_snapshot
+    from .render import emit_json, render_switch_generic
+    from .replicate import _select_local
+
+    g = _globals(ctx)
+    manifest = pack_snapshot(g.paths, _select_local(g.paths, target))
+    summary = {
+        "snapshot": manifest.snapshot,
+        "packs": len(manifest.packs),
+        "bytes": sum(p.blob_size for p in manifest.packs),
+        "uncompressed": sum(p.tar_size for p in manifest.packs),
+    }
+    emit_json("pack", summary) if g.json else render_switch_generic(summary)

@@ -259,5 +259,6 @@ def render_doctor(r: Any) -> None:
 
 
 def render_switch_generic(r: Any) -> None:
+    """Any result as aligned `key: value` lines on stderr."""
     for key, value in to_data(r).items():
         _c().print(f"{key:20s}: {value}", highlight=False)

@@ -1,0 +1,178 @@
+"""Where snapshots and models travel: `s3://BUCKET/PREFIX` (any S3 API: RunPod's per-datacenter
+volume endpoint, AWS, R2, MinIO) or `file://DIR`. Few, large, content-addressed objects:
+RunPod's S3 API has no DeleteObjects, takes parts of at most 500 MB and lists unreliably past
+~10k objects, so nothing here deletes in bulk, parts are 64 MiB and presence is asked per key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+from urllib.parse import urlparse
+
+from .errors import UsageError, VolenvError
+from .fsutil import atomic_write_bytes, unique_suffix
+
+PART = 64 * 1024 * 1024
+
+
+class RemoteError(VolenvError):
+    exit_code = 8
+
+
+class Remote(Protocol):
+    url: str
+
+    def exists(self, key: str) -> bool: ...
+    def put_file(self, key: str, path: Path, progress: Any = None) -> None: ...
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+    def open(self, key: str) -> BinaryIO: ...
+    def get_bytes(self, key: str) -> bytes | None: ...
+    def list(self, prefix: str) -> list[str]: ...
+
+
+class FileRemote:
+    def __init__(self, url: str, base: Path) -> None:
+        self.url = url
+        self.base = base
+
+    def _p(self, key: str) -> Path:
+        if key.startswith("/") or ".." in key.split("/"):
+            raise UsageError(f"bad remote key {key!r}")
+        return self.base / key
+
+    def exists(self, key: str) -> bool:
+        return self._p(key).is_file()
+
+    def put_file(self, key: str, path: Path, progress: Any = None) -> None:
+        dest = self._p(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{unique_suffix()}")
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, dest)
+        if progress is not None:
+            progress.update(path.stat().st_size)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        dest = self._p(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(dest, data)
+
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return open(self._p(key), "rb")
+        except FileNotFoundError:
+            raise RemoteError(f"{self.url}: no object {key}") from None
+
+    def get_bytes(self, key: str) -> bytes | None:
+        try:
+            return self._p(key).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def list(self, prefix: str) -> list[str]:
+        d = self._p(prefix.rstrip("/"))
+        if not d.is_dir():
+            return []
+        return sorted(f"{prefix.rstrip('/')}/{p.name}" for p in d.iterdir() if not p.name.startswith("."))
+
+
+class S3Remote:
+    def __init__(self, url: str, bucket: str, prefix: str, endpoint: str | None, region: str | None) -> None:
+        import boto3
+        from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
+
+        self.url = url
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=endpoint or os.environ.get("AWS_ENDPOINT_URL") or None,
+            region_name=region
+            or os.environ.get("AWS_REGION")
+            or os.environ.get("AWS_DEFAULT_REGION")
+            or "us-east-1",
+            config=Config(retries={"max_attempts": 8, "mode": "standard"}, signature_version="s3v4"),
+        )
+        self.transfer = TransferConfig(multipart_threshold=PART, multipart_chunksize=PART, max_concurrency=4)
+
+    def _k(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._k(key))
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise RemoteError(f"{self.url}: HEAD {key} failed: {exc}") from None
+
+    def put_file(self, key: str, path: Path, progress: Any = None) -> None:
+        callback = progress.update if progress is not None else None
+        self.client.upload_file(str(path), self.bucket, self._k(key), Config=self.transfer, Callback=callback)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data)
+
+    def open(self, key: str) -> BinaryIO:
+        from botocore.exceptions import ClientError
+
+        try:
+            body: BinaryIO = self.client.get_object(Bucket=self.bucket, Key=self._k(key))["Body"]
+            return body
+        except ClientError as exc:
+            raise RemoteError(f"{self.url}: GET {key} failed: {exc}") from None
+
+    def get_bytes(self, key: str) -> bytes | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            data: bytes = self.client.get_object(Bucket=self.bucket, Key=self._k(key))["Body"].read()
+            return data
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise RemoteError(f"{self.url}: GET {key} failed: {exc}") from None
+
+    def list(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        for page in self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self._k(prefix)
+        ):
+            keys += [o["Key"][strip:] for o in page.get("Contents", [])]
+        return sorted(keys)
+
+
+def open_remote(url: str, *, endpoint: str | None = None, region: str | None = None) -> Remote:
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        base = Path(parsed.path)
+        if not parsed.path.startswith("/"):
+            raise UsageError(f"{url}: file:// URLs need an absolute path (file:///srv/volenv-remote)")
+        return FileRemote(url, base)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise UsageError(f"{url}: s3:// URLs name a bucket (s3://BUCKET/PREFIX)")
+        return S3Remote(url, parsed.netloc, parsed.path, endpoint, region)
+    raise UsageError(f"{url}: expected s3://BUCKET/PREFIX or file:///DIR")
+
+
+def get_json(remote: Remote, key: str) -> dict[str, Any] | None:
+    data = remote.get_bytes(key)
+    if data is None:
+        return None
+    try:
+        obj = json.loads(data)
+    except ValueError as exc:
+        raise RemoteError(f"{remote.url}/{key} is damaged: {exc}") from None
+    if not isinstance(obj, dict):
+        raise RemoteError(f"{remote.url}/{key} is damaged")
+    return obj
