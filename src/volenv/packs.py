@@ -107,8 +107,7 @@ def group_entries(snapshot_dir: Path, record: dict[str, Entry]) -> dict[str, lis
 
 
 def _tar_stream(snapshot_dir: Path, entries: Iterable[Entry], sink: Any) -> None:
-    """A deterministic tar of the entries: sorted, owner 0, file mtimes kept (bytecode
-    validity depends on the sources' mtimes)."""
+    """A deterministic tar of the entries: sorted, owner 0, mtimes only on sources."""
     with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for e in sorted(entries, key=lambda x: x.path):
             full = snapshot_dir / e.path
@@ -128,7 +127,9 @@ def _tar_stream(snapshot_dir: Path, entries: Iterable[Entry], sink: Any) -> None
             else:
                 st = os.lstat(full)
                 info.size = st.st_size
-                info.mtime = int(st.st_mtime)
+                # only sources keep their mtime (their .pyc check it); everything else is 0 so
+                # an unchanged distribution is byte-identical, i.e. the same pack, everywhere
+                info.mtime = int(st.st_mtime) if e.path.endswith(".py") else 0
                 with open(full, "rb") as fh:
                     tar.addfile(info, fh)
 

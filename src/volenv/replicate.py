@@ -208,6 +208,7 @@ def pull(
             fsync_dir(target_dir.parent)
         finally:
             remove_tree(holder, paths.root)
+        manifest_path(paths, sid).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(manifest_path(paths, sid), manifest.to_json())
         models = _pull_models(paths, remote, doc.get("models", []))
         _publish(paths, manifest, switch)
