@@ -226,12 +226,15 @@ class RunOptions:
         self.verify = os.environ.get("VOLENV_VERIFY", "seal")
         self.lock_timeout = float(os.environ.get("VOLENV_LOCK_TIMEOUT", "900"))
         self.diagnose = False
+        self.materialize = os.environ.get("VOLENV_MATERIALIZE", "never")
+        self.materialize_dir: str | None = os.environ.get("VOLENV_MATERIALIZE_DIR") or None
         self.command: list[str] = []
 
 
 RUN_USAGE = (
     "usage: volenv [--root DIR] run (--manifest M | --env NAME) [--on-missing build|wait|fail]\n"
-    "                 [--verify seal|stat|full] [--lock-timeout SECONDS] [--diagnose] -- CMD [ARGS...]"
+    "                 [--verify seal|stat|full] [--lock-timeout SECONDS] [--diagnose]\n"
+    "                 [--materialize auto|always|never] [--materialize-dir DIR] -- CMD [ARGS...]"
 )
 
 
@@ -247,7 +250,17 @@ def parse_run_args(argv: list[str]) -> RunOptions:
             print(RUN_USAGE)
             raise SystemExit(0)
         key, eq, val = a.partition("=")
-        takes = {"--manifest", "-m", "--env", "-e", "--on-missing", "--verify", "--lock-timeout"}
+        takes = {
+            "--manifest",
+            "-m",
+            "--env",
+            "-e",
+            "--on-missing",
+            "--verify",
+            "--lock-timeout",
+            "--materialize",
+            "--materialize-dir",
+        }
         if key in takes:
             if not eq:
                 i += 1
@@ -262,6 +275,10 @@ def parse_run_args(argv: list[str]) -> RunOptions:
                 o.on_missing = val
             elif key == "--verify":
                 o.verify = val
+            elif key == "--materialize":
+                o.materialize = val
+            elif key == "--materialize-dir":
+                o.materialize_dir = val
             else:
                 try:
                     o.lock_timeout = float(val)
@@ -277,6 +294,8 @@ def parse_run_args(argv: list[str]) -> RunOptions:
         i += 1
     if o.on_missing not in ON_MISSING:
         raise UsageError(f"--on-missing: {o.on_missing!r} is not one of {', '.join(ON_MISSING)}")
+    if o.materialize not in ("auto", "always", "never"):
+        raise UsageError(f"--materialize: {o.materialize!r} is not one of auto, always, never")
     if o.verify not in VERIFY_LEVELS:
         raise UsageError(f"--verify: {o.verify!r} is not one of {', '.join(VERIFY_LEVELS)}")
     if (o.manifest is None) == (o.env is None):
@@ -435,6 +454,10 @@ def run(root: str, argv: list[str]) -> int:
 
             return serve_diagnosis(root, o, exc)
         raise
+    if o.materialize != "never":
+        from .materialize import choose
+
+        snap_dir = choose(root, snap_dir, _seal, o.materialize, o.materialize_dir) or snap_dir
     env = compute_env(root, snap_dir, target.env, target.activation)
     cmd = list(o.command)
     # A program the snapshot provides runs by absolute path: if the snapshot vanished between

@@ -58,6 +58,7 @@ class SyncOptions:
     min_free: int | None = None
     offline: bool = False
     models: bool = True
+    pack: bool = False
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,12 @@ class SyncResult:
 def sync(paths: VolumePaths, manifest: Manifest, opts: SyncOptions) -> SyncResult:
     """The snapshot, then (unless --no-models) the manifest's models."""
     result = sync_snapshot(paths, manifest, opts)
+    if opts.pack and not opts.dry_run:
+        from .packs import manifest_path, pack_snapshot
+
+        if not manifest_path(paths, result.snapshot).exists():
+            with reporter.step("packing"):
+                pack_snapshot(paths, Path(result.path))
     if opts.dry_run or not opts.models or not manifest.models:
         return result
     from dataclasses import replace

@@ -179,6 +179,9 @@ def sync(
     no_models: Annotated[
         bool, typer.Option("--no-models", help="Do not fetch the manifest's models.")
     ] = False,
+    pack: Annotated[
+        bool, typer.Option("--pack", help="Also store the snapshot as zstd packs (materialize, push).")
+    ] = False,
     from_env: Annotated[
         str | None,
         typer.Option("--from-env", help="Read the manifest's text from this environment variable."),
@@ -215,6 +218,7 @@ def sync(
             min_free=min_free,
             offline=offline,
             models=not no_models,
+            pack=pack,
         ),
     )
     if result is not None:

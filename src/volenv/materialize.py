@@ -1,0 +1,199 @@
+"""`run --materialize`: extract a snapshot's packs onto the container's own disk and exec from
+there, when the network volume's per-operation latency makes in-place imports slow.
+
+A start imports thousands of modules: each uncached open/stat on a network volume is a round
+trip, while a few large sequential pack reads are not. `auto` times a handful of metadata
+operations on the volume and picks; a complete local copy (its marker names the record digest)
+is reused by later starts, a partial one (killed mid-extract) never is.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from . import faults
+from .errors import VerifyError, VolenvError
+from .fsutil import atomic_write_json, remove_tree, unique_suffix
+from .packs import PackManifest, blob_path, manifest_path, read_manifest, unpack
+from .paths import VolumePaths
+from .sealcheck import META_DIR, SealProblem, check_seal
+
+MARKER = "materialized.json"
+#: per-operation latency above which extracting beats running in place (bench/coldstart.py)
+THRESHOLD_MS = float(os.environ.get("VOLENV_MATERIALIZE_THRESHOLD_MS", "0.15"))
+PROBE_OPS = 24
+
+
+def _say(msg: str) -> None:
+    print(f"volenv: {msg}", file=sys.stderr, flush=True)
+
+
+def default_dir() -> Path:
+    return Path(
+        os.environ.get("VOLENV_MATERIALIZE_DIR") or os.path.join(tempfile.gettempdir(), "volenv-materialized")
+    )
+
+
+def probe_latency_ms(snapshot_dir: str) -> float:
+    """Median time of a metadata operation on the volume, from real lookups in the snapshot."""
+    times: list[float] = []
+    sp = next(Path(snapshot_dir).glob("lib/python*/site-packages"), Path(snapshot_dir) / "lib")
+    t0 = time.perf_counter()
+    try:
+        names = sorted(os.listdir(sp))
+    except OSError:
+        names = []
+    times.append(time.perf_counter() - t0)
+    for name in names[:PROBE_OPS]:
+        t0 = time.perf_counter()
+        try:
+            os.stat(os.path.join(sp, name, "__init__.py"))
+        except OSError:
+            pass
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000 if times else 0.0
+
+
+def _complete(dest: Path, seal: dict[str, Any]) -> bool:
+    marker = dest / META_DIR / MARKER
+    if not marker.exists():
+        return False
+    try:
+        check_seal(str(dest), dest.name)
+    except SealProblem:
+        return False
+    import json
+
+    try:
+        return bool(json.loads(marker.read_bytes()).get("record_sha256") == seal["record_sha256"])
+    except (OSError, ValueError):
+        return False
+
+
+def _clean_partials(base: Path, sid: str) -> None:
+    for p in base.glob(f".{sid}.partial-*"):
+        pid = p.name.rsplit("-", 2)[-2] if p.name.count("-") >= 2 else ""
+        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            continue  # another process on this disk is extracting it now
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def choose(root: str, snapshot_dir: str, seal: dict[str, Any], mode: str, mdir: str | None) -> str | None:
+    """The directory to exec from: a materialized copy, or None for in place."""
+    paths = VolumePaths(Path(root))
+    sid = os.path.basename(snapshot_dir)
+    base = Path(mdir) if mdir else default_dir()
+    dest = base / sid
+    if _complete(dest, seal):
+        _say(f"materialize: reusing the complete local copy {dest}")
+        return str(dest)
+    try:
+        manifest = read_manifest(manifest_path(paths, sid))
+    except FileNotFoundError:
+        _say(f"warning: materialize: {sid} has no packs (`volenv pack {sid}`); running in place")
+        return None
+    except VolenvError as exc:
+        _damaged(mode, f"pack manifest unusable: {exc}")
+        return None
+    if manifest.record_sha256 != seal["record_sha256"]:
+        _damaged(mode, "the packs do not belong to this snapshot's record")
+        return None
+    need = int(sum(p.tar_size for p in manifest.packs) * 1.05)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(base).free
+    except OSError as exc:
+        _say(f"warning: materialize: {base} unusable ({exc.strerror}); running in place")
+        return None
+    if mode == "auto":
+        latency = probe_latency_ms(snapshot_dir)
+        if latency < THRESHOLD_MS:
+            _say(
+                f"materialize auto: in place (volume metadata op {latency:.3f} ms"
+                f" < {THRESHOLD_MS} ms threshold)"
+            )
+            return None
+        if free < need:
+            _say(
+                f"materialize auto: in place (volume metadata op {latency:.3f} ms, but local disk has"
+                f" {free} bytes free < {need} needed)"
+            )
+            return None
+        _say(
+            f"materialize auto: extracting to {base} (volume metadata op {latency:.3f} ms"
+            f" >= {THRESHOLD_MS} ms)"
+        )
+    elif free < need:
+        _say(
+            f"warning: materialize: local disk {base} has {free} bytes free, {need} needed; running in place"
+        )
+        return None
+    return _extract(paths, manifest, base, dest, seal, mode)
+
+
+def _damaged(mode: str, why: str) -> None:
+    if mode == "always":
+        raise VerifyError(
+            f"materialize: {why}", hint="`volenv pack SNAPSHOT` again, or run without --materialize"
+        )
+    _say(f"warning: materialize: {why}; running in place")
+    return None
+
+
+def _extract(
+    paths: VolumePaths, manifest: PackManifest, base: Path, dest: Path, seal: dict[str, Any], mode: str
+) -> str | None:
+    sid = manifest.snapshot
+    _clean_partials(base, sid)
+    partial = base / f".{sid}.partial-{unique_suffix()}"
+    partial.mkdir()
+    staged = partial / sid
+    t0 = time.perf_counter()
+    try:
+        unpack(manifest, lambda i: open(blob_path(paths, i.id), "rb"), staged)  # noqa: SIM115
+        faults.point("materialize")
+        check_seal(str(staged), sid)
+        atomic_write_json(
+            staged / META_DIR / MARKER,
+            {"schema": 1, "snapshot": sid, "record_sha256": seal["record_sha256"], "time": time.time()},
+        )
+        try:
+            os.rename(staged, dest)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not _complete(dest, seal):
+                raise
+    except (VerifyError, SealProblem) as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        _damaged(mode, f"a pack is damaged: {exc}")
+        return None
+    except OSError as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            _say(f"warning: materialize: local disk full while extracting ({exc.strerror}); running in place")
+            return None
+        raise
+    shutil.rmtree(partial, ignore_errors=True)
+    _say(f"materialize: extracted {sid} to {dest} in {time.perf_counter() - t0:.2f}s")
+    return str(dest)
+
+
+def remove_materialized(path: Path, root: Path) -> None:
+    remove_tree(path, root)
