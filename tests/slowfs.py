@@ -46,7 +46,17 @@ class SlowPassthrough(Operations):  # type: ignore[misc]
             st = os.lstat(self._p(path))
         except OSError as exc:
             raise FuseOSError(exc.errno) from None
-        keys = ("st_atime", "st_ctime", "st_gid", "st_mode", "st_mtime", "st_nlink", "st_size", "st_uid", "st_ino")
+        keys = (
+            "st_atime",
+            "st_ctime",
+            "st_gid",
+            "st_mode",
+            "st_mtime",
+            "st_nlink",
+            "st_size",
+            "st_uid",
+            "st_ino",
+        )
         return {k: getattr(st, k) for k in keys}
 
     def readdir(self, path: str, fh: Any) -> list[str]:
@@ -65,7 +75,18 @@ class SlowPassthrough(Operations):  # type: ignore[misc]
     def statfs(self, path: str) -> dict[str, Any]:
         self._wait(self.meta)
         sv = os.statvfs(self._p(path))
-        keys = ("f_bavail", "f_bfree", "f_blocks", "f_bsize", "f_favail", "f_ffree", "f_files", "f_flag", "f_frsize", "f_namemax")
+        keys = (
+            "f_bavail",
+            "f_bfree",
+            "f_blocks",
+            "f_bsize",
+            "f_favail",
+            "f_ffree",
+            "f_files",
+            "f_flag",
+            "f_frsize",
+            "f_namemax",
+        )
         return {k: getattr(sv, k) for k in keys}
 
     def open(self, path: str, flags: int) -> int:

@@ -273,9 +273,12 @@ def unpack(
         with open_blob(info) as raw:
             hr = _HashReader(raw)
             dctx = zstandard.ZstdDecompressor()
-            with dctx.stream_reader(hr) as zr, tarfile.open(fileobj=zr, mode="r|") as tar:  # type: ignore[arg-type]
-                for member in tar:
-                    _extract_member(tar, member, dest, allowed, info, seen, dir_modes)
+            try:
+                with dctx.stream_reader(hr) as zr, tarfile.open(fileobj=zr, mode="r|") as tar:  # type: ignore[arg-type]
+                    for member in tar:
+                        _extract_member(tar, member, dest, allowed, info, seen, dir_modes)
+            except (zstandard.ZstdError, tarfile.TarError, EOFError) as exc:
+                raise VerifyError(f"pack {info.id[:16]}… ({info.group}) is damaged: {exc}") from None
             while hr.read(1 << 16):  # hash any trailing bytes too
                 pass
         if hr.h.hexdigest() != info.blob_sha256:

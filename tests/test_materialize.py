@@ -1,0 +1,287 @@
+"""Issue 10: cold starts on a slow volume — packs extracted to local disk, `auto` deciding from
+measured latency through a real latency-injecting FUSE mount, and every fallback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+import mounts
+from conftest import REPO, snapshot_of, volenv, write_manifest
+from volenv.integrity import verify_snapshot
+
+pytestmark = pytest.mark.mounts
+
+
+@contextmanager
+def slowfs(src: Path, mnt: Path, meta_ms: float) -> Iterator[Path]:
+    """The volume seen through tests/slowfs.py: meta_ms per metadata op, kernel caching off."""
+    mounts.need_root_and("fusermount3")
+    try:
+        import fuse  # noqa: F401
+    except (ImportError, OSError) as exc:
+        pytest.skip(f"fusepy/libfuse2 unavailable: {exc}")
+    mnt.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "tests" / "slowfs.py"), str(src), str(mnt), "--meta-ms", str(meta_ms)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.ismount(mnt):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"slowfs did not mount: {proc.stderr.read() if proc.stderr else ''}")
+            time.sleep(0.05)
+        yield mnt
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def packed(tmp_path: Path, wheelhouse: Path) -> tuple[Path, Path]:
+    src = tmp_path / "volume"
+    root = src / "volenv"
+    m = write_manifest(tmp_path, "app", ["beta==1.0"], find_links=wheelhouse)
+    r = volenv("--root", root, "sync", "--pack", m)
+    assert r.returncode == 0, r.stderr
+    return m, root
+
+
+PROBE = "import beta.mod7, os, sys; print(sys.prefix); print(os.environ['VOLENV_SNAPSHOT'])"
+
+
+def test_auto_materializes_on_a_slow_volume_and_not_on_a_fast_one(
+    tmp_path: Path, packed: tuple[Path, Path]
+) -> None:
+    m, root = packed
+    local = tmp_path / "local-disk"
+    with slowfs(root.parent, tmp_path / "slow", meta_ms=2.0) as slow:
+        r = volenv(
+            "--root",
+            slow / "volenv",
+            "run",
+            "--materialize",
+            "auto",
+            "--materialize-dir",
+            local,
+            "--manifest",
+            m,
+            "--",
+            "python",
+            "-c",
+            PROBE,
+        )
+        assert r.returncode == 0, r.stderr
+        prefix, sid = r.stdout.split()
+        assert prefix == str(local / sid)
+        decisions = [ln for ln in r.stderr.splitlines() if ln.startswith("volenv: materialize auto:")]
+        assert len(decisions) == 1 and "extracting" in decisions[0] and "ms" in decisions[0]
+        # the materialized tree is the snapshot, file for file
+        assert verify_snapshot(local / sid, "full").ok
+        # a second start reuses the complete copy
+        r = volenv(
+            "--root",
+            slow / "volenv",
+            "run",
+            "--materialize",
+            "auto",
+            "--materialize-dir",
+            local,
+            "--manifest",
+            m,
+            "--",
+            "python",
+            "-c",
+            PROBE,
+        )
+        assert "reusing the complete local copy" in r.stderr
+    fast_local = tmp_path / "fast-local"
+    r = volenv(
+        "--root",
+        root,
+        "run",
+        "--materialize",
+        "auto",
+        "--materialize-dir",
+        fast_local,
+        "--manifest",
+        m,
+        "--",
+        "python",
+        "-c",
+        PROBE,
+    )
+    assert r.returncode == 0
+    assert r.stdout.split()[0].startswith(str(root))
+    assert "in place" in r.stderr and not fast_local.joinpath(snapshot_of(root, "app")).exists()
+
+
+def test_materialized_env_is_the_same_environment(tmp_path: Path, packed: tuple[Path, Path]) -> None:
+    m, root = packed
+    code = "import json, os, sys; print(json.dumps({k: os.environ[k] for k in ('VOLENV_ROOT', 'HF_HOME', 'VOLENV_ENV', 'PYTHONDONTWRITEBYTECODE')}))"
+    inplace = volenv("--root", root, "run", "--manifest", m, "--", "python", "-c", code)
+    mat = volenv(
+        "--root",
+        root,
+        "run",
+        "--materialize",
+        "always",
+        "--materialize-dir",
+        tmp_path / "l",
+        "--manifest",
+        m,
+        "--",
+        "python",
+        "-c",
+        code,
+    )
+    assert json.loads(inplace.stdout) == json.loads(mat.stdout)
+    # bytecode came along: nothing needs compiling (and nothing is written) on the local copy
+    sid = snapshot_of(root, "app")
+    before = sum(1 for _ in (tmp_path / "l" / sid).rglob("*.pyc"))
+    volenv(
+        "--root",
+        root,
+        "run",
+        "--materialize",
+        "always",
+        "--materialize-dir",
+        tmp_path / "l",
+        "--manifest",
+        m,
+        "--",
+        "python",
+        "-c",
+        "import beta.mod1, beta.mod2",
+    )
+    assert sum(1 for _ in (tmp_path / "l" / sid).rglob("*.pyc")) == before
+
+
+def test_corrupted_pack_falls_back_or_fails_with_always(tmp_path: Path, packed: tuple[Path, Path]) -> None:
+    m, root = packed
+    sid = snapshot_of(root, "app")
+    man = json.loads((root / "packs" / "snapshots" / f"{sid}.json").read_text())
+    victim = next(p for p in man["packs"] if p["group"].startswith("beta"))
+    blob = root / "packs" / "blobs" / f"{victim['id']}.tar.zst"
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    local = tmp_path / "l"
+    r = volenv(
+        "--root",
+        root,
+        "run",
+        "--materialize",
+        "always",
+        "--materialize-dir",
+        local,
+        "--manifest",
+        m,
+        "--",
+        "true",
+    )
+    assert r.returncode == 4 and "damaged" in r.stderr
+    r = volenv(
+        "--root",
+        root,
+        "run",
+        "--materialize",
+        "auto",
+        "--materialize-dir",
+        local,
+        "--manifest",
+        m,
+        "--",
+        "python",
+        "-c",
+        PROBE,
+        env={"VOLENV_MATERIALIZE_THRESHOLD_MS": "0"},
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[0].startswith(str(root)) and "warning" in r.stderr and "damaged" in r.stderr
+    assert not (local / sid).exists() and not list(local.glob(f".{sid}.partial-*"))
+
+
+def test_full_local_disk_falls_back_in_place(tmp_path: Path, packed: tuple[Path, Path]) -> None:
+    m, root = packed
+    with mounts.tmpfs(tmp_path / "tiny", "64k"):
+        r = volenv(
+            "--root",
+            root,
+            "run",
+            "--materialize",
+            "always",
+            "--materialize-dir",
+            tmp_path / "tiny",
+            "--manifest",
+            m,
+            "--",
+            "python",
+            "-c",
+            PROBE,
+        )
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split()[0].startswith(str(root))
+        assert "running in place" in r.stderr
+        assert not any(
+            p.name != "lost+found" for p in (tmp_path / "tiny").iterdir() if not p.name.startswith(".")
+        )
+
+
+def test_sigkill_mid_extract_leaves_nothing_usable(tmp_path: Path, packed: tuple[Path, Path]) -> None:
+    m, root = packed
+    local = tmp_path / "l"
+    sid = snapshot_of(root, "app")
+    r = volenv(
+        "--root",
+        root,
+        "run",
+        "--materialize",
+        "always",
+        "--materialize-dir",
+        local,
+        "--manifest",
+        m,
+        "--",
+        "true",
+        env={"VOLENV_FAULT": "materialize:kill"},
+    )
+    assert r.returncode == -signal.SIGKILL
+    assert not (local / sid).exists()
+    assert list(local.glob(f".{sid}.partial-*"))  # the partial copy is there, and is never used
+    r = volenv(
+        "--root",
+        root,
+        "run",
+        "--materialize",
+        "always",
+        "--materialize-dir",
+        local,
+        "--manifest",
+        m,
+        "--",
+        "python",
+        "-c",
+        PROBE,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[0] == str(local / sid)
+    assert not list(local.glob(f".{sid}.partial-*"))
+    assert verify_snapshot(local / sid, "full").ok
