@@ -10,6 +10,7 @@ Local API:  python handler.py --rp_serve_api --rp_api_host 127.0.0.1 --rp_api_po
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -48,9 +49,18 @@ WORKER = build_worker()
 
 def handler(job: dict[str, Any]) -> dict[str, Any]:
     try:
-        return WORKER.handle(job)
+        result = WORKER.handle(job)
     except Exception as exc:  # last line of defence
-        return error("internal_error", f"{type(exc).__name__}: {exc}")
+        result = error("internal_error", f"{type(exc).__name__}: {exc}")
+    return for_runpod(result)
+
+
+def for_runpod(result: dict[str, Any]) -> dict[str, Any]:
+    """The SDK moves "error" out of the output and RunPod (and the SDK's local API) take only a
+    string there: the {"code", "message"} object travels as its JSON text."""
+    if isinstance(result.get("error"), dict):
+        return {"error": json.dumps(result["error"], ensure_ascii=False)}
+    return result
 
 
 if __name__ == "__main__":

@@ -46,19 +46,7 @@ class TransferResult:
 
 
 def _select_local(paths: VolumePaths, target: str) -> Path:
-    if (paths.env_dir(target) / "snapshots").is_dir():
-        cur = store.read_current(paths, target)
-        if cur is None:
-            raise UsageError(f"env '{target}' has no current snapshot to push")
-        return paths.snapshot(target, cur)
-    try:
-        env = env_from_snapshot_id(target)
-    except ValueError:
-        raise UsageError(f"{target!r} is neither an env nor a snapshot id on {paths.root}") from None
-    snap = paths.snapshot(env, target)
-    if not snap.is_dir():
-        raise UsageError(f"snapshot {target} not found on {paths.root}")
-    return snap
+    return store.snapshot_for(paths, target)
 
 
 def push(paths: VolumePaths, remote: Remote, target: str) -> TransferResult:
@@ -241,27 +229,38 @@ def _fetch_packs(paths: VolumePaths, remote: Remote, manifest: PackManifest) -> 
     return fetched, fetched_bytes
 
 
-def _download_blob(paths: VolumePaths, remote: Remote, info: PackInfo, progress: Any) -> None:
-    dest = blob_path(paths, info.id)
+def _download_verified(remote: Remote, key: str, dest: Path, sha256: str, progress: Any = None) -> str | None:
+    """Copy a remote object to dest through a unique temp file; publish it only when its
+    sha256 matches. Returns None when published, else the digest it had (nothing kept)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{unique_suffix()}")
     try:
-        with remote.open(f"packs/{info.id}.tar.zst") as src, open(tmp, "wb") as out:
+        with remote.open(key) as src, open(tmp, "wb") as out:
             while chunk := src.read(1 << 20):
                 out.write(chunk)
-                progress.update(len(chunk))
+                if progress is not None:
+                    progress.update(len(chunk))
             out.flush()
             os.fsync(out.fileno())
         digest = hash_file(str(tmp))
-        if digest != info.blob_sha256:
-            raise VerifyError(
-                f"pack {info.id[:16]}… ({info.group}) from the bucket is damaged:"
-                f" sha256 {digest[:16]}…, expected {info.blob_sha256[:16]}…; nothing was installed"
-            )
-        os.rename(tmp, dest)
+        if digest != sha256:
+            return digest
+        os.replace(tmp, dest)
+        return None
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _download_blob(paths: VolumePaths, remote: Remote, info: PackInfo, progress: Any) -> None:
+    bad = _download_verified(
+        remote, f"packs/{info.id}.tar.zst", blob_path(paths, info.id), info.blob_sha256, progress
+    )
+    if bad is not None:
+        raise VerifyError(
+            f"pack {info.id[:16]}… ({info.group}) from the bucket is damaged:"
+            f" sha256 {bad[:16]}…, expected {info.blob_sha256[:16]}…; nothing was installed"
+        )
 
 
 def _pull_models(paths: VolumePaths, remote: Remote, names: list[str]) -> int:
@@ -285,20 +284,10 @@ def _pull_models(paths: VolumePaths, remote: Remote, names: list[str]) -> int:
             dest = base_dir / f["path"]
             if dest.exists() and hash_file(str(dest)) == f["sha256"]:
                 continue
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.{unique_suffix()}")
-            try:
-                with remote.open(f"model-files/{f['sha256']}") as src, open(tmp, "wb") as out:
-                    while chunk := src.read(1 << 20):
-                        out.write(chunk)
-                if hash_file(str(tmp)) != f["sha256"]:
-                    from .errors import ModelError
+            if _download_verified(remote, f"model-files/{f['sha256']}", dest, f["sha256"]) is not None:
+                from .errors import ModelError
 
-                    raise ModelError(f"model file {f['path']} of {name} from {remote.url} fails its sha256")
-                os.replace(tmp, dest)
-            finally:
-                if tmp.exists():
-                    tmp.unlink()
+                raise ModelError(f"model file {f['path']} of {name} from {remote.url} fails its sha256")
         atomic_write_bytes(records / name, raw)  # the record last: now the model is present
         count += 1
     return count

@@ -217,3 +217,23 @@ def log_event(paths: VolumePaths, env: str, event: str, **fields: Any) -> None:
     except OSError as exc:
         if exc.errno not in (errno.EROFS, errno.ENOSPC, errno.EACCES, errno.EPERM):
             raise
+
+
+def snapshot_for(paths: VolumePaths, target: str) -> Path:
+    """ENV -> its current snapshot's directory; SNAPSHOT id -> its directory (must exist)."""
+    from .errors import UsageError
+    from .paths import env_from_snapshot_id
+
+    if (paths.env_dir(target) / "snapshots").is_dir():
+        cur = read_current(paths, target)
+        if cur is None:
+            raise UsageError(f"env '{target}' has no current snapshot")
+        return paths.snapshot(target, cur)
+    try:
+        env = env_from_snapshot_id(target)
+    except ValueError:
+        raise UsageError(f"{target!r} is neither an env on {paths.root} nor a snapshot id") from None
+    snap = paths.snapshot(env, target)
+    if not snap.is_dir():
+        raise UsageError(f"snapshot {target} not found under {paths.envs}")
+    return snap

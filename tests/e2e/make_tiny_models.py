@@ -25,15 +25,23 @@ def f5(out: Path) -> None:
     d = out / "F5TTS_tiny"
     d.mkdir(parents=True)
     vocab = d / "vocab.txt"
-    vocab.write_text(files("f5_tts").joinpath("infer/examples/vocab.txt").read_text(encoding="utf-8"), encoding="utf-8")
+    vocab.write_text(
+        files("f5_tts").joinpath("infer/examples/vocab.txt").read_text(encoding="utf-8"), encoding="utf-8"
+    )
     arch = {"dim": 64, "depth": 2, "heads": 2, "dim_head": 32, "ff_mult": 2, "text_dim": 32, "conv_layers": 1}
     (d / "arch.json").write_text(json.dumps(arch))
     vocab_map, size = get_tokenizer(str(vocab), "custom")
     torch.manual_seed(0)
     model = CFM(
         transformer=DiT(**arch, text_num_embeds=size, mel_dim=n_mel_channels),
-        mel_spec_kwargs={"n_fft": 1024, "hop_length": 256, "win_length": 1024, "n_mel_channels": 100,
-                         "target_sample_rate": 24000, "mel_spec_type": "vocos"},
+        mel_spec_kwargs={
+            "n_fft": 1024,
+            "hop_length": 256,
+            "win_length": 1024,
+            "n_mel_channels": 100,
+            "target_sample_rate": 24000,
+            "mel_spec_type": "vocos",
+        },
         vocab_char_map=vocab_map,
     )
     state = {f"ema_model.{k}": v.contiguous() for k, v in model.state_dict().items()}
@@ -68,9 +76,17 @@ def ctc(out: Path) -> None:
     (out / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
     tok = Wav2Vec2CTCTokenizer(str(out / "vocab.json"), word_delimiter_token="|")
     cfg = Wav2Vec2Config(
-        vocab_size=len(tokens), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-        conv_dim=(16, 16, 16), conv_stride=(5, 4, 4), conv_kernel=(10, 8, 8), num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=2, pad_token_id=0,
+        vocab_size=len(tokens),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16, 16, 16),
+        conv_stride=(5, 4, 4),
+        conv_kernel=(10, 8, 8),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        pad_token_id=0,
     )
     torch.manual_seed(2)
     Wav2Vec2ForCTC(cfg).save_pretrained(out)

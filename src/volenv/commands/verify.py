@@ -8,7 +8,7 @@ from pathlib import Path
 from .. import store
 from ..errors import UsageError
 from ..integrity import VerifyReport, verify_snapshot
-from ..paths import VolumePaths, env_from_snapshot_id
+from ..paths import VolumePaths
 
 
 @dataclass(frozen=True)
@@ -27,19 +27,7 @@ def select_snapshots(paths: VolumePaths, target: str | None, all_: bool) -> list
         return [paths.snapshot(e, s) for e in store.list_envs(paths) for s in store.list_snapshots(paths, e)]
     if target is None:
         raise UsageError("verify: give an ENV, a SNAPSHOT id, or --all")
-    if (paths.env_dir(target) / "snapshots").is_dir():
-        cur = store.read_current(paths, target)
-        if cur is None:
-            raise UsageError(f"verify: env '{target}' has no current snapshot")
-        return [paths.snapshot(target, cur)]
-    try:
-        env = env_from_snapshot_id(target)
-    except ValueError:
-        raise UsageError(f"verify: {target!r} is neither an env on {paths.root} nor a snapshot id") from None
-    snap = paths.snapshot(env, target)
-    if not snap.is_dir():
-        raise UsageError(f"verify: snapshot {target} not found under {paths.envs}")
-    return [snap]
+    return [store.snapshot_for(paths, target)]
 
 
 def verify(paths: VolumePaths, target: str | None, *, all_: bool, level: str) -> VerifyResult:
