@@ -164,24 +164,3 @@ def _make_writable_and_retry(func: Any, path: str, exc_info: Any) -> None:
         func(path)
         return
     raise exc_info[1]
-
-
-def tree_size(path: Path) -> tuple[int, int]:
-    """(apparent bytes, file count) of a tree, not following symlinks."""
-    total = 0
-    count = 0
-    stack = [str(path)]
-    while stack:
-        current = stack.pop()
-        try:
-            with os.scandir(current) as it:
-                for entry in it:
-                    st = entry.stat(follow_symlinks=False)
-                    if stat.S_ISDIR(st.st_mode):
-                        stack.append(entry.path)
-                    else:
-                        total += st.st_size
-                        count += 1
-        except FileNotFoundError:
-            continue
-    return total, count

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .sealcheck import META_DIR, RECORD_NAME, SealProblem, check_seal, read_seal
+from .sealcheck import META_DIR, RECORD_NAME, SealProblem, check_seal
 
 RECORD_HEADER = "#volenv-record 1"
 LEVELS = ("seal", "stat", "full")
@@ -398,7 +398,3 @@ def _attach_owners(snapshot_dir: Path, problems: list[Problem]) -> list[Problem]
         dist = owners.get(p.path) if p in damaged else None
         out.append(Problem(p.kind, p.path, p.detail, p.severity, dist) if dist else p)
     return out
-
-
-def seal_of(snapshot_dir: Path) -> dict[str, object]:
-    return read_seal(str(snapshot_dir))

@@ -40,7 +40,3 @@ def probe(python: str) -> dict[str, Any]:
 def fingerprint_key(fp: dict[str, Any]) -> dict[str, Any]:
     """The part of the fingerprint that goes into the snapshot id."""
     return {k: fp[k] for k in FINGERPRINT_KEYS}
-
-
-def describe(fp: dict[str, Any]) -> str:
-    return f"{fp['implementation']} {fp['version']} ({fp['abi']}, {fp['platform']}) at {fp['executable']}"

@@ -21,7 +21,7 @@ from typing import Any
 
 from . import faults
 from .errors import VerifyError, VolenvError
-from .fsutil import atomic_write_json, remove_tree, unique_suffix
+from .fsutil import atomic_write_json, unique_suffix
 from .packs import PackManifest, blob_path, manifest_path, read_manifest, unpack
 from .paths import VolumePaths
 from .sealcheck import META_DIR, SealProblem, check_seal
@@ -199,7 +199,3 @@ def _extract(
     shutil.rmtree(partial, ignore_errors=True)
     _say(f"materialize: extracted {sid} to {dest} in {time.perf_counter() - t0:.2f}s")
     return str(dest)
-
-
-def remove_materialized(path: Path, root: Path) -> None:
-    remove_tree(path, root)

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import secrets
-import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,7 +199,3 @@ def read_inline_manifest(var: str, workdir: Path) -> Path:
     path = workdir / f"inline-{os.getpid()}.toml"
     path.write_text(text, encoding="utf-8")
     return path
-
-
-def describe_command() -> str:
-    return shlex.join(["volenv", *shlex.split(pod_command())])

@@ -168,21 +168,6 @@ def switch_current(
     append_history(paths, env, snapshot_id, manifest_digest, action)
 
 
-def mark_used(paths: VolumePaths, env: str, snapshot_id: str) -> None:
-    """Best effort: a read-only volume must still activate."""
-    marker = paths.used_marker(env, snapshot_id)
-    try:
-        os.utime(marker)
-    except FileNotFoundError:
-        try:
-            fd = os.open(marker, os.O_WRONLY | os.O_CREAT, 0o644)
-            os.close(fd)
-        except OSError:
-            pass
-    except OSError:
-        pass
-
-
 def last_used(paths: VolumePaths, env: str, snapshot_id: str) -> float | None:
     try:
         return paths.used_marker(env, snapshot_id).stat().st_mtime
