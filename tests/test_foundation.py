@@ -384,3 +384,58 @@ def test_sync_then_concurrent_noop_is_fast(tmp_path: Path, root: Path, wheelhous
     r = volenv("--root", root, "--json", "sync", m)
     assert r.json()["action"] == "reused"
     assert time.perf_counter() - t0 < 5  # a subprocess with typer imported; the figure is in bench/
+
+
+def test_lockfile_manifest_builds_from_the_lock(tmp_path: Path, root: Path, wheelhouse: Path) -> None:
+    """A PEP 751 pylock.toml (written by uv itself) replaces resolution."""
+    from volenv.uvtool import uv_bin
+
+    req = tmp_path / "req.in"
+    req.write_text("beta==1.0\n")
+    lock = tmp_path / "pylock.toml"
+    out = subprocess.run(
+        [
+            uv_bin(),
+            "pip",
+            "compile",
+            str(req),
+            "-o",
+            str(lock),
+            "--no-index",
+            "--find-links",
+            str(wheelhouse),
+            "--python",
+            sys.executable,
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "UV_CACHE_DIR": str(tmp_path / "uvc")},
+    )
+    assert out.returncode == 0, out.stderr
+    m = tmp_path / "locked.toml"
+    m.write_text(
+        f'name = "locked"\nlockfile = "pylock.toml"\n[index]\nno-index = true\nfind-links = ["{wheelhouse}"]\n'
+    )
+    r = volenv("--root", root, "--json", "sync", m)
+    assert r.returncode == 0, r.stderr
+    first = r.json()
+    assert first["action"] == "built"
+    run = volenv(
+        "--root",
+        root,
+        "run",
+        "--manifest",
+        m,
+        "--",
+        "python",
+        "-c",
+        "import beta, alpha; print(alpha.__file__)",
+    )
+    assert run.returncode == 0, run.stderr
+    # a changed lockfile is a different manifest: the bytes alias must not hide it
+    lock.write_text(lock.read_text() + "\n")
+    r = volenv("--root", root, "run", "--on-missing", "fail", "--manifest", m, "--", "true")
+    assert r.returncode == 3, r.stderr
+    r = volenv("--root", root, "--json", "sync", m)
+    assert r.returncode == 0 and r.json()["manifest_digest"] != first["manifest_digest"]
