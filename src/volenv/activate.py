@@ -159,6 +159,12 @@ def model_location(root: str, model: dict[str, Any]) -> str:
     return os.path.join(root, "models", "files", model["name"], model["sha256"][:16], filename)
 
 
+def model_files_dir(root: str, model: dict[str, Any]) -> str:
+    """The directory a model record's file paths are relative to."""
+    loc = model_location(root, model)
+    return loc if model.get("hf") else os.path.dirname(loc)
+
+
 def model_key(model: dict[str, Any]) -> str:
     """Digest of a model's source spec: a changed spec is a different model record."""
     spec = {k: v for k, v in model.items() if k not in ("name", "optional")}

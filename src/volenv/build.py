@@ -134,7 +134,7 @@ def sync_snapshot(paths: VolumePaths, manifest: Manifest, opts: SyncOptions) -> 
     store.open_volume(paths, create=not opts.dry_run)
     hit = None if opts.refresh else valid_index_hit(paths, manifest)
     if hit is not None:
-        return _reuse(paths, manifest, hit, t0, opts)
+        return _reuse(paths, manifest, hit[0], t0, opts, seal=hit[1])
     if opts.dry_run:
         plan = make_plan(paths, manifest, opts, tempfile.gettempdir())
         action = "would-reuse" if plan.action in ("reuse", "index") else "would-build"
@@ -157,7 +157,7 @@ def sync_snapshot(paths: VolumePaths, manifest: Manifest, opts: SyncOptions) -> 
     with lease:
         hit = None if opts.refresh else valid_index_hit(paths, manifest)
         if hit is not None:
-            return _reuse(paths, manifest, hit, t0, opts, have_lease=True)
+            return _reuse(paths, manifest, hit[0], t0, opts, have_lease=True, seal=hit[1])
         with tempfile.TemporaryDirectory(prefix="volenv-resolve-") as tmp:
             faults.point("resolve")
             plan = make_plan(paths, manifest, opts, tmp)
@@ -168,8 +168,8 @@ def sync_snapshot(paths: VolumePaths, manifest: Manifest, opts: SyncOptions) -> 
             return build_snapshot(paths, manifest, plan, lease, opts, Path(tmp), t0)
 
 
-def valid_index_hit(paths: VolumePaths, manifest: Manifest) -> str | None:
-    """The index's snapshot for this manifest, if it exists and is valid at `seal`."""
+def valid_index_hit(paths: VolumePaths, manifest: Manifest) -> tuple[str, dict[str, Any]] | None:
+    """The index's snapshot for this manifest and its seal, if it is valid at `seal`."""
     try:
         sid = store.read_index(paths, manifest.name, manifest.digest)
     except VolenvError:
@@ -177,10 +177,9 @@ def valid_index_hit(paths: VolumePaths, manifest: Manifest) -> str | None:
     if sid is None:
         return None
     try:
-        check_seal(str(paths.snapshot(manifest.name, sid)), sid)
+        return sid, check_seal(str(paths.snapshot(manifest.name, sid)), sid)
     except SealProblem:
         return None
-    return sid
 
 
 def _reuse(
@@ -191,6 +190,7 @@ def _reuse(
     opts: SyncOptions,
     *,
     have_lease: bool = False,
+    seal: dict[str, Any] | None = None,
 ) -> SyncResult:
     env = manifest.name
     previous = store.read_current(paths, env)
@@ -202,15 +202,18 @@ def _reuse(
             else BuildLease(paths, env, timeout=opts.lock_timeout, say=reporter.info)
         )
         with lease:
-            if not have_lease and valid_index_hit(paths, manifest) != sid:
-                raise BuildError(f"snapshot {sid} disappeared while being reused", step="index")
+            if not have_lease:
+                now = valid_index_hit(paths, manifest)
+                if now is None or now[0] != sid:
+                    raise BuildError(f"snapshot {sid} disappeared while being reused", step="index")
             try:
                 store.switch_current(paths, env, sid, manifest.digest, "sync")
             except OSError as exc:
                 raise from_oserror(exc, "cannot switch the current pointer") from exc
     if not opts.dry_run:
         store.log_event(paths, env, "sync", action="reused", snapshot=sid, manifest_digest=manifest.digest)
-    seal = check_seal(str(paths.snapshot(env, sid)), sid)
+    if seal is None:
+        seal = check_seal(str(paths.snapshot(env, sid)), sid)
     return SyncResult(
         env,
         sid,
@@ -444,14 +447,9 @@ class _Build:
                 )
 
     def _sync_args(self, groups: list[str]) -> list[str]:
-        if self.manifest.lockfile is not None and not groups:
-            reqs = [str(self.manifest.lockfile)]
-        else:
-            files = [self._write_lock("base", self.res.base)]
-            files += [self._write_lock(f"group-{g}", self.res.groups[g]) for g in groups]
-            if self.manifest.lockfile is not None:
-                files[0] = str(self.manifest.lockfile)
-            reqs = files
+        lock = self.manifest.lockfile
+        reqs = [str(lock) if lock is not None else self._write_lock("base", self.res.base)]
+        reqs += [self._write_lock(f"group-{g}", self.res.groups[g]) for g in groups]
         return [
             "pip",
             "sync",
@@ -540,6 +538,10 @@ class _Build:
         inode, so same bytes and mtime) are hard-linked instead of recompiled."""
         faults.point("compile")
         self.stats["bytecode_reused"] = link_previous_bytecode(self.staging, self.previous)
+        self._compile_bytecode()
+
+    def _compile_bytecode(self) -> None:
+        """compileall skips .pyc that are already up to date (the re-linked ones)."""
         with reporter.step("compiling bytecode"):
             proc = subprocess.run(
                 [str(self.python), "-m", "compileall", "-q", "-j", "0", *site_packages_dirs(self.staging)],
@@ -623,13 +625,7 @@ class _Build:
         for d in dists:
             args += ["--reinstall-package", d, "--refresh-package", d]
         self.uv(args, "record")
-        link_previous_bytecode(self.staging, [])
-        subprocess.run(
-            [str(self.python), "-m", "compileall", "-q", "-j", "0", *site_packages_dirs(self.staging)],
-            capture_output=True,
-            check=False,
-            env=activation_env_for_build(self.staging),
-        )
+        self._compile_bytecode()
         entries, stats, again = build_record(self.staging, [])
         if again:
             raise BuildError(

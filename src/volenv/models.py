@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .activate import model_key, model_location, model_record_path
+from .activate import model_files_dir, model_key, model_location, model_record_path
 from .errors import ModelError, VolenvError
 from .fsutil import atomic_write_json, fsync_dir, unique_suffix
 from .integrity import hash_file
@@ -356,8 +356,7 @@ def verify_models(paths: VolumePaths, manifest: Manifest | None, level: str) -> 
             if not m.get("optional"):
                 problems.append(ModelProblem(m["name"], "missing", str(rec_path), "never fetched"))
             continue
-        base = Path(model_location(root, m))
-        base_dir = base if m.get("hf") else base.parent
+        base_dir = Path(model_files_dir(root, m))
         for f in rec["files"]:
             p = base_dir / f["path"]
             try:

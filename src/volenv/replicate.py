@@ -102,7 +102,7 @@ def push(paths: VolumePaths, remote: Remote, target: str) -> TransferResult:
 
 def _push_models(paths: VolumePaths, remote: Remote, seal: dict[str, Any]) -> list[str]:
     """Records (and their files, content-addressed) of the models the snapshot's manifest names."""
-    from .activate import model_location, model_record_path
+    from .activate import model_files_dir, model_record_path
     from .models import read_model_record
 
     names = []
@@ -112,8 +112,7 @@ def _push_models(paths: VolumePaths, remote: Remote, seal: dict[str, Any]) -> li
         rec = read_model_record(rec_path)
         if rec is None:
             continue
-        base = Path(model_location(root, m))
-        base_dir = base if m.get("hf") else base.parent
+        base_dir = Path(model_files_dir(root, m))
         for f in rec["files"]:
             key = f"model-files/{f['sha256']}"
             if not remote.exists(key):
@@ -264,7 +263,7 @@ def _download_blob(paths: VolumePaths, remote: Remote, info: PackInfo, progress:
 
 
 def _pull_models(paths: VolumePaths, remote: Remote, names: list[str]) -> int:
-    from .activate import model_location
+    from .activate import model_files_dir
     from .fsutil import atomic_write_bytes
 
     count = 0
@@ -278,8 +277,7 @@ def _pull_models(paths: VolumePaths, remote: Remote, names: list[str]) -> int:
         if raw is None:
             raise RemoteError(f"{remote.url}: model record {name} is missing")
         rec = json.loads(raw)
-        base = Path(model_location(str(paths.root), rec["spec"]))
-        base_dir = base if rec["spec"].get("hf") else base.parent
+        base_dir = Path(model_files_dir(str(paths.root), rec["spec"]))
         for f in rec["files"]:
             dest = base_dir / f["path"]
             if dest.exists() and hash_file(str(dest)) == f["sha256"]:

@@ -21,10 +21,7 @@ def activation_env(root: str, manifest: str | None, env: str | None, verify: str
     o = RunOptions()
     o.manifest, o.env, o.on_missing, o.verify, o.command = manifest, env, "fail", verify, ["true"]
     target, snap_dir, _seal = prepare(root, o)
-    base: dict[str, str] = {}
-    full = compute_env(
+    variables = compute_env(
         root, snap_dir, target.env, target.activation, base={"PATH": os.environ.get("PATH", "")}
     )
-    for k, v in full.items():
-        base[k] = v
-    return EnvResult(target.env, os.path.basename(snap_dir), snap_dir, base, ("PYTHONHOME",))
+    return EnvResult(target.env, os.path.basename(snap_dir), snap_dir, variables, ("PYTHONHOME",))
