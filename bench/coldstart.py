@@ -25,6 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, drop_caches, make_wheel, volenv_cmd
 
+from wheelfactory import local_torch_wheels
+
 
 def heavy_wheel(dest: Path, modules: int) -> str:
     files: dict[str, str | bytes] = {}
@@ -40,18 +42,6 @@ def heavy_wheel(dest: Path, modules: int) -> str:
             files[f"heavy/{s}/{m}.py"] = f"VALUE = {m!r}\n" + "def f(x):\n    return x + 1\n" * 5
     make_wheel(dest, "heavy", "1.0", files=files)
     return "heavy==1.0"
-
-
-def torch_wheel_dir() -> Path | None:
-    out = subprocess.run(
-        [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True
-    ).stdout
-    for line in out.splitlines():
-        if "find-links" in line:
-            d = Path(line.split("=", 1)[1].strip().strip("'\""))
-            if list(d.glob("torch-*.whl")):
-                return d
-    return None
 
 
 def main() -> int:
@@ -71,7 +61,7 @@ def main() -> int:
     mnt.mkdir()
     try:
         wheels = tmp / "wheels"
-        if args.torch and (tw := torch_wheel_dir()):
+        if args.torch and (tw := local_torch_wheels()):
             reqs, links, code = ["torch==2.13.0"], [str(tw)], "import torch"
         else:
             reqs, links, code = [heavy_wheel(wheels, args.modules)], [str(wheels)], "import heavy"

@@ -6,12 +6,16 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
 import threading
+import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,3 +211,32 @@ def staging_left(root: Path) -> list[str]:
     """Build leftovers in staging (the CACHEDIR.TAG is the directory's own)."""
     d = root / "staging"
     return sorted(p.name for p in d.iterdir() if p.name != "CACHEDIR.TAG") if d.exists() else []
+
+
+@contextmanager
+def moto_s3() -> Iterator[str]:
+    """moto's standalone S3 server on 127.0.0.1 (a real S3 endpoint), until the block ends."""
+    exe = os.path.join(os.path.dirname(sys.executable), "moto_server")
+    if not os.path.exists(exe):
+        pytest.skip("moto[server] not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(url + "/", timeout=2)
+                break
+            except OSError as exc:
+                if getattr(exc, "code", None):  # an HTTP error: the server answers
+                    break
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -9,12 +9,7 @@ import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import snapshot_of, staging_left, volenv, write_manifest
+from conftest import moto_s3, snapshot_of, staging_left, volenv, write_manifest
 
 S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"}
 
@@ -43,16 +38,12 @@ class S3:
 
 @pytest.fixture
 def s3() -> Iterator[S3]:
-    exe = os.path.join(os.path.dirname(sys.executable), "moto_server")
-    if not os.path.exists(exe):
-        pytest.skip("moto[server] not installed")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    moto = subprocess.Popen(
-        [exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    state = S3("", f"127.0.0.1:{port}")
+    with moto_s3() as moto_url:
+        yield from _counting_proxy(S3("", moto_url.removeprefix("http://")))
+
+
+def _counting_proxy(state: S3) -> Iterator[S3]:
+    """A reverse proxy in front of moto that counts every request by method and path."""
 
     class Proxy(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -86,15 +77,6 @@ def s3() -> Iterator[S3]:
     t = threading.Thread(target=server.serve_forever, daemon=True)
     t.start()
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"http://{state.upstream}/", timeout=2)
-                break
-            except OSError as exc:
-                if getattr(exc, "code", None):
-                    break
-                time.sleep(0.2)
         import boto3
 
         boto3.client(
@@ -109,8 +91,6 @@ def s3() -> Iterator[S3]:
     finally:
         server.shutdown()
         server.server_close()
-        moto.terminate()
-        moto.wait(timeout=20)
 
 
 def _events(root: Path, env: str) -> str:

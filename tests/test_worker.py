@@ -6,11 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import REPO
+from conftest import REPO, moto_s3
 
 sys.path.insert(0, str(REPO / "worker"))
 
@@ -198,30 +194,8 @@ def test_job_api_errors_and_recovery(tmp_path: Path) -> None:
 
 @pytest.fixture
 def moto_server() -> Iterator[str]:
-    exe = os.path.join(os.path.dirname(sys.executable), "moto_server")
-    if not os.path.exists(exe):
-        pytest.skip("moto[server] not installed")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(url + "/", timeout=2)
-                break
-            except OSError as exc:
-                if getattr(exc, "code", None):
-                    break
-                time.sleep(0.2)
+    with moto_s3() as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 def test_s3_upload_list_tts_presigned_download(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, base_env, volenv
+from conftest import REPO, base_env, moto_s3, volenv
+from wheelfactory import local_torch_wheels
 
 pytestmark = [pytest.mark.slow, pytest.mark.pypi]
 
@@ -36,18 +37,6 @@ def _pypi_reachable() -> bool:
         return True
     except OSError:
         return False
-
-
-def _torch_wheels() -> Path | None:
-    out = subprocess.run(
-        [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True
-    ).stdout
-    for line in out.splitlines():
-        if "find-links" in line:
-            d = Path(line.split("=", 1)[1].strip().strip("'\""))
-            if list(d.glob("torch-2.13.0*.whl")):
-                return d
-    return None
 
 
 POST_INSTALL = [
@@ -63,7 +52,7 @@ POST_INSTALL = [
 def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
     if not _pypi_reachable():
         pytest.skip("PyPI unreachable: f5-tts cannot be installed")
-    wheels = _torch_wheels()
+    wheels = local_torch_wheels("2.13.0")
     if wheels is None:
         pytest.skip("no local CPU torch 2.13.0 wheel (pip config find-links)")
     tmp = tmp_path_factory.mktemp("e2e")
@@ -314,25 +303,18 @@ def test_tts_end_to_end_through_local_api(e2e: dict[str, object]) -> None:
 def test_s3_flow_and_startup_with_and_without_volenv(e2e: dict[str, object]) -> None:
     """upload -> list_voices -> tts with that voice -> presigned URL over plain HTTP -> download,
     against moto's S3 server; and the start-to-ready time with and without `volenv run`."""
-    import soundfile as sf
 
     root = Path(str(e2e["root"]))
     wm = Path(str(e2e["tmp"])) / "worker.toml"
     if not wm.exists():
         pytest.skip("needs the models fetched by the first e2e test")
-    moto_port = _port()
-    moto = subprocess.Popen(
-        [
-            os.path.join(os.path.dirname(sys.executable), "moto_server"),
-            "-H",
-            "127.0.0.1",
-            "-p",
-            str(moto_port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{moto_port}"
+    with moto_s3() as endpoint:
+        _s3_flow_and_startup(root, wm, endpoint)
+
+
+def _s3_flow_and_startup(root: Path, wm: Path, endpoint: str) -> None:
+    import soundfile as sf
+
     s3env = {
         "S3_BUCKET": "tts",
         "AWS_ACCESS_KEY_ID": "t",
@@ -340,109 +322,97 @@ def test_s3_flow_and_startup_with_and_without_volenv(e2e: dict[str, object]) -> 
         "AWS_REGION": "us-east-1",
         "AWS_ENDPOINT_URL": endpoint,
     }
-    try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(endpoint, timeout=1)
-                break
-            except urllib.error.HTTPError:
-                break
-            except OSError:
-                time.sleep(0.2)
-        import boto3
+    import boto3
 
-        boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="t",
-            aws_secret_access_key="t",
-        ).create_bucket(Bucket="tts")
-        proc, port, ready_volenv = _start_worker(root, wm, s3env)
-        try:
-            assert (
-                _post(
-                    port,
-                    {
-                        "endpoint": "upload",
-                        "voice_name": "bob",
-                        "audio_base64": _wav_b64(1.5),
-                        "ref_text": "bob speaks",
-                    },
-                )["voice_name"]
-                == "bob"
-            )
-            assert _post(port, {"endpoint": "list_voices"})["voices"] == ["bob"]
-            out = _post(
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="t",
+        aws_secret_access_key="t",
+    ).create_bucket(Bucket="tts")
+    proc, port, ready_volenv = _start_worker(root, wm, s3env)
+    try:
+        assert (
+            _post(
                 port,
                 {
-                    "text": "Good morning.",
-                    "local_voice": "bob",
-                    "seed": 5,
-                    "nfe_step": 4,
-                    "return_word_timings": True,
-                    "timing_format": "vtt",
+                    "endpoint": "upload",
+                    "voice_name": "bob",
+                    "audio_base64": _wav_b64(1.5),
+                    "ref_text": "bob speaks",
                 },
-            )
-            assert "error" not in out, out
-            with urllib.request.urlopen(str(out["audio_url"]), timeout=20) as resp:
-                assert resp.headers["Content-Type"] == "audio/wav"
-                _audio, sr = sf.read(io.BytesIO(resp.read()))
-            assert sr == 24000
-            with urllib.request.urlopen(str(out["timing_files"]["vtt"]), timeout=20) as resp:  # type: ignore[index]
-                assert resp.read().startswith(b"WEBVTT")
-            dl = _post(port, {"endpoint": "download", "job_id": out["job_id"], "type": "audio"})
-            with urllib.request.urlopen(str(dl["url"]), timeout=20) as resp:
-                assert sf.read(io.BytesIO(resp.read()))[1] == 24000
-            for job, code in (
-                ({"text": "x" * 5000, "local_voice": "bob"}, "text_too_long"),
-                ({"text": "hi", "local_voice": "nobody"}, "unknown_voice"),
-                (
-                    {"text": "hi", "local_voice": "bob", "return_word_timings": True, "timing_format": "doc"},
-                    "invalid_format",
-                ),
-            ):
-                bad = _post(port, job)
-                assert json.loads(str(bad["error"]))["code"] == code
-            assert "error" not in _post(port, {"text": "Still here.", "local_voice": "bob", "nfe_step": 4})
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-        # the same worker started directly in the snapshot, with the environment `volenv env` prints
-        envdoc = volenv("--root", root, "--json", "env", "--manifest", wm).json()
-        env = {**os.environ, **envdoc["variables"], **s3env, "RUNPOD_SKIP_GPU_CHECK": "true"}  # type: ignore[dict-item]
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        env["PYTHONDONTWRITEBYTECODE"] = "1"
-        p2 = _port()
-        t0 = time.perf_counter()
-        direct = subprocess.Popen(
-            [
-                str(Path(str(envdoc["path"])) / "bin" / "python"),
-                "-u",
-                str(REPO / "worker" / "handler.py"),
-                "--rp_serve_api",
-                "--rp_api_host",
-                "127.0.0.1",
-                "--rp_api_port",
-                str(p2),
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            )["voice_name"]
+            == "bob"
         )
-        try:
-            while True:
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{p2}/docs", timeout=5)
-                    break
-                except OSError:
-                    assert direct.poll() is None and time.perf_counter() - t0 < 300
-                    time.sleep(0.2)
-            ready_direct = time.perf_counter() - t0
-        finally:
-            direct.terminate()
-            direct.wait(timeout=30)
-        print(f"\nstart to ready: {ready_volenv:.2f}s through `volenv run`, {ready_direct:.2f}s direct")
+        assert _post(port, {"endpoint": "list_voices"})["voices"] == ["bob"]
+        out = _post(
+            port,
+            {
+                "text": "Good morning.",
+                "local_voice": "bob",
+                "seed": 5,
+                "nfe_step": 4,
+                "return_word_timings": True,
+                "timing_format": "vtt",
+            },
+        )
+        assert "error" not in out, out
+        with urllib.request.urlopen(str(out["audio_url"]), timeout=20) as resp:
+            assert resp.headers["Content-Type"] == "audio/wav"
+            _audio, sr = sf.read(io.BytesIO(resp.read()))
+        assert sr == 24000
+        with urllib.request.urlopen(str(out["timing_files"]["vtt"]), timeout=20) as resp:  # type: ignore[index]
+            assert resp.read().startswith(b"WEBVTT")
+        dl = _post(port, {"endpoint": "download", "job_id": out["job_id"], "type": "audio"})
+        with urllib.request.urlopen(str(dl["url"]), timeout=20) as resp:
+            assert sf.read(io.BytesIO(resp.read()))[1] == 24000
+        for job, code in (
+            ({"text": "x" * 5000, "local_voice": "bob"}, "text_too_long"),
+            ({"text": "hi", "local_voice": "nobody"}, "unknown_voice"),
+            (
+                {"text": "hi", "local_voice": "bob", "return_word_timings": True, "timing_format": "doc"},
+                "invalid_format",
+            ),
+        ):
+            bad = _post(port, job)
+            assert json.loads(str(bad["error"]))["code"] == code
+        assert "error" not in _post(port, {"text": "Still here.", "local_voice": "bob", "nfe_step": 4})
     finally:
-        moto.terminate()
-        moto.wait(timeout=20)
+        proc.terminate()
+        proc.wait(timeout=30)
+    # the same worker started directly in the snapshot, with the environment `volenv env` prints
+    envdoc = volenv("--root", root, "--json", "env", "--manifest", wm).json()
+    env = {**os.environ, **envdoc["variables"], **s3env, "RUNPOD_SKIP_GPU_CHECK": "true"}  # type: ignore[dict-item]
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    p2 = _port()
+    t0 = time.perf_counter()
+    direct = subprocess.Popen(
+        [
+            str(Path(str(envdoc["path"])) / "bin" / "python"),
+            "-u",
+            str(REPO / "worker" / "handler.py"),
+            "--rp_serve_api",
+            "--rp_api_host",
+            "127.0.0.1",
+            "--rp_api_port",
+            str(p2),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{p2}/docs", timeout=5)
+                break
+            except OSError:
+                assert direct.poll() is None and time.perf_counter() - t0 < 300
+                time.sleep(0.2)
+        ready_direct = time.perf_counter() - t0
+    finally:
+        direct.terminate()
+        direct.wait(timeout=30)
+    print(f"\nstart to ready: {ready_volenv:.2f}s through `volenv run`, {ready_direct:.2f}s direct")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import subprocess
+import sys
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -49,3 +51,17 @@ def make_wheel(
         for path, data in entries.items():
             zf.writestr(path, data)
     return wheel
+
+
+def local_torch_wheels(version: str = "") -> Path | None:
+    """The folder pip's configuration names as find-links when it holds a torch wheel (this
+    machine's CPU torch; never a download), else None."""
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True
+    ).stdout
+    for line in out.splitlines():
+        if "find-links" in line:
+            d = Path(line.split("=", 1)[1].strip().strip("'\""))
+            if list(d.glob(f"torch-{version}*.whl")):
+                return d
+    return None
