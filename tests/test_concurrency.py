@@ -78,7 +78,8 @@ def test_stampede_across_two_bindfs_mounts(tmp_path: Path, wheelhouse: Path) -> 
             )
         outs = [p.communicate(timeout=300) for p in procs]
         codes = [p.returncode for p in procs]
-        assert codes == [0] * 12, [o[1] for o in outs]
+        failed = {i: (codes[i], outs[i][1]) for i in range(12) if codes[i] != 0}
+        assert not failed, failed
         snaps = {o[0].strip() for o in outs}
         assert len(snaps) == 1, snaps
         root = src / "volenv"
@@ -86,6 +87,46 @@ def test_stampede_across_two_bindfs_mounts(tmp_path: Path, wheelhouse: Path) -> 
         assert len(_events(root, "app", "build-done")) == 1
         assert any("waiting for the build lease" in o[1] for o in outs)
         assert staging_left(root) == []
+
+
+_CREATE_ONCE = """
+import sys, time
+from pathlib import Path
+from volenv.fsutil import create_once_bytes
+path, me, start = Path(sys.argv[1]), sys.argv[2].encode(), float(sys.argv[3])
+while time.time() < start:
+    pass
+won = create_once_bytes(path, me)
+seen = {path.read_bytes() for _ in range(300)}
+print(int(won), *sorted(s.decode() for s in seen))
+"""
+
+
+def test_create_once_through_two_fuse_views_never_replaces(tmp_path: Path) -> None:
+    """The volume format file and CACHEDIR tags are created by whoever comes first; a later
+    creator must not replace it, or a reader on another FUSE view that just looked it up gets
+    ENOENT (seen in CI: a stampede worker failing on volenv.json)."""
+    src = tmp_path / "volume"
+    src.mkdir()
+    with mounts.bindfs(src, tmp_path / "m1") as m1, mounts.bindfs(src, tmp_path / "m2") as m2:
+        start = time.time() + 1.0
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _CREATE_ONCE, str((m1 if i % 2 else m2) / "f"), f"w{i}", str(start)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(10)
+        ]
+        outs = [p.communicate(timeout=60) for p in procs]
+        assert [p.returncode for p in procs] == [0] * 10, [o[1] for o in outs]
+        results = [o[0].split() for o in outs]
+        winners = [r for r in results if r[0] == "1"]
+        assert len(winners) == 1, results
+        final = (src / "f").read_text()
+        assert {tuple(r[1:]) for r in results} == {(final,)}, results
+        assert sorted(p.name for p in src.iterdir()) == ["f"]  # no temp left behind
 
 
 @pytest.mark.slow
@@ -211,6 +252,8 @@ def test_exfat_without_links_is_refused_up_front(tmp_path: Path, wheelhouse: Pat
         r = volenv("--root", root, "sync", m, "--min-free", "0")
         assert r.returncode == 8, r.stderr
         assert "symbolic links" in r.stderr
+        # the format file still got created, by the no-hard-link fallback
+        assert json.loads((root / "volenv.json").read_text())["format"] >= 1
         assert not (root / "envs" / "app" / "snapshots").exists() or not os.listdir(
             root / "envs" / "app" / "snapshots"
         )

@@ -49,8 +49,15 @@ class Target:
 def _read_json(path: str) -> dict[str, Any] | None:
     """None when absent or unparseable; an unreachable volume is an error, never 'absent'."""
     try:
-        with open(path, "rb") as fh:
-            data = json.loads(fh.read())
+        try:
+            with open(path, "rb") as fh:
+                raw = fh.read()
+        except FileNotFoundError:
+            # a FUSE/network view can fail an open that raced a replace-rename of this very
+            # file (stale name -> node); a fresh lookup sees the new file, or really nothing
+            with open(path, "rb") as fh:
+                raw = fh.read()
+        data = json.loads(raw)
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -65,6 +66,43 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
         fsync_dir(path.parent)
 
 
+_NO_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS, errno.EXDEV}
+
+
+def create_once_bytes(path: Path, data: bytes) -> bool:
+    """Publish `path` only if nobody has: a complete temp hard-linked into place, so concurrent
+    creators never replace each other's file under a reader (on FUSE and network filesystems a
+    replace can make a reader that just saw the file get ENOENT). False when it already existed.
+    Without hard links (exFAT) it falls back to rename-if-absent, which is racy but equivalent."""
+    tmp = path.with_name(f".{path.name}.tmp-{unique_suffix()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in _NO_LINKS:
+                raise
+            if path.exists():
+                return False
+            os.replace(tmp, path)
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+    fsync_dir(path.parent)
+    return True
+
+
 def dumps_json(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
 
@@ -76,7 +114,10 @@ def atomic_write_json(path: Path, obj: Any, *, durable: bool = True) -> None:
 def read_record(path: Path, kind: str, schema: int) -> dict[str, Any]:
     """Read a versioned on-volume JSON record strictly: damage is an error, never a default."""
     try:
-        raw = path.read_bytes()
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raw = path.read_bytes()  # once more: an open that raced a replace on FUSE/NFS views
     except FileNotFoundError:
         raise
     except OSError as exc:
@@ -109,10 +150,7 @@ def append_line(path: Path, line: str) -> None:
 def write_cachedir_tag(directory: Path) -> None:
     tag = directory / "CACHEDIR.TAG"
     if not tag.exists():
-        try:
-            atomic_write_bytes(tag, CACHEDIR_TAG, durable=False)
-        except FileExistsError:
-            pass
+        create_once_bytes(tag, CACHEDIR_TAG)
 
 
 def is_within(path: Path, root: Path) -> bool:

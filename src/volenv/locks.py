@@ -37,6 +37,8 @@ def describe_holder(marker: Path) -> str | None:
     except OSError:
         return None
     fields = dict(line.split("=", 1) for line in text.splitlines()[1:] if "=" in line)
+    if "host" not in fields:
+        return None  # caught between the marker's creation and its first write
     since = ""
     try:
         info = read_record(marker.with_suffix(".info"), "lease info", 1)

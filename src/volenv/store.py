@@ -15,7 +15,14 @@ from typing import Any
 
 from . import __version__
 from .errors import VolenvError, VolumeError, from_oserror
-from .fsutil import append_line, atomic_write_json, read_record, write_cachedir_tag
+from .fsutil import (
+    append_line,
+    atomic_write_json,
+    create_once_bytes,
+    dumps_json,
+    read_record,
+    write_cachedir_tag,
+)
 from .paths import FORMAT_VERSION, VolumePaths
 from .rootfind import root_exists
 
@@ -36,8 +43,26 @@ def open_volume(paths: VolumePaths, *, create: bool) -> None:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise from_oserror(exc, f"cannot create volume root {root}") from exc
-    if paths.meta.exists():
+    if create and not paths.meta.exists():
+        try:
+            create_once_bytes(
+                paths.meta,
+                dumps_json(
+                    {
+                        "schema": 1,
+                        "format": FORMAT_VERSION,
+                        "created_by": f"volenv {__version__}",
+                        "created": time.time(),
+                    }
+                ),
+            )
+        except OSError as exc:
+            raise from_oserror(exc, f"cannot initialise volume root {root}") from exc
+    try:
         meta = read_record(paths.meta, "volume format file", FORMAT_VERSION)
+    except FileNotFoundError:
+        meta = None
+    if meta is not None:
         fmt = meta.get("format")
         if not isinstance(fmt, int):
             raise VolenvError(f"{paths.meta} is damaged: no integer 'format'")
@@ -46,19 +71,6 @@ def open_volume(paths: VolumePaths, *, create: bool) -> None:
                 f"{root} uses volume format {fmt}; this volenv understands format {FORMAT_VERSION}",
                 hint="upgrade volenv in this image",
             )
-    elif create:
-        try:
-            atomic_write_json(
-                paths.meta,
-                {
-                    "schema": 1,
-                    "format": FORMAT_VERSION,
-                    "created_by": f"volenv {__version__}",
-                    "created": time.time(),
-                },
-            )
-        except OSError as exc:
-            raise from_oserror(exc, f"cannot initialise volume root {root}") from exc
     if create:
         try:
             for d in paths.top_dirs():
