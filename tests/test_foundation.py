@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import Index, snapshot_of, staging_left, volenv, volenv_popen, write_manifest
 
 
@@ -281,8 +283,42 @@ def test_run_imports_nothing_heavy(tmp_path: Path, root: Path, wheelhouse: Path)
         line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")
     }
     assert "volenv.activate" in imported
-    for heavy in ("typer", "rich", "runpod", "huggingface_hub", "click", "packaging", "psutil", "filelock"):
+    heavy_ones = ("typer", "rich", "runpod", "huggingface_hub", "click", "packaging", "psutil", "filelock")
+    # json (via re, enum, functools) and typing were a third of a start: the fast path avoids them
+    for heavy in (*heavy_ones, "json", "re", "typing", "hashlib", "volenv.ui"):
         assert not any(mod == heavy or mod.startswith(heavy + ".") for mod in imported), heavy
+
+
+def test_lean_json_matches_json_on_every_record(tmp_path: Path, root: Path, wheelhouse: Path) -> None:
+    """The fast path parses and digests records with `_json` directly; it must agree with
+    `json` byte for byte on everything volenv writes, and reject what json rejects."""
+    from volenv import leanjson
+
+    m = write_manifest(
+        tmp_path,
+        "app",
+        ["alpha==1.0"],
+        find_links=wheelhouse,
+        extra='[activate]\nenv = {X = "\u00e9\\"q\\"\u2028"}\n',
+    )
+    assert volenv("--root", root, "sync", m).returncode == 0
+    records = [p for p in root.rglob("*.json") if p.is_file()]
+    assert len(records) >= 4, records
+    for p in records:
+        raw = p.read_bytes()
+        ours, theirs = leanjson.loads(raw), json.loads(raw)
+        assert ours == theirs, p
+        assert leanjson.dumps_canonical(ours) == json.dumps(theirs, sort_keys=True, separators=(",", ":"))
+    odd = {"f": [1e300, -0.0, 0.1, float("inf")], "s": "\x00\ud800\U0001f600", "n": None, "b": [True, False]}
+    assert leanjson.dumps_canonical(odd) == json.dumps(odd, sort_keys=True, separators=(",", ":"))
+    assert repr(leanjson.loads(json.dumps(odd, indent=2))) == repr(json.loads(json.dumps(odd, indent=2)))
+    for bad in ("", "{", "{} x", "[1,]", "nul", '{"a" 1}', "\ufeff{}"):
+        with pytest.raises(ValueError):
+            json.loads(bad)
+        with pytest.raises(ValueError):
+            leanjson.loads(bad)
+    with pytest.raises(TypeError):
+        leanjson.dumps_canonical({"x": object()})
 
 
 def test_on_missing_fail_and_build(tmp_path: Path, root: Path, wheelhouse: Path) -> None:

@@ -41,9 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     rest, root, verbosity = _split_globals(args)
     if rest and rest[0] == "run":
-        from . import ui
+        if verbosity:  # the default reporter is verbosity 0: skip importing ui on the fast path
+            from . import ui
 
-        ui.set_reporter(ui.Reporter(verbosity))
+            ui.set_reporter(ui.Reporter(verbosity))
         from .activate import main_fast
 
         return main_fast(root, rest[1:])

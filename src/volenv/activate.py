@@ -1,7 +1,8 @@
 """Activation: manifest -> index -> snapshot -> seal check -> environment -> exec.
 
-This module is the container entrypoint's fast path. It imports only os, sys, json and
-hashlib (plus small volenv modules that do the same) so a start costs milliseconds; it needs
+This module is the container entrypoint's fast path. It imports only os, sys, time and
+the C modules _json and _sha256 (plus small volenv modules that do the same; not `json`, whose
+import of `re` alone cost a third of a start) so a start costs milliseconds; it needs
 no network and no writes. Manifest validation (which needs `packaging`) is skipped through an
 alias: the sha256 of the manifest's bytes -> the env and manifest digest that a full parse
 gave when the manifest was synced.
@@ -9,7 +10,6 @@ gave when the manifest was synced.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -23,6 +23,7 @@ from .errors import (
     VolenvError,
     VolumeError,
 )
+from .leanjson import dumps_canonical, loads
 from .sealcheck import SealProblem, check_seal, sha256_hex
 
 TYPE_CHECKING = False
@@ -57,7 +58,7 @@ def _read_json(path: str) -> dict[str, Any] | None:
             # file (stale name -> node); a fresh lookup sees the new file, or really nothing
             with open(path, "rb") as fh:
                 raw = fh.read()
-        data = json.loads(raw)
+        data = loads(raw)
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
@@ -175,7 +176,7 @@ def model_files_dir(root: str, model: dict[str, Any]) -> str:
 def model_key(model: dict[str, Any]) -> str:
     """Digest of a model's source spec: a changed spec is a different model record."""
     spec = {k: v for k, v in model.items() if k not in ("name", "optional")}
-    return sha256_hex(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode())[:16]
+    return sha256_hex(dumps_canonical(spec).encode())[:16]
 
 
 def model_record_path(root: str, model: dict[str, Any]) -> str:

@@ -6,8 +6,9 @@ file, and the base interpreter it was built for is present (DESIGN.md, level `se
 
 from __future__ import annotations
 
-import json
 import os
+
+from .leanjson import dumps_canonical, loads
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ class SealProblem(Exception):
 def seal_self_digest(seal: dict[str, Any]) -> str:
     """Digest of the seal's own content (without this field): an edited seal is detected."""
     body = {k: v for k, v in seal.items() if k != "self_sha256"}
-    return sha256_hex(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+    return sha256_hex(dumps_canonical(body).encode())
 
 
 def read_seal(snapshot_dir: str) -> dict[str, Any]:
@@ -42,7 +43,7 @@ def read_seal(snapshot_dir: str) -> dict[str, Any]:
     except FileNotFoundError:
         raise SealProblem("seal-missing", f"no seal at {path}: the snapshot was never completed") from None
     try:
-        seal = json.loads(raw)
+        seal = loads(raw)
     except ValueError as exc:
         raise SealProblem("seal-damaged", f"{path} is not valid JSON: {exc}") from None
     if not isinstance(seal, dict) or not isinstance(seal.get("schema"), int):
