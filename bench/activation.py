@@ -70,6 +70,10 @@ def main() -> int:
         print(f"volenv run -- python -c pass : {ma * 1000:.1f} ms (median of {args.runs})")
         print(f"snapshot python -c pass      : {mb * 1000:.1f} ms")
         print(f"ratio                        : {ma / mb:.2f}  (target <= 2.0)")
+        script = volenv_cmd()[0]
+        if script != sys.executable and "import re" in Path(script).read_text(errors="replace"):
+            print("note: this volenv script imports re itself (pip's template, ~6 ms);")
+            print("      the image installs with uv, whose script does not: measure in such a venv")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
