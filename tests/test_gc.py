@@ -122,7 +122,13 @@ def test_gc_concurrent_with_run_and_sync(tmp_path: Path, root: Path, bigwheels: 
         write_manifest(tmp_path / f"c{i}", "app", ["base==1.0", f"big{i}==1.0"], find_links=bigwheels)
         for i in (1, 2, 3)
     ]
-    throwaway = write_manifest(tmp_path / "t", "app", ["base==1.0", "big4==1.0"], find_links=bigwheels)
+    # two snapshots nobody runs, synced in turn: the older one is never current, never the
+    # newest and never activated, so every iteration leaves gc something to remove (with one,
+    # "newest 1" kept it and removals hung on the first gc pass beating the first `run`)
+    throwaways = [
+        write_manifest(tmp_path / f"t{j}", "app", reqs, find_links=bigwheels)
+        for j, reqs in enumerate((["base==1.0", "big4==1.0"], ["big4==1.0"]))
+    ]
     for m in manifests:
         assert volenv("--root", root, "sync", m).returncode == 0
     failures: list[str] = []
@@ -167,8 +173,7 @@ def test_gc_concurrent_with_run_and_sync(tmp_path: Path, root: Path, bigwheels: 
                     stderr=subprocess.PIPE,
                 ),
             ]
-            # a snapshot nobody runs: made current, then replaced, so gc has work to do
-            for m2 in (throwaway, manifests[(i + 1) % 3]):
+            for m2 in (throwaways[i % 2], manifests[(i + 1) % 3]):
                 s = volenv("--root", root, "sync", m2)
                 if s.returncode != 0:
                     failures.append(f"sync: {s.stderr}")

@@ -22,16 +22,13 @@ import time
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-import psutil
+from typing import TYPE_CHECKING, Any
 
 from . import __version__, faults, store
 from .errors import BuildError, DiskSpaceError, VolenvError, VolumeError, from_oserror
 from .fsutil import atomic_write_bytes, atomic_write_json, fsync_dir, remove_tree, unique_suffix
 from .integrity import Entry, build_record, encode_record, load_record
 from .interp import fingerprint_key, probe
-from .locks import BuildLease
 from .manifest import Manifest, canonical_json
 from .paths import VolumePaths
 from .sealcheck import (
@@ -45,6 +42,9 @@ from .sealcheck import (
 )
 from .ui import reporter
 from .uvtool import index_args, last_error_line, run_uv
+
+if TYPE_CHECKING:  # filelock and psutil load only when a build really starts: a no-op sync
+    from .locks import BuildLease  # is one process start, and they are a tenth of it
 
 DEFAULT_MIN_FREE = 128 * 1024 * 1024
 BUILDING_NAME = "building.json"
@@ -153,6 +153,8 @@ def sync_snapshot(paths: VolumePaths, manifest: Manifest, opts: SyncOptions) -> 
         check_filesystem(paths)
     except OSError as exc:
         raise from_oserror(exc, f"cannot create the env directories of '{env}'") from exc
+    from .locks import BuildLease
+
     lease = BuildLease(paths, env, timeout=opts.lock_timeout, say=reporter.info)
     with lease:
         hit = None if opts.refresh else valid_index_hit(paths, manifest)
@@ -195,6 +197,8 @@ def _reuse(
     env = manifest.name
     previous = store.read_current(paths, env)
     if previous != sid and not opts.dry_run:
+        from .locks import BuildLease
+
         # switching current happens under the env's lease, so GC's root check stays consistent
         lease = (
             contextlib.nullcontext()
@@ -408,6 +412,8 @@ class _Build:
         need = DEFAULT_MIN_FREE if min_free is None else min_free
         if self.previous:
             need = max(need, unique_size(self.previous[0]))
+        import psutil
+
         free = psutil.disk_usage(str(self.paths.root)).free
         self.stats["free_bytes"] = free
         self.stats["needed_bytes"] = need
@@ -786,6 +792,8 @@ def _log_failure(paths: VolumePaths, b: _Build, exc: BaseException) -> None:
 
 def _with_space_figures(exc: VolenvError, paths: VolumePaths, need: int) -> DiskSpaceError:
     try:
+        import psutil
+
         free = psutil.disk_usage(str(paths.root)).free
     except OSError:
         free = -1
