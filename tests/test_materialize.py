@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import mounts
-from conftest import REPO, snapshot_of, volenv, write_manifest
+from conftest import REPO, Result, snapshot_of, volenv, write_manifest
 from volenv.integrity import verify_snapshot
 
 pytestmark = pytest.mark.mounts
@@ -64,6 +64,26 @@ def packed(tmp_path: Path, wheelhouse: Path) -> tuple[Path, Path]:
     return m, root
 
 
+def _run(
+    root: Path, mode: str, local: Path, m: Path, *command: str, env: dict[str, str] | None = None
+) -> Result:
+    """`volenv run --materialize MODE --materialize-dir LOCAL --manifest M -- COMMAND`."""
+    return volenv(
+        "--root",
+        root,
+        "run",
+        "--materialize",
+        mode,
+        "--materialize-dir",
+        local,
+        "--manifest",
+        m,
+        "--",
+        *command,
+        env=env,
+    )
+
+
 PROBE = "import beta.mod7, os, sys; print(sys.prefix); print(os.environ['VOLENV_SNAPSHOT'])"
 
 
@@ -73,21 +93,7 @@ def test_auto_materializes_on_a_slow_volume_and_not_on_a_fast_one(
     m, root = packed
     local = tmp_path / "local-disk"
     with slowfs(root.parent, tmp_path / "slow", meta_ms=2.0) as slow:
-        r = volenv(
-            "--root",
-            slow / "volenv",
-            "run",
-            "--materialize",
-            "auto",
-            "--materialize-dir",
-            local,
-            "--manifest",
-            m,
-            "--",
-            "python",
-            "-c",
-            PROBE,
-        )
+        r = _run(slow / "volenv", "auto", local, m, "python", "-c", PROBE)
         assert r.returncode == 0, r.stderr
         prefix, sid = r.stdout.split()
         assert prefix == str(local / sid)
@@ -96,38 +102,10 @@ def test_auto_materializes_on_a_slow_volume_and_not_on_a_fast_one(
         # the materialized tree is the snapshot, file for file
         assert verify_snapshot(local / sid, "full").ok
         # a second start reuses the complete copy
-        r = volenv(
-            "--root",
-            slow / "volenv",
-            "run",
-            "--materialize",
-            "auto",
-            "--materialize-dir",
-            local,
-            "--manifest",
-            m,
-            "--",
-            "python",
-            "-c",
-            PROBE,
-        )
+        r = _run(slow / "volenv", "auto", local, m, "python", "-c", PROBE)
         assert "reusing the complete local copy" in r.stderr
     fast_local = tmp_path / "fast-local"
-    r = volenv(
-        "--root",
-        root,
-        "run",
-        "--materialize",
-        "auto",
-        "--materialize-dir",
-        fast_local,
-        "--manifest",
-        m,
-        "--",
-        "python",
-        "-c",
-        PROBE,
-    )
+    r = _run(root, "auto", fast_local, m, "python", "-c", PROBE)
     assert r.returncode == 0
     assert r.stdout.split()[0].startswith(str(root))
     assert "in place" in r.stderr and not fast_local.joinpath(snapshot_of(root, "app")).exists()
@@ -137,40 +115,12 @@ def test_materialized_env_is_the_same_environment(tmp_path: Path, packed: tuple[
     m, root = packed
     code = "import json, os, sys; print(json.dumps({k: os.environ[k] for k in ('VOLENV_ROOT', 'HF_HOME', 'VOLENV_ENV', 'PYTHONDONTWRITEBYTECODE')}))"
     inplace = volenv("--root", root, "run", "--manifest", m, "--", "python", "-c", code)
-    mat = volenv(
-        "--root",
-        root,
-        "run",
-        "--materialize",
-        "always",
-        "--materialize-dir",
-        tmp_path / "l",
-        "--manifest",
-        m,
-        "--",
-        "python",
-        "-c",
-        code,
-    )
+    mat = _run(root, "always", tmp_path / "l", m, "python", "-c", code)
     assert json.loads(inplace.stdout) == json.loads(mat.stdout)
     # bytecode came along: nothing needs compiling (and nothing is written) on the local copy
     sid = snapshot_of(root, "app")
     before = sum(1 for _ in (tmp_path / "l" / sid).rglob("*.pyc"))
-    volenv(
-        "--root",
-        root,
-        "run",
-        "--materialize",
-        "always",
-        "--materialize-dir",
-        tmp_path / "l",
-        "--manifest",
-        m,
-        "--",
-        "python",
-        "-c",
-        "import beta.mod1, beta.mod2",
-    )
+    _run(root, "always", tmp_path / "l", m, "python", "-c", "import beta.mod1, beta.mod2")
     assert sum(1 for _ in (tmp_path / "l" / sid).rglob("*.pyc")) == before
 
 
@@ -184,36 +134,9 @@ def test_corrupted_pack_falls_back_or_fails_with_always(tmp_path: Path, packed: 
     data[len(data) // 3] ^= 0xFF
     blob.write_bytes(bytes(data))
     local = tmp_path / "l"
-    r = volenv(
-        "--root",
-        root,
-        "run",
-        "--materialize",
-        "always",
-        "--materialize-dir",
-        local,
-        "--manifest",
-        m,
-        "--",
-        "true",
-    )
+    r = _run(root, "always", local, m, "true")
     assert r.returncode == 4 and "damaged" in r.stderr
-    r = volenv(
-        "--root",
-        root,
-        "run",
-        "--materialize",
-        "auto",
-        "--materialize-dir",
-        local,
-        "--manifest",
-        m,
-        "--",
-        "python",
-        "-c",
-        PROBE,
-        env={"VOLENV_MATERIALIZE_THRESHOLD_MS": "0"},
-    )
+    r = _run(root, "auto", local, m, "python", "-c", PROBE, env={"VOLENV_MATERIALIZE_THRESHOLD_MS": "0"})
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[0].startswith(str(root)) and "warning" in r.stderr and "damaged" in r.stderr
     assert not (local / sid).exists() and not list(local.glob(f".{sid}.partial-*"))
@@ -222,21 +145,7 @@ def test_corrupted_pack_falls_back_or_fails_with_always(tmp_path: Path, packed: 
 def test_full_local_disk_falls_back_in_place(tmp_path: Path, packed: tuple[Path, Path]) -> None:
     m, root = packed
     with mounts.tmpfs(tmp_path / "tiny", "64k"):
-        r = volenv(
-            "--root",
-            root,
-            "run",
-            "--materialize",
-            "always",
-            "--materialize-dir",
-            tmp_path / "tiny",
-            "--manifest",
-            m,
-            "--",
-            "python",
-            "-c",
-            PROBE,
-        )
+        r = _run(root, "always", tmp_path / "tiny", m, "python", "-c", PROBE)
         assert r.returncode == 0, r.stderr
         assert r.stdout.split()[0].startswith(str(root))
         assert "running in place" in r.stderr
@@ -249,38 +158,11 @@ def test_sigkill_mid_extract_leaves_nothing_usable(tmp_path: Path, packed: tuple
     m, root = packed
     local = tmp_path / "l"
     sid = snapshot_of(root, "app")
-    r = volenv(
-        "--root",
-        root,
-        "run",
-        "--materialize",
-        "always",
-        "--materialize-dir",
-        local,
-        "--manifest",
-        m,
-        "--",
-        "true",
-        env={"VOLENV_FAULT": "materialize:kill"},
-    )
+    r = _run(root, "always", local, m, "true", env={"VOLENV_FAULT": "materialize:kill"})
     assert r.returncode == -signal.SIGKILL
     assert not (local / sid).exists()
     assert list(local.glob(f".{sid}.partial-*"))  # the partial copy is there, and is never used
-    r = volenv(
-        "--root",
-        root,
-        "run",
-        "--materialize",
-        "always",
-        "--materialize-dir",
-        local,
-        "--manifest",
-        m,
-        "--",
-        "python",
-        "-c",
-        PROBE,
-    )
+    r = _run(root, "always", local, m, "python", "-c", PROBE)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[0] == str(local / sid)
     assert not list(local.glob(f".{sid}.partial-*"))
