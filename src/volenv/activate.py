@@ -23,7 +23,7 @@ from .errors import (
     VolenvError,
     VolumeError,
 )
-from .leanjson import dumps_canonical, loads
+from .leanjson import dumps_canonical, loads, read_record_bytes
 from .sealcheck import SealProblem, check_seal, sha256_hex
 
 TYPE_CHECKING = False
@@ -50,15 +50,7 @@ class Target:
 def _read_json(path: str) -> dict[str, Any] | None:
     """None when absent or unparseable; an unreachable volume is an error, never 'absent'."""
     try:
-        try:
-            with open(path, "rb") as fh:
-                raw = fh.read()
-        except FileNotFoundError:
-            # a FUSE/network view can fail an open that raced a replace-rename of this very
-            # file (stale name -> node); a fresh lookup sees the new file, or really nothing
-            with open(path, "rb") as fh:
-                raw = fh.read()
-        data = loads(raw)
+        data = loads(read_record_bytes(path))
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:

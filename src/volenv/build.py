@@ -43,8 +43,8 @@ from .sealcheck import (
 from .ui import reporter
 from .uvtool import index_args, last_error_line, run_uv
 
-if TYPE_CHECKING:  # filelock and psutil load only when a build really starts: a no-op sync
-    from .locks import BuildLease  # is one process start, and they are a tenth of it
+if TYPE_CHECKING:  # filelock (and psutil, in _free_bytes) load only when a build really
+    from .locks import BuildLease  # starts: a no-op sync is one process start, they a tenth of it
 
 DEFAULT_MIN_FREE = 128 * 1024 * 1024
 BUILDING_NAME = "building.json"
@@ -412,9 +412,7 @@ class _Build:
         need = DEFAULT_MIN_FREE if min_free is None else min_free
         if self.previous:
             need = max(need, unique_size(self.previous[0]))
-        import psutil
-
-        free = psutil.disk_usage(str(self.paths.root)).free
+        free = _free_bytes(self.paths)
         self.stats["free_bytes"] = free
         self.stats["needed_bytes"] = need
         self.need = need
@@ -790,11 +788,16 @@ def _log_failure(paths: VolumePaths, b: _Build, exc: BaseException) -> None:
         pass
 
 
+def _free_bytes(paths: VolumePaths) -> int:
+    """Free bytes on the volume; psutil is imported here, so a no-op sync never loads it."""
+    import psutil
+
+    return int(psutil.disk_usage(str(paths.root)).free)
+
+
 def _with_space_figures(exc: VolenvError, paths: VolumePaths, need: int) -> DiskSpaceError:
     try:
-        import psutil
-
-        free = psutil.disk_usage(str(paths.root)).free
+        free = _free_bytes(paths)
     except OSError:
         free = -1
     return DiskSpaceError(

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import VolenvError, VolumeError
+from .leanjson import read_record_bytes
 
 CACHEDIR_TAG = (
     b"Signature: 8a477f597d28d172789f06886806bc55\n"
@@ -41,26 +42,39 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Readers see the old content or the new, never half: unique temp, fsync, rename."""
+def _write_temp(path: Path, data: bytes, *, durable: bool) -> Path:
+    """A complete sibling temp of `path` with a name no other writer picks; removed on failure."""
     tmp = path.with_name(f".{path.name}.tmp-{unique_suffix()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             view = memoryview(data)
             while view:
-                written = os.write(fd, view)
-                view = view[written:]
+                view = view[os.write(fd, view) :]
             if durable:
                 os.fsync(fd)
         finally:
             os.close(fd)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    return tmp
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Readers see the old content or the new, never half: unique temp, fsync, rename."""
+    tmp = _write_temp(path, data, durable=durable)
+    try:
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _unlink_quietly(tmp)
         raise
     if durable:
         fsync_dir(path.parent)
@@ -74,16 +88,8 @@ def create_once_bytes(path: Path, data: bytes) -> bool:
     creators never replace each other's file under a reader (on FUSE and network filesystems a
     replace can make a reader that just saw the file get ENOENT). False when it already existed.
     Without hard links (exFAT) it falls back to rename-if-absent, which is racy but equivalent."""
-    tmp = path.with_name(f".{path.name}.tmp-{unique_suffix()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    tmp = _write_temp(path, data, durable=True)
     try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -95,10 +101,7 @@ def create_once_bytes(path: Path, data: bytes) -> bool:
                 return False
             os.replace(tmp, path)
     finally:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _unlink_quietly(tmp)  # the link's second name, or what a failure left
     fsync_dir(path.parent)
     return True
 
@@ -114,10 +117,7 @@ def atomic_write_json(path: Path, obj: Any, *, durable: bool = True) -> None:
 def read_record(path: Path, kind: str, schema: int) -> dict[str, Any]:
     """Read a versioned on-volume JSON record strictly: damage is an error, never a default."""
     try:
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            raw = path.read_bytes()  # once more: an open that raced a replace on FUSE/NFS views
+        raw = read_record_bytes(path)
     except FileNotFoundError:
         raise
     except OSError as exc:

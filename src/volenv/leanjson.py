@@ -5,12 +5,14 @@ about 6 ms of a ~20 ms `volenv run` here. The C accelerator `_json` that `json` 
 importable on its own; these two functions drive it exactly as `json.loads` and
 `json.dumps(obj, sort_keys=True, separators=(",", ":"))` do, so the bytes and the objects are the
 same (tests compare them). Where `_json` is missing or its signature differs, `json` is used.
+It also holds the one way records are read off the volume (`read_record_bytes`).
 """
 
 from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # `typing` costs more at runtime than everything this module saves
+    from os import PathLike
     from typing import Any
 
 _WS = " \t\n\r"  # JSON's whitespace, exactly what json.decoder skips
@@ -34,19 +36,25 @@ def _no_default(obj: object) -> Any:
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
+def _canonical_encoder() -> Any:
+    """A fresh C encoder (so a fresh circular-reference memo, as json makes per call)."""
+    import _json
+
+    escape = _json.encode_basestring_ascii
+    # markers, default, encoder, indent, key sep, item sep, sort_keys, skipkeys, allow_nan
+    return _json.make_encoder({}, _no_default, escape, None, ":", ",", True, False, True)
+
+
 _scan: Any = None
-_make_encoder: Any = None
-_escape: Any = None
+_have_encoder = False
 try:
     import _json
 
     _scan = _json.make_scanner(_DecodeContext())  # type: ignore[arg-type]  # duck-typed context
-    _make_encoder = _json.make_encoder
-    _escape = _json.encode_basestring_ascii
-    # markers, default, encoder, indent, key sep, item sep, sort_keys, skipkeys, allow_nan
-    _make_encoder({}, _no_default, _escape, None, ":", ",", True, False, True)
+    _canonical_encoder()  # the signature this interpreter's _json takes
+    _have_encoder = True
 except Exception:  # pragma: no cover - another interpreter: the plain module
-    _scan = _make_encoder = None
+    pass
 
 
 def loads(data: bytes | str) -> Any:
@@ -68,10 +76,20 @@ def loads(data: bytes | str) -> Any:
 
 def dumps_canonical(obj: Any) -> str:
     """json.dumps(obj, sort_keys=True, separators=(",", ":")): the digest form of a record."""
-    if _make_encoder is None or isinstance(obj, str):  # pragma: no cover
+    if not _have_encoder or isinstance(obj, str):  # pragma: no cover
         import json
 
         return json.dumps(obj, sort_keys=True, separators=(",", ":"))
-    # a fresh circular-reference memo per call, as json does
-    encode = _make_encoder({}, _no_default, _escape, None, ":", ",", True, False, True)
-    return "".join(encode(obj, 0))
+    return "".join(_canonical_encoder()(obj, 0))
+
+
+def read_record_bytes(path: str | PathLike[str]) -> bytes:
+    """A record's bytes. FileNotFoundError is retried once with a fresh lookup: on FUSE and
+    network views an open can race a replace-rename of that very file (the name's node is gone
+    for a moment); the retry sees the new file, or that there really is none."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        with open(path, "rb") as fh:
+            return fh.read()
