@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from . import __version__, faults, store
 from .errors import BuildError, DiskSpaceError, VolenvError, VolumeError, from_oserror
 from .fsutil import atomic_write_bytes, atomic_write_json, fsync_dir, remove_tree, unique_suffix
-from .integrity import Entry, build_record, encode_record, load_record
+from .integrity import Entry, WheelMismatch, build_record, check_shipped_bytecode, encode_record, load_record
 from .interp import fingerprint_key, probe
 from .manifest import Manifest, canonical_json
 from .paths import VolumePaths
@@ -371,6 +371,7 @@ class _Build:
         self.link_mode = "hardlink"
         self.need = DEFAULT_MIN_FREE
         self.previous = self._previous_snapshots()
+        self.shipped_bytecode_damage: list[WheelMismatch] = []
 
     def _previous_snapshots(self) -> list[Path]:
         """Current first, then the newest others: sources of reusable hashes and bytecode."""
@@ -541,6 +542,7 @@ class _Build:
         """Bytecode at build time; .pyc of sources unchanged since a previous snapshot (same
         inode, so same bytes and mtime) are hard-linked instead of recompiled."""
         faults.point("compile")
+        self.shipped_bytecode_damage = check_shipped_bytecode(self.staging)
         self.stats["bytecode_reused"] = link_previous_bytecode(self.staging, self.previous)
         self._compile_bytecode()
 
@@ -606,6 +608,7 @@ class _Build:
                 continue
         with reporter.step("hashing files"):
             entries, stats, mismatches = build_record(self.staging, previous_records)
+        mismatches = self.shipped_bytecode_damage + mismatches
         if mismatches:
             entries, stats = self._refresh_damaged(mismatches)
         self.stats.update(files=stats.files, hashed=stats.hashed, hash_reused=stats.reused)
@@ -629,8 +632,10 @@ class _Build:
         for d in dists:
             args += ["--reinstall-package", d, "--refresh-package", d]
         self.uv(args, "record")
+        shipped = check_shipped_bytecode(self.staging)
         self._compile_bytecode()
         entries, stats, again = build_record(self.staging, [])
+        again = shipped + again
         if again:
             raise BuildError(
                 f"files still differ from their wheels after a refresh: {[m.path for m in again[:5]]}",

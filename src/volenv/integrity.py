@@ -200,17 +200,48 @@ def _site_packages(root: Path) -> list[str]:
 
 
 def check_wheel_records(root: Path, entries: dict[str, Entry]) -> list[WheelMismatch]:
-    """Compare recorded sha256 digests with each installed distribution's RECORD."""
+    """Compare recorded sha256 digests with each installed distribution's RECORD.
+
+    Bytecode a wheel ships is left out: the compile step may have replaced it with volenv's
+    own (see `check_shipped_bytecode`, which checks it before that step)."""
     found: list[WheelMismatch] = []
-    for sp in _site_packages(root):
-        for rec_path, dist in _dist_records(root, sp):
-            for rel, expected in dist:
-                e = entries.get(os.path.normpath(f"{sp}/{rel}"))
-                if e is None or e.type != "f":
-                    continue
-                if e.digest != expected:
-                    found.append(WheelMismatch(e.path, rec_path.split("/")[-2].removesuffix(".dist-info")))
+    for dist, rel, expected in _wheel_rows(root):
+        if _is_bytecode(rel):
+            continue
+        e = entries.get(rel)
+        if e is not None and e.type == "f" and e.digest != expected:
+            found.append(WheelMismatch(e.path, dist))
     return found
+
+
+def check_shipped_bytecode(root: Path) -> list[WheelMismatch]:
+    """Bytecode files as the wheels shipped them, checked against their RECORDs before volenv
+    compiles: what a wheel ships is inherited (and can be damaged in the shared cache), what
+    the compile step writes afterwards is volenv's own and is only recorded."""
+    found: list[WheelMismatch] = []
+    for dist, rel, expected in _wheel_rows(root):
+        if not _is_bytecode(rel):
+            continue
+        path = os.path.join(root, rel)
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            digest = hash_file(path)
+        except FileNotFoundError:
+            continue
+        if digest != expected:
+            found.append(WheelMismatch(rel, dist))
+    return found
+
+
+def _wheel_rows(root: Path) -> Iterator[tuple[str, str, str]]:
+    """(distribution, path relative to root, sha256 hex) of every hashed RECORD row."""
+    for sp in _site_packages(root):
+        for rec_path, rows in _dist_records(root, sp):
+            dist = rec_path.split("/")[-2].removesuffix(".dist-info")
+            for rel, expected in rows:
+                yield dist, os.path.normpath(f"{sp}/{rel}"), expected
 
 
 def _dist_records(root: Path, sp: str) -> Iterator[tuple[str, list[tuple[str, str]]]]:
