@@ -49,13 +49,12 @@ def timed(cmd: list[str], **kw: object) -> float:
     return time.perf_counter() - t0
 
 
-def manifest(path: Path, name: str, reqs: list[str], wheels: Path) -> Path:
+def manifest(path: Path, name: str, reqs: list[str], wheels: Path | None) -> Path:
+    """A manifest for `reqs` from a folder of wheels, or from the default index (None)."""
     import json
 
-    path.write_text(
-        f'name = "{name}"\npython = "3.11"\nrequirements = {json.dumps(reqs)}\n'
-        f'[index]\nno-index = true\nfind-links = ["{wheels}"]\n'
-    )
+    index = f'[index]\nno-index = true\nfind-links = ["{wheels}"]\n' if wheels else ""
+    path.write_text(f'name = "{name}"\npython = "3.11"\nrequirements = {json.dumps(reqs)}\n{index}')
     return path
 
 
