@@ -229,7 +229,7 @@ def _pypi_reachable() -> bool:
 
 
 @pytest.fixture(scope="module")
-def corpus_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def corpus_root(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[Path]:
     if not _pypi_reachable():
         pytest.skip("PyPI unreachable: the corpus installs real packages")
     kept = os.environ.get("VOLENV_CORPUS_ROOT")
@@ -245,7 +245,11 @@ def corpus_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                     child.unlink()
     t0 = time.perf_counter()
     yield root
-    print(f"\ncorpus: {len(STACKS)} stacks in {time.perf_counter() - t0:.1f} s wall (root {root})")
+    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+    line = f"corpus: {len(STACKS)} stacks in {time.perf_counter() - t0:.1f} s wall (root {root})"
+    if reporter is not None:
+        reporter.write_line("")
+        reporter.write_line(line)
 
 
 @pytest.mark.parametrize("name", sorted(STACKS))
