@@ -94,3 +94,20 @@ def test_shipped_bytecode_that_contradicts_its_record_fails_the_build(tmp_path: 
     assert r.returncode == 7, r.stderr
     assert "still differ from their wheels" in r.stderr and PYC in r.stderr
     assert not (root / "envs/bc/snapshots").exists() or not any((root / "envs/bc/snapshots").iterdir())
+
+
+def test_bytecode_does_not_depend_on_where_the_build_staged(tmp_path: Path, root: Path) -> None:
+    """Two envs built from one cached distribution get byte-identical .pyc files (their packs
+    dedupe), and the path compiled into them names no staging directory."""
+    import marshal
+
+    wheels = tmp_path / "wheels"
+    _wheel(wheels)
+    for env in ("one", "two"):
+        m = write_manifest(tmp_path, env, ["shipsbc==1.0"], find_links=wheels)
+        assert volenv("--root", root, "sync", m).returncode == 0
+    rel = f"{SP}/shipsbc/__pycache__/__init__.cpython-311.pyc"
+    one, two = (next((root / f"envs/{e}/snapshots").iterdir()) / rel for e in ("one", "two"))
+    assert one.read_bytes() == two.read_bytes()
+    code = marshal.loads(one.read_bytes()[16:])
+    assert code.co_filename == f"{SP}/shipsbc/__init__.py"
