@@ -308,7 +308,8 @@ def _looks_like_requirements(raw: bytes) -> bool:
         text = line.strip()
         if not text or text.startswith("#"):
             continue
-        return bool(re.match(r"^(-[a-z-]|[A-Za-z0-9][A-Za-z0-9._-]*\s*(\[|[=<>!~;@]|$))", text))
+        # a TOML `key = value` line never matches: a requirement has `==`, not a lone `=`
+        return bool(re.match(r"^(-[a-z-]|[A-Za-z0-9][A-Za-z0-9._-]*\s*(\[|==|[<>!~]=?|;|@|$))", text))
     return False
 
 
