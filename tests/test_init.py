@@ -82,6 +82,24 @@ def test_requirements_file_with_include_marker_comment_find_links(
     assert r.returncode == 0, r.stderr
 
 
+def test_requirements_file_index_options_reach_the_install(
+    tmp_path: Path, root: Path, package_index: Index
+) -> None:
+    """--index-url / --extra-index-url inside the file: resolution and install both use them."""
+    empty = tmp_path / "empty-index"
+    empty.mkdir()
+    reqs = tmp_path / "requirements.txt"
+    reqs.write_text(f"--index-url {empty.as_uri()}\n--extra-index-url {package_index.url}\nbeta==1.0\n")
+    manifest = tmp_path / "m.toml"
+    manifest.write_text('name = "idx"\nrequirements-file = "requirements.txt"\n')
+    r = volenv("--root", root, "sync", manifest)
+    assert r.returncode == 0, r.stderr
+    # the install step (a pinned lock file) found beta through the extra index too, not PyPI
+    assert package_index.wheel_downloads()["/files/beta-1.0-py3-none-any.whl"] >= 1
+    r = volenv("--root", root, "run", "--manifest", manifest, "--", "python", "-c", "import beta, alpha")
+    assert r.returncode == 0, r.stderr
+
+
 @pytest.mark.parametrize(
     ("text", "files", "wants"),
     [
@@ -255,3 +273,29 @@ def test_guessed_import_names() -> None:
     assert guess_import("beautifulsoup4") == "bs4"
     assert guess_import("python-dateutil") == "dateutil"
     assert guess_import("Typing.Extensions") == "typing_extensions"
+
+
+def test_requirements_file_closure_is_the_digest(tmp_path: Path) -> None:
+    """Every spelling of an include is followed (relative to the including file); a change to
+    any file of the closure changes the digest, and manifests without the key keep theirs."""
+    from volenv.manifest import load_manifest
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "r.txt").write_text(
+        "-r a.txt\n--requirement=sub/b.txt\n-cc.txt  # constraints\n--constraint \\\n  d.txt\n# -r not.txt\n"
+    )
+    for name in ("a.txt", "c.txt", "d.txt"):
+        (tmp_path / name).write_text("alpha\n")
+    (tmp_path / "sub" / "b.txt").write_text("-r ../e.txt\n")
+    (tmp_path / "e.txt").write_text("beta\n")
+    manifest = tmp_path / "m.toml"
+    manifest.write_text('name = "x"\nrequirements-file = "r.txt"\n')
+    m = load_manifest(manifest)
+    names = sorted(str(p.relative_to(tmp_path)) for p, _ in m.requirements_file_inputs)
+    assert names == ["a.txt", "c.txt", "d.txt", "e.txt", "r.txt", "sub/b.txt"]
+    before = m.digest
+    (tmp_path / "e.txt").write_text("beta==1.0\n")
+    assert load_manifest(manifest).digest != before
+    plain = tmp_path / "plain.toml"
+    plain.write_text('name = "x"\nrequirements = ["alpha"]\n')
+    assert "requirements_file" not in load_manifest(plain).build_inputs()

@@ -482,7 +482,10 @@ class _Staged:
     def __init__(self, out: Path, lock: Path | None) -> None:
         self.out = out
         self.lock = lock
-        self.dir = Path(tempfile.mkdtemp(prefix=".volenv-init-", dir=out.parent))
+        try:
+            self.dir = Path(tempfile.mkdtemp(prefix=".volenv-init-", dir=out.parent))
+        except OSError as exc:
+            raise UsageError(f"cannot write in {out.parent}: {exc.strerror}") from None
         self.lock_path = self.dir / "pylock.toml"
         self.manifest_path: Path | None = None
 
