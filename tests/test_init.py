@@ -230,6 +230,7 @@ def test_init_from_uv_project_and_its_lock(tmp_path: Path, root: Path, package_i
     _uv("init", "--no-workspace", "--vcs", "none", "--python", "3.11", "proj", cwd=tmp_path, env=env)
     proj = tmp_path / "proj"
     _uv("add", "--default-index", package_index.url, "beta==1.0", cwd=proj, env=env)
+    _uv("add", "--optional", "extra", "gamma==1.0", cwd=proj, env=env)
     assert (proj / "uv.lock").is_file()
 
     r = volenv("--root", root, "init", proj / "pyproject.toml", env=env)
@@ -239,7 +240,12 @@ def test_init_from_uv_project_and_its_lock(tmp_path: Path, root: Path, package_i
     assert data["requirements"] == ["beta==1.0"]
     assert data["index"]["url"] == package_index.url
     assert data["activate"]["smoke-imports"] == ["beta"]
+    assert data["optional"]["extra"]["requirements"] == ["gamma==1.0"]
     r = volenv("--root", root, "sync", proj / "volenv.toml")
+    assert r.returncode == 0, r.stderr
+    r = volenv(
+        "--root", root, "run", "--manifest", proj / "volenv.toml", "--", "python", "-c", "import gamma"
+    )
     assert r.returncode == 0, r.stderr
     r = volenv(
         "--root", root, "run", "--manifest", proj / "volenv.toml", "--", "python", "-c", "import beta, alpha"

@@ -215,7 +215,7 @@ def _read_pyproject(source: Path, data: dict[str, Any], opts: InitOptions, cli_i
     tool_uv = (data.get("tool") or {}).get("uv") or {}
     if tool_uv.get("sources"):
         reporter.warn(f"{source.name}: [tool.uv.sources] is not carried over (volenv resolves from indexes)")
-    index = cli_index if not cli_index.empty() else _uv_indexes(tool_uv)
+    index = cli_index if not cli_index.empty() else _uv_indexes(tool_uv, source.parent)
     if index.empty() and (source.parent / "uv.lock").is_file():
         index = _lock_registries(source.parent / "uv.lock")
     requires = project.get("requires-python")
@@ -241,8 +241,6 @@ def _read_uv_lock(source: Path, opts: InitOptions, cli_index: _Index) -> _Projec
     if not pyproject.is_file():
         raise UsageError(f"{source}: no pyproject.toml beside it (uv export needs the project)")
     base = _read_pyproject(pyproject, _toml(pyproject), opts, cli_index)
-    if cli_index.empty() and base.index.empty():
-        base = _replace_index(base, _lock_registries(source))
     proc = _uv(
         [
             "export",
@@ -274,15 +272,9 @@ def _read_uv_lock(source: Path, opts: InitOptions, cli_index: _Index) -> _Projec
     )
 
 
-def _replace_index(p: _Project, index: _Index) -> _Project:
-    from dataclasses import replace
-
-    return replace(p, index=index)
-
-
-def _uv_indexes(tool_uv: dict[str, Any]) -> _Index:
+def _uv_indexes(tool_uv: dict[str, Any], folder: Path) -> _Index:
     """[[tool.uv.index]] (the default one is the index URL, the others extra URLs), plus
-    tool.uv.find-links / no-index."""
+    tool.uv.find-links (relative to the project) / no-index."""
     url = None
     extra: list[str] = []
     for entry in tool_uv.get("index") or []:
@@ -294,7 +286,11 @@ def _uv_indexes(tool_uv: dict[str, Any]) -> _Index:
     if isinstance(tool_uv.get("index-url"), str):
         url = url or tool_uv["index-url"]
     extra += [u for u in tool_uv.get("extra-index-url") or [] if isinstance(u, str)]
-    links = tuple(f for f in tool_uv.get("find-links") or [] if isinstance(f, str))
+    links = tuple(
+        f if "://" in f else str((folder / f).resolve())
+        for f in tool_uv.get("find-links") or []
+        if isinstance(f, str)
+    )
     return _Index(url, tuple(extra), links, bool(tool_uv.get("no-index", False)))
 
 
@@ -318,17 +314,9 @@ def _lock_registries(lock: Path) -> _Index:
             path = str((lock.parent / reg).resolve())
             if path not in links:
                 links.append(path)
-    pypi = {"https://pypi.org/simple", "https://pypi.org/simple/"}
-    if urls == [] and not links:
-        return _Index()
-    if set(urls) <= pypi and not links:
-        return _Index()
-    return _Index(
-        urls[0] if urls else None,
-        tuple(urls[1:]),
-        tuple(links),
-        no_index=not urls,
-    )
+    if not links and set(urls) <= {"https://pypi.org/simple", "https://pypi.org/simple/"}:
+        return _Index()  # PyPI alone (or nothing): the manifest's default
+    return _Index(urls[0] if urls else None, tuple(urls[1:]), tuple(links), no_index=not urls)
 
 
 def _string_list(value: Any, source: Path, key: str) -> tuple[str, ...]:
