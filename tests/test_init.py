@@ -265,6 +265,19 @@ def test_init_from_uv_project_and_its_lock(tmp_path: Path, root: Path, package_i
     )
     assert r.returncode == 0, r.stderr
 
+    # a pyproject with --lock: uv pip compile --format pylock.toml of its dependencies
+    r = volenv(
+        "--root", root, "init", proj / "pyproject.toml", "--lock", "--force", "-o", proj / "pp.toml", env=env
+    )
+    assert r.returncode == 0, r.stderr
+    assert tomllib.loads((proj / "pp.toml").read_text())["lockfile"] == "pylock.toml"
+    r = volenv("--root", root, "sync", proj / "pp.toml")
+    assert r.returncode == 0, r.stderr
+    r = volenv(
+        "--root", root, "run", "--manifest", proj / "pp.toml", "--", "python", "-c", "import beta, gamma"
+    )
+    assert r.returncode == 0, r.stderr
+
     r = volenv("--root", root, "init", proj / "uv.lock", "-o", proj / "pins.toml", env=env)
     assert r.returncode == 0, r.stderr
     data = tomllib.loads((proj / "pins.toml").read_text())
