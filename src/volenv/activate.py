@@ -83,6 +83,9 @@ def write_alias(paths: Any, manifest: Any) -> None:
         lock = None
         if manifest.lockfile is not None:
             lock = [os.path.relpath(manifest.lockfile, manifest.path.parent), manifest.lockfile_sha256]
+        inputs = [
+            [os.path.relpath(f, manifest.path.parent), sha] for f, sha in manifest.requirements_file_inputs
+        ]
         dest = alias_path(str(paths.root), raw)
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         atomic_write_json(
@@ -92,6 +95,7 @@ def write_alias(paths: Any, manifest: Any) -> None:
                 "env": manifest.name,
                 "manifest_digest": manifest.digest,
                 "lockfile": lock,
+                "inputs": inputs,
                 "activation": activation_settings(manifest),
             },
             durable=False,
@@ -117,15 +121,20 @@ def target_from_manifest(root: str, manifest_path: str) -> Target:
 
 
 def _lock_matches(alias: dict[str, Any], manifest_path: str) -> bool:
+    """The files besides the manifest that its digest covers (lockfile, requirements files)
+    still have the bytes the alias saw."""
     lock = alias.get("lockfile")
-    if lock is None:
-        return True
-    path = os.path.join(os.path.dirname(os.path.abspath(manifest_path)), lock[0])
-    try:
-        with open(path, "rb") as fh:
-            return bool(sha256_hex(fh.read()) == lock[1])
-    except OSError:
-        return False
+    files = [lock] if lock is not None else []
+    files += alias.get("inputs") or []
+    for rel, sha in files:
+        path = os.path.join(os.path.dirname(os.path.abspath(manifest_path)), rel)
+        try:
+            with open(path, "rb") as fh:
+                if sha256_hex(fh.read()) != sha:
+                    return False
+        except OSError:
+            return False
+    return True
 
 
 def _pointer(path: str) -> str | None:

@@ -79,6 +79,8 @@ class Resolution:
     groups: dict[str, tuple[str, ...]]
     unresolvable: dict[str, str]
     snapshot_id: str
+    # index options a requirements-file carries (--find-links made absolute), for every uv call
+    index_lines: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -272,7 +274,12 @@ def resolve(paths: VolumePaths, manifest: Manifest, tmp: Path, opts: SyncOptions
         if manifest.lockfile is not None:
             base = tuple(_lockfile_pins(manifest.lockfile))
         else:
-            base = _compile(paths, manifest, list(manifest.requirements), tmp / "base", None, python, opts)
+            base = _compile(
+                paths, manifest, list(manifest.requirements), tmp / "base", None, python, opts, base=True
+            )
+        index_lines: tuple[str, ...] = ()
+        if manifest.requirements_file is not None:
+            index_lines = _requirements_file_index(manifest, tmp / "base.txt")
         constraints = tmp / "base.constraints.txt"
         constraints.write_text("\n".join(base) + "\n")
         groups: dict[str, tuple[str, ...]] = {}
@@ -280,7 +287,13 @@ def resolve(paths: VolumePaths, manifest: Manifest, tmp: Path, opts: SyncOptions
         for g in manifest.optional:
             try:
                 groups[g.name] = _compile(
-                    paths, manifest, list(g.requirements), tmp / f"group-{g.name}", constraints, python, opts
+                    paths,
+                    manifest,
+                    [*index_lines, *g.requirements],
+                    tmp / f"group-{g.name}",
+                    constraints,
+                    python,
+                    opts,
                 )
             except BuildError as exc:
                 if g.required:
@@ -297,7 +310,7 @@ def resolve(paths: VolumePaths, manifest: Manifest, tmp: Path, opts: SyncOptions
         "fingerprint": fingerprint_key(fp),
     }
     sid = f"{manifest.name}-{hashlib.sha256(canonical_json(key)).hexdigest()[:12]}"
-    return Resolution(python, fp, base, groups, unresolvable, sid)
+    return Resolution(python, fp, base, groups, unresolvable, sid, index_lines)
 
 
 def _compile(
@@ -308,14 +321,20 @@ def _compile(
     constraints: Path | None,
     python: str,
     opts: SyncOptions,
+    *,
+    base: bool = False,
 ) -> tuple[str, ...]:
     src = stem.with_suffix(".in")
     out = stem.with_suffix(".txt")
     src.write_text("\n".join(requirements) + "\n")
+    sources = [str(src)]
+    if base and manifest.requirements_file is not None:
+        # uv parses it (-r, -c, markers, index options) and emits the index options it used
+        sources += [str(manifest.requirements_file), "--emit-index-url", "--emit-find-links"]
     args = [
         "pip",
         "compile",
-        str(src),
+        *sources,
         "-o",
         str(out),
         "--python",
@@ -335,6 +354,27 @@ def _compile(
         raise BuildError(f"resolution failed: {last_error_line(proc)}", step="resolve")
     lines = [ln.strip() for ln in out.read_text().splitlines()]
     return tuple(sorted(ln for ln in lines if ln and not ln.startswith(("#", "-"))))
+
+
+def _requirements_file_index(manifest: Manifest, compiled: Path) -> tuple[str, ...]:
+    """The index options (--index-url, --extra-index-url, --find-links) in effect for the
+    requirements file and its includes, as uv emitted them into the compiled base, for the
+    install steps (which read pinned lock files, not the user's file). No index URL emitted
+    means no index. uv emits a find-links path as written: a relative one is made absolute
+    against the first file of the closure where it exists."""
+    assert manifest.requirements_file is not None
+    dirs = [f.parent for f, _sha in manifest.requirements_file_inputs]
+    lines: list[str] = []
+    for line in compiled.read_text().splitlines():
+        opt, _, value = line.strip().partition(" ")
+        if opt == "--find-links" and "://" not in value and not Path(value).is_absolute():
+            found = [d / value for d in dirs if (d / value).exists()]
+            value = str((found[0] if found else manifest.requirements_file.parent / value).resolve())
+        if opt in ("--index-url", "--extra-index-url", "--find-links"):
+            lines.append(f"{opt} {value}")
+    if not any(ln.startswith("--index-url ") for ln in lines):
+        lines.insert(0, "--no-index")
+    return tuple(dict.fromkeys(lines))
 
 
 def _lockfile_pins(lockfile: Path) -> list[str]:
@@ -468,7 +508,7 @@ class _Build:
 
     def _write_lock(self, name: str, lines: tuple[str, ...]) -> str:
         path = self.tmp / f"{name}.lock.txt"
-        path.write_text("\n".join(lines) + "\n")
+        path.write_text("\n".join([*self.res.index_lines, *lines]) + "\n")
         return str(path)
 
     def install_groups(self) -> None:

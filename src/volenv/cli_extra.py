@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -324,3 +325,52 @@ def pack_cmd(
         "uncompressed": sum(p.tar_size for p in manifest.packs),
     }
     emit_json("pack", summary) if g.json else render_switch_generic(summary)
+
+
+@app.command("init")
+def init_cmd(
+    ctx: typer.Context,
+    source: Annotated[
+        Path, typer.Argument(help="A requirements.txt, a pyproject.toml, a uv.lock, or a folder with one.")
+    ],
+    name: Annotated[str | None, typer.Option("--name", help="Env name (default: the project's).")] = None,
+    python: Annotated[str | None, typer.Option("--python", help="Python request (e.g. 3.11).")] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Manifest to write (default: volenv.toml beside SOURCE)."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing manifest/lockfile.")] = False,
+    lock: Annotated[
+        bool, typer.Option("--lock", help="Also write a pylock.toml with uv; the manifest uses it.")
+    ] = False,
+    index_url: Annotated[
+        str | None, typer.Option("--index-url", help="Package index for the manifest.")
+    ] = None,
+    extra_index_url: Annotated[
+        list[str] | None, typer.Option("--extra-index-url", help="More package indexes (repeatable).")
+    ] = None,
+    find_links: Annotated[
+        list[str] | None, typer.Option("--find-links", help="Wheel folders or pages (repeatable).")
+    ] = None,
+    no_index: Annotated[bool, typer.Option("--no-index", help="Only --find-links, no index.")] = False,
+) -> None:
+    """Write a manifest from what you have: a requirements.txt, a pyproject.toml project or a uv.lock."""
+    from .commands.init import InitOptions, init
+    from .render import emit_json, render_init
+
+    g = _globals(ctx)
+    result = init(
+        InitOptions(
+            source=source,
+            name=name,
+            python=python,
+            output=output,
+            force=force,
+            lock=lock,
+            index_url=index_url,
+            extra_index_urls=tuple(extra_index_url or ()),
+            find_links=tuple(find_links or ()),
+            no_index=no_index,
+        )
+    )
+    emit_json("init", result) if g.json else render_init(result, g.quiet)

@@ -67,6 +67,9 @@ class Manifest:
     requirements: tuple[str, ...]
     lockfile: Path | None = None
     lockfile_sha256: str | None = None
+    requirements_file: Path | None = None
+    # every file of the requirements file's -r/-c closure, with its sha256: build inputs
+    requirements_file_inputs: tuple[tuple[Path, str], ...] = ()
     index: IndexSettings = field(default_factory=IndexSettings)
     optional: tuple[OptionalGroup, ...] = ()
     post_install: tuple[tuple[str, ...] | str, ...] = ()
@@ -94,6 +97,22 @@ class Manifest:
             },
             "post_install": [list(c) if isinstance(c, tuple) else c for c in self.post_install],
             "smoke_imports": list(self.smoke_imports),
+            **self._requirements_file_input(),
+        }
+
+    def _requirements_file_input(self) -> dict[str, Any]:
+        """The requirements file's closure by path (relative to the manifest) and content
+        digest; absent for manifests without one, so their digests stay what they were."""
+        if self.requirements_file is None:
+            return {}
+        import os
+
+        base = self.path.parent
+        return {
+            "requirements_file": {
+                "path": os.path.relpath(self.requirements_file, base),
+                "files": {os.path.relpath(f, base): sha for f, sha in self.requirements_file_inputs},
+            }
         }
 
     def normalized(self) -> dict[str, Any]:
@@ -215,7 +234,18 @@ def _type(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
-TOP_KEYS = {"name", "python", "requirements", "lockfile", "index", "optional", "build", "activate", "models"}
+TOP_KEYS = {
+    "name",
+    "python",
+    "requirements",
+    "requirements-file",
+    "lockfile",
+    "index",
+    "optional",
+    "build",
+    "activate",
+    "models",
+}
 
 
 def load_manifest(path: str | Path) -> Manifest:
@@ -230,13 +260,57 @@ def load_manifest(path: str | Path) -> Manifest:
         raise c.fail("(file)", "is a directory, expected a TOML manifest") from None
     except OSError as exc:
         raise c.fail("(file)", f"cannot read: {exc.strerror}") from None
+    if p.suffix in (".txt", ".in"):
+        _refuse_foreign(c, p, "requirements")
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise c.fail("(file)", "not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
+        if _looks_like_requirements(raw):
+            _refuse_foreign(c, p, "requirements")
         raise c.fail("(toml)", f"invalid TOML: {exc}") from None
+    kind = _foreign_kind(p, data)
+    if kind is not None:
+        _refuse_foreign(c, p, kind)
     return _parse(p.absolute(), data, c)
+
+
+def _foreign_kind(p: Path, data: dict[str, Any]) -> str | None:
+    """A TOML file that is some other tool's (a pyproject, a uv.lock, a pylock), not a manifest."""
+    ours = "name" in data
+    if p.name == "uv.lock" or ({"version", "package"} <= data.keys() and not ours):
+        return "uv.lock"
+    if "lock-version" in data and not ours:
+        return "pylock"
+    if "build-system" in data or isinstance(data.get("project"), dict) or ("tool" in data and not ours):
+        return "pyproject"
+    return None
+
+
+def _refuse_foreign(c: _Checker, p: Path, kind: str) -> None:
+    what = {
+        "requirements": "a requirements file",
+        "pyproject": "a pyproject.toml",
+        "uv.lock": "a uv.lock",
+        "pylock": "a pylock.toml lockfile",
+    }[kind]
+    if kind == "pylock":
+        hint = f'use it from a manifest: lockfile = "{p.name}"'
+    else:
+        hint = f"write a manifest from it: volenv init {p}"
+    raise c.fail("(file)", f"this is {what}, not a volenv manifest", hint=hint)
+
+
+def _looks_like_requirements(raw: bytes) -> bool:
+    """Its first meaningful line is a pip option or a requirement (a cheap sniff, not a parser)."""
+    for line in raw.decode("utf-8", "replace").splitlines():
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        # a TOML `key = value` line never matches: a requirement has `==`, not a lone `=`
+        return bool(re.match(r"^(-[a-z-]|[A-Za-z0-9][A-Za-z0-9._-]*\s*(\[|==|[<>!~]=?|;|@|$))", text))
+    return False
 
 
 def _parse(p: Path, data: dict[str, Any], c: _Checker) -> Manifest:
@@ -246,9 +320,10 @@ def _parse(p: Path, data: dict[str, Any], c: _Checker) -> Manifest:
     name = c.slug(data["name"], "name")
     python = c.string(data.get("python", "3.11"), "python")
     _check_python(c, python)
-    if "requirements" not in data and "lockfile" not in data:
-        raise c.fail("requirements", "missing (give requirements or a lockfile)")
+    if "requirements" not in data and "lockfile" not in data and "requirements-file" not in data:
+        raise c.fail("requirements", "missing (give requirements, a requirements-file or a lockfile)")
     requirements = c.requirements(data.get("requirements", []), "requirements")
+    req_file, req_inputs = _parse_requirements_file(c, p, data)
 
     lockfile: Path | None = None
     lock_sha: str | None = None
@@ -279,6 +354,8 @@ def _parse(p: Path, data: dict[str, Any], c: _Checker) -> Manifest:
         requirements=requirements,
         lockfile=lockfile,
         lockfile_sha256=lock_sha,
+        requirements_file=req_file,
+        requirements_file_inputs=req_inputs,
         index=index,
         optional=optional,
         post_install=post_install,
@@ -286,6 +363,61 @@ def _parse(p: Path, data: dict[str, Any], c: _Checker) -> Manifest:
         smoke_imports=smoke,
         models=models,
     )
+
+
+def _parse_requirements_file(
+    c: _Checker, p: Path, data: dict[str, Any]
+) -> tuple[Path | None, tuple[tuple[Path, str], ...]]:
+    """A pip requirements file (uv parses it at resolve time); here only its -r/-c closure is
+    read, so that editing any file of it changes the digest."""
+    if "requirements-file" not in data:
+        return None, ()
+    key = "requirements-file"
+    if "lockfile" in data:
+        raise c.fail(
+            key,
+            "cannot be combined with `lockfile` (a lockfile is the whole package set)",
+            hint="drop one of `requirements-file` and `lockfile`",
+        )
+    rel = c.string(data[key], key)
+    if not rel.strip():
+        raise c.fail(key, "empty")
+    top = (p.parent / rel).resolve()
+    inputs: dict[Path, str] = {}
+    pending = [(top, rel)]
+    while pending:
+        path, shown = pending.pop()
+        if path in inputs:
+            continue
+        try:
+            content = path.read_bytes()
+        except FileNotFoundError:
+            raise c.fail(key, f"{shown!r}: no such file ({path})") from None
+        except IsADirectoryError:
+            raise c.fail(key, f"{shown!r}: is a directory, expected a requirements file") from None
+        except OSError as exc:
+            raise c.fail(key, f"{shown!r}: cannot read ({exc.strerror})") from None
+        inputs[path] = hashlib.sha256(content).hexdigest()
+        for inc in _included_files(content):
+            if "://" not in inc:
+                pending.append(((path.parent / inc).resolve(), f"{inc} (included by {path.name})"))
+    return top, tuple(sorted(inputs.items()))
+
+
+_INCLUDE = re.compile(r"^(?:-r|-c|--requirement|--constraint)(?:\s*=\s*|\s+|(?<=-[rc]))(\S+)")
+
+
+def _included_files(content: bytes) -> list[str]:
+    """The paths a requirements file names with -r/-c (pip's line continuation and comment
+    rules); everything else in it is uv's to read."""
+    text = content.decode("utf-8", "replace").replace("\\\n", "")
+    out = []
+    for line in text.splitlines():
+        line = re.sub(r"(^|\s)#.*$", "", line).strip()
+        m = _INCLUDE.match(line)
+        if m:
+            out.append(m.group(1).strip("'\""))
+    return out
 
 
 def _check_python(c: _Checker, python: str) -> None:
@@ -470,4 +602,7 @@ def manifest_from_seal(data: dict[str, Any], path: str) -> Manifest:
     m = _parse(Path(path), raw, c)
     if data.get("lockfile_sha256"):
         raise ManifestError(path, "lockfile", "snapshots built from a lockfile are repaired by `volenv sync`")
+    if data.get("requirements_file"):
+        problem = "snapshots built from a requirements-file are repaired by `volenv sync`"
+        raise ManifestError(path, "requirements-file", problem)
     return m

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 JSON_VERSION = 1
@@ -256,6 +257,19 @@ def render_doctor(r: Any) -> None:
         _c().print(f"[red]problem:[/red] {p}")
     if not r.problems:
         _c().print("[green]no problems found[/green]")
+
+
+def render_init(r: Any, quiet: int) -> None:
+    """The files written on stdout; where the smoke imports came from, and what next, on stderr."""
+    print(r.manifest)
+    if r.lockfile:
+        print(r.lockfile)
+    if quiet > 0:
+        return
+    how = {"wheels": "read from the wheels", "guessed": "guessed from the names", "none": "none found"}
+    imports = ", ".join(r.smoke_imports) or "-"
+    _c().print(f"smoke imports ({how[r.imports_from]}): {escape(imports)}", highlight=False)
+    _c().print(f"next: volenv sync {escape(r.manifest)}", highlight=False)
 
 
 def render_switch_generic(r: Any) -> None:

@@ -1,0 +1,596 @@
+"""`volenv init SOURCE`: write a manifest (and, with --lock, a pylock.toml via uv) from what a
+user already has: a requirements.txt, a pyproject.toml project or a uv.lock.
+
+uv does all the parsing of requirements and lockfiles; this module only reads TOML tables
+(tomllib) and the RECORD files of the wheels it installs into a throwaway folder to learn the
+import names for the smoke test.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ManifestError, UsageError
+from ..manifest import SLUG, load_manifest
+from ..ui import reporter
+
+DEFAULT_PYTHON = "3.11"
+
+# distribution name -> import name, for the fallback guess (when the wheels cannot be fetched)
+KNOWN_IMPORTS = {
+    "attrs": "attr",
+    "beautifulsoup4": "bs4",
+    "dnspython": "dns",
+    "faiss-cpu": "faiss",
+    "faiss-gpu": "faiss",
+    "grpcio": "grpc",
+    "llama-cpp-python": "llama_cpp",
+    "onnxruntime-gpu": "onnxruntime",
+    "openai-whisper": "whisper",
+    "opencv-contrib-python": "cv2",
+    "opencv-contrib-python-headless": "cv2",
+    "opencv-python": "cv2",
+    "opencv-python-headless": "cv2",
+    "pillow": "PIL",
+    "protobuf": "google.protobuf",
+    "pycryptodome": "Crypto",
+    "pyjwt": "jwt",
+    "pymupdf": "fitz",
+    "pyopenssl": "OpenSSL",
+    "python-dateutil": "dateutil",
+    "python-dotenv": "dotenv",
+    "python-multipart": "multipart",
+    "pyyaml": "yaml",
+    "pyzmq": "zmq",
+    "scikit-image": "skimage",
+    "scikit-learn": "sklearn",
+    "tensorflow-cpu": "tensorflow",
+    "websocket-client": "websocket",
+}
+_NOT_IMPORTS = {"test", "tests", "testing", "docs", "doc", "examples", "benchmarks", "scripts", "bin"}
+
+
+@dataclass(frozen=True)
+class InitOptions:
+    source: Path
+    name: str | None = None
+    python: str | None = None
+    output: Path | None = None
+    force: bool = False
+    lock: bool = False
+    index_url: str | None = None
+    extra_index_urls: tuple[str, ...] = ()
+    find_links: tuple[str, ...] = ()
+    no_index: bool = False
+
+
+@dataclass(frozen=True)
+class InitResult:
+    manifest: str
+    lockfile: str | None
+    source: str
+    kind: str  # requirements | pyproject | uv.lock
+    name: str
+    python: str
+    smoke_imports: tuple[str, ...]
+    imports_from: str  # wheels (their RECORD) | guessed (from the names) | none
+
+
+@dataclass(frozen=True)
+class _Index:
+    url: str | None = None
+    extra_urls: tuple[str, ...] = ()
+    find_links: tuple[str, ...] = ()  # absolute paths or URLs
+    no_index: bool = False
+
+    def args(self) -> list[str]:
+        out = ["--no-index"] if self.no_index else []
+        if self.url:
+            out += ["--index-url", self.url]
+        for u in self.extra_urls:
+            out += ["--extra-index-url", u]
+        for f in self.find_links:
+            out += ["--find-links", f]
+        return out
+
+    def empty(self) -> bool:
+        return not (self.url or self.extra_urls or self.find_links or self.no_index)
+
+
+@dataclass(frozen=True)
+class _Project:
+    """What the source says, before anything is written."""
+
+    kind: str
+    source: Path
+    name: str
+    python: str
+    requirements: tuple[str, ...] = ()  # inline requirements (pyproject deps, uv.lock pins)
+    direct: tuple[str, ...] = ()  # the direct dependencies (smoke imports come from these)
+    optional: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    index: _Index = _Index()
+
+
+def init(opts: InitOptions) -> InitResult:
+    """Read the source, learn the import names, then write (validated, temp + rename)."""
+    source = _locate(opts.source)
+    out = (opts.output or source.parent / "volenv.toml").absolute()
+    lock = out.parent / "pylock.toml" if opts.lock else None
+    for target in (out, lock):
+        if target is not None and target.exists() and not opts.force:
+            raise UsageError(f"{target} already exists", hint="pass --force to overwrite it")
+    if not out.parent.is_dir():
+        raise UsageError(f"{out.parent} is not a directory")
+    project = _read(source, opts)
+    with tempfile.TemporaryDirectory(prefix="volenv-init-") as tmp:
+        imports, how = _smoke_imports(project, Path(tmp))
+    with _Staged(out, lock) as staged:
+        if lock is not None:
+            _write_lock(project, staged.lock_path)
+        text = _manifest_text(project, out, imports, lock)
+        staged.write_manifest(text)
+    return InitResult(
+        str(out),
+        str(lock) if lock else None,
+        str(source),
+        project.kind,
+        project.name,
+        project.python,
+        imports,
+        how,
+    )
+
+
+# ---------------------------------------------------------------- reading the source
+
+
+def _locate(source: Path) -> Path:
+    if source.is_dir():
+        for name in ("uv.lock", "pyproject.toml", "requirements.txt"):
+            if (source / name).is_file():
+                return (source / name).absolute()
+        raise UsageError(f"{source}: no uv.lock, pyproject.toml or requirements.txt in this folder")
+    if not source.is_file():
+        raise UsageError(f"{source}: no such file")
+    return source.absolute()
+
+
+def _read(source: Path, opts: InitOptions) -> _Project:
+    cli_index = _Index(
+        opts.index_url,
+        tuple(opts.extra_index_urls),
+        tuple(f if "://" in f else str(Path(f).absolute()) for f in opts.find_links),
+        opts.no_index,
+    )
+    if source.name == "uv.lock":
+        return _read_uv_lock(source, opts, cli_index)
+    if source.suffix == ".toml":
+        data = _toml(source)
+        if "project" in data:
+            return _read_pyproject(source, data, opts, cli_index)
+        raise UsageError(
+            f"{source}: no [project] table (expected a pyproject.toml, a uv.lock or a requirements file)"
+        )
+    return _Project(
+        kind="requirements",
+        source=source,
+        name=_name(opts.name, None, source),
+        python=opts.python or _python_version_file(source.parent) or DEFAULT_PYTHON,
+        index=cli_index,
+    )
+
+
+def _toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read it as TOML: {exc}") from None
+
+
+def _read_pyproject(source: Path, data: dict[str, Any], opts: InitOptions, cli_index: _Index) -> _Project:
+    project = data["project"]
+    if not isinstance(project, dict):
+        raise UsageError(f"{source}: [project] is not a table")
+    if "dependencies" in (project.get("dynamic") or []):
+        raise UsageError(
+            f"{source}: its dependencies are dynamic (computed by the build backend)",
+            hint=f"uv pip compile {source} -o requirements.txt, then volenv init requirements.txt",
+        )
+    deps = _string_list(project.get("dependencies", []), source, "project.dependencies")
+    extras = project.get("optional-dependencies", {}) or {}
+    optional = {
+        str(k): _string_list(v, source, f"project.optional-dependencies.{k}") for k, v in extras.items() if v
+    }
+    tool_uv = (data.get("tool") or {}).get("uv") or {}
+    if tool_uv.get("sources"):
+        reporter.warn(f"{source.name}: [tool.uv.sources] is not carried over (volenv resolves from indexes)")
+    index = cli_index if not cli_index.empty() else _uv_indexes(tool_uv, source.parent)
+    if index.empty() and (source.parent / "uv.lock").is_file():
+        index = _lock_registries(source.parent / "uv.lock")
+    requires = project.get("requires-python")
+    return _Project(
+        kind="pyproject",
+        source=source,
+        name=_name(opts.name, project.get("name"), source),
+        python=opts.python
+        or _python_version_file(source.parent)
+        or (requires if isinstance(requires, str) else None)
+        or DEFAULT_PYTHON,
+        requirements=deps,
+        direct=deps,
+        optional=optional,
+        index=index,
+    )
+
+
+def _read_uv_lock(source: Path, opts: InitOptions, cli_index: _Index) -> _Project:
+    """The locked set, exported by uv (markers kept), pinned inline; names and Python from the
+    pyproject.toml beside it."""
+    pyproject = source.parent / "pyproject.toml"
+    if not pyproject.is_file():
+        raise UsageError(f"{source}: no pyproject.toml beside it (uv export needs the project)")
+    base = _read_pyproject(pyproject, _toml(pyproject), opts, cli_index)
+    proc = _uv(
+        [
+            "export",
+            "--frozen",
+            "--no-dev",
+            "--no-emit-project",
+            "--no-hashes",
+            "--no-header",
+            "--no-annotate",
+            "--format",
+            "requirements-txt",
+        ],
+        cwd=source.parent,
+    )
+    if proc.returncode != 0:
+        raise UsageError(f"{source}: uv export failed: {_uv_error(proc)}")
+    pins = tuple(
+        ln.strip() for ln in proc.stdout.splitlines() if ln.strip() and not ln.lstrip().startswith(("#", "-"))
+    )
+    return _Project(
+        kind="uv.lock",
+        source=source,
+        name=base.name,
+        python=base.python,
+        requirements=pins,
+        direct=base.direct,
+        optional=base.optional,
+        index=base.index,
+    )
+
+
+def _uv_indexes(tool_uv: dict[str, Any], folder: Path) -> _Index:
+    """[[tool.uv.index]] (the default one is the index URL, the others extra URLs), plus
+    tool.uv.find-links (relative to the project) / no-index."""
+    url = None
+    extra: list[str] = []
+    for entry in tool_uv.get("index") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("url"), str):
+            if entry.get("default") and url is None:
+                url = entry["url"]
+            elif not entry.get("explicit"):
+                extra.append(entry["url"])
+    if isinstance(tool_uv.get("index-url"), str):
+        url = url or tool_uv["index-url"]
+    extra += [u for u in tool_uv.get("extra-index-url") or [] if isinstance(u, str)]
+    links = tuple(
+        f if "://" in f else str((folder / f).resolve())
+        for f in tool_uv.get("find-links") or []
+        if isinstance(f, str)
+    )
+    return _Index(url, tuple(extra), links, bool(tool_uv.get("no-index", False)))
+
+
+def _lock_registries(lock: Path) -> _Index:
+    """The registries a uv.lock's packages came from: URLs become index URLs, local folders
+    find-links (then no index, as the lock was made without one)."""
+    try:
+        data = tomllib.loads(lock.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return _Index()
+    urls: list[str] = []
+    links: list[str] = []
+    for pkg in data.get("package") or []:
+        reg = (pkg.get("source") or {}).get("registry") if isinstance(pkg, dict) else None
+        if not isinstance(reg, str):
+            continue
+        if "://" in reg:
+            if reg not in urls:
+                urls.append(reg)
+        else:
+            path = str((lock.parent / reg).resolve())
+            if path not in links:
+                links.append(path)
+    if not links and set(urls) <= {"https://pypi.org/simple", "https://pypi.org/simple/"}:
+        return _Index()  # PyPI alone (or nothing): the manifest's default
+    return _Index(urls[0] if urls else None, tuple(urls[1:]), tuple(links), no_index=not urls)
+
+
+def _string_list(value: Any, source: Path, key: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise UsageError(f"{source}: {key} is not a list of strings")
+    return tuple(value)
+
+
+def _python_version_file(folder: Path) -> str | None:
+    """uv's .python-version pin (its first line), if the project has one."""
+    try:
+        text = (folder / ".python-version").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            return line
+    return None
+
+
+def _name(given: str | None, project_name: Any, source: Path) -> str:
+    """--name, else the project's name, else the source's folder, made a valid env name."""
+    if given is not None:
+        return given  # validated (exit 2) by the manifest parser like any manifest
+    raw = project_name if isinstance(project_name, str) and project_name else source.parent.name
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip(".-_")[:63].replace("..", ".")
+    return slug if slug and SLUG.match(slug) else "env"
+
+
+# ---------------------------------------------------------------- smoke imports
+
+
+def _smoke_imports(project: _Project, tmp: Path) -> tuple[tuple[str, ...], str]:
+    """Install the direct dependencies alone (no deps) into a throwaway folder and read each
+    wheel's RECORD for its top-level module; where that fails, guess from the names."""
+    if project.kind == "requirements":
+        sources = ["-r", str(project.source)]
+    else:
+        direct = _direct_pins(project)
+        if not direct:
+            return (), "none"
+        (tmp / "direct.in").write_text("\n".join(direct) + "\n")
+        sources = ["-r", str(tmp / "direct.in")]
+    target = tmp / "target"
+    proc = _uv(
+        [
+            "pip",
+            "install",
+            "--no-deps",
+            "--target",
+            str(target),
+            "--python",
+            project.python,
+            "-q",
+            *project.index.args(),
+            *sources,
+        ],
+        cwd=project.source.parent,
+    )
+    if proc.returncode == 0:
+        names = sorted({n for d in sorted(target.glob("*.dist-info")) if (n := _record_import(d))})
+        return tuple(names), "wheels"
+    reason = _uv_error(proc)
+    if project.kind == "requirements":
+        reporter.warn(
+            f"could not fetch the requirements to learn their import names ({reason}); no smoke imports"
+        )
+        return (), "none"
+    reporter.warn(f"could not fetch the dependencies ({reason}); smoke imports are guessed from their names")
+    return tuple(sorted({guess_import(_req_name(r)) for r in project.direct if _req_name(r)})), "guessed"
+
+
+def _direct_pins(project: _Project) -> list[str]:
+    """The direct dependencies, pinned to the locked versions where a uv.lock gave them."""
+    names = {_req_name(r) for r in project.direct}
+    if project.kind == "uv.lock":
+        return [r for r in project.requirements if _req_name(r) in names]
+    return list(project.direct)
+
+
+def _req_name(req: str) -> str:
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    try:
+        return str(canonicalize_name(Requirement(req).name))
+    except InvalidRequirement:
+        return ""
+
+
+def guess_import(dist: str) -> str:
+    """The import name of a distribution from its name alone: the known mismatches, else the
+    normalized name with '-' and '.' as '_'."""
+    from packaging.utils import canonicalize_name
+
+    name = str(canonicalize_name(dist))
+    return KNOWN_IMPORTS.get(name, name.replace("-", "_"))
+
+
+def _record_import(dist_info: Path) -> str | None:
+    """The one module to import for a wheel: from its RECORD, the top-level module named like
+    the distribution, else the known mismatch, else the first public one; a namespace package
+    gives its first subpackage (google -> google.protobuf)."""
+    try:
+        with open(dist_info / "RECORD", newline="", encoding="utf-8") as fh:
+            paths = [row[0] for row in csv.reader(fh) if row]
+    except OSError:
+        return None
+    packages: set[str] = set()
+    modules: set[str] = set()
+    for path in paths:
+        parts = path.split("/")
+        top = parts[0]
+        if top.startswith("..") or top.endswith((".dist-info", ".data")) or top == "__pycache__":
+            continue
+        if len(parts) == 1:
+            if top.endswith(".py"):
+                modules.add(top[:-3])
+            elif top.endswith((".so", ".pyd")):
+                modules.add(top.split(".")[0])
+        elif parts[-1].endswith((".py", ".so", ".pyd")):
+            packages.add(top)
+    found = {n for n in packages | modules if n.isidentifier()}
+    if not found:
+        return None
+    dist = dist_info.name.split("-")[0]
+    want = [dist.lower().replace(".", "_"), guess_import(dist).split(".")[0]]
+    public = sorted(n for n in found if not n.startswith("_") and n.lower() not in _NOT_IMPORTS)
+    by_lower = {n.lower(): n for n in found}
+    choice = next((by_lower[w.lower()] for w in want if w.lower() in by_lower), None)
+    choice = choice or (public or sorted(found))[0]
+    if choice in packages and f"{choice}/__init__.py" not in paths:
+        subs = sorted(
+            p.split("/")[1]
+            for p in paths
+            if p.startswith(f"{choice}/") and p.count("/") >= 2 and p.endswith("/__init__.py")
+        )
+        if subs and subs[0].isidentifier():
+            return f"{choice}.{subs[0]}"
+    return choice
+
+
+# ---------------------------------------------------------------- writing
+
+
+class _Staged:
+    """Files are written into a private folder beside the output, validated there by the real
+    manifest parser, then renamed into place; nothing is left behind on failure."""
+
+    def __init__(self, out: Path, lock: Path | None) -> None:
+        self.out = out
+        self.lock = lock
+        try:
+            self.dir = Path(tempfile.mkdtemp(prefix=".volenv-init-", dir=out.parent))
+        except OSError as exc:
+            raise UsageError(f"cannot write in {out.parent}: {exc.strerror}") from None
+        self.lock_path = self.dir / "pylock.toml"
+        self.manifest_path: Path | None = None
+
+    def __enter__(self) -> _Staged:
+        return self
+
+    def write_manifest(self, text: str) -> None:
+        # without a lock the manifest is validated at its final folder (requirements-file and
+        # find-links are relative to it); with one, beside the staged lock
+        staged = self.dir / self.out.name if self.lock else self.out.parent / f"{self.dir.name}.toml"
+        staged.write_text(text, encoding="utf-8")
+        self.manifest_path = staged
+        try:
+            load_manifest(staged)
+        except ManifestError as exc:
+            problem = exc.message.removeprefix(f"{staged}: ")
+            raise UsageError(
+                f"the manifest written from the source does not validate: {problem}", hint=exc.hint
+            ) from None
+
+    def __exit__(self, kind: object, exc: object, tb: object) -> None:
+        try:
+            if kind is None and self.manifest_path is not None:
+                if self.lock is not None:
+                    os.replace(self.lock_path, self.lock)
+                os.replace(self.manifest_path, self.out)
+        finally:
+            if self.manifest_path is not None and self.manifest_path.exists():
+                self.manifest_path.unlink()
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _write_lock(project: _Project, dest: Path) -> None:
+    """A pylock.toml (PEP 751) made by uv: exported from the uv.lock, else resolved."""
+    if project.kind == "uv.lock":
+        args = [
+            "export",
+            "--frozen",
+            "--no-dev",
+            "--no-emit-project",
+            "--format",
+            "pylock.toml",
+            "-o",
+            str(dest),
+        ]
+    else:
+        if project.kind == "requirements":
+            src = project.source
+        else:
+            src = dest.parent / "requirements.in"
+            src.write_text("\n".join(project.requirements) + "\n")
+        args = [
+            "pip",
+            "compile",
+            str(src),
+            "--format",
+            "pylock.toml",
+            "-o",
+            str(dest),
+            "--python",
+            project.python,
+            "--no-header",
+            *project.index.args(),
+        ]
+    proc = _uv([*args, "-q"], cwd=project.source.parent)
+    if proc.returncode != 0:
+        raise UsageError(f"{project.source}: uv could not write the lockfile: {_uv_error(proc)}")
+
+
+def _manifest_text(project: _Project, out: Path, imports: Sequence[str], lock: Path | None) -> str:
+    q = json.dumps  # a JSON string is a valid TOML basic string
+    lines = [
+        f"# Written by `volenv init` from {os.path.relpath(project.source, out.parent)}; edit freely.",
+        f"name = {q(project.name)}",
+        f"python = {q(project.python)}",
+    ]
+    if lock is not None:
+        lines.append(f"lockfile = {q(lock.name)}")
+    elif project.kind == "requirements":
+        lines.append(f"requirements-file = {q(os.path.relpath(project.source, out.parent))}")
+    else:
+        lines.append("requirements = [")
+        lines += [f"    {q(r)}," for r in project.requirements]
+        lines.append("]")
+    idx = project.index
+    if not idx.empty():
+        lines += ["", "[index]"]
+        if idx.url:
+            lines.append(f"url = {q(idx.url)}")
+        if idx.extra_urls:
+            lines.append(f"extra-urls = [{', '.join(q(u) for u in idx.extra_urls)}]")
+        if idx.find_links:
+            rel = [f if "://" in f else os.path.relpath(f, out.parent) for f in idx.find_links]
+            lines.append(f"find-links = [{', '.join(q(f) for f in rel)}]")
+        if idx.no_index:
+            lines.append("no-index = true")
+    for group, reqs in project.optional.items():
+        lines += ["", f"[optional.{q(group)}]", f"requirements = [{', '.join(q(r) for r in reqs)}]"]
+    lines += ["", "[activate]", f"smoke-imports = [{', '.join(q(m) for m in imports)}]"]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- uv
+
+
+def _uv(args: list[str], *, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """uv with the user's own cache and settings (init never touches the volume)."""
+    from ..uvtool import uv_bin
+
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "UV_SYSTEM_PYTHON")
+    }
+    env.update({"UV_NO_PROGRESS": "1", "NO_COLOR": "1"})
+    return subprocess.run([uv_bin(), *args], env=env, cwd=cwd, capture_output=True, text=True, check=False)
+
+
+def _uv_error(proc: subprocess.CompletedProcess[str]) -> str:
+    from ..uvtool import last_error_line
+
+    return last_error_line(proc)
