@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import snapshot_of, volenv, write_manifest
+from volenv.manifest import source_digest
 from wheelfactory import make_wheel
 
 # A PEP 517 backend kept inside the source tree (`backend-path`), so a local package builds with
@@ -145,6 +146,18 @@ def test_file_url_and_wheel_path_are_local_sources(tmp_path: Path, root: Path) -
     assert r.returncode == 0, r.stderr
     assert r.json()["action"] == "built" and snapshot_of(root, "urls") != first
     assert run_py(root, manifest, "import wpkg; print(wpkg.W)") == "2"
+
+
+def test_source_digest_skips_outputs_but_not_a_subpackage_named_build(tmp_path: Path) -> None:
+    tree = source_tree(tmp_path / "t")
+    before = source_digest(tree)
+    for junk in ("build/lib/x.py", "dist/x.whl", ".git/HEAD", "mypkg/__pycache__/a.pyc", "x.egg-info/PKG"):
+        (tree / junk).parent.mkdir(parents=True, exist_ok=True)
+        (tree / junk).write_text("junk")
+    assert source_digest(tree) == before
+    (tree / "mypkg/build").mkdir()
+    (tree / "mypkg/build/__init__.py").write_text("X = 1\n")
+    assert source_digest(tree) != before
 
 
 def test_editable_and_missing_paths_are_refused(tmp_path: Path, root: Path) -> None:

@@ -880,7 +880,12 @@ def build_snapshot(
 
 
 def _log_failure(paths: VolumePaths, b: _Build, exc: BaseException) -> None:
+    """The failure goes into the build log (so every failed step has one) and the events."""
     code = getattr(exc, "exit_code", 1)
+    try:
+        b.logline(f"# build failed (exit {code}): {exc}")
+    except OSError:
+        pass
     try:
         store.log_event(
             paths, b.env, "build-failed", snapshot=b.sid, error=str(exc), exit_code=code, log=str(b.log)

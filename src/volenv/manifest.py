@@ -308,7 +308,8 @@ def _parse(p: Path, data: dict[str, Any], c: _Checker) -> Manifest:
     )
 
 
-SOURCE_SKIP_DIRS = {".git", ".hg", ".svn", "__pycache__", "build", "dist", ".venv", ".tox", ".nox"}
+SOURCE_SKIP_DIRS = {".git", ".hg", ".svn", "__pycache__"}  # anywhere in a source tree
+SOURCE_SKIP_TOP = {"build", "dist", ".venv", ".tox", ".nox"}  # at its top only (a subpackage may be `build`)
 
 
 def _local_sources(
@@ -366,7 +367,8 @@ def source_digest(path: Path) -> str:
                 h.update(block)
         return h.hexdigest()
     for dirpath, dirs, files in os.walk(path):
-        dirs[:] = sorted(d for d in dirs if d not in SOURCE_SKIP_DIRS and not d.endswith(".egg-info"))
+        skip = SOURCE_SKIP_DIRS | SOURCE_SKIP_TOP if dirpath == str(path) else SOURCE_SKIP_DIRS
+        dirs[:] = sorted(d for d in dirs if d not in skip and not d.endswith(".egg-info"))
         links = [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]  # not walked: hashed
         dirs[:] = [d for d in dirs if d not in links]
         for name in sorted([*files, *links]):
