@@ -74,7 +74,7 @@ class RichReporter(ui.Reporter):
     def step(self, label: str) -> Iterator[None]:
         t0 = time.perf_counter()
         if self.progress_bars and self.verbosity >= 0:
-            with render.err_console.status(f"{label}…"):
+            with render.err_console.status(escape(f"{label}…")):
                 yield
         else:
             self.detail(f"{label}…")

@@ -324,6 +324,8 @@ def _local_sources(
         keyed += [(f"optional.{g.name}.requirements", i, r) for i, r in enumerate(g.requirements)]
     out: dict[str, str] = {}
     for key, i, text in keyed:
+        if "@" not in text:  # only direct references name a path
+            continue
         target = local_path(folder, Requirement(text).url)
         if target is None:
             continue
