@@ -764,7 +764,6 @@ class _Build:
                 "groups": {k: list(v) for k, v in self.res.groups.items()},
             },
             "groups": [asdict(g) for g in self.groups],
-            "reinstall": list(self.res.reinstall),
             "link_mode": self.link_mode,
             "stats": self.stats,
         }
@@ -772,6 +771,8 @@ class _Build:
             (meta / "build.log").write_bytes(self.log.read_bytes())
         except OSError:
             pass
+        if self.res.reinstall:  # what `sync --reinstall` forced (its id carries a nonce)
+            seal["reinstall"] = list(self.res.reinstall)
         seal["self_sha256"] = seal_self_digest(seal)
         atomic_write_json(meta / SEAL_NAME, seal)
         fsync_dir(meta)
