@@ -59,6 +59,13 @@ class SyncOptions:
     offline: bool = False
     models: bool = True
     pack: bool = False
+    reinstall: tuple[str, ...] = ()  # packages to rebuild/reinstall from scratch (--reinstall)
+    reinstall_all: bool = False
+
+    @property
+    def rebuild(self) -> bool:
+        """--reinstall*: build a new snapshot even when the index has one for this manifest."""
+        return self.reinstall_all or bool(self.reinstall)
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,7 @@ class Resolution:
     snapshot_id: str
     # index options a requirements-file carries (--find-links made absolute), for every uv call
     index_lines: tuple[str, ...] = ()
+    reinstall: tuple[str, ...] = ()  # what --reinstall forced ("*" for all), recorded in the seal
 
 
 @dataclass(frozen=True)
@@ -134,7 +142,7 @@ def sync_snapshot(paths: VolumePaths, manifest: Manifest, opts: SyncOptions) -> 
     t0 = time.perf_counter()
     env = manifest.name
     store.open_volume(paths, create=not opts.dry_run)
-    hit = None if opts.refresh else valid_index_hit(paths, manifest)
+    hit = None if opts.refresh or opts.rebuild else valid_index_hit(paths, manifest)
     if hit is not None:
         return _reuse(paths, manifest, hit[0], t0, opts, seal=hit[1])
     if opts.dry_run:
@@ -159,12 +167,29 @@ def sync_snapshot(paths: VolumePaths, manifest: Manifest, opts: SyncOptions) -> 
 
     lease = BuildLease(paths, env, timeout=opts.lock_timeout, say=reporter.info)
     with lease:
-        hit = None if opts.refresh else valid_index_hit(paths, manifest)
+        hit = None if opts.refresh or opts.rebuild else valid_index_hit(paths, manifest)
         if hit is not None:
             return _reuse(paths, manifest, hit[0], t0, opts, have_lease=True, seal=hit[1])
         with tempfile.TemporaryDirectory(prefix="volenv-resolve-") as tmp:
             faults.point("resolve")
-            plan = make_plan(paths, manifest, opts, tmp)
+            rlog = ResolveLog(
+                Path(tmp) / "resolve.log",
+                paths.env_logs(env) / f"build-{time.strftime('%Y%m%dT%H%M%S')}-{env}-resolve.log",
+            )
+            try:
+                plan = make_plan(paths, manifest, opts, tmp, rlog)
+            except BuildError as exc:
+                rlog.keep()
+                store.log_event(
+                    paths,
+                    env,
+                    "build-failed",
+                    step="resolve",
+                    error=str(exc),
+                    exit_code=exc.exit_code,
+                    log=str(rlog.final),
+                )
+                raise
             assert plan.resolution is not None
             if plan.action == "index":
                 _publish_pointers(paths, manifest, plan.resolution.snapshot_id, "index")
@@ -236,8 +261,27 @@ def _reuse(
 # ---------------------------------------------------------------- plan / resolve
 
 
-def make_plan(paths: VolumePaths, manifest: Manifest, opts: SyncOptions, tmp: str) -> SyncPlan:
-    resolution = resolve(paths, manifest, Path(tmp), opts)
+@dataclass(frozen=True)
+class ResolveLog:
+    """uv's resolution output: in the temp dir while resolving; kept as a build log under
+    logs/<env>/ when resolution fails (the failure names that path), else copied into the
+    build's own log."""
+
+    path: Path
+    final: Path
+
+    def keep(self) -> None:
+        try:
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.final, self.path.read_bytes() if self.path.exists() else b"")
+        except OSError as exc:
+            reporter.warn(f"could not write the resolve log {self.final}: {exc.strerror}")
+
+
+def make_plan(
+    paths: VolumePaths, manifest: Manifest, opts: SyncOptions, tmp: str, log: ResolveLog | None = None
+) -> SyncPlan:
+    resolution = resolve(paths, manifest, Path(tmp), opts, log)
     sid = resolution.snapshot_id
     target = paths.snapshot(manifest.name, sid)
     action = "build"
@@ -255,27 +299,30 @@ def make_plan(paths: VolumePaths, manifest: Manifest, opts: SyncOptions, tmp: st
     return SyncPlan(manifest.name, manifest.digest, action, sid, previous, resolution)
 
 
-def find_interpreter(paths: VolumePaths, manifest: Manifest) -> str:
-    proc = run_uv(["python", "find", "--system", manifest.python], paths, None)
+def find_interpreter(paths: VolumePaths, manifest: Manifest, log: ResolveLog | None = None) -> str:
+    proc = run_uv(["python", "find", "--system", manifest.python], paths, log.path if log else None)
     if proc.returncode != 0:
         raise BuildError(
             f"no Python matching {manifest.python!r}: {last_error_line(proc)}",
             step="resolve",
+            log_path=str(log.final) if log else None,
             hint=f"install it in the image, or `uv python install {manifest.python}` with"
             f" UV_PYTHON_INSTALL_DIR={paths.python}",
         )
     return proc.stdout.strip().splitlines()[-1]
 
 
-def resolve(paths: VolumePaths, manifest: Manifest, tmp: Path, opts: SyncOptions) -> Resolution:
+def resolve(
+    paths: VolumePaths, manifest: Manifest, tmp: Path, opts: SyncOptions, log: ResolveLog | None = None
+) -> Resolution:
     with reporter.step("resolving"):
-        python = find_interpreter(paths, manifest)
+        python = find_interpreter(paths, manifest, log)
         fp = probe(python)
         if manifest.lockfile is not None:
             base = tuple(_lockfile_pins(manifest.lockfile))
         else:
             base = _compile(
-                paths, manifest, list(manifest.requirements), tmp / "base", None, python, opts, base=True
+                paths, manifest, list(manifest.requirements), tmp / "base", None, python, opts, log, base=True
             )
         index_lines: tuple[str, ...] = ()
         if manifest.requirements_file is not None:
@@ -294,6 +341,7 @@ def resolve(paths: VolumePaths, manifest: Manifest, tmp: Path, opts: SyncOptions
                     constraints,
                     python,
                     opts,
+                    log,
                 )
             except BuildError as exc:
                 if g.required:
@@ -309,8 +357,15 @@ def resolve(paths: VolumePaths, manifest: Manifest, tmp: Path, opts: SyncOptions
         "groups": {k: list(v) for k, v in sorted(groups.items())},
         "fingerprint": fingerprint_key(fp),
     }
+    reinstall = ("*",) if opts.reinstall_all else tuple(sorted(set(opts.reinstall)))
+    if reinstall:
+        # What --reinstall fixes is exactly what volenv cannot see: the same inputs may now give
+        # other files, so the rebuild gets an id of its own (never the old id and its seal).
+        import secrets
+
+        key["rebuild"] = {"reinstall": list(reinstall), "nonce": secrets.token_hex(8)}
     sid = f"{manifest.name}-{hashlib.sha256(canonical_json(key)).hexdigest()[:12]}"
-    return Resolution(python, fp, base, groups, unresolvable, sid, index_lines)
+    return Resolution(python, fp, base, groups, unresolvable, sid, index_lines, reinstall)
 
 
 def _compile(
@@ -321,6 +376,7 @@ def _compile(
     constraints: Path | None,
     python: str,
     opts: SyncOptions,
+    log: ResolveLog | None = None,
     *,
     base: bool = False,
 ) -> tuple[str, ...]:
@@ -345,13 +401,20 @@ def _compile(
     ]
     if constraints is not None:
         args += ["-c", str(constraints)]
-    if opts.refresh:
+    if opts.refresh or opts.reinstall_all:
         args.append("--refresh")
+    args += refresh_args(manifest, opts.reinstall, reinstall=False)
     args += index_args(manifest)
-    proc = run_uv(args, paths, None, offline=opts.offline)
+    # cwd: relative `name @ ./path` requirements start at the manifest's folder (uv keeps them
+    # relative in its output, so the snapshot id does not depend on where the folder lives)
+    proc = run_uv(args, paths, log.path if log else None, cwd=manifest.path.parent, offline=opts.offline)
     if proc.returncode != 0:
         _raise_if_disk_full(proc)
-        raise BuildError(f"resolution failed: {last_error_line(proc)}", step="resolve")
+        raise BuildError(
+            f"resolution failed: {last_error_line(proc)}",
+            step="resolve",
+            log_path=str(log.final) if log else None,
+        )
     lines = [ln.strip() for ln in out.read_text().splitlines()]
     return tuple(sorted(ln for ln in lines if ln and not ln.startswith(("#", "-"))))
 
@@ -375,6 +438,20 @@ def _requirements_file_index(manifest: Manifest, compiled: Path) -> tuple[str, .
     if not any(ln.startswith("--index-url ") for ln in lines):
         lines.insert(0, "--no-index")
     return tuple(dict.fromkeys(lines))
+
+
+def refresh_args(manifest: Manifest, packages: tuple[str, ...], *, reinstall: bool) -> list[str]:
+    """uv flags that rebuild local-path packages (uv caches their builds by path, not content)
+    and the packages given to --reinstall."""
+    from packaging.requirements import Requirement
+
+    names = sorted({Requirement(text).name for text, _digest in manifest.local_sources} | set(packages))
+    args: list[str] = []
+    for name in names:
+        args += ["--refresh-package", name]
+        if reinstall:
+            args += ["--reinstall-package", name]
+    return args
 
 
 def _lockfile_pins(lockfile: Path) -> list[str]:
@@ -469,6 +546,10 @@ class _Build:
         self.logline(
             f"# volenv {__version__} building {self.sid} on {socket.gethostname()} pid {os.getpid()}"
         )
+        try:  # the resolution's uv output, so this one log tells the whole build
+            self.logline((self.tmp / "resolve.log").read_text(encoding="utf-8", errors="replace"))
+        except FileNotFoundError:
+            pass
         self.uv(
             ["venv", "--relocatable", "--python", self.res.python, "--no-project", str(self.staging)], "stage"
         )
@@ -503,8 +584,14 @@ class _Build:
             str(self.python),
             "--link-mode",
             "hardlink",
+            *self._rebuild_args(),
             *index_args(self.manifest),
         ]
+
+    def _rebuild_args(self) -> list[str]:
+        if "*" in self.res.reinstall:
+            return ["--reinstall", "--refresh"]
+        return refresh_args(self.manifest, self.res.reinstall, reinstall=True)
 
     def _write_lock(self, name: str, lines: tuple[str, ...]) -> str:
         path = self.tmp / f"{name}.lock.txt"
@@ -527,6 +614,7 @@ class _Build:
                 str(self.python),
                 "--link-mode",
                 "hardlink",
+                *self._rebuild_args(),
                 *index_args(self.manifest),
             ]
             with reporter.step(f"installing optional group '{g.name}'"):
@@ -611,7 +699,9 @@ class _Build:
             "print(json.dumps(bad))\n"
         )
         env = activation_env_for_build(self.staging)
-        env.update(dict(self.manifest.env))
+        from .activate import apply_manifest_env
+
+        apply_manifest_env(env, dict(self.manifest.env))
         with reporter.step("smoke imports"):
             proc = subprocess.run(
                 [str(self.python), "-c", script],
@@ -712,6 +802,8 @@ class _Build:
             (meta / "build.log").write_bytes(self.log.read_bytes())
         except OSError:
             pass
+        if self.res.reinstall:  # what `sync --reinstall` forced (its id carries a nonce)
+            seal["reinstall"] = list(self.res.reinstall)
         seal["self_sha256"] = seal_self_digest(seal)
         atomic_write_json(meta / SEAL_NAME, seal)
         fsync_dir(meta)
@@ -820,9 +912,16 @@ def build_snapshot(
 
 
 def _log_failure(paths: VolumePaths, b: _Build, exc: BaseException) -> None:
+    """The failure goes into the build log (so every failed step has one) and the events."""
     code = getattr(exc, "exit_code", 1)
     try:
-        store.log_event(paths, b.env, "build-failed", snapshot=b.sid, error=str(exc), exit_code=code)
+        b.logline(f"# build failed (exit {code}): {exc}")
+    except OSError:
+        pass
+    try:
+        store.log_event(
+            paths, b.env, "build-failed", snapshot=b.sid, error=str(exc), exit_code=code, log=str(b.log)
+        )
     except OSError:
         pass
 

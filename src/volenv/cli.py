@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from . import __version__, render, ui
 from .errors import EXIT_INTERNAL, UsageError, VolenvError
@@ -51,17 +52,18 @@ class RichReporter(ui.Reporter):
         super().__init__(verbosity)
         self.progress_bars = progress and render.err_console.is_terminal
 
+    # messages are plain text (they quote requirements such as `uvicorn[standard]`): escaped
     def info(self, msg: str) -> None:
         if self.verbosity >= 0:
-            render.err_console.print(msg, highlight=False)
+            render.err_console.print(msg, highlight=False, markup=False)
 
     def detail(self, msg: str) -> None:
         if self.verbosity >= 1:
-            render.err_console.print(f"[dim]{msg}[/dim]", highlight=False)
+            render.err_console.print(f"[dim]{escape(msg)}[/dim]", highlight=False)
 
     def warn(self, msg: str) -> None:
         if self.verbosity >= -1:
-            render.err_console.print(f"[yellow]warning:[/yellow] {msg}", highlight=False)
+            render.err_console.print(f"[yellow]warning:[/yellow] {escape(msg)}", highlight=False)
 
     def progress(self, label: str, total: int | None) -> ui.Progress:
         if self.progress_bars and self.verbosity >= 0:
@@ -72,7 +74,7 @@ class RichReporter(ui.Reporter):
     def step(self, label: str) -> Iterator[None]:
         t0 = time.perf_counter()
         if self.progress_bars and self.verbosity >= 0:
-            with render.err_console.status(f"{label}…"):
+            with render.err_console.status(escape(f"{label}…")):
                 yield
         else:
             self.detail(f"{label}…")
@@ -190,6 +192,17 @@ def sync(
         Path | None,
         typer.Option("--result", help="Also write the JSON result to this file (provisioning pods)."),
     ] = None,
+    reinstall: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--reinstall",
+            metavar="PKG",
+            help="Rebuild and reinstall PKG from scratch into a new snapshot (repeatable).",
+        ),
+    ] = None,
+    reinstall_all: Annotated[
+        bool, typer.Option("--reinstall-all", help="Rebuild and reinstall every package into a new snapshot.")
+    ] = False,
 ) -> None:
     """Build (or reuse) the snapshot for MANIFEST, make it current, fetch its models."""
     from .build import SyncOptions
@@ -207,6 +220,12 @@ def sync(
 
         manifest = read_inline_manifest(from_env, Path(tempfile.gettempdir()) / "volenv-inline")
     assert manifest is not None
+    from packaging.utils import InvalidName, canonicalize_name
+
+    try:
+        reinstall = [canonicalize_name(p, validate=True) for p in reinstall or []]
+    except InvalidName as exc:
+        raise UsageError(f"--reinstall: {exc}") from None
     m = load_manifest(manifest)
     outcome = do_sync(
         g.paths,
@@ -219,6 +238,8 @@ def sync(
             offline=offline,
             models=not no_models,
             pack=pack,
+            reinstall=tuple(reinstall),
+            reinstall_all=reinstall_all,
         ),
     )
     if result is not None:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,10 +78,12 @@ class Manifest:
     env: tuple[tuple[str, str], ...] = ()
     smoke_imports: tuple[str, ...] = ()
     models: tuple[ModelSpec, ...] = ()
+    # requirement -> digest of its local source tree or file (`name @ ./path`): a build input
+    local_sources: tuple[tuple[str, str], ...] = ()
 
     def build_inputs(self) -> dict[str, Any]:
         """Everything that determines the snapshot's content (not activation env, not models)."""
-        return {
+        data: dict[str, Any] = {
             "name": self.name,
             "python": self.python,
             "requirements": sorted(self.requirements),
@@ -99,6 +103,9 @@ class Manifest:
             "smoke_imports": list(self.smoke_imports),
             **self._requirements_file_input(),
         }
+        if self.local_sources:  # only when present: other manifests keep their digests and ids
+            data["local_sources"] = dict(self.local_sources)
+        return data
 
     def _requirements_file_input(self) -> dict[str, Any]:
         """The requirements file's closure by path (relative to the manifest) and content
@@ -214,6 +221,12 @@ class _Checker:
         items = self.strings(value, key)
         out = []
         for i, item in enumerate(items):
+            if item.lstrip().startswith(("-e ", "-e.", "-e/", "--editable")):
+                raise self.fail(
+                    f"{key}[{i}]",
+                    f"editable requirement {item!r}: a sealed snapshot cannot point into a source tree",
+                    hint="write 'NAME @ ./path' instead: volenv rebuilds the snapshot when that tree changes",
+                )
             try:
                 req = Requirement(item)
             except InvalidRequirement as exc:
@@ -322,6 +335,12 @@ def _parse(p: Path, data: dict[str, Any], c: _Checker) -> Manifest:
     _check_python(c, python)
     if "requirements" not in data and "lockfile" not in data and "requirements-file" not in data:
         raise c.fail("requirements", "missing (give requirements, a requirements-file or a lockfile)")
+    if "requirements" in data and "lockfile" in data:
+        raise c.fail(
+            "requirements",
+            "cannot be combined with 'lockfile' (the lockfile is the whole package set)",
+            hint="add them to the lockfile (`uv pip compile --format pylock.toml`), or drop `lockfile`",
+        )
     requirements = c.requirements(data.get("requirements", []), "requirements")
     req_file, req_inputs = _parse_requirements_file(c, p, data)
 
@@ -362,6 +381,7 @@ def _parse(p: Path, data: dict[str, Any], c: _Checker) -> Manifest:
         env=env,
         smoke_imports=smoke,
         models=models,
+        local_sources=_local_sources(c, p.parent, requirements, optional),
     )
 
 
@@ -418,6 +438,86 @@ def _included_files(content: bytes) -> list[str]:
         if m:
             out.append(m.group(1).strip("'\""))
     return out
+
+
+SOURCE_SKIP_DIRS = {".git", ".hg", ".svn", "__pycache__"}  # anywhere in a source tree
+SOURCE_SKIP_TOP = {"build", "dist", ".venv", ".tox", ".nox"}  # at its top only (a subpackage may be `build`)
+
+
+def _local_sources(
+    c: _Checker, folder: Path, requirements: tuple[str, ...], optional: tuple[OptionalGroup, ...]
+) -> tuple[tuple[str, str], ...]:
+    """Each `name @ path` / `file:` requirement -> digest of what it points at: uv caches a
+    local build by path, so without this an edited tree would be 'reused' with the old code."""
+    from packaging.requirements import Requirement
+
+    keyed = [("requirements", i, r) for i, r in enumerate(requirements)]
+    for g in optional:
+        keyed += [(f"optional.{g.name}.requirements", i, r) for i, r in enumerate(g.requirements)]
+    out: dict[str, str] = {}
+    for key, i, text in keyed:
+        if "@" not in text:  # only direct references name a path
+            continue
+        target = local_path(folder, Requirement(text).url)
+        if target is None:
+            continue
+        if not target.exists():
+            raise c.fail(
+                f"{key}[{i}]",
+                f"{text!r}: {target} does not exist (relative paths start at the manifest's folder)",
+            )
+        try:
+            out[text] = source_digest(target)
+        except OSError as exc:
+            raise c.fail(
+                f"{key}[{i}]", f"{text!r}: cannot read {exc.filename or target}: {exc.strerror}"
+            ) from None
+    return tuple(sorted(out.items()))
+
+
+def local_path(folder: Path, url: str | None) -> Path | None:
+    """The local file or directory a requirement's URL names (relative to `folder`), else None."""
+    if url is None:
+        return None
+    if url.startswith("file:"):
+        from urllib.parse import unquote, urlsplit
+
+        parts = urlsplit(url)
+        if parts.netloc not in ("", "localhost"):
+            return None
+        return (folder / unquote(parts.path)).resolve()
+    if "://" in url or re.match(r"^[A-Za-z][A-Za-z0-9+.-]*\+", url):  # http(s), git+..., etc.
+        return None
+    return (folder / url).resolve()
+
+
+def source_digest(path: Path) -> str:
+    """sha256 over a source tree's paths, exec bits, link targets and contents (VCS metadata,
+    caches and build outputs skipped), or over a wheel/sdist file's bytes."""
+    h = hashlib.sha256()
+    if path.is_file():
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+    for dirpath, dirs, files in os.walk(path):
+        skip = SOURCE_SKIP_DIRS | SOURCE_SKIP_TOP if dirpath == str(path) else SOURCE_SKIP_DIRS
+        dirs[:] = sorted(d for d in dirs if d not in skip and not d.endswith(".egg-info"))
+        links = [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]  # not walked: hashed
+        dirs[:] = [d for d in dirs if d not in links]
+        for name in sorted([*files, *links]):
+            if name.endswith((".pyc", ".pyo")):
+                continue
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, path).encode("utf-8", "surrogateescape")
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                h.update(b"L\0" + rel + b"\0" + os.readlink(full).encode("utf-8", "surrogateescape") + b"\0")
+                continue
+            h.update(b"F\0" + rel + b"\0" + (b"x" if st.st_mode & 0o111 else b"-") + b"\0")
+            with open(full, "rb") as fh:
+                h.update(hashlib.sha256(fh.read()).digest())
+    return h.hexdigest()
 
 
 def _check_python(c: _Checker, python: str) -> None:
@@ -505,7 +605,18 @@ def _parse_activate(c: _Checker, value: Any) -> tuple[tuple[tuple[str, str], ...
             raise c.fail(key, f"{k!r} is not a valid environment variable name")
         if k in RESERVED_ENV:
             raise c.fail(key, f"{k} is set by volenv itself and cannot be overridden")
-        env.append((k, c.string(v, key)))
+        text = c.string(v, key)
+        if "\0" in text:
+            raise c.fail(key, "contains a NUL byte, which no environment value can hold")
+        from .activate import expand_env_value
+
+        try:
+            expand_env_value(text, {})
+        except ValueError as exc:
+            raise c.fail(
+                key, f"{text!r}: {exc}", hint="write ${NAME} for a variable, $$ for a literal $"
+            ) from None
+        env.append((k, text))
     smoke = c.strings(t.get("smoke-imports", []), "activate.smoke-imports")
     for i, mod in enumerate(smoke):
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", mod):
@@ -605,4 +716,11 @@ def manifest_from_seal(data: dict[str, Any], path: str) -> Manifest:
     if data.get("requirements_file"):
         problem = "snapshots built from a requirements-file are repaired by `volenv sync`"
         raise ManifestError(path, "requirements-file", problem)
+    if dict(m.local_sources) != data.get("local_sources", {}):
+        raise ManifestError(
+            path,
+            "requirements",
+            "a local source tree changed since this snapshot was built: it cannot be rebuilt as it was",
+            hint="`volenv sync MANIFEST` builds a new snapshot from the tree as it is now",
+        )
     return m

@@ -84,8 +84,8 @@ def render_sync(r: Any, quiet: int) -> None:
     _c().print(f"  path: {r.path}")
     for g in r.groups:
         mark = "[green]installed[/green]" if g.state == "installed" else f"[yellow]{g.state}[/yellow]"
-        extra = f": {g.error}" if g.error else ""
-        _c().print(f"  optional group {g.name}: {mark}{extra}")
+        extra = f": {escape(g.error)}" if g.error else ""  # uv's text names requirements with [extras]
+        _c().print(f"  optional group {escape(g.name)}: {mark}{extra}")
     if r.stats:
         s = r.stats
         _c().print(
@@ -155,11 +155,12 @@ def render_verify(reports: Any, quiet: int) -> None:
 
 
 def render_error(message: str, cause: str | None, hint: str | None) -> None:
-    _c().print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    # escaped: messages quote what the user wrote (`uvicorn[standard]==0.32.1`) and uv's text
+    _c().print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False)
     if cause:
-        _c().print(f"  [bold]cause:[/bold] {cause}", highlight=False)
+        _c().print(f"  [bold]cause:[/bold] {escape(cause)}", highlight=False)
     if hint:
-        _c().print(f"  [bold cyan]hint:[/bold cyan] {hint}", highlight=False)
+        _c().print(f"  [bold cyan]hint:[/bold cyan] {escape(hint)}", highlight=False)
 
 
 def render_history(r: Any) -> None:
@@ -253,6 +254,15 @@ def render_doctor(r: Any) -> None:
         _c().print(f"last build log: {r.build_log}")
         for line in r.build_log_tail:
             _c().print(f"  | {line}", highlight=False, markup=False)
+    f = r.last_failure
+    if f is not None:
+        where = f" ({escape(f.snapshot)})" if f.snapshot else ""
+        _c().print(
+            f"last failure: {human_time(f.time)} [bold]{escape(f.env)}[/bold]{where}: {escape(f.error)}",
+            highlight=False,
+        )
+        if f.log:
+            _c().print(f"  log: {escape(f.log)}", highlight=False)
     for p in r.problems:
         _c().print(f"[red]problem:[/red] {p}")
     if not r.problems:

@@ -86,14 +86,29 @@ def run_uv(
     return proc
 
 
+CAUSE_PREFIXES = ("cause:", "Caused by:", "╰─▶")
+
+
 def last_error_line(proc: subprocess.CompletedProcess[str]) -> str:
-    """uv's error line plus its cause lines, joined: enough to act on without the log."""
-    lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
-    for i, ln in enumerate(lines):
-        if ln.startswith(("error:", "×")) or "No solution" in ln:
-            causes = [
-                c.lstrip("╰─▶ ") for c in lines[i + 1 : i + 4] if c.startswith(("cause:", "Caused by", "╰─▶"))
-            ]
-            text = ln.lstrip("× ").removeprefix("error: ").strip()
-            return "; ".join([text, *causes])
-    return lines[-1] if lines else f"uv exited {proc.returncode}"
+    """uv's error line plus every cause line under it (with their continuation lines, e.g. git's
+    "Could not resolve host"), joined on one line: enough to act on without the log."""
+    lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines()]
+    start = next((i for i, ln in enumerate(lines) if ln.startswith(("error:", "×"))), None)
+    if start is None:
+        start = next((i for i, ln in enumerate(lines) if "No solution" in ln), None)
+    if start is None:
+        rest = [ln for ln in lines if ln]
+        return rest[-1] if rest else f"uv exited {proc.returncode}"
+    parts = [lines[start].lstrip("× ").removeprefix("error: ").strip()]
+    for ln in lines[start + 1 :]:
+        if ln.startswith(("error:", "warning:", "hint:")):
+            break
+        if not ln or ln == "--- stderr":
+            continue
+        if ln.startswith(CAUSE_PREFIXES):
+            for prefix in CAUSE_PREFIXES:
+                ln = ln.removeprefix(prefix)
+            parts.append("cause: " + ln.strip())
+        else:
+            parts[-1] += " " + ln
+    return "; ".join(parts)

@@ -35,6 +35,17 @@ class GpuInfo:
 
 
 @dataclass(frozen=True)
+class BuildFailure:
+    """The newest `build-failed` event on the volume: what broke, when, and its log."""
+
+    env: str
+    time: float
+    error: str
+    log: str | None
+    snapshot: str | None = None
+
+
+@dataclass(frozen=True)
 class DoctorReport:
     root: str
     root_source: str
@@ -52,6 +63,7 @@ class DoctorReport:
     build_log: str | None
     build_log_tail: tuple[str, ...]
     problems: tuple[str, ...]
+    last_failure: BuildFailure | None = None
 
     @property
     def exit_code(self) -> int:
@@ -146,6 +158,7 @@ def doctor(paths: VolumePaths, choice: RootChoice) -> DoctorReport:
     gpu = gpu_info()
     log_path: str | None = None
     tail: tuple[str, ...] = ()
+    failure: BuildFailure | None = None
     if exists and reachable:
         from ..diagnose import _last_build_log
         from ..gc import lease_holder
@@ -181,6 +194,7 @@ def doctor(paths: VolumePaths, choice: RootChoice) -> DoctorReport:
                     )
         lines, log_path = _last_build_log(root, None)
         tail = tuple(lines[-15:])
+        failure = last_build_failure(paths)
     python = f"{sys.implementation.name} {sys.version.split()[0]} at {os.path.realpath(sys.executable)}"
     return DoctorReport(
         root,
@@ -199,7 +213,44 @@ def doctor(paths: VolumePaths, choice: RootChoice) -> DoctorReport:
         log_path,
         tail,
         tuple(problems),
+        failure,
     )
+
+
+def last_build_failure(paths: VolumePaths) -> BuildFailure | None:
+    """The newest `build-failed` event of any env (resolve failures included); unreadable
+    lines are skipped: events are a diagnostic aid, not a record anything depends on."""
+    import json
+
+    newest: BuildFailure | None = None
+    for env in store.list_envs(paths):
+        try:
+            text = paths.events(env).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        for line in reversed(text.splitlines()):
+            if '"build-failed"' not in line:
+                continue
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(ev, dict) or ev.get("event") != "build-failed":
+                continue
+            t = ev.get("time")
+            if not isinstance(t, int | float):
+                continue
+            if newest is None or t > newest.time:
+                log, snap = ev.get("log"), ev.get("snapshot")
+                newest = BuildFailure(
+                    env,
+                    float(t),
+                    str(ev.get("error", "")),
+                    log if isinstance(log, str) else None,
+                    snap if isinstance(snap, str) else None,
+                )
+            break
+    return newest
 
 
 def _same_python(fp: dict[str, object]) -> str:

@@ -21,7 +21,10 @@ def activation_env(root: str, manifest: str | None, env: str | None, verify: str
     o = RunOptions()
     o.manifest, o.env, o.on_missing, o.verify, o.command = manifest, env, "fail", verify, ["true"]
     target, snap_dir, _seal = prepare(root, o)
+    # the variables volenv sets, with `${NAME}` in manifest values expanded against this shell's
     variables = compute_env(
         root, snap_dir, target.env, target.activation, base={"PATH": os.environ.get("PATH", "")}
     )
+    full = compute_env(root, snap_dir, target.env, target.activation, base=dict(os.environ))
+    variables.update({k: full[k] for k in target.activation.get("env", {})})
     return EnvResult(target.env, os.path.basename(snap_dir), snap_dir, variables, ("PYTHONHOME",))
