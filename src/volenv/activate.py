@@ -463,7 +463,7 @@ def run(root: str, argv: list[str]) -> int:
     if o.materialize != "never":
         from .materialize import choose
 
-        snap_dir = choose(root, snap_dir, _seal, o.materialize, o.materialize_dir) or snap_dir
+        snap_dir = choose(root, snap_dir, _seal, o.materialize, o.materialize_dir, o.verify) or snap_dir
     env = compute_env(root, snap_dir, target.env, target.activation)
     cmd = list(o.command)
     # A program the snapshot provides runs by absolute path: if the snapshot vanished between

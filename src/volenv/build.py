@@ -26,7 +26,15 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__, faults, store
 from .errors import BuildError, DiskSpaceError, VolenvError, VolumeError, from_oserror
-from .fsutil import atomic_write_bytes, atomic_write_json, fsync_dir, remove_tree, unique_suffix
+from .fsutil import (
+    atomic_write_bytes,
+    atomic_write_json,
+    fsync_dir,
+    remove_tree,
+    safe_mkdirs,
+    safe_rename,
+    unique_suffix,
+)
 from .integrity import Entry, build_record, encode_record, load_record
 from .interp import fingerprint_key, probe
 from .manifest import Manifest, canonical_json
@@ -696,7 +704,7 @@ class _Build:
                 return
             except SealProblem as sp:
                 quarantine(self.paths, target, f"replaced by a rebuild: {sp.detail}")
-        os.rename(self.staging, target)
+        safe_rename(self.staging, target, self.paths.root)
         fsync_dir(target.parent)
         if self.staging.parent.name.startswith(".verify-"):
             os.rmdir(self.staging.parent)
@@ -708,7 +716,7 @@ class _Build:
         """verify_snapshot checks the directory name against the seal: view staging by its id."""
         view = self.staging.parent / f".verify-{unique_suffix()}" / self.sid
         view.parent.mkdir()
-        os.rename(self.staging, view)
+        safe_rename(self.staging, view, self.paths.root)
         self.staging = view
         return view
 
@@ -908,9 +916,9 @@ def quarantine(
     paths: VolumePaths, snapshot_dir: Path, reason: str, report: dict[str, Any] | None = None
 ) -> Path:
     """Move a damaged snapshot aside (never delete it silently), report next to it."""
-    paths.quarantine.mkdir(parents=True, exist_ok=True)
+    safe_mkdirs(paths.quarantine, paths.root)
     dest = paths.quarantine / f"{snapshot_dir.name}.{unique_suffix()}"
-    os.rename(snapshot_dir, dest)
+    safe_rename(snapshot_dir, dest, paths.root)  # neither side through a planted symlink
     atomic_write_json(
         dest.with_name(dest.name + ".report.json"),
         {"schema": 1, "snapshot": snapshot_dir.name, "time": time.time(), "reason": reason, "report": report},

@@ -197,7 +197,9 @@ def render_gc(r: Any, quiet: int) -> None:
         _c().print(table)
     if r.executed:
         for o in r.outcomes:
-            if not o.done:
+            if o.kept:
+                _c().print(f"note: {o.path}: {o.detail}")
+            elif not o.done:
                 _c().print(f"[yellow]not removed:[/yellow] {o.path}: {o.detail}")
         _c().print(f"freed {human_bytes(r.freed_bytes)} ({sum(o.done for o in r.outcomes)} removed)")
     else:
