@@ -492,9 +492,11 @@ def main_fast(root_opt: str | None, argv: list[str]) -> int:
 
             raise from_oserror(exc, "volume access failed") from exc
     except VolenvError as exc:
-        print(f"volenv: error: {exc.message}", file=sys.stderr)
+        from .redact import redact_text
+
+        print(f"volenv: error: {redact_text(exc.message)}", file=sys.stderr)
         if exc.cause:
-            print(f"  cause: {exc.cause}", file=sys.stderr)
+            print(f"  cause: {redact_text(exc.cause)}", file=sys.stderr)
         if exc.hint:
-            print(f"  hint: {exc.hint}", file=sys.stderr)
+            print(f"  hint: {redact_text(exc.hint)}", file=sys.stderr)
         return exc.exit_code

@@ -39,6 +39,7 @@ from .integrity import Entry, build_record, encode_record, load_record
 from .interp import fingerprint_key, probe
 from .manifest import Manifest, canonical_json
 from .paths import VolumePaths
+from .redact import redact_text
 from .sealcheck import (
     META_DIR,
     RECORD_NAME,
@@ -403,7 +404,7 @@ class _Build:
 
     def logline(self, text: str) -> None:
         with open(self.log, "a", encoding="utf-8") as fh:
-            fh.write(text.rstrip("\n") + "\n")
+            fh.write(redact_text(text.rstrip("\n")) + "\n")
 
     def uv(self, args: list[str], step: str) -> subprocess.CompletedProcess[str]:
         proc = run_uv(args, self.paths, self.log, cwd=self.manifest.path.parent)

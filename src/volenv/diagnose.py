@@ -44,7 +44,11 @@ def build_report(root: str, target_env: str | None, manifest: str | None, exc: V
         report["volume_error"] = str(err)
     report["snapshots"] = _snapshots(root)
     report["build_log_tail"], report["build_log"] = _last_build_log(root, target_env)
-    return report
+    from .redact import redact_obj
+
+    # every RunPod job gets this report back: nothing secret in it (an old log, an error text)
+    redacted: dict[str, Any] = redact_obj(report)  # type: ignore[assignment]
+    return redacted
 
 
 def _snapshots(root: str) -> list[dict[str, Any]]:

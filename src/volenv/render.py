@@ -13,6 +13,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from .redact import redact_obj, redact_text
+
 JSON_VERSION = 1
 
 err_console = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
@@ -49,7 +51,7 @@ def to_data(obj: Any) -> Any:
 
 def emit_json(command: str, result: Any) -> None:
     doc = {"version": JSON_VERSION, "command": command}
-    data = to_data(result)
+    data = redact_obj(to_data(result))
     if isinstance(data, dict):
         doc.update(data)
     else:
@@ -154,6 +156,12 @@ def render_verify(reports: Any, quiet: int) -> None:
 
 
 def render_error(message: str, cause: str | None, hint: str | None) -> None:
+    message = redact_text(message)
+    cause = redact_text(cause) if cause else cause
+    hint = redact_text(hint) if hint else hint
+    message = redact_text(message)
+    cause = redact_text(cause) if cause else cause
+    hint = redact_text(hint) if hint else hint
     _c().print(f"[bold red]error:[/bold red] {message}", highlight=False)
     if cause:
         _c().print(f"  [bold]cause:[/bold] {cause}", highlight=False)

@@ -24,6 +24,7 @@ from .fsutil import (
     write_cachedir_tag,
 )
 from .paths import FORMAT_VERSION, VolumePaths
+from .redact import redact_obj
 from .rootfind import root_exists
 
 POINTER_SCHEMA = 1
@@ -210,7 +211,8 @@ def log_event(paths: VolumePaths, env: str, event: str, **fields: Any) -> None:
     rec = {"time": time.time(), "event": event, "pid": os.getpid(), **fields}
     try:
         paths.env_logs(env).mkdir(parents=True, exist_ok=True)
-        append_line(paths.events(env), json.dumps(rec, sort_keys=True, default=str))
+        line = json.dumps(redact_obj(rec), sort_keys=True, default=str)
+        append_line(paths.events(env), line)
     except OSError as exc:
         if exc.errno not in (errno.EROFS, errno.ENOSPC, errno.EACCES, errno.EPERM):
             raise

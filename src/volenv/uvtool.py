@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .manifest import IndexSettings, Manifest
 from .paths import VolumePaths
+from .redact import redact_text
 
 
 def uv_bin() -> str:
@@ -82,7 +83,9 @@ def run_uv(
     )
     if log is not None:
         with open(log, "a", encoding="utf-8") as fh:
-            fh.write(f"$ uv {' '.join(args)}\n{proc.stdout}{proc.stderr}[exit {proc.returncode}]\n")
+            # uv echoes index URLs (with their userinfo) in its own messages: filter everything
+            text = f"$ uv {' '.join(args)}\n{proc.stdout}{proc.stderr}[exit {proc.returncode}]\n"
+            fh.write(redact_text(text))
     return proc
 
 
@@ -95,5 +98,5 @@ def last_error_line(proc: subprocess.CompletedProcess[str]) -> str:
                 c.lstrip("╰─▶ ") for c in lines[i + 1 : i + 4] if c.startswith(("cause:", "Caused by", "╰─▶"))
             ]
             text = ln.lstrip("× ").removeprefix("error: ").strip()
-            return "; ".join([text, *causes])
-    return lines[-1] if lines else f"uv exited {proc.returncode}"
+            return redact_text("; ".join([text, *causes]))
+    return redact_text(lines[-1]) if lines else f"uv exited {proc.returncode}"
