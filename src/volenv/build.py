@@ -434,6 +434,7 @@ class _Build:
 
     def stage(self) -> None:
         faults.point("stage")
+        safe_mkdirs(self.staging.parent, self.paths.root)  # uv writes here: never through a link
         self.logline(
             f"# volenv {__version__} building {self.sid} on {socket.gethostname()} pid {os.getpid()}"
         )
@@ -861,7 +862,9 @@ def _staging_env(name: str) -> str | None:
 
 
 def check_filesystem(paths: VolumePaths) -> None:
-    """Refuse, before anything else is written, a filesystem that cannot hold a venv."""
+    """Refuse, before anything else is written, a filesystem that cannot hold a venv (or a
+    staging directory that is a planted link: the build would write through it)."""
+    safe_mkdirs(paths.staging, paths.root)
     caps = probe_filesystem(paths.staging)
     if not caps["symlinks"]:
         raise VolumeError(

@@ -335,8 +335,13 @@ def _plan_traps(paths: VolumePaths) -> Iterator[GcItem]:
     them (nor lets `uv cache clean` loose on a linked cache); reported and left alone."""
     dirs = [*paths.top_dirs(), paths.root / "cache", paths.root / "aliases", paths.root / "packs"]
     dirs += [paths.root / "packs" / d for d in ("blobs", "snapshots")] + [paths.uv_cache / "archive-v0"]
-    dirs += [paths.models / d for d in ("records", "files", "hf")]
-    for env in _envs(paths):
+    dirs += [paths.models / d for d in ("records", "files", "hf", "hf/hub")]
+    dirs += [paths.models / "files" / n for n in _listdir(paths.models / "files", paths.root)]
+    dirs += [paths.models / "hf" / "hub" / n for n in _listdir(paths.models / "hf" / "hub", paths.root)]
+    for env in _listdir(paths.envs, paths.root):
+        if env.startswith("."):
+            continue
+        dirs += [paths.env_dir(env), paths.env_logs(env)]
         dirs += [paths.env_dir(env) / d for d in ("snapshots", "index", "used", "pins")]
     for d in dirs:
         try:
