@@ -142,7 +142,10 @@ def _discard(dest: Path) -> None:
         os.rename(dest, aside)
     except FileNotFoundError:
         return
-    shutil.rmtree(aside, ignore_errors=True)
+    if os.path.islink(aside):  # a planted link: the link goes, never what it points to
+        os.unlink(aside)
+    else:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _clean_partials(base: Path, sid: str) -> None:
