@@ -518,7 +518,7 @@ def run(root: str, argv: list[str]) -> int:
     if o.materialize != "never":
         from .materialize import choose
 
-        snap_dir = choose(root, snap_dir, _seal, o.materialize, o.materialize_dir) or snap_dir
+        snap_dir = choose(root, snap_dir, _seal, o.materialize, o.materialize_dir, o.verify) or snap_dir
     env = compute_env(root, snap_dir, target.env, target.activation)
     cmd = list(o.command)
     # A program the snapshot provides runs by absolute path: if the snapshot vanished between
@@ -547,9 +547,11 @@ def main_fast(root_opt: str | None, argv: list[str]) -> int:
 
             raise from_oserror(exc, "volume access failed") from exc
     except VolenvError as exc:
-        print(f"volenv: error: {exc.message}", file=sys.stderr)
+        from .redact import redact_text
+
+        print(f"volenv: error: {redact_text(exc.message)}", file=sys.stderr)
         if exc.cause:
-            print(f"  cause: {exc.cause}", file=sys.stderr)
+            print(f"  cause: {redact_text(exc.cause)}", file=sys.stderr)
         if exc.hint:
-            print(f"  hint: {exc.hint}", file=sys.stderr)
+            print(f"  hint: {redact_text(exc.hint)}", file=sys.stderr)
         return exc.exit_code

@@ -26,11 +26,20 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__, faults, store
 from .errors import BuildError, DiskSpaceError, VolenvError, VolumeError, from_oserror
-from .fsutil import atomic_write_bytes, atomic_write_json, fsync_dir, remove_tree, unique_suffix
+from .fsutil import (
+    atomic_write_bytes,
+    atomic_write_json,
+    fsync_dir,
+    remove_tree,
+    safe_mkdirs,
+    safe_rename,
+    unique_suffix,
+)
 from .integrity import Entry, WheelMismatch, build_record, check_shipped_bytecode, encode_record, load_record
 from .interp import fingerprint_key, probe
 from .manifest import Manifest, canonical_json
 from .paths import VolumePaths
+from .redact import redact_text
 from .sealcheck import (
     META_DIR,
     RECORD_NAME,
@@ -513,7 +522,7 @@ class _Build:
 
     def logline(self, text: str) -> None:
         with open(self.log, "a", encoding="utf-8") as fh:
-            fh.write(text.rstrip("\n") + "\n")
+            fh.write(redact_text(text.rstrip("\n")) + "\n")
 
     def uv(self, args: list[str], step: str) -> subprocess.CompletedProcess[str]:
         proc = run_uv(args, self.paths, self.log, cwd=self.manifest.path.parent)
@@ -543,6 +552,7 @@ class _Build:
 
     def stage(self) -> None:
         faults.point("stage")
+        safe_mkdirs(self.staging.parent, self.paths.root)  # uv writes here: never through a link
         self.logline(
             f"# volenv {__version__} building {self.sid} on {socket.gethostname()} pid {os.getpid()}"
         )
@@ -827,7 +837,7 @@ class _Build:
                 return
             except SealProblem as sp:
                 quarantine(self.paths, target, f"replaced by a rebuild: {sp.detail}")
-        os.rename(self.staging, target)
+        safe_rename(self.staging, target, self.paths.root)
         fsync_dir(target.parent)
         if self.staging.parent.name.startswith(".verify-"):
             os.rmdir(self.staging.parent)
@@ -839,7 +849,7 @@ class _Build:
         """verify_snapshot checks the directory name against the seal: view staging by its id."""
         view = self.staging.parent / f".verify-{unique_suffix()}" / self.sid
         view.parent.mkdir()
-        os.rename(self.staging, view)
+        safe_rename(self.staging, view, self.paths.root)
         self.staging = view
         return view
 
@@ -990,7 +1000,9 @@ def _staging_env(name: str) -> str | None:
 
 
 def check_filesystem(paths: VolumePaths) -> None:
-    """Refuse, before anything else is written, a filesystem that cannot hold a venv."""
+    """Refuse, before anything else is written, a filesystem that cannot hold a venv (or a
+    staging directory that is a planted link: the build would write through it)."""
+    safe_mkdirs(paths.staging, paths.root)
     caps = probe_filesystem(paths.staging)
     if not caps["symlinks"]:
         raise VolumeError(
@@ -1046,9 +1058,9 @@ def quarantine(
     paths: VolumePaths, snapshot_dir: Path, reason: str, report: dict[str, Any] | None = None
 ) -> Path:
     """Move a damaged snapshot aside (never delete it silently), report next to it."""
-    paths.quarantine.mkdir(parents=True, exist_ok=True)
+    safe_mkdirs(paths.quarantine, paths.root)
     dest = paths.quarantine / f"{snapshot_dir.name}.{unique_suffix()}"
-    os.rename(snapshot_dir, dest)
+    safe_rename(snapshot_dir, dest, paths.root)  # neither side through a planted symlink
     atomic_write_json(
         dest.with_name(dest.name + ".report.json"),
         {"schema": 1, "snapshot": snapshot_dir.name, "time": time.time(), "reason": reason, "report": report},

@@ -347,7 +347,9 @@ def _log_traceback(root: Path | None) -> str | None:
     for path in candidates:
         try:
             with open(path, "a", encoding="utf-8") as fh:
-                fh.write(f"--- {time.ctime()} pid {os.getpid()} argv {sys.argv}\n{text}\n")
+                from .redact import redact_text
+
+                fh.write(redact_text(f"--- {time.ctime()} pid {os.getpid()} argv {sys.argv}\n{text}\n"))
             return str(path)
         except OSError:
             continue

@@ -136,8 +136,10 @@ def gc_cmd(
         emit_json("gc", {"dry_run": dry_run, "ok": result.ok, "result": result})
     else:
         render_gc(result, g.quiet)
-    if not result.ok:
-        raise typer.Exit(1)
+    if not result.ok:  # something could not be removed (a planted link, EIO, EACCES): exit 8
+        from .errors import EXIT_VOLUME
+
+        raise typer.Exit(EXIT_VOLUME)
 
 
 models_app = typer.Typer(help="Model caches on the volume: fetch, verify, list.", no_args_is_help=True)

@@ -44,7 +44,11 @@ def build_report(root: str, target_env: str | None, manifest: str | None, exc: V
         report["volume_error"] = str(err)
     report["snapshots"] = _snapshots(root)
     report["build_log_tail"], report["build_log"] = _last_build_log(root, target_env)
-    return report
+    from .redact import redact_obj
+
+    # every RunPod job gets this report back: nothing secret in it (an old log, an error text)
+    redacted: dict[str, Any] = redact_obj(report)  # type: ignore[assignment]
+    return redacted
 
 
 def _snapshots(root: str) -> list[dict[str, Any]]:
@@ -84,9 +88,13 @@ def _last_build_log(root: str, env: str | None) -> tuple[list[str], str | None]:
     newest = max(candidates, key=lambda p: os.stat(p).st_mtime)
     try:
         with open(newest, encoding="utf-8", errors="replace") as fh:
-            return fh.read().splitlines()[-TAIL_LINES:], newest
+            lines = fh.read().splitlines()[-TAIL_LINES:]
     except OSError:
         return [], newest
+    from .redact import redact_text
+
+    # a log written by an older volenv (or by hand) may hold what this one never writes
+    return [redact_text(line) for line in lines], newest
 
 
 def _listdir(path: str) -> list[str]:

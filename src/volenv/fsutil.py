@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -9,6 +10,7 @@ import secrets
 import shutil
 import socket
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -162,43 +164,137 @@ def is_within(path: Path, root: Path) -> bool:
     return True
 
 
-def assert_real_parents(path: Path, root: Path) -> None:
-    """Refuse a path whose parents (between root and it) include a symlink: deleting through
-    one would reach outside the volume root."""
+class ContainmentError(VolumeError):
+    """A path inside the volume root runs through a symlink (or leaves the root): volenv
+    refuses to rename, delete, chmod or write through it, whoever planted it."""
+
+
+def _rel_parts(path: Path, root: Path) -> tuple[str, ...]:
     if not is_within(path, root) or os.path.normpath(path) == os.path.normpath(root):
-        raise VolenvError(f"refusing to touch {path}: not strictly inside the volume root {root}")
-    rel = Path(os.path.normpath(path)).relative_to(os.path.normpath(root))
-    current = Path(os.path.normpath(root))
-    for part in rel.parts[:-1]:
-        if part in ("..", "."):
-            raise VolenvError(f"refusing to touch {path}: '..' in the path")
-        current = current / part
-        if stat.S_ISLNK(os.lstat(current).st_mode):
-            raise VolenvError(f"refusing to touch {path}: {current} is a symlink")
+        raise ContainmentError(f"refusing to touch {path}: not strictly inside {root}")
+    parts = Path(os.path.normpath(path)).relative_to(os.path.normpath(root)).parts
+    if any(p in ("", ".", "..") for p in parts):
+        raise ContainmentError(f"refusing to touch {path}: '..' in the path")
+    return parts
+
+
+def open_dir_nofollow(root: Path, parts: tuple[str, ...] | list[str]) -> int:
+    """A descriptor of root/parts opened one component at a time with O_NOFOLLOW, so no
+    symlinked component below root is followed (the root itself may be a link: a mount path)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i, part in enumerate(parts):
+            try:
+                nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    where = os.path.join(root, *parts[: i + 1])
+                    raise ContainmentError(
+                        f"refusing to go through {where}: a symlink (or not a directory) inside {root}",
+                        hint="volenv never follows links inside its root; remove the link",
+                    ) from None
+                raise
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@contextlib.contextmanager
+def contained(path: Path, root: Path) -> Iterator[tuple[int, str]]:
+    """(descriptor of path's parent, path's name), the parent reached from root without
+    following any symlinked component: the one containment rule every rename, delete, chmod
+    and write inside the root goes through (a link at `path` itself is acted on, not followed)."""
+    parts = _rel_parts(path, root)
+    fd = open_dir_nofollow(root, parts[:-1])
+    try:
+        yield fd, parts[-1]
+    finally:
+        os.close(fd)
+
+
+def assert_real_parents(path: Path, root: Path) -> None:
+    """Refuse a path whose parents (between root and it) include a symlink."""
+    with contained(path, root):
+        pass
+
+
+def safe_rename(src: Path, dst: Path, root: Path) -> None:
+    """os.rename with both parents reached without following links below root."""
+    with contained(src, root) as (sfd, sname), contained(dst, root) as (dfd, dname):
+        os.rename(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd)
+
+
+def safe_unlink(path: Path, root: Path) -> None:
+    """Unlink a file (or a symlink itself) inside root; a missing one is fine."""
+    with contained(path, root) as (fd, name):
+        try:
+            os.unlink(name, dir_fd=fd)
+        except FileNotFoundError:
+            pass
+
+
+def safe_mkdirs(path: Path, root: Path, mode: int = 0o777) -> None:
+    """mkdir -p below root, refusing any existing symlinked component."""
+    parts = _rel_parts(path, root)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts:
+            try:
+                os.mkdir(part, mode, dir_fd=fd)
+            except FileExistsError:
+                pass
+            nfd = open_dir_nofollow_at(fd, part, path)
+            os.close(fd)
+            fd = nfd
+    finally:
+        os.close(fd)
+
+
+def open_dir_nofollow_at(fd: int, name: str, whole: Path) -> int:
+    try:
+        return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise ContainmentError(f"refusing to go through {whole}: '{name}' is a symlink") from None
+        raise
 
 
 def remove_tree(path: Path, root: Path) -> None:
-    """Delete a tree strictly inside root without following any symlink out of it.
-
-    shutil.rmtree walks with O_NOFOLLOW and dir fds (symlink-race safe); a symlink at
-    `path` itself is unlinked, never followed.
-    """
-    assert_real_parents(path, root)
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(path, onerror=_make_writable_and_retry)
-    else:
-        os.unlink(path)
+    """Delete a tree strictly inside root without following any symlink, neither above it
+    (parents reached with O_NOFOLLOW) nor inside (shutil.rmtree on a dir fd does not follow);
+    a symlink at `path` itself is unlinked, never followed."""
+    with contained(path, root) as (fd, name):
+        try:
+            st = os.lstat(name, dir_fd=fd)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(name, dir_fd=fd, onerror=_writable_retry(fd))
+        else:
+            os.unlink(name, dir_fd=fd)
 
 
-def _make_writable_and_retry(func: Any, path: str, exc_info: Any) -> None:
-    # A read-only directory inside a tree (chmod by a user) would stop rmtree; fix and retry once.
-    if func in (os.rmdir, os.unlink) and isinstance(exc_info[1], PermissionError):
-        parent = os.path.dirname(path)
-        os.chmod(parent, 0o755)
-        func(path)
-        return
-    raise exc_info[1]
+def _writable_retry(top_fd: int) -> Any:
+    # A read-only directory inside a tree (chmod by a user) would stop rmtree: make its parent
+    # writable (reached without following links) and retry once.
+    def handler(func: Any, path: str, exc_info: Any) -> None:
+        if func in (os.rmdir, os.unlink) and isinstance(exc_info[1], PermissionError):
+            parent = [p for p in os.path.dirname(path).split(os.sep) if p]
+            pfd = top_fd
+            opened: list[int] = []
+            try:
+                for part in parent:
+                    pfd = open_dir_nofollow_at(pfd, part, Path(path))
+                    opened.append(pfd)
+                os.chmod(pfd, 0o755)
+                func(os.path.basename(path), dir_fd=pfd)
+            finally:
+                for o in opened:
+                    os.close(o)
+            return
+        raise exc_info[1]
+
+    return handler

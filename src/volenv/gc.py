@@ -19,7 +19,15 @@ from pathlib import Path
 
 from . import store
 from .errors import UsageError, VolenvError
-from .fsutil import remove_tree, unique_suffix
+from .fsutil import (
+    ContainmentError,
+    open_dir_nofollow,
+    remove_tree,
+    safe_mkdirs,
+    safe_rename,
+    safe_unlink,
+    unique_suffix,
+)
 from .paths import VolumePaths
 from .sealcheck import SealProblem, read_seal
 
@@ -28,6 +36,10 @@ from .sealcheck import SealProblem, read_seal
 IN_FLIGHT_GRACE = 60.0
 DEFAULT_KEEP = 2
 DEFAULT_KEEP_WITHIN = "7d"
+#: a temp file (a killed fetch's `.part`, a pack or pull's blob temp) untouched this long has no
+#: live writer (writers touch it as bytes arrive), and an unreferenced blob this old is not one
+#: whose pack manifest is about to be written
+STALE_TEMP = 600.0
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -42,7 +54,7 @@ def parse_duration(text: str) -> float:
 
 @dataclass(frozen=True)
 class GcItem:
-    kind: str  # snapshot | staging | quarantine | trash | model | uv-archive
+    kind: str  # snapshot | staging | quarantine | trash | model | pack | part | uv-archive | trap
     path: str
     env: str | None
     action: str  # keep | remove
@@ -78,6 +90,7 @@ class GcOutcome:
     kind: str
     done: bool
     detail: str
+    kept: bool = False  # a root appeared after the plan: kept on purpose, not a failure
 
 
 @dataclass(frozen=True)
@@ -89,7 +102,7 @@ class GcResult:
 
     @property
     def ok(self) -> bool:
-        return all(o.done for o in self.outcomes)
+        return all(o.done or o.kept for o in self.outcomes)
 
 
 # ---------------------------------------------------------------- scan -> plan
@@ -97,21 +110,24 @@ class GcResult:
 
 def make_plan(paths: VolumePaths, *, keep: int, keep_within: float, now: float | None = None) -> GcPlan:
     now = time.time() if now is None else now
-    items: list[GcItem] = []
+    items: list[GcItem] = list(_plan_traps(paths))
     busy: list[str] = []
-    for env in store.list_envs(paths):
+    for env in _envs(paths):
         held = lease_holder(paths, env)
         if held:
             busy.append(env)
         items.extend(_plan_env(paths, env, keep, keep_within, now, held))
     items.extend(_plan_staging(paths, busy))
-    items.extend(_plan_dir(paths.quarantine, "quarantine", keep_within, now))
-    items.extend(_plan_dir(paths.trash, "trash", 0.0, now))
+    items.extend(_plan_dir(paths, paths.quarantine, "quarantine", keep_within, now))
+    items.extend(_plan_dir(paths, paths.trash, "trash", 0.0, now))
     kept = [Path(i.path) for i in items if i.kind == "snapshot" and i.action == "keep"]
     items.extend(_plan_models(paths, kept))
+    items.extend(_plan_parts(paths, now))
     removed_snapshots = [Path(i.path) for i in items if i.kind == "snapshot" and i.action == "remove"]
+    items.extend(_plan_packs(paths, {p.name for p in removed_snapshots}, now))
     table = inode_table(removed_snapshots)
-    items.extend(_plan_uv_archives(paths, table))
+    if not any(i.kind == "trap" and i.path.startswith(str(paths.root / "cache")) for i in items):
+        items.extend(_plan_uv_archives(paths, table))
     table.update(inode_table([Path(i.path) for i in items if i.action == "remove" and i.path not in table]))
     freed = freed_from(table, set(table))
     return GcPlan(str(paths.root), keep, keep_within, now, tuple(items), freed, tuple(busy), table)
@@ -125,7 +141,9 @@ def _plan_env(
     except VolenvError:
         current = None
     infos = []
-    for sid in store.list_snapshots(paths, env):
+    for sid in _listdir(paths.snapshots(env), paths.root):
+        if sid.startswith("."):
+            continue
         path = paths.snapshot(env, sid)
         try:
             seal = read_seal(str(path))
@@ -162,7 +180,7 @@ def _plan_staging(paths: VolumePaths, busy: list[str]) -> list[GcItem]:
     from .build import _staging_env
 
     out = []
-    for name in _listdir(paths.staging):
+    for name in _listdir(paths.staging, paths.root):
         if name == "CACHEDIR.TAG" or name.startswith(".probe-"):
             continue
         path = paths.staging / name
@@ -180,9 +198,9 @@ def _plan_staging(paths: VolumePaths, busy: list[str]) -> list[GcItem]:
     return out
 
 
-def _plan_dir(directory: Path, kind: str, keep_within: float, now: float) -> list[GcItem]:
+def _plan_dir(paths: VolumePaths, directory: Path, kind: str, keep_within: float, now: float) -> list[GcItem]:
     out = []
-    for name in _listdir(directory):
+    for name in _listdir(directory, paths.root):
         if name == "CACHEDIR.TAG":
             continue
         path = directory / name
@@ -221,7 +239,7 @@ def _referenced_models(paths: VolumePaths, kept: list[Path]) -> dict[str, dict[s
             specs.extend(read_seal(str(snap)).get("manifest", {}).get("models", []))
         except SealProblem:
             continue
-    for alias in _listdir(paths.root / "aliases"):
+    for alias in _listdir(paths.root / "aliases", paths.root):
         try:
             data = _json.loads((paths.root / "aliases" / alias).read_bytes())
             sid = store.read_index(paths, data["env"], data["manifest_digest"])
@@ -229,7 +247,31 @@ def _referenced_models(paths: VolumePaths, kept: list[Path]) -> dict[str, dict[s
             continue
         if sid in kept_ids:
             specs.extend(data.get("activation", {}).get("models", []))
-    return {os.path.basename(model_record_path(root, m)): m for m in specs}
+    return {os.path.basename(model_record_path(root, m)): m for m in specs if _valid_model(m)}
+
+
+def _valid_model(m: object) -> bool:
+    """A model spec read from the volume (a record, a seal, an alias: any of them may have been
+    pulled or planted) obeys the manifest's own rules before it names a path to delete."""
+    from .manifest import HEX40, HEX64, SLUG
+
+    if not isinstance(m, dict) or not isinstance(m.get("name"), str) or not SLUG.match(m["name"]):
+        return False
+    hf = m.get("hf")
+    if hf:
+        repo, rev = (hf.get("repo"), hf.get("revision")) if isinstance(hf, dict) else (None, None)
+        return (
+            isinstance(repo, str)
+            and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*", repo) is not None
+            and ".." not in repo
+            and isinstance(rev, str)
+            and HEX40.match(rev) is not None
+        )
+    url, sha = m.get("url"), m.get("sha256")
+    if not (isinstance(url, str) and isinstance(sha, str) and HEX64.match(sha)):
+        return False
+    filename = url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or "model.bin"
+    return filename not in (".", "..")
 
 
 def _plan_models(paths: VolumePaths, kept: list[Path]) -> list[GcItem]:
@@ -237,7 +279,7 @@ def _plan_models(paths: VolumePaths, kept: list[Path]) -> list[GcItem]:
     from .activate import model_location
 
     records = paths.models / "records"
-    names = [n for n in _listdir(records) if n.endswith(".json")]
+    names = [n for n in _listdir(records, paths.root) if n.endswith(".json") and not n.startswith(".")]
     if not names:
         return []
     referenced = _referenced_models(paths, kept)
@@ -254,8 +296,12 @@ def _plan_models(paths: VolumePaths, kept: list[Path]) -> list[GcItem]:
         rec_path = records / name
         try:
             spec = _json.loads(rec_path.read_bytes())["spec"]
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, TypeError):
             out.append(GcItem("model", str(rec_path), None, "keep", ("record unreadable: left alone",), 0))
+            continue
+        if not _valid_model(spec):
+            why = "record damaged (its name or source breaks the manifest rules): left alone"
+            out.append(GcItem("model", str(rec_path), None, "keep", (why,), 0))
             continue
         loc = Path(model_location(str(paths.root), spec))
         payload = loc.parent if not spec.get("hf") else loc
@@ -284,6 +330,122 @@ def _plan_models(paths: VolumePaths, kept: list[Path]) -> list[GcItem]:
     return out
 
 
+def _plan_traps(paths: VolumePaths) -> Iterator[GcItem]:
+    """Directories of the layout that are symlinks: gc never lists, renames or deletes through
+    them (nor lets `uv cache clean` loose on a linked cache); reported and left alone."""
+    dirs = [*paths.top_dirs(), paths.root / "cache", paths.root / "aliases", paths.root / "packs"]
+    dirs += [paths.root / "packs" / d for d in ("blobs", "snapshots")] + [paths.uv_cache / "archive-v0"]
+    dirs += [paths.models / d for d in ("records", "files", "hf", "hf/hub")]
+    dirs += [paths.models / "files" / n for n in _listdir(paths.models / "files", paths.root)]
+    dirs += [paths.models / "hf" / "hub" / n for n in _listdir(paths.models / "hf" / "hub", paths.root)]
+    for env in _listdir(paths.envs, paths.root):
+        if env.startswith("."):
+            continue
+        dirs += [paths.env_dir(env), paths.env_logs(env)]
+        dirs += [paths.env_dir(env) / d for d in ("snapshots", "index", "used", "pins")]
+    for d in dirs:
+        try:
+            st = os.lstat(d)
+        except OSError:
+            continue
+        if not _isdir(st):
+            why = "a symlink inside the volume root: left alone (volenv never follows one)"
+            if not os.path.islink(d):
+                why = "not a directory: left alone"
+            yield GcItem("trap", str(d), None, "keep", (why,), 0)
+
+
+def _envs(paths: VolumePaths) -> list[str]:
+    return [
+        e
+        for e in _listdir(paths.envs, paths.root)
+        if not e.startswith(".") and _isdir(os.lstat(paths.env_dir(e)))
+    ]
+
+
+def _plan_parts(paths: VolumePaths, now: float) -> list[GcItem]:
+    """`.part` files a killed model fetch left (the fetcher removes its own on any error)."""
+    out = []
+    files = paths.models / "files"
+    for name in _listdir(files, paths.root):
+        for key in _listdir(files / name, paths.root):
+            for entry in _listdir(files / name / key, paths.root):
+                if entry.startswith(".") and ".part-" in entry:
+                    out.append(_temp_item(files / name / key / entry, "part", now))
+    return out
+
+
+def _temp_item(path: Path, kind: str, now: float) -> GcItem:
+    st = os.lstat(path)
+    if now - st.st_mtime > STALE_TEMP:
+        why = f"a killed writer's temp file (untouched for over {_fmt_duration(STALE_TEMP)})"
+        return GcItem(kind, str(path), None, "remove", (why,), st.st_size)
+    return GcItem(kind, str(path), None, "keep", ("may be being written",), st.st_size)
+
+
+def _pack_refs(paths: VolumePaths, dropped: set[str]) -> tuple[set[str] | None, list[Path]]:
+    """Blob ids the pack manifests of surviving snapshots name (None: one is unreadable, so
+    no blob is provably unused), and the manifests of snapshots that no longer exist."""
+    from .packs import packs_dir, read_manifest
+
+    pdir = packs_dir(paths) / "snapshots"
+    refs: set[str] | None = set()
+    stale = []
+    for name in _listdir(pdir, paths.root):
+        if name.startswith(".") or not name.endswith(".json"):
+            continue
+        sid = name[: -len(".json")]
+        try:
+            from .paths import env_from_snapshot_id
+
+            env = env_from_snapshot_id(sid)
+        except ValueError:
+            refs = None
+            continue
+        if sid in dropped or not os.path.lexists(paths.snapshot(env, sid)):
+            stale.append(pdir / name)
+            continue
+        try:
+            manifest = read_manifest(pdir / name)
+        except (OSError, VolenvError):
+            refs = None
+            continue
+        if refs is not None:
+            refs.update(p.id for p in manifest.packs)
+    return refs, stale
+
+
+def _plan_packs(paths: VolumePaths, dropped: set[str], now: float) -> list[GcItem]:
+    """Pack manifests of snapshots that are gone (or go now), blobs no surviving manifest
+    names (a failed pull's, an old pack's), and blob temps of killed packs and pulls."""
+    from .packs import packs_dir
+
+    out = []
+    refs, stale = _pack_refs(paths, dropped)
+    for m in stale:
+        out.append(GcItem("pack", str(m), None, "remove", ("its snapshot is gone",), os.lstat(m).st_size))
+    blobs = packs_dir(paths) / "blobs"
+    for name in _listdir(blobs, paths.root):
+        path = blobs / name
+        if name.startswith("."):
+            out.append(_temp_item(path, "part", now))
+            continue
+        pack_id = name.split(".", 1)[0]
+        st = os.lstat(path)
+        if refs is None:
+            why = "a pack manifest is unreadable"
+            out.append(GcItem("pack", str(path), None, "keep", (why,), st.st_size))
+        elif pack_id in refs:
+            out.append(GcItem("pack", str(path), None, "keep", ("in a kept snapshot's packs",), st.st_size))
+        elif now - st.st_mtime <= STALE_TEMP:
+            why = "unreferenced but new (a pack or pull may be writing its manifest)"
+            out.append(GcItem("pack", str(path), None, "keep", (why,), st.st_size))
+        else:
+            why = "no kept snapshot's packs name it"
+            out.append(GcItem("pack", str(path), None, "remove", (why,), st.st_size))
+    return out
+
+
 def _plan_uv_archives(
     paths: VolumePaths, removed: dict[str, list[tuple[tuple[int, int], int, int]]]
 ) -> list[GcItem]:
@@ -293,7 +455,7 @@ def _plan_uv_archives(
     uv's pointers with the archives), so an archive is only removed when every archive of its
     package is unused; otherwise it is left to uv."""
     archive_root = paths.uv_cache / "archive-v0"
-    names = _listdir(archive_root)
+    names = _listdir(archive_root, paths.root)
     if not names:
         return []
     in_removed: dict[tuple[int, int], int] = {}
@@ -398,11 +560,23 @@ def _apparent(path: Path) -> int:
     return sum(st.st_size for st in _walk_stats(path))
 
 
-def _listdir(path: Path) -> list[str]:
+def _listdir(path: Path, root: Path | None = None) -> list[str]:
+    """Names in a directory; below `root`, reached without following a symlinked component
+    (a linked layout directory lists as empty: `_plan_traps` reports it)."""
+    if root is None:
+        try:
+            return sorted(os.listdir(path))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
     try:
-        return sorted(os.listdir(path))
-    except (FileNotFoundError, NotADirectoryError):
+        rel = Path(os.path.normpath(path)).relative_to(os.path.normpath(root)).parts
+        fd = open_dir_nofollow(root, rel)
+    except (ValueError, OSError, VolenvError):
         return []
+    try:
+        return sorted(os.listdir(fd))
+    finally:
+        os.close(fd)
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -461,9 +635,15 @@ def env_lease(paths: VolumePaths, env: str) -> Iterator[bool]:
 
 def execute(paths: VolumePaths, plan: GcPlan) -> GcResult:
     """Carry out exactly the plan's removals; report every item; never swallow a failure."""
+    from . import faults
     from .fsutil import fsync_dir
 
-    paths.trash.mkdir(parents=True, exist_ok=True)
+    faults.point("gc-execute")  # tests: a sync runs while gc waits here (its prompt)
+    try:
+        safe_mkdirs(paths.trash, paths.root)
+    except ContainmentError as exc:
+        failed = tuple(GcOutcome(i.path, i.kind, False, str(exc)) for i in plan.removals)
+        return GcResult(plan, failed, 0, True)
     outcomes: list[GcOutcome] = []
     table = plan._inodes or inode_table([Path(i.path) for i in plan.removals])
     by_env: dict[str | None, list[GcItem]] = {}
@@ -481,18 +661,11 @@ def execute(paths: VolumePaths, plan: GcPlan) -> GcResult:
                 continue
             for item in items:
                 outcomes.append(_remove_env_item(paths, plan, item))
-    others = [i for i in by_env.get(None, []) if i.kind != "uv-archive"]
+    others = [i for i in by_env.get(None, []) if i.kind not in ("uv-archive", "model", "pack")]
     for item in others:
-        if item.kind == "model" and item.package:
-            # reference before payload: without its record the model is "absent" to activation
-            try:
-                os.unlink(paths.models / "records" / item.package)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                outcomes.append(GcOutcome(item.path, item.kind, False, f"record not removed: {exc.strerror}"))
-                continue
         outcomes.append(_trash_and_delete(paths, Path(item.path), item.kind))
+    outcomes.extend(_remove_models(paths, [i for i in by_env.get(None, []) if i.kind == "model"]))
+    outcomes.extend(_remove_packs(paths, [i for i in by_env.get(None, []) if i.kind == "pack"]))
     archives = [i for i in by_env.get(None, []) if i.kind == "uv-archive"]
     if archives:
         outcomes.extend(_remove_archives(paths, archives))
@@ -510,31 +683,36 @@ def _remove_env_item(paths: VolumePaths, plan: GcPlan, item: GcItem) -> GcOutcom
     sid = path.name
     # the roots again, now under the lease: current, pins, and in-flight activations
     if store.read_current(paths, env) == sid:
-        return GcOutcome(item.path, item.kind, False, "kept: became current after the plan")
+        return GcOutcome(item.path, item.kind, False, "kept: became current after the plan", kept=True)
     if store.is_pinned(paths, env, sid):
-        return GcOutcome(item.path, item.kind, False, "kept: pinned after the plan")
+        return GcOutcome(item.path, item.kind, False, "kept: pinned after the plan", kept=True)
     if _recently_used(paths, env, sid, plan):
-        return GcOutcome(item.path, item.kind, False, "kept: activated after the plan")
+        return GcOutcome(item.path, item.kind, False, "kept: activated after the plan", kept=True)
     # references before payload: index entries, then the use mark
-    for digest in _listdir(paths.env_dir(env) / "index"):
+    try:
+        with _contained_dirs(paths, path.parent, paths.trash):
+            pass
+    except (ContainmentError, OSError) as exc:
+        return GcOutcome(item.path, item.kind, False, f"not removed: {exc}")
+    for digest in _listdir(paths.env_dir(env) / "index", paths.root):
         entry = paths.index_entry(env, digest)
         try:
             if store.read_index(paths, env, digest) == sid:
-                os.unlink(entry)
+                safe_unlink(entry, paths.root)
         except (OSError, VolenvError):
             continue
     dest = paths.trash / f"{sid}.{unique_suffix()}"
     try:
-        os.rename(path, dest)
-    except OSError as exc:
-        return GcOutcome(item.path, item.kind, False, f"rename to trash failed: {exc.strerror}")
+        safe_rename(path, dest, paths.root)
+    except (OSError, VolenvError) as exc:
+        return GcOutcome(item.path, item.kind, False, f"rename to trash failed: {_why(exc)}")
     if _recently_used(paths, env, sid, plan):
         # an activation slipped in between the check and the rename: give it back
-        os.rename(dest, path)
-        return GcOutcome(item.path, item.kind, False, "kept: activated while being removed")
+        safe_rename(dest, path, paths.root)
+        return GcOutcome(item.path, item.kind, False, "kept: activated while being removed", kept=True)
     try:
-        os.unlink(paths.used_marker(env, sid))
-    except FileNotFoundError:
+        safe_unlink(paths.used_marker(env, sid), paths.root)
+    except (OSError, VolenvError):
         pass
     store.log_event(paths, env, "gc-remove", snapshot=sid)
     return _delete(paths, dest, item)
@@ -553,12 +731,78 @@ def _trash_and_delete(paths: VolumePaths, path: Path, kind: str) -> GcOutcome:
     else:
         dest = paths.trash / f"{path.name}.{unique_suffix()}"
         try:
-            os.rename(path, dest)
+            safe_rename(path, dest, paths.root)  # neither side through a planted symlink
         except FileNotFoundError:
             return GcOutcome(str(path), kind, True, "already gone")
-        except OSError as exc:
-            return GcOutcome(str(path), kind, False, f"rename to trash failed: {exc.strerror}")
+        except (OSError, VolenvError) as exc:
+            return GcOutcome(str(path), kind, False, f"rename to trash failed: {_why(exc)}")
     return _delete(paths, dest, GcItem(kind, str(path), None, "remove", (), 0))
+
+
+def _why(exc: BaseException) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+
+
+@contextlib.contextmanager
+def _contained_dirs(paths: VolumePaths, *dirs: Path) -> Iterator[None]:
+    """Raise ContainmentError unless every dir's own chain below the root is link-free."""
+    for d in dirs:
+        rel = Path(os.path.normpath(d)).relative_to(os.path.normpath(paths.root)).parts
+        os.close(open_dir_nofollow(paths.root, rel))
+    yield
+
+
+def _remove_models(paths: VolumePaths, items: list[GcItem]) -> list[GcOutcome]:
+    """Model roots again, at execution: a sync that ran during the prompt may reference a model
+    the plan called unused (kept, with a note); while any env's build holds its lease, a model
+    it may be about to reference is kept too. Record before payload."""
+    if not items:
+        return []
+    busy = [e for e in _envs(paths) if lease_holder(paths, e)]
+    snaps = [
+        paths.snapshot(env, sid)
+        for env in _envs(paths)
+        for sid in _listdir(paths.snapshots(env), paths.root)
+        if not sid.startswith(".")
+    ]
+    referenced = _referenced_models(paths, snaps)
+    out = []
+    for item in items:
+        assert item.package is not None
+        if item.package in referenced:
+            out.append(GcOutcome(item.path, item.kind, False, "kept: referenced after the plan", kept=True))
+            continue
+        if busy:
+            why = f"kept: a build of {', '.join(busy)} is running and may reference it"
+            out.append(GcOutcome(item.path, item.kind, False, why, kept=True))
+            continue
+        try:
+            with _contained_dirs(paths, Path(item.path).parent, paths.trash):
+                pass
+            # reference before payload: without its record the model is "absent" to activation
+            safe_unlink(paths.models / "records" / item.package, paths.root)
+        except (OSError, VolenvError) as exc:
+            out.append(GcOutcome(item.path, item.kind, False, f"record not removed: {_why(exc)}"))
+            continue
+        out.append(_trash_and_delete(paths, Path(item.path), item.kind))
+    return out
+
+
+def _remove_packs(paths: VolumePaths, items: list[GcItem]) -> list[GcOutcome]:
+    """Stale pack manifests first, then blobs no manifest names now (re-read at execution: a
+    pack or pull that finished meanwhile keeps its blobs)."""
+    if not items:
+        return []
+    out = [_trash_and_delete(paths, Path(i.path), i.kind) for i in items if i.path.endswith(".json")]
+    refs, _stale = _pack_refs(paths, set())
+    for item in items:
+        if item.path.endswith(".json"):
+            continue
+        if refs is None or Path(item.path).name.split(".", 1)[0] in refs:
+            out.append(GcOutcome(item.path, item.kind, False, "kept: a pack names it now", kept=True))
+            continue
+        out.append(_trash_and_delete(paths, Path(item.path), item.kind))
+    return out
 
 
 def _delete(paths: VolumePaths, dest: Path, item: GcItem) -> GcOutcome:

@@ -60,6 +60,7 @@ class BuildLease:
         duration: float | None = None,
     ) -> None:
         self.path = paths.build_lease(env)
+        self.root = paths.root
         self.env = env
         self.timeout = timeout
         self.say = say
@@ -68,6 +69,9 @@ class BuildLease:
         self.waited = 0.0
 
     def acquire(self) -> None:
+        from .fsutil import safe_mkdirs
+
+        safe_mkdirs(self.path.parent, self.root)  # lease files are writes: never through a link
         start = time.monotonic()
         deadline = start + self.timeout if self.timeout >= 0 else None
         announced: float | None = None

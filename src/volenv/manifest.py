@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ManifestError
+from .redact import redact_url
 
 SCHEMA = 1
 SLUG = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_-]|\.(?!\.)){0,62}$")
@@ -88,10 +89,11 @@ class Manifest:
             "python": self.python,
             "requirements": sorted(self.requirements),
             "lockfile_sha256": self.lockfile_sha256,
+            # without credentials: the seal, the digest and every record only ever see these
             "index": {
-                "url": self.index.url,
-                "extra_urls": list(self.index.extra_urls),
-                "find_links": list(self.index.find_links),
+                "url": redact_url(self.index.url) if self.index.url else None,
+                "extra_urls": [redact_url(u) for u in self.index.extra_urls],
+                "find_links": [redact_url(u) for u in self.index.find_links],
                 "no_index": self.index.no_index,
                 "torch_backend": self.index.torch_backend,
             },
@@ -156,7 +158,7 @@ def _model_dict(m: ModelSpec) -> dict[str, Any]:
             "allow_patterns": list(m.hf.allow_patterns),
         }
     else:
-        d["url"] = m.url
+        d["url"] = redact_url(m.url) if m.url else m.url  # identity: sha256 + URL without credentials
         d["sha256"] = m.sha256
         d["size"] = m.size
     return d

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -36,9 +37,38 @@ def _say(msg: str) -> None:
 
 
 def default_dir() -> Path:
-    return Path(
-        os.environ.get("VOLENV_MATERIALIZE_DIR") or os.path.join(tempfile.gettempdir(), "volenv-materialized")
-    )
+    """Private to this user: $XDG_RUNTIME_DIR (per-user, 0700 by spec) when it is usable, else a
+    per-user 0700 directory under the temp dir; `private_base` checks either before use."""
+    explicit = os.environ.get("VOLENV_MATERIALIZE_DIR")
+    if explicit:
+        return Path(explicit)
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isabs(runtime) and _owned_private(runtime):
+        return Path(runtime) / "volenv-materialized"
+    return Path(tempfile.gettempdir()) / f"volenv-{os.geteuid()}" / "materialized"
+
+
+def _owned_private(path: str) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077
+
+
+def private_base(base: Path) -> None:
+    """Create the default materialize directory (and its per-user parent) 0700, then insist
+    each is a real directory owned by this user that nobody else can enter: on a shared /tmp
+    another user could pre-create the name (or a symlink) to feed us code or steal a copy."""
+    for d in (base.parent, base):
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            pass
+        if not _owned_private(str(d)):
+            raise OSError(
+                errno.EPERM, f"{d} is not a private directory of this user (0700, owned, not a link)"
+            )
 
 
 def probe_latency_ms(snapshot_dir: str) -> float:
@@ -74,24 +104,52 @@ def _median(values: list[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
-def _complete(dest: Path, seal: dict[str, Any]) -> bool:
+def _complete(dest: Path, seal: dict[str, Any], level: str = "seal") -> bool:
+    """A reusable copy: its completion mark, its own seal naming the volume seal's record, and
+    (at --verify stat/full) every file matching that record, checked as on the volume."""
     marker = dest / META_DIR / MARKER
     if not marker.exists():
         return False
     try:
-        check_seal(str(dest), dest.name)
+        own = check_seal(str(dest), dest.name)
     except SealProblem:
         return False
     import json
 
     try:
-        return bool(json.loads(marker.read_bytes()).get("record_sha256") == seal["record_sha256"])
-    except (OSError, ValueError):
+        if json.loads(marker.read_bytes()).get("record_sha256") != seal["record_sha256"]:
+            return False
+    except (OSError, ValueError, AttributeError):
         return False
+    if own.get("record_sha256") != seal["record_sha256"]:
+        return False
+    if level == "seal":
+        return True
+    from .integrity import verify_snapshot
+
+    report = verify_snapshot(dest, level)
+    if not report.ok:
+        _say(
+            f"materialize: the local copy {dest} differs from its record ({report.summary()}); re-extracting"
+        )
+    return report.ok
+
+
+def _discard(dest: Path) -> None:
+    """Move a stale or edited copy aside (one rename, so no start sees half of it), then delete."""
+    aside = dest.with_name(f".{dest.name}.stale-{unique_suffix()}")
+    try:
+        os.rename(dest, aside)
+    except FileNotFoundError:
+        return
+    if os.path.islink(aside):  # a planted link: the link goes, never what it points to
+        os.unlink(aside)
+    else:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _clean_partials(base: Path, sid: str) -> None:
-    for p in base.glob(f".{sid}.partial-*"):
+    for p in [*base.glob(f".{sid}.partial-*"), *base.glob(f".{sid}.stale-*")]:
         pid = p.name.rsplit("-", 2)[-2] if p.name.count("-") >= 2 else ""
         if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
             continue  # another process on this disk is extracting it now
@@ -108,13 +166,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def choose(root: str, snapshot_dir: str, seal: dict[str, Any], mode: str, mdir: str | None) -> str | None:
-    """The directory to exec from: a materialized copy, or None for in place."""
+def choose(
+    root: str, snapshot_dir: str, seal: dict[str, Any], mode: str, mdir: str | None, level: str = "seal"
+) -> str | None:
+    """The directory to exec from: a materialized copy checked at `level`, or None for in place."""
     paths = VolumePaths(Path(root))
     sid = os.path.basename(snapshot_dir)
     base = Path(mdir) if mdir else default_dir()
     dest = base / sid
-    if _complete(dest, seal):
+    if _complete(dest, seal, level):
         _say(f"materialize: reusing the complete local copy {dest}")
         return str(dest)
     try:
@@ -130,7 +190,10 @@ def choose(root: str, snapshot_dir: str, seal: dict[str, Any], mode: str, mdir: 
         return None
     need = int(sum(p.tar_size for p in manifest.packs) * 1.05)
     try:
-        base.mkdir(parents=True, exist_ok=True)
+        if mdir or os.environ.get("VOLENV_MATERIALIZE_DIR"):
+            base.mkdir(mode=0o700, parents=True, exist_ok=True)
+        else:
+            private_base(base)
         free = shutil.disk_usage(base).free
     except OSError as exc:
         _say(f"warning: materialize: {base} unusable ({exc.strerror}); running in place")
@@ -158,7 +221,7 @@ def choose(root: str, snapshot_dir: str, seal: dict[str, Any], mode: str, mdir: 
             f"warning: materialize: local disk {base} has {free} bytes free, {need} needed; running in place"
         )
         return None
-    return _extract(paths, manifest, base, dest, seal, mode)
+    return _extract(paths, manifest, base, dest, seal, mode, level)
 
 
 def _damaged(mode: str, why: str) -> None:
@@ -171,10 +234,18 @@ def _damaged(mode: str, why: str) -> None:
 
 
 def _extract(
-    paths: VolumePaths, manifest: PackManifest, base: Path, dest: Path, seal: dict[str, Any], mode: str
+    paths: VolumePaths,
+    manifest: PackManifest,
+    base: Path,
+    dest: Path,
+    seal: dict[str, Any],
+    mode: str,
+    level: str = "seal",
 ) -> str | None:
     sid = manifest.snapshot
     _clean_partials(base, sid)
+    if os.path.lexists(dest):  # a killed start's copy without its mark, or one that failed its check
+        _discard(dest)
     partial = base / f".{sid}.partial-{unique_suffix()}"
     partial.mkdir()
     staged = partial / sid
@@ -183,6 +254,12 @@ def _extract(
         unpack(manifest, lambda i: open(blob_path(paths, i.id), "rb"), staged)  # noqa: SIM115
         faults.point("materialize")
         check_seal(str(staged), sid)
+        if level != "seal":  # the copy is what runs: check it at the level asked for
+            from .integrity import verify_snapshot
+
+            report = verify_snapshot(staged, level)
+            if not report.ok:
+                raise VerifyError(f"the extracted copy does not match the record: {report.summary()}")
         atomic_write_json(
             staged / META_DIR / MARKER,
             {"schema": 1, "snapshot": sid, "record_sha256": seal["record_sha256"], "time": time.time()},
@@ -190,7 +267,7 @@ def _extract(
         try:
             os.rename(staged, dest)
         except OSError as exc:
-            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not _complete(dest, seal):
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not _complete(dest, seal, level):
                 raise
     except (VerifyError, SealProblem) as exc:
         shutil.rmtree(partial, ignore_errors=True)

@@ -23,11 +23,12 @@ from typing import Any
 
 from .activate import model_files_dir, model_key, model_location, model_record_path
 from .errors import ModelError, VolenvError
-from .fsutil import atomic_write_json, fsync_dir, unique_suffix
+from .fsutil import atomic_write_json, fsync_dir, safe_mkdirs, safe_rename, unique_suffix
 from .integrity import hash_file
 from .locks import BuildLease
 from .manifest import Manifest, ModelSpec, _model_dict
 from .paths import VolumePaths
+from .redact import redact_url
 from .ui import reporter
 
 RECORD_SCHEMA = 1
@@ -108,7 +109,7 @@ def fetch_model(paths: VolumePaths, spec: ModelSpec, *, lock_timeout: float = 36
     loc = model_location(root, m)
     if record.exists():
         return _state(paths, m, "present")
-    record.parent.mkdir(parents=True, exist_ok=True)
+    safe_mkdirs(record.parent, paths.root)  # no write through a planted link below the root
     lease = BuildLease(paths, f"model-{spec.name}.{model_key(m)}", timeout=lock_timeout, say=reporter.info)
     with lease:
         if record.exists():  # another worker fetched it while we waited
@@ -182,9 +183,9 @@ def _fetch_url(paths: VolumePaths, spec: ModelSpec, dest: Path) -> list[dict[str
     """Download into a unique temp file, resuming with Range after a dropped connection,
     retrying with backoff; publish by rename only when the sha256 (and size) match."""
     assert spec.url and spec.sha256
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    safe_mkdirs(dest.parent, paths.root)
     tmp = dest.with_name(f".{dest.name}.part-{unique_suffix()}")
-    reporter.info(f"fetching model '{spec.name}' from {spec.url}")
+    reporter.info(f"fetching model '{spec.name}' from {redact_url(spec.url)}")
     progress = reporter.progress(spec.name, spec.size)
     state = _Download()
     delay = 0.5
@@ -197,7 +198,7 @@ def _fetch_url(paths: VolumePaths, spec: ModelSpec, dest: Path) -> list[dict[str
                 except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
                     if isinstance(exc, urllib.error.HTTPError) and 400 <= exc.code < 500 and exc.code != 416:
                         raise ModelError(
-                            f"model '{spec.name}': {spec.url} answered HTTP {exc.code}"
+                            f"model '{spec.name}': {redact_url(spec.url)} answered HTTP {exc.code}"
                         ) from None
                     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                         raise
@@ -223,7 +224,7 @@ def _fetch_url(paths: VolumePaths, spec: ModelSpec, dest: Path) -> list[dict[str
                 " nothing was published",
                 hint="the server served other bytes than the manifest pins",
             )
-        os.rename(tmp, dest)
+        safe_rename(tmp, dest, paths.root)
         fsync_dir(dest.parent)
     finally:
         progress.close()
@@ -265,7 +266,7 @@ def _fetch_hf(paths: VolumePaths, spec: ModelSpec, snapshot_dir: Path) -> list[d
     except ImportError:
         raise ModelError("huggingface_hub is not installed", hint="pip install huggingface_hub") from None
     cache = paths.models / "hf" / "hub"
-    cache.mkdir(parents=True, exist_ok=True)
+    safe_mkdirs(cache, paths.root)
     reporter.info(f"fetching model '{spec.name}' from the Hub: {spec.hf.repo}@{spec.hf.revision[:12]}")
     try:
         if spec.hf.files:

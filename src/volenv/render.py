@@ -14,6 +14,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .redact import redact_obj, redact_text
+
 JSON_VERSION = 1
 
 err_console = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
@@ -50,7 +52,7 @@ def to_data(obj: Any) -> Any:
 
 def emit_json(command: str, result: Any) -> None:
     doc = {"version": JSON_VERSION, "command": command}
-    data = to_data(result)
+    data = redact_obj(to_data(result))
     if isinstance(data, dict):
         doc.update(data)
     else:
@@ -155,6 +157,9 @@ def render_verify(reports: Any, quiet: int) -> None:
 
 
 def render_error(message: str, cause: str | None, hint: str | None) -> None:
+    message = redact_text(message)
+    cause = redact_text(cause) if cause else cause
+    hint = redact_text(hint) if hint else hint
     # escaped: messages quote what the user wrote (`uvicorn[standard]==0.32.1`) and uv's text
     _c().print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False)
     if cause:
@@ -199,7 +204,9 @@ def render_gc(r: Any, quiet: int) -> None:
         _c().print(table)
     if r.executed:
         for o in r.outcomes:
-            if not o.done:
+            if o.kept:
+                _c().print(f"note: {o.path}: {o.detail}")
+            elif not o.done:
                 _c().print(f"[yellow]not removed:[/yellow] {o.path}: {o.detail}")
         _c().print(f"freed {human_bytes(r.freed_bytes)} ({sum(o.done for o in r.outcomes)} removed)")
     else:

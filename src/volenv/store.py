@@ -16,14 +16,17 @@ from typing import Any
 from . import __version__
 from .errors import VolenvError, VolumeError, from_oserror
 from .fsutil import (
+    ContainmentError,
     append_line,
     atomic_write_json,
     create_once_bytes,
     dumps_json,
     read_record,
+    safe_mkdirs,
     write_cachedir_tag,
 )
 from .paths import FORMAT_VERSION, VolumePaths
+from .redact import redact_obj
 from .rootfind import root_exists
 
 POINTER_SCHEMA = 1
@@ -74,7 +77,7 @@ def open_volume(paths: VolumePaths, *, create: bool) -> None:
     if create:
         try:
             for d in paths.top_dirs():
-                d.mkdir(parents=True, exist_ok=True)
+                safe_mkdirs(d, paths.root)  # a planted link in the layout is refused, not used
             for d in (paths.root / "cache", paths.staging, paths.trash, paths.logs):
                 write_cachedir_tag(d)
         except OSError as exc:
@@ -84,8 +87,8 @@ def open_volume(paths: VolumePaths, *, create: bool) -> None:
 def ensure_env_dirs(paths: VolumePaths, env: str) -> None:
     base = paths.env_dir(env)
     for sub in ("snapshots", "index", "used", "pins"):
-        (base / sub).mkdir(parents=True, exist_ok=True)
-    paths.env_logs(env).mkdir(parents=True, exist_ok=True)
+        safe_mkdirs(base / sub, paths.root)
+    safe_mkdirs(paths.env_logs(env), paths.root)
 
 
 # ---------------------------------------------------------------- pointers
@@ -209,8 +212,11 @@ def log_event(paths: VolumePaths, env: str, event: str, **fields: Any) -> None:
     """JSON-lines events per env; never lets logging break the operation it describes."""
     rec = {"time": time.time(), "event": event, "pid": os.getpid(), **fields}
     try:
-        paths.env_logs(env).mkdir(parents=True, exist_ok=True)
-        append_line(paths.events(env), json.dumps(rec, sort_keys=True, default=str))
+        safe_mkdirs(paths.env_logs(env), paths.root)  # a linked logs/ is skipped, not written through
+        line = json.dumps(redact_obj(rec), sort_keys=True, default=str)
+        append_line(paths.events(env), line)
+    except ContainmentError:
+        return
     except OSError as exc:
         if exc.errno not in (errno.EROFS, errno.ENOSPC, errno.EACCES, errno.EPERM):
             raise

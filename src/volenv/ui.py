@@ -6,6 +6,8 @@ from __future__ import annotations
 import sys
 import time
 
+from .redact import redact_text
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -58,15 +60,15 @@ class Reporter:
 
     def info(self, msg: str) -> None:
         if self.verbosity >= 0:
-            print(f"volenv: {msg}", file=sys.stderr, flush=True)
+            print(f"volenv: {redact_text(msg)}", file=sys.stderr, flush=True)
 
     def detail(self, msg: str) -> None:
         if self.verbosity >= 1:
-            print(f"volenv: {msg}", file=sys.stderr, flush=True)
+            print(f"volenv: {redact_text(msg)}", file=sys.stderr, flush=True)
 
     def warn(self, msg: str) -> None:
         if self.verbosity >= -1:
-            print(f"volenv: warning: {msg}", file=sys.stderr, flush=True)
+            print(f"volenv: warning: {redact_text(msg)}", file=sys.stderr, flush=True)
 
     def step(self, label: str) -> AbstractContextManager[None]:
         return _Step(self, label)

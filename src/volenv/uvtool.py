@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .manifest import IndexSettings, Manifest
 from .paths import VolumePaths
+from .redact import redact_text
 
 
 def uv_bin() -> str:
@@ -82,7 +83,9 @@ def run_uv(
     )
     if log is not None:
         with open(log, "a", encoding="utf-8") as fh:
-            fh.write(f"$ uv {' '.join(args)}\n{proc.stdout}{proc.stderr}[exit {proc.returncode}]\n")
+            # uv echoes index URLs (with their userinfo) in its own messages: filter everything
+            text = f"$ uv {' '.join(args)}\n{proc.stdout}{proc.stderr}[exit {proc.returncode}]\n"
+            fh.write(redact_text(text))
     return proc
 
 
@@ -98,7 +101,7 @@ def last_error_line(proc: subprocess.CompletedProcess[str]) -> str:
         start = next((i for i, ln in enumerate(lines) if "No solution" in ln), None)
     if start is None:
         rest = [ln for ln in lines if ln]
-        return rest[-1] if rest else f"uv exited {proc.returncode}"
+        return redact_text(rest[-1]) if rest else f"uv exited {proc.returncode}"
     parts = [lines[start].lstrip("× ").removeprefix("error: ").strip()]
     for ln in lines[start + 1 :]:
         if ln.startswith(("error:", "warning:", "hint:")):
@@ -111,4 +114,4 @@ def last_error_line(proc: subprocess.CompletedProcess[str]) -> str:
             parts.append("cause: " + ln.strip())
         else:
             parts[-1] += " " + ln
-    return "; ".join(parts)
+    return redact_text("; ".join(parts))
