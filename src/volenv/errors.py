@@ -62,6 +62,11 @@ class VerifyError(VolenvError):
     exit_code = EXIT_VERIFY
 
 
+class DamagedRecord(VerifyError):
+    """A record on the volume (pointer, seal, history line, alias, ...) that does not parse or
+    has the wrong shape: exit 4 with the file named, never a traceback, never a default."""
+
+
 class InterpreterMismatch(VerifyError):
     """The snapshot's base interpreter is not the one this container has."""
 

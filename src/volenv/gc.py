@@ -211,7 +211,7 @@ def _referenced_models(paths: VolumePaths, kept: list[Path]) -> dict[str, dict[s
     manifest sealed into it, and every manifest whose index entry points at it (aliases)."""
     import json as _json
 
-    from .activate import model_record_path
+    from .activate import alias_ok, model_record_path
 
     root = str(paths.root)
     kept_ids = {p.name for p in kept}
@@ -224,6 +224,8 @@ def _referenced_models(paths: VolumePaths, kept: list[Path]) -> dict[str, dict[s
     for alias in _listdir(paths.root / "aliases"):
         try:
             data = _json.loads((paths.root / "aliases" / alias).read_bytes())
+            if not alias_ok(data):
+                continue
             sid = store.read_index(paths, data["env"], data["manifest_digest"])
         except (OSError, ValueError, KeyError, VolenvError):
             continue
@@ -235,6 +237,7 @@ def _referenced_models(paths: VolumePaths, kept: list[Path]) -> dict[str, dict[s
 def _plan_models(paths: VolumePaths, kept: list[Path]) -> list[GcItem]:
     """Model records (and their files) that no kept snapshot's manifest references."""
     from .activate import model_location
+    from .models import read_model_record
 
     records = paths.models / "records"
     names = [n for n in _listdir(records) if n.endswith(".json")]
@@ -248,15 +251,16 @@ def _plan_models(paths: VolumePaths, kept: list[Path]) -> list[GcItem]:
     }
     kept_locations = {model_location(str(paths.root), m) for m in referenced.values()}
     out = []
-    import json as _json
-
     for name in names:
         rec_path = records / name
         try:
-            spec = _json.loads(rec_path.read_bytes())["spec"]
-        except (OSError, ValueError, KeyError):
+            rec = read_model_record(rec_path)
+        except VolenvError:
+            rec = None
+        if rec is None:  # damaged, or gone since the listing
             out.append(GcItem("model", str(rec_path), None, "keep", ("record unreadable: left alone",), 0))
             continue
+        spec = rec["spec"]
         loc = Path(model_location(str(paths.root), spec))
         payload = loc.parent if not spec.get("hf") else loc
         if spec.get("hf"):
