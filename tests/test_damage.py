@@ -16,15 +16,16 @@ import hashlib
 import http.server
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -148,11 +149,11 @@ def built(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path, model_serv
     old = next(h["snapshot"] for h in hist if h["snapshot"] != cur)
     assert volenv("--root", root, "pin", old).returncode == 0
     assert volenv("--root", root, "run", "--env", "app", "--", "true").returncode == 0
-    index = next(p for p in (root / "envs/app/index").iterdir() if json.loads(p.read_text())["snapshot"] == cur)
+    index = next(
+        p for p in (root / "envs/app/index").iterdir() if json.loads(p.read_text())["snapshot"] == cur
+    )
     alias = next(
-        p
-        for p in (root / "aliases").iterdir()
-        if json.loads(p.read_text())["manifest_digest"] == index.name
+        p for p in (root / "aliases").iterdir() if json.loads(p.read_text())["manifest_digest"] == index.name
     )
     (record,) = (root / "models/records").glob("*.json")
     rel = {
@@ -302,3 +303,220 @@ def test_damage_fuzz(target: str, damage: str, built: Built, driver: Driver, tmp
         if not p.is_dir() or _tree_digest(p) != digest:
             failures.append(f"intact {name} changed or removed")
     assert not failures, "\n".join(failures)
+
+
+# ---------------------------------------------------------------- leanjson on the fast path
+
+_FUZZ = textwrap.dedent(
+    """
+    import random, sys
+    from volenv import leanjson
+    assert "json" not in sys.modules, "the fuzz must run where the fast path runs: without json"
+    samples = [open(p, "rb").read() for p in sys.argv[2:]]
+    rng = random.Random(int(sys.argv[1]))
+    cases = 0
+    for raw in samples:
+        cuts = {0, 1, len(raw) - 1, *(rng.randrange(len(raw)) for _ in range(150))}
+        variants = [raw[:n] for n in cuts]
+        for _ in range(150):
+            b = bytearray(raw)
+            for _ in range(rng.randint(1, 4)):
+                b[rng.randrange(len(b))] = rng.randrange(256)
+            variants.append(bytes(b))
+        variants += [b"", b"\\x00", b"[" * 50000, b'{"a":' * 50000, b'"\\\\ud800"', raw + b"x", b"\\xef\\xbb\\xbf" + raw]
+        for v in variants:
+            cases += 1
+            try:
+                leanjson.loads(v)
+            except ValueError:
+                pass
+    print(cases)
+    """
+)
+
+
+def _interpreters() -> list[str]:
+    """This test's interpreter and every other supported CPython found here (on PATH, or
+    installed by pyenv), each probed: the image's 3.11 and whatever newer one the machine has."""
+    found = {os.path.realpath(sys.executable): sys.executable}
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    candidates = [shutil.which(f"python3.{n}") for n in range(11, 16)]
+    candidates += [str(p) for p in sorted(pyenv.glob("3.*/bin/python3"))]
+    for exe in filter(None, candidates):
+        try:
+            ok = subprocess.run(
+                [exe, "-c", "import sys; print(sys.version_info >= (3, 11))"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if ok == "True":
+            found.setdefault(os.path.realpath(exe), exe)
+    return list(found.values())
+
+
+@pytest.mark.parametrize("python", _interpreters())
+def test_leanjson_raises_only_valueerror(python: str, built: Built) -> None:
+    """Random truncations and byte garbage of real records: a value or ValueError, nothing else
+    (CPython 3.11's scanner raised SystemError when `json` was not imported, as on `run`)."""
+    records = [built.root / built.paths[k] for k in ("seal", "current", "index", "alias", "model-record")]
+    env = {**base_env(), "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.run(
+        [python, "-c", _FUZZ, "14", *map(str, records)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout) > 1000
+
+
+# ---------------------------------------------------------------- the issue's cases, exactly
+
+
+def _copy(built: Built, tmp_path: Path) -> Path:
+    root = tmp_path / "volenv"
+    subprocess.run(["cp", "-a", str(built.root), str(root)], check=True)
+    return root
+
+
+def test_history_line_of_wrong_type(built: Built, driver: Driver, tmp_path: Path) -> None:
+    root = _copy(built, tmp_path)
+    hist = root / "envs/app/history.jsonl"
+    with hist.open("a") as fh:
+        fh.write("[]\n")
+    hist.write_text(
+        hist.read_text() + '{"schema": 1, "time": 1.0, "snapshot": "app-000000000000", "action": "x"}\n'
+    )
+    code, _, err = driver.run("--root", root, "history", "app")
+    assert code == 4 and str(hist) in err and "line 3" in err, err
+    code, out, err = driver.run("--root", root, "status")
+    assert code == 0 and built.current in out + err and str(hist) in err, err
+    code, _, err = driver.run("--root", root, "rollback", "app", "--lock-timeout", "5")
+    assert code == 4 and str(hist) in err, err
+    code, _, err = driver.run("--root", root, "rollback", "app", "--to", built.old, "--lock-timeout", "5")
+    assert code == 0, err  # --to needs no history
+
+
+def test_stray_file_in_snapshots_is_skipped_with_a_warning(
+    built: Built, driver: Driver, tmp_path: Path
+) -> None:
+    root = _copy(built, tmp_path)
+    stray = root / "envs/app/snapshots/README"
+    stray.write_text("hello\n")
+    for argv in (["status"], ["list"], ["verify", "--all"], ["gc", "--dry-run"], ["gc", "--yes"]):
+        code, out, err = driver.run("--root", root, *argv)
+        assert code == 0, (argv, err)
+        assert "README" in err and "not a snapshot" in err, (argv, err)
+        assert built.current in out + err, argv
+    assert stray.read_text() == "hello\n"
+    assert (root / "envs/app/snapshots" / built.old).is_dir()
+
+
+def test_damaged_alias_falls_back_to_the_manifest(built: Built, tmp_path: Path) -> None:
+    root = _copy(built, tmp_path)
+    alias = root / built.paths["alias"]
+    for data in (
+        b'{"schema": 1}',
+        b'{"schema": 1, "env": "app", "manifest_digest": "x", "activation": []}',
+        b'{"a": "x',
+    ):
+        alias.write_bytes(data)
+        r = volenv("--root", root, "run", "--on-missing", "fail", "--manifest", built.manifest, "--", "true")
+        assert r.returncode == 0, (data, r.stderr)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "directory", "no-keys"])
+def test_run_on_a_damaged_snapshot_exits_4_naming_it(built: Built, tmp_path: Path, damage: str) -> None:
+    root = _copy(built, tmp_path)
+    seal = root / built.paths["seal"]
+    _damage(seal, damage)
+    for policy in ("build", "fail"):  # --env has nothing to build from: the damage, not "no snapshot"
+        r = volenv("--root", root, "run", "--on-missing", policy, "--env", "app", "--", "true")
+        assert r.returncode == 4, r.stderr
+        assert str(seal) in r.stderr and "Traceback" not in r.stderr
+    r = volenv("--root", root, "run", "--on-missing", "fail", "--diagnose", "--env", "app", "--", "true")
+    assert r.returncode == 4 and "DIAGNOSIS" in r.stderr and str(seal) in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("record", ["current", "index"])
+def test_run_on_a_truncated_pointer(built: Built, tmp_path: Path, record: str) -> None:
+    root = _copy(built, tmp_path)
+    path = root / built.paths[record]
+    _damage(path, "truncated")
+    target = ["--env", "app"] if record == "current" else ["--manifest", str(built.manifest)]
+    r = volenv("--root", root, "run", "--on-missing", "fail", *target, "--", "true")
+    assert r.returncode == 4 and str(path) in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = volenv("--root", root, "run", "--on-missing", "fail", "--diagnose", *target, "--", "true")
+    assert r.returncode == 4 and "DIAGNOSIS" in r.stderr and str(path) in r.stderr, r.stderr
+
+
+def test_unreadable_seal_reaches_diagnose(built: Built) -> None:
+    """EACCES reading the seal (as nobody: root ignores modes), under a 3.11 with only the
+    standard library: exit 8 and the diagnosis, not a traceback."""
+    python = shutil.which("python3.11")
+    if os.geteuid() != 0 or shutil.which("setpriv") is None or python is None:
+        pytest.skip("needs root, setpriv and python3.11")
+    base = Path(tempfile.mkdtemp(prefix="volenv-eacces-"))
+    try:
+        base.chmod(0o755)
+        root = base / "volenv"
+        subprocess.run(["cp", "-a", str(built.root), str(root)], check=True)
+        (root / built.paths["seal"]).chmod(0o000)
+        env = {**base_env(), "PYTHONPATH": str(REPO / "src"), "HOME": str(base)}
+        nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python, "-m", "volenv"]
+        for extra in ([], ["--diagnose"]):
+            argv = ["--root", str(root), "run", "--on-missing", "fail", *extra, "--env", "app", "--", "true"]
+            proc = subprocess.run(
+                [*nobody, *argv], capture_output=True, text=True, env=env, cwd=base, timeout=60
+            )
+            assert proc.returncode == 8, proc.stderr
+            assert "Traceback" not in proc.stderr and "seal.json" in proc.stderr, proc.stderr
+            assert ("DIAGNOSIS" in proc.stderr) == bool(extra), proc.stderr
+    finally:
+        shutil.rmtree(base)
+
+
+def test_markup_in_arguments_and_bad_rollback_target(built: Built, driver: Driver, tmp_path: Path) -> None:
+    root = _copy(built, tmp_path)
+    code, _, err = driver.run("--root", root, "history", "[/x]")
+    assert code == 2 and "[/x]" in err, err
+    code, _, err = driver.run("--root", root, "rollback", "app", "--to", "nosuch", "--lock-timeout", "5")
+    assert code == 2 and "nosuch" in err, err
+    code, _, err = driver.run(
+        "--root", root, "rollback", "app", "--to", "app-0123456789ab", "--lock-timeout", "5"
+    )
+    assert code == 2 and "no longer exists" in err, err
+
+
+def _reseal(seal_path: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    """Rewrite a seal with a valid self digest, as a crafted (pulled) seal would have."""
+    from volenv.sealcheck import seal_self_digest
+
+    seal = json.loads(seal_path.read_text())
+    edit(seal)
+    seal["self_sha256"] = seal_self_digest(seal)
+    seal_path.write_text(json.dumps(seal))
+
+
+def test_env_sh_refuses_an_injected_variable_name(built: Built, driver: Driver, tmp_path: Path) -> None:
+    root = _copy(built, tmp_path)
+    evil = "X=1;touch /tmp/INJECTED;Y"
+    _reseal(root / built.paths["seal"], lambda s: s["manifest"]["env"].update({evil: "v"}))
+    code, out, err = driver.run("--root", root, "env", "--env", "app")
+    assert code == 4 and evil in err and out == "", err
+    code, out, err = driver.run(
+        "--root", root, "run", "--on-missing", "fail", "--env", "app", "--", "true", fresh=True
+    )
+    assert code == 4 and evil in err, err
+
+
+def test_env_sh_quotes_values(built: Built, driver: Driver, tmp_path: Path) -> None:
+    root = _copy(built, tmp_path)
+    value = "$(touch INJECTED)'\";`id`"
+    _reseal(root / built.paths["seal"], lambda s: s["manifest"]["env"].update({"GOOD": value}))
+    code, out, err = driver.run("--root", root, "env", "--env", "app")
+    assert code == 0, err
+    proc = subprocess.run(
+        ["sh", "-c", out + '\nprintf %s "$GOOD"'], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert proc.stdout == value and not (tmp_path / "INJECTED").exists()
