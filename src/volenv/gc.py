@@ -120,10 +120,11 @@ def make_plan(paths: VolumePaths, *, keep: int, keep_within: float, now: float |
 def _plan_env(
     paths: VolumePaths, env: str, keep: int, keep_within: float, now: float, busy: str | None
 ) -> list[GcItem]:
+    unknown_current = False
     try:
         current = store.read_current(paths, env)
-    except VolenvError:
-        current = None
+    except VolenvError:  # damaged: any snapshot may be the current one, so none is collected
+        current, unknown_current = None, True
     infos = []
     for sid in store.list_snapshots(paths, env):
         path = paths.snapshot(env, sid)
@@ -141,6 +142,8 @@ def _plan_env(
         reasons = []
         if sid == current:
             reasons.append("current")
+        if unknown_current:
+            reasons.append("the current pointer is damaged")
         if store.is_pinned(paths, env, sid):
             reasons.append("pinned")
         if sid in newest:

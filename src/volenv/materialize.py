@@ -86,7 +86,7 @@ def _complete(dest: Path, seal: dict[str, Any]) -> bool:
 
     try:
         return bool(json.loads(marker.read_bytes()).get("record_sha256") == seal["record_sha256"])
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):  # a damaged marker: not complete
         return False
 
 
