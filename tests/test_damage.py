@@ -532,3 +532,24 @@ def test_env_sh_quotes_values(built: Built, driver: Driver, tmp_path: Path) -> N
         ["sh", "-c", out + '\nprintf %s "$GOOD"'], capture_output=True, text=True, cwd=tmp_path
     )
     assert proc.stdout == value and not (tmp_path / "INJECTED").exists()
+
+
+def test_rollback_to_repairs_a_damaged_current_pointer(built: Built, driver: Driver, tmp_path: Path) -> None:
+    root = _copy(built, tmp_path)
+    current = root / "envs/app/current"
+    _damage(current, "truncated")
+    code, _, err = driver.run(
+        "--root", root, "run", "--on-missing", "fail", "--env", "app", "--", "true", fresh=True
+    )
+    assert code == 4 and "volenv rollback app --to" in err, err
+    code, _, err = driver.run("--root", root, "rollback", "app", "--to", built.current, "--lock-timeout", "5")
+    assert code == 0, err
+    assert json.loads(current.read_text())["snapshot"] == built.current
+    code, _, err = driver.run(
+        "--root", root, "run", "--on-missing", "fail", "--env", "app", "--", "true", fresh=True
+    )
+    assert code == 0, err
+    _damage(current, "directory")  # not a file volenv wrote: refused, left as it is
+    code, _, err = driver.run("--root", root, "rollback", "app", "--to", built.current, "--lock-timeout", "5")
+    assert code == 4 and str(current) in err, err
+    assert (current / "x").is_dir()

@@ -154,8 +154,12 @@ def _lock_matches(alias: dict[str, Any], manifest_path: str) -> bool:
         return False
 
 
-def _pointer(path: str, env: str) -> str | None:
-    data = _read_json(path)
+def _pointer(path: str, env: str, hint: str) -> str | None:
+    try:
+        data = _read_json(path)
+    except DamagedRecord as exc:
+        exc.hint = hint
+        raise
     if data is None:
         return None
     snap = data.get("snapshot") if isinstance(data, dict) else None
@@ -166,18 +170,17 @@ def _pointer(path: str, env: str) -> str | None:
         and len(digest) == 12
         and all(c in "0123456789abcdef" for c in digest)
     ):
-        raise DamagedRecord(
-            f"{path} is damaged: it names no snapshot of '{env}'",
-            hint="volenv rollback ENV --to SNAPSHOT, or sync the manifest again",
-        )
+        raise DamagedRecord(f"{path} is damaged: it names no snapshot of '{env}'", hint=hint)
     return snap
 
 
 def find_snapshot(root: str, target: Target) -> str | None:
     env_dir = os.path.join(root, "envs", target.env)
     if target.digest is not None:
-        return _pointer(os.path.join(env_dir, "index", target.digest), target.env)
-    return _pointer(os.path.join(env_dir, "current"), target.env)
+        path = os.path.join(env_dir, "index", target.digest)
+        return _pointer(path, target.env, f"remove {path}; the next sync of its manifest writes it again")
+    hint = f"point it at a valid snapshot: volenv rollback {target.env} --to SNAPSHOT"
+    return _pointer(os.path.join(env_dir, "current"), target.env, hint)
 
 
 # ---------------------------------------------------------------- environment

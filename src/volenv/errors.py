@@ -134,5 +134,7 @@ def from_oserror(exc: OSError, doing: str) -> VolenvError:
             hint = "the network volume is unreachable; check the mount"
             text = f"{text} (the volume is unreachable)"
         return VolumeError(text, hint=hint)
+    if exc.errno in (errno.EISDIR, errno.ENOTDIR):  # a directory where a file belongs, or back
+        return DamagedRecord(f"{text}: the volume's layout is damaged there")
     err = VolenvError(text)
     return err

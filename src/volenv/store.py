@@ -92,14 +92,17 @@ def ensure_env_dirs(paths: VolumePaths, env: str) -> None:
 # ---------------------------------------------------------------- pointers
 
 
-def _read_pointer(path: Path, kind: str, env: str) -> str | None:
+def _read_pointer(path: Path, kind: str, env: str, hint: str) -> str | None:
     try:
         rec = read_record(path, kind, POINTER_SCHEMA, {"snapshot": str})
     except FileNotFoundError:
         return None
+    except DamagedRecord as exc:
+        exc.hint = exc.hint or hint
+        raise
     snap = str(rec["snapshot"])
     if not is_snapshot_id(snap, env):
-        raise DamagedRecord(f"{kind} {path} is damaged: {snap!r} is not a snapshot id of '{env}'")
+        raise DamagedRecord(f"{kind} {path} is damaged: {snap!r} is not a snapshot id of '{env}'", hint=hint)
     return snap
 
 
@@ -110,7 +113,10 @@ def is_snapshot_id(name: str, env: str) -> bool:
 
 
 def read_index(paths: VolumePaths, env: str, manifest_digest: str) -> str | None:
-    return _read_pointer(paths.index_entry(env, manifest_digest), "index entry", env)
+    path = paths.index_entry(env, manifest_digest)
+    return _read_pointer(
+        path, "index entry", env, f"remove {path}; the next sync of its manifest writes it again"
+    )
 
 
 def write_index(paths: VolumePaths, env: str, manifest_digest: str, snapshot_id: str) -> None:
@@ -121,7 +127,8 @@ def write_index(paths: VolumePaths, env: str, manifest_digest: str, snapshot_id:
 
 
 def read_current(paths: VolumePaths, env: str) -> str | None:
-    return _read_pointer(paths.current(env), "current pointer", env)
+    hint = f"point it at a valid snapshot: volenv rollback {env} --to SNAPSHOT"
+    return _read_pointer(paths.current(env), "current pointer", env, hint)
 
 
 def write_current(paths: VolumePaths, env: str, snapshot_id: str) -> None:
