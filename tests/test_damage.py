@@ -264,6 +264,7 @@ def _commands(b: Built, root: Path) -> list[tuple[str, tuple[str, ...], bool]]:
         ("gc-dry", (*r, "gc", "--dry-run"), False),
         ("models-list", (*r, "models", "list"), False),
         ("models-verify", (*r, "models", "verify"), False),
+        ("sync-dry", (*r, "sync", "--dry-run", m), False),
         ("env", (*r, "env", "--env", "app"), False),
         ("env-manifest", (*r, "env", "--manifest", m), False),
         ("run-env", (*r, "run", *fail, "--env", "app", "--", "true"), True),
@@ -553,3 +554,15 @@ def test_rollback_to_repairs_a_damaged_current_pointer(built: Built, driver: Dri
     code, _, err = driver.run("--root", root, "rollback", "app", "--to", built.current, "--lock-timeout", "5")
     assert code == 4 and str(current) in err, err
     assert (current / "x").is_dir()
+
+
+def test_run_with_build_policy_rewrites_a_damaged_index_entry(built: Built, tmp_path: Path) -> None:
+    root = _copy(built, tmp_path)
+    index = root / built.paths["index"]
+    _damage(index, "truncated")
+    r = volenv("--root", root, "run", "--manifest", built.manifest, "--", "true")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(index.read_text())["snapshot"] == built.current
+    assert sorted(p.name for p in (root / "envs/app/snapshots").iterdir()) == sorted(
+        [built.current, built.old]
+    )

@@ -178,7 +178,7 @@ def find_snapshot(root: str, target: Target) -> str | None:
     env_dir = os.path.join(root, "envs", target.env)
     if target.digest is not None:
         path = os.path.join(env_dir, "index", target.digest)
-        return _pointer(path, target.env, f"remove {path}; the next sync of its manifest writes it again")
+        return _pointer(path, target.env, f"the next `volenv sync` of its manifest writes {path} again")
     hint = f"point it at a valid snapshot: volenv rollback {target.env} --to SNAPSHOT"
     return _pointer(os.path.join(env_dir, "current"), target.env, hint)
 
@@ -373,7 +373,14 @@ def prepare(root: str, o: RunOptions) -> tuple[Target, str, dict[str, Any]]:
     attempts = 0
     while True:
         attempts += 1
-        sid = find_snapshot(root, target) if root_exists(root) else None
+        try:
+            sid = find_snapshot(root, target) if root_exists(root) else None
+        except DamagedRecord:
+            # an index entry only caches a resolution: with a manifest to build from, the sync
+            # below writes it again (a damaged `current` has no such source: it is the error)
+            if not (o.on_missing == "build" and target.digest is not None and attempts <= 2):
+                raise
+            sid = None
         problem: SealProblem | VerifyError | None = None
         if sid is not None:
             snap_dir = os.path.join(root, "envs", target.env, "snapshots", sid)

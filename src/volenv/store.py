@@ -115,7 +115,7 @@ def is_snapshot_id(name: str, env: str) -> bool:
 def read_index(paths: VolumePaths, env: str, manifest_digest: str) -> str | None:
     path = paths.index_entry(env, manifest_digest)
     return _read_pointer(
-        path, "index entry", env, f"remove {path}; the next sync of its manifest writes it again"
+        path, "index entry", env, f"the next `volenv sync` of its manifest writes {path} again"
     )
 
 
