@@ -25,7 +25,14 @@ from .errors import (
     VolumeError,
 )
 from .leanjson import dumps_canonical, loads, read_record_bytes
-from .sealcheck import SealProblem, activation_problem, check_seal, plain_name, sha256_hex
+from .sealcheck import (
+    SealProblem,
+    activation_problem,
+    check_seal,
+    is_snapshot_id,
+    plain_name,
+    sha256_hex,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -163,13 +170,7 @@ def _pointer(path: str, env: str, hint: str) -> str | None:
     if data is None:
         return None
     snap = data.get("snapshot") if isinstance(data, dict) else None
-    digest = snap[len(env) + 1 :] if isinstance(snap, str) else ""
-    if not (
-        isinstance(snap, str)
-        and snap.startswith(env + "-")
-        and len(digest) == 12
-        and all(c in "0123456789abcdef" for c in digest)
-    ):
+    if not isinstance(snap, str) or not is_snapshot_id(snap, env):
         raise DamagedRecord(f"{path} is damaged: it names no snapshot of '{env}'", hint=hint)
     return snap
 
@@ -536,6 +537,9 @@ def _as_volenv_error(exc: Exception) -> VolenvError:
         from .errors import from_oserror
 
         return from_oserror(exc, "volume access failed")
+    import traceback  # a genuine bug: the container log is the only log there is
+
+    traceback.print_exc()
     return VolenvError(f"internal error: {type(exc).__name__}: {exc}")
 
 

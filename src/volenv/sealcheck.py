@@ -108,6 +108,12 @@ def is_env_var_name(name: object) -> bool:
     return isinstance(name, str) and name[:1] in _NAME_START and bool(name) and set(name) <= _NAME_CHARS
 
 
+def is_snapshot_id(name: str, env: str) -> bool:
+    """`<env>-<12 hex>`: the only names a pointer may give and the only ones a scan lists."""
+    digest = name[len(env) + 1 :]
+    return name.startswith(env + "-") and len(digest) == 12 and all(c in "0123456789abcdef" for c in digest)
+
+
 def plain_name(name: object) -> bool:
     """A name used as one path component: no separator, no NUL, not '.', '..' or hidden."""
     return isinstance(name, str) and bool(name) and "/" not in name and "\0" not in name and name[0] != "."

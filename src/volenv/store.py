@@ -26,6 +26,7 @@ from .fsutil import (
 )
 from .paths import FORMAT_VERSION, VolumePaths
 from .rootfind import root_exists
+from .sealcheck import is_snapshot_id as is_snapshot_id  # re-exported for the commands
 
 POINTER_SCHEMA = 1
 HISTORY_SCHEMA = 1
@@ -104,12 +105,6 @@ def _read_pointer(path: Path, kind: str, env: str, hint: str) -> str | None:
     if not is_snapshot_id(snap, env):
         raise DamagedRecord(f"{kind} {path} is damaged: {snap!r} is not a snapshot id of '{env}'", hint=hint)
     return snap
-
-
-def is_snapshot_id(name: str, env: str) -> bool:
-    """`<env>-<12 hex>`: the only names a pointer may give and the only ones a scan lists."""
-    digest = name[len(env) + 1 :]
-    return name.startswith(env + "-") and len(digest) == 12 and all(c in "0123456789abcdef" for c in digest)
 
 
 def read_index(paths: VolumePaths, env: str, manifest_digest: str) -> str | None:
