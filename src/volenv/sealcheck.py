@@ -85,7 +85,7 @@ def _shape_problem(seal: dict[str, Any]) -> str | None:
         if key in seal and not _is(seal[key], *types):
             return f"field {key!r} has the wrong type"
     fp = seal["fingerprint"]
-    if not _is(fp.get("executable"), str) or not _is(fp.get("executable_size", 0), int):
+    if not _is(fp.get("executable"), str) or not _is(fp.get("executable_size"), int, type(None)):
         return "field 'fingerprint' is malformed"
     for g in seal.get("groups", []):
         if not (
