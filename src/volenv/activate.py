@@ -15,6 +15,7 @@ import sys
 import time
 
 from .errors import (
+    DamagedRecord,
     InterpreterMismatch,
     LockTimeout,
     NoSnapshotError,
@@ -24,7 +25,14 @@ from .errors import (
     VolumeError,
 )
 from .leanjson import dumps_canonical, loads, read_record_bytes
-from .sealcheck import SealProblem, check_seal, sha256_hex
+from .sealcheck import (
+    SealProblem,
+    activation_problem,
+    check_seal,
+    is_snapshot_id,
+    plain_name,
+    sha256_hex,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -47,20 +55,25 @@ class Target:
         self.manifest_path = manifest_path
 
 
-def _read_json(path: str) -> dict[str, Any] | None:
-    """None when absent or unparseable; an unreachable volume is an error, never 'absent'."""
+def _read_json(path: str) -> Any:
+    """The parsed record, or None when absent. Bytes that are not JSON, or a directory in the
+    record's place, raise DamagedRecord naming the file; an unreachable volume is VolumeError,
+    never 'absent'."""
     try:
-        data = loads(read_record_bytes(path))
-    except (FileNotFoundError, NotADirectoryError):
+        raw = read_record_bytes(path)
+    except FileNotFoundError:
         return None
+    except (IsADirectoryError, NotADirectoryError):
+        raise DamagedRecord(f"{path} is damaged: not a file", hint=f"remove {path}") from None
     except OSError as exc:
         raise VolumeError(
             f"cannot read {path}: {exc.strerror} (errno {exc.errno}); the volume is unreachable",
             hint="check the network volume's mount",
         ) from None
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
+    try:
+        return loads(raw)
+    except ValueError as exc:
+        raise DamagedRecord(f"{path} is damaged: not valid JSON ({exc})", hint=f"remove {path}") from None
 
 
 def alias_path(root: str, manifest_bytes: bytes) -> str:
@@ -111,13 +124,33 @@ def target_from_manifest(root: str, manifest_path: str) -> Target:
     except OSError:
         raw = None
     if raw is not None:
-        alias = _read_json(alias_path(root, raw))
-        if alias is not None and alias.get("schema") == ALIAS_SCHEMA and _lock_matches(alias, manifest_path):
+        try:
+            alias = _read_json(alias_path(root, raw))
+        except DamagedRecord:  # a cache of a full parse: when damaged, parse again
+            alias = None
+        if alias_ok(alias) and _lock_matches(alias, manifest_path):
             return Target(alias["env"], alias["manifest_digest"], alias["activation"], manifest_path)
     from .manifest import load_manifest  # slow path: full validation
 
     m = load_manifest(manifest_path)
     return Target(m.name, m.digest, activation_settings(m), manifest_path)
+
+
+def alias_ok(alias: Any) -> bool:
+    """An alias is used only when it has the shape write_alias gives it (else: full parse)."""
+    if not isinstance(alias, dict) or alias.get("schema") != ALIAS_SCHEMA:
+        return False
+    act, lock = alias.get("activation"), alias.get("lockfile")
+    return (
+        plain_name(alias.get("env"))
+        and plain_name(alias.get("manifest_digest"))
+        and isinstance(act, dict)
+        and activation_problem(act.get("env", {}), act.get("models", [])) is None
+        and (
+            lock is None
+            or (isinstance(lock, list) and len(lock) == 2 and all(isinstance(x, str) for x in lock))
+        )
+    )
 
 
 def _lock_matches(alias: dict[str, Any], manifest_path: str) -> bool:
@@ -137,21 +170,27 @@ def _lock_matches(alias: dict[str, Any], manifest_path: str) -> bool:
     return True
 
 
-def _pointer(path: str) -> str | None:
-    data = _read_json(path)
+def _pointer(path: str, env: str, hint: str) -> str | None:
+    try:
+        data = _read_json(path)
+    except DamagedRecord as exc:
+        exc.hint = hint
+        raise
     if data is None:
-        if os.path.exists(path):
-            raise VolenvError(f"{path} is damaged")
         return None
-    snap = data.get("snapshot")
-    return snap if isinstance(snap, str) else None
+    snap = data.get("snapshot") if isinstance(data, dict) else None
+    if not isinstance(snap, str) or not is_snapshot_id(snap, env):
+        raise DamagedRecord(f"{path} is damaged: it names no snapshot of '{env}'", hint=hint)
+    return snap
 
 
 def find_snapshot(root: str, target: Target) -> str | None:
     env_dir = os.path.join(root, "envs", target.env)
     if target.digest is not None:
-        return _pointer(os.path.join(env_dir, "index", target.digest))
-    return _pointer(os.path.join(env_dir, "current"))
+        path = os.path.join(env_dir, "index", target.digest)
+        return _pointer(path, target.env, f"the next `volenv sync` of its manifest writes {path} again")
+    hint = f"point it at a valid snapshot: volenv rollback {target.env} --to SNAPSHOT"
+    return _pointer(os.path.join(env_dir, "current"), target.env, hint)
 
 
 # ---------------------------------------------------------------- environment
@@ -370,6 +409,8 @@ def resolve_target(root: str, o: RunOptions) -> Target:
     if o.manifest is not None:
         return target_from_manifest(root, o.manifest)
     assert o.env is not None
+    if not plain_name(o.env):
+        raise UsageError(f"--env: {o.env!r} is not an env name")
     return Target(o.env, None, {}, None)
 
 
@@ -388,7 +429,14 @@ def prepare(root: str, o: RunOptions) -> tuple[Target, str, dict[str, Any]]:
     attempts = 0
     while True:
         attempts += 1
-        sid = find_snapshot(root, target) if root_exists(root) else None
+        try:
+            sid = find_snapshot(root, target) if root_exists(root) else None
+        except DamagedRecord:
+            # an index entry only caches a resolution: with a manifest to build from, the sync
+            # below writes it again (a damaged `current` has no such source: it is the error)
+            if not (o.on_missing == "build" and target.digest is not None and attempts <= 2):
+                raise
+            sid = None
         problem: SealProblem | VerifyError | None = None
         if sid is not None:
             snap_dir = os.path.join(root, "envs", target.env, "snapshots", sid)
@@ -468,6 +516,8 @@ def _build_for(
     from .paths import VolumePaths
     from .ui import reporter
 
+    if o.manifest is None and problem is not None:  # nothing to build from: say what is damaged
+        raise _missing_error(root, o, target, sid, problem)
     if o.manifest is None:
         raise NoSnapshotError(
             f"env '{target.env}' has no usable snapshot and --env gives nothing to build from",
@@ -509,17 +559,17 @@ def run(root: str, argv: list[str]) -> int:
     o = parse_run_args(argv)
     try:
         target, snap_dir, _seal = prepare(root, o)
-    except VolenvError as exc:
-        if o.diagnose:
-            from .diagnose import serve_diagnosis
+        if o.materialize != "never":
+            from .materialize import choose
 
-            return serve_diagnosis(root, o, exc)
-        raise
-    if o.materialize != "never":
-        from .materialize import choose
+            snap_dir = choose(root, snap_dir, _seal, o.materialize, o.materialize_dir, o.verify) or snap_dir
+        env = compute_env(root, snap_dir, target.env, target.activation)
+    except Exception as exc:  # every activation failure reaches --diagnose, OSError and bugs too
+        if not o.diagnose:
+            raise
+        from .diagnose import serve_diagnosis
 
-        snap_dir = choose(root, snap_dir, _seal, o.materialize, o.materialize_dir, o.verify) or snap_dir
-    env = compute_env(root, snap_dir, target.env, target.activation)
+        return serve_diagnosis(root, o, _as_volenv_error(exc))
     cmd = list(o.command)
     # A program the snapshot provides runs by absolute path: if the snapshot vanished between
     # the check and the exec, that fails loudly instead of falling back to another PATH entry.
@@ -533,6 +583,19 @@ def run(root: str, argv: list[str]) -> int:
             os.execvpe(cmd[0], cmd, env)
     except OSError as exc:
         raise UsageError(f"cannot run {cmd[0]!r}: {exc.strerror}") from exc
+
+
+def _as_volenv_error(exc: Exception) -> VolenvError:
+    if isinstance(exc, VolenvError):
+        return exc
+    if isinstance(exc, OSError):
+        from .errors import from_oserror
+
+        return from_oserror(exc, "volume access failed")
+    import traceback  # a genuine bug: the container log is the only log there is
+
+    traceback.print_exc()
+    return VolenvError(f"internal error: {type(exc).__name__}: {exc}")
 
 
 def main_fast(root_opt: str | None, argv: list[str]) -> int:

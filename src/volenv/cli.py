@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from . import __version__, render, ui
 from .errors import EXIT_INTERNAL, UsageError, VolenvError
@@ -55,15 +54,15 @@ class RichReporter(ui.Reporter):
     # messages are plain text (they quote requirements such as `uvicorn[standard]`): escaped
     def info(self, msg: str) -> None:
         if self.verbosity >= 0:
-            render.err_console.print(msg, highlight=False, markup=False)
+            render.err_console.print(render.esc(msg), highlight=False)
 
     def detail(self, msg: str) -> None:
         if self.verbosity >= 1:
-            render.err_console.print(f"[dim]{escape(msg)}[/dim]", highlight=False)
+            render.err_console.print(f"[dim]{render.esc(msg)}[/dim]", highlight=False)
 
     def warn(self, msg: str) -> None:
         if self.verbosity >= -1:
-            render.err_console.print(f"[yellow]warning:[/yellow] {escape(msg)}", highlight=False)
+            render.err_console.print(f"[yellow]warning:[/yellow] {render.esc(msg)}", highlight=False)
 
     def progress(self, label: str, total: int | None) -> ui.Progress:
         if self.progress_bars and self.verbosity >= 0:
@@ -74,7 +73,7 @@ class RichReporter(ui.Reporter):
     def step(self, label: str) -> Iterator[None]:
         t0 = time.perf_counter()
         if self.progress_bars and self.verbosity >= 0:
-            with render.err_console.status(escape(f"{label}…")):
+            with render.err_console.status(f"{render.esc(label)}…"):
                 yield
         else:
             self.detail(f"{label}…")
@@ -106,7 +105,7 @@ class RichProgress(ui.Progress):
             transient=True,
         )
         self._bar.start()
-        self._task = self._bar.add_task(label, total=total)
+        self._task = self._bar.add_task(render.esc(label), total=total)
 
     def update(self, n: int) -> None:
         super().update(n)

@@ -72,6 +72,8 @@ def _snapshots(root: str) -> list[dict[str, Any]]:
                 state = "valid"
             except SealProblem as sp:
                 state = f"{sp.kind}: {sp.detail}"
+            except OSError as err:  # the diagnosis must survive the fault it reports
+                state = f"unreadable: {err.strerror} ({err.filename})"
             out.append({"env": env, "snapshot": sid, "seal": state})
     return out
 

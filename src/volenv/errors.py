@@ -62,6 +62,11 @@ class VerifyError(VolenvError):
     exit_code = EXIT_VERIFY
 
 
+class DamagedRecord(VerifyError):
+    """A record on the volume (pointer, seal, history line, alias, ...) that does not parse or
+    has the wrong shape: exit 4 with the file named, never a traceback, never a default."""
+
+
 class InterpreterMismatch(VerifyError):
     """The snapshot's base interpreter is not the one this container has."""
 
@@ -129,5 +134,7 @@ def from_oserror(exc: OSError, doing: str) -> VolenvError:
             hint = "the network volume is unreachable; check the mount"
             text = f"{text} (the volume is unreachable)"
         return VolumeError(text, hint=hint)
+    if exc.errno in (errno.EISDIR, errno.ENOTDIR):  # a directory where a file belongs, or back
+        return DamagedRecord(f"{text}: the volume's layout is damaged there")
     err = VolenvError(text)
     return err

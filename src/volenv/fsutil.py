@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import VolenvError, VolumeError
+from .errors import DamagedRecord, VolumeError
 from .leanjson import read_record_bytes
 
 CACHEDIR_TAG = (
@@ -116,25 +116,44 @@ def atomic_write_json(path: Path, obj: Any, *, durable: bool = True) -> None:
     atomic_write_bytes(path, dumps_json(obj), durable=durable)
 
 
-def read_record(path: Path, kind: str, schema: int) -> dict[str, Any]:
-    """Read a versioned on-volume JSON record strictly: damage is an error, never a default."""
+def has_type(value: object, typ: type | tuple[type, ...]) -> bool:
+    """isinstance, except that a JSON true/false is not an int or a float."""
+    types = typ if isinstance(typ, tuple) else (typ,)
+    return isinstance(value, types) and (not isinstance(value, bool) or bool in types)
+
+
+def read_record(
+    path: Path, kind: str, schema: int, fields: dict[str, type | tuple[type, ...]] | None = None
+) -> dict[str, Any]:
+    """Read a versioned on-volume JSON record strictly: damage is an error, never a default.
+    `fields` names the keys the caller uses and their types; a missing or mistyped one is damage."""
     try:
         raw = read_record_bytes(path)
     except FileNotFoundError:
         raise
+    except (IsADirectoryError, NotADirectoryError):
+        raise DamagedRecord(
+            f"{kind} {path} is damaged: a directory where the record should be",
+            hint=f"remove {path} (volenv never writes a directory there)",
+        ) from None
     except OSError as exc:
         raise VolumeError(f"cannot read {kind} {path}: {exc.strerror}") from exc
     try:
         obj = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise VolenvError(f"{kind} {path} is damaged: not valid JSON ({exc})") from exc
+        raise DamagedRecord(f"{kind} {path} is damaged: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise DamagedRecord(f"{kind} {path} is damaged: JSON nested too deeply") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("schema"), int):
-        raise VolenvError(f"{kind} {path} is damaged: no integer 'schema' field")
+        raise DamagedRecord(f"{kind} {path} is damaged: no integer 'schema' field")
     if obj["schema"] > schema:
         raise VolumeError(
             f"{kind} {path} has schema {obj['schema']}, newer than this volenv understands ({schema})",
             hint="upgrade volenv (pip install -U volenv)",
         )
+    for key, typ in (fields or {}).items():
+        if not has_type(obj.get(key), typ):
+            raise DamagedRecord(f"{kind} {path} is damaged: field {key!r} missing or of the wrong type")
     return obj
 
 

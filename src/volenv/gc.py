@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from .fsutil import (
 )
 from .paths import VolumePaths
 from .sealcheck import SealProblem, read_seal
+from .ui import reporter
 
 #: an activation touches its snapshot's use mark before checking and exec'ing it; GC never
 #: removes a snapshot touched this recently, whatever --keep-within says (in-flight guard)
@@ -136,15 +138,20 @@ def make_plan(paths: VolumePaths, *, keep: int, keep_within: float, now: float |
 def _plan_env(
     paths: VolumePaths, env: str, keep: int, keep_within: float, now: float, busy: str | None
 ) -> list[GcItem]:
+    unknown_current = False
     try:
         current = store.read_current(paths, env)
-    except VolenvError:
-        current = None
+    except VolenvError:  # damaged: any snapshot may be the current one, so none is collected
+        current, unknown_current = None, True
     infos = []
     for sid in _listdir(paths.snapshots(env), paths.root):
         if sid.startswith("."):
             continue
         path = paths.snapshot(env, sid)
+        if not (store.is_snapshot_id(sid, env) and _real_dir(path)):
+            # a stray file, a link or a foreign name: volenv did not make it, gc never touches it
+            reporter.warn(f"{path}: not a snapshot (skipped; volenv did not create it)")
+            continue
         try:
             seal = read_seal(str(path))
             created = float(seal.get("created", 0.0))
@@ -159,6 +166,8 @@ def _plan_env(
         reasons = []
         if sid == current:
             reasons.append("current")
+        if unknown_current:
+            reasons.append("the current pointer is damaged")
         if store.is_pinned(paths, env, sid):
             reasons.append("pinned")
         if sid in newest:
@@ -229,7 +238,7 @@ def _referenced_models(paths: VolumePaths, kept: list[Path]) -> dict[str, dict[s
     manifest sealed into it, and every manifest whose index entry points at it (aliases)."""
     import json as _json
 
-    from .activate import model_record_path
+    from .activate import alias_ok, model_record_path
 
     root = str(paths.root)
     kept_ids = {p.name for p in kept}
@@ -242,6 +251,8 @@ def _referenced_models(paths: VolumePaths, kept: list[Path]) -> dict[str, dict[s
     for alias in _listdir(paths.root / "aliases", paths.root):
         try:
             data = _json.loads((paths.root / "aliases" / alias).read_bytes())
+            if not alias_ok(data):
+                continue
             sid = store.read_index(paths, data["env"], data["manifest_digest"])
         except (OSError, ValueError, KeyError, VolenvError):
             continue
@@ -277,6 +288,7 @@ def _valid_model(m: object) -> bool:
 def _plan_models(paths: VolumePaths, kept: list[Path]) -> list[GcItem]:
     """Model records (and their files) that no kept snapshot's manifest references."""
     from .activate import model_location
+    from .models import read_model_record
 
     records = paths.models / "records"
     names = [n for n in _listdir(records, paths.root) if n.endswith(".json") and not n.startswith(".")]
@@ -290,15 +302,17 @@ def _plan_models(paths: VolumePaths, kept: list[Path]) -> list[GcItem]:
     }
     kept_locations = {model_location(str(paths.root), m) for m in referenced.values()}
     out = []
-    import json as _json
-
     for name in names:
         rec_path = records / name
         try:
-            spec = _json.loads(rec_path.read_bytes())["spec"]
-        except (OSError, ValueError, KeyError, TypeError):
-            out.append(GcItem("model", str(rec_path), None, "keep", ("record unreadable: left alone",), 0))
+            rec = read_model_record(rec_path)
+        except VolenvError as exc:
+            why = f"record damaged ({exc.message}): left alone"
+            out.append(GcItem("model", str(rec_path), None, "keep", (why,), 0))
             continue
+        if rec is None:  # gone since the listing
+            continue
+        spec = rec["spec"]
         if not _valid_model(spec):
             why = "record damaged (its name or source breaks the manifest rules): left alone"
             out.append(GcItem("model", str(rec_path), None, "keep", (why,), 0))
@@ -560,6 +574,13 @@ def _apparent(path: Path) -> int:
     return sum(st.st_size for st in _walk_stats(path))
 
 
+def _real_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def _listdir(path: Path, root: Path | None = None) -> list[str]:
     """Names in a directory; below `root`, reached without following a symlinked component
     (a linked layout directory lists as empty: `_plan_traps` reports it)."""
@@ -655,9 +676,9 @@ def execute(paths: VolumePaths, plan: GcPlan) -> GcResult:
         with env_lease(paths, env) as held:
             if not held:
                 for item in items:
-                    outcomes.append(
-                        GcOutcome(item.path, item.kind, False, "skipped: a build holds the env's lease")
-                    )
+                    # a build in progress is a root: kept on purpose (exit 0, a note), not a failure
+                    why = "kept: a build holds the env's lease"
+                    outcomes.append(GcOutcome(item.path, item.kind, False, why, kept=True))
                 continue
             for item in items:
                 outcomes.append(_remove_env_item(paths, plan, item))

@@ -69,7 +69,10 @@ def encode_record(entries: Iterable[Entry]) -> bytes:
 
 
 def parse_record(data: bytes, where: str = "record") -> dict[str, Entry]:
-    text = data.decode("utf-8")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SealProblem("record-damaged", f"{where}: not UTF-8 text") from None
     lines = text.split("\n")
     if not lines or lines[0] != RECORD_HEADER:
         raise SealProblem("record-damaged", f"{where}: missing header {RECORD_HEADER!r}")
@@ -81,15 +84,30 @@ def parse_record(data: bytes, where: str = "record") -> dict[str, Entry]:
         if len(parts) != 7 or parts[0] not in ("f", "d", "l"):
             raise SealProblem("record-damaged", f"{where}: line {n} is malformed")
         path = _unesc(parts[6])
-        out[path] = Entry(
-            path, parts[0], int(parts[1], 8), int(parts[2]), _unesc(parts[3]), int(parts[4]), int(parts[5])
-        )
+        try:
+            out[path] = Entry(
+                path,
+                parts[0],
+                int(parts[1], 8),
+                int(parts[2]),
+                _unesc(parts[3]),
+                int(parts[4]),
+                int(parts[5]),
+            )
+        except ValueError:
+            raise SealProblem("record-damaged", f"{where}: line {n} has a malformed number") from None
     return out
 
 
 def load_record(snapshot_dir: Path) -> dict[str, Entry]:
     path = snapshot_dir / META_DIR / RECORD_NAME
-    return parse_record(path.read_bytes(), str(path))
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SealProblem("record-missing", f"no record at {path}") from None
+    except (IsADirectoryError, NotADirectoryError):
+        raise SealProblem("record-damaged", f"{path} is not a file") from None
+    return parse_record(raw, str(path))
 
 
 def walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:

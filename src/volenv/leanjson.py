@@ -58,7 +58,7 @@ except Exception:  # pragma: no cover - another interpreter: the plain module
 
 
 def loads(data: bytes | str) -> Any:
-    """json.loads; raises ValueError on bad input, as json.loads does."""
+    """json.loads; raises ValueError (never anything else) on any malformed input."""
     text = data.decode("utf-8") if isinstance(data, bytes) else data
     if _scan is None:  # pragma: no cover
         import json
@@ -69,9 +69,28 @@ def loads(data: bytes | str) -> Any:
         obj, end = _scan(text, start)
     except StopIteration as exc:
         raise ValueError(f"Expecting value: char {exc.value}") from None
+    except ValueError:
+        raise
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    except Exception:
+        return _loads_slow(text)
     if text[end:].strip(_WS):
         raise ValueError(f"Extra data: char {end}")
     return obj
+
+
+def _loads_slow(text: str) -> Any:
+    """Bad input, parsed again by `json` for its exact JSONDecodeError. CPython 3.11's scanner
+    reports errors through `json.decoder` only when that module is already imported; on this
+    fast path it is not, so a truncated record raised SystemError ("returned NULL without
+    setting an exception") instead of ValueError. Only damaged records pay this import."""
+    import json
+
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def dumps_canonical(obj: Any) -> str:

@@ -119,7 +119,7 @@ def _complete(dest: Path, seal: dict[str, Any], level: str = "seal") -> bool:
     try:
         if json.loads(marker.read_bytes()).get("record_sha256") != seal["record_sha256"]:
             return False
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError):  # a damaged marker: not complete
         return False
     if own.get("record_sha256") != seal["record_sha256"]:
         return False

@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from .activate import model_files_dir, model_key, model_location, model_record_path
-from .errors import ModelError, VolenvError
+from .errors import DamagedRecord, ModelError, VolenvError, VolumeError, from_oserror
 from .fsutil import atomic_write_json, fsync_dir, safe_mkdirs, safe_rename, unique_suffix
 from .integrity import hash_file
 from .locks import BuildLease
 from .manifest import Manifest, ModelSpec, _model_dict
 from .paths import VolumePaths
 from .redact import redact_url
+from .sealcheck import activation_problem
 from .ui import reporter
 
 RECORD_SCHEMA = 1
@@ -156,15 +157,47 @@ def _state(paths: VolumePaths, m: dict[str, Any], action: str) -> ModelState:
 
 
 def read_model_record(path: Path) -> dict[str, Any] | None:
+    """A model record, validated (spec and file list) before any use; None when absent."""
     try:
         data = json.loads(path.read_bytes())
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
-        raise VolenvError(f"model record {path} is damaged: {exc}") from exc
-    if not isinstance(data, dict) or data.get("schema", 0) > RECORD_SCHEMA:
-        raise VolenvError(f"model record {path} is damaged or newer than this volenv")
-    return data
+    except (IsADirectoryError, NotADirectoryError):
+        raise DamagedRecord(f"model record {path} is damaged: not a file") from None
+    except OSError as exc:
+        raise from_oserror(exc, f"cannot read model record {path}") from exc
+    except (ValueError, RecursionError) as exc:
+        raise DamagedRecord(f"model record {path} is damaged: not valid JSON ({exc})") from None
+    if isinstance(data, dict) and isinstance(data.get("schema"), int) and data["schema"] > RECORD_SCHEMA:
+        raise VolumeError(f"model record {path} is newer than this volenv", hint="upgrade volenv")
+    problem = _record_problem(data)
+    if problem:
+        raise DamagedRecord(f"model record {path} is damaged: {problem}")
+    return data  # type: ignore[no-any-return]
+
+
+def _record_problem(data: object) -> str | None:
+    if not isinstance(data, dict):
+        return "not a JSON object"
+    spec = data.get("spec")
+    if not isinstance(spec, dict):
+        return "no 'spec'"
+    problem = activation_problem({}, [spec])
+    if problem:
+        return problem
+    files = data.get("files")
+    if not isinstance(files, list):
+        return "no 'files' list"
+    for f in files:
+        if not (
+            isinstance(f, dict)
+            and isinstance(f.get("path"), str)
+            and isinstance(f.get("sha256"), str)
+            and isinstance(f.get("size"), int)
+            and not isinstance(f.get("size"), bool)
+        ):
+            return f"file entry {f!r:.80} is malformed"
+    return None
 
 
 class _Download:
@@ -313,7 +346,11 @@ def list_models(paths: VolumePaths, manifest: Manifest | None) -> list[ModelStat
         return [_state(paths, _model_dict(s), "") for s in manifest.models]
     out = []
     for rec_path in sorted((paths.models / "records").glob("*.json")):
-        rec = read_model_record(rec_path)
+        try:
+            rec = read_model_record(rec_path)
+        except DamagedRecord as exc:  # listed as a warning; the intact records still are
+            reporter.warn(exc.message)
+            continue
         if rec is None:
             continue
         m = rec["spec"]
@@ -335,16 +372,20 @@ def list_models(paths: VolumePaths, manifest: Manifest | None) -> list[ModelStat
 def verify_models(paths: VolumePaths, manifest: Manifest | None, level: str) -> ModelVerifyReport:
     """seal: record and files exist; stat: + sizes; full: + sha256 of every file."""
     root = str(paths.root)
+    problems: list[ModelProblem] = []
     if manifest is not None:
         specs = [_model_dict(s) for s in manifest.models]
         records = [(m, Path(model_record_path(root, m))) for m in specs]
     else:
         records = []
         for rec_path in sorted((paths.models / "records").glob("*.json")):
-            rec = read_model_record(rec_path)
+            try:
+                rec = read_model_record(rec_path)
+            except DamagedRecord as exc:
+                problems.append(ModelProblem(rec_path.stem, "record-damaged", str(rec_path), exc.message))
+                continue
             if rec is not None:
                 records.append((rec["spec"], rec_path))
-    problems: list[ModelProblem] = []
     checked = []
     for m, rec_path in records:
         checked.append(m["name"])

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .errors import VerifyError, VolenvError
+from .errors import DamagedRecord, VerifyError, VolenvError
 from .fsutil import atomic_write_json, fsync_dir, unique_suffix
 from .integrity import Entry, load_record, owner_distributions
 from .paths import VolumePaths
@@ -230,8 +230,8 @@ def read_manifest(path: Path) -> PackManifest:
         return PackManifest.from_json(json.loads(path.read_bytes()))
     except FileNotFoundError:
         raise
-    except (ValueError, KeyError, TypeError) as exc:
-        raise VolenvError(f"pack manifest {path} is damaged: {exc}") from None
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        raise DamagedRecord(f"pack manifest {path} is damaged: {exc}") from None
 
 
 # ---------------------------------------------------------------- unpack

@@ -39,6 +39,11 @@ def _c() -> Console:
     return err_console
 
 
+def esc(value: object) -> str:
+    """Text from the user or the volume, printed through rich: `[/x]` is text, not markup."""
+    return escape(str(value))
+
+
 def to_data(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         fields = [f.name for f in dataclasses.fields(obj) if not f.name.startswith("_")]
@@ -82,12 +87,12 @@ def render_sync(r: Any, quiet: int) -> None:
     if quiet > 0:
         return
     verb = {"built": "built", "reused": "reused", "would-build": "would build", "would-reuse": "would reuse"}
-    _c().print(f"[bold]{verb.get(r.action, r.action)}[/bold] {r.snapshot} ({r.seconds:.2f}s)")
-    _c().print(f"  path: {r.path}")
+    _c().print(f"[bold]{esc(verb.get(r.action, r.action))}[/bold] {esc(r.snapshot)} ({r.seconds:.2f}s)")
+    _c().print(f"  path: {esc(r.path)}")
     for g in r.groups:
-        mark = "[green]installed[/green]" if g.state == "installed" else f"[yellow]{g.state}[/yellow]"
-        extra = f": {escape(g.error)}" if g.error else ""  # uv's text names requirements with [extras]
-        _c().print(f"  optional group {escape(g.name)}: {mark}{extra}")
+        mark = "[green]installed[/green]" if g.state == "installed" else f"[yellow]{esc(g.state)}[/yellow]"
+        extra = f": {esc(g.error)}" if g.error else ""
+        _c().print(f"  optional group {esc(g.name)}: {mark}{extra}")
     if r.stats:
         s = r.stats
         _c().print(
@@ -99,26 +104,26 @@ def render_sync(r: Any, quiet: int) -> None:
 
 def render_status(r: Any, quiet: int) -> None:
     if not r.exists:
-        _c().print(f"volume root {r.root} (from {r.root_source}) does not exist yet")
+        _c().print(f"volume root {esc(r.root)} (from {r.root_source}) does not exist yet")
         return
-    _c().print(f"root: {r.root} (from {r.root_source}), free {human_bytes(r.free_bytes)}")
+    _c().print(f"root: {esc(r.root)} (from {r.root_source}), free {human_bytes(r.free_bytes)}")
     if not r.envs:
         _c().print("no environments yet")
     for e in r.envs:
-        table = Table(title=f"env {e.name} — {e.generations} generation(s)", title_justify="left")
+        table = Table(title=f"env {esc(e.name)} — {e.generations} generation(s)", title_justify="left")
         for col in ("", "snapshot", "created", "python", "size", "unique", "last used", "groups", "state"):
             table.add_column(col)
         for s in e.snapshots:
             flags = ("*" if s.current else "") + ("P" if s.pinned else "")
-            groups = ", ".join(f"{g.name}:{g.state}" for g in s.groups) or "-"
-            state = "valid" if s.valid else f"[red]{s.problem}[/red]"
+            groups = esc(", ".join(f"{g.name}:{g.state}" for g in s.groups) or "-")
+            state = "valid" if s.valid else f"[red]{esc(s.problem)}[/red]"
             if s.link_mode == "copy":
                 state += " [yellow](copied)[/yellow]"
             table.add_row(
                 flags,
-                s.id,
+                esc(s.id),
                 human_time(s.created),
-                s.python or "-",
+                esc(s.python or "-"),
                 human_bytes(s.apparent_bytes),
                 human_bytes(s.unique_bytes),
                 human_time(s.last_used),
@@ -127,7 +132,7 @@ def render_status(r: Any, quiet: int) -> None:
             )
         _c().print(table)
     for w in r.warnings:
-        _c().print(f"[yellow]warning:[/yellow] {w}")
+        _c().print(f"[yellow]warning:[/yellow] {esc(w)}")
 
 
 def render_env(r: Any, fmt: str) -> None:
@@ -144,13 +149,13 @@ def render_verify(reports: Any, quiet: int) -> None:
         style = "green" if rep.ok and not rep.problems else ("yellow" if rep.ok else "red")
         if quiet > 0 and rep.ok:
             continue
-        _c().print(f"[{style}]{rep.summary()}[/{style}] ({rep.seconds:.2f}s)")
+        _c().print(f"[{style}]{esc(rep.summary())}[/{style}] ({rep.seconds:.2f}s)")
         if rep.problems:
             table = Table(show_header=True)
             for col in ("severity", "kind", "path", "detail", "package"):
                 table.add_column(col)
             for p in rep.problems[:200]:
-                table.add_row(p.severity, p.kind, p.path, p.detail, p.distribution or "")
+                table.add_row(*(esc(x) for x in (p.severity, p.kind, p.path, p.detail, p.distribution or "")))
             _c().print(table)
             if len(rep.problems) > 200:
                 _c().print(f"… and {len(rep.problems) - 200} more (use --json for all)")
@@ -161,27 +166,31 @@ def render_error(message: str, cause: str | None, hint: str | None) -> None:
     cause = redact_text(cause) if cause else cause
     hint = redact_text(hint) if hint else hint
     # escaped: messages quote what the user wrote (`uvicorn[standard]==0.32.1`) and uv's text
-    _c().print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False)
+    _c().print(f"[bold red]error:[/bold red] {esc(message)}", highlight=False)
     if cause:
-        _c().print(f"  [bold]cause:[/bold] {escape(cause)}", highlight=False)
+        _c().print(f"  [bold]cause:[/bold] {esc(cause)}", highlight=False)
     if hint:
-        _c().print(f"  [bold cyan]hint:[/bold cyan] {escape(hint)}", highlight=False)
+        _c().print(f"  [bold cyan]hint:[/bold cyan] {esc(hint)}", highlight=False)
 
 
 def render_history(r: Any) -> None:
-    table = Table(title=f"history of {r.env}", title_justify="left")
+    table = Table(title=f"history of {esc(r.env)}", title_justify="left")
     for col in ("gen", "time", "action", "snapshot", ""):
         table.add_column(col)
     for g in r.generations:
         table.add_row(
-            str(g.number), human_time(g.time), g.action, g.snapshot, "*" if g.snapshot == r.current else ""
+            str(g.number),
+            human_time(g.time),
+            esc(g.action),
+            esc(g.snapshot),
+            "*" if g.snapshot == r.current else "",
         )
     _c().print(table)
 
 
 def render_switch(r: Any) -> None:
     before = f" (was {r.previous})" if r.previous else ""
-    _c().print(f"{r.action}: {r.env} -> {r.snapshot}{before}")
+    _c().print(esc(f"{r.action}: {r.env} -> {r.snapshot}{before}"))
 
 
 def render_gc(r: Any, quiet: int) -> None:
@@ -197,17 +206,17 @@ def render_gc(r: Any, quiet: int) -> None:
             table.add_row(
                 f"[{style}]{item.action}[/{style}]",
                 item.kind,
-                item.path,
+                esc(item.path),
                 human_bytes(item.apparent_bytes),
-                "; ".join(item.reasons),
+                esc("; ".join(item.reasons)),
             )
         _c().print(table)
     if r.executed:
         for o in r.outcomes:
             if o.kept:
-                _c().print(f"note: {o.path}: {o.detail}")
+                _c().print(f"note: {esc(o.path)}: {esc(o.detail)}")
             elif not o.done:
-                _c().print(f"[yellow]not removed:[/yellow] {o.path}: {o.detail}")
+                _c().print(f"[yellow]not removed:[/yellow] {esc(o.path)}: {esc(o.detail)}")
         _c().print(f"freed {human_bytes(r.freed_bytes)} ({sum(o.done for o in r.outcomes)} removed)")
     else:
         _c().print(
@@ -225,53 +234,60 @@ def render_models(states: Any) -> None:
             if s.present
             else ("[yellow]no (optional)[/yellow]" if s.optional else "[red]no[/red]")
         )
-        table.add_row(s.name, s.source, mark, str(s.files), human_bytes(s.bytes), s.location)
+        table.add_row(esc(s.name), esc(s.source), mark, str(s.files), human_bytes(s.bytes), esc(s.location))
     _c().print(table)
 
 
 def render_model_verify(report: Any) -> None:
     if report.ok:
-        _c().print(f"[green]models ok at level {report.level}[/green]: {', '.join(report.checked) or 'none'}")
+        _c().print(
+            f"[green]models ok at level {report.level}[/green]: {esc(', '.join(report.checked) or 'none')}"
+        )
         return
     for p in report.problems:
-        _c().print(f"[red]{p.name}: {p.kind}[/red] {p.path}: {p.detail}")
+        _c().print(f"[red]{esc(p.name)}: {esc(p.kind)}[/red] {esc(p.path)}: {esc(p.detail)}")
 
 
 def render_doctor(r: Any) -> None:
     ok = "[green]ok[/green]"
-    _c().print(f"root       : {r.root} (from {r.root_source})")
+    _c().print(f"root       : {esc(r.root)} (from {r.root_source})")
     no = "[red]no[/red]"
     _c().print(f"exists     : {ok if r.exists else no}   reachable: {ok if r.reachable else no}")
-    _c().print(f"filesystem : {r.fs_type or '?'} mounted at {r.mount_point or '?'}; writable: {r.writable}")
+    _c().print(
+        esc(f"filesystem : {r.fs_type or '?'} mounted at {r.mount_point or '?'}; writable: {r.writable}")
+    )
     _c().print(f"space      : {human_bytes(r.free_bytes)} free of {human_bytes(r.total_bytes)}")
-    _c().print(f"python     : {r.python}")
+    _c().print(f"python     : {esc(r.python)}")
     g = r.gpu
     gpu = f"{', '.join(g.names)} driver {g.driver} (CUDA <= {g.cuda})" if g.present else g.detail
-    _c().print(f"gpu        : {gpu}")
+    _c().print(f"gpu        : {esc(gpu)}")
     for env, holder in r.leases.items():
-        _c().print(f"lease      : {env} held by {holder}")
+        _c().print(f"lease      : {esc(env)} held by {esc(holder)}")
     if r.snapshots:
         table = Table(title="snapshots", title_justify="left")
         for col in ("", "snapshot", "seal", "interpreter", "torch CUDA"):
             table.add_column(col)
         for s in r.snapshots:
-            table.add_row("*" if s.current else "", s.snapshot, s.seal, s.interpreter, s.torch_cuda or "-")
+            table.add_row(
+                "*" if s.current else "",
+                *(esc(x) for x in (s.snapshot, s.seal, s.interpreter, s.torch_cuda or "-")),
+            )
         _c().print(table)
     if r.build_log:
-        _c().print(f"last build log: {r.build_log}")
+        _c().print(f"last build log: {esc(r.build_log)}")
         for line in r.build_log_tail:
             _c().print(f"  | {line}", highlight=False, markup=False)
     f = r.last_failure
     if f is not None:
-        where = f" ({escape(f.snapshot)})" if f.snapshot else ""
+        where = f" ({esc(f.snapshot)})" if f.snapshot else ""
         _c().print(
-            f"last failure: {human_time(f.time)} [bold]{escape(f.env)}[/bold]{where}: {escape(f.error)}",
+            f"last failure: {human_time(f.time)} [bold]{esc(f.env)}[/bold]{where}: {esc(f.error)}",
             highlight=False,
         )
         if f.log:
-            _c().print(f"  log: {escape(f.log)}", highlight=False)
+            _c().print(f"  log: {esc(f.log)}", highlight=False)
     for p in r.problems:
-        _c().print(f"[red]problem:[/red] {p}")
+        _c().print(f"[red]problem:[/red] {esc(p)}")
     if not r.problems:
         _c().print("[green]no problems found[/green]")
 
@@ -285,11 +301,11 @@ def render_init(r: Any, quiet: int) -> None:
         return
     how = {"wheels": "read from the wheels", "guessed": "guessed from the names", "none": "none found"}
     imports = ", ".join(r.smoke_imports) or "-"
-    _c().print(f"smoke imports ({how[r.imports_from]}): {escape(imports)}", highlight=False)
-    _c().print(f"next: volenv sync {escape(r.manifest)}", highlight=False)
+    _c().print(f"smoke imports ({how[r.imports_from]}): {esc(imports)}", highlight=False)
+    _c().print(f"next: volenv sync {esc(r.manifest)}", highlight=False)
 
 
 def render_switch_generic(r: Any) -> None:
     """Any result as aligned `key: value` lines on stderr."""
     for key, value in to_data(r).items():
-        _c().print(f"{key:20s}: {value}", highlight=False)
+        _c().print(esc(f"{key:20s}: {value}"), highlight=False)

@@ -42,6 +42,8 @@ def read_seal(snapshot_dir: str) -> dict[str, Any]:
             raw = fh.read()
     except FileNotFoundError:
         raise SealProblem("seal-missing", f"no seal at {path}: the snapshot was never completed") from None
+    except (IsADirectoryError, NotADirectoryError):
+        raise SealProblem("seal-damaged", f"{path} is not a file") from None
     try:
         seal = loads(raw)
     except ValueError as exc:
@@ -53,9 +55,94 @@ def read_seal(snapshot_dir: str) -> dict[str, Any]:
     for key, typ in (("snapshot", str), ("record_sha256", str), ("fingerprint", dict), ("env", str)):
         if not isinstance(seal.get(key), typ):
             raise SealProblem("seal-damaged", f"{path}: field {key!r} missing or of the wrong type")
+    problem = _shape_problem(seal)
+    if problem:
+        raise SealProblem("seal-damaged", f"{path}: {problem}")
     if seal.get("self_sha256") != seal_self_digest(seal):
         raise SealProblem("seal-damaged", f"{path} was edited after sealing (its self digest does not match)")
     return seal
+
+
+def _is(value: object, *types: type) -> bool:
+    """isinstance where a JSON true/false is not a number."""
+    return isinstance(value, types) and (not isinstance(value, bool) or bool in types)
+
+
+#: optional seal fields that readers use, and their types (a crafted seal is damage, not a crash)
+_SEAL_OPTIONAL: tuple[tuple[str, tuple[type, ...]], ...] = (
+    ("created", (int, float)),
+    ("apparent_bytes", (int,)),
+    ("record_entries", (int,)),
+    ("link_mode", (str,)),
+    ("manifest_digest", (str,)),
+    ("manifest", (dict,)),
+    ("groups", (list,)),
+)
+
+
+def _shape_problem(seal: dict[str, Any]) -> str | None:
+    for key, types in _SEAL_OPTIONAL:
+        if key in seal and not _is(seal[key], *types):
+            return f"field {key!r} has the wrong type"
+    fp = seal["fingerprint"]
+    if not _is(fp.get("executable"), str) or not _is(fp.get("executable_size"), int, type(None)):
+        return "field 'fingerprint' is malformed"
+    for g in seal.get("groups", []):
+        if not (
+            isinstance(g, dict)
+            and _is(g.get("name"), str)
+            and _is(g.get("state"), str)
+            and _is(g.get("required", False), bool)
+        ):
+            return "field 'groups' is malformed"
+    m = seal.get("manifest", {})
+    return activation_problem(m.get("env", {}), m.get("models", []))
+
+
+_NAME_START = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_"
+_NAME_CHARS = frozenset(_NAME_START + "0123456789")
+
+
+def is_env_var_name(name: object) -> bool:
+    """POSIX `[A-Za-z_][A-Za-z0-9_]*` without `re` (the fast path)."""
+    return isinstance(name, str) and name[:1] in _NAME_START and bool(name) and set(name) <= _NAME_CHARS
+
+
+def is_snapshot_id(name: str, env: str) -> bool:
+    """`<env>-<12 hex>`: the only names a pointer may give and the only ones a scan lists."""
+    digest = name[len(env) + 1 :]
+    return name.startswith(env + "-") and len(digest) == 12 and all(c in "0123456789abcdef" for c in digest)
+
+
+def plain_name(name: object) -> bool:
+    """A name used as one path component: no separator, no NUL, not '.', '..' or hidden."""
+    return isinstance(name, str) and bool(name) and "/" not in name and "\0" not in name and name[0] != "."
+
+
+def activation_problem(env: object, models: object) -> str | None:
+    """What is wrong with activation settings read from a seal or an alias, or None. The
+    manifest allowed only these shapes; anything else was damaged or crafted on the volume."""
+    if not isinstance(env, dict):
+        return "activation env is not a table"
+    for k, v in env.items():
+        if not is_env_var_name(k):
+            return f"activation env sets {k!r}, which is not a valid variable name"
+        if not isinstance(v, str) or "\0" in v:
+            return f"activation env {k}: the value is not a string"
+    if not isinstance(models, list):
+        return "activation models is not a list"
+    for m in models:
+        if not isinstance(m, dict) or not plain_name(m.get("name")):
+            return f"activation model {m!r:.80} has no valid name"
+        hf = m.get("hf")
+        if hf:
+            ok = isinstance(hf, dict) and _is(hf.get("repo"), str) and plain_name(hf.get("revision"))
+            ok = ok and ".." not in hf["repo"] and "\0" not in hf["repo"]
+        else:
+            ok = _is(m.get("url"), str) and _is(m.get("sha256"), str) and len(m["sha256"]) >= 16
+        if not ok:
+            return f"activation model {m['name']!r} has no valid source"
+    return None
 
 
 def sha256_hex(data: bytes) -> str:
@@ -79,6 +166,8 @@ def record_sha256(snapshot_dir: str) -> str:
             return sha256_hex(fh.read())
     except FileNotFoundError:
         raise SealProblem("record-missing", f"no record at {path}") from None
+    except (IsADirectoryError, NotADirectoryError):
+        raise SealProblem("record-damaged", f"{path} is not a file") from None
 
 
 def check_seal(snapshot_dir: str, snapshot_id: str | None = None) -> dict[str, Any]:

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import VolenvError, VolumeError, from_oserror
+from .errors import DamagedRecord, VolumeError, from_oserror
 from .fsutil import (
     ContainmentError,
     append_line,
     atomic_write_json,
     create_once_bytes,
     dumps_json,
+    has_type,
     read_record,
     safe_mkdirs,
     write_cachedir_tag,
@@ -28,6 +29,7 @@ from .fsutil import (
 from .paths import FORMAT_VERSION, VolumePaths
 from .redact import redact_obj
 from .rootfind import root_exists
+from .sealcheck import is_snapshot_id as is_snapshot_id  # re-exported for the commands
 
 POINTER_SCHEMA = 1
 HISTORY_SCHEMA = 1
@@ -68,7 +70,7 @@ def open_volume(paths: VolumePaths, *, create: bool) -> None:
     if meta is not None:
         fmt = meta.get("format")
         if not isinstance(fmt, int):
-            raise VolenvError(f"{paths.meta} is damaged: no integer 'format'")
+            raise DamagedRecord(f"{paths.meta} is damaged: no integer 'format'")
         if fmt > FORMAT_VERSION:
             raise VolumeError(
                 f"{root} uses volume format {fmt}; this volenv understands format {FORMAT_VERSION}",
@@ -94,19 +96,25 @@ def ensure_env_dirs(paths: VolumePaths, env: str) -> None:
 # ---------------------------------------------------------------- pointers
 
 
-def _read_pointer(path: Path, kind: str) -> str | None:
+def _read_pointer(path: Path, kind: str, env: str, hint: str) -> str | None:
     try:
-        rec = read_record(path, kind, POINTER_SCHEMA)
+        rec = read_record(path, kind, POINTER_SCHEMA, {"snapshot": str})
     except FileNotFoundError:
         return None
-    snap = rec.get("snapshot")
-    if not isinstance(snap, str):
-        raise VolenvError(f"{kind} {path} is damaged: no 'snapshot'")
+    except DamagedRecord as exc:
+        exc.hint = exc.hint or hint
+        raise
+    snap = str(rec["snapshot"])
+    if not is_snapshot_id(snap, env):
+        raise DamagedRecord(f"{kind} {path} is damaged: {snap!r} is not a snapshot id of '{env}'", hint=hint)
     return snap
 
 
 def read_index(paths: VolumePaths, env: str, manifest_digest: str) -> str | None:
-    return _read_pointer(paths.index_entry(env, manifest_digest), "index entry")
+    path = paths.index_entry(env, manifest_digest)
+    return _read_pointer(
+        path, "index entry", env, f"the next `volenv sync` of its manifest writes {path} again"
+    )
 
 
 def write_index(paths: VolumePaths, env: str, manifest_digest: str, snapshot_id: str) -> None:
@@ -117,7 +125,8 @@ def write_index(paths: VolumePaths, env: str, manifest_digest: str, snapshot_id:
 
 
 def read_current(paths: VolumePaths, env: str) -> str | None:
-    return _read_pointer(paths.current(env), "current pointer")
+    hint = f"point it at a valid snapshot: volenv rollback {env} --to SNAPSHOT"
+    return _read_pointer(paths.current(env), "current pointer", env, hint)
 
 
 def write_current(paths: VolumePaths, env: str, snapshot_id: str) -> None:
@@ -141,25 +150,43 @@ def read_history(paths: VolumePaths, env: str) -> list[Generation]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return []
+    except (IsADirectoryError, NotADirectoryError):
+        raise DamagedRecord(f"history {path} is damaged: a directory where the file should be") from None
+    except UnicodeDecodeError:
+        raise DamagedRecord(f"history {path} is damaged: not UTF-8 text") from None
     out: list[Generation] = []
-    for n, line in enumerate(text.splitlines(), start=1):
+    lines = text.splitlines()
+    for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             # A torn final line (crash mid-append) is skipped; anything else is damage.
-            if n == len(text.splitlines()):
+            if n == len(lines):
                 continue
-            raise VolenvError(f"{path}: line {n} is not valid JSON") from None
-        if rec.get("schema", 0) > HISTORY_SCHEMA:
+            raise DamagedRecord(f"history {path}: line {n} is not valid JSON") from None
+        if not isinstance(rec, dict):
+            raise DamagedRecord(f"history {path}: line {n} is not a JSON object")
+        if has_type(rec.get("schema"), int) and rec["schema"] > HISTORY_SCHEMA:
             raise VolumeError(f"{path}: line {n} has a newer schema; upgrade volenv")
+        for key, typ in _HISTORY_FIELDS.items():
+            if not has_type(rec.get(key), typ):
+                raise DamagedRecord(f"history {path}: line {n}: field {key!r} missing or of the wrong type")
         out.append(
             Generation(
                 len(out) + 1, float(rec["time"]), rec["snapshot"], rec.get("manifest_digest"), rec["action"]
             )
         )
     return out
+
+
+_HISTORY_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "time": (int, float),
+    "snapshot": str,
+    "manifest_digest": (str, type(None)),
+    "action": str,
+}
 
 
 def append_history(
@@ -201,11 +228,30 @@ def list_envs(paths: VolumePaths) -> list[str]:
         return []
 
 
-def list_snapshots(paths: VolumePaths, env: str) -> list[str]:
+def list_snapshots(paths: VolumePaths, env: str, warnings: list[str] | None = None) -> list[str]:
+    """Snapshot ids of an env. Anything else in snapshots/ (a stray file, a symlink, a name that
+    is not `<env>-<12 hex>`) is skipped with a warning (into `warnings`, else on stderr), never
+    fatal and never touched: volenv did not make it."""
+    directory = paths.snapshots(env)
     try:
-        return sorted(p.name for p in paths.snapshots(env).iterdir() if not p.name.startswith("."))
-    except FileNotFoundError:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
         return []
+    out = []
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        if is_snapshot_id(entry.name, env) and entry.is_dir(follow_symlinks=False):
+            out.append(entry.name)
+            continue
+        msg = f"{directory / entry.name}: not a snapshot (skipped; volenv did not create it)"
+        if warnings is not None:
+            warnings.append(msg)
+        else:
+            from .ui import reporter
+
+            reporter.warn(msg)
+    return out
 
 
 def log_event(paths: VolumePaths, env: str, event: str, **fields: Any) -> None:

@@ -172,7 +172,7 @@ def doctor(paths: VolumePaths, choice: RootChoice) -> DoctorReport:
             except Exception as exc:
                 problems.append(f"{env}: current pointer unreadable: {exc}")
                 current = None
-            for sid in store.list_snapshots(paths, env):
+            for sid in store.list_snapshots(paths, env, problems):
                 snap = paths.snapshot(env, sid)
                 seal_state, interp = "valid", "matches"
                 try:

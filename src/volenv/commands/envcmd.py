@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 
 from ..activate import RunOptions, compute_env, prepare
+from ..errors import DamagedRecord
+from ..sealcheck import is_env_var_name
 
 
 @dataclass(frozen=True)
@@ -27,4 +29,12 @@ def activation_env(root: str, manifest: str | None, env: str | None, verify: str
     )
     full = compute_env(root, snap_dir, target.env, target.activation, base=dict(os.environ))
     variables.update({k: full[k] for k in target.activation.get("env", {})})
+    # `eval "$(volenv env ...)"` runs what we print: names come from a seal that may have been
+    # pulled, so each must be a plain POSIX name (values are shell-quoted by the renderer)
+    for name in variables:
+        if not is_env_var_name(name):
+            raise DamagedRecord(
+                f"snapshot {os.path.basename(snap_dir)} sets the environment variable {name!r},"
+                " which is not a valid name; refusing to print it for a shell"
+            )
     return EnvResult(target.env, os.path.basename(snap_dir), snap_dir, variables, ("PYTHONHOME",))

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 
 from .. import store
+from ..errors import VolenvError
 from ..paths import VolumePaths
 from ..sealcheck import SealProblem, check_seal
 
@@ -75,7 +76,7 @@ def scan(
             warnings.append(f"{env}: current pointer unreadable: {exc}")
             current = None
         snaps = []
-        for sid in store.list_snapshots(paths, env):
+        for sid in store.list_snapshots(paths, env, warnings):
             snaps.append(_snapshot_info(paths, env, sid, current, sizes))
         copies = [s.id for s in snaps if s.link_mode == "copy"]
         if copies:
@@ -84,7 +85,12 @@ def scan(
                 " filesystem): each holds a full copy of every package"
             )
         snaps.sort(key=lambda s: s.created or 0)
-        envs.append(EnvInfo(env, current, tuple(snaps), len(store.read_history(paths, env))))
+        try:
+            generations = len(store.read_history(paths, env))
+        except VolenvError as exc:  # a damaged history is reported; the snapshots still are listed
+            warnings.append(f"{env}: {exc.message}")
+            generations = 0
+        envs.append(EnvInfo(env, current, tuple(snaps), generations))
     return StatusReport(str(paths.root), root_source, True, free, tuple(envs), tuple(warnings))
 
 

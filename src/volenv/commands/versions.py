@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 
 from .. import store
-from ..errors import UsageError, VerifyError
+from ..errors import DamagedRecord, UsageError, VerifyError
 from ..fsutil import atomic_write_json
 from ..locks import BuildLease
 from ..paths import VolumePaths, env_from_snapshot_id
@@ -44,12 +44,19 @@ def rollback(paths: VolumePaths, env: str, to: str | None, *, lock_timeout: floa
     verify at `seal`; the switch is a single temp + rename of the pointer."""
     _require_env(paths, env)
     with BuildLease(paths, env, timeout=lock_timeout, say=reporter.info):
-        current = store.read_current(paths, env)
+        try:
+            current = store.read_current(paths, env)
+        except DamagedRecord as exc:
+            # `--to` is the repair of a damaged pointer file (a directory there is not ours to remove)
+            if to is None or paths.current(env).is_dir():
+                raise
+            reporter.warn(f"{exc.message}; replacing it")
+            current = None
         target = to or _previous_generation(paths, env, current)
         if target is None:
             raise UsageError(f"'{env}' has no earlier generation to roll back to")
-        if env_from_snapshot_id(target) != env:
-            raise UsageError(f"{target} is not a snapshot of '{env}'")
+        if not store.is_snapshot_id(target, env):
+            raise UsageError(f"{target!r} is not a snapshot id of '{env}' (expected {env}-<12 hex>)")
         snap = paths.snapshot(env, target)
         if not snap.is_dir():
             raise UsageError(f"snapshot {target} no longer exists (collected by gc?)")
@@ -66,7 +73,11 @@ def _previous_generation(paths: VolumePaths, env: str, current: str | None) -> s
     gens = store.read_history(paths, env)
     # walk back from the newest generation to the first one naming another, existing snapshot
     for g in reversed(gens):
-        if g.snapshot != current and paths.snapshot(env, g.snapshot).is_dir():
+        if (
+            g.snapshot != current
+            and store.is_snapshot_id(g.snapshot, env)
+            and paths.snapshot(env, g.snapshot).is_dir()
+        ):
             return g.snapshot
     return None
 
