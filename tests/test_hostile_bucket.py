@@ -387,6 +387,25 @@ def test_manifest_digest_with_dot_dot_is_refused(case: Case) -> None:
     case.refused(case.pull("--trust-unsigned"), 4, "manifest_digest")
 
 
+def test_sealed_activation_variable_names_are_checked(case: Case) -> None:
+    """A pulled seal whose activation env holds a shell injection (`env --format sh` output is
+    eval'd) is refused like a manifest with that key."""
+    from volenv.sealcheck import seal_self_digest
+
+    snap = case.origin.a / "envs" / ENV / "snapshots" / case.sid
+    seal = json.loads((snap / ".volenv" / "seal.json").read_text())
+    seal["manifest"]["env"] = {"X=1;touch /tmp/INJECTED;Y": "v"}
+    seal["self_sha256"] = seal_self_digest(seal)
+    raw = json.dumps(seal).encode()
+    meta, _ = case.meta_members()
+    meta = [m if m[0].name != ".volenv/seal.json" else f(".volenv/seal.json", raw) for m in meta]
+    doc = case.doc()
+    doc["packs"] = [case.put_pack("_meta", meta)] + [p for p in doc["packs"] if p["group"] != "_meta"]
+    doc["seal_sha256"] = hashlib.sha256(raw).hexdigest()
+    case.write_doc(doc)
+    case.refused(case.pull("--trust-unsigned"), 4, "sealed manifest is invalid")
+
+
 def test_absolute_snapshot_id_in_a_ref_is_refused(case: Case) -> None:
     evil = f"{case.outside}/{ENV}-0123456789ab"
     (case.bucket / "refs" / f"{ENV}.json").write_text(json.dumps({"schema": 1, "snapshot": evil}))
@@ -514,6 +533,27 @@ def test_pack_and_push_never_reuse_a_planted_blob(case: Case, tmp_path: Path) ->
     assert volenv("--root", a2, "pack", ENV).returncode == 0
     assert blob.read_bytes() != evil
     assert_blobs_are_their_ids(a2)
+
+
+def test_materialize_never_runs_a_blob_that_is_not_its_id(case: Case, tmp_path: Path) -> None:
+    """The issue's end of the poisoning chain: a blob under beta's id whose content is another
+    tar; `run --materialize always` refuses it (exit 4) and never executes it."""
+    a2 = tmp_path / "a2"
+    shutil.copytree(case.origin.a, a2, symlinks=True)
+    doc = json.loads((a2 / "packs" / "snapshots" / f"{case.sid}.json").read_text())
+    victim = next(p for p in doc["packs"] if p["group"].startswith("beta"))
+    marker = tmp_path / "EXECUTED"
+    evil = case.put_pack(victim["group"], [f("beta/__init__.py", f"open({str(marker)!r}, 'w')\n".encode())])
+    blob = (case.bucket / "packs" / f"{evil['id']}.tar.zst").read_bytes()
+    (a2 / "packs" / "blobs" / f"{victim['id']}.tar.zst").write_bytes(blob)
+    victim.update(blob_sha256=evil["blob_sha256"], blob_size=evil["blob_size"])
+    (a2 / "packs" / "snapshots" / f"{case.sid}.json").write_text(json.dumps(doc))
+    r = volenv(
+        "--root", a2, "run", "--env", ENV, "--materialize", "always", "--materialize-dir", tmp_path / "mat",
+        "--", "python", "-c", "import beta",
+    )  # fmt: skip
+    assert r.returncode == 4 and "Traceback" not in r.stderr, r.stderr
+    assert not marker.exists()
 
 
 # ---------------------------------------------------------------- signatures

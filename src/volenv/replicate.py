@@ -318,14 +318,21 @@ def _fetch_packs(paths: VolumePaths, remote: Remote, manifest: PackManifest) -> 
     return fetched, fetched_bytes
 
 
-def _download_verified(remote: Remote, key: str, dest: Path, sha256: str, progress: Any = None) -> str | None:
+def _download_verified(
+    remote: Remote, key: str, dest: Path, sha256: str, progress: Any = None, limit: int | None = None
+) -> str | None:
     """Copy a remote object to dest through a unique temp file; publish it only when its
-    sha256 matches. Returns None when published, else the digest it had (nothing kept)."""
+    sha256 matches. Returns None when published, else the digest it had (nothing kept).
+    With a limit (the recorded size), an object that runs past it is cut there."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{unique_suffix()}")
     try:
+        size = 0
         with remote.open(key) as src, open(tmp, "wb") as out:
             while chunk := src.read(1 << 20):
+                size += len(chunk)
+                if limit is not None and size > limit:
+                    return f"more than {limit} bytes"
                 out.write(chunk)
                 if progress is not None:
                     progress.update(len(chunk))
@@ -352,6 +359,50 @@ def _check_pulled_seal(staging: Path, manifest: PackManifest) -> None:
             f"pulled {manifest.snapshot}: its seal is for env '{seal['env']}' (manifest"
             f" {str(seal.get('manifest_digest'))[:12]}), not what the bucket's manifest says"
         )
+    _check_sealed_manifest(seal, manifest.snapshot)
+
+
+def _check_sealed_manifest(seal: dict[str, Any], sid: str) -> None:
+    """What activation and `env --format sh` take from a pulled seal (variable names, model
+    names and sources) obeys the manifest's own rules."""
+    from .errors import ManifestError
+    from .manifest import ENV_NAME, _Checker, _parse_activate, _parse_models
+
+    man = seal.get("manifest", {})
+    try:
+        if not isinstance(man, dict) or not isinstance(man.get("models", []), list):
+            raise VerifyError("no manifest object with a models list")
+        c = _Checker(Path(f"{sid}/.volenv/seal.json"))
+        env, _smoke = _parse_activate(
+            c, {"env": man.get("env", {}), "smoke-imports": man.get("smoke_imports", [])}
+        )
+        if not all(ENV_NAME.fullmatch(k) for k, _v in env):
+            raise VerifyError("an activation variable name is not a plain name")
+        _parse_models(c, [_model_table(m) for m in man.get("models", [])])
+    except (ManifestError, VerifyError) as exc:
+        raise VerifyError(f"pulled {sid}: its sealed manifest is invalid: {exc.message}") from None
+
+
+def _model_table(spec: Any) -> dict[str, Any]:
+    """A model as a seal or model record stores it -> as a manifest writes it (for its rules)."""
+    if not isinstance(spec, dict):
+        raise VerifyError(f"model {spec!r} is not an object")
+    table: dict[str, Any] = {"name": spec.get("name"), "optional": spec.get("optional", False)}
+    hf = spec.get("hf")
+    if hf is not None:
+        if not isinstance(hf, dict):
+            raise VerifyError("'hf' is not an object")
+        table["hf"] = {
+            "repo": hf.get("repo"),
+            "revision": hf.get("revision"),
+            "files": hf.get("files", []),
+            "allow-patterns": hf.get("allow_patterns", []),
+        }
+    else:
+        table.update({k: spec.get(k) for k in ("url", "sha256")})
+        if spec.get("size") is not None:
+            table["size"] = spec["size"]
+    return table
 
 
 def _download_blob(paths: VolumePaths, remote: Remote, info: PackInfo, progress: Any) -> None:
@@ -408,7 +459,8 @@ def _pull_models(paths: VolumePaths, remote: Remote, wanted: dict[str, str | Non
             dest = base_dir / f["path"]
             if dest.exists() and hash_file(str(dest)) == f["sha256"]:
                 continue
-            if _download_verified(remote, f"model-files/{f['sha256']}", dest, f["sha256"]) is not None:
+            key = f"model-files/{f['sha256']}"
+            if _download_verified(remote, key, dest, f["sha256"], limit=f.get("size")) is not None:
                 from .errors import ModelError
 
                 raise ModelError(f"model file {f['path']} of {name} from {remote.url} fails its sha256")
@@ -436,24 +488,9 @@ def _check_model_record(raw: bytes, name: str) -> dict[str, Any]:
     if not isinstance(rec.get("files"), list):
         raise bad("no 'spec' object or 'files' list")
     spec = rec["spec"]
-    table: dict[str, Any] = {"name": spec.get("name"), "optional": spec.get("optional", False)}
-    hf = spec.get("hf")
-    if hf is not None:
-        if not isinstance(hf, dict):
-            raise bad("'hf' is not an object")
-        table["hf"] = {
-            "repo": hf.get("repo"),
-            "revision": hf.get("revision"),
-            "files": hf.get("files", []),
-            "allow-patterns": hf.get("allow_patterns", []),
-        }
-    else:
-        table.update({k: spec.get(k) for k in ("url", "sha256")})
-        if spec.get("size") is not None:
-            table["size"] = spec["size"]
     try:
-        _parse_models(_Checker(Path(f"bucket:models/{name}")), [table])
-    except ManifestError as exc:
+        _parse_models(_Checker(Path(f"bucket:models/{name}")), [_model_table(spec)])
+    except (ManifestError, VerifyError) as exc:
         raise bad(exc.message) from None
     if name != f"{spec['name']}.{model_key(spec)}.json":
         raise bad("its name is not the one its spec gives")
@@ -466,6 +503,7 @@ def _check_model_record(raw: bytes, name: str) -> dict[str, Any]:
             or "\0" in path
             or any(part in ("", ".", "..") for part in path.split("/"))
             or not (isinstance(f.get("sha256"), str) and HEX64.fullmatch(f["sha256"]))
+            or not (f.get("size") is None or (isinstance(f["size"], int) and f["size"] >= 0))
         ):
             raise bad(f"file entry {f!r} is not a relative path with a sha256")
     return rec
