@@ -611,9 +611,14 @@ def test_signed_snapshot_pulls_and_lists(case: Case) -> None:
     untrusted = volenv("--json", "list", "--remote", case.url, env={"VOLENV_TRUSTED_KEYS": ""})
     assert untrusted.returncode == 0 and untrusted.json()["envs"] == {}
     assert "left out" in untrusted.stderr
-    r = case.pull(target=ENV)
+    r = case.pull("--no-switch", target=ENV)
     assert r.returncode == 0, r.stderr
     assert "trust-unsigned" not in r.stderr
+    pulled = volenv(
+        "--root", case.b, "--json", "pull", ENV, "--from", case.url, env={"VOLENV_TRUSTED_KEYS": case.origin.trusted}
+    )  # fmt: skip
+    assert pulled.json()["signed_by"] == "pusher" and pulled.json()["action"] == "present"
+    assert snapshot_of(case.b, ENV) == case.sid
 
 
 def test_key_generate(tmp_path: Path) -> None:

@@ -53,6 +53,7 @@ class TransferResult:
     models: int
     seconds: float
     action: str  # pushed | pulled | present
+    signed_by: str | None = None  # the key that signed it (push) / the trusted key that did (pull)
 
 
 def _select_local(paths: VolumePaths, target: str) -> Path:
@@ -122,6 +123,7 @@ def push(paths: VolumePaths, remote: Remote, target: str, key: SigningKey | None
         len(models),
         time.perf_counter() - t0,
         "pushed",
+        key.name if key is not None else None,
     )
 
 
@@ -173,7 +175,7 @@ def _resolve_remote(remote: Remote, target: str | None) -> tuple[str, str]:
     return sid, target
 
 
-def _believe(doc: dict[str, Any], sid: str, env: str, trust: Trust) -> PackManifest:
+def _believe(doc: dict[str, Any], sid: str, env: str, trust: Trust) -> tuple[PackManifest, str | None]:
     """The pack manifest, only once its fields are valid, it is the one asked for and a
     trusted key signed it (or the user said --trust-unsigned, loudly)."""
     manifest = PackManifest.from_json(doc)
@@ -188,7 +190,7 @@ def _believe(doc: dict[str, Any], sid: str, env: str, trust: Trust) -> PackManif
             f"--trust-unsigned: accepting {sid} WITHOUT a trusted signature; whoever can write"
             " the bucket decides what this volume runs"
         )
-    return manifest
+    return manifest, signer
 
 
 def _model_names(doc: dict[str, Any]) -> dict[str, str | None]:
@@ -232,7 +234,7 @@ def pull(
     doc = get_json(remote, f"snapshots/{sid}.json")
     if doc is None:
         raise UsageError(f"{remote.url} has no snapshot {sid}")
-    manifest = _believe(doc, sid, expected_env, trust)
+    manifest, signer = _believe(doc, sid, expected_env, trust)
     models_wanted = _model_names(doc)
     problem = interpreter_problem(manifest.fingerprint)
     if problem:
@@ -262,6 +264,7 @@ def pull(
                     models,
                     time.perf_counter() - t0,
                     "present",
+                    signer,
                 )
             except SealProblem:
                 raise VerifyError(
@@ -300,6 +303,7 @@ def pull(
         models,
         time.perf_counter() - t0,
         "pulled",
+        signer,
     )
 
 
