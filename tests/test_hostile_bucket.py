@@ -654,6 +654,7 @@ MALFORMED = {
     "signatures-string": lambda doc: doc.update(signatures="pusher:AAAA"),
     "env-with-slash": lambda doc: doc.update(env="a/b"),
     "created-string": lambda doc: doc.update(created="yesterday"),
+    "executable-nul": lambda doc: doc["fingerprint"].update(executable="/usr/bin/python\0x"),
 }
 
 

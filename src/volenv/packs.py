@@ -89,7 +89,11 @@ class PackManifest:
             if not (v is None and optional) and not (isinstance(v, str) and HEX64.fullmatch(v)):
                 raise bad(f"{key!r} is not a sha256 hex digest")
         fp = data.get("fingerprint")
-        if not isinstance(fp, dict) or not isinstance(fp.get("executable", ""), str):
+        if (
+            not isinstance(fp, dict)
+            or not isinstance(fp.get("executable", ""), str)
+            or "\0" in fp.get("executable", "")
+        ):
             raise bad("'fingerprint' is not an object")
         created = data.get("created", 0)
         if not isinstance(created, int | float) or isinstance(created, bool):

@@ -236,6 +236,8 @@ def pull(
         raise UsageError(f"{remote.url} has no snapshot {sid}")
     manifest, signer = _believe(doc, sid, expected_env, trust)
     models_wanted = _model_names(doc)
+    if signer is not None and None in models_wanted.values():
+        raise VerifyError(f"{sid}: the signed manifest names a model record without its digest")
     problem = interpreter_problem(manifest.fingerprint)
     if problem:
         raise VerifyError(
