@@ -73,6 +73,14 @@ def main() -> int:
         a = tmp / "a" / "volenv"
         m = manifest(tmp / "m.toml", "bench", reqs, wheels)
         v = volenv_cmd()
+        key = tmp / "bench.key"  # push signs, pull trusts that key (as in production)
+        pub = subprocess.run(
+            [*v, "key", "generate", "--name", "bench", "--out", str(key)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        env = {**env, "VOLENV_SIGNING_KEY": str(key), "VOLENV_TRUSTED_KEYS": pub}
         snap = Path(
             json.loads(
                 subprocess.run(

@@ -1,5 +1,6 @@
 """Issue 9: push and pull sealed snapshots and models through S3 (moto's real server behind a
-counting proxy, on 127.0.0.1) and file://; never the internet."""
+counting proxy, on 127.0.0.1) and file://; never the internet. Every push here is signed and
+every pull trusts that key (issue 14); tests/test_hostile_bucket.py covers the refusals."""
 
 from __future__ import annotations
 
@@ -21,6 +22,16 @@ import pytest
 from conftest import moto_s3, snapshot_of, staging_left, volenv, write_manifest
 
 S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"}
+
+
+@pytest.fixture(autouse=True)
+def signing_key(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """push signs with a key of its own; pull and list --remote trust exactly that key."""
+    key_file = tmp_path_factory.mktemp("keys") / "pusher.key"
+    r = volenv("key", "generate", "--name", "pusher", "--out", key_file)
+    assert r.returncode == 0, r.stderr
+    monkeypatch.setenv("VOLENV_SIGNING_KEY", str(key_file))
+    monkeypatch.setenv("VOLENV_TRUSTED_KEYS", r.stdout.strip())
 
 
 @dataclass

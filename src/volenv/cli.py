@@ -318,19 +318,28 @@ def status(
     _status(ctx, env, sizes, "status")
 
 
+TRUST_UNSIGNED = typer.Option(
+    "--trust-unsigned",
+    help="Accept bucket snapshots without a signature from VOLENV_TRUSTED_KEYS (anyone who can"
+    " write the bucket then decides what runs).",
+)
+
+
 @app.command("list")
 def list_cmd(
     ctx: typer.Context,
     env: Annotated[str | None, typer.Argument(help="Only this env.")] = None,
     remote: Annotated[str | None, typer.Option("--remote", help="List what a bucket holds instead.")] = None,
+    trust_unsigned: Annotated[bool, TRUST_UNSIGNED] = False,
 ) -> None:
     """Like status, without the (slower) unique size computation; --remote URL for a bucket."""
     if remote is not None:
         from .remote import open_remote
         from .render import emit_json, render_switch_generic
         from .replicate import list_remote
+        from .signing import Trust
 
-        listing = list_remote(open_remote(remote))
+        listing = list_remote(open_remote(remote), Trust.from_env(trust_unsigned))
         emit_json("list", listing) if _globals(ctx).json else render_switch_generic(listing)
         return
     _status(ctx, env, False, "list")

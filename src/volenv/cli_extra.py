@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from .cli import _globals, app
+from .cli import TRUST_UNSIGNED, _globals, app
 
 
 class Level(str, Enum):
@@ -255,6 +256,37 @@ def provision_cmd(
     emit_json("provision", result) if g.json else render_switch_generic(result)
 
 
+key_app = typer.Typer(help="Signing keys for push/pull (ed25519, Nix's key format).", no_args_is_help=True)
+app.add_typer(key_app, name="key")
+
+
+@key_app.command("generate")
+def key_generate_cmd(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Option("--name", help="Key name (recorded in each signature).")] = "volenv",
+    out: Annotated[
+        str | None, typer.Option("--out", help="Secret key file to create (default: NAME.key).")
+    ] = None,
+) -> None:
+    """Create a signing key: writes the secret key file (0600), prints the public key for
+    VOLENV_TRUSTED_KEYS."""
+    from .render import emit_json
+    from .signing import generate, write_secret
+
+    g = _globals(ctx)
+    key = generate(name)
+    path = Path(out or f"{name}.key")
+    write_secret(key, path)
+    if g.json:
+        emit_json("key", {"name": key.name, "public_key": key.public(), "secret_key_file": str(path)})
+    else:
+        print(key.public())
+        print(
+            f"volenv: secret key written to {path}; keep it private; pullers trust the line above",
+            file=sys.stderr,
+        )
+
+
 @app.command("push")
 def push_cmd(
     ctx: typer.Context,
@@ -264,14 +296,20 @@ def push_cmd(
         str | None, typer.Option("--endpoint", envvar="AWS_ENDPOINT_URL", help="S3 endpoint URL.")
     ] = None,
     region: Annotated[str | None, typer.Option("--region", envvar="AWS_REGION", help="S3 region.")] = None,
+    signing_key: Annotated[
+        str | None,
+        typer.Option("--signing-key", help="ed25519 secret key file (default: $VOLENV_SIGNING_KEY)."),
+    ] = None,
 ) -> None:
     """Send a sealed snapshot (and its models) to object storage as content-addressed packs."""
     from .remote import open_remote
     from .render import emit_json, render_switch_generic
     from .replicate import push
+    from .signing import signing_key_from
 
     g = _globals(ctx)
-    result = push(g.paths, open_remote(to, endpoint=endpoint, region=region), target)
+    key = signing_key_from(signing_key)
+    result = push(g.paths, open_remote(to, endpoint=endpoint, region=region), target, key)
     emit_json("push", result) if g.json else render_switch_generic(result)
 
 
@@ -288,20 +326,24 @@ def pull_cmd(
         bool, typer.Option("--no-switch", help="Do not make it the env's current snapshot.")
     ] = False,
     lock_timeout: Annotated[float, typer.Option("--lock-timeout")] = 900,
+    trust_unsigned: Annotated[bool, TRUST_UNSIGNED] = False,
 ) -> None:
     """Fetch a snapshot into this volume, verified at full before it becomes visible."""
     from .errors import UsageError
     from .remote import open_remote
     from .render import emit_json, render_switch_generic
     from .replicate import pull
+    from .signing import Trust
 
     g = _globals(ctx)
     if not from_:
         raise UsageError("pull: --from URL is required")
+    trust = Trust.from_env(trust_unsigned)
     result = pull(
         g.paths,
         open_remote(from_, endpoint=endpoint, region=region),
         target,
+        trust=trust,
         switch=not no_switch,
         lock_timeout=lock_timeout,
     )

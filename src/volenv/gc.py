@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import store
-from .errors import UsageError, VolenvError
+from .errors import LockTimeout, UsageError, VolenvError
 from .fsutil import (
     ContainmentError,
     open_dir_nofollow,
@@ -635,18 +635,19 @@ def _lease_seconds() -> float:
 
 
 @contextlib.contextmanager
-def env_lease(paths: VolumePaths, env: str) -> Iterator[bool]:
-    """Hold the env's build lease without waiting: False when a build holds it."""
+def env_lease(paths: VolumePaths, env: str) -> Iterator[VolenvError | None]:
+    """Hold the env's build lease without waiting: None when held, else why not (LockTimeout
+    when a build holds it)."""
     from .locks import BuildLease
 
     lease = BuildLease(paths, env, timeout=0, say=lambda _m: None)
     try:
         lease.acquire()
-    except VolenvError:
-        yield False
+    except VolenvError as exc:
+        yield exc
         return
     try:
-        yield True
+        yield None
     finally:
         lease.release()
 
@@ -673,12 +674,14 @@ def execute(paths: VolumePaths, plan: GcPlan) -> GcResult:
     for env, items in by_env.items():
         if env is None:
             continue
-        with env_lease(paths, env) as held:
-            if not held:
+        with env_lease(paths, env) as refused:
+            if refused is not None:
+                # a build in progress is a root: kept on purpose (exit 0, a note); a lease that
+                # cannot be taken at all (a linked locks/, I/O) is a failure
+                building = isinstance(refused, LockTimeout)
+                why = "kept: a build holds the env's lease" if building else f"not removed: {refused}"
                 for item in items:
-                    # a build in progress is a root: kept on purpose (exit 0, a note), not a failure
-                    why = "kept: a build holds the env's lease"
-                    outcomes.append(GcOutcome(item.path, item.kind, False, why, kept=True))
+                    outcomes.append(GcOutcome(item.path, item.kind, False, why, kept=building))
                 continue
             for item in items:
                 outcomes.append(_remove_env_item(paths, plan, item))

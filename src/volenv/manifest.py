@@ -25,6 +25,22 @@ HEX40 = re.compile(r"^[0-9a-f]{40}$")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 PYTHON_REQUEST = re.compile(r"^(?:(?:cpython|pypy|graalpy)[@-]?)?[0-9]+(?:\.[0-9]+){0,2}t?$")
 TORCH_BACKEND = re.compile(r"^(?:auto|cpu|cu[0-9]{2,3}|rocm[0-9.]+|xpu)$")
+
+
+def is_env_name(text: Any) -> bool:
+    """An env name from anywhere (a manifest, a record, a bucket): the manifest's name rule."""
+    return isinstance(text, str) and SLUG.fullmatch(text) is not None
+
+
+def is_snapshot_id(text: Any) -> bool:
+    """`<env>-<12 hex>` with a valid env name: safe as one path component."""
+    if not isinstance(text, str):
+        return False
+    env, sep, digest = text.rpartition("-")
+    hex12 = len(digest) == 12 and all(c in "0123456789abcdef" for c in digest)
+    return bool(sep) and hex12 and is_env_name(env)
+
+
 RESERVED_ENV = {"VIRTUAL_ENV", "PYTHONHOME", "VOLENV_SNAPSHOT", "VOLENV_ROOT"}
 
 

@@ -11,6 +11,7 @@ checked, and every compressed blob is hashed while it streams.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -23,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .errors import DamagedRecord, VerifyError, VolenvError
+from .errors import DamagedRecord, VerifyError
 from .fsutil import atomic_write_json, fsync_dir, unique_suffix
 from .integrity import Entry, load_record, owner_distributions
 from .paths import VolumePaths
@@ -56,24 +57,88 @@ class PackManifest:
     fingerprint: dict[str, Any]
     packs: tuple[PackInfo, ...]
     created: float
+    seal_sha256: str | None = None  # the sealed seal.json's bytes (signed with the pack list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @staticmethod
-    def from_json(data: dict[str, Any]) -> PackManifest:
-        if not isinstance(data, dict) or data.get("schema", 0) > PACK_SCHEMA:
-            raise VolenvError("pack manifest is damaged or newer than this volenv")
+    def from_json(data: Any) -> PackManifest:
+        """Strict: a pack manifest may come from a bucket, so every field is checked by the
+        rules local values obey (names, ids, digests, sizes) before anything uses it."""
+        from .manifest import HEX64, is_env_name, is_snapshot_id
+
+        def bad(why: str) -> VerifyError:
+            return VerifyError(f"pack manifest is invalid: {why}")
+
+        if not isinstance(data, dict):
+            raise bad("not a JSON object")
+        schema: Any = data.get("schema")
+        if not _is_int(schema) or schema < 1:
+            raise bad("no integer 'schema'")
+        if schema > PACK_SCHEMA:
+            raise VerifyError(f"pack manifest schema {schema} is newer than this volenv ({PACK_SCHEMA})")
+        sid: Any = data.get("snapshot")
+        env: Any = data.get("env")
+        if not is_snapshot_id(sid):
+            raise bad(f"'snapshot' {sid!r} is not a snapshot id (<env>-<12 hex>)")
+        if not is_env_name(env) or not sid.startswith(f"{env}-") or len(sid) != len(env) + 13:
+            raise bad(f"'env' {env!r} is not the env of snapshot {sid!r}")
+        for key, optional in (("record_sha256", False), ("seal_sha256", True), ("manifest_digest", True)):
+            v = data.get(key)
+            if not (v is None and optional) and not (isinstance(v, str) and HEX64.fullmatch(v)):
+                raise bad(f"{key!r} is not a sha256 hex digest")
+        fp = data.get("fingerprint")
+        if (
+            not isinstance(fp, dict)
+            or not isinstance(fp.get("executable", ""), str)
+            or "\0" in fp.get("executable", "")
+        ):
+            raise bad("'fingerprint' is not an object")
+        created = data.get("created", 0)
+        if not isinstance(created, int | float) or isinstance(created, bool):
+            raise bad("'created' is not a number")
+        packs = data.get("packs")
+        if not isinstance(packs, list):
+            raise bad("'packs' is not a list")
+        infos = tuple(_pack_info(p, bad) for p in packs)
+        if len({i.id for i in infos}) != len(infos):
+            raise bad("a pack is listed twice")
         return PackManifest(
-            data["schema"],
-            data["snapshot"],
-            data["env"],
+            schema,
+            sid,
+            env,
             data["record_sha256"],
             data.get("manifest_digest"),
-            data["fingerprint"],
-            tuple(PackInfo(**p) for p in data["packs"]),
-            float(data.get("created", 0)),
+            fp,
+            infos,
+            float(created),
+            data.get("seal_sha256"),
         )
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+_PACK_KEYS = {"id", "group", "blob_sha256", "blob_size", "tar_size", "files"}
+
+
+def _pack_info(p: Any, bad: Callable[[str], VerifyError]) -> PackInfo:
+    from .manifest import HEX64
+
+    if not isinstance(p, dict) or set(p) != _PACK_KEYS:
+        raise bad(f"a pack entry is not an object with keys {sorted(_PACK_KEYS)}")
+    for key in ("id", "blob_sha256"):
+        if not isinstance(p[key], str) or not HEX64.fullmatch(p[key]):
+            raise bad(f"pack {key} {p[key]!r} is not a sha256 hex digest")
+    for key in ("blob_size", "tar_size", "files"):
+        if not _is_int(p[key]) or p[key] < 0:
+            raise bad(f"pack {key} {p[key]!r} is not a size")
+    group = p["group"]
+    if not isinstance(group, str) or not group or len(group) > 200 or not group.isprintable():
+        raise bad(f"pack group {group!r} is not a name")
+    return PackInfo(**p)
 
 
 def packs_dir(paths: VolumePaths) -> Path:
@@ -185,7 +250,7 @@ def pack_snapshot(paths: VolumePaths, snapshot_dir: Path) -> PackManifest:
         _tar_stream(snapshot_dir, entries, sink)  # pass 1: the content address
         pack_id = sink.h.hexdigest()
         dest = blob_path(paths, pack_id)
-        if not dest.exists():
+        if not _reusable(dest, pack_id, sink.size):
             tmp = dest.with_name(f".{dest.name}.{unique_suffix()}")
             try:
                 with open(tmp, "wb") as raw:
@@ -210,11 +275,24 @@ def pack_snapshot(paths: VolumePaths, snapshot_dir: Path) -> PackManifest:
         seal["fingerprint"],
         tuple(infos),
         time.time(),
+        _file_sha256(snapshot_dir / META_DIR / "seal.json"),
     )
     out = manifest_path(paths, sid)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, manifest.to_json())
     return manifest
+
+
+def _reusable(dest: Path, pack_id: str, tar_size: int) -> bool:
+    """An existing blob is reused only when it verifies against its id (a blob left by an
+    older volenv, or planted, is rewritten rather than trusted)."""
+    if not dest.exists():
+        return False
+    try:
+        verify_blob(dest, PackInfo(pack_id, "", "", 0, tar_size, 0))
+    except VerifyError:
+        return False
+    return True
 
 
 def _file_sha256(path: Path) -> str:
@@ -238,19 +316,114 @@ def read_manifest(path: Path) -> PackManifest:
 
 
 class _HashReader(io.RawIOBase):
-    def __init__(self, inner: BinaryIO) -> None:
+    """Hashes what passes through; with a limit, refuses to pass more than that many bytes
+    (a pack's declared tar size: a tiny zstd blob cannot expand into a volume-filling bomb)."""
+
+    def __init__(self, inner: BinaryIO, limit: int | None = None, what: str = "") -> None:
         self.inner = inner
         self.h = hashlib.sha256()
+        self.size = 0
+        self.limit = limit
+        self.what = what
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b: Any) -> int:
-        data = self.inner.read(len(b))
+        want = len(b)
+        if self.limit is not None:
+            want = min(want, self.limit + 1 - self.size)
+        data = self.inner.read(want) if want > 0 else b""
         n = len(data)
+        self.size += n
+        if self.limit is not None and self.size > self.limit:
+            raise VerifyError(f"{self.what} expands past its declared size of {self.limit} bytes")
         b[:n] = data
         self.h.update(data)
         return n
+
+    def drain(self) -> None:
+        while self.read(1 << 16):
+            pass
+
+
+def _pack_name(info: PackInfo) -> str:
+    return f"pack {info.id[:16]}… ({info.group})"
+
+
+def _check_tar_digest(info: PackInfo, tar_hash: _HashReader) -> None:
+    if tar_hash.size != info.tar_size or tar_hash.h.hexdigest() != info.id:
+        raise VerifyError(
+            f"{_pack_name(info)} is damaged: its content is {tar_hash.size} bytes with sha256"
+            f" {tar_hash.h.hexdigest()[:16]}…, not the {info.tar_size} bytes its id names"
+        )
+
+
+def verify_blob(path: Path, info: PackInfo) -> None:
+    """A blob is kept (or reused) under its id only when it is what the id names: its
+    uncompressed tar hashes to the id, at exactly the declared size."""
+    import zstandard
+
+    try:
+        with open(path, "rb") as raw:
+            zr = zstandard.ZstdDecompressor().stream_reader(raw)
+            tar_hash = _HashReader(zr, info.tar_size, _pack_name(info))
+            tar_hash.drain()
+    except zstandard.ZstdError as exc:
+        raise VerifyError(f"{_pack_name(info)} is damaged: {exc}") from None
+    _check_tar_digest(info, tar_hash)
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_KEEP_OPEN = 64
+
+
+class _Tree:
+    """The extraction root as a directory descriptor: every directory below it is created by
+    us and opened component by component with O_NOFOLLOW, so no member can be written
+    through a symlink (planted or packed) to anywhere outside the root."""
+
+    def __init__(self, dest: Path) -> None:
+        dest.mkdir(exist_ok=False)
+        self.root_fd = os.open(dest, _DIR_FLAGS)
+        self.open: dict[str, int] = {}
+
+    def dir_fd(self, rel: str, *, create: bool) -> int:
+        """The descriptor of directory rel ('' = the root), walking from the nearest one open."""
+        if not rel:
+            return self.root_fd
+        fd = self.open.pop(rel, None)
+        if fd is None:
+            parent, _, name = rel.rpartition("/")
+            pfd = self.dir_fd(parent, create=create)
+            try:
+                fd = self._open_dir(pfd, name, create)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EEXIST, errno.ENOENT):
+                    raise VerifyError(f"unsafe pack: {rel!r} is not a directory the pack created") from None
+                raise
+        self.open[rel] = fd  # most recent last
+        while len(self.open) > _KEEP_OPEN:
+            oldest = next(iter(self.open))
+            os.close(self.open.pop(oldest))
+        return fd
+
+    @staticmethod
+    def _open_dir(pfd: int, name: str, create: bool) -> int:
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=pfd)
+        except FileNotFoundError:
+            if not create:
+                raise
+        os.mkdir(name, 0o700, dir_fd=pfd)
+        return os.open(name, _DIR_FLAGS, dir_fd=pfd)
+
+    def close(self) -> None:
+        for fd in self.open.values():
+            os.close(fd)
+        self.open.clear()
+        os.close(self.root_fd)
 
 
 def unpack(
@@ -260,87 +433,150 @@ def unpack(
     *,
     record: dict[str, Entry] | None = None,
 ) -> None:
-    """Extract every pack into dest (which must not exist yet as a snapshot): meta first, then
-    the rest checked against the record it carries; blob hashes checked as they stream."""
-    import zstandard
-
-    dest.mkdir(parents=True, exist_ok=False)
+    """Extract every pack into dest (which must not exist yet): meta first, then the rest
+    checked against the record it carries. Blob and tar hashes are checked as they stream,
+    each tar stops at its declared size, and nothing is written through a symlink."""
+    metas = [p for p in manifest.packs if p.group == META_GROUP]
+    if len(metas) != 1 and record is None:
+        raise VerifyError(f"the pack list has {len(metas)} metadata packs, not one")
     order = sorted(manifest.packs, key=lambda p: (p.group != META_GROUP, p.group != VENV_GROUP, p.group))
     seen: set[str] = set()
-    dir_modes: list[tuple[Path, int]] = []
-    for info in order:
-        allowed = None if info.group == META_GROUP else record
-        with open_blob(info) as raw:
-            hr = _HashReader(raw)
-            dctx = zstandard.ZstdDecompressor()
-            try:
-                with dctx.stream_reader(hr) as zr, tarfile.open(fileobj=zr, mode="r|") as tar:  # type: ignore[arg-type]
-                    for member in tar:
-                        _extract_member(tar, member, dest, allowed, info, seen, dir_modes)
-            except (zstandard.ZstdError, tarfile.TarError, EOFError) as exc:
-                raise VerifyError(f"pack {info.id[:16]}… ({info.group}) is damaged: {exc}") from None
-            while hr.read(1 << 16):  # hash any trailing bytes too
-                pass
-        if hr.h.hexdigest() != info.blob_sha256:
-            raise VerifyError(
-                f"pack {info.id[:16]}… ({info.group}) is damaged: blob sha256 {hr.h.hexdigest()[:16]}…,"
-                f" expected {info.blob_sha256[:16]}…"
-            )
-        if info.group == META_GROUP and record is None:
-            record = load_record(dest)
-            rec_sha = _file_sha256(dest / META_DIR / "record")
-            if rec_sha != manifest.record_sha256:
-                raise VerifyError("the packed record does not match the pack manifest")
-    assert record is not None
-    missing = [p for p in record if p not in seen]
-    if missing:
-        raise VerifyError(f"packs lack {len(missing)} recorded entries (e.g. {missing[0]})")
-    for d, mode in sorted(dir_modes, key=lambda x: len(str(x[0])), reverse=True):
-        os.chmod(d, mode)
+    dir_modes: list[tuple[str, int]] = []
+    tree = _Tree(dest)
+    try:
+        for info in order:
+            allowed = None if info.group == META_GROUP else record
+            with open_blob(info) as raw:
+                _extract_pack(raw, info, tree, allowed, seen, dir_modes)
+            if info.group == META_GROUP and record is None:
+                record = _packed_record(manifest, dest)
+        if record is None:
+            raise VerifyError("the pack list has no metadata pack")
+        missing = [p for p in record if p not in seen]
+        if missing:
+            raise VerifyError(f"packs lack {len(missing)} recorded entries (e.g. {missing[0]})")
+        for rel, mode in sorted(dir_modes, key=lambda x: x[0].count("/"), reverse=True):
+            os.fchmod(tree.dir_fd(rel, create=False), mode)
+    finally:
+        tree.close()
     fsync_dir(dest)
+
+
+def _extract_pack(
+    raw: BinaryIO,
+    info: PackInfo,
+    tree: _Tree,
+    record: dict[str, Entry] | None,
+    seen: set[str],
+    dir_modes: list[tuple[str, int]],
+) -> None:
+    """One pack: blob hash, tar hash and declared sizes checked while it streams."""
+    import zstandard
+
+    hr = _HashReader(raw)
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(hr) as zr:  # type: ignore[arg-type]
+            tar_hash = _HashReader(zr, info.tar_size, _pack_name(info))
+            with tarfile.open(fileobj=tar_hash, mode="r|") as tar:
+                for count, member in enumerate(tar, start=1):
+                    if count > info.files:
+                        raise VerifyError(f"{_pack_name(info)} holds more than {info.files} files")
+                    _extract_member(tar, member, tree, record, info, seen, dir_modes)
+            tar_hash.drain()
+    except (zstandard.ZstdError, tarfile.TarError, EOFError) as exc:
+        raise VerifyError(f"{_pack_name(info)} is damaged: {exc}") from None
+    hr.drain()  # hash any trailing bytes too
+    _check_tar_digest(info, tar_hash)
+    if hr.h.hexdigest() != info.blob_sha256:
+        raise VerifyError(
+            f"{_pack_name(info)} is damaged: blob sha256 {hr.h.hexdigest()[:16]}…,"
+            f" expected {info.blob_sha256[:16]}…"
+        )
+
+
+def _packed_record(manifest: PackManifest, dest: Path) -> dict[str, Entry]:
+    """The record and seal the metadata pack brought, checked against the pack manifest (whose
+    signature, where there is one, the caller has checked)."""
+    rec_sha = _file_sha256(dest / META_DIR / "record")
+    if rec_sha != manifest.record_sha256:
+        raise VerifyError("the packed record does not match the pack manifest")
+    seal = dest / META_DIR / "seal.json"
+    expected = manifest.seal_sha256
+    if expected is not None and (not seal.is_file() or _file_sha256(seal) != expected):
+        raise VerifyError("the packed seal does not match the pack manifest")
+    try:
+        return load_record(dest)
+    except (SealProblem, ValueError) as exc:
+        raise VerifyError(f"the packed record is damaged: {exc}") from None
+
+
+def _member_name(m: tarfile.TarInfo, info: PackInfo) -> str:
+    name = m.name
+    parts = name.split("/")
+    if (
+        not name
+        or name.startswith("/")
+        or "\0" in name
+        or len(name) > 4096
+        or len(parts) > 128
+        or any(p in ("", ".", "..") for p in parts)
+    ):
+        raise VerifyError(f"{_pack_name(info)}: unsafe member name {name!r}")
+    if m.mode & (stat.S_ISUID | stat.S_ISGID):
+        raise VerifyError(f"{_pack_name(info)}: member {name!r} is setuid/setgid")
+    if m.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE):
+        what = "a hard link" if m.islnk() else "a device, fifo or other special file"
+        raise VerifyError(f"{_pack_name(info)}: member {name!r} is {what}")
+    return name
 
 
 def _extract_member(
     tar: tarfile.TarFile,
     m: tarfile.TarInfo,
-    dest: Path,
+    tree: _Tree,
     record: dict[str, Entry] | None,
     info: PackInfo,
     seen: set[str],
-    dir_modes: list[tuple[Path, int]],
+    dir_modes: list[tuple[str, int]],
 ) -> None:
-    name = m.name
-    if name.startswith("/") or ".." in name.split("/") or not name:
-        raise VerifyError(f"pack {info.group}: unsafe member name {name!r}")
+    name = _member_name(m, info)
     if record is not None:
         e = record.get(name)
-        kind = "d" if m.isdir() else "l" if m.issym() else "f" if m.isfile() else "?"
+        kind = "d" if m.isdir() else "l" if m.issym() else "f"
         if (
             e is None
             or e.type != kind
             or (kind == "l" and m.linkname != e.digest)
             or (kind == "f" and m.size != e.size)
         ):
-            raise VerifyError(f"pack {info.group}: member {name!r} does not match the snapshot's record")
-        seen.add(name)
-    elif not name.startswith(META_DIR):
+            raise VerifyError(f"{_pack_name(info)}: member {name!r} does not match the snapshot's record")
+    elif not (
+        (name == META_DIR and m.isdir())
+        or (name.startswith(META_DIR + "/") and name.count("/") == 1 and m.isfile())
+    ):
         raise VerifyError(f"metadata pack holds {name!r}")
-    target = dest / name
+    if name in seen:
+        raise VerifyError(f"{_pack_name(info)}: member {name!r} appears twice")
+    seen.add(name)
+    mode = m.mode & 0o7777
     if m.isdir():
-        target.mkdir(parents=True, exist_ok=True)
-        dir_modes.append((target, m.mode))
-        os.chmod(target, 0o755)
+        tree.dir_fd(name, create=True)
+        dir_modes.append((name, mode))
         return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if m.issym():
-        os.symlink(m.linkname, target)
-        return
-    if not m.isfile():
-        raise VerifyError(f"pack {info.group}: unsupported member type for {name!r}")
+    parent, _, base = name.rpartition("/")
+    pfd = tree.dir_fd(parent, create=True)
+    try:
+        if m.issym():
+            os.symlink(m.linkname, base, dir_fd=pfd)
+            return
+        fd = os.open(base, _FILE_FLAGS, 0o600, dir_fd=pfd)
+    except (FileExistsError, IsADirectoryError, NotADirectoryError):
+        raise VerifyError(f"{_pack_name(info)}: member {name!r} collides with an earlier one") from None
     src = tar.extractfile(m)
     assert src is not None
-    with open(target, "xb") as out:
+    with open(fd, "wb", closefd=True) as out:
         while chunk := src.read(1 << 20):
             out.write(chunk)
-    os.chmod(target, m.mode)
-    os.utime(target, (m.mtime, m.mtime))
+        out.flush()
+        os.fchmod(fd, mode)
+        os.utime(fd, (m.mtime, m.mtime))

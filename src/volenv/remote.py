@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import urlparse
 
-from .errors import UsageError, VolenvError
+from .errors import UsageError, VerifyError, VolenvError
 from .fsutil import atomic_write_bytes, unique_suffix
 
 PART = 64 * 1024 * 1024
@@ -166,13 +166,14 @@ def open_remote(url: str, *, endpoint: str | None = None, region: str | None = N
 
 
 def get_json(remote: Remote, key: str) -> dict[str, Any] | None:
+    """A JSON object from the bucket; anything else is invalid (untrusted) data: exit 4."""
     data = remote.get_bytes(key)
     if data is None:
         return None
     try:
         obj = json.loads(data)
-    except ValueError as exc:
-        raise RemoteError(f"{remote.url}/{key} is damaged: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise VerifyError(f"{remote.url}/{key} is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
-        raise RemoteError(f"{remote.url}/{key} is damaged")
+        raise VerifyError(f"{remote.url}/{key} is not a JSON object")
     return obj

@@ -25,10 +25,20 @@ from .errors import UsageError, VerifyError
 from .fsutil import atomic_write_json, fsync_dir, remove_tree, unique_suffix
 from .integrity import hash_file, verify_snapshot
 from .locks import BuildLease
-from .packs import PackInfo, PackManifest, blob_path, manifest_path, pack_snapshot, read_manifest, unpack
+from .packs import (
+    PackInfo,
+    PackManifest,
+    blob_path,
+    manifest_path,
+    pack_snapshot,
+    read_manifest,
+    unpack,
+    verify_blob,
+)
 from .paths import VolumePaths, env_from_snapshot_id
 from .remote import Remote, RemoteError, get_json
-from .sealcheck import SealProblem, check_seal, interpreter_problem
+from .sealcheck import META_DIR, SEAL_NAME, SealProblem, check_seal, interpreter_problem
+from .signing import SigningKey, Trust
 from .ui import reporter
 
 
@@ -43,13 +53,14 @@ class TransferResult:
     models: int
     seconds: float
     action: str  # pushed | pulled | present
+    signed_by: str | None = None  # the key that signed it (push) / the trusted key that did (pull)
 
 
 def _select_local(paths: VolumePaths, target: str) -> Path:
     return store.snapshot_for(paths, target)
 
 
-def push(paths: VolumePaths, remote: Remote, target: str) -> TransferResult:
+def push(paths: VolumePaths, remote: Remote, target: str, key: SigningKey | None = None) -> TransferResult:
     t0 = time.perf_counter()
     snap = _select_local(paths, target)
     sid = snap.name
@@ -57,11 +68,17 @@ def push(paths: VolumePaths, remote: Remote, target: str) -> TransferResult:
         seal = check_seal(str(snap), sid)
     except SealProblem as sp:
         raise VerifyError(f"refusing to push {sid}: {sp.detail}") from None
+    seal_sha = hash_file(str(snap / META_DIR / SEAL_NAME))
     try:
         manifest = read_manifest(manifest_path(paths, sid))
-        if any(not blob_path(paths, p.id).exists() for p in manifest.packs):
+        if (
+            manifest.snapshot != sid
+            or manifest.record_sha256 != seal["record_sha256"]
+            or manifest.seal_sha256 != seal_sha
+            or any(not blob_path(paths, p.id).exists() for p in manifest.packs)
+        ):
             raise FileNotFoundError
-    except FileNotFoundError:
+    except (FileNotFoundError, VerifyError):
         with reporter.step(f"packing {sid}"):
             manifest = pack_snapshot(paths, snap)
     sent = sent_bytes = 0
@@ -69,18 +86,27 @@ def push(paths: VolumePaths, remote: Remote, target: str) -> TransferResult:
     progress = reporter.progress(f"push {sid}", total)
     try:
         for info in manifest.packs:
-            key = f"packs/{info.id}.tar.zst"
-            if remote.exists(key):
+            key_name = f"packs/{info.id}.tar.zst"
+            if remote.exists(key_name):
                 progress.update(info.blob_size)
                 continue
-            remote.put_file(key, blob_path(paths, info.id), progress)
+            verify_blob(blob_path(paths, info.id), info)  # never upload a blob that is not its id
+            remote.put_file(key_name, blob_path(paths, info.id), progress)
             sent += 1
             sent_bytes += info.blob_size
     finally:
         progress.close()
     models = _push_models(paths, remote, seal)
     doc = manifest.to_json()
-    doc["models"] = models
+    doc["models"] = sorted(models)
+    doc["model_records"] = models
+    if key is not None:
+        doc["signatures"] = [key.sign(doc)]
+    else:
+        reporter.warn(
+            f"pushing {sid} unsigned (no --signing-key or VOLENV_SIGNING_KEY):"
+            " pulls will refuse it unless given --trust-unsigned"
+        )
     remote.put_bytes(f"snapshots/{sid}.json", json.dumps(doc, sort_keys=True).encode())
     remote.put_bytes(
         f"refs/{manifest.env}.json",
@@ -97,15 +123,19 @@ def push(paths: VolumePaths, remote: Remote, target: str) -> TransferResult:
         len(models),
         time.perf_counter() - t0,
         "pushed",
+        key.name if key is not None else None,
     )
 
 
-def _push_models(paths: VolumePaths, remote: Remote, seal: dict[str, Any]) -> list[str]:
-    """Records (and their files, content-addressed) of the models the snapshot's manifest names."""
+def _push_models(paths: VolumePaths, remote: Remote, seal: dict[str, Any]) -> dict[str, str]:
+    """Records (and their files, content-addressed) of the models the snapshot's manifest
+    names; returns record name -> sha256 of its bytes (signed with the pack manifest)."""
+    import hashlib
+
     from .activate import model_files_dir, model_record_path
     from .models import read_model_record
 
-    names = []
+    names: dict[str, str] = {}
     root = str(paths.root)
     for m in seal.get("manifest", {}).get("models", []):
         rec_path = Path(model_record_path(root, m))
@@ -117,34 +147,97 @@ def _push_models(paths: VolumePaths, remote: Remote, seal: dict[str, Any]) -> li
             key = f"model-files/{f['sha256']}"
             if not remote.exists(key):
                 remote.put_file(key, (base_dir / f["path"]).resolve())
-        remote.put_bytes(f"models/{rec_path.name}", rec_path.read_bytes())
-        names.append(rec_path.name)
+        raw = rec_path.read_bytes()
+        remote.put_bytes(f"models/{rec_path.name}", raw)
+        names[rec_path.name] = hashlib.sha256(raw).hexdigest()
     return names
 
 
-def _resolve_remote(remote: Remote, target: str | None) -> str:
+def _resolve_remote(remote: Remote, target: str | None) -> tuple[str, str]:
+    """ENV or SNAPSHOT -> (snapshot id, the env it must belong to); a ref from the bucket
+    obeys the local name rules and must name a snapshot of its own env."""
+    from .manifest import is_env_name, is_snapshot_id
+
     if target is None:
         raise UsageError("pull: name an ENV or a SNAPSHOT to pull")
-    try:
-        env_from_snapshot_id(target)
-        return target
-    except ValueError:
-        pass
+    if is_snapshot_id(target):
+        return target, env_from_snapshot_id(target)
+    if not is_env_name(target):
+        raise UsageError(f"pull: {target!r} is neither an env name nor a snapshot id")
     ref = get_json(remote, f"refs/{target}.json")
     if ref is None:
         raise UsageError(f"{remote.url} has no env '{target}' (see `volenv list --remote {remote.url}`)")
-    return str(ref["snapshot"])
+    sid = ref.get("snapshot")
+    if not isinstance(ref.get("schema"), int) or not isinstance(sid, str) or not is_snapshot_id(sid):
+        raise VerifyError(f"{remote.url}/refs/{target}.json is invalid: no snapshot id in it")
+    if env_from_snapshot_id(sid) != target:
+        raise VerifyError(f"{remote.url}/refs/{target}.json names {sid}, a snapshot of another env")
+    return sid, target
+
+
+def _believe(doc: dict[str, Any], sid: str, env: str, trust: Trust) -> tuple[PackManifest, str | None]:
+    """The pack manifest, only once its fields are valid, it is the one asked for and a
+    trusted key signed it (or the user said --trust-unsigned, loudly)."""
+    manifest = PackManifest.from_json(doc)
+    if manifest.snapshot != sid or manifest.env != env:
+        raise VerifyError(
+            f"the bucket's manifest for {sid} describes {manifest.snapshot} of env '{manifest.env}'"
+        )
+    _model_names(doc)
+    signer = trust.signer(doc)
+    if signer is None:
+        reporter.warn(
+            f"--trust-unsigned: accepting {sid} WITHOUT a trusted signature; whoever can write"
+            " the bucket decides what this volume runs"
+        )
+    return manifest, signer
+
+
+def _model_names(doc: dict[str, Any]) -> dict[str, str | None]:
+    """Model record names (`<model>.<16 hex>.json`) -> the sha256 the signed manifest gives."""
+    from .manifest import HEX64, SLUG
+
+    names = doc.get("models", [])
+    digests = doc.get("model_records", {})
+    if not isinstance(names, list) or not isinstance(digests, dict):
+        raise VerifyError("pack manifest is invalid: 'models' is not a list of record names")
+    out: dict[str, str | None] = {}
+    for name in names:
+        if not isinstance(name, str):
+            raise VerifyError(f"pack manifest is invalid: model record name {name!r}")
+        model, _, key = name.removesuffix(".json").rpartition(".")
+        if (
+            not name.endswith(".json")
+            or not SLUG.fullmatch(model)
+            or len(key) != 16
+            or not all(c in "0123456789abcdef" for c in key)
+        ):
+            raise VerifyError(f"pack manifest is invalid: model record name {name!r}")
+        digest = digests.get(name)
+        if digest is not None and not (isinstance(digest, str) and HEX64.fullmatch(digest)):
+            raise VerifyError(f"pack manifest is invalid: model record digest for {name!r}")
+        out[name] = digest
+    return out
 
 
 def pull(
-    paths: VolumePaths, remote: Remote, target: str | None, *, switch: bool = True, lock_timeout: float = 900
+    paths: VolumePaths,
+    remote: Remote,
+    target: str | None,
+    *,
+    trust: Trust,
+    switch: bool = True,
+    lock_timeout: float = 900,
 ) -> TransferResult:
     t0 = time.perf_counter()
-    sid = _resolve_remote(remote, target)
+    sid, expected_env = _resolve_remote(remote, target)
     doc = get_json(remote, f"snapshots/{sid}.json")
     if doc is None:
         raise UsageError(f"{remote.url} has no snapshot {sid}")
-    manifest = PackManifest.from_json(doc)
+    manifest, signer = _believe(doc, sid, expected_env, trust)
+    models_wanted = _model_names(doc)
+    if signer is not None and None in models_wanted.values():
+        raise VerifyError(f"{sid}: the signed manifest names a model record without its digest")
     problem = interpreter_problem(manifest.fingerprint)
     if problem:
         raise VerifyError(
@@ -161,7 +254,7 @@ def pull(
         if target_dir.exists():
             try:
                 check_seal(str(target_dir), sid)
-                models = _pull_models(paths, remote, doc.get("models", []))
+                models = _pull_models(paths, remote, models_wanted)
                 _publish(paths, manifest, switch)
                 return TransferResult(
                     sid,
@@ -173,6 +266,7 @@ def pull(
                     models,
                     time.perf_counter() - t0,
                     "present",
+                    signer,
                 )
             except SealProblem:
                 raise VerifyError(
@@ -186,6 +280,7 @@ def pull(
         try:
             unpack(manifest, lambda i: open(blob_path(paths, i.id), "rb"), staging)  # noqa: SIM115
             faults.point("pull-verify")
+            _check_pulled_seal(staging, manifest)
             report = verify_snapshot(staging, "full")
             if not report.ok:
                 raise VerifyError(f"pulled {sid} does not verify: {report.summary()}")
@@ -197,7 +292,7 @@ def pull(
             remove_tree(holder, paths.root)
         manifest_path(paths, sid).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(manifest_path(paths, sid), manifest.to_json())
-        models = _pull_models(paths, remote, doc.get("models", []))
+        models = _pull_models(paths, remote, models_wanted)
         _publish(paths, manifest, switch)
     store.log_event(paths, env, "pull", snapshot=sid, url=remote.url, packs_fetched=fetched)
     return TransferResult(
@@ -210,6 +305,7 @@ def pull(
         models,
         time.perf_counter() - t0,
         "pulled",
+        signer,
     )
 
 
@@ -228,14 +324,21 @@ def _fetch_packs(paths: VolumePaths, remote: Remote, manifest: PackManifest) -> 
     return fetched, fetched_bytes
 
 
-def _download_verified(remote: Remote, key: str, dest: Path, sha256: str, progress: Any = None) -> str | None:
+def _download_verified(
+    remote: Remote, key: str, dest: Path, sha256: str, progress: Any = None, limit: int | None = None
+) -> str | None:
     """Copy a remote object to dest through a unique temp file; publish it only when its
-    sha256 matches. Returns None when published, else the digest it had (nothing kept)."""
+    sha256 matches. Returns None when published, else the digest it had (nothing kept).
+    With a limit (the recorded size), an object that runs past it is cut there."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{unique_suffix()}")
     try:
+        size = 0
         with remote.open(key) as src, open(tmp, "wb") as out:
             while chunk := src.read(1 << 20):
+                size += len(chunk)
+                if limit is not None and size > limit:
+                    return f"more than {limit} bytes"
                 out.write(chunk)
                 if progress is not None:
                     progress.update(len(chunk))
@@ -251,44 +354,165 @@ def _download_verified(remote: Remote, key: str, dest: Path, sha256: str, progre
             tmp.unlink()
 
 
-def _download_blob(paths: VolumePaths, remote: Remote, info: PackInfo, progress: Any) -> None:
-    bad = _download_verified(
-        remote, f"packs/{info.id}.tar.zst", blob_path(paths, info.id), info.blob_sha256, progress
-    )
-    if bad is not None:
+def _check_pulled_seal(staging: Path, manifest: PackManifest) -> None:
+    """The seal that came in the metadata pack must be for this snapshot, env and manifest."""
+    try:
+        seal = check_seal(str(staging), manifest.snapshot)
+    except SealProblem as sp:
+        raise VerifyError(f"pulled {manifest.snapshot}: {sp.detail}") from None
+    if seal["env"] != manifest.env or seal.get("manifest_digest") != manifest.manifest_digest:
         raise VerifyError(
-            f"pack {info.id[:16]}… ({info.group}) from the bucket is damaged:"
-            f" sha256 {bad[:16]}…, expected {info.blob_sha256[:16]}…; nothing was installed"
+            f"pulled {manifest.snapshot}: its seal is for env '{seal['env']}' (manifest"
+            f" {str(seal.get('manifest_digest'))[:12]}), not what the bucket's manifest says"
         )
+    _check_sealed_manifest(seal, manifest.snapshot)
 
 
-def _pull_models(paths: VolumePaths, remote: Remote, names: list[str]) -> int:
+def _check_sealed_manifest(seal: dict[str, Any], sid: str) -> None:
+    """What activation and `env --format sh` take from a pulled seal (variable names, model
+    names and sources) obeys the manifest's own rules."""
+    from .errors import ManifestError
+    from .manifest import ENV_NAME, _Checker, _parse_activate, _parse_models
+
+    man = seal.get("manifest", {})
+    try:
+        if not isinstance(man, dict) or not isinstance(man.get("models", []), list):
+            raise VerifyError("no manifest object with a models list")
+        c = _Checker(Path(f"{sid}/.volenv/seal.json"))
+        env, _smoke = _parse_activate(
+            c, {"env": man.get("env", {}), "smoke-imports": man.get("smoke_imports", [])}
+        )
+        if not all(ENV_NAME.fullmatch(k) for k, _v in env):
+            raise VerifyError("an activation variable name is not a plain name")
+        _parse_models(c, [_model_table(m) for m in man.get("models", [])])
+    except (ManifestError, VerifyError) as exc:
+        raise VerifyError(f"pulled {sid}: its sealed manifest is invalid: {exc.message}") from None
+
+
+def _model_table(spec: Any) -> dict[str, Any]:
+    """A model as a seal or model record stores it -> as a manifest writes it (for its rules)."""
+    if not isinstance(spec, dict):
+        raise VerifyError(f"model {spec!r} is not an object")
+    table: dict[str, Any] = {"name": spec.get("name"), "optional": spec.get("optional", False)}
+    hf = spec.get("hf")
+    if hf is not None:
+        if not isinstance(hf, dict):
+            raise VerifyError("'hf' is not an object")
+        table["hf"] = {
+            "repo": hf.get("repo"),
+            "revision": hf.get("revision"),
+            "files": hf.get("files", []),
+            "allow-patterns": hf.get("allow_patterns", []),
+        }
+    else:
+        table.update({k: spec.get(k) for k in ("url", "sha256")})
+        if spec.get("size") is not None:
+            table["size"] = spec["size"]
+    return table
+
+
+def _download_blob(paths: VolumePaths, remote: Remote, info: PackInfo, progress: Any) -> None:
+    """A blob is stored under its id only once its bytes and its uncompressed tar are what the
+    (signed) pack list says: a failed pull leaves no attacker blob under a legitimate id."""
+    dest = blob_path(paths, info.id)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{unique_suffix()}")
+    try:
+        size = 0
+        with remote.open(f"packs/{info.id}.tar.zst") as src, open(tmp, "xb") as out:
+            while chunk := src.read(1 << 20):
+                size += len(chunk)
+                if size > info.blob_size:
+                    break
+                out.write(chunk)
+                progress.update(len(chunk))
+            out.flush()
+            os.fsync(out.fileno())
+        digest = hash_file(str(tmp))
+        if size != info.blob_size or digest != info.blob_sha256:
+            raise VerifyError(
+                f"pack {info.id[:16]}… ({info.group}) from the bucket is damaged:"
+                f" sha256 {digest[:16]}…, expected {info.blob_sha256[:16]}…; nothing was installed"
+            )
+        verify_blob(tmp, info)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _pull_models(paths: VolumePaths, remote: Remote, wanted: dict[str, str | None]) -> int:
+    import hashlib
+
     from .activate import model_files_dir
     from .fsutil import atomic_write_bytes
 
     count = 0
     records = paths.models / "records"
     records.mkdir(parents=True, exist_ok=True)
-    for name in names:
+    for name, digest in sorted(wanted.items()):
         if (records / name).exists():
             count += 1
             continue
         raw = remote.get_bytes(f"models/{name}")
         if raw is None:
             raise RemoteError(f"{remote.url}: model record {name} is missing")
-        rec = json.loads(raw)
+        if digest is not None and hashlib.sha256(raw).hexdigest() != digest:
+            raise VerifyError(f"{remote.url}: model record {name} is not the one the snapshot names")
+        rec = _check_model_record(raw, name)
         base_dir = Path(model_files_dir(str(paths.root), rec["spec"]))
         for f in rec["files"]:
             dest = base_dir / f["path"]
             if dest.exists() and hash_file(str(dest)) == f["sha256"]:
                 continue
-            if _download_verified(remote, f"model-files/{f['sha256']}", dest, f["sha256"]) is not None:
+            key = f"model-files/{f['sha256']}"
+            if _download_verified(remote, key, dest, f["sha256"], limit=f.get("size")) is not None:
                 from .errors import ModelError
 
                 raise ModelError(f"model file {f['path']} of {name} from {remote.url} fails its sha256")
         atomic_write_bytes(records / name, raw)  # the record last: now the model is present
         count += 1
     return count
+
+
+def _check_model_record(raw: bytes, name: str) -> dict[str, Any]:
+    """A model record from the bucket: its spec obeys the manifest's model rules, its name is
+    the one that spec gives, and every file path stays below the model's directory."""
+    from .activate import model_key
+    from .errors import ManifestError
+    from .manifest import HEX64, _Checker, _parse_models
+
+    def bad(why: str) -> VerifyError:
+        return VerifyError(f"model record {name} from the bucket is invalid: {why}")
+
+    try:
+        rec = json.loads(raw)
+    except ValueError as exc:
+        raise bad(str(exc)) from None
+    if not isinstance(rec, dict) or not isinstance(rec.get("spec"), dict):
+        raise bad("no 'spec' object")
+    if not isinstance(rec.get("files"), list):
+        raise bad("no 'spec' object or 'files' list")
+    spec = rec["spec"]
+    try:
+        _parse_models(_Checker(Path(f"bucket:models/{name}")), [_model_table(spec)])
+    except (ManifestError, VerifyError) as exc:
+        raise bad(exc.message) from None
+    if name != f"{spec['name']}.{model_key(spec)}.json":
+        raise bad("its name is not the one its spec gives")
+    for f in rec["files"]:
+        path = f.get("path") if isinstance(f, dict) else None
+        if (
+            not isinstance(path, str)
+            or not path
+            or path.startswith("/")
+            or "\0" in path
+            or any(part in ("", ".", "..") for part in path.split("/"))
+            or not (isinstance(f.get("sha256"), str) and HEX64.fullmatch(f["sha256"]))
+            or not (f.get("size") is None or (isinstance(f["size"], int) and f["size"] >= 0))
+        ):
+            raise bad(f"file entry {f!r} is not a relative path with a sha256")
+    return rec
 
 
 def _publish(paths: VolumePaths, manifest: PackManifest, switch: bool) -> None:
@@ -308,27 +532,55 @@ class RemoteListing:
     models: tuple[str, ...]
 
 
-def list_remote(remote: Remote) -> RemoteListing:
-    envs = {}
-    for key in remote.list("refs/"):
-        ref = get_json(remote, key)
-        if ref is not None:
-            envs[key.rsplit("/", 1)[1].removesuffix(".json")] = str(ref["snapshot"])
+def list_remote(remote: Remote, trust: Trust) -> RemoteListing:
+    """What the bucket holds that this volume would believe: snapshots whose manifest is valid
+    and signed by a trusted key (any valid one with --trust-unsigned), and the refs naming
+    them; everything else is left out, with one warning per document."""
+    from .manifest import is_env_name
+
     snaps = []
+    believed: dict[str, str] = {}
     for key in remote.list("snapshots/"):
-        doc = get_json(remote, key)
-        if doc is None:
+        try:
+            doc = get_json(remote, key)
+            if doc is None:
+                continue
+            manifest = PackManifest.from_json(doc)
+            if key != f"snapshots/{manifest.snapshot}.json":
+                raise VerifyError(f"it describes {manifest.snapshot}")
+            _model_names(doc)
+            signer = trust.signer(doc)
+        except VerifyError as exc:
+            reporter.warn(f"{remote.url}/{key} left out: {exc.message}")
             continue
+        believed[manifest.snapshot] = manifest.env
+        fp = manifest.fingerprint
         snaps.append(
             {
-                "snapshot": doc["snapshot"],
-                "env": doc["env"],
-                "packs": len(doc["packs"]),
-                "bytes": sum(p["blob_size"] for p in doc["packs"]),
-                "python": f"{doc['fingerprint'].get('implementation')} {doc['fingerprint'].get('version')}",
-                "created": doc.get("created"),
+                "snapshot": manifest.snapshot,
+                "env": manifest.env,
+                "packs": len(manifest.packs),
+                "bytes": sum(p.blob_size for p in manifest.packs),
+                "python": f"{fp.get('implementation')} {fp.get('version')}",
+                "created": manifest.created,
+                "signed_by": signer,
             }
         )
+    if trust.allow_unsigned and any(s["signed_by"] is None for s in snaps):
+        reporter.warn("--trust-unsigned: listing snapshots that carry no trusted signature")
+    envs = {}
+    for key in remote.list("refs/"):
+        env = key.rsplit("/", 1)[1].removesuffix(".json")
+        try:
+            ref = get_json(remote, key)
+        except VerifyError as exc:
+            reporter.warn(f"{remote.url}/{key} left out: {exc.message}")
+            continue
+        sid = ref.get("snapshot") if ref is not None else None
+        if is_env_name(env) and isinstance(sid, str) and believed.get(sid) == env:
+            envs[env] = sid
+        elif ref is not None:
+            reporter.warn(f"{remote.url}/{key} left out: it names no believed snapshot of env '{env}'")
     return RemoteListing(
         remote.url,
         envs,
