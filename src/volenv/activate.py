@@ -483,7 +483,7 @@ def run(root: str, argv: list[str]) -> int:
 def main_fast(root_opt: str | None, argv: list[str]) -> int:
     from .rootfind import discover_root
 
-    root, _source = discover_root(root_opt)
+    root, _source = discover_root(root_opt, defer=True)
     try:
         try:
             return run(root, argv)
