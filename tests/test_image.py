@@ -695,3 +695,52 @@ def test_full_volume_names_free_and_needed_space(
         c.stop()
     finally:
         subprocess.run(["umount", "-l", str(vol)], check=False)
+
+
+# ------------------------------------------------------------------ optional extras
+
+
+def test_optional_extras_are_named_when_missing(tmp_path: Path, root: Path, wheelhouse: Path) -> None:
+    """runpod, boto3 and huggingface_hub are extras: hidden here, each command that needs one
+    fails with a clear line naming the extra, never a traceback. (The hint `pip install
+    'volenv[EXTRA]'` shows its brackets once error rendering escapes rich markup.)"""
+    from conftest import write_manifest
+
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    for mod in ("runpod", "boto3", "huggingface_hub"):
+        (hide / f"{mod}.py").write_text("raise ImportError('hidden by the test')\n")
+    env = {"PYTHONPATH": str(hide), "HOME": str(tmp_path), "RUNPOD_API_KEY": "k"}
+    m = write_manifest(tmp_path / "m", "app", ["alpha==1.0"], find_links=wheelhouse)
+    assert volenv("--root", root, "sync", m, env=env).returncode == 0  # the core needs none
+    r = volenv(
+        "--root", root, "provision", "--volume-id", "vol1", "--manifest", m, "--image", "x/y:1", env=env
+    )
+    assert r.returncode == 2 and "volenv's 'runpod' extra" in r.stderr, r.stderr
+    r = volenv("--root", root, "push", "app", "--to", "s3://bucket/prefix", env=env)
+    assert r.returncode == 2 and "volenv's 's3' extra" in r.stderr, r.stderr
+    hf = write_manifest(
+        tmp_path / "h",
+        "hfapp",
+        ["alpha==1.0"],
+        find_links=wheelhouse,
+        extra=f'[[models]]\nname = "voc"\nhf = {{ repo = "org/voc", revision = "{"a" * 40}", files = ["c.yaml"] }}\n',
+    )
+    r = volenv("--root", root, "models", "fetch", hf, env=env)
+    assert r.returncode == 9 and "volenv's 'hf' extra" in r.stderr, r.stderr
+    r = volenv(
+        "--root",
+        root,
+        "run",
+        "--diagnose",
+        "--on-missing",
+        "fail",
+        "--manifest",
+        hf,
+        "--",
+        "python",
+        "h.py",
+        env={**env, "RUNPOD_WEBHOOK_GET_JOB": "http://127.0.0.1:9/job-take/$ID?x=1"},
+    )
+    assert r.returncode == 3 and "volenv's 'runpod' extra" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .activate import model_files_dir, model_key, model_location, model_record_path
-from .errors import ModelError, VolenvError
+from .errors import ModelError, VolenvError, missing_extra
 from .fsutil import atomic_write_json, fsync_dir, unique_suffix
 from .integrity import hash_file
 from .locks import BuildLease
@@ -263,7 +263,7 @@ def _fetch_hf(paths: VolumePaths, spec: ModelSpec, snapshot_dir: Path) -> list[d
         import huggingface_hub
         from huggingface_hub.errors import HfHubHTTPError
     except ImportError:
-        raise ModelError("huggingface_hub is not installed", hint="pip install huggingface_hub") from None
+        raise missing_extra("huggingface_hub", "hf", ModelError) from None
     cache = paths.models / "hf" / "hub"
     cache.mkdir(parents=True, exist_ok=True)
     reporter.info(f"fetching model '{spec.name}' from the Hub: {spec.hf.repo}@{spec.hf.revision[:12]}")
