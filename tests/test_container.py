@@ -51,8 +51,11 @@ def test_hadolint_passes() -> None:
 
 def test_dockerfile_structure() -> None:
     ins = parse_dockerfile(DOCKERFILE)
-    froms = [a for i, a in ins if i == "FROM"]
-    assert len(froms) == 1 and froms[0].startswith("nvidia/cuda:") and "runtime" in froms[0]
+    from test_image import dockerfile_args
+
+    froms = dockerfile_args()[1]  # build-arg defaults substituted (tests/test_image.py)
+    assert len(froms) == 2 and froms[0].endswith(" AS uv")
+    assert froms[1].startswith("nvidia/cuda:") and "runtime" in froms[1]
     for instr, args in ins:
         # nothing at build time touches the volume: it does not exist when the image is built
         if instr in ("RUN", "COPY", "ADD", "VOLUME", "WORKDIR"):

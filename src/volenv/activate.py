@@ -601,7 +601,7 @@ def _as_volenv_error(exc: Exception) -> VolenvError:
 def main_fast(root_opt: str | None, argv: list[str]) -> int:
     from .rootfind import discover_root
 
-    root, _source = discover_root(root_opt)
+    root, _source = discover_root(root_opt, defer=True)
     try:
         try:
             return run(root, argv)

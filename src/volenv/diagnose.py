@@ -158,7 +158,15 @@ def serve_diagnosis(root: str, opts: Any, exc: VolenvError) -> int:
 
     try:
         import runpod
-
+    except ImportError:
+        print(
+            "volenv: the diagnostic worker needs runpod, which is not installed (volenv's 'runpod' extra):"
+            " pip install 'volenv[runpod]' in the image",
+            file=sys.stderr,
+            flush=True,
+        )
+        return exc.exit_code
+    try:
         runpod.serverless.start({"handler": handler})
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else 0

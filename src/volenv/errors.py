@@ -138,3 +138,12 @@ def from_oserror(exc: OSError, doing: str) -> VolenvError:
         return DamagedRecord(f"{text}: the volume's layout is damaged there")
     err = VolenvError(text)
     return err
+
+
+def missing_extra(package: str, extra: str, error: type[VolenvError] = UsageError) -> VolenvError:
+    """runpod, boto3 and huggingface_hub are optional extras (a lean `pip install volenv`):
+    the command that needs one says which extra installs it."""
+    return error(
+        f"{package} is not installed: it comes with volenv's '{extra}' extra",
+        hint=f"pip install 'volenv[{extra}]'",
+    )

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .activate import model_files_dir, model_key, model_location, model_record_path
-from .errors import DamagedRecord, ModelError, VolenvError, VolumeError, from_oserror
+from .errors import DamagedRecord, ModelError, VolenvError, VolumeError, from_oserror, missing_extra
 from .fsutil import atomic_write_json, fsync_dir, safe_mkdirs, safe_rename, unique_suffix
 from .integrity import hash_file
 from .locks import BuildLease
@@ -297,7 +297,7 @@ def _fetch_hf(paths: VolumePaths, spec: ModelSpec, snapshot_dir: Path) -> list[d
         import huggingface_hub
         from huggingface_hub.errors import HfHubHTTPError
     except ImportError:
-        raise ModelError("huggingface_hub is not installed", hint="pip install huggingface_hub") from None
+        raise missing_extra("huggingface_hub", "hf", ModelError) from None
     cache = paths.models / "hf" / "hub"
     safe_mkdirs(cache, paths.root)
     reporter.info(f"fetching model '{spec.name}' from the Hub: {spec.hf.repo}@{spec.hf.revision[:12]}")

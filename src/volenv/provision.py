@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError, VolenvError
+from .errors import UsageError, VolenvError, missing_extra
 from .manifest import load_manifest
 from .ui import reporter
 
@@ -74,8 +74,7 @@ def _check(pattern: re.Pattern[str], value: str, what: str) -> str:
 def api_key() -> str:
     key = os.environ.get("RUNPOD_API_KEY")
     if not key:
-        import runpod
-
+        runpod = _runpod()
         key = runpod.api_key
     if not key:
         raise UsageError(
@@ -92,9 +91,16 @@ def pod_command() -> str:
     )
 
 
-def provision(opts: ProvisionOptions) -> ProvisionResult:
-    import runpod
+def _runpod() -> Any:
+    try:
+        import runpod
+    except ImportError:
+        raise missing_extra("runpod", "runpod") from None
+    return runpod
 
+
+def provision(opts: ProvisionOptions) -> ProvisionResult:
+    runpod = _runpod()
     _check(ID, opts.volume_id, "--volume-id")
     _check(IMAGE, opts.image, "--image")
     if opts.gpu_type is not None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import urlparse
 
-from .errors import UsageError, VerifyError, VolenvError
+from .errors import UsageError, VerifyError, VolenvError, missing_extra
 from .fsutil import atomic_write_bytes, unique_suffix
 
 PART = 64 * 1024 * 1024
@@ -82,9 +82,12 @@ class FileRemote:
 
 class S3Remote:
     def __init__(self, url: str, bucket: str, prefix: str, endpoint: str | None, region: str | None) -> None:
-        import boto3
-        from boto3.s3.transfer import TransferConfig
-        from botocore.config import Config
+        try:
+            import boto3
+            from boto3.s3.transfer import TransferConfig
+            from botocore.config import Config
+        except ImportError:
+            raise missing_extra("boto3", "s3") from None
 
         self.url = url
         self.bucket = bucket
