@@ -267,3 +267,27 @@ def test_a_planted_default_dir_is_refused(tmp_path: Path, root: Path, packed: st
     assert r.stdout.split()[0].startswith(str(root)), r.stdout  # ran in place
     assert "not a private directory" in r.stderr
     assert not any((outside / "materialized").iterdir())
+
+
+def test_sync_rebuilds_a_snapshot_gc_removed_between_its_look_and_its_lease(
+    tmp_path: Path, root: Path, wheelhouse: Path
+) -> None:
+    """A no-op sync found its snapshot through the index, then gc collected it before the
+    sync took the lease to make it current: the sync builds it again (was exit 7)."""
+    old = write_manifest(tmp_path / "o", "app", ["alpha==1.0"], find_links=wheelhouse)
+    new = write_manifest(tmp_path / "n", "app", ["gamma==1.0"], find_links=wheelhouse)
+    assert volenv("--root", root, "sync", old).returncode == 0
+    assert volenv("--root", root, "sync", new).returncode == 0  # old's snapshot: not current
+    sync = volenv_popen(
+        "--root", root, "sync", old, env={"VOLENV_FAULT": "reuse:pause"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    _stopped(sync)
+    gc = volenv("--root", root, "gc", "--yes", "--keep", "0", "--keep-within", "0s")
+    assert gc.returncode == 0, gc.stderr
+    assert len(list((root / "envs/app/snapshots").iterdir())) == 1  # only the current one left
+    done = _resume(sync)
+    assert done.returncode == 0, done.stderr
+    assert "building it again" in done.stderr
+    r = volenv("--root", root, "run", "--env", "app", "--", "alpha-cli")
+    assert r.returncode == 0 and "alpha says hi" in r.stdout, r.stderr

@@ -147,13 +147,20 @@ def sync(paths: VolumePaths, manifest: Manifest, opts: SyncOptions) -> SyncResul
     return replace(result, models=tuple(fetch_models(paths, manifest, lock_timeout=opts.lock_timeout)))
 
 
+class _Vanished(Exception):
+    """The index's snapshot was removed (by gc) between the unlocked look and the lease."""
+
+
 def sync_snapshot(paths: VolumePaths, manifest: Manifest, opts: SyncOptions) -> SyncResult:
     t0 = time.perf_counter()
     env = manifest.name
     store.open_volume(paths, create=not opts.dry_run)
     hit = None if opts.refresh or opts.rebuild else valid_index_hit(paths, manifest)
     if hit is not None:
-        return _reuse(paths, manifest, hit[0], t0, opts, seal=hit[1])
+        try:
+            return _reuse(paths, manifest, hit[0], t0, opts, seal=hit[1])
+        except _Vanished:  # gc collected it between the look and the lease: build it again
+            reporter.info(f"snapshot {hit[0]} was removed meanwhile (gc); building it again")
     if opts.dry_run:
         plan = make_plan(paths, manifest, opts, tempfile.gettempdir())
         action = "would-reuse" if plan.action in ("reuse", "index") else "would-build"
@@ -236,6 +243,7 @@ def _reuse(
         from .locks import BuildLease
 
         # switching current happens under the env's lease, so GC's root check stays consistent
+        faults.point("reuse")  # tests: gc removes the snapshot between the look and the lease
         lease = (
             contextlib.nullcontext()
             if have_lease
@@ -245,7 +253,7 @@ def _reuse(
             if not have_lease:
                 now = valid_index_hit(paths, manifest)
                 if now is None or now[0] != sid:
-                    raise BuildError(f"snapshot {sid} disappeared while being reused", step="index")
+                    raise _Vanished(sid)
             try:
                 store.switch_current(paths, env, sid, manifest.digest, "sync")
             except OSError as exc:
