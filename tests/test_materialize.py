@@ -167,3 +167,17 @@ def test_sigkill_mid_extract_leaves_nothing_usable(tmp_path: Path, packed: tuple
     assert r.stdout.split()[0] == str(local / sid)
     assert not list(local.glob(f".{sid}.partial-*"))
     assert verify_snapshot(local / sid, "full").ok
+
+
+def test_repair_repacks_so_materialize_keeps_working(tmp_path: Path, packed: tuple[Path, Path]) -> None:
+    """verify --repair re-seals the snapshot (a new record digest, same id): its packs are made
+    again, so `run --materialize always` does not refuse them (was exit 4 until `volenv pack`)."""
+    m, root = packed
+    snap = next((root / "envs/app/snapshots").iterdir())
+    target = next(snap.rglob("beta/mod3.py"))
+    target.unlink()
+    assert volenv("--root", root, "verify", snap.name, "--level", "full", "--repair").returncode == 0
+    assert target.exists()
+    r = _run(root, "always", tmp_path / "l", m, "python", "-c", PROBE)
+    assert r.returncode == 0, r.stderr
+    assert str(tmp_path / "l") in r.stdout

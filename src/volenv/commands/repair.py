@@ -57,7 +57,19 @@ def repair_snapshot(paths: VolumePaths, snapshot_dir: Path, *, lock_timeout: flo
         build_snapshot(
             paths, manifest, plan, lease, SyncOptions(), Path(tmp), time.perf_counter(), repair=True
         )
+        _repack(paths, paths.snapshot(manifest.name, sid))
     return verify_snapshot(paths.snapshot(manifest.name, sid), "full")
+
+
+def _repack(paths: VolumePaths, snapshot_dir: Path) -> None:
+    """A repair re-seals the snapshot (a new record digest under the same id): packs made from
+    the old record would make every `run --materialize` refuse them, so they are made again
+    (blobs of unchanged groups are reused)."""
+    from ..packs import manifest_path, pack_snapshot
+
+    if manifest_path(paths, snapshot_dir.name).exists():
+        reporter.info(f"re-packing {snapshot_dir.name} (its record changed)")
+        pack_snapshot(paths, snapshot_dir)
 
 
 def repair_reports(paths: VolumePaths, result: VerifyResult) -> VerifyResult:
