@@ -220,6 +220,9 @@ STACKS: dict[str, tuple[list[str], str]] = {
 }
 
 
+_RAN: list[str] = []  # stacks that got through, for the wall-time line
+
+
 def _pypi_reachable() -> bool:
     try:
         urllib.request.urlopen("https://pypi.org/simple/six/", timeout=8)
@@ -246,10 +249,12 @@ def corpus_root(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.C
     t0 = time.perf_counter()
     yield root
     reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
-    line = f"corpus: {len(STACKS)} stacks in {time.perf_counter() - t0:.1f} s wall (root {root})"
-    if reporter is not None:
-        reporter.write_line("")
-        reporter.write_line(line)
+    capman = pytestconfig.pluginmanager.get_plugin("capturemanager")
+    line = f"corpus: {len(_RAN)} stacks in {time.perf_counter() - t0:.1f} s wall (root {root})"
+    if reporter is not None and capman is not None:
+        with capman.global_and_fixture_disabled():  # fixture teardown output is captured
+            reporter.write_line("")
+            reporter.write_line(line)
 
 
 @pytest.mark.parametrize("name", sorted(STACKS))
@@ -271,6 +276,7 @@ def test_real_stack_syncs_runs_and_verifies(
     t1 = time.perf_counter()
     r = volenv("--root", corpus_root, "verify", name, "--level", "full", timeout=600)
     assert r.returncode == 0, f"verify {name}: {r.stdout[-2000:]} {r.stderr[-2000:]}"
+    _RAN.append(name)
     with capsys.disabled():
         print(
             f"  [{name}: sync {t_sync:.1f} s, check {t1 - t0 - t_sync:.1f} s, verify {time.perf_counter() - t1:.1f} s]",
