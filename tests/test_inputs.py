@@ -297,3 +297,39 @@ def test_bad_env_values_exit_2_at_validation(tmp_path: Path, root: Path, value: 
     assert not root.exists()
     r = volenv("--root", root, "run", "--manifest", m, "--", "true")
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("line", ["mypkg @ ./mypkg", "./mypkg", "mypkg @ file:{abs}"])
+def test_local_package_in_a_requirements_file_is_a_build_input(tmp_path: Path, root: Path, line: str) -> None:
+    """A local tree named in a requirements file is a build input too (it was 'reused' with the
+    old code): every spelling pip accepts, named or bare (a bare path takes its project name)."""
+    proj = tmp_path / "proj"
+    source_tree(proj / "mypkg")
+    (proj / "requirements.txt").write_text(f"# the app\n{line.format(abs=proj / 'mypkg')}\n")
+    m = proj / "app.toml"
+    m.write_text(
+        'name = "rf"\npython = "3.11"\nrequirements-file = "requirements.txt"\n[index]\nno-index = true\n'
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert volenv("--root", root, "sync", m, cwd=elsewhere).returncode == 0
+    first = snapshot_of(root, "rf")
+    assert run_py(root, m, "import mypkg; print(mypkg.CODE)") == "1"
+    (proj / "mypkg/mypkg/__init__.py").write_text("CODE = 2\n")
+    r = volenv("--root", root, "--json", "sync", m, cwd=elsewhere)
+    assert r.returncode == 0, r.stderr
+    assert r.json()["action"] == "built" and snapshot_of(root, "rf") != first
+    assert run_py(root, m, "import mypkg; print(mypkg.CODE)") == "2"
+
+
+@pytest.mark.parametrize("line", ["-e ./mypkg", "--editable=./mypkg", "-e."])
+def test_editable_line_in_a_requirements_file_is_refused(tmp_path: Path, root: Path, line: str) -> None:
+    proj = tmp_path / "proj"
+    source_tree(proj / "mypkg")
+    (proj / "requirements.txt").write_text(f"six==1.0\n{line}\n")
+    m = proj / "app.toml"
+    m.write_text('name = "rf"\npython = "3.11"\nrequirements-file = "requirements.txt"\n')
+    r = volenv("--root", root, "sync", m)
+    assert r.returncode == 2, r.stderr
+    assert "editable" in r.stderr and "requirements-file" in r.stderr and "Traceback" not in r.stderr
+    assert not root.exists()

@@ -360,7 +360,7 @@ def _parse(p: Path, data: dict[str, Any], c: _Checker) -> Manifest:
             hint="add them to the lockfile (`uv pip compile --format pylock.toml`), or drop `lockfile`",
         )
     requirements = c.requirements(data.get("requirements", []), "requirements")
-    req_file, req_inputs = _parse_requirements_file(c, p, data)
+    req_file, req_inputs, req_local = _parse_requirements_file(c, p, data)
 
     lockfile: Path | None = None
     lock_sha: str | None = None
@@ -399,17 +399,20 @@ def _parse(p: Path, data: dict[str, Any], c: _Checker) -> Manifest:
         env=env,
         smoke_imports=smoke,
         models=models,
-        local_sources=_local_sources(c, p.parent, requirements, optional),
+        local_sources=tuple(
+            sorted({**dict(_local_sources(c, p.parent, requirements, optional)), **req_local}.items())
+        ),
     )
 
 
 def _parse_requirements_file(
     c: _Checker, p: Path, data: dict[str, Any]
-) -> tuple[Path | None, tuple[tuple[Path, str], ...]]:
+) -> tuple[Path | None, tuple[tuple[Path, str], ...], dict[str, str]]:
     """A pip requirements file (uv parses it at resolve time); here only its -r/-c closure is
-    read, so that editing any file of it changes the digest."""
+    read, so that editing any file of it changes the digest, and its local packages, whose
+    trees are build inputs as in `requirements` (editable ones are refused)."""
     if "requirements-file" not in data:
-        return None, ()
+        return None, (), {}
     key = "requirements-file"
     if "lockfile" in data:
         raise c.fail(
@@ -422,6 +425,7 @@ def _parse_requirements_file(
         raise c.fail(key, "empty")
     top = (p.parent / rel).resolve()
     inputs: dict[Path, str] = {}
+    local: dict[str, str] = {}
     pending = [(top, rel)]
     while pending:
         path, shown = pending.pop()
@@ -439,7 +443,79 @@ def _parse_requirements_file(
         for inc in _included_files(content):
             if "://" not in inc:
                 pending.append(((path.parent / inc).resolve(), f"{inc} (included by {path.name})"))
-    return top, tuple(sorted(inputs.items()))
+        local.update(_file_local_sources(c, key, path, content, p.parent))
+    return top, tuple(sorted(inputs.items())), local
+
+
+_PATH_START = ("./", "../", "/", "file:")
+
+
+def _file_local_sources(c: _Checker, key: str, path: Path, content: bytes, folder: Path) -> dict[str, str]:
+    """`NAME @ path`, `file:` and bare-path lines of a requirements file -> `NAME @ ./path`
+    (relative to the manifest's folder) and the digest of what they name; `-e` lines refused.
+    Paths are relative to the requirements file's folder; other lines are uv's to read."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    out: dict[str, str] = {}
+    text = content.decode("utf-8", "replace").replace("\\\n", "")
+    for raw in text.splitlines():
+        line = re.sub(r"(^|\s)#.*$", "", raw).strip()
+        where = f"{path.name}: {line!r}"
+        if re.match(r"^(-e|--editable)(\s|=|\.|/|$)", line):
+            raise c.fail(
+                key,
+                f"{where}: editable requirements are refused"
+                " (a sealed snapshot cannot point into a source tree)",
+                hint="drop `-e`: `NAME @ ./path` installs a copy that volenv rebuilds when the tree changes",
+            )
+        if not line or line.startswith("-"):
+            continue
+        if line.startswith(_PATH_START) or line == ".":
+            target = local_path(path.parent, line.split(";")[0].strip())
+            name = _local_project_name(target) if target is not None else None
+            if name is None:
+                raise c.fail(
+                    key, f"{where}: a local package needs a name here", hint=f"write `NAME @ {line}`"
+                )
+        elif "@" in line:
+            try:
+                req = Requirement(line)
+            except InvalidRequirement:
+                continue  # uv will say what is wrong with it
+            target, name = local_path(path.parent, req.url), req.name
+        else:
+            continue
+        if target is None:
+            continue
+        if not target.exists():
+            raise c.fail(key, f"{where}: {target} does not exist (paths start at the file's folder)")
+        try:
+            digest = source_digest(target)
+        except OSError as exc:
+            raise c.fail(key, f"{where}: cannot read {exc.filename or target}: {exc.strerror}") from None
+        rel = os.path.relpath(target, folder)
+        out[f"{name} @ {rel if rel.startswith('..') else './' + rel}"] = digest
+    return out
+
+
+def _local_project_name(target: Path) -> str | None:
+    """The distribution name of a local project folder (its pyproject) or wheel/sdist file."""
+    from packaging.utils import (
+        InvalidSdistFilename,
+        InvalidWheelFilename,
+        parse_sdist_filename,
+        parse_wheel_filename,
+    )
+
+    try:
+        if target.is_dir():
+            name = tomllib.loads((target / "pyproject.toml").read_text(encoding="utf-8"))["project"]["name"]
+            return name if isinstance(name, str) else None
+        if target.name.endswith(".whl"):
+            return str(parse_wheel_filename(target.name)[0])
+        return str(parse_sdist_filename(target.name)[0])
+    except (OSError, KeyError, TypeError, ValueError, InvalidWheelFilename, InvalidSdistFilename):
+        return None
 
 
 _INCLUDE = re.compile(r"^(?:-r|-c|--requirement|--constraint)(?:\s*=\s*|\s+|(?<=-[rc]))(\S+)")
