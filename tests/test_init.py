@@ -227,7 +227,19 @@ def test_init_from_uv_project_and_its_lock(tmp_path: Path, root: Path, package_i
         "UV_NO_PROGRESS": "1",
     }
     env.pop("VIRTUAL_ENV", None)
-    _uv("init", "--no-workspace", "--vcs", "none", "--python", "3.11", "proj", cwd=tmp_path, env=env)
+    # an application (no build system): only its dependencies are installed, as `uv sync` does
+    _uv(
+        "init",
+        "--no-package",
+        "--no-workspace",
+        "--vcs",
+        "none",
+        "--python",
+        "3.11",
+        "proj",
+        cwd=tmp_path,
+        env=env,
+    )
     proj = tmp_path / "proj"
     _uv("add", "--default-index", package_index.url, "beta==1.0", cwd=proj, env=env)
     _uv("add", "--optional", "extra", "gamma==1.0", cwd=proj, env=env)
@@ -318,3 +330,32 @@ def test_requirements_file_closure_is_the_digest(tmp_path: Path) -> None:
     plain = tmp_path / "plain.toml"
     plain.write_text('name = "x"\nrequirements = ["alpha"]\n')
     assert "requirements_file" not in load_manifest(plain).build_inputs()
+
+
+def test_init_package_project_with_a_path_source(tmp_path: Path, root: Path, package_index: Index) -> None:
+    """A package project (it has a build system) is installed itself, as `uv sync` does, and a
+    [tool.uv.sources] path dependency becomes `NAME @ path`: written bare, the name would
+    resolve to whatever an index holds under it (a stranger's package)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_inputs import source_tree
+
+    source_tree(tmp_path / "local/mypkg", "mypkg")
+    proj = source_tree(tmp_path / "proj", "proj")
+    (proj / "pyproject.toml").write_text(
+        '[project]\nname = "proj"\nversion = "1.0"\nrequires-python = ">=3.11"\n'
+        'dependencies = ["mypkg", "beta==1.0"]\n\n'
+        '[build-system]\nrequires = []\nbuild-backend = "tinybackend"\nbackend-path = ["."]\n\n'
+        f'[tool.uv]\nindex-url = "{package_index.url}"\n\n'
+        '[tool.uv.sources]\nmypkg = { path = "../local/mypkg" }\n'
+    )
+    r = volenv("--root", root, "init", proj / "pyproject.toml", "--python", "3.11")
+    assert r.returncode == 0, r.stderr
+    data = tomllib.loads((proj / "volenv.toml").read_text())
+    assert data["requirements"] == ["proj @ ./", "mypkg @ ../local/mypkg", "beta==1.0"]
+    r = volenv("--root", root, "sync", proj / "volenv.toml")
+    assert r.returncode == 0, r.stderr
+    code = "import proj, mypkg, beta; print(proj.CODE, mypkg.CODE)"
+    r = volenv("--root", root, "run", "--manifest", proj / "volenv.toml", "--", "python", "-c", code)
+    assert r.returncode == 0 and r.stdout.split() == ["1", "1"], r.stderr

@@ -213,8 +213,12 @@ def _read_pyproject(source: Path, data: dict[str, Any], opts: InitOptions, cli_i
         str(k): _string_list(v, source, f"project.optional-dependencies.{k}") for k, v in extras.items() if v
     }
     tool_uv = (data.get("tool") or {}).get("uv") or {}
-    if tool_uv.get("sources"):
-        reporter.warn(f"{source.name}: [tool.uv.sources] is not carried over (volenv resolves from indexes)")
+    local = _path_sources(source, tool_uv)
+    deps = tuple(_with_local(d, local) for d in deps)
+    optional = {k: tuple(_with_local(d, local) for d in v) for k, v in optional.items()}
+    if _is_package(data, tool_uv) and isinstance(project.get("name"), str):
+        # as `uv sync` does: the project's own code is installed (a copy; its tree is an input)
+        deps = (f"{project['name']} @ {source.parent.as_uri()}", *deps)
     index = cli_index if not cli_index.empty() else _uv_indexes(tool_uv, source.parent)
     if index.empty() and (source.parent / "uv.lock").is_file():
         index = _lock_registries(source.parent / "uv.lock")
@@ -257,19 +261,86 @@ def _read_uv_lock(source: Path, opts: InitOptions, cli_index: _Index) -> _Projec
     )
     if proc.returncode != 0:
         raise UsageError(f"{source}: uv export failed: {_uv_error(proc)}")
-    pins = tuple(
-        ln.strip() for ln in proc.stdout.splitlines() if ln.strip() and not ln.lstrip().startswith(("#", "-"))
-    )
+    by_path = {str(p): n for n, p in _path_sources(pyproject, _tool_uv(pyproject)).items()}
+    pins = []
+    for raw in proc.stdout.splitlines():
+        ln = raw.strip().removeprefix("-e ").strip()
+        if not ln or ln.startswith(("#", "-")):
+            continue
+        if ln.startswith(("./", "../", "/", "file:")):  # a path source, exported without its name
+            path = str((source.parent / ln.split(";")[0].strip().removeprefix("file://")).resolve())
+            if path not in by_path:
+                raise UsageError(f"{source}: uv export gave a local path {ln!r} that names no package")
+            ln = f"{by_path[path]} @ {Path(path).as_uri()}"
+        pins.append(ln)
+    own = [r for r in base.requirements if r.startswith(f"{base_project_name(pyproject)} @ ")]
+    pins = own + pins
     return _Project(
         kind="uv.lock",
         source=source,
         name=base.name,
         python=base.python,
-        requirements=pins,
+        requirements=tuple(pins),
         direct=base.direct,
         optional=base.optional,
         index=base.index,
     )
+
+
+def _path_sources(source: Path, tool_uv: dict[str, Any]) -> dict[str, Path]:
+    """[tool.uv.sources] path entries (canonical name -> absolute path). Those become
+    `NAME @ path` requirements: written bare, the name would resolve to whatever an index
+    holds under it. Other kinds (git, url, index, workspace) are said, not carried over."""
+    from packaging.utils import canonicalize_name
+
+    out: dict[str, Path] = {}
+    other = []
+    sources = tool_uv.get("sources") or {}
+    for name, src in sources.items() if isinstance(sources, dict) else ():
+        if isinstance(src, dict) and isinstance(src.get("path"), str):
+            out[str(canonicalize_name(name))] = (source.parent / src["path"]).resolve()
+        else:
+            other.append(str(name))
+    if other:
+        reporter.warn(
+            f"{source.name}: [tool.uv.sources] for {', '.join(sorted(other))} not carried over"
+            " (only path sources are); volenv resolves those names from the index"
+        )
+    return out
+
+
+def _with_local(dep: str, local: dict[str, Path]) -> str:
+    """A dependency that [tool.uv.sources] points at a local path, as `NAME[extras] @ file:...`."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    try:
+        req = Requirement(dep)
+    except InvalidRequirement:
+        return dep
+    path = local.get(str(canonicalize_name(req.name)))
+    if path is None:
+        return dep
+    extras = f"[{','.join(sorted(req.extras))}]" if req.extras else ""
+    marker = f" ; {req.marker}" if req.marker else ""
+    return f"{req.name}{extras} @ {path.as_uri()}{marker}"
+
+
+def _is_package(data: dict[str, Any], tool_uv: dict[str, Any]) -> bool:
+    """uv's rule: a project is installed when it has a build system, unless `package = false`."""
+    if tool_uv.get("package") is not None:
+        return bool(tool_uv.get("package"))
+    return "build-system" in data
+
+
+def _tool_uv(pyproject: Path) -> dict[str, Any]:
+    tool_uv = (_toml(pyproject).get("tool") or {}).get("uv") or {}
+    return tool_uv if isinstance(tool_uv, dict) else {}
+
+
+def base_project_name(pyproject: Path) -> str:
+    name = (_toml(pyproject).get("project") or {}).get("name")
+    return name if isinstance(name, str) else "\0"
 
 
 def _uv_indexes(tool_uv: dict[str, Any], folder: Path) -> _Index:
@@ -543,6 +614,20 @@ def _write_lock(project: _Project, dest: Path) -> None:
         raise UsageError(f"{project.source}: uv could not write the lockfile: {_uv_error(proc)}")
 
 
+def _relative_local(req: str, folder: Path) -> str:
+    """`NAME @ file:///abs` -> `NAME @ ./rel` (from the manifest's folder), so the manifest and
+    the tree it names can move together."""
+    head, sep, rest = req.partition(" @ file://")
+    if not sep:
+        return req
+    path, sep2, marker = rest.partition(" ; ")
+    from urllib.parse import unquote
+
+    rel = os.path.relpath(unquote(path), folder)
+    rel = "./" if rel == "." else rel if rel.startswith("..") else "./" + rel
+    return f"{head} @ {rel}" + (f" ; {marker}" if sep2 else "")
+
+
 def _manifest_text(project: _Project, out: Path, imports: Sequence[str], lock: Path | None) -> str:
     q = json.dumps  # a JSON string is a valid TOML basic string
     lines = [
@@ -556,7 +641,7 @@ def _manifest_text(project: _Project, out: Path, imports: Sequence[str], lock: P
         lines.append(f"requirements-file = {q(os.path.relpath(project.source, out.parent))}")
     else:
         lines.append("requirements = [")
-        lines += [f"    {q(r)}," for r in project.requirements]
+        lines += [f"    {q(_relative_local(r, out.parent))}," for r in project.requirements]
         lines.append("]")
     idx = project.index
     if not idx.empty():
@@ -571,7 +656,8 @@ def _manifest_text(project: _Project, out: Path, imports: Sequence[str], lock: P
         if idx.no_index:
             lines.append("no-index = true")
     for group, reqs in project.optional.items():
-        lines += ["", f"[optional.{q(group)}]", f"requirements = [{', '.join(q(r) for r in reqs)}]"]
+        listed = ", ".join(q(_relative_local(r, out.parent)) for r in reqs)
+        lines += ["", f"[optional.{q(group)}]", f"requirements = [{listed}]"]
     lines += ["", "[activate]", f"smoke-imports = [{', '.join(q(m) for m in imports)}]"]
     return "\n".join(lines) + "\n"
 
