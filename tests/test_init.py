@@ -359,3 +359,26 @@ def test_init_package_project_with_a_path_source(tmp_path: Path, root: Path, pac
     code = "import proj, mypkg, beta; print(proj.CODE, mypkg.CODE)"
     r = volenv("--root", root, "run", "--manifest", proj / "volenv.toml", "--", "python", "-c", code)
     assert r.returncode == 0 and r.stdout.split() == ["1", "1"], r.stderr
+
+
+def test_damaged_requirements_file_snapshot_points_to_a_repair_that_works(
+    tmp_path: Path, root: Path, wheelhouse: Path
+) -> None:
+    """`verify --repair` cannot rebuild a requirements-file snapshot in place (the file may have
+    changed): its hint is a command that does repair it (a plain `sync` would reuse it)."""
+    (tmp_path / "requirements.txt").write_text(f"--no-index\n--find-links {wheelhouse}\nbeta==1.0\n")
+    m = tmp_path / "app.toml"
+    m.write_text('name = "rf"\npython = "3.11"\nrequirements-file = "requirements.txt"\n')
+    assert volenv("--root", root, "sync", m).returncode == 0
+    snap = next((root / "envs/rf/snapshots").iterdir())
+    damaged = next(snap.rglob("beta/mod3.py"))
+    with open(damaged, "ab") as fh:  # in place: the uv cache's copy too (hard link)
+        fh.write(b"# edited\n")
+    r = volenv("--root", root, "verify", snap.name, "--level", "full", "--repair")
+    assert r.returncode == 2, r.stderr
+    assert f"volenv sync --reinstall-all {m}" in r.stderr
+    r = volenv("--root", root, "sync", "--reinstall-all", m)
+    assert r.returncode == 0, r.stderr
+    assert volenv("--root", root, "verify", "rf", "--level", "full").returncode == 0
+    r = volenv("--root", root, "sync", "--offline", "--reinstall-all", m)
+    assert r.returncode == 2 and "--offline" in r.stderr, r.stderr

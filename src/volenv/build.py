@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, faults, store
-from .errors import BuildError, DiskSpaceError, VolenvError, VolumeError, from_oserror
+from .errors import BuildError, DiskSpaceError, UsageError, VolenvError, VolumeError, from_oserror
 from .fsutil import (
     atomic_write_bytes,
     atomic_write_json,
@@ -154,6 +154,11 @@ class _Vanished(Exception):
 def sync_snapshot(paths: VolumePaths, manifest: Manifest, opts: SyncOptions) -> SyncResult:
     t0 = time.perf_counter()
     env = manifest.name
+    if opts.offline and (opts.refresh or opts.rebuild):
+        raise UsageError(
+            "--offline cannot be combined with --refresh or --reinstall (they fetch again)",
+            hint="drop --offline, or drop --refresh/--reinstall",
+        )
     store.open_volume(paths, create=not opts.dry_run)
     hit = None if opts.refresh or opts.rebuild else valid_index_hit(paths, manifest)
     if hit is not None:

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import stat
 import tomllib
 from dataclasses import dataclass, field
@@ -805,11 +806,15 @@ def manifest_from_seal(data: dict[str, Any], path: str) -> Manifest:
         "activate": {"env": data.get("env", {}), "smoke-imports": data.get("smoke_imports", [])},
     }
     m = _parse(Path(path), raw, c)
+    # a plain `sync` would reuse the damaged snapshot (its seal is fine): --reinstall-all builds
+    # a fresh one, refreshing any damaged file in uv's cache on the way
+    hint = f"volenv sync --reinstall-all {shlex.quote(path)}"
     if data.get("lockfile_sha256"):
-        raise ManifestError(path, "lockfile", "snapshots built from a lockfile are repaired by `volenv sync`")
+        problem = "a snapshot built from a lockfile cannot be repaired in place"
+        raise ManifestError(path, "lockfile", problem, hint=hint)
     if data.get("requirements_file"):
-        problem = "snapshots built from a requirements-file are repaired by `volenv sync`"
-        raise ManifestError(path, "requirements-file", problem)
+        problem = "a snapshot built from a requirements-file cannot be repaired in place"
+        raise ManifestError(path, "requirements-file", problem, hint=hint)
     if dict(m.local_sources) != data.get("local_sources", {}):
         raise ManifestError(
             path,
