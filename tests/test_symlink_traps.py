@@ -295,3 +295,65 @@ def test_materialize_never_follows_a_planted_copy(tmp_path: Path, template: Path
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(local / sid) and (local / sid).is_dir() and not (local / sid).is_symlink()
     assert tree_hash(outside) == before
+
+
+def _current(root: Path) -> str:
+    return str(json.loads((root / "envs/app/current").read_text())["snapshot"])
+
+
+def _plant_file(root: Path, rel: str, outside: Path) -> Path:
+    """Replace a layout file with a link to a file outside (its content moved there)."""
+    src = root / rel
+    bait = outside / rel.replace("/", "_")
+    bait.parent.mkdir(parents=True, exist_ok=True)
+    if src.exists():
+        shutil.move(str(src), bait)
+    else:
+        bait.write_text("keep me\n")
+    src.symlink_to(bait)
+    return bait
+
+
+@pytest.mark.parametrize(
+    ("rel", "kind", "command"),
+    [
+        ("envs/app", "dir", ["rollback", "app"]),
+        ("envs/app", "dir", ["pin", "{sid}"]),
+        ("envs/app/pins", "dir", ["pin", "{sid}"]),
+        ("envs/app/pins", "dir", ["unpin", "{sid}"]),
+        ("envs/app/used", "dir", ["run", "--env", "app", "--", "true"]),
+        ("envs/app/used/{sid}", "file", ["run", "--env", "app", "--", "true"]),
+        ("envs/app/used/{sid}", "dangling", ["run", "--env", "app", "--", "true"]),
+        ("envs/app/history.jsonl", "file", ["rollback", "app"]),
+        ("logs/app/events.jsonl", "file", ["pin", "{sid}"]),
+        ("aliases", "dir", ["sync", "{m3}"]),
+    ],
+)
+def test_writes_never_go_through_a_planted_link(
+    tmp_path: Path, template: Path, wheelhouse: Path, rel: str, kind: str, command: list[str]
+) -> None:
+    """Pointers, history, events, pins, use marks and aliases: a link planted at the file or at
+    a directory above it is refused (exit 8) or left alone (a use mark is best effort), never
+    written, touched or deleted through."""
+    root = _copy(template, tmp_path)
+    sid = _current(root)
+    m3 = write_manifest(tmp_path / "m3", "app", ["alpha==1.0", "gamma==1.0"], find_links=wheelhouse)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / sid).write_text("a file named like the snapshot: unpin must not delete it\n")
+    rel = rel.format(sid=sid)
+    if kind == "dir":
+        plant(root, rel, outside)
+    elif kind == "file":
+        _plant_file(root, rel, outside)
+    else:
+        (root / rel).unlink(missing_ok=True)
+        (root / rel).symlink_to(outside / "created-through-a-link")
+    before = tree_hash(outside)
+    time.sleep(0.01)  # an mtime touched through the link would show
+    argv = [a.format(sid=sid, m3=m3) for a in command]
+    r = volenv("--root", root, *argv)
+    _no_traceback(r)
+    assert r.returncode in (0, 8), (r.returncode, r.stderr)
+    assert tree_hash(outside) == before
+    assert not (outside / "created-through-a-link").exists()

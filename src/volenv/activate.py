@@ -89,7 +89,7 @@ def activation_settings(manifest: Any) -> dict[str, Any]:
 
 def write_alias(paths: Any, manifest: Any) -> None:
     """Best effort: remember this manifest's bytes so the next start skips validation."""
-    from .fsutil import atomic_write_json
+    from .fsutil import ContainmentError, atomic_write_json, safe_mkdirs
 
     try:
         raw = manifest.path.read_bytes()
@@ -100,7 +100,7 @@ def write_alias(paths: Any, manifest: Any) -> None:
             [os.path.relpath(f, manifest.path.parent), sha] for f, sha in manifest.requirements_file_inputs
         ]
         dest = alias_path(str(paths.root), raw)
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        safe_mkdirs(paths.root / "aliases", paths.root)  # a linked aliases/ is skipped, not used
         atomic_write_json(
             paths.root / "aliases" / os.path.basename(dest),
             {
@@ -113,7 +113,7 @@ def write_alias(paths: Any, manifest: Any) -> None:
             },
             durable=False,
         )
-    except OSError:
+    except (OSError, ContainmentError):
         pass
 
 
@@ -542,16 +542,25 @@ def _build_for(
 
 
 def mark_used(root: str, env: str, sid: str) -> None:
-    marker = os.path.join(root, "envs", env, "used", sid)
+    """Best effort (a read-only volume still activates). Reached from the root one directory at
+    a time with O_NOFOLLOW, and the mark itself opened with O_NOFOLLOW: a planted link at any
+    of them is left alone, never written or touched through."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    fds: list[int] = []
     try:
-        os.utime(marker)
-    except FileNotFoundError:
+        fds.append(os.open(root, os.O_RDONLY | os.O_DIRECTORY))
+        for part in ("envs", env, "used"):
+            fds.append(os.open(part, flags, dir_fd=fds[-1]))
+        fd = os.open(sid, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644, dir_fd=fds[-1])
         try:
-            os.close(os.open(marker, os.O_WRONLY | os.O_CREAT, 0o644))
-        except OSError:
-            pass
+            os.utime(fd)
+        finally:
+            os.close(fd)
     except OSError:
         pass
+    finally:
+        for d in fds:
+            os.close(d)
 
 
 def run(root: str, argv: list[str]) -> int:

@@ -134,8 +134,11 @@ def from_oserror(exc: OSError, doing: str) -> VolenvError:
             hint = "the network volume is unreachable; check the mount"
             text = f"{text} (the volume is unreachable)"
         return VolumeError(text, hint=hint)
-    if exc.errno in (errno.EISDIR, errno.ENOTDIR):  # a directory where a file belongs, or back
+    if exc.errno in (errno.EISDIR, errno.ENOTDIR, errno.EEXIST):
+        # a directory where a file belongs, or back (mkdir meeting a file is EEXIST)
         return DamagedRecord(f"{text}: the volume's layout is damaged there")
+    if exc.errno == errno.ELOOP:  # an O_NOFOLLOW open met a planted link: refused, not followed
+        return VolumeError(f"{text}: a symlink where volenv keeps its own files", hint="remove the link")
     err = VolenvError(text)
     return err
 

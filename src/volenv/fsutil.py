@@ -70,8 +70,12 @@ def _unlink_quietly(path: Path) -> None:
         pass
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Readers see the old content or the new, never half: unique temp, fsync, rename."""
+def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True, root: Path | None = None) -> None:
+    """Readers see the old content or the new, never half: unique temp, fsync, rename. With
+    `root`, a symlinked directory between root and path is refused (ContainmentError), never
+    written through; a link at `path` itself is replaced, as rename does."""
+    if root is not None:
+        assert_real_parents(path, root)
     tmp = _write_temp(path, data, durable=durable)
     try:
         os.replace(tmp, path)
@@ -112,8 +116,8 @@ def dumps_json(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
 
 
-def atomic_write_json(path: Path, obj: Any, *, durable: bool = True) -> None:
-    atomic_write_bytes(path, dumps_json(obj), durable=durable)
+def atomic_write_json(path: Path, obj: Any, *, durable: bool = True, root: Path | None = None) -> None:
+    atomic_write_bytes(path, dumps_json(obj), durable=durable, root=root)
 
 
 def has_type(value: object, typ: type | tuple[type, ...]) -> bool:
@@ -157,10 +161,20 @@ def read_record(
     return obj
 
 
-def append_line(path: Path, line: str) -> None:
-    """Append one JSON line with O_APPEND in a single write, so concurrent appenders never interleave."""
+def append_line(path: Path, line: str, root: Path | None = None) -> None:
+    """Append one JSON line with O_APPEND in a single write, so concurrent appenders never
+    interleave. Never through a link: not at `path` (O_NOFOLLOW), nor, with `root`, above it."""
     data = (line.rstrip("\n") + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    if root is not None:
+        assert_real_parents(path, root)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ContainmentError(
+                f"refusing to append to {path}: it is a symlink", hint="remove the link"
+            ) from None
+        raise
     try:
         os.write(fd, data)
         os.fsync(fd)

@@ -121,6 +121,7 @@ def write_index(paths: VolumePaths, env: str, manifest_digest: str, snapshot_id:
     atomic_write_json(
         paths.index_entry(env, manifest_digest),
         {"schema": POINTER_SCHEMA, "snapshot": snapshot_id, "time": time.time()},
+        root=paths.root,
     )
 
 
@@ -131,7 +132,9 @@ def read_current(paths: VolumePaths, env: str) -> str | None:
 
 def write_current(paths: VolumePaths, env: str, snapshot_id: str) -> None:
     atomic_write_json(
-        paths.current(env), {"schema": POINTER_SCHEMA, "snapshot": snapshot_id, "time": time.time()}
+        paths.current(env),
+        {"schema": POINTER_SCHEMA, "snapshot": snapshot_id, "time": time.time()},
+        root=paths.root,
     )
 
 
@@ -199,7 +202,7 @@ def append_history(
         "manifest_digest": manifest_digest,
         "action": action,
     }
-    append_line(paths.history(env), json.dumps(rec, sort_keys=True))
+    append_line(paths.history(env), json.dumps(rec, sort_keys=True), paths.root)
 
 
 def switch_current(
@@ -260,7 +263,7 @@ def log_event(paths: VolumePaths, env: str, event: str, **fields: Any) -> None:
     try:
         safe_mkdirs(paths.env_logs(env), paths.root)  # a linked logs/ is skipped, not written through
         line = json.dumps(redact_obj(rec), sort_keys=True, default=str)
-        append_line(paths.events(env), line)
+        append_line(paths.events(env), line, paths.root)
     except ContainmentError:
         return
     except OSError as exc:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from .. import store
 from ..errors import DamagedRecord, UsageError, VerifyError
-from ..fsutil import atomic_write_json
+from ..fsutil import atomic_write_json, safe_mkdirs, safe_unlink
 from ..locks import BuildLease
 from ..paths import VolumePaths, env_from_snapshot_id
 from ..sealcheck import SealProblem, check_seal
@@ -90,13 +90,10 @@ def pin(paths: VolumePaths, snapshot: str, *, on: bool) -> SwitchResult:
     if not paths.snapshot(env, snapshot).is_dir():
         raise UsageError(f"snapshot {snapshot} not found under {paths.envs}")
     marker = paths.pin(env, snapshot)
-    marker.parent.mkdir(parents=True, exist_ok=True)
+    safe_mkdirs(marker.parent, paths.root)  # a linked envs/<env> or pins/ is refused
     if on:
-        atomic_write_json(marker, {"schema": 1, "snapshot": snapshot, "time": time.time()})
+        atomic_write_json(marker, {"schema": 1, "snapshot": snapshot, "time": time.time()}, root=paths.root)
     else:
-        try:
-            marker.unlink()
-        except FileNotFoundError:
-            pass
+        safe_unlink(marker, paths.root)
     store.log_event(paths, env, "pin" if on else "unpin", snapshot=snapshot)
     return SwitchResult(env, snapshot, None, "pinned" if on else "unpinned")
