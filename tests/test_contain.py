@@ -291,3 +291,19 @@ def test_sync_rebuilds_a_snapshot_gc_removed_between_its_look_and_its_lease(
     assert "building it again" in done.stderr
     r = volenv("--root", root, "run", "--env", "app", "--", "alpha-cli")
     assert r.returncode == 0 and "alpha says hi" in r.stdout, r.stderr
+
+
+def test_an_empty_lease_marker_left_by_a_crash_is_taken_over(
+    tmp_path: Path, root: Path, wheelhouse: Path
+) -> None:
+    """A builder that died between creating its lease marker and writing it left an empty file:
+    with no heartbeat it never looked stale, and every later sync waited until its timeout."""
+    m = write_manifest(tmp_path / "m", "app", ["alpha==1.0"], find_links=wheelhouse)
+    assert volenv("--root", root, "sync", m).returncode == 0
+    marker = root / "locks" / "build-app.lease"
+    marker.write_bytes(b"")
+    os.utime(marker, (time.time() - 7200, time.time() - 7200))
+    m2 = write_manifest(tmp_path / "m2", "app", ["alpha==2.0"], find_links=wheelhouse)
+    r = volenv("--root", root, "sync", "--lock-timeout", "30", m2, env={"VOLENV_LEASE_SECONDS": "2"})
+    assert r.returncode == 0, r.stderr
+    assert "removed the empty build lease marker" in r.stderr

@@ -8,8 +8,10 @@ re-reads the marker and checks it still carries its own token.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +20,7 @@ from types import TracebackType
 from filelock import SoftFileLease, Timeout
 
 from .errors import LeaseLost, LockTimeout, from_oserror
-from .fsutil import atomic_write_json, read_record
+from .fsutil import atomic_write_json, read_record, unique_suffix
 from .paths import VolumePaths
 
 DEFAULT_LEASE_SECONDS = 60.0
@@ -50,6 +52,31 @@ def describe_holder(marker: Path) -> str | None:
 
 
 class BuildLease:
+    def _break_empty_marker(self) -> None:
+        """A marker left empty (its creator died between the O_EXCL create and the first write,
+        or the disk filled) carries no heartbeat that could ever go stale: filelock waits on it
+        forever. One unchanged and empty for twice the lease is moved aside, re-checked by inode
+        after the move (a fresh marker caught by the move is put back), then removed."""
+        try:
+            st = os.lstat(self.path)
+        except OSError:
+            return
+        age = time.time() - st.st_mtime
+        if not stat.S_ISREG(st.st_mode) or st.st_size != 0 or age < 2 * self.duration:
+            return
+        aside = self.path.with_name(f"{self.path.name}.stale-{unique_suffix()}")
+        try:
+            os.rename(self.path, aside)
+            moved = os.lstat(aside)
+            if moved.st_ino != st.st_ino or moved.st_size:
+                with contextlib.suppress(FileExistsError):
+                    os.link(aside, self.path)
+            else:
+                self.say(f"removed the empty build lease marker {self.path} (left {age:.0f}s ago)")
+            os.unlink(aside)
+        except OSError:
+            return
+
     def __init__(
         self,
         paths: VolumePaths,
@@ -81,7 +108,7 @@ class BuildLease:
                 self._lease.acquire(timeout=step, poll_interval=0.05)
                 break
             except Timeout:
-                pass
+                self._break_empty_marker()
             except OSError as exc:
                 raise from_oserror(exc, f"cannot take the build lease {self.path}") from exc
             now = time.monotonic()
