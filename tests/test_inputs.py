@@ -333,3 +333,19 @@ def test_editable_line_in_a_requirements_file_is_refused(tmp_path: Path, root: P
     assert r.returncode == 2, r.stderr
     assert "editable" in r.stderr and "requirements-file" in r.stderr and "Traceback" not in r.stderr
     assert not root.exists()
+
+
+def test_secret_looking_activation_env_is_warned_about(tmp_path: Path, root: Path, wheelhouse: Path) -> None:
+    """[activate] env values are stored in the seal and pushed: a literal token or a credentialed
+    URL there gets a warning naming the variable; a reference to the environment does not."""
+    extra = (
+        "[activate]\nenv = { HF_TOKEN = 'hf_literal_value_1234', "
+        "API_URL = 'https://a:pw@x.example/v?X-Amz-Signature=abc', "
+        "OTHER_TOKEN = '${OTHER_TOKEN}', PLAIN = 'x' }\n"
+    )
+    m = write_manifest(tmp_path, "sec", ["alpha==1.0"], find_links=wheelhouse, extra=extra)
+    r = volenv("--root", root, "sync", m)
+    assert r.returncode == 0, r.stderr
+    warned = [ln for ln in r.stderr.splitlines() if "looks like a secret" in ln]
+    assert len(warned) == 2, r.stderr
+    assert any("HF_TOKEN" in ln for ln in warned) and any("API_URL" in ln for ln in warned)

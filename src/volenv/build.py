@@ -147,6 +147,17 @@ def sync(paths: VolumePaths, manifest: Manifest, opts: SyncOptions) -> SyncResul
     return replace(result, models=tuple(fetch_models(paths, manifest, lock_timeout=opts.lock_timeout)))
 
 
+def _warn_secret_env(manifest: Manifest) -> None:
+    from .redact import secret_like_env
+
+    for name in secret_like_env(dict(manifest.env)):
+        reporter.warn(
+            f"[activate] env {name} looks like a secret: manifest values are stored in the seal"
+            " (and travel with `volenv push`); set it in the container's environment instead,"
+            " which `volenv run` passes through"
+        )
+
+
 class _Vanished(Exception):
     """The index's snapshot was removed (by gc) between the unlocked look and the lease."""
 
@@ -160,6 +171,7 @@ def sync_snapshot(paths: VolumePaths, manifest: Manifest, opts: SyncOptions) -> 
             hint="drop --offline, or drop --refresh/--reinstall",
         )
     store.open_volume(paths, create=not opts.dry_run)
+    _warn_secret_env(manifest)
     hit = None if opts.refresh or opts.rebuild else valid_index_hit(paths, manifest)
     if hit is not None:
         try:

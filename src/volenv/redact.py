@@ -148,3 +148,19 @@ def redact_obj(obj: object) -> object:
     if isinstance(obj, (list, tuple)):
         return [redact_obj(v) for v in obj]
     return obj
+
+
+def secret_like_env(env: dict[str, str]) -> list[str]:
+    """Names of `[activate] env` entries that look like secrets: a secret-sounding name with a
+    literal value (not only `${...}` references), or a value carrying URL credentials or signed
+    query parameters. Such values are stored in the seal and travel with `push`."""
+    out = []
+    for name, value in env.items():
+        literal = value.replace("$$", "")
+        while "${" in literal and "}" in literal[literal.index("${") :]:
+            start = literal.index("${")
+            literal = literal[:start] + literal[literal.index("}", start) + 1 :]
+        named = any(part in name.upper() for part in SECRET_NAME_PARTS) and literal.strip() != ""
+        if named or redact_text(value) != value:
+            out.append(name)
+    return out
