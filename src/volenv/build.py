@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, faults, store
-from .errors import BuildError, DiskSpaceError, VolenvError, VolumeError, from_oserror
+from .errors import BuildError, DiskSpaceError, VolenvError, VolumeError, from_oserror, shq
 from .fsutil import (
     atomic_write_bytes,
     atomic_write_json,
@@ -323,8 +323,8 @@ def find_interpreter(paths: VolumePaths, manifest: Manifest, log: ResolveLog | N
             f"no Python matching {manifest.python!r}: {last_error_line(proc)}",
             step="resolve",
             log_path=str(log.final) if log else None,
-            hint=f"install it in the image, or `uv python install {manifest.python}` with"
-            f" UV_PYTHON_INSTALL_DIR={paths.python}",
+            hint=f"install it in the image, or `UV_PYTHON_INSTALL_DIR={shq(paths.python)}"
+            f" uv python install {shq(manifest.python)}`",
         )
     return proc.stdout.strip().splitlines()[-1]
 

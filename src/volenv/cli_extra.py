@@ -21,7 +21,9 @@ class Level(str, Enum):
 @app.command("verify")
 def verify_cmd(
     ctx: typer.Context,
-    target: Annotated[str | None, typer.Argument(help="ENV (its current snapshot) or SNAPSHOT id.")] = None,
+    target: Annotated[
+        str | None, typer.Argument(metavar="TARGET", help="ENV (its current snapshot) or SNAPSHOT id.")
+    ] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every snapshot on the volume.")] = False,
     level: Annotated[Level, typer.Option("--level", "-l", help="seal, stat or full.")] = Level.stat,
     repair: Annotated[
@@ -48,7 +50,9 @@ def verify_cmd(
 
 
 @app.command("history")
-def history_cmd(ctx: typer.Context, env: Annotated[str, typer.Argument(help="Env name.")]) -> None:
+def history_cmd(
+    ctx: typer.Context, env: Annotated[str, typer.Argument(metavar="ENV", help="Env name.")]
+) -> None:
     """Generations of ENV: every switch of its current pointer."""
     from .commands.versions import history
     from .render import emit_json, render_history
@@ -61,11 +65,13 @@ def history_cmd(ctx: typer.Context, env: Annotated[str, typer.Argument(help="Env
 @app.command("rollback")
 def rollback_cmd(
     ctx: typer.Context,
-    env: Annotated[str, typer.Argument(help="Env name.")],
+    env: Annotated[str, typer.Argument(metavar="ENV", help="Env name.")],
     to: Annotated[
         str | None, typer.Option("--to", help="Snapshot id (default: the previous generation).")
     ] = None,
-    lock_timeout: Annotated[float, typer.Option("--lock-timeout")] = 60,
+    lock_timeout: Annotated[
+        float, typer.Option("--lock-timeout", metavar="SECONDS", help="Seconds to wait for the env's lock.")
+    ] = 60,
 ) -> None:
     """Switch ENV's current pointer back (one atomic switch; the target must verify at seal)."""
     from .commands.versions import rollback
@@ -77,7 +83,9 @@ def rollback_cmd(
 
 
 @app.command("pin")
-def pin_cmd(ctx: typer.Context, snapshot: Annotated[str, typer.Argument(help="Snapshot id.")]) -> None:
+def pin_cmd(
+    ctx: typer.Context, snapshot: Annotated[str, typer.Argument(metavar="SNAPSHOT", help="Snapshot id.")]
+) -> None:
     """Keep SNAPSHOT through every gc."""
     from .commands.versions import pin
     from .render import emit_json, render_switch
@@ -88,7 +96,9 @@ def pin_cmd(ctx: typer.Context, snapshot: Annotated[str, typer.Argument(help="Sn
 
 
 @app.command("unpin")
-def unpin_cmd(ctx: typer.Context, snapshot: Annotated[str, typer.Argument(help="Snapshot id.")]) -> None:
+def unpin_cmd(
+    ctx: typer.Context, snapshot: Annotated[str, typer.Argument(metavar="SNAPSHOT", help="Snapshot id.")]
+) -> None:
     """Let gc consider SNAPSHOT again."""
     from .commands.versions import pin
     from .render import emit_json, render_switch
@@ -150,8 +160,10 @@ app.add_typer(models_app, name="models")
 @models_app.command("fetch")
 def models_fetch_cmd(
     ctx: typer.Context,
-    manifest: Annotated[str, typer.Argument(help="Manifest TOML file.")],
-    lock_timeout: Annotated[float, typer.Option("--lock-timeout")] = 3600,
+    manifest: Annotated[str, typer.Argument(metavar="MANIFEST", help="Manifest TOML file.")],
+    lock_timeout: Annotated[
+        float, typer.Option("--lock-timeout", metavar="SECONDS", help="Seconds to wait for the models lease.")
+    ] = 3600,
 ) -> None:
     """Download and verify the manifest's models into the volume (once, under a lease)."""
     from .manifest import load_manifest
@@ -290,7 +302,9 @@ def key_generate_cmd(
 @app.command("push")
 def push_cmd(
     ctx: typer.Context,
-    target: Annotated[str, typer.Argument(help="ENV (its current snapshot) or SNAPSHOT id.")],
+    target: Annotated[
+        str, typer.Argument(metavar="TARGET", help="ENV (its current snapshot) or SNAPSHOT id.")
+    ],
     to: Annotated[str, typer.Option("--to", help="s3://BUCKET/PREFIX or file:///DIR")],
     endpoint: Annotated[
         str | None, typer.Option("--endpoint", envvar="AWS_ENDPOINT_URL", help="S3 endpoint URL.")
@@ -316,7 +330,9 @@ def push_cmd(
 @app.command("pull")
 def pull_cmd(
     ctx: typer.Context,
-    target: Annotated[str | None, typer.Argument(help="ENV (the remote's current) or SNAPSHOT id.")] = None,
+    target: Annotated[
+        str | None, typer.Argument(metavar="TARGET", help="ENV (the remote's current) or SNAPSHOT id.")
+    ] = None,
     from_: Annotated[str, typer.Option("--from", help="s3://BUCKET/PREFIX or file:///DIR")] = "",
     endpoint: Annotated[
         str | None, typer.Option("--endpoint", envvar="AWS_ENDPOINT_URL", help="S3 endpoint URL.")
@@ -325,7 +341,9 @@ def pull_cmd(
     no_switch: Annotated[
         bool, typer.Option("--no-switch", help="Do not make it the env's current snapshot.")
     ] = False,
-    lock_timeout: Annotated[float, typer.Option("--lock-timeout")] = 900,
+    lock_timeout: Annotated[
+        float, typer.Option("--lock-timeout", metavar="SECONDS", help="Seconds to wait for the env's lease.")
+    ] = 900,
     trust_unsigned: Annotated[bool, TRUST_UNSIGNED] = False,
 ) -> None:
     """Fetch a snapshot into this volume, verified at full before it becomes visible."""
@@ -353,7 +371,9 @@ def pull_cmd(
 @app.command("pack")
 def pack_cmd(
     ctx: typer.Context,
-    target: Annotated[str, typer.Argument(help="ENV (its current snapshot) or SNAPSHOT id.")],
+    target: Annotated[
+        str, typer.Argument(metavar="TARGET", help="ENV (its current snapshot) or SNAPSHOT id.")
+    ],
 ) -> None:
     """Store a snapshot as zstd packs beside it (for push and for --materialize)."""
     from .packs import pack_snapshot
@@ -375,7 +395,10 @@ def pack_cmd(
 def init_cmd(
     ctx: typer.Context,
     source: Annotated[
-        Path, typer.Argument(help="A requirements.txt, a pyproject.toml, a uv.lock, or a folder with one.")
+        Path,
+        typer.Argument(
+            metavar="SOURCE", help="A requirements.txt, a pyproject.toml, a uv.lock, or a folder with one."
+        ),
     ],
     name: Annotated[str | None, typer.Option("--name", help="Env name (default: the project's).")] = None,
     python: Annotated[str | None, typer.Option("--python", help="Python request (e.g. 3.11).")] = None,

@@ -96,7 +96,7 @@ def pin(paths: VolumePaths, snapshot: str, *, on: bool) -> SwitchResult:
     else:
         try:
             marker.unlink()
-        except FileNotFoundError:
-            pass
+        except FileNotFoundError:  # say so: "unpinned" would claim a change that did not happen
+            return SwitchResult(env, snapshot, None, "not pinned")
     store.log_event(paths, env, "pin" if on else "unpin", snapshot=snapshot)
     return SwitchResult(env, snapshot, None, "pinned" if on else "unpinned")
