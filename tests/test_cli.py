@@ -236,6 +236,16 @@ def test_min_free_takes_units(tmp_path: Path, root: Path, wheelhouse: Path) -> N
     assert r.returncode == 0, r.stderr
 
 
+def test_status_sizes_share_a_unit(built: tuple[Path, Path]) -> None:
+    import re
+
+    root, _ = built
+    r = volenv("--root", root, "status")
+    row = next(line for line in r.stdout.splitlines() if snapshot_of(root, "web") in line)
+    units = re.findall(r"\d+(?:\.\d+)? (B|KiB|MiB|GiB|TiB)\b", row)
+    assert len(units) == 2 and units[0] == units[1], row
+
+
 def test_doctor_exits_nonzero_on_a_problem(tmp_path: Path, root: Path, wheelhouse: Path) -> None:
     manifest = write_manifest(tmp_path, "app", ["alpha==1.0"], find_links=wheelhouse)
     assert volenv("--root", root, "sync", manifest).returncode == 0

@@ -37,6 +37,7 @@ def _console(stderr: bool, color: str = "auto", silent: bool = False) -> Console
         force_terminal=False if plain else force,
         color_system=None if plain else "auto",
         highlight=False,
+        emoji=False,  # a path or a package named `:x:` is text
         width=None if (stream.isatty() or force) else _PIPE_WIDTH,
     )
 
@@ -95,15 +96,28 @@ def emit_json(command: str, result: Any) -> None:
     sys.stdout.flush()
 
 
-def human_bytes(n: int | None) -> str:
+_BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+
+
+def _unit_of(n: int) -> str:
+    value = float(n)
+    for unit in _BYTE_UNITS:
+        if value < 1024 or unit == "TiB":
+            return unit
+        value /= 1024
+    return "TiB"
+
+
+def human_bytes(n: int | None, unit: str | None = None) -> str:
+    """`n` in binary units; `unit` forces one (status prints apparent and unique alike)."""
     if n is None:
         return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
+    forced = unit is not None
+    unit = unit or _unit_of(n)
+    value = n / 1024 ** _BYTE_UNITS.index(unit)
+    if unit == "B":
+        return f"{value:.0f} {unit}"
+    return f"{value:.2f} {unit}" if forced and value < 1 else f"{value:.1f} {unit}"
 
 
 def human_time(ts: float | None) -> str:
@@ -154,7 +168,7 @@ def render_status(r: Any, quiet: int) -> None:
                 human_time(s.created),
                 esc(s.python or "-"),
                 human_bytes(s.apparent_bytes),
-                human_bytes(s.unique_bytes),
+                human_bytes(s.unique_bytes, _unit_of(s.apparent_bytes) if s.apparent_bytes else None),
                 human_time(s.last_used),
                 groups,
                 state,
