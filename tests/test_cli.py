@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import select
 import shlex
 import subprocess
@@ -203,6 +204,10 @@ def test_help_texts_and_metavars() -> None:
         for p in getattr(cmd, "params", []):
             if p.param_type_name == "option" and not p.help and "--help" not in p.opts:
                 missing.append(f"{path} {p.opts[0]}")
+            # a value's metavar is a word (SECONDS, FILE, ENV), not <str>/{env}; choices list themselves
+            takes_value = not (p.param_type_name == "option" and (p.is_flag or p.count))
+            if takes_value and not p.metavar and getattr(p.type, "name", "") != "choice":
+                missing.append(f"{path} {p.name}: no metavar")
 
     walk(typer.main.get_command(app), "volenv")
     assert not missing, missing
@@ -234,11 +239,13 @@ def test_min_free_takes_units(tmp_path: Path, root: Path, wheelhouse: Path) -> N
     assert r.returncode == 6, r.stderr
     r = volenv("--root", root, "sync", "--min-free", "1M", manifest)
     assert r.returncode == 0, r.stderr
+    # item 7's summary line: what was built, how long, packages, files, bytes
+    assert re.search(r"^built app-[0-9a-f]+ in [\d.]+ s: 1 package, \d+ files, [\d.]+ KiB", r.stderr, re.M), (
+        r.stderr
+    )
 
 
 def test_status_sizes_share_a_unit(built: tuple[Path, Path]) -> None:
-    import re
-
     root, _ = built
     r = volenv("--root", root, "status")
     row = next(line for line in r.stdout.splitlines() if snapshot_of(root, "web") in line)

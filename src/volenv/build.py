@@ -755,6 +755,9 @@ class _Build:
             entries, stats = self._refresh_damaged(mismatches)
         self.stats.update(files=stats.files, hashed=stats.hashed, hash_reused=stats.reused)
         self.stats["bytes_hashed"] = stats.bytes_hashed
+        # for the one-line summary `sync` leaves on screen: packages, files, bytes
+        self.stats["packages"] = sum(e.path.endswith(".dist-info/METADATA") for e in entries)
+        self.stats["bytes"] = sum(e.size for e in entries if e.type == "f")
         atomic_write_bytes(self.staging / META_DIR / RECORD_NAME, encode_record(entries))
         return entries
 

@@ -223,7 +223,7 @@ def sync(
     refresh: Annotated[bool, typer.Option("--refresh", help="Re-resolve unpinned requirements.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
     lock_timeout: Annotated[
-        float, typer.Option("--lock-timeout", help="Seconds to wait for the build lease.")
+        float, typer.Option("--lock-timeout", metavar="SECONDS", help="Seconds to wait for the build lease.")
     ] = 900,
     min_free: Annotated[
         str | None,
@@ -244,11 +244,15 @@ def sync(
     ] = False,
     from_env: Annotated[
         str | None,
-        typer.Option("--from-env", help="Read the manifest's text from this environment variable."),
+        typer.Option(
+            "--from-env", metavar="VAR", help="Read the manifest's text from this environment variable."
+        ),
     ] = None,
     result: Annotated[
         Path | None,
-        typer.Option("--result", help="Also write the JSON result to this file (provisioning pods)."),
+        typer.Option(
+            "--result", metavar="FILE", help="Also write the JSON result to this file (provisioning pods)."
+        ),
     ] = None,
     reinstall: Annotated[
         list[str] | None,
@@ -335,12 +339,14 @@ class EnvFormat(str, Enum):
 @app.command("env")
 def env_cmd(
     ctx: typer.Context,
-    manifest: Annotated[str | None, typer.Option("--manifest", "-m", help="Manifest TOML file.")] = None,
+    manifest: Annotated[
+        str | None, typer.Option("--manifest", "-m", metavar="FILE", help="Manifest TOML file.")
+    ] = None,
     env: Annotated[
-        str | None, typer.Option("--env", "-e", help="Env name (uses its current snapshot).")
+        str | None, typer.Option("--env", "-e", metavar="NAME", help="Env name (uses its current snapshot).")
     ] = None,
     fmt: Annotated[EnvFormat, typer.Option("--format", help="sh (for eval) or json.")] = EnvFormat.sh,
-    verify: Annotated[str, typer.Option("--verify", help="seal, stat or full.")] = "seal",
+    verify: Annotated[str, typer.Option("--verify", metavar="LEVEL", help="seal, stat or full.")] = "seal",
 ) -> None:
     """Print the activation environment: eval "$(volenv env --env NAME)"."""
     from .commands.envcmd import activation_env
@@ -388,7 +394,9 @@ TRUST_UNSIGNED = typer.Option(
 def list_cmd(
     ctx: typer.Context,
     env: Annotated[str | None, typer.Argument(metavar="ENV", help="Only this env.")] = None,
-    remote: Annotated[str | None, typer.Option("--remote", help="List what a bucket holds instead.")] = None,
+    remote: Annotated[
+        str | None, typer.Option("--remote", metavar="URL", help="List what a bucket holds instead.")
+    ] = None,
     trust_unsigned: Annotated[bool, TRUST_UNSIGNED] = False,
 ) -> None:
     """Like status, without the (slower) unique size computation; --remote URL for a bucket."""

@@ -130,7 +130,14 @@ def render_sync(r: Any, quiet: int) -> None:
     if quiet > 0:
         return
     verb = {"built": "built", "reused": "reused", "would-build": "would build", "would-reuse": "would reuse"}
-    _c().print(f"[bold]{esc(verb.get(r.action, r.action))}[/bold] {esc(r.snapshot)} ({r.seconds:.2f}s)")
+    head = f"[bold]{esc(verb.get(r.action, r.action))}[/bold] {esc(r.snapshot)} in {r.seconds:.1f} s"
+    s = r.stats or {}
+    if "packages" in s:  # the summary line that stays on screen after the spinners are gone
+        head += (
+            f": {s['packages']:,} package{'' if s['packages'] == 1 else 's'}, {s.get('files', 0):,} files,"
+            f" {human_bytes(s.get('bytes'))} ({human_bytes(s.get('bytes_hashed'))} hashed)"
+        )
+    _c().print(head)
     _c().print(f"  path: {esc(r.path)}")
     for g in r.groups:
         mark = "[green]installed[/green]" if g.state == "installed" else f"[yellow]{esc(g.state)}[/yellow]"
