@@ -127,15 +127,15 @@ _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 def parse_size(text: str, option: str) -> int:
     """`10G`, `500M`, `1.5GiB` (powers of 1024), `2GB` (powers of 1000), or plain bytes."""
     value = text.strip().upper().replace(" ", "")
-    decimal = value.endswith("B") and not value.endswith("IB") and len(value) > 1 and value[-2] in "KMGT"
-    unit_part = value.rstrip("IB") if value[-1:] == "B" else value
-    number = unit_part.rstrip("KMGT")
-    unit = unit_part[len(number) :]
+    binary_suffix = value.endswith("IB")
+    value = value[:-2] if binary_suffix else value.removesuffix("B")
+    unit = value[-1:] if value[-1:] in ("K", "M", "G", "T") else ""
+    decimal = bool(unit) and not binary_suffix and text.strip().upper().endswith("B")
     try:
-        amount = float(number)
+        amount = float(value[: len(value) - len(unit)])
     except ValueError:
         amount = -1.0
-    if not 0 <= amount < 1e30 or len(unit) > 1:
+    if not 0 <= amount < 1e30 or (binary_suffix and not unit):
         raise UsageError(
             f"{option}: {text!r} is not a size", hint="write bytes or a size such as 500M or 10G"
         )
