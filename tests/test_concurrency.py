@@ -274,7 +274,7 @@ def test_cache_on_another_filesystem_copies_and_status_warns(
         assert doc["envs"][0]["snapshots"][0]["link_mode"] == "copy"  # type: ignore[index]
         assert any("copying" in w for w in doc["warnings"])  # type: ignore[union-attr]
         human = volenv("--root", root, "status")
-        assert "(copied)" in human.stderr and "warning" in human.stderr
+        assert "(copied)" in human.stdout and "warning" in human.stderr, (human.stdout, human.stderr)
         _all_snapshots_verify(root)
 
 

@@ -408,7 +408,7 @@ def test_status_and_list(tmp_path: Path, root: Path, wheelhouse: Path) -> None:
     assert snap["link_mode"] == "hardlink" and snap["unique_bytes"] is not None
     assert snap["unique_bytes"] < snap["apparent_bytes"] + 1_000_000
     human = volenv("--root", root, "status")
-    assert human.returncode == 0 and snap["id"] in human.stderr and human.stdout == ""
+    assert human.returncode == 0 and snap["id"] in human.stdout and human.stderr == "", human.stderr
     listed = volenv("--root", root, "--json", "list").json()
     assert listed["envs"][0]["snapshots"][0]["unique_bytes"] is None  # type: ignore[index]
 

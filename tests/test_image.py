@@ -613,8 +613,8 @@ def test_pod_with_the_volume_at_workspace(
     opts = ["-v", f"{vol}:/workspace", "-v", f"{mdir}:/m:ro"]
     env = {"RUNPOD_POD_ID": "pod-ws", "VOLENV_NO_PROGRESS": "1", "NO_COLOR": "1"}
     r = podman_run(opts, ["status"], env)
-    assert r.returncode == 0 and "root: /workspace/volenv (from /workspace)" in r.stderr, r.stderr
-    assert re.search(r"demo-[0-9a-f]{12} .* valid", r.stderr), r.stderr
+    assert r.returncode == 0 and "root: /workspace/volenv (from /workspace)" in r.stdout, r.stdout
+    assert re.search(r"demo-[0-9a-f]{12} .* valid", r.stdout), r.stdout
     assert "local fallback root" not in r.stderr
     r = podman_run(opts, ["verify", "--level", "full", "demo"], env)
     assert r.returncode == 0, r.stdout + r.stderr

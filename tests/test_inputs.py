@@ -235,7 +235,7 @@ def test_offline_git_dependency_says_why_logs_and_doctor_shows_it(
     assert failure["env"] == "gitdep" and "Could not resolve host" in failure["error"]
     assert failure["log"] == str(logs[0])
     r = volenv("--root", root, "doctor")
-    assert "last failure" in r.stderr and "gitdep" in r.stderr
+    assert "last failure" in r.stdout and "gitdep" in r.stdout, r.stdout
 
 
 # ---------------------------------------------------------------- item 6: output keeps extras

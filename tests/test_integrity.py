@@ -148,7 +148,7 @@ def test_damaged_file_names_its_package(built: tuple[Path, Path, Path]) -> None:
     problems = r.json()["reports"][0]["problems"]  # type: ignore[index]
     assert problems[0]["distribution"] == "beta-1.0"
     human = volenv("--root", root, "verify", snap.name, "--level", "full")
-    assert "beta-1.0" in human.stderr and "content-changed" in human.stderr
+    assert "beta-1.0" in human.stdout and "content-changed" in human.stdout
 
 
 def test_run_refuses_flipped_snapshot_at_full(built: tuple[Path, Path, Path]) -> None:

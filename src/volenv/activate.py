@@ -23,6 +23,7 @@ from .errors import (
     VerifyError,
     VolenvError,
     VolumeError,
+    shq,
 )
 from .leanjson import dumps_canonical, loads, read_record_bytes
 from .sealcheck import (
@@ -189,7 +190,7 @@ def find_snapshot(root: str, target: Target) -> str | None:
     if target.digest is not None:
         path = os.path.join(env_dir, "index", target.digest)
         return _pointer(path, target.env, f"the next `volenv sync` of its manifest writes {path} again")
-    hint = f"point it at a valid snapshot: volenv rollback {target.env} --to SNAPSHOT"
+    hint = f"point it at a valid snapshot: volenv rollback {shq(target.env)} --to SNAPSHOT"
     return _pointer(os.path.join(env_dir, "current"), target.env, hint)
 
 
@@ -336,6 +337,36 @@ RUN_USAGE = (
     "                 [--verify seal|stat|full] [--lock-timeout SECONDS] [--diagnose]\n"
     "                 [--materialize auto|always|never] [--materialize-dir DIR] -- CMD [ARGS...]"
 )
+RUN_HELP = (
+    RUN_USAGE
+    + """
+
+  Activate a verified snapshot and exec CMD in it (no shell, the process is replaced).
+
+Options:
+  -m, --manifest FILE     Manifest TOML: its snapshot (by digest), built if missing.
+  -e, --env NAME          An env's current snapshot (nothing to build from).
+  --on-missing POLICY     build (default), wait (for another builder) or fail (exit 3).
+  --verify LEVEL          seal (default), stat or full before exec; a failure is exit 4.
+  --lock-timeout SECONDS  How long to wait for another build's lease (default 900).
+  --materialize WHEN      auto, always or never (default): copy a packed snapshot to local disk.
+  --materialize-dir DIR   Where materialized snapshots go.
+  --diagnose              If activation fails, serve the reason to RunPod jobs instead of exiting.
+  -h, --help              Show this message and exit.
+
+Environment (options win over these):
+  VOLENV_ROOT                      volume root (like --root before `run`)
+  VOLENV_ON_MISSING                default for --on-missing
+  VOLENV_VERIFY                    default for --verify
+  VOLENV_LOCK_TIMEOUT              default for --lock-timeout
+  VOLENV_MATERIALIZE               default for --materialize
+  VOLENV_MATERIALIZE_DIR           default for --materialize-dir
+  VOLENV_MATERIALIZE_THRESHOLD_MS  metadata latency above which auto materializes (0.15)
+
+Set in CMD's environment: VIRTUAL_ENV, PATH, VOLENV_ENV, VOLENV_SNAPSHOT, VOLENV_ROOT,
+VOLENV_MODEL_<NAME> (each model's directory), and the manifest's [activate] variables."""
+)
+RUN_HINT = "see `volenv run --help`"
 
 
 def parse_run_args(argv: list[str]) -> RunOptions:
@@ -347,7 +378,7 @@ def parse_run_args(argv: list[str]) -> RunOptions:
             o.command = argv[i + 1 :]
             break
         if a in ("-h", "--help"):
-            print(RUN_USAGE)
+            print(RUN_HELP)
             raise SystemExit(0)
         key, eq, val = a.partition("=")
         takes = {
@@ -365,7 +396,7 @@ def parse_run_args(argv: list[str]) -> RunOptions:
             if not eq:
                 i += 1
                 if i >= len(argv):
-                    raise UsageError(f"{key} needs a value", hint=RUN_USAGE)
+                    raise UsageError(f"{key} needs a value", hint=RUN_HINT)
                 val = argv[i]
             if key in ("--manifest", "-m"):
                 o.manifest = val
@@ -387,7 +418,7 @@ def parse_run_args(argv: list[str]) -> RunOptions:
         elif a == "--diagnose":
             o.diagnose = True
         elif a.startswith("-"):
-            raise UsageError(f"run: unknown option {a!r}", hint=RUN_USAGE)
+            raise UsageError(f"run: unknown option {a!r}", hint=RUN_HINT)
         else:
             o.command = argv[i:]
             break
@@ -399,9 +430,9 @@ def parse_run_args(argv: list[str]) -> RunOptions:
     if o.verify not in VERIFY_LEVELS:
         raise UsageError(f"--verify: {o.verify!r} is not one of {', '.join(VERIFY_LEVELS)}")
     if (o.manifest is None) == (o.env is None):
-        raise UsageError("run: give exactly one of --manifest M or --env NAME", hint=RUN_USAGE)
+        raise UsageError("run: give exactly one of --manifest M or --env NAME", hint=RUN_HINT)
     if not o.command:
-        raise UsageError("run: no command given after --", hint=RUN_USAGE)
+        raise UsageError("run: no command given after --", hint=RUN_HINT)
     return o
 
 
@@ -487,7 +518,9 @@ def _missing_error(
     root: str, o: RunOptions, target: Target, sid: str | None, problem: SealProblem | VerifyError | None
 ) -> VolenvError:
     build_cmd = (
-        f"volenv --root {root} sync {o.manifest}" if o.manifest else f"volenv --root {root} sync MANIFEST"
+        f"volenv --root {shq(root)} sync {shq(o.manifest)}"
+        if o.manifest
+        else f"volenv --root {shq(root)} sync MANIFEST"
     )
     if problem is None:
         what = (
@@ -535,9 +568,13 @@ def _build_for(
             from dataclasses import asdict
 
             quarantine(paths, snap, str(problem), asdict(report) if report is not None else None)
-    reporter.info(f"no usable snapshot for '{target.env}'; building it")
+    if problem is None:  # not indexed yet: often an existing snapshot is reused (only [activate] changed)
+        reporter.info(f"no snapshot indexed for {o.manifest} yet; syncing it")
+    else:
+        reporter.info(f"snapshot {sid} of '{target.env}' is not usable; building it again")
     manifest = load_manifest(o.manifest)
-    sync(paths, manifest, SyncOptions(lock_timeout=o.lock_timeout, refresh=problem is not None))
+    outcome = sync(paths, manifest, SyncOptions(lock_timeout=o.lock_timeout, refresh=problem is not None))
+    reporter.info(f"{outcome.action} {outcome.snapshot}")
     target.digest = manifest.digest
 
 
@@ -621,7 +658,7 @@ def main_fast(root_opt: str | None, argv: list[str]) -> int:
     except VolenvError as exc:
         from .redact import redact_text
 
-        print(f"volenv: error: {redact_text(exc.message)}", file=sys.stderr)
+        print(f"error: {redact_text(exc.message)}", file=sys.stderr)
         if exc.cause:
             print(f"  cause: {redact_text(exc.cause)}", file=sys.stderr)
         if exc.hint:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, faults, store
-from .errors import BuildError, DiskSpaceError, UsageError, VolenvError, VolumeError, from_oserror
+from .errors import BuildError, DiskSpaceError, UsageError, VolenvError, VolumeError, from_oserror, shq
 from .fsutil import (
     atomic_write_bytes,
     atomic_write_json,
@@ -340,8 +340,8 @@ def find_interpreter(paths: VolumePaths, manifest: Manifest, log: ResolveLog | N
             f"no Python matching {manifest.python!r}: {last_error_line(proc)}",
             step="resolve",
             log_path=str(log.final) if log else None,
-            hint=f"install it in the image, or `uv python install {manifest.python}` with"
-            f" UV_PYTHON_INSTALL_DIR={paths.python}",
+            hint=f"install it in the image, or `UV_PYTHON_INSTALL_DIR={shq(paths.python)}"
+            f" uv python install {shq(manifest.python)}`",
         )
     return proc.stdout.strip().splitlines()[-1]
 
@@ -772,6 +772,9 @@ class _Build:
             entries, stats = self._refresh_damaged(mismatches)
         self.stats.update(files=stats.files, hashed=stats.hashed, hash_reused=stats.reused)
         self.stats["bytes_hashed"] = stats.bytes_hashed
+        # for the one-line summary `sync` leaves on screen: packages, files, bytes
+        self.stats["packages"] = sum(e.path.endswith(".dist-info/METADATA") for e in entries)
+        self.stats["bytes"] = sum(e.size for e in entries if e.type == "f")
         atomic_write_bytes(self.staging / META_DIR / RECORD_NAME, encode_record(entries))
         return entries
 

@@ -26,6 +26,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help and usage errors: no boxed panels, no escape codes
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -120,6 +121,28 @@ class RichProgress(ui.Progress):
         super().close()
 
 
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(text: str, option: str) -> int:
+    """`10G`, `500M`, `1.5GiB` (powers of 1024), `2GB` (powers of 1000), or plain bytes."""
+    value = text.strip().upper().replace(" ", "")
+    binary_suffix = value.endswith("IB")
+    value = value[:-2] if binary_suffix else value.removesuffix("B")
+    unit = value[-1:] if value[-1:] in ("K", "M", "G", "T") else ""
+    decimal = bool(unit) and not binary_suffix and text.strip().upper().endswith("B")
+    try:
+        amount = float(value[: len(value) - len(unit)])
+    except ValueError:
+        amount = -1.0
+    if not 0 <= amount < 1e30 or (binary_suffix and not unit):
+        raise UsageError(
+            f"{option}: {text!r} is not a size", hint="write bytes or a size such as 500M or 10G"
+        )
+    factor = 1000 ** "_KMGT".index(unit) if decimal else _SIZE_UNITS[unit]
+    return int(amount * factor)
+
+
 def _globals(ctx: typer.Context) -> GlobalOptions:
     obj = ctx.obj
     assert isinstance(obj, GlobalOptions)
@@ -132,47 +155,83 @@ class Color(str, Enum):
     never = "never"
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"volenv {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def main_callback(
     ctx: typer.Context,
     root: Annotated[
-        str | None, typer.Option("--root", envvar="VOLENV_ROOT", help="Volume root (default: discovered).")
+        str | None,
+        typer.Option(
+            "--root",  # VOLENV_ROOT is read by discover_root, which reports where the root came from
+            metavar="DIR",
+            help="Volume root (default: VOLENV_ROOT, else discovered).",
+        ),
     ] = None,
     json_out: Annotated[
-        bool, typer.Option("--json", help="One JSON document on stdout, nothing else there.")
+        bool,
+        typer.Option("--json", help="One JSON document on stdout (errors too), nothing else there."),
     ] = False,
-    quiet: Annotated[int, typer.Option("--quiet", "-q", count=True, help="Less output (-qq: none).")] = 0,
-    verbose: Annotated[
-        int, typer.Option("--verbose", "-v", count=True, help="More output (-vv: tracebacks).")
+    quiet: Annotated[
+        int,
+        typer.Option("--quiet", "-q", count=True, show_default=False, help="Less output (-qq: only errors)."),
     ] = 0,
-    color: Annotated[Color, typer.Option("--color", help="Colour output.")] = Color.auto,
+    verbose: Annotated[
+        int,
+        typer.Option(
+            "--verbose", "-v", count=True, show_default=False, help="More output (-vv: tracebacks)."
+        ),
+    ] = 0,
+    color: Annotated[
+        Color,
+        typer.Option("--color", metavar="WHEN", help="Colour: auto, always or never (NO_COLOR: never)."),
+    ] = Color.auto,
     no_progress: Annotated[
         bool, typer.Option("--no-progress", envvar="VOLENV_NO_PROGRESS", help="No spinners or progress bars.")
     ] = False,
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print volenv's version and exit."
+        ),
+    ] = False,
 ) -> None:
-    render.configure_console(color.value)
+    # global options go before or after the command word (`volenv status --json`): see main()
+    render.configure_console(color.value, quiet - verbose)
     verbosity = verbose - quiet
     ctx.obj = GlobalOptions(choose_root(root), json_out, verbose - quiet, not no_progress)
     ui.set_reporter(RichReporter(verbosity, not no_progress))
 
 
 @app.command()
-def version() -> None:
+def version(ctx: typer.Context) -> None:
     """Print volenv's version."""
-    print(__version__)
+    if _globals(ctx).json:
+        render.emit_json("version", {"volenv": __version__})
+    else:
+        render.out_line(__version__)
 
 
 @app.command()
 def sync(
     ctx: typer.Context,
-    manifest: Annotated[Path | None, typer.Argument(help="Manifest TOML file.")] = None,
+    manifest: Annotated[Path | None, typer.Argument(metavar="MANIFEST", help="Manifest TOML file.")] = None,
     refresh: Annotated[bool, typer.Option("--refresh", help="Re-resolve unpinned requirements.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
     lock_timeout: Annotated[
-        float, typer.Option("--lock-timeout", help="Seconds to wait for the build lease.")
+        float, typer.Option("--lock-timeout", metavar="SECONDS", help="Seconds to wait for the build lease.")
     ] = 900,
     min_free: Annotated[
-        int | None, typer.Option("--min-free", help="Bytes that must be free on the volume before a build.")
+        str | None,
+        typer.Option(
+            "--min-free",
+            metavar="SIZE",
+            help="Space that must be free on the volume before a build: bytes or 500M, 10G, 1.5GiB, 2GB.",
+        ),
     ] = None,
     offline: Annotated[
         bool, typer.Option("--offline", envvar="VOLENV_OFFLINE", help="Resolve from cache only.")
@@ -185,11 +244,15 @@ def sync(
     ] = False,
     from_env: Annotated[
         str | None,
-        typer.Option("--from-env", help="Read the manifest's text from this environment variable."),
+        typer.Option(
+            "--from-env", metavar="VAR", help="Read the manifest's text from this environment variable."
+        ),
     ] = None,
     result: Annotated[
         Path | None,
-        typer.Option("--result", help="Also write the JSON result to this file (provisioning pods)."),
+        typer.Option(
+            "--result", metavar="FILE", help="Also write the JSON result to this file (provisioning pods)."
+        ),
     ] = None,
     reinstall: Annotated[
         list[str] | None,
@@ -233,7 +296,7 @@ def sync(
             refresh=refresh,
             dry_run=dry_run,
             lock_timeout=lock_timeout,
-            min_free=min_free,
+            min_free=None if min_free is None else parse_size(min_free, "--min-free"),
             offline=offline,
             models=not no_models,
             pack=pack,
@@ -276,12 +339,14 @@ class EnvFormat(str, Enum):
 @app.command("env")
 def env_cmd(
     ctx: typer.Context,
-    manifest: Annotated[str | None, typer.Option("--manifest", "-m", help="Manifest TOML file.")] = None,
+    manifest: Annotated[
+        str | None, typer.Option("--manifest", "-m", metavar="FILE", help="Manifest TOML file.")
+    ] = None,
     env: Annotated[
-        str | None, typer.Option("--env", "-e", help="Env name (uses its current snapshot).")
+        str | None, typer.Option("--env", "-e", metavar="NAME", help="Env name (uses its current snapshot).")
     ] = None,
     fmt: Annotated[EnvFormat, typer.Option("--format", help="sh (for eval) or json.")] = EnvFormat.sh,
-    verify: Annotated[str, typer.Option("--verify", help="seal, stat or full.")] = "seal",
+    verify: Annotated[str, typer.Option("--verify", metavar="LEVEL", help="seal, stat or full.")] = "seal",
 ) -> None:
     """Print the activation environment: eval "$(volenv env --env NAME)"."""
     from .commands.envcmd import activation_env
@@ -309,7 +374,7 @@ def _status(ctx: typer.Context, env: str | None, sizes: bool, command: str) -> N
 @app.command()
 def status(
     ctx: typer.Context,
-    env: Annotated[str | None, typer.Argument(help="Only this env.")] = None,
+    env: Annotated[str | None, typer.Argument(metavar="ENV", help="Only this env.")] = None,
     sizes: Annotated[
         bool, typer.Option("--sizes/--no-sizes", help="Compute unique (hard-link aware) sizes.")
     ] = True,
@@ -328,18 +393,23 @@ TRUST_UNSIGNED = typer.Option(
 @app.command("list")
 def list_cmd(
     ctx: typer.Context,
-    env: Annotated[str | None, typer.Argument(help="Only this env.")] = None,
-    remote: Annotated[str | None, typer.Option("--remote", help="List what a bucket holds instead.")] = None,
+    env: Annotated[str | None, typer.Argument(metavar="ENV", help="Only this env.")] = None,
+    remote: Annotated[
+        str | None, typer.Option("--remote", metavar="URL", help="List what a bucket holds instead.")
+    ] = None,
     trust_unsigned: Annotated[bool, TRUST_UNSIGNED] = False,
 ) -> None:
     """Like status, without the (slower) unique size computation; --remote URL for a bucket."""
     if remote is not None:
-        from .remote import open_remote
+        from .remote import FileRemote, open_remote
         from .render import emit_json, render_switch_generic
         from .replicate import list_remote
         from .signing import Trust
 
-        listing = list_remote(open_remote(remote), Trust.from_env(trust_unsigned))
+        bucket = open_remote(remote)
+        if isinstance(bucket, FileRemote) and not bucket.base.is_dir():
+            raise UsageError(f"no bucket at {remote}: {bucket.base} does not exist")
+        listing = list_remote(bucket, Trust.from_env(trust_unsigned))
         emit_json("list", listing) if _globals(ctx).json else render_switch_generic(listing)
         return
     _status(ctx, env, False, "list")
@@ -364,20 +434,88 @@ def _log_traceback(root: Path | None) -> str | None:
     return None
 
 
+def hoist_globals(args: list[str]) -> list[str]:
+    """Global options written after the command word (`volenv status --json`, as uv allows) move
+    before it, where the typer callback reads them; `--` and everything after it stay put, and
+    `run` is left alone (its arguments are the command's)."""
+    from .__main__ import GLOBAL_FLAGS, GLOBAL_VALUED, _split_globals
+
+    rest, _root, _v = _split_globals(args)
+    head = args[: len(args) - len(rest)]
+    if not rest or rest[0] == "run":
+        return list(args)
+    moved: list[str] = []
+    kept: list[str] = []
+    i = 0
+    while i < len(rest):
+        a = rest[i]
+        if a == "--":
+            kept += rest[i:]
+            break
+        key, eq, _val = a.partition("=")
+        if key in GLOBAL_VALUED:
+            moved.append(a)
+            if not eq and i + 1 < len(rest):
+                i += 1
+                moved.append(rest[i])
+        elif a in GLOBAL_FLAGS:
+            moved.append(a)
+        else:
+            kept.append(a)
+        i += 1
+    return head + moved + kept
+
+
+def _wants_json(args: list[str]) -> bool:
+    from .__main__ import _split_globals
+
+    rest, _root, _v = _split_globals(args)
+    return "--json" in args[: len(args) - len(rest)]
+
+
+class _Failure:
+    """Renders an error once: on stderr always, and as a JSON document on stdout under --json."""
+
+    def __init__(self, json_out: bool) -> None:
+        self.json_out = json_out
+
+    def __call__(self, code: int, message: str, cause: str | None, hint: str | None) -> int:
+        render_error(message, cause, hint)
+        if self.json_out:
+            render.emit_json_error(code, message, cause, hint)
+        return code
+
+
+def _usage_error(exc: Exception) -> tuple[int, str, str] | None:
+    """typer's own usage errors (unknown option, missing argument, bad value) in the house style,
+    recognised by the documented shape of click's exceptions (typer vendors click, so their class
+    is not public): exit code, message, and a complete help command as the hint."""
+    code = getattr(exc, "exit_code", None)
+    format_message = getattr(exc, "format_message", None)
+    if not isinstance(code, int) or not callable(format_message):
+        return None
+    ctx = getattr(exc, "ctx", None)
+    path = getattr(ctx, "command_path", None) or "volenv"
+    return code, str(format_message()), f"see `{path} --help`"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """The one place that maps exceptions to messages and exit codes (typer handles its own
-    usage errors, exit 2, in standalone mode)."""
+    """The one place that maps exceptions to messages and exit codes, typer's usage errors
+    included (exit 2, same style, JSON under --json)."""
     _register_optional_commands()
-    args = sys.argv[1:] if argv is None else argv
+    args = hoist_globals(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("VOLENV_DEBUG") == "1" or "-vv" in args
+    fail = _Failure(_wants_json(args))
     try:
-        app(args=args, prog_name="volenv", standalone_mode=True)
-        return 0
+        code = app(args=args, prog_name="volenv", standalone_mode=False)
+        return code if isinstance(code, int) else 0
     except SystemExit as exc:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
+    except typer.Abort:
+        return fail(130, "interrupted", None, None)
     except VolenvError as exc:
-        render_error(exc.message, exc.cause, exc.hint)
+        fail(exc.exit_code, exc.message, exc.cause, exc.hint)
         if debug:
             traceback.print_exc()
         return exc.exit_code
@@ -387,18 +525,21 @@ def main(argv: list[str] | None = None) -> int:
         mapped = from_oserror(exc, "volume access failed")
         if mapped.exit_code == EXIT_INTERNAL:
             where = _log_traceback(_root_from_args(args))
-            render_error(f"internal error: {exc}", None, f"traceback in {where}" if where else None)
-            return EXIT_INTERNAL
-        render_error(mapped.message, mapped.cause, mapped.hint)
-        return mapped.exit_code
+            hint = f"traceback in {where}" if where else None
+            return fail(EXIT_INTERNAL, f"internal error: {exc}", None, hint)
+        return fail(mapped.exit_code, mapped.message, mapped.cause, mapped.hint)
     except KeyboardInterrupt:
-        render_error("interrupted", None, None)
-        return 130
+        return fail(130, "interrupted", None, None)
     except Exception as exc:
+        usage = _usage_error(exc)
+        if usage is not None and type(exc).__name__ == "NoArgsIsHelpError":
+            exc.show()  # type: ignore[attr-defined]  # `volenv` alone: the help (exit 2), as before
+            return usage[0]
+        if usage is not None:
+            return fail(*usage[:2], None, usage[2])
         where = _log_traceback(_root_from_args(args))
-        render_error(
-            f"internal error: {type(exc).__name__}: {exc}", None, f"traceback in {where}" if where else None
-        )
+        hint = f"traceback in {where}" if where else None
+        fail(EXIT_INTERNAL, f"internal error: {type(exc).__name__}: {exc}", None, hint)
         if debug:
             traceback.print_exc()
         return EXIT_INTERNAL

@@ -21,7 +21,9 @@ class Level(str, Enum):
 @app.command("verify")
 def verify_cmd(
     ctx: typer.Context,
-    target: Annotated[str | None, typer.Argument(help="ENV (its current snapshot) or SNAPSHOT id.")] = None,
+    target: Annotated[
+        str | None, typer.Argument(metavar="TARGET", help="ENV (its current snapshot) or SNAPSHOT id.")
+    ] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every snapshot on the volume.")] = False,
     level: Annotated[Level, typer.Option("--level", "-l", help="seal, stat or full.")] = Level.stat,
     repair: Annotated[
@@ -48,7 +50,9 @@ def verify_cmd(
 
 
 @app.command("history")
-def history_cmd(ctx: typer.Context, env: Annotated[str, typer.Argument(help="Env name.")]) -> None:
+def history_cmd(
+    ctx: typer.Context, env: Annotated[str, typer.Argument(metavar="ENV", help="Env name.")]
+) -> None:
     """Generations of ENV: every switch of its current pointer."""
     from .commands.versions import history
     from .render import emit_json, render_history
@@ -61,11 +65,14 @@ def history_cmd(ctx: typer.Context, env: Annotated[str, typer.Argument(help="Env
 @app.command("rollback")
 def rollback_cmd(
     ctx: typer.Context,
-    env: Annotated[str, typer.Argument(help="Env name.")],
+    env: Annotated[str, typer.Argument(metavar="ENV", help="Env name.")],
     to: Annotated[
-        str | None, typer.Option("--to", help="Snapshot id (default: the previous generation).")
+        str | None,
+        typer.Option("--to", metavar="URL", help="Snapshot id (default: the previous generation)."),
     ] = None,
-    lock_timeout: Annotated[float, typer.Option("--lock-timeout")] = 60,
+    lock_timeout: Annotated[
+        float, typer.Option("--lock-timeout", metavar="SECONDS", help="Seconds to wait for the env's lock.")
+    ] = 60,
 ) -> None:
     """Switch ENV's current pointer back (one atomic switch; the target must verify at seal)."""
     from .commands.versions import rollback
@@ -77,7 +84,9 @@ def rollback_cmd(
 
 
 @app.command("pin")
-def pin_cmd(ctx: typer.Context, snapshot: Annotated[str, typer.Argument(help="Snapshot id.")]) -> None:
+def pin_cmd(
+    ctx: typer.Context, snapshot: Annotated[str, typer.Argument(metavar="SNAPSHOT", help="Snapshot id.")]
+) -> None:
     """Keep SNAPSHOT through every gc."""
     from .commands.versions import pin
     from .render import emit_json, render_switch
@@ -88,7 +97,9 @@ def pin_cmd(ctx: typer.Context, snapshot: Annotated[str, typer.Argument(help="Sn
 
 
 @app.command("unpin")
-def unpin_cmd(ctx: typer.Context, snapshot: Annotated[str, typer.Argument(help="Snapshot id.")]) -> None:
+def unpin_cmd(
+    ctx: typer.Context, snapshot: Annotated[str, typer.Argument(metavar="SNAPSHOT", help="Snapshot id.")]
+) -> None:
     """Let gc consider SNAPSHOT again."""
     from .commands.versions import pin
     from .render import emit_json, render_switch
@@ -101,9 +112,16 @@ def unpin_cmd(ctx: typer.Context, snapshot: Annotated[str, typer.Argument(help="
 @app.command("gc")
 def gc_cmd(
     ctx: typer.Context,
-    keep: Annotated[int, typer.Option("--keep", help="Keep the newest N snapshots per env.")] = 2,
+    keep: Annotated[
+        int, typer.Option("--keep", metavar="N", help="Keep the newest N snapshots per env.")
+    ] = 2,
     keep_within: Annotated[
-        str, typer.Option("--keep-within", help="Keep snapshots used within this long (0s, 12h, 7d, 2w).")
+        str,
+        typer.Option(
+            "--keep-within",
+            metavar="DURATION",
+            help="Keep snapshots used within this long (0s, 12h, 7d, 2w).",
+        ),
     ] = "7d",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before removing.")] = False,
@@ -150,8 +168,10 @@ app.add_typer(models_app, name="models")
 @models_app.command("fetch")
 def models_fetch_cmd(
     ctx: typer.Context,
-    manifest: Annotated[str, typer.Argument(help="Manifest TOML file.")],
-    lock_timeout: Annotated[float, typer.Option("--lock-timeout")] = 3600,
+    manifest: Annotated[str, typer.Argument(metavar="MANIFEST", help="Manifest TOML file.")],
+    lock_timeout: Annotated[
+        float, typer.Option("--lock-timeout", metavar="SECONDS", help="Seconds to wait for the models lease.")
+    ] = 3600,
 ) -> None:
     """Download and verify the manifest's models into the volume (once, under a lease)."""
     from .manifest import load_manifest
@@ -170,7 +190,7 @@ def models_fetch_cmd(
 def models_list_cmd(
     ctx: typer.Context,
     manifest: Annotated[
-        str | None, typer.Option("--manifest", "-m", help="Only this manifest's models.")
+        str | None, typer.Option("--manifest", "-m", metavar="FILE", help="Only this manifest's models.")
     ] = None,
 ) -> None:
     """Models on the volume (or a manifest's models and whether they are present)."""
@@ -187,7 +207,7 @@ def models_list_cmd(
 def models_verify_cmd(
     ctx: typer.Context,
     manifest: Annotated[
-        str | None, typer.Option("--manifest", "-m", help="Only this manifest's models.")
+        str | None, typer.Option("--manifest", "-m", metavar="FILE", help="Only this manifest's models.")
     ] = None,
     level: Annotated[Level, typer.Option("--level", "-l", help="seal, stat or full.")] = Level.stat,
 ) -> None:
@@ -226,23 +246,34 @@ def doctor_cmd(ctx: typer.Context) -> None:
 @app.command("provision")
 def provision_cmd(
     ctx: typer.Context,
-    volume_id: Annotated[str, typer.Option("--volume-id", help="RunPod network volume id.")],
-    manifest: Annotated[str, typer.Option("--manifest", "-m", help="Manifest TOML file (sent to the pod).")],
+    volume_id: Annotated[str, typer.Option("--volume-id", metavar="ID", help="RunPod network volume id.")],
+    manifest: Annotated[
+        str, typer.Option("--manifest", "-m", metavar="FILE", help="Manifest TOML file (sent to the pod).")
+    ],
     image: Annotated[
         str,
-        typer.Option("--image", envvar="VOLENV_PROVISION_IMAGE", help="Image built from Dockerfile.runpod."),
+        typer.Option(
+            "--image",
+            metavar="IMAGE",
+            envvar="VOLENV_PROVISION_IMAGE",
+            help="Image built from Dockerfile.runpod.",
+        ),
     ],
     gpu_type: Annotated[
-        str | None, typer.Option("--gpu-type", help="GPU type id (default: a CPU pod).")
+        str | None, typer.Option("--gpu-type", metavar="TYPE", help="GPU type id (default: a CPU pod).")
     ] = None,
     data_center: Annotated[
-        str | None, typer.Option("--data-center", help="e.g. EU-RO-1 (default: the volume's).")
+        str | None, typer.Option("--data-center", metavar="ID", help="e.g. EU-RO-1 (default: the volume's).")
     ] = None,
     wait: Annotated[
         bool, typer.Option("--wait/--no-wait", help="Poll until the sync finished, then terminate.")
     ] = True,
-    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the pod.")] = 3600,
-    poll: Annotated[float, typer.Option("--poll", help="Seconds between status polls.")] = 10,
+    timeout: Annotated[
+        float, typer.Option("--timeout", metavar="SECONDS", help="Seconds to wait for the pod.")
+    ] = 3600,
+    poll: Annotated[
+        float, typer.Option("--poll", metavar="SECONDS", help="Seconds between status polls.")
+    ] = 10,
 ) -> None:
     """Build a manifest's snapshot on a network volume from a one-off RunPod pod."""
     from pathlib import Path
@@ -263,9 +294,12 @@ app.add_typer(key_app, name="key")
 @key_app.command("generate")
 def key_generate_cmd(
     ctx: typer.Context,
-    name: Annotated[str, typer.Option("--name", help="Key name (recorded in each signature).")] = "volenv",
+    name: Annotated[
+        str, typer.Option("--name", metavar="NAME", help="Key name (recorded in each signature).")
+    ] = "volenv",
     out: Annotated[
-        str | None, typer.Option("--out", help="Secret key file to create (default: NAME.key).")
+        str | None,
+        typer.Option("--out", metavar="FILE", help="Secret key file to create (default: NAME.key)."),
     ] = None,
 ) -> None:
     """Create a signing key: writes the secret key file (0600), prints the public key for
@@ -290,15 +324,22 @@ def key_generate_cmd(
 @app.command("push")
 def push_cmd(
     ctx: typer.Context,
-    target: Annotated[str, typer.Argument(help="ENV (its current snapshot) or SNAPSHOT id.")],
-    to: Annotated[str, typer.Option("--to", help="s3://BUCKET/PREFIX or file:///DIR")],
+    target: Annotated[
+        str, typer.Argument(metavar="TARGET", help="ENV (its current snapshot) or SNAPSHOT id.")
+    ],
+    to: Annotated[str, typer.Option("--to", metavar="URL", help="s3://BUCKET/PREFIX or file:///DIR")],
     endpoint: Annotated[
-        str | None, typer.Option("--endpoint", envvar="AWS_ENDPOINT_URL", help="S3 endpoint URL.")
+        str | None,
+        typer.Option("--endpoint", metavar="URL", envvar="AWS_ENDPOINT_URL", help="S3 endpoint URL."),
     ] = None,
-    region: Annotated[str | None, typer.Option("--region", envvar="AWS_REGION", help="S3 region.")] = None,
+    region: Annotated[
+        str | None, typer.Option("--region", metavar="REGION", envvar="AWS_REGION", help="S3 region.")
+    ] = None,
     signing_key: Annotated[
         str | None,
-        typer.Option("--signing-key", help="ed25519 secret key file (default: $VOLENV_SIGNING_KEY)."),
+        typer.Option(
+            "--signing-key", metavar="FILE", help="ed25519 secret key file (default: $VOLENV_SIGNING_KEY)."
+        ),
     ] = None,
 ) -> None:
     """Send a sealed snapshot (and its models) to object storage as content-addressed packs."""
@@ -316,16 +357,25 @@ def push_cmd(
 @app.command("pull")
 def pull_cmd(
     ctx: typer.Context,
-    target: Annotated[str | None, typer.Argument(help="ENV (the remote's current) or SNAPSHOT id.")] = None,
-    from_: Annotated[str, typer.Option("--from", help="s3://BUCKET/PREFIX or file:///DIR")] = "",
-    endpoint: Annotated[
-        str | None, typer.Option("--endpoint", envvar="AWS_ENDPOINT_URL", help="S3 endpoint URL.")
+    target: Annotated[
+        str | None, typer.Argument(metavar="TARGET", help="ENV (the remote's current) or SNAPSHOT id.")
     ] = None,
-    region: Annotated[str | None, typer.Option("--region", envvar="AWS_REGION", help="S3 region.")] = None,
+    from_: Annotated[
+        str, typer.Option("--from", metavar="URL", help="s3://BUCKET/PREFIX or file:///DIR")
+    ] = "",
+    endpoint: Annotated[
+        str | None,
+        typer.Option("--endpoint", metavar="URL", envvar="AWS_ENDPOINT_URL", help="S3 endpoint URL."),
+    ] = None,
+    region: Annotated[
+        str | None, typer.Option("--region", metavar="REGION", envvar="AWS_REGION", help="S3 region.")
+    ] = None,
     no_switch: Annotated[
         bool, typer.Option("--no-switch", help="Do not make it the env's current snapshot.")
     ] = False,
-    lock_timeout: Annotated[float, typer.Option("--lock-timeout")] = 900,
+    lock_timeout: Annotated[
+        float, typer.Option("--lock-timeout", metavar="SECONDS", help="Seconds to wait for the env's lease.")
+    ] = 900,
     trust_unsigned: Annotated[bool, TRUST_UNSIGNED] = False,
 ) -> None:
     """Fetch a snapshot into this volume, verified at full before it becomes visible."""
@@ -353,7 +403,9 @@ def pull_cmd(
 @app.command("pack")
 def pack_cmd(
     ctx: typer.Context,
-    target: Annotated[str, typer.Argument(help="ENV (its current snapshot) or SNAPSHOT id.")],
+    target: Annotated[
+        str, typer.Argument(metavar="TARGET", help="ENV (its current snapshot) or SNAPSHOT id.")
+    ],
 ) -> None:
     """Store a snapshot as zstd packs beside it (for push and for --materialize)."""
     from .packs import pack_snapshot
@@ -375,26 +427,37 @@ def pack_cmd(
 def init_cmd(
     ctx: typer.Context,
     source: Annotated[
-        Path, typer.Argument(help="A requirements.txt, a pyproject.toml, a uv.lock, or a folder with one.")
+        Path,
+        typer.Argument(
+            metavar="SOURCE", help="A requirements.txt, a pyproject.toml, a uv.lock, or a folder with one."
+        ),
     ],
-    name: Annotated[str | None, typer.Option("--name", help="Env name (default: the project's).")] = None,
-    python: Annotated[str | None, typer.Option("--python", help="Python request (e.g. 3.11).")] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", metavar="NAME", help="Env name (default: the project's).")
+    ] = None,
+    python: Annotated[
+        str | None, typer.Option("--python", metavar="VERSION", help="Python request (e.g. 3.11).")
+    ] = None,
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Manifest to write (default: volenv.toml beside SOURCE)."),
+        typer.Option(
+            "--output", "-o", metavar="FILE", help="Manifest to write (default: volenv.toml beside SOURCE)."
+        ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing manifest/lockfile.")] = False,
     lock: Annotated[
         bool, typer.Option("--lock", help="Also write a pylock.toml with uv; the manifest uses it.")
     ] = False,
     index_url: Annotated[
-        str | None, typer.Option("--index-url", help="Package index for the manifest.")
+        str | None, typer.Option("--index-url", metavar="URL", help="Package index for the manifest.")
     ] = None,
     extra_index_url: Annotated[
-        list[str] | None, typer.Option("--extra-index-url", help="More package indexes (repeatable).")
+        list[str] | None,
+        typer.Option("--extra-index-url", metavar="URL", help="More package indexes (repeatable)."),
     ] = None,
     find_links: Annotated[
-        list[str] | None, typer.Option("--find-links", help="Wheel folders or pages (repeatable).")
+        list[str] | None,
+        typer.Option("--find-links", metavar="PATH", help="Wheel folders or pages (repeatable)."),
     ] = None,
     no_index: Annotated[bool, typer.Option("--no-index", help="Only --find-links, no index.")] = False,
 ) -> None:

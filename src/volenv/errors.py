@@ -143,6 +143,18 @@ def from_oserror(exc: OSError, doing: str) -> VolenvError:
     return err
 
 
+_SHELL_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789@%+=:,./-_")
+
+
+def shq(value: object) -> str:
+    """shlex.quote without importing re (the `run` fast path builds hints too): a hint that is a
+    command must paste into a shell as it reads (`>=3.12,<3.13` is a redirect unquoted)."""
+    text = str(value)
+    if text and all(c in _SHELL_SAFE for c in text):
+        return text
+    return "'" + text.replace("'", "'\"'\"'") + "'"
+
+
 def missing_extra(package: str, extra: str, error: type[VolenvError] = UsageError) -> VolenvError:
     """runpod, boto3 and huggingface_hub are optional extras (a lean `pip install volenv`):
     the command that needs one says which extra installs it."""

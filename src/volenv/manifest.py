@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ManifestError
+from .errors import ManifestError, shq
 from .redact import redact_url
 
 SCHEMA = 1
@@ -330,7 +330,7 @@ def _refuse_foreign(c: _Checker, p: Path, kind: str) -> None:
     if kind == "pylock":
         hint = f'use it from a manifest: lockfile = "{p.name}"'
     else:
-        hint = f"write a manifest from it: volenv init {p}"
+        hint = f"write a manifest from it: volenv init {shq(p)}"
     raise c.fail("(file)", f"this is {what}, not a volenv manifest", hint=hint)
 
 

@@ -239,7 +239,7 @@ def _fetch_url(paths: VolumePaths, spec: ModelSpec, dest: Path) -> list[dict[str
                     if attempt == ATTEMPTS:
                         raise ModelError(
                             f"model '{spec.name}': download failed after {ATTEMPTS} attempts: {exc}",
-                            hint="check the URL and the network, then `volenv models fetch` again",
+                            hint="check the URL and the network, then `volenv models fetch MANIFEST` again",
                         ) from None
                     reporter.warn(
                         f"model '{spec.name}': {exc}; resuming at byte {state.have} in {delay:.1f}s"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import DamagedRecord, VolumeError, from_oserror
+from .errors import DamagedRecord, VolumeError, from_oserror, shq
 from .fsutil import (
     ContainmentError,
     append_line,
@@ -42,7 +42,7 @@ def open_volume(paths: VolumePaths, *, create: bool) -> None:
         if not create:
             raise VolumeError(
                 f"volume root {root} does not exist",
-                hint=f"build something first: volenv --root {root} sync MANIFEST",
+                hint=f"build something first: volenv --root {shq(root)} sync MANIFEST",
             )
         try:
             root.mkdir(parents=True, exist_ok=True)
@@ -126,7 +126,7 @@ def write_index(paths: VolumePaths, env: str, manifest_digest: str, snapshot_id:
 
 
 def read_current(paths: VolumePaths, env: str) -> str | None:
-    hint = f"point it at a valid snapshot: volenv rollback {env} --to SNAPSHOT"
+    hint = f"point it at a valid snapshot: volenv rollback {shq(env)} --to SNAPSHOT"
     return _read_pointer(paths.current(env), "current pointer", env, hint)
 
 

@@ -71,6 +71,8 @@ class DoctorReport:
             return 8
         if any(s.seal != "valid" for s in self.snapshots if s.current):
             return 4
+        if self.problems:  # every problem it reports is a reason to exit non-zero (scripts, CI)
+            return 8 if not self.writable else 4
         return 0
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ManifestError, UsageError
+from ..errors import ManifestError, UsageError, shq
 from ..manifest import SLUG, load_manifest
 from ..ui import reporter
 
@@ -205,7 +205,7 @@ def _read_pyproject(source: Path, data: dict[str, Any], opts: InitOptions, cli_i
     if "dependencies" in (project.get("dynamic") or []):
         raise UsageError(
             f"{source}: its dependencies are dynamic (computed by the build backend)",
-            hint=f"uv pip compile {source} -o requirements.txt, then volenv init requirements.txt",
+            hint=f"uv pip compile {shq(source)} -o requirements.txt, then volenv init requirements.txt",
         )
     deps = _string_list(project.get("dependencies", []), source, "project.dependencies")
     extras = project.get("optional-dependencies", {}) or {}

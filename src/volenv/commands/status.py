@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 
 from .. import store
-from ..errors import VolenvError
+from ..errors import UsageError, VolenvError
 from ..paths import VolumePaths
 from ..sealcheck import SealProblem, check_seal
 
@@ -91,6 +91,10 @@ def scan(
             warnings.append(f"{env}: {exc.message}")
             generations = 0
         envs.append(EnvInfo(env, current, tuple(snaps), generations))
+    if env_filter and not envs:  # a typo is not "no environments yet"
+        raise UsageError(
+            f"no env named {env_filter!r} under {paths.root}", hint="`volenv list` shows the envs"
+        )
     return StatusReport(str(paths.root), root_source, True, free, tuple(envs), tuple(warnings))
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
 from .. import store
 from ..errors import DamagedRecord, UsageError, VerifyError
-from ..fsutil import atomic_write_json, safe_mkdirs, safe_unlink
+from ..fsutil import atomic_write_json, contained, safe_mkdirs
 from ..locks import BuildLease
 from ..paths import VolumePaths, env_from_snapshot_id
 from ..sealcheck import SealProblem, check_seal
@@ -94,6 +95,10 @@ def pin(paths: VolumePaths, snapshot: str, *, on: bool) -> SwitchResult:
     if on:
         atomic_write_json(marker, {"schema": 1, "snapshot": snapshot, "time": time.time()}, root=paths.root)
     else:
-        safe_unlink(marker, paths.root)
+        with contained(marker, paths.root) as (fd, name):  # a link above it is refused
+            try:
+                os.unlink(name, dir_fd=fd)
+            except FileNotFoundError:  # say so: "unpinned" would claim a change that did not happen
+                return SwitchResult(env, snapshot, None, "not pinned")
     store.log_event(paths, env, "pin" if on else "unpin", snapshot=snapshot)
     return SwitchResult(env, snapshot, None, "pinned" if on else "unpinned")
