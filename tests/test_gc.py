@@ -242,3 +242,18 @@ def test_gc_arguments(root: Path, tmp_path: Path, bigwheels: Path) -> None:
     assert volenv("--root", root, "gc", "--keep", "-1").returncode == 2
     r = volenv("--root", root, "gc", "--dry-run")
     assert r.returncode == 0 and "nothing changed" in r.stdout, r.stdout
+
+
+def test_gc_without_a_terminal_and_without_yes_refuses(tmp_path: Path, root: Path, wheelhouse: Path) -> None:
+    """Deleting unasked is the surprise: no terminal, no --yes -> exit 2 with the hint, nothing
+    removed (it deleted at once before)."""
+    for reqs in (["alpha==1.0"], ["alpha==2.0"], ["gamma==1.0"]):
+        m = write_manifest(tmp_path / reqs[0], "app", reqs, find_links=wheelhouse)
+        assert volenv("--root", root, "sync", m).returncode == 0
+    before = sorted(os.listdir(root / "envs/app/snapshots"))
+    r = volenv("--root", root, "gc", "--keep", "0", "--keep-within", "0s")
+    assert r.returncode == 2 and "--yes" in r.stderr, r.stderr
+    assert sorted(os.listdir(root / "envs/app/snapshots")) == before
+    r = volenv("--root", root, "gc", "--keep", "0", "--keep-within", "0s", "--yes")
+    assert r.returncode == 0, r.stderr
+    assert len(os.listdir(root / "envs/app/snapshots")) == 1

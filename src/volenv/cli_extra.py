@@ -146,10 +146,19 @@ def gc_cmd(
     if dry_run or not plan.removals:
         result = gc.GcResult(plan)
     else:
-        if not yes and not g.json and sys.stdin.isatty() and sys.stderr.isatty():
+        if not yes:
+            from .errors import UsageError
+
+            if g.json or not (sys.stdin.isatty() and sys.stderr.isatty()):
+                # deleting unasked is the surprise: a script says --yes, a person answers
+                raise UsageError(
+                    f"gc would remove {len(plan.removals)} item(s) and there is no terminal to ask",
+                    hint="pass --yes to remove them, or --dry-run to see the plan",
+                )
             render_gc(gc.GcResult(plan), g.quiet)
             if not typer.confirm(f"remove {len(plan.removals)} item(s)?", default=False, err=True):
-                raise typer.Exit(1)
+                typer.echo("nothing removed", err=True)
+                raise typer.Exit(0)
         result = gc.execute(g.paths, plan)
     if g.json:
         emit_json("gc", {"dry_run": dry_run, "ok": result.ok, "result": result})
