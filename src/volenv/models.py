@@ -316,11 +316,20 @@ def _fetch_hf(paths: VolumePaths, spec: ModelSpec, snapshot_dir: Path) -> list[d
             )
     except (HfHubHTTPError, OSError, ValueError) as exc:
         raise ModelError(f"model '{spec.name}': Hub download failed: {str(exc).splitlines()[0]}") from None
+    hf_top = (paths.models / "hf").resolve()
     files = []
     for dirpath, _dirs, names in os.walk(snapshot_dir):
         for n in names:
             p = Path(dirpath) / n
             blob = p.resolve()
+            if not blob.is_relative_to(hf_top) or not blob.is_file():
+                # a link planted out of the Hub cache: damage; remove the link, never its target
+                p.unlink(missing_ok=True)
+                raise ModelError(
+                    f"model '{spec.name}': {p.relative_to(snapshot_dir)} points outside {hf_top};"
+                    " the link was removed",
+                    hint="`volenv models fetch` again",
+                )
             digest = hash_file(str(blob))
             if len(blob.name) == 64 and blob.name != digest:  # LFS blobs are named by their sha256
                 for victim in (p, blob):
