@@ -903,8 +903,11 @@ def test_control_characters_in_bucket_names_never_reach_the_terminal(case: Case)
     (case.bucket / "refs" / f"{evil}.json").write_text(json.dumps({"schema": 1, "snapshot": case.sid}))
     (case.bucket / "models").mkdir(exist_ok=True)
     (case.bucket / "models" / f"{evil}.json").write_text("{}")
+    doc = case.doc()
+    doc["fingerprint"]["implementation"] = evil
+    case.write_doc(doc)  # unsigned now: listed with --trust-unsigned
     for fmt in ([], ["--json"]):
-        r = volenv(*fmt, "list", "--remote", case.url)
+        r = volenv(*fmt, "list", "--remote", case.url, "--trust-unsigned")
         assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
         assert "left out" in r.stderr
         for out in (r.stdout, r.stderr):

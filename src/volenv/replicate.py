@@ -606,7 +606,7 @@ def list_remote(remote: Remote, trust: Trust) -> RemoteListing:
                 "env": manifest.env,
                 "packs": len(manifest.packs),
                 "bytes": sum(p.blob_size for p in manifest.packs),
-                "python": f"{fp.get('implementation')} {fp.get('version')}",
+                "python": printable(f"{fp.get('implementation')} {fp.get('version')}"),
                 "created": manifest.created,
                 "signed_by": signer,
             }
