@@ -947,3 +947,25 @@ def test_pack_never_reads_below_a_snapshot_dir_swapped_for_a_link(
         r = volenv("--root", a2, *cmd)
         assert r.returncode == 4 and "Traceback" not in r.stderr, r.stderr
         assert "is below a directory that is a link" in r.stderr
+
+
+def test_checked_model_files_still_travel_through_s3(tmp_path: Path, modeled: Modeled) -> None:
+    """The upload from the checked, open file (put_fileobj) on a real S3 endpoint (moto)."""
+    import boto3
+
+    from conftest import moto_s3
+
+    a, b = tmp_path / "a" / "volenv", tmp_path / "b" / "volenv"
+    shutil.copytree(modeled.a, a, symlinks=True)
+    with moto_s3() as endpoint:
+        env = {"AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t", "AWS_REGION": "us-east-1"}
+        env["AWS_ENDPOINT_URL"] = endpoint
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="t",
+                     aws_secret_access_key="t").create_bucket(Bucket="models-b")  # fmt: skip
+        url = "s3://models-b/x"
+        r = volenv("--root", a, "--json", "push", "ml", "--to", url, env=env)
+        assert r.returncode == 0, r.stderr
+        assert r.json()["models"] == 1
+        r = volenv("--root", b, "pull", "ml", "--from", url, "--trust-unsigned", env=env)
+        assert r.returncode == 0, r.stderr
+    assert (b / modeled.weights.relative_to(modeled.a)).read_bytes() == MODEL
