@@ -680,3 +680,292 @@ def test_malformed_refs_and_documents(case: Case, text: str) -> None:
     case.refused(case.pull("--trust-unsigned"), 4)
     listing = volenv("list", "--remote", case.url, "--trust-unsigned")
     assert listing.returncode == 0 and "Traceback" not in listing.stderr, listing.stderr
+
+
+# ---------------------------------------------------------------- push: nothing from outside (F3)
+
+MODEL = b"local weights " * 300
+MODEL_SHA = hashlib.sha256(MODEL).hexdigest()
+SECRET = b"TOP-SECRET-OUTSIDE-THE-ROOT\n"
+
+
+@dataclass(frozen=True)
+class Modeled:
+    """A volume whose env uses a url model, fetched from a local server."""
+
+    a: Path
+    sid: str
+    weights: Path  # the model's file on the volume
+    record: Path
+
+
+@pytest.fixture(scope="module")
+def modeled(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path) -> Iterator[Modeled]:
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(MODEL)))
+            self.end_headers()
+            self.wfile.write(MODEL)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = tmp_path_factory.mktemp("modeled")
+        url = f"http://127.0.0.1:{server.server_address[1]}/w.bin"
+        extra = f'[[models]]\nname = "weights"\nurl = "{url}"\nsha256 = "{MODEL_SHA}"\n'
+        m = write_manifest(base, "ml", ["beta==1.0"], find_links=wheelhouse, extra=extra)
+        a = base / "a" / "volenv"
+        r = volenv("--root", a, "sync", "--pack", m)
+        assert r.returncode == 0, r.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
+    weights = next((a / "models" / "files" / "weights").glob("*/w.bin"))
+    record = next((a / "models" / "records").glob("weights.*.json"))
+    yield Modeled(a, snapshot_of(a, "ml"), weights, record)
+
+
+def _secret_nowhere(top: Path) -> None:
+    for dirpath, _dirs, names in os.walk(top):
+        for n in names:
+            p = Path(dirpath) / n
+            if not p.is_symlink():
+                assert SECRET not in p.read_bytes(), f"{p} holds the secret"
+
+
+@pytest.fixture
+def pusher(tmp_path: Path, modeled: Modeled) -> Iterator[tuple[Path, Path, Path]]:
+    """A copy of the modeled volume, a fresh bucket, and a secret outside both (unchanged)."""
+    a2 = tmp_path / "a2" / "volenv"
+    shutil.copytree(modeled.a, a2, symlinks=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(SECRET)
+    before = _tree_digest(outside)
+    yield a2, tmp_path / "bucket", outside
+    assert _tree_digest(outside) == before
+    _secret_nowhere(tmp_path / "bucket")
+
+
+def test_push_never_uploads_a_model_file_swapped_for_a_link(
+    pusher: tuple[Path, Path, Path], modeled: Modeled
+) -> None:
+    a2, bucket, outside = pusher
+    w = a2 / modeled.weights.relative_to(modeled.a)
+    w.unlink()
+    w.symlink_to(outside / "secret")
+    r = volenv("--root", a2, "push", "ml", "--to", f"file://{bucket}")
+    assert r.returncode == 4 and "Traceback" not in r.stderr, r.stderr
+    assert "w.bin" in r.stderr
+
+
+def test_push_never_uploads_a_model_file_that_fails_its_sha256(
+    pusher: tuple[Path, Path, Path], modeled: Modeled
+) -> None:
+    """Push skips keys the bucket has: one wrong object under a sha256 key poisons it for good."""
+    a2, bucket, _outside = pusher
+    w = a2 / modeled.weights.relative_to(modeled.a)
+    w.write_bytes(SECRET)
+    r = volenv("--root", a2, "push", "ml", "--to", f"file://{bucket}")
+    assert r.returncode == 4 and "Traceback" not in r.stderr, r.stderr
+    assert not (bucket / "model-files" / MODEL_SHA).exists()
+
+
+def test_push_refuses_a_local_model_record_path_out_of_its_dir(
+    pusher: tuple[Path, Path, Path], modeled: Modeled
+) -> None:
+    a2, bucket, outside = pusher
+    rec_path = a2 / modeled.record.relative_to(modeled.a)
+    rec = json.loads(rec_path.read_text())
+    rec["files"][0]["path"] = "../" * (len(a2.parts) + 4) + str(outside / "secret")[1:]
+    rec["files"][0]["sha256"] = hashlib.sha256(SECRET).hexdigest()
+    rec_path.write_text(json.dumps(rec))
+    r = volenv("--root", a2, "push", "ml", "--to", f"file://{bucket}")
+    assert r.returncode == 4 and "Traceback" not in r.stderr, r.stderr
+    assert "not a relative path" in r.stderr
+
+
+def test_pack_and_push_never_read_a_snapshot_file_swapped_for_a_link(
+    pusher: tuple[Path, Path, Path], modeled: Modeled
+) -> None:
+    a2, bucket, outside = pusher
+    snap = a2 / "envs" / "ml" / "snapshots" / modeled.sid
+    init = next(snap.glob("lib/python*/site-packages/beta/__init__.py"))
+    init.parent.chmod(0o755)
+    init.unlink()
+    init.symlink_to(outside / "secret")
+    shutil.rmtree(a2 / "packs")
+    for cmd in (["pack", "ml"], ["push", "ml", "--to", f"file://{bucket}"]):
+        r = volenv("--root", a2, *cmd)
+        assert r.returncode == 4 and "Traceback" not in r.stderr, r.stderr
+        assert "beta/__init__.py" in r.stderr and "--repair" in r.stderr, r.stderr
+    _secret_nowhere(a2 / "packs") if (a2 / "packs").exists() else None
+
+
+# ---------------------------------------------------------------- a url model's file is its spec's sha256 (F4)
+
+
+def test_bucket_model_record_never_overwrites_a_local_model(
+    tmp_path: Path, modeled: Modeled, origin: Origin
+) -> None:
+    """With --trust-unsigned, a record whose spec pins the local model's sha256 but whose one
+    file has other bytes is refused; the local model file stays as it was."""
+    b = tmp_path / "b" / "volenv"
+    shutil.copytree(modeled.a, b, symlinks=True)
+    bucket = tmp_path / "bucket"
+    shutil.copytree(origin.pristine, bucket)
+    evil = b"evil weights\n"
+    evil_sha = hashlib.sha256(evil).hexdigest()
+    spec = {
+        "name": "weights",
+        "optional": False,
+        "url": "http://evil.invalid/w.bin",
+        "sha256": MODEL_SHA,
+        "size": None,
+    }
+    rec_name = f"weights.{model_key(spec)}.json"
+    rec = {"schema": 1, "name": "weights", "key": model_key(spec), "spec": spec,
+           "files": [{"path": "w.bin", "sha256": evil_sha, "size": len(evil)}]}  # fmt: skip
+    (bucket / "models").mkdir(exist_ok=True)
+    (bucket / "models" / rec_name).write_text(json.dumps(rec))
+    (bucket / "model-files").mkdir(exist_ok=True)
+    (bucket / "model-files" / evil_sha).write_bytes(evil)
+    sid = origin.sid
+    doc = json.loads((bucket / "snapshots" / f"{sid}.json").read_text())
+    doc.pop("signatures", None)
+    doc["models"], doc["model_records"] = [rec_name], {}
+    (bucket / "snapshots" / f"{sid}.json").write_text(json.dumps(doc))
+    w = b / modeled.weights.relative_to(modeled.a)
+    r = volenv("--root", b, "pull", sid, "--from", f"file://{bucket}", "--trust-unsigned")
+    assert r.returncode == 4 and "Traceback" not in r.stderr, r.stderr
+    assert w.read_bytes() == MODEL
+
+
+# ---------------------------------------------------------------- same pack, other compression (F5)
+
+
+def _recompress(blob: Path, level: int) -> None:
+    tar = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(blob.read_bytes())).read()
+    blob.write_bytes(zstandard.ZstdCompressor(level=level, write_checksum=True).compress(tar))
+
+
+@pytest.mark.parametrize("level", [-50, 19])
+def test_signed_snapshot_pulls_when_the_bucket_blob_was_compressed_otherwise(case: Case, level: int) -> None:
+    """The bucket already held these ids (pushed at another zstd level, push skips existing
+    keys): the signed blob_sha256 differs from the bucket's bytes, the ids (tar sha256) match."""
+    for info in case.doc()["packs"]:
+        _recompress(case.bucket / "packs" / f"{info['id']}.tar.zst", level)
+    r = case.pull()
+    assert r.returncode == 0, r.stderr
+    assert "e3b0c442" not in r.stderr
+    assert_blobs_are_their_ids(case.b)
+    assert volenv("--root", case.b, "verify", "--all", "--level", "full").returncode == 0
+
+
+def test_signed_snapshot_pulls_over_a_local_blob_compressed_otherwise(case: Case) -> None:
+    """Volume B packed the same distribution itself at another level: its local blob has the
+    id but not the document's blob_sha256, and is used as it is."""
+    blobs = case.b / "packs" / "blobs"
+    blobs.mkdir(parents=True)
+    for info in case.doc()["packs"]:
+        local = blobs / f"{info['id']}.tar.zst"
+        shutil.copyfile(case.bucket / "packs" / local.name, local)
+        _recompress(local, 19 if info["blob_size"] > 200 else -50)
+    r = case.pull()
+    assert r.returncode == 0, r.stderr
+    assert volenv("--root", case.b, "verify", "--all", "--level", "full").returncode == 0
+
+
+def test_a_blob_not_its_id_is_still_refused_whatever_its_size(case: Case) -> None:
+    doc = case.doc()
+    victim = next(p for p in doc["packs"] if p["group"].startswith("beta"))
+    (case.bucket / "packs" / f"{victim['id']}.tar.zst").write_bytes(
+        zstandard.ZstdCompressor(level=-50).compress(os.urandom(4096))
+    )
+    r = case.pull()
+    case.refused(r, 4, "damaged")
+    assert "e3b0c442" not in r.stderr
+
+
+# ---------------------------------------------------------------- terminal and FIFO traps (F9)
+
+
+def test_control_characters_in_bucket_names_never_reach_the_terminal(case: Case) -> None:
+    evil = "\x1b]0;PWNED\x07\x1b[2J\u202eevil"
+    (case.bucket / "snapshots" / f"{evil}.json").write_text("not json {")
+    (case.bucket / "refs" / f"{evil}.json").write_text(json.dumps({"schema": 1, "snapshot": case.sid}))
+    (case.bucket / "models").mkdir(exist_ok=True)
+    (case.bucket / "models" / f"{evil}.json").write_text("{}")
+    doc = case.doc()
+    doc["fingerprint"]["implementation"] = evil
+    case.write_doc(doc)  # unsigned now: listed with --trust-unsigned
+    for fmt in ([], ["--json"]):
+        r = volenv(*fmt, "list", "--remote", case.url, "--trust-unsigned")
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        assert "left out" in r.stderr
+        for out in (r.stdout, r.stderr):
+            assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out, repr(out)
+
+
+@pytest.mark.parametrize("where", ["snapshots/x.json", "refs/app.json", "packs/{id}.tar.zst"])
+def test_a_fifo_in_a_file_bucket_never_hangs(case: Case, where: str) -> None:
+    victim = next(p for p in case.doc()["packs"] if p["group"].startswith("beta"))
+    path = case.bucket / where.format(id=victim["id"])
+    path.unlink(missing_ok=True)
+    os.mkfifo(path)
+    r = volenv("list", "--remote", case.url, timeout=60)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    if where.startswith("packs/"):
+        trusted = {"VOLENV_TRUSTED_KEYS": case.origin.trusted}
+        r = volenv("--root", case.b, "pull", ENV, "--from", case.url, env=trusted, timeout=60)
+        case.refused(r, 4, "not a regular file")
+
+
+def test_pack_never_reads_below_a_snapshot_dir_swapped_for_a_link(
+    pusher: tuple[Path, Path, Path], modeled: Modeled
+) -> None:
+    """The file itself is regular and of the recorded size, but its directory is a link out."""
+    a2, bucket, outside = pusher
+    snap = a2 / "envs" / "ml" / "snapshots" / modeled.sid
+    pkg = next(snap.glob("lib/python*/site-packages/beta"))
+    pkg.parent.chmod(0o755)
+    bait = outside.parent / "bait" / "beta"  # outside the root (the sentinel is left alone)
+    shutil.copytree(pkg, bait)
+    init = bait / "__init__.py"
+    init.write_bytes(SECRET[: init.stat().st_size].ljust(init.stat().st_size, b"#"))
+    shutil.rmtree(pkg)
+    pkg.symlink_to(bait)
+    shutil.rmtree(a2 / "packs")
+    for cmd in (["pack", "ml"], ["push", "ml", "--to", f"file://{bucket}"]):
+        r = volenv("--root", a2, *cmd)
+        assert r.returncode == 4 and "Traceback" not in r.stderr, r.stderr
+        assert "is below a directory that is a link" in r.stderr
+
+
+def test_checked_model_files_still_travel_through_s3(tmp_path: Path, modeled: Modeled) -> None:
+    """The upload from the checked, open file (put_fileobj) on a real S3 endpoint (moto)."""
+    import boto3
+
+    from conftest import moto_s3
+
+    a, b = tmp_path / "a" / "volenv", tmp_path / "b" / "volenv"
+    shutil.copytree(modeled.a, a, symlinks=True)
+    with moto_s3() as endpoint:
+        env = {"AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t", "AWS_REGION": "us-east-1"}
+        env["AWS_ENDPOINT_URL"] = endpoint
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="t",
+                     aws_secret_access_key="t").create_bucket(Bucket="models-b")  # fmt: skip
+        url = "s3://models-b/x"
+        r = volenv("--root", a, "--json", "push", "ml", "--to", url, env=env)
+        assert r.returncode == 0, r.stderr
+        assert r.json()["models"] == 1
+        r = volenv("--root", b, "pull", "ml", "--from", url, "--trust-unsigned", env=env)
+        assert r.returncode == 0, r.stderr
+    assert (b / modeled.weights.relative_to(modeled.a)).read_bytes() == MODEL

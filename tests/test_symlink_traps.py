@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Result, snapshot_of, volenv, write_manifest
+from test_models import REV, fake_hub  # noqa: F401  (a fixture)
 
 MODEL = b"weights " * 512
 SHA = hashlib.sha256(MODEL).hexdigest()
@@ -327,6 +328,9 @@ def _plant_file(root: Path, rel: str, outside: Path) -> Path:
         ("envs/app/history.jsonl", "file", ["rollback", "app"]),
         ("logs/app/events.jsonl", "file", ["pin", "{sid}"]),
         ("aliases", "dir", ["sync", "{m3}"]),
+        ("packs", "dir", ["sync", "--pack", "{m3}"]),
+        ("packs/blobs", "dir", ["sync", "--pack", "{m3}"]),
+        ("packs/snapshots", "dir", ["sync", "--pack", "{m3}"]),
     ],
 )
 def test_writes_never_go_through_a_planted_link(
@@ -357,3 +361,33 @@ def test_writes_never_go_through_a_planted_link(
     assert r.returncode in (0, 8), (r.returncode, r.stderr)
     assert tree_hash(outside) == before
     assert not (outside / "created-through-a-link").exists()
+
+
+def test_hf_fetch_never_deletes_a_linked_file_outside(
+    tmp_path: Path,
+    root: Path,
+    wheelhouse: Path,
+    fake_hub: tuple[str, dict[str, bytes], object],  # noqa: F811
+) -> None:
+    """F2: a planted link in the Hub snapshot to an outside file whose content does not hash to
+    its (64-hex) name: the link is damage and removed; its target is never hashed or deleted."""
+    endpoint, _files, _hits = fake_hub
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / ("a" * 64)).write_bytes(b"precious, not a blob\n")
+    before = tree_hash(outside)
+    snap = root / "models" / "hf" / "hub" / "models--acme--tiny-model" / "snapshots" / REV
+    snap.mkdir(parents=True)
+    (snap / "evil").symlink_to(outside / ("a" * 64))
+    extra = (
+        '[[models]]\nname = "tiny"\n'
+        f'hf = {{ repo = "acme/tiny-model", revision = "{REV}", files = ["config.json"] }}\n'
+    )
+    m = write_manifest(tmp_path / "m", "hub", ["alpha==1.0"], find_links=wheelhouse, extra=extra)
+    r = volenv("--root", root, "models", "fetch", m, env={"HF_ENDPOINT": endpoint, "HF_HUB_DISABLE_XET": "1"})
+    _no_traceback(r)
+    assert r.returncode == 9, r.stderr
+    assert "outside" in r.stderr
+    assert tree_hash(outside) == before
+    assert not (snap / "evil").is_symlink()
+    assert not list((root / "models" / "records").glob("tiny.*.json"))

@@ -190,13 +190,32 @@ def _record_problem(data: object) -> str | None:
         return "no 'files' list"
     for f in files:
         if not (
-            isinstance(f, dict)
-            and isinstance(f.get("path"), str)
-            and isinstance(f.get("sha256"), str)
-            and isinstance(f.get("size"), int)
-            and not isinstance(f.get("size"), bool)
+            isinstance(f, dict) and isinstance(f.get("size"), int) and not isinstance(f.get("size"), bool)
         ):
             return f"file entry {f!r:.80} is malformed"
+        problem = file_entry_problem(f)
+        if problem:
+            return problem
+    return None
+
+
+def file_entry_problem(f: object) -> str | None:
+    """A record's file entry, local or from a bucket: a relative path that stays below the
+    model's directory (no '..', no absolute path) and a sha256; None when it is one."""
+    from .manifest import HEX64
+
+    path = f.get("path") if isinstance(f, dict) else None
+    if (
+        not isinstance(f, dict)
+        or not isinstance(path, str)
+        or not path
+        or path.startswith("/")
+        or any(ord(c) < 0x20 or ord(c) == 0x7F for c in path)
+        or any(part in ("", ".", "..") for part in path.split("/"))
+        or not (isinstance(f.get("sha256"), str) and HEX64.fullmatch(f["sha256"]))
+        or not (f.get("size") is None or (isinstance(f["size"], int) and f["size"] >= 0))
+    ):
+        return f"file entry {f!r:.120} is not a relative path with a sha256"
     return None
 
 
@@ -316,11 +335,20 @@ def _fetch_hf(paths: VolumePaths, spec: ModelSpec, snapshot_dir: Path) -> list[d
             )
     except (HfHubHTTPError, OSError, ValueError) as exc:
         raise ModelError(f"model '{spec.name}': Hub download failed: {str(exc).splitlines()[0]}") from None
+    hf_top = (paths.models / "hf").resolve()
     files = []
     for dirpath, _dirs, names in os.walk(snapshot_dir):
         for n in names:
             p = Path(dirpath) / n
             blob = p.resolve()
+            if not blob.is_relative_to(hf_top) or not blob.is_file():
+                # a link planted out of the Hub cache: damage; remove the link, never its target
+                p.unlink(missing_ok=True)
+                raise ModelError(
+                    f"model '{spec.name}': {p.relative_to(snapshot_dir)} points outside {hf_top};"
+                    " the link was removed",
+                    hint="`volenv models fetch` again",
+                )
             digest = hash_file(str(blob))
             if len(blob.name) == 64 and blob.name != digest:  # LFS blobs are named by their sha256
                 for victim in (p, blob):

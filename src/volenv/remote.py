@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import urlparse
@@ -17,6 +18,16 @@ from .errors import UsageError, VerifyError, VolenvError, missing_extra
 from .fsutil import atomic_write_bytes, unique_suffix
 
 PART = 64 * 1024 * 1024
+# C0, DEL, C1 and the bidi overrides: a key name from the bucket must not drive the terminal
+_UNPRINTABLE = {
+    c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+    for c in [*range(0x20), *range(0x7F, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+}
+
+
+def printable(text: str) -> str:
+    """Bucket-derived text for a message: control characters (ESC, OSC, CR, ...) escaped."""
+    return text.translate(_UNPRINTABLE)
 
 
 class RemoteError(VolenvError):
@@ -28,6 +39,7 @@ class Remote(Protocol):
 
     def exists(self, key: str) -> bool: ...
     def put_file(self, key: str, path: Path, progress: Any = None) -> None: ...
+    def put_fileobj(self, key: str, fh: BinaryIO) -> None: ...
     def put_bytes(self, key: str, data: bytes) -> None: ...
     def open(self, key: str) -> BinaryIO: ...
     def get_bytes(self, key: str) -> bytes | None: ...
@@ -56,20 +68,43 @@ class FileRemote:
         if progress is not None:
             progress.update(path.stat().st_size)
 
+    def put_fileobj(self, key: str, fh: BinaryIO) -> None:
+        """Upload from an open (already checked) file: the path is never opened again."""
+        dest = self._p(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{unique_suffix()}")
+        try:
+            with open(tmp, "xb") as out:
+                shutil.copyfileobj(fh, out, 1 << 20)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+
     def put_bytes(self, key: str, data: bytes) -> None:
         dest = self._p(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(dest, data)
 
+    def _open_regular(self, key: str) -> BinaryIO:
+        """Only a regular file is an object: opening a FIFO planted in the bucket would hang
+        (O_NONBLOCK opens it at once), a device or directory is refused the same way."""
+        fd = os.open(self._p(key), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise VerifyError(f"{self.url}: {printable(key)} is not a regular file")
+        os.set_blocking(fd, True)
+        return open(fd, "rb", closefd=True)
+
     def open(self, key: str) -> BinaryIO:
         try:
-            return open(self._p(key), "rb")
+            return self._open_regular(key)
         except FileNotFoundError:
-            raise RemoteError(f"{self.url}: no object {key}") from None
+            raise RemoteError(f"{self.url}: no object {printable(key)}") from None
 
     def get_bytes(self, key: str) -> bytes | None:
         try:
-            return self._p(key).read_bytes()
+            with self._open_regular(key) as fh:
+                return fh.read()
         except FileNotFoundError:
             return None
 
@@ -120,6 +155,9 @@ class S3Remote:
     def put_file(self, key: str, path: Path, progress: Any = None) -> None:
         callback = progress.update if progress is not None else None
         self.client.upload_file(str(path), self.bucket, self._k(key), Config=self.transfer, Callback=callback)
+
+    def put_fileobj(self, key: str, fh: BinaryIO) -> None:
+        self.client.upload_fileobj(fh, self.bucket, self._k(key), Config=self.transfer)
 
     def put_bytes(self, key: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data)

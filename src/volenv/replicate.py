@@ -13,16 +13,20 @@ every file at `full` against the record, and only then renames the snapshot into
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import stat
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from . import faults, store
 from .errors import UsageError, VerifyError
-from .fsutil import atomic_write_json, fsync_dir, remove_tree, unique_suffix
+from .fsutil import atomic_write_json, fsync_dir, remove_tree, safe_mkdirs, unique_suffix
 from .integrity import hash_file, verify_snapshot
 from .locks import BuildLease
 from .packs import (
@@ -36,7 +40,7 @@ from .packs import (
     verify_blob,
 )
 from .paths import VolumePaths, env_from_snapshot_id
-from .remote import Remote, RemoteError, get_json
+from .remote import Remote, RemoteError, get_json, printable
 from .sealcheck import META_DIR, SEAL_NAME, SealProblem, check_seal, interpreter_problem
 from .signing import SigningKey, Trust
 from .ui import reporter
@@ -146,11 +150,46 @@ def _push_models(paths: VolumePaths, remote: Remote, seal: dict[str, Any]) -> di
         for f in rec["files"]:
             key = f"model-files/{f['sha256']}"
             if not remote.exists(key):
-                remote.put_file(key, (base_dir / f["path"]).resolve())
+                with _open_model_file(paths, base_dir / f["path"], f, rec_path.name) as fh:
+                    remote.put_fileobj(key, fh)
         raw = rec_path.read_bytes()
         remote.put_bytes(f"models/{rec_path.name}", raw)
         names[rec_path.name] = hashlib.sha256(raw).hexdigest()
     return names
+
+
+@contextlib.contextmanager
+def _open_model_file(paths: VolumePaths, path: Path, f: dict[str, Any], record: str) -> Iterator[BinaryIO]:
+    """A recorded model file opened for upload: inside the volume's models directory (a Hub
+    snapshot's links into its blobs are fine, a link out of the root is not), a regular file,
+    and hashing to its recorded sha256. Push skips keys the bucket has, so one wrong object
+    under a sha256 key would poison every later pull: nothing unverified is uploaded."""
+
+    def damaged(why: str) -> VerifyError:
+        return VerifyError(
+            f"model file {path} ({record}) {why}; nothing of it was pushed",
+            hint="run `volenv models verify --level full` and fetch the model again",
+        )
+
+    top = os.path.realpath(paths.models)
+    real = os.path.realpath(path)
+    if os.path.commonpath([top, real]) != top:
+        raise damaged("resolves outside the volume's models directory")
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise damaged(f"cannot be read ({exc.strerror})") from None
+    with open(fd, "rb", closefd=True) as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise damaged("is not a regular file")
+        h = hashlib.sha256()
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+        if h.hexdigest() != f["sha256"]:
+            raise damaged("does not match its recorded sha256")
+        fh.seek(0)
+        yield fh
 
 
 def _resolve_remote(remote: Remote, target: str | None) -> tuple[str, str]:
@@ -275,7 +314,7 @@ def pull(
         fetched, fetched_bytes = _fetch_packs(paths, remote, manifest)
         faults.point("pull-unpack")
         holder = paths.staging / f"{sid}.{unique_suffix()}"
-        holder.mkdir(parents=True)
+        safe_mkdirs(holder, paths.root)
         staging = holder / sid
         try:
             unpack(manifest, lambda i: open(blob_path(paths, i.id), "rb"), staging)  # noqa: SIM115
@@ -290,8 +329,8 @@ def pull(
             fsync_dir(target_dir.parent)
         finally:
             remove_tree(holder, paths.root)
-        manifest_path(paths, sid).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(manifest_path(paths, sid), manifest.to_json())
+        safe_mkdirs(manifest_path(paths, sid).parent, paths.root)
+        atomic_write_json(manifest_path(paths, sid), manifest.to_json(), root=paths.root)
         models = _pull_models(paths, remote, models_wanted)
         _publish(paths, manifest, switch)
     store.log_event(paths, env, "pull", snapshot=sid, url=remote.url, packs_fetched=fetched)
@@ -325,12 +364,22 @@ def _fetch_packs(paths: VolumePaths, remote: Remote, manifest: PackManifest) -> 
 
 
 def _download_verified(
-    remote: Remote, key: str, dest: Path, sha256: str, progress: Any = None, limit: int | None = None
+    remote: Remote,
+    key: str,
+    dest: Path,
+    sha256: str,
+    progress: Any = None,
+    limit: int | None = None,
+    root: Path | None = None,
 ) -> str | None:
     """Copy a remote object to dest through a unique temp file; publish it only when its
     sha256 matches. Returns None when published, else the digest it had (nothing kept).
-    With a limit (the recorded size), an object that runs past it is cut there."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    With a limit (the recorded size), an object that runs past it is cut there. With `root`,
+    no linked directory between root and dest is followed."""
+    if root is not None:
+        safe_mkdirs(dest.parent, root)
+    else:
+        dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{unique_suffix()}")
     try:
         size = 0
@@ -359,7 +408,7 @@ def _check_pulled_seal(staging: Path, manifest: PackManifest) -> None:
     try:
         seal = check_seal(str(staging), manifest.snapshot)
     except SealProblem as sp:
-        raise VerifyError(f"pulled {manifest.snapshot}: {sp.detail}") from None
+        raise VerifyError(printable(f"pulled {manifest.snapshot}: {sp.detail}")) from None
     if seal["env"] != manifest.env or seal.get("manifest_digest") != manifest.manifest_digest:
         raise VerifyError(
             f"pulled {manifest.snapshot}: its seal is for env '{seal['env']}' (manifest"
@@ -386,7 +435,7 @@ def _check_sealed_manifest(seal: dict[str, Any], sid: str) -> None:
             raise VerifyError("an activation variable name is not a plain name")
         _parse_models(c, [_model_table(m) for m in man.get("models", [])])
     except (ManifestError, VerifyError) as exc:
-        raise VerifyError(f"pulled {sid}: its sealed manifest is invalid: {exc.message}") from None
+        raise VerifyError(printable(f"pulled {sid}: its sealed manifest is invalid: {exc.message}")) from None
 
 
 def _model_table(spec: Any) -> dict[str, Any]:
@@ -412,29 +461,31 @@ def _model_table(spec: Any) -> dict[str, Any]:
 
 
 def _download_blob(paths: VolumePaths, remote: Remote, info: PackInfo, progress: Any) -> None:
-    """A blob is stored under its id only once its bytes and its uncompressed tar are what the
-    (signed) pack list says: a failed pull leaves no attacker blob under a legitimate id."""
+    """A blob is stored under its id only once its uncompressed tar is what the (signed) id
+    names: a failed pull leaves no attacker blob under a legitimate id. The compressed bytes
+    may differ from the document's blob_sha256 (the same tar compressed at another zstd level
+    or version, e.g. a bucket that already held the id when this snapshot was pushed): the id,
+    not the compression, is what is signed and what is checked."""
     dest = blob_path(paths, info.id)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    safe_mkdirs(dest.parent, paths.root)
     tmp = dest.with_name(f".{dest.name}.{unique_suffix()}")
+    # zstd never grows data by more than a little: a bound for other compressions of the tar
+    limit = max(info.blob_size, info.tar_size + info.tar_size // 64 + (1 << 17))
     try:
         size = 0
         with remote.open(f"packs/{info.id}.tar.zst") as src, open(tmp, "xb") as out:
             while chunk := src.read(1 << 20):
                 size += len(chunk)
-                if size > info.blob_size:
-                    break
+                if size > limit:
+                    raise VerifyError(
+                        f"pack {info.id[:16]}… ({info.group}) from the bucket is damaged: more than"
+                        f" {limit} bytes for a {info.tar_size}-byte tar; nothing was installed"
+                    )
                 out.write(chunk)
                 progress.update(len(chunk))
             out.flush()
             os.fsync(out.fileno())
-        digest = hash_file(str(tmp))
-        if size != info.blob_size or digest != info.blob_sha256:
-            raise VerifyError(
-                f"pack {info.id[:16]}… ({info.group}) from the bucket is damaged:"
-                f" sha256 {digest[:16]}…, expected {info.blob_sha256[:16]}…; nothing was installed"
-            )
-        verify_blob(tmp, info)
+        verify_blob(tmp, info)  # the tar hashes to the id, at the declared size
         os.replace(tmp, dest)
     finally:
         if tmp.exists():
@@ -449,7 +500,7 @@ def _pull_models(paths: VolumePaths, remote: Remote, wanted: dict[str, str | Non
 
     count = 0
     records = paths.models / "records"
-    records.mkdir(parents=True, exist_ok=True)
+    safe_mkdirs(records, paths.root)
     for name, digest in sorted(wanted.items()):
         if (records / name).exists():
             count += 1
@@ -465,12 +516,22 @@ def _pull_models(paths: VolumePaths, remote: Remote, wanted: dict[str, str | Non
             dest = base_dir / f["path"]
             if dest.exists() and hash_file(str(dest)) == f["sha256"]:
                 continue
+            if os.path.lexists(dest):
+                # another record's file (or damage): never replaced by the bucket's bytes
+                raise VerifyError(
+                    f"model record {name} from {remote.url} names {dest}, which holds other bytes;"
+                    " nothing was replaced",
+                    hint="`volenv models verify --level full`; remove the file if it is damaged",
+                )
             key = f"model-files/{f['sha256']}"
-            if _download_verified(remote, key, dest, f["sha256"], limit=f.get("size")) is not None:
+            if (
+                _download_verified(remote, key, dest, f["sha256"], limit=f.get("size"), root=paths.root)
+                is not None
+            ):
                 from .errors import ModelError
 
                 raise ModelError(f"model file {f['path']} of {name} from {remote.url} fails its sha256")
-        atomic_write_bytes(records / name, raw)  # the record last: now the model is present
+        atomic_write_bytes(records / name, raw, root=paths.root)  # the record last: now the model is present
         count += 1
     return count
 
@@ -480,10 +541,11 @@ def _check_model_record(raw: bytes, name: str) -> dict[str, Any]:
     the one that spec gives, and every file path stays below the model's directory."""
     from .activate import model_key
     from .errors import ManifestError
-    from .manifest import HEX64, _Checker, _parse_models
+    from .manifest import _Checker, _parse_models
+    from .models import file_entry_problem
 
     def bad(why: str) -> VerifyError:
-        return VerifyError(f"model record {name} from the bucket is invalid: {why}")
+        return VerifyError(printable(f"model record {name} from the bucket is invalid: {why}"))
 
     try:
         rec = json.loads(raw)
@@ -501,17 +563,13 @@ def _check_model_record(raw: bytes, name: str) -> dict[str, Any]:
     if name != f"{spec['name']}.{model_key(spec)}.json":
         raise bad("its name is not the one its spec gives")
     for f in rec["files"]:
-        path = f.get("path") if isinstance(f, dict) else None
-        if (
-            not isinstance(path, str)
-            or not path
-            or path.startswith("/")
-            or "\0" in path
-            or any(part in ("", ".", "..") for part in path.split("/"))
-            or not (isinstance(f.get("sha256"), str) and HEX64.fullmatch(f["sha256"]))
-            or not (f.get("size") is None or (isinstance(f["size"], int) and f["size"] >= 0))
-        ):
-            raise bad(f"file entry {f!r} is not a relative path with a sha256")
+        problem = file_entry_problem(f)
+        if problem:
+            raise bad(problem)
+    if spec.get("url") and [f.get("sha256") for f in rec["files"]] != [spec.get("sha256")]:
+        # a url model is one file whose sha256 is the spec's: anything else would put other
+        # bytes under the name and key of a model this volume may already hold
+        raise bad("a url model's one file must have the sha256 its spec pins")
     return rec
 
 
@@ -551,7 +609,7 @@ def list_remote(remote: Remote, trust: Trust) -> RemoteListing:
             _model_names(doc)
             signer = trust.signer(doc)
         except VerifyError as exc:
-            reporter.warn(f"{remote.url}/{key} left out: {exc.message}")
+            reporter.warn(printable(f"{remote.url}/{key} left out: {exc.message}"))
             continue
         believed[manifest.snapshot] = manifest.env
         fp = manifest.fingerprint
@@ -561,7 +619,7 @@ def list_remote(remote: Remote, trust: Trust) -> RemoteListing:
                 "env": manifest.env,
                 "packs": len(manifest.packs),
                 "bytes": sum(p.blob_size for p in manifest.packs),
-                "python": f"{fp.get('implementation')} {fp.get('version')}",
+                "python": printable(f"{fp.get('implementation')} {fp.get('version')}"),
                 "created": manifest.created,
                 "signed_by": signer,
             }
@@ -574,17 +632,19 @@ def list_remote(remote: Remote, trust: Trust) -> RemoteListing:
         try:
             ref = get_json(remote, key)
         except VerifyError as exc:
-            reporter.warn(f"{remote.url}/{key} left out: {exc.message}")
+            reporter.warn(printable(f"{remote.url}/{key} left out: {exc.message}"))
             continue
         sid = ref.get("snapshot") if ref is not None else None
         if is_env_name(env) and isinstance(sid, str) and believed.get(sid) == env:
             envs[env] = sid
         elif ref is not None:
-            reporter.warn(f"{remote.url}/{key} left out: it names no believed snapshot of env '{env}'")
+            reporter.warn(
+                printable(f"{remote.url}/{key} left out: it names no believed snapshot of env '{env}'")
+            )
     return RemoteListing(
         remote.url,
         envs,
         tuple(snaps),
         len(remote.list("packs/")),
-        tuple(k.rsplit("/", 1)[1] for k in remote.list("models/")),
+        tuple(printable(k.rsplit("/", 1)[1]) for k in remote.list("models/")),
     )
