@@ -1,0 +1,137 @@
+"""Issue 17: start traces (`volenv trace`) and the startup pack that packing builds from them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import snapshot_of, volenv, write_manifest
+from volenv.integrity import verify_snapshot
+from wheelfactory import make_wheel
+
+# A start that imports a pure package (and its submodule), a C extension that lives inside the
+# snapshot, opens a data file with open(), maps a weights file with mmap and opens a model file
+# on the volume; `tracee.unused` and `late` are never touched by it.
+TRACEE_INIT = """\
+import mmap, os
+from . import sub
+
+def start():
+    from . import _csv as ext
+    assert ext.QUOTE_ALL == 1
+    here = os.path.dirname(__file__)
+    with open(os.path.join(here, "data.txt")) as fh:
+        assert fh.read() == "data"
+    with open(os.path.join(here, "weights.bin"), "rb") as fh:
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            assert mm[:7] == b"weights"
+    with open(os.path.normpath(os.path.join(os.environ["HF_HOME"], "..", "files", "w.bin")), "rb") as fh:
+        fh.read()
+    print("started")
+"""
+
+START = "import tracee; tracee.start()"
+
+
+def _extension() -> tuple[str, bytes]:
+    """A real C extension for the snapshot, offline: this interpreter's own _csv module, shipped
+    inside the wheel as tracee/_csv*.so (its PyInit__csv matches the name)."""
+    import _csv
+
+    path = getattr(_csv, "__file__", None)
+    if path is None or sys.version_info[:2] != (3, 11):
+        pytest.skip("needs a 3.11 interpreter whose _csv is a shared library")
+    return os.path.basename(path), Path(path).read_bytes()
+
+
+@pytest.fixture
+def traced_env(tmp_path: Path) -> tuple[Path, Path]:
+    wheels = tmp_path / "wheels"
+    so_name, so = _extension()
+    make_wheel(
+        wheels,
+        "tracee",
+        "1.0",
+        files={
+            "tracee/__init__.py": TRACEE_INIT,
+            "tracee/sub.py": "X = 1\n",
+            "tracee/unused.py": "Y = 2\n",
+            f"tracee/{so_name}": so,
+            "tracee/data.txt": "data",
+            "tracee/weights.bin": b"weights" + bytes(4096),
+        },
+    )
+    make_wheel(wheels, "late", "1.0", files={"late/__init__.py": "LATE = 'late'\n"})
+    m = write_manifest(tmp_path, "app", ["tracee==1.0", "late==1.0"], find_links=wheels)
+    root = tmp_path / "volume" / "volenv"
+    r = volenv("--root", root, "sync", m)
+    assert r.returncode == 0, r.stderr
+    (root / "models" / "files").mkdir(parents=True, exist_ok=True)
+    (root / "models" / "files" / "w.bin").write_bytes(b"model")
+    return m, root
+
+
+def _sp(root: Path, sid: str) -> str:
+    snap = root / "envs" / "app" / "snapshots" / sid
+    return str(next(snap.glob("lib/python*/site-packages")).relative_to(snap))
+
+
+def test_trace_records_imports_extensions_open_and_mmap_in_first_use_order(
+    traced_env: tuple[Path, Path],
+) -> None:
+    m, root = traced_env
+    sid = snapshot_of(root, "app")
+    snap = root / "envs" / "app" / "snapshots" / sid
+    seal_before = (snap / ".volenv" / "seal.json").read_bytes()
+    r = volenv("--root", root, "--json", "trace", "--manifest", m, "--", "python", "-c", START)
+    assert r.returncode == 0, r.stderr
+    out = r.json()
+    assert "started" in r.stderr and out["snapshot"] == sid  # the command's stdout is on stderr
+    trace = json.loads((snap / ".volenv" / "trace.json").read_text())
+    sp = _sp(root, sid)
+    files = trace["files"]
+    assert out["files"] == len(files)
+    pos = {}
+    for want in ("tracee/__init__", "tracee/__pycache__/sub.", "tracee/_csv.", "data.txt", "weights.bin"):
+        hits = [i for i, f in enumerate(files) if want in f and f.startswith(f"{sp}/tracee/")]
+        assert hits, f"{want} missing from the trace: {files}"
+        pos[want] = hits[0]
+    # first-use order: package, submodule (at import), then the extension, data, weights
+    assert list(pos.values()) == sorted(pos.values()), files
+    assert not any("unused" in f or "/late/" in f for f in files)
+    assert trace["models"] == ["files/w.bin"]
+    assert trace["record_sha256"] == json.loads(seal_before)["record_sha256"]
+    # the seal and the record are untouched, and the snapshot verifies in full
+    assert (snap / ".volenv" / "seal.json").read_bytes() == seal_before
+    assert verify_snapshot(snap, "full").ok
+    # no sitecustomize or anything else was written into the snapshot
+    assert not list(snap.rglob("sitecustomize*"))
+
+
+def test_failed_start_stores_no_trace(traced_env: tuple[Path, Path]) -> None:
+    m, root = traced_env
+    sid = snapshot_of(root, "app")
+    r = volenv(
+        "--root", root, "trace", "--manifest", m, "--", "python", "-c", "import tracee; raise SystemExit(3)"
+    )
+    assert r.returncode == 7 and "exited with 3" in r.stderr
+    assert not (root / "envs" / "app" / "snapshots" / sid / ".volenv" / "trace.json").exists()
+
+
+def test_damaged_trace_is_an_error_when_packing(traced_env: tuple[Path, Path]) -> None:
+    m, root = traced_env
+    sid = snapshot_of(root, "app")
+    assert volenv("--root", root, "trace", "--manifest", m, "--", "python", "-c", START).returncode == 0
+    t = root / "envs" / "app" / "snapshots" / sid / ".volenv" / "trace.json"
+    t.write_text('{"schema": 1, "files": "nope"}')
+    r = volenv("--root", root, "pack", "app")
+    assert r.returncode == 4 and "trace" in r.stderr
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
