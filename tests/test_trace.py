@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -133,5 +132,135 @@ def test_damaged_trace_is_an_error_when_packing(traced_env: tuple[Path, Path]) -
     assert r.returncode == 4 and "trace" in r.stderr
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+# the traced start, a line, then an import outside the trace; prints the snapshot modules it used
+LATER = """
+import os, sys
+import tracee; tracee.start()
+print("traced-ok", flush=True)
+import late
+print(late.LATE, flush=True)
+prefix = os.path.join(sys.prefix, "")
+print(sorted(m.__file__[len(prefix):] for m in list(sys.modules.values())
+             if (getattr(m, "__file__", None) or "").startswith(prefix)), flush=True)
+"""
+
+
+def _traced_and_packed(m: Path, root: Path) -> dict[str, object]:
+    assert volenv("--root", root, "trace", "--manifest", m, "--", "python", "-c", START).returncode == 0
+    r = volenv("--root", root, "pack", "app")
+    assert r.returncode == 0, r.stderr
+    sid = snapshot_of(root, "app")
+    data = json.loads((root / "packs" / "snapshots" / f"{sid}.json").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def test_startup_pack_holds_the_traced_files_first_in_trace_order(traced_env: tuple[Path, Path]) -> None:
+    import tarfile
+
+    import zstandard
+
+    m, root = traced_env
+    man = _traced_and_packed(m, root)
+    sid = snapshot_of(root, "app")
+    trace = json.loads((root / "envs" / "app" / "snapshots" / sid / ".volenv" / "trace.json").read_text())
+    packs = man["packs"]
+    assert isinstance(packs, list)
+    startup = [p for p in packs if p["group"] == "_startup"]
+    assert len(startup) == 1
+    blob = root / "packs" / "blobs" / f"{startup[0]['id']}.tar.zst"
+    with (
+        open(blob, "rb") as raw,
+        zstandard.ZstdDecompressor().stream_reader(raw) as zr,
+        tarfile.open(fileobj=zr, mode="r|") as tar,
+    ):
+        names = [t.name for t in tar]
+    traced = [n for n in names if n in trace["files"]]
+    assert traced == trace["files"]  # every traced file, in trace order
+    assert names.index(trace["files"][0]) > names.index("pyvenv.cfg")  # what starts python comes first
+    assert not any("/late/" in n or "unused" in n for n in names)
+    # the traced files left their distribution's pack; every recorded file is in exactly one pack
+    total = sum(p["files"] for p in packs if p["group"] != "_meta")
+    record_lines = (root / "envs" / "app" / "snapshots" / sid / ".volenv" / "record").read_text().splitlines()
+    assert total == len([ln for ln in record_lines if ln and not ln.startswith("#")])
+
+
+def _bg_pid(tree: Path) -> int:
+    return int((tree / ".volenv" / "materializing").read_text().split()[0])
+
+
+def test_run_execs_after_the_startup_pack_and_waits_for_files_outside_the_trace(
+    tmp_path: Path, traced_env: tuple[Path, Path]
+) -> None:
+    import signal
+    import subprocess
+    import time
+
+    from conftest import volenv_popen
+
+    m, root = traced_env
+    _traced_and_packed(m, root)
+    sid = snapshot_of(root, "app")
+    inplace = volenv("--root", root, "run", "--manifest", m, "--", "python", "-c", LATER)
+    assert inplace.returncode == 0, inplace.stderr
+    local = tmp_path / "local"
+    args = ("--root", root, "run", "--materialize", "always", "--materialize-dir", local, "--manifest", m)
+    # the background extraction stops (SIGSTOP) before its first pack: the traced start still runs
+    p = volenv_popen(
+        *args,
+        "--",
+        "python",
+        "-c",
+        LATER,
+        env={"VOLENV_FAULT": "materialize-background:pause"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    tree = local / sid
+    try:
+        assert p.stdout is not None
+        assert p.stdout.readline().strip() == "started"
+        assert p.stdout.readline().strip() == "traced-ok"
+        assert not (tree / ".volenv" / "materialized.json").exists()
+        assert not list(tree.glob("lib/python*/site-packages/late/__init__.py"))  # not local yet
+        time.sleep(0.3)
+        assert p.poll() is None  # waiting for `late`, not failing on it
+        os.kill(_bg_pid(tree), signal.SIGCONT)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        if (tree / ".volenv" / "materializing").exists():
+            try:
+                os.kill(_bg_pid(tree), signal.SIGKILL if p.returncode else signal.SIGCONT)
+            except (ProcessLookupError, ValueError):
+                pass
+    assert p.returncode == 0, err
+    assert "startup pack" in err and "background" in err
+    assert out.splitlines()[0] == "late"
+    # the same modules, from the same snapshot-relative files, as in place
+    assert out.splitlines()[1] == inplace.stdout.splitlines()[-1]
+    deadline = time.monotonic() + 30
+    while not (tree / ".volenv" / "materialized.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert verify_snapshot(tree, "full").ok
+    r = volenv(*args, "--", "python", "-c", "import late")
+    assert r.returncode == 0 and "reusing the complete local copy" in r.stderr
+
+
+def test_killed_background_extraction_is_never_used_as_complete(
+    tmp_path: Path, traced_env: tuple[Path, Path]
+) -> None:
+    m, root = traced_env
+    _traced_and_packed(m, root)
+    sid = snapshot_of(root, "app")
+    local = tmp_path / "local"
+    args = ("--root", root, "run", "--materialize", "always", "--materialize-dir", local, "--manifest", m)
+    r = volenv(*args, "--", "python", "-c", LATER, env={"VOLENV_FAULT": "materialize-background:kill"})
+    # the traced start ran; the import outside the trace found the tree incomplete: exit 4, said why
+    assert r.returncode == 4 and r.stdout == "started\ntraced-ok\n", r.stderr
+    assert "incomplete" in r.stderr
+    assert not (local / sid / ".volenv" / "materialized.json").exists()
+    r = volenv(*args, "--", "python", "-c", LATER)
+    assert r.returncode == 0, r.stderr
+    assert "reusing" not in r.stderr and r.stdout.splitlines()[2] == "late"
