@@ -264,3 +264,39 @@ def test_killed_background_extraction_is_never_used_as_complete(
     r = volenv(*args, "--", "python", "-c", LATER)
     assert r.returncode == 0, r.stderr
     assert "reusing" not in r.stderr and r.stdout.splitlines()[2] == "late"
+
+
+def test_sync_traces_the_manifest_trace_cmd_and_packs_its_startup_pack(
+    tmp_path: Path, traced_env: tuple[Path, Path]
+) -> None:
+    _m, root = traced_env
+    m = write_manifest(
+        tmp_path,
+        "app",
+        ["tracee==1.0", "late==1.0"],
+        find_links=tmp_path / "wheels",
+        extra="\n[activate]\ntrace-cmd = \"python -c 'import tracee; tracee.start()'\"\n",
+        filename="traced.toml",
+    )
+    r = volenv("--root", root, "sync", "--pack", m)
+    assert r.returncode == 0, r.stderr
+    sid = snapshot_of(root, "app")
+    trace = json.loads((root / "envs" / "app" / "snapshots" / sid / ".volenv" / "trace.json").read_text())
+    assert trace["command"] == ["python", "-c", "import tracee; tracee.start()"]
+    assert any(f.endswith("weights.bin") for f in trace["files"])
+    man = json.loads((root / "packs" / "snapshots" / f"{sid}.json").read_text())
+    assert [p["group"] for p in man["packs"]].count("_startup") == 1
+    # a second sync neither re-traces nor changes anything
+    before = (root / "envs" / "app" / "snapshots" / sid / ".volenv" / "trace.json").read_bytes()
+    assert volenv("--root", root, "sync", "--pack", m).returncode == 0
+    assert (root / "envs" / "app" / "snapshots" / sid / ".volenv" / "trace.json").read_bytes() == before
+    bad = write_manifest(
+        tmp_path,
+        "app",
+        ["tracee==1.0"],
+        find_links=tmp_path / "wheels",
+        extra='\n[activate]\ntrace-cmd = ""\n',
+        filename="bad.toml",
+    )
+    r = volenv("--root", root, "sync", bad)
+    assert r.returncode == 2 and "trace-cmd" in r.stderr
