@@ -138,13 +138,33 @@ def sync(paths: VolumePaths, manifest: Manifest, opts: SyncOptions) -> SyncResul
         if not manifest_path(paths, result.snapshot).exists():
             with reporter.step("packing"):
                 pack_snapshot(paths, Path(result.path))
-    if opts.dry_run or not opts.models or not manifest.models:
-        return result
-    from dataclasses import replace
+    if not opts.dry_run and opts.models and manifest.models:
+        from dataclasses import replace
 
-    from .models import fetch_models
+        from .models import fetch_models
 
-    return replace(result, models=tuple(fetch_models(paths, manifest, lock_timeout=opts.lock_timeout)))
+        result = replace(result, models=tuple(fetch_models(paths, manifest, lock_timeout=opts.lock_timeout)))
+    if manifest.trace_cmd and not opts.dry_run:
+        _trace_after_build(paths, manifest, Path(result.path))
+    return result
+
+
+def _trace_after_build(paths: VolumePaths, manifest: Manifest, snap: Path) -> None:
+    """[activate] trace-cmd: trace the start once per snapshot (again when the command changed);
+    the trace re-packs a packed snapshot so its startup pack exists."""
+    from .redact import redact_text
+    from .sealcheck import check_seal
+    from .trace import load_trace, run_trace
+
+    have = load_trace(snap, check_seal(str(snap), snap.name))
+    if have is not None and have.command == tuple(redact_text(a) for a in manifest.trace_cmd):
+        return
+    argv = ["--manifest", str(manifest.path), "--on-missing", "fail", "--", *manifest.trace_cmd]
+    try:
+        with reporter.step("tracing the start"):
+            run_trace(str(paths.root), argv)
+    except VolenvError as exc:  # the snapshot is built and current: a failed trace only warns
+        reporter.warn(f"[activate] trace-cmd: {exc.message}; {snap.name} has no start trace")
 
 
 def _warn_secret_env(manifest: Manifest) -> None:

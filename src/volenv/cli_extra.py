@@ -490,3 +490,22 @@ def init_cmd(
         )
     )
     emit_json("init", result) if g.json else render_init(result, g.quiet)
+
+
+@app.command(
+    "trace",
+    context_settings={
+        "allow_extra_args": True,
+        "ignore_unknown_options": True,
+        "allow_interspersed_args": False,
+    },
+)
+def trace_cmd(ctx: typer.Context) -> None:
+    """Run CMD once in the snapshot and store the files its start opened (startup pack order):
+    trace (--manifest M | --env NAME) -- CMD."""
+    from .render import emit_json, render_switch_generic
+    from .trace import run_trace
+
+    g = _globals(ctx)
+    result = run_trace(str(g.root.path), list(ctx.args))
+    emit_json("trace", result) if g.json else render_switch_generic(result)

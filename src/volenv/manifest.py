@@ -96,6 +96,8 @@ class Manifest:
     env: tuple[tuple[str, str], ...] = ()
     smoke_imports: tuple[str, ...] = ()
     models: tuple[ModelSpec, ...] = ()
+    # [activate] trace-cmd: a start that sync traces (trace.py); not a build input, not in the digest
+    trace_cmd: tuple[str, ...] = ()
     # requirement -> digest of its local source tree or file (`name @ ./path`): a build input
     local_sources: tuple[tuple[str, str], ...] = ()
 
@@ -384,6 +386,7 @@ def _parse(p: Path, data: dict[str, Any], c: _Checker) -> Manifest:
     optional = _parse_optional(c, data.get("optional", {}))
     post_install = _parse_build(c, data.get("build", {}))
     env, smoke = _parse_activate(c, data.get("activate", {}))
+    trace_cmd = _parse_trace_cmd(c, data.get("activate", {}))
     models = _parse_models(c, data.get("models", []))
     return Manifest(
         path=p,
@@ -399,6 +402,7 @@ def _parse(p: Path, data: dict[str, Any], c: _Checker) -> Manifest:
         post_install=post_install,
         env=env,
         smoke_imports=smoke,
+        trace_cmd=trace_cmd,
         models=models,
         local_sources=tuple(
             sorted({**dict(_local_sources(c, p.parent, requirements, optional)), **req_local}.items())
@@ -691,7 +695,7 @@ def _parse_build(c: _Checker, value: Any) -> tuple[tuple[str, ...] | str, ...]:
 
 def _parse_activate(c: _Checker, value: Any) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
     t = c.table(value, "activate")
-    c.keys(t, {"env", "smoke-imports"}, "activate.")
+    c.keys(t, {"env", "smoke-imports", "trace-cmd"}, "activate.")
     env_t = c.table(t.get("env", {}), "activate.env")
     env = []
     for k, v in env_t.items():
@@ -717,6 +721,26 @@ def _parse_activate(c: _Checker, value: Any) -> tuple[tuple[tuple[str, str], ...
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", mod):
             raise c.fail(f"activate.smoke-imports[{i}]", f"{mod!r} is not a module name")
     return tuple(sorted(env)), smoke
+
+
+def _parse_trace_cmd(c: _Checker, value: Any) -> tuple[str, ...]:
+    """A command line (split as a shell would, nothing expanded) or a list of arguments."""
+    import shlex
+
+    t = c.table(value, "activate")
+    raw = t.get("trace-cmd")
+    if raw is None:
+        return ()
+    if isinstance(raw, str):
+        try:
+            argv = shlex.split(raw)
+        except ValueError as exc:
+            raise c.fail("activate.trace-cmd", f"{raw!r}: {exc}") from None
+    else:
+        argv = list(c.strings(raw, "activate.trace-cmd"))
+    if not argv or any("\0" in a for a in argv):
+        raise c.fail("activate.trace-cmd", "must be a non-empty command without NUL bytes")
+    return tuple(argv)
 
 
 def _parse_models(c: _Checker, value: Any) -> tuple[ModelSpec, ...]:

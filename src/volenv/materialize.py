@@ -22,11 +22,24 @@ from typing import Any
 from . import faults
 from .errors import VerifyError, VolenvError
 from .fsutil import atomic_write_json, unique_suffix
-from .packs import PackManifest, blob_path, manifest_path, read_manifest, unpack
+from .packs import (
+    META_GROUP,
+    STARTUP_GROUP,
+    PackInfo,
+    PackManifest,
+    Unpacker,
+    blob_path,
+    manifest_path,
+    pack_order,
+    read_manifest,
+    unpack,
+)
 from .paths import VolumePaths
 from .sealcheck import META_DIR, SealProblem, check_seal
 
 MARKER = "materialized.json"
+IN_PROGRESS = "materializing"  # pid of the background extraction, while there is one
+FAILED = "materialize-failed"  # why the background extraction stopped
 #: per-operation latency above which extracting beats running in place (bench/coldstart.py)
 THRESHOLD_MS = float(os.environ.get("VOLENV_MATERIALIZE_THRESHOLD_MS", "0.15"))
 PROBE_OPS = 12
@@ -244,11 +257,16 @@ def _extract(
 ) -> str | None:
     sid = manifest.snapshot
     _clean_partials(base, sid)
+    if os.path.lexists(dest) and _await_background(dest, seal, level):
+        _say(f"materialize: reusing the local copy {dest}, completed by another start")
+        return str(dest)
     if os.path.lexists(dest):  # a killed start's copy without its mark, or one that failed its check
         _discard(dest)
     partial = base / f".{sid}.partial-{unique_suffix()}"
     partial.mkdir()
     staged = partial / sid
+    if level == "seal" and any(p.group == STARTUP_GROUP for p in manifest.packs):
+        return _extract_startup_first(paths, manifest, base, partial, dest, mode)
     t0 = time.perf_counter()
     try:
         unpack(manifest, lambda i: open(blob_path(paths, i.id), "rb"), staged)  # noqa: SIM115
@@ -282,3 +300,177 @@ def _extract(
     shutil.rmtree(partial, ignore_errors=True)
     _say(f"materialize: extracted {sid} to {dest} in {time.perf_counter() - t0:.2f}s")
     return str(dest)
+
+
+# ---------------------------------------------------------------- startup pack first
+
+
+def _await_background(dest: Path, seal: dict[str, Any], level: str) -> bool:
+    """Another start's copy whose background extraction is still running: wait for it to be
+    complete (True) or to stop (False: the caller discards it)."""
+    meta = dest / META_DIR
+    while True:
+        if _complete(dest, seal, level):
+            return True
+        try:
+            pid = int((meta / IN_PROGRESS).read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return False
+        if (meta / FAILED).exists() or pid == os.getpid() or not _alive(pid):
+            return False
+        time.sleep(0.02)
+
+
+def _write_at(dir_fd: int, name: str, data: bytes) -> None:
+    """temp + fsync + rename inside an open directory (the tree may be renamed meanwhile)."""
+    tmp = f".{name}.tmp-{os.getpid()}"
+    fd = os.open(
+        tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd
+    )
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+
+def _guard_dir(base: Path) -> Path:
+    """The start guard as sitecustomize.py in a dir of the (private) materialize base."""
+    guard = base / ".volenv-guard"
+    guard.mkdir(mode=0o700, exist_ok=True)
+    src = (Path(__file__).with_name("_startguard.py")).read_bytes()
+    target = guard / "sitecustomize.py"
+    try:
+        same = target.read_bytes() == src
+    except OSError:
+        same = False
+    if not same:
+        from .fsutil import atomic_write_bytes
+
+        atomic_write_bytes(target, src)
+    return guard
+
+
+def _extract_startup_first(
+    paths: VolumePaths, manifest: PackManifest, base: Path, partial: Path, dest: Path, mode: str
+) -> str | None:
+    """Extract the metadata and startup packs, then hand the rest to a background process that
+    extracts into the same tree, and exec at once: `_startguard.py` (on PYTHONPATH) makes the
+    program wait for the whole tree before it could observe a file that is not local yet."""
+    sid = manifest.snapshot
+    staged = partial / sid
+    t0 = time.perf_counter()
+    order = sorted(manifest.packs, key=pack_order)
+    first = [p for p in order if p.group in (META_GROUP, STARTUP_GROUP)]
+    rest = [p for p in order if p.group not in (META_GROUP, STARTUP_GROUP)]
+    u: Unpacker | None = None
+    try:
+        u = Unpacker(manifest, staged)
+        u.extract(first, lambda i: open(blob_path(paths, i.id), "rb"))  # noqa: SIM115
+        check_seal(str(staged), sid)
+        _write_at(u.tree.dir_fd(META_DIR, create=False), IN_PROGRESS, f"{os.getpid()}\n".encode())
+        guard = _guard_dir(base)
+    except (VerifyError, SealProblem) as exc:
+        if u is not None:
+            u.close()
+        shutil.rmtree(partial, ignore_errors=True)
+        _damaged(mode, f"a pack is damaged: {exc}")
+        return None
+    except OSError as exc:
+        if u is not None:
+            u.close()
+        shutil.rmtree(partial, ignore_errors=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            _say(f"warning: materialize: local disk full while extracting ({exc.strerror}); running in place")
+            return None
+        raise
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the forked processes
+        code = 0
+        try:
+            os.close(r)
+            if os.fork() == 0:
+                os.setsid()
+                null = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):  # never hold the program's output pipes open
+                    os.dup2(null, fd)
+                code = _background(paths, u, rest, base, w)
+        finally:
+            os._exit(code)
+    os.close(w)
+    os.waitpid(child, 0)
+    started = os.read(r, 32)
+    os.close(r)
+    u.close()
+    if not started:
+        shutil.rmtree(partial, ignore_errors=True)
+        _damaged(mode, "the background extraction did not start")
+        return None
+    tree = staged
+    try:
+        os.rename(staged, dest)
+        tree = dest
+        shutil.rmtree(partial, ignore_errors=True)
+    except OSError as exc:  # another start put a copy there meanwhile: run from ours where it is
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+    before = sum(p.tar_size for p in first)
+    total = sum(p.tar_size for p in manifest.packs)
+    files = sum(p.files for p in first)
+    _say(
+        f"materialize: startup pack of {sid} local in {time.perf_counter() - t0:.2f}s ({files} files,"
+        f" {before} of {total} bytes); the rest extracts in the background into {tree}"
+    )
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(guard), *([old] if old else [])])
+    os.environ["VOLENV_MATERIALIZING"] = str(tree)
+    return str(tree)
+
+
+def _background(paths: VolumePaths, u: Unpacker, rest: list[PackInfo], base: Path, ready: int) -> int:
+    """The rest of the packs, each blob copied to local disk and checked against its sha256
+    before any byte of it lands in the tree (a program is already running from it); each file
+    appears whole. Then the completion mark, or FAILED with the reason."""
+    import hashlib
+    import json
+
+    meta_fd = u.tree.dir_fd(META_DIR, create=False)
+    meta_fd = os.dup(meta_fd)
+    try:
+        _write_at(meta_fd, IN_PROGRESS, f"{os.getpid()}\n".encode())
+        os.write(ready, str(os.getpid()).encode())
+        os.close(ready)
+        u.tree.atomic = True
+        faults.point("materialize-background")
+        for info in rest:
+            local = base / f".{info.id}.blob-{unique_suffix()}"
+            try:
+                h = hashlib.sha256()
+                with open(blob_path(paths, info.id), "rb") as src, open(local, "wb") as out:
+                    while chunk := src.read(1 << 20):
+                        h.update(chunk)
+                        out.write(chunk)
+                if h.hexdigest() != info.blob_sha256:
+                    raise VerifyError(f"pack {info.id[:16]}… ({info.group}) is damaged: blob sha256 mismatch")
+                u.extract([info], lambda _i, f=local: open(f, "rb"))  # type: ignore[misc]  # noqa: SIM115
+            finally:
+                local.unlink(missing_ok=True)
+        u.finish()
+        assert u.record is not None
+        seal_fd = os.open("seal.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=meta_fd)
+        with open(seal_fd, "rb") as fh:
+            rec = json.loads(fh.read())["record_sha256"]
+        mark = {"schema": 1, "snapshot": u.manifest.snapshot, "record_sha256": rec, "time": time.time()}
+        _write_at(meta_fd, MARKER, json.dumps(mark).encode())
+        os.unlink(IN_PROGRESS, dir_fd=meta_fd)
+        return 0
+    except BaseException as exc:  # whatever stopped it is the reason the guard prints
+        try:
+            _write_at(meta_fd, FAILED, f"background extraction failed: {exc}".encode())
+        except OSError:
+            pass
+        return 1
+    finally:
+        u.close()

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .errors import DamagedRecord, VerifyError
-from .fsutil import atomic_write_json, fsync_dir, safe_mkdirs, unique_suffix
+from .fsutil import atomic_write_json, safe_mkdirs, unique_suffix
 from .integrity import Entry, load_record, owner_distributions
 from .paths import VolumePaths
 from .sealcheck import META_DIR, SealProblem, check_seal
@@ -35,6 +35,7 @@ PACK_SCHEMA = 1
 LEVEL = int(os.environ.get("VOLENV_ZSTD_LEVEL", "3"))
 META_GROUP = "_meta"
 VENV_GROUP = "_venv"
+STARTUP_GROUP = "_startup"  # a start trace's files, in trace order (trace.py)
 _PYC = re.compile(r"^(?P<dir>.*)/__pycache__/(?P<stem>[^/.]+)\.[^/]+\.pyc$")
 
 
@@ -157,10 +158,52 @@ def manifest_path(paths: VolumePaths, snapshot: str) -> Path:
 # ---------------------------------------------------------------- grouping
 
 
-def group_entries(snapshot_dir: Path, record: dict[str, Entry]) -> dict[str, list[Entry]]:
+def startup_paths(record: dict[str, Entry], traced: Iterable[str]) -> list[str]:
+    """The startup pack's members, in order: what the interpreter reads before any hook can see
+    it (top-level files such as pyvenv.cfg, every symlink, site-packages' .pth files), then the
+    traced files in trace order, each with its bytecode/source partner (an import stats the
+    source and reads the .pyc)."""
+    partners: dict[str, list[str]] = {}
+    for path, e in record.items():
+        m = _PYC.match(path) if e.type == "f" else None
+        if m:
+            src = f"{m['dir']}/{m['stem']}.py"
+            partners.setdefault(src, []).append(path)
+            partners.setdefault(path, []).append(src)
+    out: list[str] = []
+    seen: set[str] = set()
+
+    def add(path: str) -> None:
+        e = record.get(path)
+        if e is not None and e.type != "d" and path not in seen:
+            seen.add(path)
+            out.append(path)
+
+    for path, e in sorted(record.items()):
+        parent = path.rpartition("/")[0]
+        if e.type == "l" or "/" not in path or (path.endswith(".pth") and parent.endswith("/site-packages")):
+            add(path)
+    for path in traced:
+        add(path)
+        for partner in sorted(partners.get(path, ())):
+            add(partner)
+    return out
+
+
+def group_entries(
+    snapshot_dir: Path, record: dict[str, Entry], startup: Iterable[str] = ()
+) -> dict[str, list[Entry]]:
+    """Entries by pack: each distribution's files, the rest of the venv, and (with a start
+    trace) the startup pack, whose files leave their distribution's pack and keep their order."""
     owners = owner_distributions(snapshot_dir)
     groups: dict[str, list[Entry]] = {}
+    first = list(startup)
+    if first:
+        groups[STARTUP_GROUP] = [record[p] for p in first]
+    taken = set(first)
     for path, e in record.items():
+        if path in taken:
+            continue
         group = owners.get(path)
         if group is None and e.type == "f":
             m = _PYC.match(path)
@@ -172,12 +215,13 @@ def group_entries(snapshot_dir: Path, record: dict[str, Entry]) -> dict[str, lis
     return groups
 
 
-def _tar_stream(snapshot_dir: Path, entries: Iterable[Entry], sink: Any) -> None:
-    """A deterministic tar of the entries: sorted, owner 0, mtimes only on sources."""
+def _tar_stream(snapshot_dir: Path, entries: Iterable[Entry], sink: Any, *, ordered: bool = False) -> None:
+    """A deterministic tar of the entries: sorted (or in the given order, for the startup pack),
+    owner 0, mtimes only on sources."""
     real_top = os.path.realpath(snapshot_dir)
     dirs_ok: set[str] = set()  # parent directories already found link-free (one realpath each)
     with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        for e in sorted(entries, key=lambda x: x.path):
+        for e in entries if ordered else sorted(entries, key=lambda x: x.path):
             info = tarfile.TarInfo(e.path)
             info.mode = e.mode
             info.uid = info.gid = 0
@@ -274,14 +318,19 @@ def pack_snapshot(paths: VolumePaths, snapshot_dir: Path) -> PackManifest:
     except SealProblem as sp:
         raise VerifyError(f"cannot pack {sid}: {sp.detail}") from None
     record = load_record(snapshot_dir)
-    groups = group_entries(snapshot_dir, record)
+    from .trace import load_trace
+
+    trace = load_trace(snapshot_dir, seal)
+    startup = startup_paths(record, trace.files) if trace is not None else []
+    groups = group_entries(snapshot_dir, record, startup)
     groups[META_GROUP] = meta_entries(snapshot_dir)
     blobs = packs_dir(paths) / "blobs"
     safe_mkdirs(blobs, paths.root)  # a linked packs/ or blobs/ is refused, never written through
     infos = []
     for group, entries in sorted(groups.items()):
         sink = _HashSink()
-        _tar_stream(snapshot_dir, entries, sink)  # pass 1: the content address
+        ordered = group == STARTUP_GROUP
+        _tar_stream(snapshot_dir, entries, sink, ordered=ordered)  # pass 1: the content address
         pack_id = sink.h.hexdigest()
         dest = blob_path(paths, pack_id)
         if not _reusable(dest, pack_id, sink.size):
@@ -290,7 +339,7 @@ def pack_snapshot(paths: VolumePaths, snapshot_dir: Path) -> PackManifest:
                 with open(tmp, "wb") as raw:
                     cctx = zstandard.ZstdCompressor(level=LEVEL, threads=-1, write_checksum=True)
                     with cctx.stream_writer(raw, closefd=False) as zw:
-                        _tar_stream(snapshot_dir, entries, zw)
+                        _tar_stream(snapshot_dir, entries, zw, ordered=ordered)
                     raw.flush()
                     os.fsync(raw.fileno())
                 os.rename(tmp, dest)
@@ -422,6 +471,8 @@ class _Tree:
         dest.mkdir(exist_ok=False)
         self.root_fd = os.open(dest, _DIR_FLAGS)
         self.open: dict[str, int] = {}
+        # while a program already runs from the tree, each file appears whole or not at all
+        self.atomic = False
 
     def dir_fd(self, rel: str, *, create: bool) -> int:
         """The descriptor of directory rel ('' = the root), walking from the nearest one open."""
@@ -460,6 +511,11 @@ class _Tree:
         os.close(self.root_fd)
 
 
+def pack_order(p: PackInfo) -> tuple[bool, bool, bool, str]:
+    """Extraction order: metadata, the startup pack, the rest of the venv, distributions."""
+    return (p.group != META_GROUP, p.group != STARTUP_GROUP, p.group != VENV_GROUP, p.group)
+
+
 def unpack(
     manifest: PackManifest,
     open_blob: Callable[[PackInfo], BinaryIO],
@@ -470,30 +526,55 @@ def unpack(
     """Extract every pack into dest (which must not exist yet): meta first, then the rest
     checked against the record it carries. Blob and tar hashes are checked as they stream,
     each tar stops at its declared size, and nothing is written through a symlink."""
-    metas = [p for p in manifest.packs if p.group == META_GROUP]
-    if len(metas) != 1 and record is None:
-        raise VerifyError(f"the pack list has {len(metas)} metadata packs, not one")
-    order = sorted(manifest.packs, key=lambda p: (p.group != META_GROUP, p.group != VENV_GROUP, p.group))
-    seen: set[str] = set()
-    dir_modes: list[tuple[str, int]] = []
-    tree = _Tree(dest)
+    u = Unpacker(manifest, dest, record=record)
     try:
-        for info in order:
-            allowed = None if info.group == META_GROUP else record
+        u.extract(sorted(manifest.packs, key=pack_order), open_blob)
+        u.finish()
+    finally:
+        u.close()
+
+
+class Unpacker:
+    """An extraction in steps (materialize extracts the startup pack, execs, and lets a
+    background process extract the rest into the same tree): `extract` some packs, then
+    `finish` checks that every recorded entry arrived and sets directory modes."""
+
+    def __init__(self, manifest: PackManifest, dest: Path, *, record: dict[str, Entry] | None = None) -> None:
+        metas = [p for p in manifest.packs if p.group == META_GROUP]
+        if len(metas) != 1 and record is None:
+            raise VerifyError(f"the pack list has {len(metas)} metadata packs, not one")
+        self.manifest = manifest
+        self.dest = dest
+        self.record = record
+        self.seen: set[str] = set()
+        self.dir_modes: list[tuple[str, int]] = []
+        self.tree = _Tree(dest)
+
+    def extract(self, infos: Iterable[PackInfo], open_blob: Callable[[PackInfo], BinaryIO]) -> None:
+        for info in infos:
+            allowed = None if info.group == META_GROUP else self.record
+            if info.group != META_GROUP and allowed is None:
+                raise VerifyError("the pack list has no metadata pack")
             with open_blob(info) as raw:
-                _extract_pack(raw, info, tree, allowed, seen, dir_modes)
-            if info.group == META_GROUP and record is None:
-                record = _packed_record(manifest, dest)
-        if record is None:
+                _extract_pack(raw, info, self.tree, allowed, self.seen, self.dir_modes)
+            if info.group == META_GROUP and self.record is None:
+                self.record = _packed_record(self.manifest, self.dest)
+
+    def finish(self) -> None:
+        if self.record is None:
             raise VerifyError("the pack list has no metadata pack")
-        missing = [p for p in record if p not in seen]
+        missing = [p for p in self.record if p not in self.seen]
         if missing:
             raise VerifyError(f"packs lack {len(missing)} recorded entries (e.g. {missing[0]})")
-        for rel, mode in sorted(dir_modes, key=lambda x: x[0].count("/"), reverse=True):
-            os.fchmod(tree.dir_fd(rel, create=False), mode)
-    finally:
-        tree.close()
-    fsync_dir(dest)
+        for rel, mode in sorted(self.dir_modes, key=lambda x: x[0].count("/"), reverse=True):
+            os.fchmod(self.tree.dir_fd(rel, create=False), mode)
+        try:
+            os.fsync(self.tree.root_fd)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.tree.close()
 
 
 def _extract_pack(
@@ -597,13 +678,15 @@ def _extract_member(
         return
     parent, _, base = name.rpartition("/")
     pfd = tree.dir_fd(parent, create=True)
+    collides = VerifyError(f"{_pack_name(info)}: member {name!r} collides with an earlier one")
+    part = f".{base}.volenv-part-{os.getpid()}" if tree.atomic else base
     try:
         if m.issym():
             os.symlink(m.linkname, base, dir_fd=pfd)
             return
-        fd = os.open(base, _FILE_FLAGS, 0o600, dir_fd=pfd)
+        fd = os.open(part, _FILE_FLAGS, 0o600, dir_fd=pfd)
     except (FileExistsError, IsADirectoryError, NotADirectoryError):
-        raise VerifyError(f"{_pack_name(info)}: member {name!r} collides with an earlier one") from None
+        raise collides from None
     src = tar.extractfile(m)
     assert src is not None
     with open(fd, "wb", closefd=True) as out:
@@ -612,3 +695,10 @@ def _extract_member(
         out.flush()
         os.fchmod(fd, mode)
         os.utime(fd, (m.mtime, m.mtime))
+    if part != base:
+        try:  # a link, not a rename: an existing name is a collision, never replaced
+            os.link(part, base, src_dir_fd=pfd, dst_dir_fd=pfd, follow_symlinks=False)
+        except FileExistsError:
+            raise collides from None
+        finally:
+            os.unlink(part, dir_fd=pfd)

@@ -1,0 +1,114 @@
+"""Copied as `sitecustomize.py` into a private temp dir on PYTHONPATH by `volenv trace`, never
+into the snapshot (which stays sealed and untouched). It appends, in first-use order, every file
+under the traced roots that this process (and any Python child, which inherits PYTHONPATH)
+opens, one absolute path a line, written with O_APPEND as it happens so a killed or os._exit'ed
+start still leaves what it used.
+
+Audit events (PEP 578) cover: `open` (open(), io.open_code for .py/.pyc reads, os.open, the
+main script), `mmap.__new__` (weights mapped with mmap: the fd is resolved through
+/proc/self/fd), `ctypes.dlopen`, and `import` for extension modules, whose dlopen raises no
+file event: the module's __file__ is recorded as soon as it is in sys.modules. At exit,
+/proc/self/maps adds any shared library a C extension pulled in by itself. Modules imported
+before this file ran (by .pth files) are recorded first.
+
+Standard library only, no volenv import: it runs inside the snapshot's interpreter.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+
+
+def _install() -> None:
+    out = os.environ.get("VOLENV_TRACE_OUT")
+    roots_env = os.environ.get("VOLENV_TRACE_ROOTS", "")
+    if not out or not roots_env:
+        return
+    prefixes: list[str] = []
+    for r in roots_env.split(os.pathsep):
+        if r:
+            prefixes.append(os.path.join(os.path.abspath(r), ""))
+            prefixes.append(os.path.join(os.path.realpath(r), ""))
+    roots = tuple(prefixes)
+    fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    seen: set[str] = set()
+    pending: list[str] = []
+
+    def note(path: object) -> None:
+        if not isinstance(path, (str, bytes)):
+            return
+        try:
+            p = os.path.abspath(os.fsdecode(path))
+        except (ValueError, OSError):
+            return
+        if p in seen:
+            return
+        seen.add(p)
+        if p.startswith(roots):
+            os.write(fd, p.encode("utf-8", "surrogateescape") + b"\n")
+
+    def flush_imports() -> None:
+        for name in list(pending):
+            mod = sys.modules.get(name)
+            if mod is not None:
+                pending.remove(name)
+                note(getattr(mod, "__file__", None))
+
+    def hook(event: str, args: tuple[object, ...]) -> None:
+        if pending and event != "import":
+            flush_imports()
+        if event == "open":
+            note(args[0])
+        elif event == "import":
+            pending.append(str(args[0]))
+        elif event == "mmap.__new__":
+            fileno = args[0]
+            if isinstance(fileno, int) and fileno >= 0:
+                try:
+                    note(os.readlink(f"/proc/self/fd/{fileno}"))
+                except OSError:
+                    pass
+        elif event == "ctypes.dlopen":
+            name = args[0]
+            if isinstance(name, str) and os.sep in name:
+                note(name)
+
+    def at_exit() -> None:
+        flush_imports()
+        for mod in list(sys.modules.values()):
+            note(getattr(mod, "__file__", None))
+        try:
+            with open("/proc/self/maps", encoding="utf-8", errors="surrogateescape") as maps:
+                for line in maps:
+                    fields = line.split(None, 5)
+                    if len(fields) == 6 and fields[5].startswith("/"):
+                        note(fields[5].rstrip("\n"))
+        except OSError:
+            pass
+
+    for mod in list(sys.modules.values()):
+        note(getattr(mod, "__file__", None))
+    sys.addaudithook(hook)
+    atexit.register(at_exit)
+
+
+def _chain() -> None:
+    """A sitecustomize of the snapshot's own, shadowed by this file, still runs."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    mine = sys.modules.pop("sitecustomize", None)
+    saved = list(sys.path)
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+    try:
+        import sitecustomize  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        pass
+    finally:
+        sys.path[:] = saved
+        if mine is not None and "sitecustomize" not in sys.modules:
+            sys.modules["sitecustomize"] = mine
+
+
+_install()
+_chain()

@@ -1,0 +1,302 @@
+"""Issue 17: start traces (`volenv trace`) and the startup pack that packing builds from them."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import snapshot_of, volenv, write_manifest
+from volenv.integrity import verify_snapshot
+from wheelfactory import make_wheel
+
+# A start that imports a pure package (and its submodule), a C extension that lives inside the
+# snapshot, opens a data file with open(), maps a weights file with mmap and opens a model file
+# on the volume; `tracee.unused` and `late` are never touched by it.
+TRACEE_INIT = """\
+import mmap, os
+from . import sub
+
+def start():
+    from . import _csv as ext
+    assert ext.QUOTE_ALL == 1
+    here = os.path.dirname(__file__)
+    with open(os.path.join(here, "data.txt")) as fh:
+        assert fh.read() == "data"
+    with open(os.path.join(here, "weights.bin"), "rb") as fh:
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            assert mm[:7] == b"weights"
+    with open(os.path.normpath(os.path.join(os.environ["HF_HOME"], "..", "files", "w.bin")), "rb") as fh:
+        fh.read()
+    print("started")
+"""
+
+START = "import tracee; tracee.start()"
+
+
+def _extension() -> tuple[str, bytes]:
+    """A real C extension for the snapshot, offline: this interpreter's own _csv module, shipped
+    inside the wheel as tracee/_csv*.so (its PyInit__csv matches the name)."""
+    import _csv
+
+    path = getattr(_csv, "__file__", None)
+    if path is None or sys.version_info[:2] != (3, 11):
+        pytest.skip("needs a 3.11 interpreter whose _csv is a shared library")
+    return os.path.basename(path), Path(path).read_bytes()
+
+
+@pytest.fixture
+def traced_env(tmp_path: Path) -> tuple[Path, Path]:
+    wheels = tmp_path / "wheels"
+    so_name, so = _extension()
+    make_wheel(
+        wheels,
+        "tracee",
+        "1.0",
+        files={
+            "tracee/__init__.py": TRACEE_INIT,
+            "tracee/sub.py": "X = 1\n",
+            "tracee/unused.py": "Y = 2\n",
+            f"tracee/{so_name}": so,
+            "tracee/data.txt": "data",
+            "tracee/weights.bin": b"weights" + bytes(4096),
+        },
+    )
+    make_wheel(wheels, "late", "1.0", files={"late/__init__.py": "LATE = 'late'\n"})
+    m = write_manifest(tmp_path, "app", ["tracee==1.0", "late==1.0"], find_links=wheels)
+    root = tmp_path / "volume" / "volenv"
+    r = volenv("--root", root, "sync", m)
+    assert r.returncode == 0, r.stderr
+    (root / "models" / "files").mkdir(parents=True, exist_ok=True)
+    (root / "models" / "files" / "w.bin").write_bytes(b"model")
+    return m, root
+
+
+def _sp(root: Path, sid: str) -> str:
+    snap = root / "envs" / "app" / "snapshots" / sid
+    return str(next(snap.glob("lib/python*/site-packages")).relative_to(snap))
+
+
+def test_trace_records_imports_extensions_open_and_mmap_in_first_use_order(
+    traced_env: tuple[Path, Path],
+) -> None:
+    m, root = traced_env
+    sid = snapshot_of(root, "app")
+    snap = root / "envs" / "app" / "snapshots" / sid
+    seal_before = (snap / ".volenv" / "seal.json").read_bytes()
+    r = volenv("--root", root, "--json", "trace", "--manifest", m, "--", "python", "-c", START)
+    assert r.returncode == 0, r.stderr
+    out = r.json()
+    assert "started" in r.stderr and out["snapshot"] == sid  # the command's stdout is on stderr
+    trace = json.loads((snap / ".volenv" / "trace.json").read_text())
+    sp = _sp(root, sid)
+    files = trace["files"]
+    assert out["files"] == len(files)
+    pos = {}
+    for want in ("tracee/__init__", "tracee/__pycache__/sub.", "tracee/_csv.", "data.txt", "weights.bin"):
+        hits = [i for i, f in enumerate(files) if want in f and f.startswith(f"{sp}/tracee/")]
+        assert hits, f"{want} missing from the trace: {files}"
+        pos[want] = hits[0]
+    # first-use order: package, submodule (at import), then the extension, data, weights
+    assert list(pos.values()) == sorted(pos.values()), files
+    assert not any("unused" in f or "/late/" in f for f in files)
+    assert trace["models"] == ["files/w.bin"]
+    assert trace["record_sha256"] == json.loads(seal_before)["record_sha256"]
+    # the seal and the record are untouched, and the snapshot verifies in full
+    assert (snap / ".volenv" / "seal.json").read_bytes() == seal_before
+    assert verify_snapshot(snap, "full").ok
+    # no sitecustomize or anything else was written into the snapshot
+    assert not list(snap.rglob("sitecustomize*"))
+
+
+def test_failed_start_stores_no_trace(traced_env: tuple[Path, Path]) -> None:
+    m, root = traced_env
+    sid = snapshot_of(root, "app")
+    r = volenv(
+        "--root", root, "trace", "--manifest", m, "--", "python", "-c", "import tracee; raise SystemExit(3)"
+    )
+    assert r.returncode == 7 and "exited with 3" in r.stderr
+    assert not (root / "envs" / "app" / "snapshots" / sid / ".volenv" / "trace.json").exists()
+
+
+def test_damaged_trace_is_an_error_when_packing(traced_env: tuple[Path, Path]) -> None:
+    m, root = traced_env
+    sid = snapshot_of(root, "app")
+    assert volenv("--root", root, "trace", "--manifest", m, "--", "python", "-c", START).returncode == 0
+    t = root / "envs" / "app" / "snapshots" / sid / ".volenv" / "trace.json"
+    t.write_text('{"schema": 1, "files": "nope"}')
+    r = volenv("--root", root, "pack", "app")
+    assert r.returncode == 4 and "trace" in r.stderr
+
+
+# the traced start, a line, then an import outside the trace; prints the snapshot modules it used
+LATER = """
+import os, sys
+import tracee; tracee.start()
+print("traced-ok", flush=True)
+import late
+print(late.LATE, flush=True)
+prefix = os.path.join(sys.prefix, "")
+print(sorted(m.__file__[len(prefix):] for m in list(sys.modules.values())
+             if (getattr(m, "__file__", None) or "").startswith(prefix)), flush=True)
+"""
+
+
+def _traced_and_packed(m: Path, root: Path) -> dict[str, object]:
+    assert volenv("--root", root, "trace", "--manifest", m, "--", "python", "-c", START).returncode == 0
+    r = volenv("--root", root, "pack", "app")
+    assert r.returncode == 0, r.stderr
+    sid = snapshot_of(root, "app")
+    data = json.loads((root / "packs" / "snapshots" / f"{sid}.json").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def test_startup_pack_holds_the_traced_files_first_in_trace_order(traced_env: tuple[Path, Path]) -> None:
+    import tarfile
+
+    import zstandard
+
+    m, root = traced_env
+    man = _traced_and_packed(m, root)
+    sid = snapshot_of(root, "app")
+    trace = json.loads((root / "envs" / "app" / "snapshots" / sid / ".volenv" / "trace.json").read_text())
+    packs = man["packs"]
+    assert isinstance(packs, list)
+    startup = [p for p in packs if p["group"] == "_startup"]
+    assert len(startup) == 1
+    blob = root / "packs" / "blobs" / f"{startup[0]['id']}.tar.zst"
+    with (
+        open(blob, "rb") as raw,
+        zstandard.ZstdDecompressor().stream_reader(raw) as zr,
+        tarfile.open(fileobj=zr, mode="r|") as tar,
+    ):
+        names = [t.name for t in tar]
+    traced = [n for n in names if n in trace["files"]]
+    assert traced == trace["files"]  # every traced file, in trace order
+    assert names.index(trace["files"][0]) > names.index("pyvenv.cfg")  # what starts python comes first
+    assert not any("/late/" in n or "unused" in n for n in names)
+    # the traced files left their distribution's pack; every recorded file is in exactly one pack
+    total = sum(p["files"] for p in packs if p["group"] != "_meta")
+    record_lines = (root / "envs" / "app" / "snapshots" / sid / ".volenv" / "record").read_text().splitlines()
+    assert total == len([ln for ln in record_lines if ln and not ln.startswith("#")])
+
+
+def _bg_pid(tree: Path) -> int:
+    return int((tree / ".volenv" / "materializing").read_text().split()[0])
+
+
+def test_run_execs_after_the_startup_pack_and_waits_for_files_outside_the_trace(
+    tmp_path: Path, traced_env: tuple[Path, Path]
+) -> None:
+    import signal
+    import subprocess
+    import time
+
+    from conftest import volenv_popen
+
+    m, root = traced_env
+    _traced_and_packed(m, root)
+    sid = snapshot_of(root, "app")
+    inplace = volenv("--root", root, "run", "--manifest", m, "--", "python", "-c", LATER)
+    assert inplace.returncode == 0, inplace.stderr
+    local = tmp_path / "local"
+    args = ("--root", root, "run", "--materialize", "always", "--materialize-dir", local, "--manifest", m)
+    # the background extraction stops (SIGSTOP) before its first pack: the traced start still runs
+    p = volenv_popen(
+        *args,
+        "--",
+        "python",
+        "-c",
+        LATER,
+        env={"VOLENV_FAULT": "materialize-background:pause"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    tree = local / sid
+    try:
+        assert p.stdout is not None
+        assert p.stdout.readline().strip() == "started"
+        assert p.stdout.readline().strip() == "traced-ok"
+        assert not (tree / ".volenv" / "materialized.json").exists()
+        assert not list(tree.glob("lib/python*/site-packages/late/__init__.py"))  # not local yet
+        time.sleep(0.3)
+        assert p.poll() is None  # waiting for `late`, not failing on it
+        os.kill(_bg_pid(tree), signal.SIGCONT)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        if (tree / ".volenv" / "materializing").exists():
+            try:
+                os.kill(_bg_pid(tree), signal.SIGKILL if p.returncode else signal.SIGCONT)
+            except (ProcessLookupError, ValueError):
+                pass
+    assert p.returncode == 0, err
+    assert "startup pack" in err and "background" in err
+    assert out.splitlines()[0] == "late"
+    # the same modules, from the same snapshot-relative files, as in place
+    assert out.splitlines()[1] == inplace.stdout.splitlines()[-1]
+    deadline = time.monotonic() + 30
+    while not (tree / ".volenv" / "materialized.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert verify_snapshot(tree, "full").ok
+    r = volenv(*args, "--", "python", "-c", "import late")
+    assert r.returncode == 0 and "reusing the complete local copy" in r.stderr
+
+
+def test_killed_background_extraction_is_never_used_as_complete(
+    tmp_path: Path, traced_env: tuple[Path, Path]
+) -> None:
+    m, root = traced_env
+    _traced_and_packed(m, root)
+    sid = snapshot_of(root, "app")
+    local = tmp_path / "local"
+    args = ("--root", root, "run", "--materialize", "always", "--materialize-dir", local, "--manifest", m)
+    r = volenv(*args, "--", "python", "-c", LATER, env={"VOLENV_FAULT": "materialize-background:kill"})
+    # the traced start ran; the import outside the trace found the tree incomplete: exit 4, said why
+    assert r.returncode == 4 and r.stdout == "started\ntraced-ok\n", r.stderr
+    assert "incomplete" in r.stderr
+    assert not (local / sid / ".volenv" / "materialized.json").exists()
+    r = volenv(*args, "--", "python", "-c", LATER)
+    assert r.returncode == 0, r.stderr
+    assert "reusing" not in r.stderr and r.stdout.splitlines()[2] == "late"
+
+
+def test_sync_traces_the_manifest_trace_cmd_and_packs_its_startup_pack(
+    tmp_path: Path, traced_env: tuple[Path, Path]
+) -> None:
+    _m, root = traced_env
+    m = write_manifest(
+        tmp_path,
+        "app",
+        ["tracee==1.0", "late==1.0"],
+        find_links=tmp_path / "wheels",
+        extra="\n[activate]\ntrace-cmd = \"python -c 'import tracee; tracee.start()'\"\n",
+        filename="traced.toml",
+    )
+    r = volenv("--root", root, "sync", "--pack", m)
+    assert r.returncode == 0, r.stderr
+    sid = snapshot_of(root, "app")
+    trace = json.loads((root / "envs" / "app" / "snapshots" / sid / ".volenv" / "trace.json").read_text())
+    assert trace["command"] == ["python", "-c", "import tracee; tracee.start()"]
+    assert any(f.endswith("weights.bin") for f in trace["files"])
+    man = json.loads((root / "packs" / "snapshots" / f"{sid}.json").read_text())
+    assert [p["group"] for p in man["packs"]].count("_startup") == 1
+    # a second sync neither re-traces nor changes anything
+    before = (root / "envs" / "app" / "snapshots" / sid / ".volenv" / "trace.json").read_bytes()
+    assert volenv("--root", root, "sync", "--pack", m).returncode == 0
+    assert (root / "envs" / "app" / "snapshots" / sid / ".volenv" / "trace.json").read_bytes() == before
+    bad = write_manifest(
+        tmp_path,
+        "app",
+        ["tracee==1.0"],
+        find_links=tmp_path / "wheels",
+        extra='\n[activate]\ntrace-cmd = ""\n',
+        filename="bad.toml",
+    )
+    r = volenv("--root", root, "sync", bad)
+    assert r.returncode == 2 and "trace-cmd" in r.stderr
