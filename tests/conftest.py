@@ -214,6 +214,33 @@ def staging_left(root: Path) -> list[str]:
 
 
 @contextmanager
+def serve_bytes(data: bytes, path: str = "/w.bin") -> Iterator[str]:
+    """A model server on 127.0.0.1: `data` at `path` whatever the query string (a presigned
+    URL's server), 404 elsewhere. Yields the server's base URL."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            if self.path.split("?", 1)[0] != path:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextmanager
 def moto_s3() -> Iterator[str]:
     """moto's standalone S3 server on 127.0.0.1 (a real S3 endpoint), until the block ends."""
     exe = os.path.join(os.path.dirname(sys.executable), "moto_server")

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from conftest import Result, snapshot_of, staging_left, volenv, write_manifest
+from conftest import Result, serve_bytes, snapshot_of, staging_left, volenv, write_manifest
 from volenv.activate import model_key
 from volenv.integrity import Entry, encode_record, load_record
 from volenv.signing import SigningKey, load_signing_key
@@ -701,32 +701,13 @@ class Modeled:
 
 @pytest.fixture(scope="module")
 def modeled(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path) -> Iterator[Modeled]:
-    import http.server
-    import threading
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *a: object) -> None:
-            pass
-
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(MODEL)))
-            self.end_headers()
-            self.wfile.write(MODEL)
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        base = tmp_path_factory.mktemp("modeled")
-        url = f"http://127.0.0.1:{server.server_address[1]}/w.bin"
-        extra = f'[[models]]\nname = "weights"\nurl = "{url}"\nsha256 = "{MODEL_SHA}"\n'
+    base = tmp_path_factory.mktemp("modeled")
+    with serve_bytes(MODEL) as server:
+        extra = f'[[models]]\nname = "weights"\nurl = "{server}/w.bin"\nsha256 = "{MODEL_SHA}"\n'
         m = write_manifest(base, "ml", ["beta==1.0"], find_links=wheelhouse, extra=extra)
         a = base / "a" / "volenv"
         r = volenv("--root", a, "sync", "--pack", m)
         assert r.returncode == 0, r.stderr
-    finally:
-        server.shutdown()
-        server.server_close()
     weights = next((a / "models" / "files" / "weights").glob("*/w.bin"))
     record = next((a / "models" / "records").glob("weights.*.json"))
     yield Modeled(a, snapshot_of(a, "ml"), weights, record)

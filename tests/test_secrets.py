@@ -5,16 +5,14 @@ byte on the volume, in a pushed bucket and in the error logs is then searched: z
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import Index, Result, volenv, write_manifest
+from conftest import Index, Result, serve_bytes, volenv, write_manifest
 
 MODEL = os.urandom(4096)
 SHA = hashlib.sha256(MODEL).hexdigest()
@@ -39,25 +37,8 @@ ENV = {
 def model_server() -> Iterator[str]:
     """Serves MODEL at /w.bin whatever the query string (a presigned URL's server)."""
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *a: object) -> None:
-            pass
-
-        def do_GET(self) -> None:
-            if self.path.split("?", 1)[0] != "/w.bin":
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(MODEL)))
-            self.end_headers()
-            self.wfile.write(MODEL)
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
+    with serve_bytes(MODEL) as base:
+        yield f"{base}"
 
 
 def _presigned(base: str) -> str:

@@ -5,18 +5,16 @@ outside the root. Each test hashes a sentinel tree outside the root before and a
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import os
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import Result, snapshot_of, volenv, write_manifest
+from conftest import Result, serve_bytes, snapshot_of, volenv, write_manifest
 from test_models import REV, fake_hub  # noqa: F401  (a fixture)
 
 MODEL = b"weights " * 512
@@ -26,22 +24,8 @@ OLD = time.time() - 30 * 86400
 
 @pytest.fixture(scope="module")
 def model_url() -> Iterator[str]:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *a: object) -> None:
-            pass
-
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(MODEL)))
-            self.end_headers()
-            self.wfile.write(MODEL)
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/w.bin"
-    finally:
-        server.shutdown()
+    with serve_bytes(MODEL) as base:
+        yield f"{base}/w.bin"
 
 
 def _model_manifest(d: Path, url: str, wheelhouse: Path, name: str = "weights") -> Path:
