@@ -213,6 +213,15 @@ def staging_left(root: Path) -> list[str]:
     return sorted(p.name for p in d.iterdir() if p.name != "CACHEDIR.TAG") if d.exists() else []
 
 
+def pypi_reachable() -> bool:
+    """Tests marked `pypi` skip (with a reason) where PyPI cannot be reached."""
+    try:
+        urllib.request.urlopen("https://pypi.org/simple/six/", timeout=8)
+        return True
+    except OSError:
+        return False
+
+
 @contextmanager
 def serve_bytes(data: bytes, path: str = "/w.bin") -> Iterator[str]:
     """A model server on 127.0.0.1: `data` at `path` whatever the query string (a presigned

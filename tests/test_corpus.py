@@ -13,13 +13,12 @@ import os
 import shutil
 import textwrap
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import volenv
+from conftest import pypi_reachable, volenv
 
 pytestmark = [pytest.mark.slow, pytest.mark.pypi, pytest.mark.corpus]
 
@@ -223,17 +222,9 @@ STACKS: dict[str, tuple[list[str], str]] = {
 _RAN: list[str] = []  # stacks that got through, for the wall-time line
 
 
-def _pypi_reachable() -> bool:
-    try:
-        urllib.request.urlopen("https://pypi.org/simple/six/", timeout=8)
-        return True
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def corpus_root(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[Path]:
-    if not _pypi_reachable():
+    if not pypi_reachable():
         pytest.skip("PyPI unreachable: the corpus installs real packages")
     kept = os.environ.get("VOLENV_CORPUS_ROOT")
     root = Path(kept) if kept else tmp_path_factory.mktemp("corpus") / "volenv"

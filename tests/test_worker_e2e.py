@@ -23,20 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, base_env, moto_s3, volenv
+from conftest import REPO, base_env, moto_s3, pypi_reachable, volenv
 from wheelfactory import local_torch_wheels
 
 pytestmark = [pytest.mark.slow, pytest.mark.pypi]
 
 REV = "1111111111111111111111111111111111111111"
-
-
-def _pypi_reachable() -> bool:
-    try:
-        urllib.request.urlopen("https://pypi.org/simple/six/", timeout=8)
-        return True
-    except OSError:
-        return False
 
 
 POST_INSTALL = [
@@ -50,7 +42,7 @@ POST_INSTALL = [
 
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
-    if not _pypi_reachable():
+    if not pypi_reachable():
         pytest.skip("PyPI unreachable: f5-tts cannot be installed")
     wheels = local_torch_wheels("2.13.0")
     if wheels is None:

@@ -462,9 +462,7 @@ def _file_local_sources(c: _Checker, key: str, path: Path, content: bytes, folde
     from packaging.requirements import InvalidRequirement, Requirement
 
     out: dict[str, str] = {}
-    text = content.decode("utf-8", "replace").replace("\\\n", "")
-    for raw in text.splitlines():
-        line = re.sub(r"(^|\s)#.*$", "", raw).strip()
+    for line in _logical_lines(content):
         where = f"{path.name}: {line!r}"
         if re.match(r"^(-e|--editable)(\s|=|\.|/|$)", line):
             raise c.fail(
@@ -526,13 +524,17 @@ def _local_project_name(target: Path) -> str | None:
 _INCLUDE = re.compile(r"^(?:-r|-c|--requirement|--constraint)(?:\s*=\s*|\s+|(?<=-[rc]))(\S+)")
 
 
+def _logical_lines(content: bytes) -> list[str]:
+    """A requirements file's lines as pip reads them: continuations joined, comments dropped."""
+    text = content.decode("utf-8", "replace").replace("\\\n", "")
+    return [re.sub(r"(^|\s)#.*$", "", line).strip() for line in text.splitlines()]
+
+
 def _included_files(content: bytes) -> list[str]:
     """The paths a requirements file names with -r/-c (pip's line continuation and comment
     rules); everything else in it is uv's to read."""
-    text = content.decode("utf-8", "replace").replace("\\\n", "")
     out = []
-    for line in text.splitlines():
-        line = re.sub(r"(^|\s)#.*$", "", line).strip()
+    for line in _logical_lines(content):
         m = _INCLUDE.match(line)
         if m:
             out.append(m.group(1).strip("'\""))
