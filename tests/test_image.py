@@ -744,3 +744,170 @@ def test_optional_extras_are_named_when_missing(tmp_path: Path, root: Path, whee
     )
     assert r.returncode == 3 and "volenv's 'runpod' extra" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+# ------------------------------------------------------------------ the F5-TTS worker in the image
+
+# A volume kept between runs on this machine: the ~2 GB CPU environment (and the uv cache volenv
+# keeps inside the root, root/cache/uv) builds once. The host's e2e volume cannot be reused: the
+# image's interpreter (Debian's python3.11) is another build than the host's.
+F5_VOLUME = CACHE / "f5-volume"
+F5_TINY = CACHE / "f5-tiny-models"
+F5_REQUIREMENTS = ["torch==2.13.0", "f5-tts==1.1.22", "soundfile", "runpod>=1.10,<1.12", "boto3", "pyyaml"]
+F5_MODELS = (("f5tts-v1-base", "f5"), ("vocos-mel-24khz", "vocos"), ("ctc-aligner", "ctc"))
+
+
+def _f5_manifests(mdir: Path) -> None:
+    """f5-cpu.toml (the environment; its key ignores models) and worker.toml (with the tiny
+    models as Hub repos at a fixed revision, served by the fake Hub)."""
+    from test_worker_e2e import POST_INSTALL, REV
+
+    base = (
+        'name = "f5-cpu"\npython = "3.11"\n'
+        f"requirements = {json.dumps(F5_REQUIREMENTS)}\n"
+        '[index]\nfind-links = ["/wheels"]\n'
+        f"[build]\npost-install = {json.dumps(POST_INSTALL)}\n"
+        '[activate]\nsmoke-imports = ["torch", "f5_tts.infer.utils_infer", "soundfile", "runpod"]\n'
+    )
+    models = "".join(
+        f'[[models]]\nname = "{name}"\nhf = {{ repo = "acme/{d}", revision = "{REV}", allow-patterns = ["*"] }}\n'
+        for name, d in F5_MODELS
+    )
+    mdir.mkdir(parents=True, exist_ok=True)
+    (mdir / "f5-cpu.toml").write_text(base)
+    (mdir / "worker.toml").write_text(base + models)
+
+
+@pytest.fixture(scope="module")
+def f5_volume(image: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(kept volume, manifest dir): the F5-TTS CPU snapshot built inside the image (the local CPU
+    torch wheel mounted as find-links, f5-tts from PyPI) and the tiny models fetched onto it
+    through a fake Hub on 127.0.0.1. Each step is a no-op when the volume already has it."""
+    from conftest import pypi_reachable
+    from test_worker_e2e import _serve_models
+    from wheelfactory import local_torch_wheels
+
+    if not pypi_reachable():
+        pytest.skip("PyPI unreachable: f5-tts cannot be installed")
+    wheels = local_torch_wheels("2.13.0")
+    if wheels is None:
+        pytest.skip("no local CPU torch 2.13.0 wheel (pip config find-links)")
+    mdir = tmp_path_factory.mktemp("f5m")
+    _f5_manifests(mdir)
+    F5_VOLUME.mkdir(parents=True, exist_ok=True)
+    opts = [
+        "-v",
+        f"{F5_VOLUME}:/runpod-volume",
+        "-v",
+        f"{wheels}:/wheels:ro",
+        "-v",
+        f"{mdir}:/m:ro",
+        "-v",
+        f"{CA}:{CA}:ro",
+    ]
+    env = {"RUNPOD_POD_ID": "f5-provision", "SSL_CERT_FILE": CA, "VOLENV_NO_PROGRESS": "1"}
+    t0 = time.perf_counter()
+    r = podman_run(opts, ["sync", "/m/f5-cpu.toml"], env, timeout=3000)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    FIGURES.append(f"f5: environment ready on the kept volume in {time.perf_counter() - t0:.1f} s")
+    t0 = time.perf_counter()
+    if not (F5_TINY / "models").is_dir():
+        shutil.rmtree(F5_TINY / "partial", ignore_errors=True)
+        F5_TINY.mkdir(parents=True, exist_ok=True)
+        tiny = ["-v", f"{F5_TINY}:/out", "-v", f"{REPO / 'tests' / 'e2e'}:/t:ro"]
+        cmd = [
+            "run",
+            "--manifest",
+            "/m/f5-cpu.toml",
+            "--",
+            "python",
+            "/t/make_tiny_models.py",
+            "/out/partial",
+        ]
+        r = podman_run(opts + tiny, cmd, env, timeout=600)
+        assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+        (F5_TINY / "partial").rename(F5_TINY / "models")
+    hub, srv = _serve_models(F5_TINY / "models")
+    try:
+        fetch_env = {**env, "HF_ENDPOINT": hub, "HF_HUB_DISABLE_XET": "1"}
+        # the manifest the worker serves, synced as `volenv provision` would: env reused, models fetched
+        r = podman_run(opts, ["sync", "/m/worker.toml"], fetch_env, timeout=600)
+    finally:
+        srv.shutdown()  # type: ignore[attr-defined]
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    FIGURES.append(f"f5: tiny models made and fetched in {time.perf_counter() - t0:.1f} s")
+    return F5_VOLUME, mdir
+
+
+def _wav_b64(seconds: float = 2.0) -> str:
+    """A 24 kHz sine as base64 WAV (standard library only: the host venv has no soundfile)."""
+    import base64
+    import io
+    import math
+    import struct
+    import wave
+
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(24000)
+        n = int(24000 * seconds)
+        w.writeframes(
+            b"".join(struct.pack("<h", int(9000 * math.sin(2 * math.pi * 220 * i / 24000))) for i in range(n))
+        )
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.mark.container
+@pytest.mark.slow
+@pytest.mark.pypi
+def test_f5_tts_worker_in_the_image(
+    f5_volume: tuple[Path, Path], job_queue: FakeQueue, containers: Callable[..., Container]
+) -> None:
+    """The image's default CMD pattern (`run --manifest ... --diagnose -- python -u
+    /app/worker/handler.py`) serving the real F5-TTS worker from the volume's snapshot through
+    the runpod SDK's production loop: a voice upload, then speech with word timings."""
+    import base64
+    import io
+    import wave
+
+    vol, mdir = f5_volume
+    pod = "pod-f5"
+    env = {
+        **job_queue.env(pod),
+        "RUNPOD_SKIP_GPU_CHECK": "true",
+        "WORKER_DEVICE": "cpu",
+        "WORKER_DATA_DIR": "/tmp/worker-data",
+    }
+    cmd = [
+        "run",
+        "--manifest",
+        "/m/worker.toml",
+        "--diagnose",
+        "--",
+        "python",
+        "-u",
+        "/app/worker/handler.py",
+    ]
+    default = json.loads(_podman("image", "inspect", "--format", "{{json .Config.Cmd}}", IMAGE).stdout)
+    assert default == [*cmd[:2], "/app/manifests/f5-tts.toml", *cmd[3:]], default  # the CMD pattern
+    up = job_queue.put(
+        pod=pod, endpoint="upload", voice_name="narrator", audio_base64=_wav_b64(), ref_text="a calm voice"
+    )
+    c = containers("f5", ["-v", f"{vol}:/runpod-volume", "-v", f"{mdir}:/m:ro"], cmd, env)
+    done = job_queue.result(up, timeout=300)
+    FIGURES.append(f"f5: start to first job (voice upload) {done['at'] - c.t0:.2f} s")
+    assert done["body"].get("output", {}).get("voice_name") == "narrator", (done, c.text()[-3000:])
+    job = {"text": "Hello world from volenv.", "local_voice": "narrator", "seed": 1234, "nfe_step": 4}
+    tts = job_queue.put(pod=pod, **job, return_word_timings=True)
+    t0 = time.monotonic()
+    out = job_queue.result(tts, timeout=300)["body"].get("output") or {}
+    FIGURES.append(f"f5: speech job answered in {time.monotonic() - t0:.2f} s (tiny model, CPU)")
+    assert "audio_base64" in out, (out, c.text()[-3000:])
+    with wave.open(io.BytesIO(base64.b64decode(out["audio_base64"]))) as w:
+        assert w.getframerate() == 24000 == out["sample_rate"]
+        assert 0.2 < w.getnframes() / 24000 < 20
+    assert [t["word"] for t in out["word_timings"]] == ["Hello", "world", "from", "volenv."], out
+    assert all(t["end"] >= t["start"] >= 0 for t in out["word_timings"]), out["word_timings"]
+    assert "DIAGNOSIS" not in c.text() and c.proc.poll() is None, c.text()[-3000:]
