@@ -708,7 +708,7 @@ def test_optional_extras_are_named_when_missing(tmp_path: Path, root: Path, whee
 
     hide = tmp_path / "hide"
     hide.mkdir()
-    for mod in ("runpod", "boto3", "huggingface_hub"):
+    for mod in ("runpod", "boto3", "huggingface_hub", "zstandard", "cryptography"):
         (hide / f"{mod}.py").write_text("raise ImportError('hidden by the test')\n")
     env = {"PYTHONPATH": str(hide), "HOME": str(tmp_path), "RUNPOD_API_KEY": "k"}
     m = write_manifest(tmp_path / "m", "app", ["alpha==1.0"], find_links=wheelhouse)
@@ -744,6 +744,39 @@ def test_optional_extras_are_named_when_missing(tmp_path: Path, root: Path, whee
     )
     assert r.returncode == 3 and "volenv's 'runpod' extra" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_packs_and_signatures_are_extras(tmp_path: Path, root: Path, wheelhouse: Path) -> None:
+    """zstandard and cryptography are two thirds of a core install: extras ('packs', 'sign',
+    both in 's3'). Without them `sync --pack` refuses before building, key generation names its
+    extra, and `run --materialize` runs a packed snapshot in place with a warning."""
+    from conftest import write_manifest
+
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    for mod in ("zstandard", "cryptography"):
+        (hide / f"{mod}.py").write_text("raise ImportError('hidden by the test')\n")
+    env = {"PYTHONPATH": str(hide), "HOME": str(tmp_path)}
+    m = write_manifest(tmp_path / "m", "app", ["alpha==1.0"], find_links=wheelhouse)
+    r = volenv("--root", root, "sync", "--pack", m, env=env)
+    assert (
+        r.returncode == 2 and "zstandard is not installed: it comes with volenv's 'packs' extra" in r.stderr
+    )
+    assert "pip install 'volenv[packs]'" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (root / "envs" / "app").exists()  # refused before building anything
+    r = volenv("key", "generate", "--out", tmp_path / "k.key", env=env)
+    assert r.returncode == 2 and "volenv's 'sign' extra" in r.stderr, r.stderr
+    assert not (tmp_path / "k.key").exists()
+    assert volenv("--root", root, "sync", "--pack", m).returncode == 0  # packed with the extras
+    local = tmp_path / "local"
+    probe = ["python", "-c", "import sys; print(sys.prefix)"]
+    args = ["run", "--materialize", "always", "--materialize-dir", local, "--manifest", m, "--", *probe]
+    r = volenv("--root", root, *args, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "materialize: zstandard is not installed" in r.stderr and "running in place" in r.stderr
+    assert r.stdout.strip().startswith(str(root)), r.stdout
+    r = volenv("--root", root, *args)
+    assert r.returncode == 0 and r.stdout.strip().startswith(str(local)), (r.stdout, r.stderr)
 
 
 # ------------------------------------------------------------------ the F5-TTS worker in the image
@@ -911,3 +944,73 @@ def test_f5_tts_worker_in_the_image(
     assert [t["word"] for t in out["word_timings"]] == ["Hello", "world", "from", "volenv."], out
     assert all(t["end"] >= t["start"] >= 0 for t in out["word_timings"]), out["word_timings"]
     assert "DIAGNOSIS" not in c.text() and c.proc.poll() is None, c.text()[-3000:]
+
+
+# ------------------------------------------------------------------ the core install's size
+
+CORE_BUDGET = 60_000_000  # bytes: `pip install volenv` without extras (issue 15)
+SIZES = r"""
+import importlib.metadata as md, json, os, sys, sysconfig
+site, bin_ = sysconfig.get_path("purelib"), os.path.dirname(sys.executable)
+skip = ("pip", "setuptools", "pkg_resources", "_distutils_hack", "distutils-precedence.pth")
+total = 0
+for top in (site, bin_):
+    for dirpath, dirs, files in os.walk(top):
+        if dirpath == site:
+            dirs[:] = [d for d in dirs if not d.startswith(skip)]
+            files = [f for f in files if not f.startswith(skip)]
+        if dirpath == bin_:
+            files = [f for f in files if not f.startswith("pip")]
+        for f in files:
+            p = os.path.join(dirpath, f)
+            total += 0 if os.path.islink(p) else os.path.getsize(p)
+seen, per = set(), {}
+for d in md.distributions():
+    n = 0
+    for f in d.files or []:
+        p = os.path.realpath(d.locate_file(f))
+        if p not in seen and os.path.isfile(p):
+            seen.add(p)
+            n += os.path.getsize(p)
+    per[d.metadata["Name"].lower()] = n
+print(json.dumps({"total": total, "per": per}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.pypi
+def test_core_install_size(tmp_path: Path, pytestconfig: pytest.Config) -> None:
+    """`pip install volenv` without extras in a fresh venv: the files of site-packages and bin,
+    pip and setuptools left out, within the budget; the heavy extras stay out of it."""
+    import sys
+
+    from conftest import pypi_reachable
+
+    if not pypi_reachable():
+        pytest.skip("PyPI unreachable: the core dependencies cannot be installed")
+    wheels = tmp_path / "whl"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(REPO)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    py = str(venv / "bin" / "python")
+    r = subprocess.run(
+        [py, "-m", "pip", "install", "-q", *map(str, wheels.glob("volenv-*.whl"))],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads(subprocess.run([py, "-c", SIZES], capture_output=True, text=True, check=True).stdout)
+    per = {n: s for n, s in doc["per"].items() if n not in ("pip", "setuptools")}
+    _say(pytestconfig, "")
+    for name, size in sorted(per.items(), key=lambda kv: -kv[1]):
+        _say(pytestconfig, f"core install: {size / 1e6:7.2f} MB  {name}")
+    _say(pytestconfig, f"core install: {doc['total'] / 1e6:7.2f} MB in all ({doc['total'] / 2**20:.1f} MiB)")
+    for heavy in ("zstandard", "cryptography", "boto3", "runpod", "huggingface-hub"):
+        assert heavy not in per, f"{heavy} is in the core install: {sorted(per)}"
+    assert doc["total"] <= CORE_BUDGET, f"core install is {doc['total'] / 1e6:.1f} MB > 60 MB: {per}"

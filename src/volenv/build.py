@@ -131,6 +131,10 @@ class SyncResult:
 
 def sync(paths: VolumePaths, manifest: Manifest, opts: SyncOptions) -> SyncResult:
     """The snapshot, then (unless --no-models) the manifest's models."""
+    if opts.pack:  # a missing 'packs' extra is said before anything is built
+        from .packs import need_zstandard
+
+        need_zstandard()
     result = sync_snapshot(paths, manifest, opts)
     if opts.pack and not opts.dry_run:
         from .packs import manifest_path, pack_snapshot

@@ -30,6 +30,7 @@ from .packs import (
     Unpacker,
     blob_path,
     manifest_path,
+    need_zstandard,
     pack_order,
     read_manifest,
     unpack,
@@ -200,6 +201,11 @@ def choose(
         return None
     if manifest.record_sha256 != seal["record_sha256"]:
         _damaged(mode, "the packs do not belong to this snapshot's record")
+        return None
+    try:
+        need_zstandard()
+    except VolenvError as exc:  # a lean install without the 'packs' extra: in place, said once
+        _say(f"warning: materialize: {exc} ({exc.hint}); running in place")
         return None
     need = int(sum(p.tar_size for p in manifest.packs) * 1.05)
     try:

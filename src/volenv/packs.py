@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .errors import DamagedRecord, VerifyError
+from .errors import DamagedRecord, VerifyError, missing_extra
 from .fsutil import atomic_write_json, safe_mkdirs, unique_suffix
 from .integrity import Entry, load_record, owner_distributions
 from .paths import VolumePaths
@@ -308,8 +308,18 @@ def meta_entries(snapshot_dir: Path) -> list[Entry]:
     return out
 
 
+def need_zstandard() -> None:
+    """zstandard is the 'packs' extra (it alone is a third of a core install): packing, push,
+    pull and materialize say which extra to install instead of failing on the import."""
+    try:
+        import zstandard  # noqa: F401
+    except ImportError:
+        raise missing_extra("zstandard", "packs") from None
+
+
 def pack_snapshot(paths: VolumePaths, snapshot_dir: Path) -> PackManifest:
     """Write the snapshot's packs (reusing blobs already present) and its pack manifest."""
+    need_zstandard()
     import zstandard
 
     sid = snapshot_dir.name
@@ -445,6 +455,7 @@ def _check_tar_digest(info: PackInfo, tar_hash: _HashReader) -> None:
 def verify_blob(path: Path, info: PackInfo) -> None:
     """A blob is kept (or reused) under its id only when it is what the id names: its
     uncompressed tar hashes to the id, at exactly the declared size."""
+    need_zstandard()
     import zstandard
 
     try:
@@ -586,6 +597,7 @@ def _extract_pack(
     dir_modes: list[tuple[str, int]],
 ) -> None:
     """One pack: blob hash, tar hash and declared sizes checked while it streams."""
+    need_zstandard()
     import zstandard
 
     hr = _HashReader(raw)

@@ -17,11 +17,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError, VerifyError
+from .errors import UsageError, VerifyError, missing_extra
 
 TRUSTED_KEYS_ENV = "VOLENV_TRUSTED_KEYS"
 SIGNING_KEY_ENV = "VOLENV_SIGNING_KEY"
 _DOMAIN = b"volenv-snapshot-signature-v1\n"
+
+
+def _need_crypto() -> None:
+    """cryptography is the 'sign' extra (and the 's3' one): signing, key generation and checking
+    a trusted key's signature name it when it is missing; nothing is believed without it."""
+    try:
+        import cryptography  # noqa: F401
+    except ImportError:
+        raise missing_extra("cryptography", "sign") from None
 
 
 def _split(text: str, what: str) -> tuple[str, bytes]:
@@ -48,6 +57,7 @@ class SigningKey:
         return f"{self.name}:{base64.b64encode(self.seed + _public_bytes(self.seed)).decode()}"
 
     def sign(self, doc: dict[str, Any]) -> str:
+        _need_crypto()
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
         sig = Ed25519PrivateKey.from_private_bytes(self.seed).sign(signed_bytes(doc))
@@ -55,6 +65,7 @@ class SigningKey:
 
 
 def _public_bytes(seed: bytes) -> bytes:
+    _need_crypto()
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -63,6 +74,7 @@ def _public_bytes(seed: bytes) -> bytes:
 
 
 def generate(name: str) -> SigningKey:
+    _need_crypto()
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
@@ -128,9 +140,6 @@ class Trust:
     def signer(self, doc: dict[str, Any]) -> str | None:
         """The trusted key that signed doc, or None; raises VerifyError when the document is
         not believed (and unsigned snapshots were not allowed)."""
-        from cryptography.exceptions import InvalidSignature
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
         sigs = doc.get("signatures", [])
         what = f"snapshot {doc.get('snapshot')!r}"
         if not isinstance(sigs, list) or not all(isinstance(s, str) for s in sigs):
@@ -144,6 +153,10 @@ class Trust:
             key = self.keys.get(name)
             if key is None:
                 continue
+            _need_crypto()  # a trusted key's signature is checked or nothing is believed
+            from cryptography.exceptions import InvalidSignature
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
             try:
                 Ed25519PublicKey.from_public_bytes(key).verify(base64.b64decode(b64, validate=True), payload)
                 return name
