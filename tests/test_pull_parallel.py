@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 import zstandard
@@ -23,7 +24,7 @@ from throttle import ThrottledProxy
 from volenv.streams import AdaptiveStreams
 from wheelfactory import make_wheel
 
-BIG = 40 * 1024 * 1024  # one pack of 40 MiB: three ranged parts of at most 16 MiB
+BIG = 40 * 1024 * 1024  # one pack of 40 MiB: five ranged parts of at most 8 MiB
 MB = 1_000_000
 
 
@@ -280,3 +281,63 @@ def test_file_remote_pull_in_ranges(tmp_path: Path, bucket: Bucket) -> None:
     r = volenv("--root", root, "pull", "app", "--from", f"file://{local}", env=bucket.env)
     assert r.returncode == 0, r.stderr
     assert volenv("--root", root, "verify", "--all", "--level", "full").returncode == 0
+
+
+# ------------------------------------------------------------------ extraction over several streams
+
+
+def test_packs_extract_several_at_a_time_and_a_damaged_one_stops_all(
+    tmp_path: Path, wheelhouse: Path
+) -> None:
+    import threading
+
+    from volenv.errors import VerifyError
+    from volenv.packs import PackInfo, blob_path, read_manifest, unpack
+    from volenv.paths import VolumePaths
+
+    root = tmp_path / "v" / "volenv"
+    m = write_manifest(tmp_path, "app", ["alpha==1.0", "beta==1.0", "gamma==1.0"], find_links=wheelhouse)
+    assert volenv("--root", root, "sync", m).returncode == 0
+    sid = snapshot_of(root, "app")
+    assert volenv("--root", root, "pack", sid).returncode == 0
+    paths = VolumePaths(root)
+    manifest = read_manifest(root / "packs" / "snapshots" / f"{sid}.json")
+    assert len(manifest.packs) >= 5
+    lock = threading.Lock()
+    now = peak = 0
+
+    def open_blob(info: PackInfo) -> BinaryIO:
+        nonlocal now, peak
+        with lock:
+            now += 1
+            peak = max(peak, now)
+        time.sleep(0.1)  # a slow volume: each blob takes a while to start
+        with lock:
+            now -= 1
+        return open(blob_path(paths, info.id), "rb")
+
+    unpack(manifest, open_blob, tmp_path / "par", workers=4)
+    assert peak >= 3, peak
+    unpack(manifest, open_blob, tmp_path / "seq", workers=1)
+
+    def tree(d: Path) -> dict[str, tuple[int, bytes | str]]:
+        return {
+            str(p.relative_to(d)): (p.lstat().st_mode, os.readlink(p) if p.is_symlink() else p.read_bytes())
+            for p in sorted(d.rglob("*"))
+            if not p.is_dir() or p.is_symlink()
+        }
+
+    assert tree(tmp_path / "par") == tree(tmp_path / "seq")
+    assert (tmp_path / "par" / "lib").stat().st_mode == (tmp_path / "seq" / "lib").stat().st_mode
+    victim = next(p for p in manifest.packs if p.group.startswith("beta"))
+    bad = tmp_path / "bad.tar.zst"
+    data = bytearray(blob_path(paths, victim.id).read_bytes())
+    data[len(data) // 2] ^= 0x55
+    bad.write_bytes(bytes(data))
+    with pytest.raises(VerifyError):
+        unpack(
+            manifest,
+            lambda i: open(bad if i.id == victim.id else blob_path(paths, i.id), "rb"),  # noqa: SIM115
+            tmp_path / "broken",
+            workers=4,
+        )

@@ -21,6 +21,7 @@ class ThrottledProxy:
         self.range_requests = 0
         self.sending = 0  # connections inside a throttled send right now
         self.max_sending = 0
+        self.first_down = self.last_down = 0.0  # monotonic times of the first and last byte sent
         self._stop = False
         self.server = socket.create_server(("127.0.0.1", 0))
         self.server.settimeout(0.2)
@@ -41,6 +42,7 @@ class ThrottledProxy:
     def reset(self) -> None:
         with self.lock:
             self.connections = self.down_bytes = self.range_requests = self.max_sending = 0
+            self.first_down = self.last_down = 0.0
 
     def _accept(self) -> None:
         while not self._stop:
@@ -93,6 +95,8 @@ class ThrottledProxy:
                     with self.lock:
                         self.sending -= 1
                         self.down_bytes += len(data)
+                        self.last_down = time.monotonic()
+                        self.first_down = self.first_down or self.last_down
         except OSError:
             pass
         finally:

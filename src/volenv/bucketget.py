@@ -22,8 +22,8 @@ from .iopool import Part, Stopped, run_parts
 from .remote import Remote, RemoteError, printable
 from .streams import AdaptiveStreams
 
-RANGE_PART = 16 * 1024 * 1024
-RANGED_FROM = 2 * RANGE_PART  # objects this big (by their expected size) come in ranges
+RANGE_PART = 8 * 1024 * 1024
+RANGED_FROM = RANGE_PART + 1  # objects bigger than one part (by their expected size) come in ranges
 _READ = 1 << 20
 _TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 

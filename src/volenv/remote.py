@@ -6,6 +6,7 @@ RunPod's S3 API has no DeleteObjects, takes parts of at most 500 MB and lists un
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -152,6 +153,9 @@ class _Limited(io.RawIOBase):
         return len(data)
 
     def close(self) -> None:
+        if self.left == 0 and not self.closed:
+            with contextlib.suppress(Exception):
+                self.inner.read(1)  # the answer read to its end: its connection goes back to the pool
         self.inner.close()
         super().close()
 
