@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,16 +135,24 @@ class _Object:
 
 
 def fetch_all(
-    remote: Remote, wanted: list[Wanted], root: Path, streams: AdaptiveStreams, progress: Any = None
+    remote: Remote,
+    wanted: list[Wanted],
+    root: Path,
+    streams: AdaptiveStreams,
+    progress: Any = None,
+    *,
+    also: Sequence[Part] = (),
 ) -> int:
-    """Fetch every object (parts in the given order, `streams.current` at a time); returns the
-    bytes downloaded. The first failure stops the rest and is raised; temp files are removed."""
+    """Fetch every object (parts in the given order, `streams.current` at a time, then the
+    `also` parts); returns the bytes downloaded. The first failure stops the rest and is
+    raised; temp files are removed."""
     lock = threading.Lock()
     objects = [_Object(remote, w, root, progress, lock) for w in wanted]
     try:
         parts: list[Part] = []
         for obj in objects:
             parts += obj.parts()
+        parts += also
         return run_parts(parts, streams, name="volenv-pull")
     finally:
         for obj in objects:

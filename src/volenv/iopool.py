@@ -57,7 +57,8 @@ def run_parts(parts: Iterable[Part], streams: AdaptiveStreams, *, name: str = "v
                             stop.set()
                         continue
                     moved += n
-                    streams.report(n, seconds)
+                    if n:  # a part that moved nothing says nothing about the streams
+                        streams.report(n, seconds)
         except BaseException:
             stop.set()
             raise

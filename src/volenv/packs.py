@@ -584,24 +584,25 @@ class Unpacker:
         todo = list(infos)
         if workers is None or workers == 1:
             for info in todo:
-                self._one(info, open_blob, None)
+                self.extract_one(info, open_blob)
             return
         for info in [i for i in todo if i.group == META_GROUP]:
-            self._one(info, open_blob, None)
+            self.extract_one(info, open_blob)
         streams = AdaptiveStreams(pinned=workers) if isinstance(workers, int) else workers
 
         def part(info: PackInfo) -> Part:
             def run(stop: threading.Event) -> int:
-                self._one(info, open_blob, stop)
+                self.extract_one(info, open_blob, stop)
                 return info.tar_size
 
             return run
 
         run_parts([part(i) for i in todo if i.group != META_GROUP], streams, name="volenv-unpack")
 
-    def _one(
-        self, info: PackInfo, open_blob: Callable[[PackInfo], BinaryIO], stop: threading.Event | None
+    def extract_one(
+        self, info: PackInfo, open_blob: Callable[[PackInfo], BinaryIO], stop: threading.Event | None = None
     ) -> None:
+        """One pack (any thread; the metadata pack must have been extracted before the others)."""
         allowed = None if info.group == META_GROUP else self.record
         if info.group != META_GROUP and allowed is None:
             raise VerifyError("the pack list has no metadata pack")

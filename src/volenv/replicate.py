@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,16 +30,18 @@ from .bucketget import RANGED_FROM, Wanted, fetch_all
 from .errors import UsageError, VerifyError
 from .fsutil import atomic_write_json, fsync_dir, remove_tree, safe_mkdirs, unique_suffix
 from .integrity import hash_file, verify_snapshot
+from .iopool import Part
 from .locks import BuildLease
 from .packs import (
+    META_GROUP,
     PackInfo,
     PackManifest,
+    Unpacker,
     blob_path,
     manifest_path,
     pack_order,
     pack_snapshot,
     read_manifest,
-    unpack,
     verify_blob,
 )
 from .paths import VolumePaths, env_from_snapshot_id
@@ -315,13 +318,12 @@ def pull(
                     f"{target_dir} exists but is damaged; `volenv verify --repair` it first"
                 ) from None
         streams = AdaptiveStreams()
-        fetched, fetched_bytes = _fetch_packs(paths, remote, manifest, streams)
         faults.point("pull-unpack")
         holder = paths.staging / f"{sid}.{unique_suffix()}"
         safe_mkdirs(holder, paths.root)
         staging = holder / sid
         try:
-            unpack(manifest, lambda i: open(blob_path(paths, i.id), "rb"), staging, workers=streams)  # noqa: SIM115
+            fetched, fetched_bytes = _fetch_and_unpack(paths, remote, manifest, staging, streams)
             faults.point("pull-verify")
             _check_pulled_seal(staging, manifest)
             report = verify_snapshot(staging, "full")
@@ -352,23 +354,59 @@ def pull(
     )
 
 
-def _fetch_packs(
-    paths: VolumePaths, remote: Remote, manifest: PackManifest, streams: AdaptiveStreams
+def _fetch_and_unpack(
+    paths: VolumePaths, remote: Remote, manifest: PackManifest, staging: Path, streams: AdaptiveStreams
 ) -> tuple[int, int]:
-    """Download the packs this volume lacks into packs/blobs, in parallel parts (a large pack
-    in ranges), each verified against its id before it is stored under it."""
-    need = sorted((p for p in manifest.packs if not blob_path(paths, p.id).exists()), key=pack_order)
+    """Download the packs this volume lacks, in parallel parts (a large pack in ranges), and
+    extract each into staging as soon as it is whole: that extraction is its check (the tar
+    must hash to the id as it streams), and only a pack that passed it is stored under its id
+    in packs/blobs. The metadata pack (the record every other pack is checked against) comes
+    first, alone; packs already on the volume are extracted alongside. Returns (packs, bytes)
+    downloaded."""
+    ordered = sorted(manifest.packs, key=pack_order)
+    here = [p for p in ordered if blob_path(paths, p.id).exists()]
+    need = [p for p in ordered if p not in here]
+    u = Unpacker(manifest, staging)
     progress = reporter.progress(f"pull {manifest.snapshot}", sum(p.blob_size for p in need))
     try:
-        fetched_bytes = fetch_all(
-            remote, [_pack_wanted(paths, i) for i in need], paths.root, streams, progress
-        )
+        fetched_bytes = 0
+        for first in (True, False):  # the metadata pack, then the rest
+            wanted = [_pack_wanted(paths, i, u) for i in need if (i.group == META_GROUP) == first]
+            local = [_extract_local(paths, u, i) for i in here if (i.group == META_GROUP) == first]
+            fetched_bytes += fetch_all(remote, wanted, paths.root, streams, progress, also=local)
+        u.finish()
     finally:
         progress.close()
+        u.close()
+    reporter.detail(f"pull: {len(need)} packs, {fetched_bytes} bytes, {streams.current} streams at the end")
     return len(need), fetched_bytes
 
 
-def _pack_wanted(paths: VolumePaths, info: PackInfo) -> Wanted:
+def _extract_local(paths: VolumePaths, u: Unpacker, info: PackInfo) -> Part:
+    """A pack already on the volume, extracted (and checked against its id as it streams)
+    among the downloads; it moved nothing over the network, so it tells the streams nothing."""
+
+    def part(stop: threading.Event) -> tuple[int, float]:
+        u.extract_one(info, lambda i: open(blob_path(paths, i.id), "rb"), stop)  # noqa: SIM115
+        return 0, 0.0
+
+    return part
+
+
+def _extract_downloaded(u: Unpacker, info: PackInfo, tmp: Path) -> None:
+    """A downloaded pack, extracted from its complete temp file: the extraction checks that its
+    tar hashes to the id at the declared size, and that every member is in the record."""
+    try:
+        u.extract_one(info, lambda _i: open(tmp, "rb"))  # noqa: SIM115
+    except VerifyError as exc:
+        if "damaged" in exc.message:
+            raise
+        raise VerifyError(
+            f"{exc.message}: the bucket's copy of the pack is damaged; nothing was installed", hint=exc.hint
+        ) from None
+
+
+def _pack_wanted(paths: VolumePaths, info: PackInfo, unpacker: Unpacker) -> Wanted:
     """A blob is stored under its id only once its uncompressed tar is what the (signed) id
     names: a failed pull leaves no attacker blob under a legitimate id. The compressed bytes
     may differ from the document's blob_sha256 (the same tar compressed at another zstd level
@@ -388,7 +426,7 @@ def _pack_wanted(paths: VolumePaths, info: PackInfo) -> Wanted:
         blob_path(paths, info.id),
         info.blob_size,
         limit,
-        lambda tmp: verify_blob(tmp, info),  # the tar hashes to the id, at the declared size
+        lambda tmp: _extract_downloaded(unpacker, info, tmp),
         too_big,
     )
 
