@@ -7,8 +7,9 @@ Remote layout (under the URL's prefix):
     refs/<env>.json                   the env's current snapshot on the pushing volume
     models/<record>.json              model records;  model-files/<sha256>  their files
 Payload before reference: packs, then the manifest, then the ref. A pull downloads only the
-packs its volume lacks (verified by sha256 into packs/blobs), extracts into staging, verifies
-every file at `full` against the record, and only then renames the snapshot into place.
+packs its volume lacks, several parts at a time (bucketget.py), extracts each into staging as
+soon as it is whole (which checks it against its id; only then is it kept in packs/blobs),
+verifies every file at `full` against the record, and only then renames the snapshot into place.
 """
 
 from __future__ import annotations
