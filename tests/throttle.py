@@ -11,10 +11,12 @@ from types import TracebackType
 
 
 class ThrottledProxy:
-    def __init__(self, upstream: str, rate: float) -> None:
+    def __init__(self, upstream: str, rate: float, *, cut: int = 0, cut_after: int = 1 << 20) -> None:
         host, _, port = upstream.removeprefix("http://").rstrip("/").partition(":")
         self.upstream = (host, int(port))
         self.rate = rate  # bytes per second, per connection, server -> client
+        self.cut = cut  # this many connections are broken after `cut_after` bytes (a flaky link)
+        self.cut_after = cut_after
         self.lock = threading.Lock()
         self.connections = 0
         self.down_bytes = 0
@@ -91,6 +93,12 @@ class ThrottledProxy:
                         t0, sent = time.monotonic(), 0
                     dst.sendall(data)
                     sent += len(data)
+                    with self.lock:
+                        broken = self.cut > 0 and sent > self.cut_after
+                        self.cut -= broken
+                    if broken:
+                        _shut(src)
+                        return
                 finally:
                     with self.lock:
                         self.sending -= 1

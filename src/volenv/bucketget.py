@@ -14,9 +14,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from . import faults
+from .errors import VolenvError
 from .fsutil import safe_mkdirs, unique_suffix
 from .iopool import Part, Stopped, run_parts
 from .remote import Remote, RemoteError, printable
@@ -26,6 +27,26 @@ RANGE_PART = 8 * 1024 * 1024
 RANGED_FROM = RANGE_PART + 1  # objects bigger than one part (by their expected size) come in ranges
 _READ = 1 << 20
 _TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+ATTEMPTS = 3  # a connection broken mid-answer (which the S3 client does not retry) is retried
+
+
+class _Transient(Exception):
+    """Reading the bucket failed mid-answer (reset, timeout, short body): worth another try."""
+
+
+_R = TypeVar("_R")
+
+
+def _remote(call: Callable[..., _R], *args: Any) -> _R:
+    """A read from the bucket; its failures (other than volenv's own verdicts) are transient."""
+    try:
+        return call(*args)
+    except VolenvError:
+        raise
+    except Exception as exc:
+        raise _Transient(f"{type(exc).__name__}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -74,18 +95,26 @@ class _Object:
 
     def _whole(self, stop: threading.Event) -> tuple[int, float]:
         t0 = time.perf_counter()
-        size = 0
         limit = self.want.limit
         fd = os.open(self.tmp, _TMP_FLAGS, 0o644)
-        with open(fd, "wb", closefd=True) as out, self.remote.open(self.want.key) as src:
-            while chunk := src.read(_READ):
-                if stop.is_set():
-                    raise Stopped
-                size += len(chunk)
-                if limit is not None and size > limit:
-                    raise self.want.fail(f"more than the {limit} bytes it may have")
-                out.write(chunk)
-                self._tick(len(chunk))
+        with open(fd, "wb", closefd=True) as out:
+            for attempt in range(ATTEMPTS):
+                out.seek(0)
+                out.truncate()
+                size = 0
+                try:
+                    with _remote(self.remote.open, self.want.key) as src:
+                        while chunk := _remote(src.read, _READ):
+                            if stop.is_set():
+                                raise Stopped
+                            size += len(chunk)
+                            if limit is not None and size > limit:
+                                raise self.want.fail(f"more than the {limit} bytes it may have")
+                            out.write(chunk)
+                            self._tick(len(chunk))
+                    break
+                except _Transient as exc:
+                    self._retry_or_raise(attempt, exc, size)
             out.flush()
             os.fsync(out.fileno())
         seconds = time.perf_counter() - t0
@@ -99,17 +128,20 @@ class _Object:
             fd = self.fd
             assert fd is not None
             off = start
-            with self.remote.open_range(self.want.key, start, end) as src:
-                while off < end and (chunk := src.read(min(_READ, end - off))):
-                    if stop.is_set():
-                        raise Stopped
-                    os.pwrite(fd, chunk, off)
-                    off += len(chunk)
-                    self._tick(len(chunk))
-            if off != end:
-                raise RemoteError(
-                    printable(f"{self.remote.url}: {self.want.key} ended at byte {off}, not {end}")
-                )
+            for attempt in range(ATTEMPTS):
+                try:  # a broken answer resumes where it stopped
+                    with _remote(self.remote.open_range, self.want.key, off, end) as src:
+                        while off < end and (chunk := _remote(src.read, min(_READ, end - off))):
+                            if stop.is_set():
+                                raise Stopped
+                            os.pwrite(fd, chunk, off)
+                            off += len(chunk)
+                            self._tick(len(chunk))
+                    if off != end:
+                        raise _Transient(f"the answer ended at byte {off}, not {end}")
+                    break
+                except _Transient as exc:
+                    self._retry_or_raise(attempt, exc, 0)
             seconds = time.perf_counter() - t0
             faults.point("pull-part")
             with self.lock:
@@ -121,6 +153,15 @@ class _Object:
             return end - start, seconds
 
         return part
+
+    def _retry_or_raise(self, attempt: int, exc: _Transient, undo: int) -> None:
+        if undo:
+            self._tick(-undo)
+        if attempt + 1 >= ATTEMPTS:
+            raise RemoteError(
+                printable(f"{self.remote.url}: GET {self.want.key} failed {ATTEMPTS} times: {exc}")
+            ) from None
+        time.sleep(0.2 * (attempt + 1))
 
     def _publish(self) -> None:
         """Checked whole, then renamed onto its name: nothing unverified is ever published."""
