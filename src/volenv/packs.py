@@ -462,7 +462,7 @@ def verify_blob(path: Path, info: PackInfo) -> None:
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_KEEP_OPEN = 64
+_KEEP_OPEN = 32  # per extracting thread (up to 16): well under a 1024-descriptor limit
 
 
 class _Tree:
