@@ -6,16 +6,19 @@ RunPod's S3 API has no DeleteObjects, takes parts of at most 500 MB and lists un
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
 import stat
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, cast
 from urllib.parse import urlparse
 
 from .errors import UsageError, VerifyError, VolenvError, missing_extra
 from .fsutil import atomic_write_bytes, unique_suffix
+from .streams import CAP, pinned_streams
 
 PART = 64 * 1024 * 1024
 # C0, DEL, C1 and the bidi overrides: a key name from the bucket must not drive the terminal
@@ -42,6 +45,8 @@ class Remote(Protocol):
     def put_fileobj(self, key: str, fh: BinaryIO) -> None: ...
     def put_bytes(self, key: str, data: bytes) -> None: ...
     def open(self, key: str) -> BinaryIO: ...
+    def size(self, key: str) -> int: ...
+    def open_range(self, key: str, start: int, end: int) -> BinaryIO: ...
     def get_bytes(self, key: str) -> bytes | None: ...
     def list(self, prefix: str) -> list[str]: ...
 
@@ -101,6 +106,17 @@ class FileRemote:
         except FileNotFoundError:
             raise RemoteError(f"{self.url}: no object {printable(key)}") from None
 
+    def size(self, key: str) -> int:
+        """The object's size in bytes (a ranged download plans its parts from it)."""
+        with self.open(key) as fh:
+            return os.fstat(fh.fileno()).st_size
+
+    def open_range(self, key: str, start: int, end: int) -> BinaryIO:
+        """Bytes start..end-1 of the object (fewer where it is shorter)."""
+        fh = self.open(key)
+        fh.seek(start)
+        return cast(BinaryIO, _Limited(fh, end - start))
+
     def get_bytes(self, key: str) -> bytes | None:
         try:
             with self._open_regular(key) as fh:
@@ -113,6 +129,35 @@ class FileRemote:
         if not d.is_dir():
             return []
         return sorted(f"{prefix.rstrip('/')}/{p.name}" for p in d.iterdir() if not p.name.startswith("."))
+
+
+class _Limited(io.RawIOBase):
+    """At most n bytes of an open object, then EOF; closing it closes the object."""
+
+    def __init__(self, inner: BinaryIO, n: int) -> None:
+        self.inner = inner
+        self.left = n
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        want = self.left if size < 0 else min(size, self.left)
+        data = self.inner.read(want) if want > 0 else b""
+        self.left -= len(data)
+        return data
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if self.left == 0 and not self.closed:
+            with contextlib.suppress(Exception):
+                self.inner.read(1)  # the answer read to its end: its connection goes back to the pool
+        self.inner.close()
+        super().close()
 
 
 class S3Remote:
@@ -134,7 +179,12 @@ class S3Remote:
             or os.environ.get("AWS_REGION")
             or os.environ.get("AWS_DEFAULT_REGION")
             or "us-east-1",
-            config=Config(retries={"max_attempts": 8, "mode": "standard"}, signature_version="s3v4"),
+            config=Config(
+                retries={"max_attempts": 8, "mode": "standard"},
+                signature_version="s3v4",
+                # one connection per stream (streams.py caps at 16, VOLENV_STREAMS up to 64)
+                max_pool_connections=max(CAP, pinned_streams() or 0) + 4,
+            ),
         )
         self.transfer = TransferConfig(multipart_threshold=PART, multipart_chunksize=PART, max_concurrency=4)
 
@@ -170,6 +220,30 @@ class S3Remote:
             return body
         except ClientError as exc:
             raise RemoteError(f"{self.url}: GET {key} failed: {exc}") from None
+
+    def size(self, key: str) -> int:
+        from botocore.exceptions import ClientError
+
+        try:
+            return int(self.client.head_object(Bucket=self.bucket, Key=self._k(key))["ContentLength"])
+        except ClientError as exc:
+            raise RemoteError(f"{self.url}: HEAD {key} failed: {exc}") from None
+
+    def open_range(self, key: str, start: int, end: int) -> BinaryIO:
+        from botocore.exceptions import ClientError
+
+        try:
+            resp = self.client.get_object(
+                Bucket=self.bucket, Key=self._k(key), Range=f"bytes={start}-{end - 1}"
+            )
+        except ClientError as exc:
+            raise RemoteError(f"{self.url}: GET {key} bytes {start}-{end - 1} failed: {exc}") from None
+        body: BinaryIO = resp["Body"]
+        got = str(resp.get("ContentRange") or "")
+        if not got.startswith(f"bytes {start}-"):
+            body.close()  # a server that ignored Range would send the object from byte 0
+            raise RemoteError(f"{self.url}: GET {key} bytes {start}-{end - 1}: the answer is not that range")
+        return cast(BinaryIO, _Limited(body, end - start))
 
     def get_bytes(self, key: str) -> bytes | None:
         from botocore.exceptions import ClientError

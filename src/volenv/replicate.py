@@ -7,8 +7,9 @@ Remote layout (under the URL's prefix):
     refs/<env>.json                   the env's current snapshot on the pushing volume
     models/<record>.json              model records;  model-files/<sha256>  their files
 Payload before reference: packs, then the manifest, then the ref. A pull downloads only the
-packs its volume lacks (verified by sha256 into packs/blobs), extracts into staging, verifies
-every file at `full` against the record, and only then renames the snapshot into place.
+packs its volume lacks, several parts at a time (bucketget.py), extracts each into staging as
+soon as it is whole (which checks it against its id; only then is it kept in packs/blobs),
+verifies every file at `full` against the record, and only then renames the snapshot into place.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import hashlib
 import json
 import os
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,24 +27,29 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from . import faults, store
+from .bucketget import RANGED_FROM, Wanted, fetch_all
 from .errors import UsageError, VerifyError
 from .fsutil import atomic_write_json, fsync_dir, remove_tree, safe_mkdirs, unique_suffix
 from .integrity import hash_file, verify_snapshot
+from .iopool import Part
 from .locks import BuildLease
 from .packs import (
+    META_GROUP,
     PackInfo,
     PackManifest,
+    Unpacker,
     blob_path,
     manifest_path,
+    pack_order,
     pack_snapshot,
     read_manifest,
-    unpack,
     verify_blob,
 )
 from .paths import VolumePaths, env_from_snapshot_id
 from .remote import Remote, RemoteError, get_json, printable
 from .sealcheck import META_DIR, SEAL_NAME, SealProblem, check_seal, interpreter_problem
 from .signing import SigningKey, Trust
+from .streams import AdaptiveStreams
 from .ui import reporter
 
 
@@ -311,13 +318,13 @@ def pull(
                 raise VerifyError(
                     f"{target_dir} exists but is damaged; `volenv verify --repair` it first"
                 ) from None
-        fetched, fetched_bytes = _fetch_packs(paths, remote, manifest)
+        streams = AdaptiveStreams()
         faults.point("pull-unpack")
         holder = paths.staging / f"{sid}.{unique_suffix()}"
         safe_mkdirs(holder, paths.root)
         staging = holder / sid
         try:
-            unpack(manifest, lambda i: open(blob_path(paths, i.id), "rb"), staging)  # noqa: SIM115
+            fetched, fetched_bytes = _fetch_and_unpack(paths, remote, manifest, staging, streams)
             faults.point("pull-verify")
             _check_pulled_seal(staging, manifest)
             report = verify_snapshot(staging, "full")
@@ -331,7 +338,7 @@ def pull(
             remove_tree(holder, paths.root)
         safe_mkdirs(manifest_path(paths, sid).parent, paths.root)
         atomic_write_json(manifest_path(paths, sid), manifest.to_json(), root=paths.root)
-        models = _pull_models(paths, remote, models_wanted)
+        models = _pull_models(paths, remote, models_wanted, streams)
         _publish(paths, manifest, switch)
     store.log_event(paths, env, "pull", snapshot=sid, url=remote.url, packs_fetched=fetched)
     return TransferResult(
@@ -348,59 +355,81 @@ def pull(
     )
 
 
-def _fetch_packs(paths: VolumePaths, remote: Remote, manifest: PackManifest) -> tuple[int, int]:
-    """Download the packs this volume lacks into packs/blobs, each verified before it is kept."""
-    fetched = fetched_bytes = 0
-    need = [p for p in manifest.packs if not blob_path(paths, p.id).exists()]
+def _fetch_and_unpack(
+    paths: VolumePaths, remote: Remote, manifest: PackManifest, staging: Path, streams: AdaptiveStreams
+) -> tuple[int, int]:
+    """Download the packs this volume lacks, in parallel parts (a large pack in ranges), and
+    extract each into staging as soon as it is whole: that extraction is its check (the tar
+    must hash to the id as it streams), and only a pack that passed it is stored under its id
+    in packs/blobs. The metadata pack (the record every other pack is checked against) comes
+    first, alone; packs already on the volume are extracted alongside. Returns (packs, bytes)
+    downloaded."""
+    ordered = sorted(manifest.packs, key=pack_order)
+    here = [p for p in ordered if blob_path(paths, p.id).exists()]
+    need = [p for p in ordered if p not in here]
+    u = Unpacker(manifest, staging)
     progress = reporter.progress(f"pull {manifest.snapshot}", sum(p.blob_size for p in need))
     try:
-        for info in need:
-            _download_blob(paths, remote, info, progress)
-            fetched += 1
-            fetched_bytes += info.blob_size
+        fetched_bytes = 0
+        for first in (True, False):  # the metadata pack, then the rest
+            wanted = [_pack_wanted(paths, i, u) for i in need if (i.group == META_GROUP) == first]
+            local = [_extract_local(paths, u, i) for i in here if (i.group == META_GROUP) == first]
+            fetched_bytes += fetch_all(remote, wanted, paths.root, streams, progress, also=local)
+        u.finish()
     finally:
         progress.close()
-    return fetched, fetched_bytes
+        u.close()
+    reporter.detail(f"pull: {len(need)} packs, {fetched_bytes} bytes, {streams.current} streams at the end")
+    return len(need), fetched_bytes
 
 
-def _download_verified(
-    remote: Remote,
-    key: str,
-    dest: Path,
-    sha256: str,
-    progress: Any = None,
-    limit: int | None = None,
-    root: Path | None = None,
-) -> str | None:
-    """Copy a remote object to dest through a unique temp file; publish it only when its
-    sha256 matches. Returns None when published, else the digest it had (nothing kept).
-    With a limit (the recorded size), an object that runs past it is cut there. With `root`,
-    no linked directory between root and dest is followed."""
-    if root is not None:
-        safe_mkdirs(dest.parent, root)
-    else:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{unique_suffix()}")
+def _extract_local(paths: VolumePaths, u: Unpacker, info: PackInfo) -> Part:
+    """A pack already on the volume, extracted (and checked against its id as it streams)
+    among the downloads; it moved nothing over the network, so it tells the streams nothing."""
+
+    def part(stop: threading.Event) -> tuple[int, float]:
+        u.extract_one(info, lambda i: open(blob_path(paths, i.id), "rb"), stop)  # noqa: SIM115
+        return 0, 0.0
+
+    return part
+
+
+def _extract_downloaded(u: Unpacker, info: PackInfo, tmp: Path) -> None:
+    """A downloaded pack, extracted from its complete temp file: the extraction checks that its
+    tar hashes to the id at the declared size, and that every member is in the record."""
     try:
-        size = 0
-        with remote.open(key) as src, open(tmp, "wb") as out:
-            while chunk := src.read(1 << 20):
-                size += len(chunk)
-                if limit is not None and size > limit:
-                    return f"more than {limit} bytes"
-                out.write(chunk)
-                if progress is not None:
-                    progress.update(len(chunk))
-            out.flush()
-            os.fsync(out.fileno())
-        digest = hash_file(str(tmp))
-        if digest != sha256:
-            return digest
-        os.replace(tmp, dest)
-        return None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        u.extract_one(info, lambda _i: open(tmp, "rb"))  # noqa: SIM115
+    except VerifyError as exc:
+        if "damaged" in exc.message:
+            raise
+        raise VerifyError(
+            f"{exc.message}: the bucket's copy of the pack is damaged; nothing was installed", hint=exc.hint
+        ) from None
+
+
+def _pack_wanted(paths: VolumePaths, info: PackInfo, unpacker: Unpacker) -> Wanted:
+    """A blob is stored under its id only once its uncompressed tar is what the (signed) id
+    names: a failed pull leaves no attacker blob under a legitimate id. The compressed bytes
+    may differ from the document's blob_sha256 (the same tar compressed at another zstd level
+    or version, e.g. a bucket that already held the id when this snapshot was pushed): the id,
+    not the compression, is what is signed and what is checked."""
+    # zstd never grows data by more than a little: a bound for other compressions of the tar
+    limit = max(info.blob_size, info.tar_size + info.tar_size // 64 + (1 << 17))
+
+    def too_big(detail: str) -> Exception:
+        return VerifyError(
+            f"pack {info.id[:16]}… ({info.group}) from the bucket is damaged: {detail} for a"
+            f" {info.tar_size}-byte tar; nothing was installed"
+        )
+
+    return Wanted(
+        f"packs/{info.id}.tar.zst",
+        blob_path(paths, info.id),
+        info.blob_size,
+        limit,
+        lambda tmp: _extract_downloaded(unpacker, info, tmp),
+        too_big,
+    )
 
 
 def _check_pulled_seal(staging: Path, manifest: PackManifest) -> None:
@@ -460,39 +489,12 @@ def _model_table(spec: Any) -> dict[str, Any]:
     return table
 
 
-def _download_blob(paths: VolumePaths, remote: Remote, info: PackInfo, progress: Any) -> None:
-    """A blob is stored under its id only once its uncompressed tar is what the (signed) id
-    names: a failed pull leaves no attacker blob under a legitimate id. The compressed bytes
-    may differ from the document's blob_sha256 (the same tar compressed at another zstd level
-    or version, e.g. a bucket that already held the id when this snapshot was pushed): the id,
-    not the compression, is what is signed and what is checked."""
-    dest = blob_path(paths, info.id)
-    safe_mkdirs(dest.parent, paths.root)
-    tmp = dest.with_name(f".{dest.name}.{unique_suffix()}")
-    # zstd never grows data by more than a little: a bound for other compressions of the tar
-    limit = max(info.blob_size, info.tar_size + info.tar_size // 64 + (1 << 17))
-    try:
-        size = 0
-        with remote.open(f"packs/{info.id}.tar.zst") as src, open(tmp, "xb") as out:
-            while chunk := src.read(1 << 20):
-                size += len(chunk)
-                if size > limit:
-                    raise VerifyError(
-                        f"pack {info.id[:16]}… ({info.group}) from the bucket is damaged: more than"
-                        f" {limit} bytes for a {info.tar_size}-byte tar; nothing was installed"
-                    )
-                out.write(chunk)
-                progress.update(len(chunk))
-            out.flush()
-            os.fsync(out.fileno())
-        verify_blob(tmp, info)  # the tar hashes to the id, at the declared size
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _pull_models(paths: VolumePaths, remote: Remote, wanted: dict[str, str | None]) -> int:
+def _pull_models(
+    paths: VolumePaths, remote: Remote, wanted: dict[str, str | None], streams: AdaptiveStreams | None = None
+) -> int:
+    """Every model record the snapshot names, checked; then all their missing files at once
+    (in parallel parts, each checked against its sha256); then the records, each after its
+    files (a record present means its model is)."""
     import hashlib
 
     from .activate import model_files_dir
@@ -501,6 +503,8 @@ def _pull_models(paths: VolumePaths, remote: Remote, wanted: dict[str, str | Non
     count = 0
     records = paths.models / "records"
     safe_mkdirs(records, paths.root)
+    todo: list[tuple[str, bytes]] = []
+    files: dict[Path, Wanted] = {}
     for name, digest in sorted(wanted.items()):
         if (records / name).exists():
             count += 1
@@ -514,7 +518,7 @@ def _pull_models(paths: VolumePaths, remote: Remote, wanted: dict[str, str | Non
         base_dir = Path(model_files_dir(str(paths.root), rec["spec"]))
         for f in rec["files"]:
             dest = base_dir / f["path"]
-            if dest.exists() and hash_file(str(dest)) == f["sha256"]:
+            if dest in files or (dest.exists() and hash_file(str(dest)) == f["sha256"]):
                 continue
             if os.path.lexists(dest):
                 # another record's file (or damage): never replaced by the bucket's bytes
@@ -523,17 +527,30 @@ def _pull_models(paths: VolumePaths, remote: Remote, wanted: dict[str, str | Non
                     " nothing was replaced",
                     hint="`volenv models verify --level full`; remove the file if it is damaged",
                 )
-            key = f"model-files/{f['sha256']}"
-            if (
-                _download_verified(remote, key, dest, f["sha256"], limit=f.get("size"), root=paths.root)
-                is not None
-            ):
-                from .errors import ModelError
-
-                raise ModelError(f"model file {f['path']} of {name} from {remote.url} fails its sha256")
+            files[dest] = _model_file_wanted(remote, name, f, dest)
+        todo.append((name, raw))
+    fetch_all(remote, list(files.values()), paths.root, streams or AdaptiveStreams())
+    for name, raw in todo:
         atomic_write_bytes(records / name, raw, root=paths.root)  # the record last: now the model is present
         count += 1
     return count
+
+
+def _model_file_wanted(remote: Remote, record: str, f: dict[str, Any], dest: Path) -> Wanted:
+    from .errors import ModelError
+
+    def bad(_detail: str = "") -> Exception:
+        return ModelError(f"model file {f['path']} of {record} from {remote.url} fails its sha256")
+
+    def check(tmp: Path) -> None:
+        if hash_file(str(tmp)) != f["sha256"]:
+            raise bad()
+
+    raw = f.get("size")
+    # unknown: asked of the bucket, and fetched in ranges where large
+    size: int | None = raw if isinstance(raw, int) and not isinstance(raw, bool) else None
+    hint = RANGED_FROM if size is None else size
+    return Wanted(f"model-files/{f['sha256']}", dest, hint, size, check, bad)
 
 
 def _check_model_record(raw: bytes, name: str) -> dict[str, Any]:

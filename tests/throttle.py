@@ -1,0 +1,119 @@
+"""A loopback TCP proxy that limits EACH connection's download direction to a fixed rate (what
+an S3 endpoint or CDN does per connection), and counts connections, bytes and how many
+connections were sending at once. Used by tests/test_pull_parallel.py and bench/pull.py."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from types import TracebackType
+
+
+class ThrottledProxy:
+    def __init__(self, upstream: str, rate: float, *, cut: int = 0, cut_after: int = 1 << 20) -> None:
+        host, _, port = upstream.removeprefix("http://").rstrip("/").partition(":")
+        self.upstream = (host, int(port))
+        self.rate = rate  # bytes per second, per connection, server -> client
+        self.cut = cut  # this many connections are broken after `cut_after` bytes (a flaky link)
+        self.cut_after = cut_after
+        self.lock = threading.Lock()
+        self.connections = 0
+        self.down_bytes = 0
+        self.range_requests = 0
+        self.sending = 0  # connections inside a throttled send right now
+        self.max_sending = 0
+        self.first_down = self.last_down = 0.0  # monotonic times of the first and last byte sent
+        self._stop = False
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.server.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def __enter__(self) -> ThrottledProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop = True
+        self._thread.join(timeout=5)
+        self.server.close()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.connections = self.down_bytes = self.range_requests = self.max_sending = 0
+            self.first_down = self.last_down = 0.0
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                client, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self.lock:
+                self.connections += 1
+            try:
+                up = socket.create_connection(self.upstream)
+            except OSError:
+                client.close()
+                continue
+            threading.Thread(target=self._up, args=(client, up), daemon=True).start()
+            threading.Thread(target=self._down, args=(up, client), daemon=True).start()
+
+    def _up(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(1 << 16):
+                if b"\r\nrange: bytes=" in data.lower():
+                    with self.lock:
+                        self.range_requests += 1
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            _shut(dst)
+
+    def _down(self, src: socket.socket, dst: socket.socket) -> None:
+        """Sends in 64 KiB slices, sleeping so that this connection never beats `rate`."""
+        t0 = time.monotonic()
+        sent = 0
+        try:
+            while data := src.recv(1 << 16):
+                with self.lock:
+                    self.sending += 1
+                    self.max_sending = max(self.max_sending, self.sending)
+                try:
+                    ahead = sent / self.rate - (time.monotonic() - t0)
+                    if ahead > 0:
+                        time.sleep(ahead)
+                    elif ahead < -0.05:  # idle between requests: no credit carried over
+                        t0, sent = time.monotonic(), 0
+                    dst.sendall(data)
+                    sent += len(data)
+                    with self.lock:
+                        broken = self.cut > 0 and sent > self.cut_after
+                        self.cut -= broken
+                    if broken:
+                        _shut(src)
+                        return
+                finally:
+                    with self.lock:
+                        self.sending -= 1
+                        self.down_bytes += len(data)
+                        self.last_down = time.monotonic()
+                        self.first_down = self.first_down or self.last_down
+        except OSError:
+            pass
+        finally:
+            _shut(dst)
+
+
+def _shut(s: socket.socket) -> None:
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    s.close()
