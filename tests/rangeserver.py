@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PIECE = 64 << 10
+PIECE = 256 << 10
 
 
 @dataclass
@@ -27,13 +27,17 @@ class RangeServer:
     url: str = ""
     served: int = 0
     requests: int = 0
+    connections: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
+    first_request: float = 0.0  # time.monotonic() of the first request
+    last_byte: float = 0.0  # ... and of the last body byte sent
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _begin(self) -> None:
         with self.lock:
             self.requests += 1
+            self.first_request = self.first_request or time.monotonic()
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
 
@@ -63,8 +67,11 @@ def _handler(state: RangeServer) -> type[http.server.BaseHTTPRequestHandler]:
 
         def setup(self) -> None:
             super().setup()
-            self.t0 = time.monotonic()  # the pacing is per connection (keep-alive included)
-            self.sent = 0
+            with state.lock:
+                state.connections += 1
+            # a token bucket per connection (keep-alive included): `rate` bytes/s, bursts of one
+            # piece; `self.due` is when the bucket next holds enough for a piece
+            self.due = time.monotonic()
 
         def do_GET(self) -> None:
             state._begin()
@@ -94,16 +101,17 @@ def _handler(state: RangeServer) -> type[http.server.BaseHTTPRequestHandler]:
                     if bad is not None and pos <= bad < pos + len(data):
                         k = bad - pos
                         data = data[:k] + bytes([data[k] ^ 0xFF]) + data[k + 1 :]
-                    wait = self.t0 + (self.sent + len(data)) / state.rate - time.monotonic()
-                    if wait > 0:
-                        time.sleep(wait)
+                    now = time.monotonic()
+                    self.due = max(self.due, now - PIECE / state.rate) + len(data) / state.rate
+                    if self.due > now:
+                        time.sleep(self.due - now)
                     try:
                         self.wfile.write(data)
                     except OSError:
                         return
-                    self.sent += len(data)
                     with state.lock:
                         state.served += len(data)
+                        state.last_byte = time.monotonic()
                     pos += len(data)
 
     return Handler

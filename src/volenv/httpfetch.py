@@ -26,6 +26,7 @@ import re
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -224,6 +225,7 @@ class _Fetch:
         self.sha256 = sha256
         self.size = size
         self.opts = opts
+        self.final_url = url
         self.received = 0  # body bytes received by this call (all streams)
         self.resumed = 0
 
@@ -250,6 +252,7 @@ class _Fetch:
             return self._finish(plan, done)
         start, end = plan.span(first or 0) if plan else (0, CHUNK_MIN)
         resp = self._open(start, end - 1)
+        self.final_url = resp.geturl() or self.url  # where redirects led: workers keep-alive there
         rng = _content_range(resp) if resp.status == 206 else None
         if rng is None or rng[0] != start or rng[2] is None:
             if resp.status != 200:  # a range we cannot place: start one plain stream instead
@@ -441,54 +444,59 @@ class _Fetch:
 
     def _worker(self, plan: _Plan, state: _Shared, first: tuple[int, Any] | None) -> None:
         fd = os.dup(self.pfd)  # its own descriptor: a straggler never writes through a reused number
+        getter = _Getter(self.url, self.final_url, self.opts.timeout)
         try:
             if first is not None:
-                self._chunk(fd, plan, first[0], state, first[1])
+                self._chunk(fd, getter, plan, first[0], state, first[1])
             while True:
                 with state.cond:
                     if state.stop or state.live > state.target or not state.pending:
                         break
                     i = state.pending.popleft()
-                self._chunk(fd, plan, i, state, None)
+                self._chunk(fd, getter, plan, i, state, None)
         except BaseException as exc:
             with state.cond:
                 state.errors.append(exc)
                 state.stop = True
         finally:
+            getter.close()
             os.close(fd)
             with state.cond:
                 state.live -= 1
                 state.cond.notify_all()
 
-    def _chunk(self, fd: int, plan: _Plan, i: int, state: _Shared, resp: Any) -> None:
+    def _chunk(self, fd: int, getter: _Getter, plan: _Plan, i: int, state: _Shared, resp: Any) -> None:
         """Fetch chunk i into the .part, resuming inside it after a dropped connection."""
         s, e = plan.span(i)
         pos = s
         h = hashlib.sha256()
+        view = memoryview(bytearray(READ))
         delay = 0.5
         attempt = 1
         while pos < e:
             try:
                 if resp is None:
-                    resp = urllib.request.urlopen(_request(self.url, pos, e - 1), timeout=self.opts.timeout)
+                    resp = getter.get(pos, e - 1)
                 with resp:
                     rng = _content_range(resp) if resp.status == 206 else None
                     if rng is None or rng[0] != pos or rng[1] < e - 1:
                         raise ConnectionError(f"the server answered a Range request with {resp.status} {rng}")
                     while pos < e:
                         if state.stop:
+                            getter.close()  # a half-read response: the connection is unusable
                             return
-                        data = resp.read(min(READ, e - pos))
-                        if not data:
+                        n = resp.readinto(view[: min(READ, e - pos)])
+                        if not n:
                             raise ConnectionError(f"connection dropped at byte {pos} of chunk {i}")
-                        _pwrite_all(fd, data, pos)
-                        h.update(data)
-                        pos += len(data)
+                        _pwrite_all(fd, view[:n], pos)
+                        h.update(view[:n])
+                        pos += n
                         with state.cond:
-                            state.received += len(data)
+                            state.received += n
                 resp = None
             except Exception as exc:
                 resp = None
+                getter.close()
                 if state.stop:
                     return
                 if not _retryable(exc) or attempt >= self.opts.attempts:
@@ -507,6 +515,62 @@ class _Fetch:
             return FetchResult(plan.total, hasher.result(), True, 0, self.resumed, self.received)
         finally:
             hasher.cancel()
+
+
+class _Getter:
+    """Range GETs for one worker over one keep-alive connection to where the first request's
+    redirects led (a TLS handshake per chunk would cost more than the chunk on a far server).
+    Where a plain connection would change how the URL is reached (a proxy from the environment,
+    userinfo in the URL) or the direct target stops answering (an expired signed redirect),
+    each request goes through urllib with the original URL, exactly as a one-stream fetch."""
+
+    def __init__(self, url: str, final_url: str, timeout: float) -> None:
+        self.url = url
+        self.final_url = final_url
+        self.timeout = timeout
+        self.parts = urllib.parse.urlsplit(final_url)
+        host = self.parts.hostname or ""
+        proxied = self.parts.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(host)
+        self.direct = self.parts.scheme in ("http", "https") and "@" not in self.parts.netloc and not proxied
+        self.conn: http.client.HTTPConnection | None = None
+
+    def get(self, start: int, end: int) -> Any:
+        if not self.direct:
+            return urllib.request.urlopen(_request(self.url, start, end), timeout=self.timeout)
+        reused = self.conn is not None
+        try:
+            resp = self._send(start, end)
+        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+            self.close()
+            if not reused:
+                raise
+            resp = self._send(start, end)  # the server dropped an idle keep-alive: reconnect once
+        if resp.status in (301, 302, 303, 307, 308) or (
+            resp.status in (401, 403, 404, 410) and self.final_url != self.url
+        ):
+            self.close()
+            self.direct = False  # follow the original URL through urllib from now on
+            return urllib.request.urlopen(_request(self.url, start, end), timeout=self.timeout)
+        if resp.status >= 400:
+            resp.read()
+            raise urllib.error.HTTPError(self.url, resp.status, resp.reason, resp.headers, None)
+        return resp
+
+    def _send(self, start: int, end: int) -> Any:
+        if self.conn is None:
+            cls = http.client.HTTPSConnection if self.parts.scheme == "https" else http.client.HTTPConnection
+            self.conn = cls(self.parts.hostname or "", self.parts.port, timeout=self.timeout)
+        path = self.parts.path or "/"
+        if self.parts.query:
+            path += "?" + self.parts.query
+        headers = {"User-Agent": "volenv", "Accept-Encoding": "identity", "Range": f"bytes={start}-{end}"}
+        self.conn.request("GET", path, headers=headers)
+        return self.conn.getresponse()
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
 
 
 class _Shared:
@@ -583,7 +647,7 @@ def _give_up(exc: BaseException, what: str, attempts: int) -> None:
     raise exc
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, offset)
