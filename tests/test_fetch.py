@@ -188,3 +188,62 @@ def test_streams_knob(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.current == 3
     monkeypatch.setenv("VOLENV_STREAMS", "auto")
     assert from_env().current == 4
+
+
+PRINT_MODEL = "import os; print(os.environ['VOLENV_MODEL_W'])"
+
+
+@pytest.mark.slow
+def test_local_model_copy_always_auto_and_damaged(tmp_path: Path, root: Path, wheelhouse: Path) -> None:
+    """`local = "always"` copies the model to the container's disk with parallel reads and the
+    worker sees that copy; a complete copy is reused; `auto` follows the volume's measured
+    latency; a volume file that no longer matches its record is never copied (warning, the
+    worker stays on the volume); a bad value is a manifest error."""
+    size = 8 * MB
+    src, sha = _file(tmp_path, size)
+    local = tmp_path / "local"
+    with serve(RangeServer(src)) as srv:
+        m = _manifest(tmp_path, wheelhouse, srv.url, sha, size)
+        m.write_text(m.read_text() + 'local = "always"\n')
+        r = volenv("--root", root, "sync", m)
+        assert r.returncode == 0, r.stderr
+    env = {"VOLENV_LOCAL_DIR": str(local)}
+    r = volenv("--root", root, "run", "--manifest", m, "--", "python", "-c", PRINT_MODEL, env=env)
+    assert r.returncode == 0, r.stderr
+    path = Path(r.stdout.strip())
+    assert path.is_relative_to(local) and path.read_bytes() == src.read_bytes(), path
+    assert "copied" in r.stderr
+    r = volenv("--root", root, "run", "--manifest", m, "--", "python", "-c", PRINT_MODEL, env=env)
+    assert r.returncode == 0 and Path(r.stdout.strip()) == path and "reusing the local copy" in r.stderr
+
+    m.write_text(m.read_text().replace('local = "always"', 'local = "auto"'))
+    fresh = {"VOLENV_LOCAL_DIR": str(tmp_path / "local2")}
+    r = volenv(
+        "--root", root, "run", "--manifest", m, "--", "python", "-c", PRINT_MODEL,
+        env={**fresh, "VOLENV_MATERIALIZE_THRESHOLD_MS": "1000"},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert Path(r.stdout.strip()) == _published(root, sha) and "reading from the volume" in r.stderr
+    r = volenv(
+        "--root", root, "run", "--manifest", m, "--", "python", "-c", PRINT_MODEL,
+        env={**fresh, "VOLENV_MATERIALIZE_THRESHOLD_MS": "0"},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert Path(r.stdout.strip()).is_relative_to(tmp_path / "local2") and "copying to local disk" in r.stderr
+
+    with open(_published(root, sha), "r+b") as f:  # the volume's copy rots after the fetch
+        f.seek(size // 3)
+        b = f.read(1)
+        f.seek(size // 3)
+        f.write(bytes([b[0] ^ 1]))
+    m.write_text(m.read_text().replace('local = "auto"', 'local = "always"'))
+    bad = {"VOLENV_LOCAL_DIR": str(tmp_path / "local3")}
+    r = volenv("--root", root, "run", "--manifest", m, "--", "python", "-c", PRINT_MODEL, env=bad)
+    assert r.returncode == 0, r.stderr
+    assert Path(r.stdout.strip()) == _published(root, sha)
+    assert "does not match its recorded sha256" in r.stderr
+    assert not [p for p in (tmp_path / "local3").rglob("*") if p.is_file()]  # no partial left
+
+    m.write_text(m.read_text().replace('local = "always"', 'local = "sometimes"'))
+    r = volenv("--root", root, "models", "fetch", m)
+    assert r.returncode == 2 and "local" in r.stderr, r.stderr

@@ -188,7 +188,7 @@ def discard(part: Path, journal: Path, root: Path) -> None:
     safe_unlink(part, root)
 
 
-class _Plan:
+class Plan:
     def __init__(self, total: int, chunk: int) -> None:
         self.total = total
         self.chunk = chunk
@@ -242,7 +242,7 @@ class _Fetch:
         ):
             total = header["size"]
         probe_chunk = chunk_size(total) if total is not None else CHUNK_MIN
-        plan = _Plan(total, probe_chunk) if total is not None else None
+        plan = Plan(total, probe_chunk) if total is not None else None
         done: dict[int, str] = {}
         if plan is not None and header == _Journal.header_for(self.sha256, plan.total, plan.chunk):
             done = self._verify_claims(plan, claims)
@@ -261,7 +261,7 @@ class _Fetch:
             return self._single_stream(resp)
         real_total = rng[2]
         if plan is None or plan.total != real_total:
-            plan = _Plan(real_total, chunk_size(real_total))
+            plan = Plan(real_total, chunk_size(real_total))
             done = {}
         want = _Journal.header_for(self.sha256, plan.total, plan.chunk)
         jr = _Journal(self.jfd, want)
@@ -297,7 +297,7 @@ class _Fetch:
                 delay = min(delay * 2, 15)
         raise AssertionError("unreachable")
 
-    def _verify_claims(self, plan: _Plan, claims: dict[int, str]) -> dict[int, str]:
+    def _verify_claims(self, plan: Plan, claims: dict[int, str]) -> dict[int, str]:
         """The journal's chunks whose bytes in the .part still hash to what was received."""
         good: dict[int, str] = {}
         todo = collections.deque(sorted(i for i in claims if 0 <= i < plan.count))
@@ -381,7 +381,7 @@ class _Fetch:
     # ------------------------------------------------------------ parallel
 
     def _parallel(
-        self, plan: _Plan, done: dict[int, str], jr: _Journal, handover: tuple[int, Any] | None
+        self, plan: Plan, done: dict[int, str], jr: _Journal, handover: tuple[int, Any] | None
     ) -> tuple[int, str]:
         """Run workers over the missing chunks; journal what becomes durable; return the most
         streams that ran and the whole file's sha256."""
@@ -389,7 +389,7 @@ class _Fetch:
         state = _Shared(collections.deque(i for i in range(plan.count) if i not in done and i != skip))
         ctrl: AdaptiveStreams = from_env()
         state.target = ctrl.current
-        hasher = _OrderedHasher(self.pfd, plan, done)
+        hasher = OrderedHasher(self.pfd, plan, done)
         threads: list[threading.Thread] = []
 
         def spawn(first: tuple[int, Any] | None = None) -> None:
@@ -442,7 +442,7 @@ class _Fetch:
                 t.join(max(0.0, deadline - time.monotonic()))
             self.received += state.received
 
-    def _worker(self, plan: _Plan, state: _Shared, first: tuple[int, Any] | None) -> None:
+    def _worker(self, plan: Plan, state: _Shared, first: tuple[int, Any] | None) -> None:
         fd = os.dup(self.pfd)  # its own descriptor: a straggler never writes through a reused number
         getter = _Getter(self.url, self.final_url, self.opts.timeout)
         try:
@@ -465,7 +465,7 @@ class _Fetch:
                 state.live -= 1
                 state.cond.notify_all()
 
-    def _chunk(self, fd: int, getter: _Getter, plan: _Plan, i: int, state: _Shared, resp: Any) -> None:
+    def _chunk(self, fd: int, getter: _Getter, plan: Plan, i: int, state: _Shared, resp: Any) -> None:
         """Fetch chunk i into the .part, resuming inside it after a dropped connection."""
         s, e = plan.span(i)
         pos = s
@@ -509,8 +509,8 @@ class _Fetch:
             state.completed.append((i, h.hexdigest()))
             state.cond.notify_all()
 
-    def _finish(self, plan: _Plan, done: dict[int, str]) -> FetchResult:
-        hasher = _OrderedHasher(self.pfd, plan, done)
+    def _finish(self, plan: Plan, done: dict[int, str]) -> FetchResult:
+        hasher = OrderedHasher(self.pfd, plan, done)
         try:
             return FetchResult(plan.total, hasher.result(), True, 0, self.resumed, self.received)
         finally:
@@ -585,11 +585,11 @@ class _Shared:
         self.errors: list[BaseException] = []
 
 
-class _OrderedHasher:
+class OrderedHasher:
     """The whole file's sha256, fed in file order from the .part as chunks become durable, so
     the check costs (almost) nothing after the last chunk lands."""
 
-    def __init__(self, pfd: int, plan: _Plan, done: dict[int, str]) -> None:
+    def __init__(self, pfd: int, plan: Plan, done: dict[int, str]) -> None:
         self.fd = os.dup(pfd)
         self.plan = plan
         self.ready = set(done)
