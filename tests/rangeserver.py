@@ -30,6 +30,10 @@ class RangeServer:
     connections: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
+    redirects: int = 0  # requests to /r/<name>, answered 302 to /<name>?sig=N
+    sig_uses: int | None = None  # each redirect's signed target answers 403 after this many uses
+    sig: int = 0
+    sig_left: dict[str, int] = field(default_factory=dict)  # uses left per issued signature
     first_request: float = 0.0  # time.monotonic() of the first request
     last_byte: float = 0.0  # ... and of the last body byte sent
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -80,7 +84,36 @@ def _handler(state: RangeServer) -> type[http.server.BaseHTTPRequestHandler]:
             finally:
                 state._end()
 
+        def _signed(self) -> bool:
+            """Redirects and expiring signed targets (what a presigned CDN URL does)."""
+            path, _, query = self.path.partition("?")
+            if path.startswith("/r/"):
+                with state.lock:
+                    state.redirects += 1
+                    state.sig += 1
+                    uses = state.sig_uses if state.sig_uses is not None else 1 << 60
+                    state.sig_left[f"sig={state.sig}"] = uses
+                    where = f"/{path[3:]}?sig={state.sig}"
+                self.send_response(302)
+                self.send_header("Location", where)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return False
+            if state.sig_uses is not None:
+                with state.lock:
+                    ok = state.sig_left.get(query, 0) > 0
+                    if ok:
+                        state.sig_left[query] -= 1
+                if not ok:
+                    self.send_response(403)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return False
+            return True
+
         def _get(self) -> None:
+            if not self._signed():
+                return
             start, end = 0, size - 1
             rng = self.headers.get("Range") if state.ranges else None
             if rng:

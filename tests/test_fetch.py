@@ -18,6 +18,7 @@ import pytest
 
 from conftest import volenv, volenv_popen, write_manifest
 from rangeserver import RangeServer, serve
+from volenv.errors import UsageError
 from volenv.streams import AdaptiveStreams, from_env
 
 MB = 1 << 20
@@ -160,6 +161,32 @@ def test_pinned_streams_use_exactly_that_many_connections(
     assert srv.max_in_flight == 1 and srv.requests > 1  # chunked, one at a time
 
 
+def test_redirects_followed_once_and_expired_targets_re_resolved(
+    tmp_path: Path, root: Path, wheelhouse: Path
+) -> None:
+    """Workers keep-alive to where the first request's redirect led (one redirect for the
+    whole fetch); a signed target that starts answering 403 sends them back through the
+    original URL's redirect, and the fetch still completes."""
+    size = 8 * MB
+    src, sha = _file(tmp_path, size)
+    with serve(RangeServer(src)) as srv:
+        url = srv.url.replace("/weights.bin", "/r/weights.bin")
+        m = _manifest(tmp_path, wheelhouse, url, sha, size)
+        r = volenv("--root", root, "models", "fetch", m)
+        assert r.returncode == 0, r.stderr
+        assert srv.redirects == 1 and srv.requests > 8, (srv.redirects, srv.requests)
+        assert srv.connections < srv.requests / 2
+    _assert_published(root, src, sha)
+    root2 = tmp_path / "vol2" / "volenv"
+    with serve(RangeServer(src, sig_uses=5)) as srv:
+        url = srv.url.replace("/weights.bin", "/r/weights.bin")
+        m = _manifest(tmp_path / "2", wheelhouse, url, sha, size)
+        r = volenv("--root", root2, "models", "fetch", m)
+        assert r.returncode == 0, r.stderr
+        assert srv.redirects > 1
+    _assert_published(root2, src, sha)
+
+
 def test_adaptive_streams_grow_while_throughput_grows_and_settle() -> None:
     s = AdaptiveStreams(start=4, cap=16)
     assert s.current == 4
@@ -188,6 +215,9 @@ def test_streams_knob(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.current == 3
     monkeypatch.setenv("VOLENV_STREAMS", "auto")
     assert from_env().current == 4
+    monkeypatch.setenv("VOLENV_STREAMS", "many")
+    with pytest.raises(UsageError):
+        from_env()
 
 
 PRINT_MODEL = "import os; print(os.environ['VOLENV_MODEL_W'])"

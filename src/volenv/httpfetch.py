@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import UsageError
 from .fsutil import contained
 from .streams import AdaptiveStreams, from_env
 
@@ -79,7 +80,9 @@ def chunk_size(total: int) -> int:
     """~CHUNKS_TARGET chunks per file, between 256 KiB and 16 MiB (64 KiB aligned)."""
     raw = os.environ.get("VOLENV_FETCH_CHUNK", "").strip()
     if raw:
-        return max(4096, int(raw))
+        if not raw.isdigit() or int(raw) < 4096:
+            raise UsageError(f"VOLENV_FETCH_CHUNK={raw!r}: expected a chunk size in bytes (>= 4096)")
+        return int(raw)
     want = -(-total // CHUNKS_TARGET)
     want = -(-want // (64 << 10)) * (64 << 10)
     return max(CHUNK_MIN, min(CHUNK_MAX, want))
@@ -163,21 +166,21 @@ class _Journal:
         self._append([{"i": i, "sha256": sha} for i, sha in entries])
 
     def _append(self, objs: list[dict[str, Any]]) -> None:
+        # one O_APPEND write per batch: even a second writer (a lease taken over from a frozen
+        # fetcher) cannot overwrite a line, and the same bytes land in the .part either way
         data = b"".join(json.dumps(o, sort_keys=True).encode() + b"\n" for o in objs)
-        end = os.fstat(self.fd).st_size
         view = memoryview(data)
         while view:
-            n = os.pwrite(self.fd, view, end)
-            end += n
-            view = view[n:]
+            view = view[os.write(self.fd, view) :]
         os.fsync(self.fd)
 
 
-def _open_in(path: Path, root: Path) -> int:
+def _open_in(path: Path, root: Path, extra: int = 0) -> int:
     """Open (create) a file below root read-write, never through a symlinked component or a
     link at the file itself."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | extra
     with contained(path, root) as (dfd, name):
-        return os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
+        return os.open(name, flags, 0o644, dir_fd=dfd)
 
 
 def discard(part: Path, journal: Path, root: Path) -> None:
@@ -206,7 +209,7 @@ def fetch(
 
     The caller holds the model's lease (one fetcher per file across hosts) and checks the
     result against the pinned sha256 before publishing."""
-    jfd = _open_in(journal, root)
+    jfd = _open_in(journal, root, os.O_APPEND)
     try:
         pfd = _open_in(part, root)
         try:

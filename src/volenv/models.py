@@ -261,7 +261,11 @@ def _fetch_url(paths: VolumePaths, spec: ModelSpec, dest: Path) -> list[dict[str
                 hint="the server served other bytes than the manifest pins",
             )
         say("sha256 mismatch after the download (a chunk arrived wrong); fetching it again")
-    safe_rename(part, dest, paths.root)
+    try:
+        safe_rename(part, dest, paths.root)
+    except FileNotFoundError:  # a fetcher that took our lease over published the same bytes
+        if not dest.is_file() or dest.stat().st_size != got.size:
+            raise
     fsync_dir(dest.parent)
     safe_unlink(journal, paths.root)
     return [{"path": dest.name, "size": got.size, "sha256": got.sha256}]

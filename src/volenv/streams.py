@@ -49,13 +49,13 @@ class AdaptiveStreams:
 
 
 def from_env(start: int = 4, cap: int = 16, var: str = "VOLENV_STREAMS") -> AdaptiveStreams:
-    """The controller, pinned when VOLENV_STREAMS names a positive count (1 = one stream)."""
+    """The controller, pinned when VOLENV_STREAMS names a count (1 = one stream); anything but
+    a count or 'auto' is a usage error (exit 2), not silently the default."""
     raw = os.environ.get(var, "").strip()
     if raw and raw.lower() != "auto":
-        try:
-            n = int(raw)
-        except ValueError:
-            n = 0
-        if n > 0:
-            return AdaptiveStreams(start, cap, pinned=n)
+        if not raw.isdigit() or int(raw) < 1:
+            from .errors import UsageError
+
+            raise UsageError(f"{var}={raw!r}: expected a stream count (1 or more) or 'auto'")
+        return AdaptiveStreams(start, cap, pinned=int(raw))
     return AdaptiveStreams(start, cap)
