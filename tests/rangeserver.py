@@ -35,6 +35,7 @@ class RangeServer:
     sig: int = 0
     sig_left: dict[str, int] = field(default_factory=dict)  # uses left per issued signature
     first_request: float = 0.0  # time.monotonic() of the first request
+    first_request_wall: float = 0.0  # ... as time.time(), to compare with records' timestamps
     last_byte: float = 0.0  # ... and of the last body byte sent
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -42,6 +43,7 @@ class RangeServer:
         with self.lock:
             self.requests += 1
             self.first_request = self.first_request or time.monotonic()
+            self.first_request_wall = self.first_request_wall or time.time()
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
 
