@@ -291,7 +291,13 @@ class _Fetch:
         delay = 0.5
         for attempt in range(1, self.opts.attempts + 1):
             try:
-                return urllib.request.urlopen(_request(self.url, start, end), timeout=self.opts.timeout)
+                try:
+                    return urllib.request.urlopen(_request(self.url, start, end), timeout=self.opts.timeout)
+                except urllib.error.HTTPError as exc:
+                    if exc.code != 416:
+                        raise
+                    # nothing at that range (an empty file, a size that changed): a plain GET
+                    return urllib.request.urlopen(_request(self.url), timeout=self.opts.timeout)
             except Exception as exc:
                 if not _retryable(exc) or attempt == self.opts.attempts:
                     _give_up(exc, "the first request", attempt)
@@ -448,12 +454,16 @@ class _Fetch:
     def _worker(self, plan: Plan, state: _Shared, first: tuple[int, Any] | None) -> None:
         fd = os.dup(self.pfd)  # its own descriptor: a straggler never writes through a reused number
         getter = _Getter(self.url, self.final_url, self.opts.timeout)
+        left = False
         try:
             if first is not None:
                 self._chunk(fd, getter, plan, first[0], state, first[1])
             while True:
                 with state.cond:
                     if state.stop or state.live > state.target or not state.pending:
+                        state.live -= 1  # in the same hold as the check: no two leave for one
+                        left = True
+                        state.cond.notify_all()
                         break
                     i = state.pending.popleft()
                 self._chunk(fd, getter, plan, i, state, None)
@@ -464,9 +474,10 @@ class _Fetch:
         finally:
             getter.close()
             os.close(fd)
-            with state.cond:
-                state.live -= 1
-                state.cond.notify_all()
+            if not left:
+                with state.cond:
+                    state.live -= 1
+                    state.cond.notify_all()
 
     def _chunk(self, fd: int, getter: _Getter, plan: Plan, i: int, state: _Shared, resp: Any) -> None:
         """Fetch chunk i into the .part, resuming inside it after a dropped connection."""
