@@ -38,9 +38,11 @@ from .fsutil import contained
 from .streams import AdaptiveStreams, from_env
 
 JOURNAL_SCHEMA = 1
-CHUNK_MIN = 256 << 10
+CHUNK_MIN = 128 << 10
 CHUNK_MAX = 16 << 20
-CHUNKS_TARGET = 256  # chunks per file: a kill loses at most ~streams/2 of them
+CHUNKS_TARGET = 512  # chunks per file: a kill loses about half a chunk per stream in flight
+RUN_MAX = 16 << 20  # one request covers a run of consecutive chunks up to this many bytes
+RUNS_PER_STREAM = 4  # ... and about 1/(cap x 4) of the file, so the last runs end together
 READ = 1 << 20
 WINDOW = 0.3  # seconds per throughput sample for the stream controller
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
@@ -77,7 +79,7 @@ class Options:
 
 
 def chunk_size(total: int) -> int:
-    """~CHUNKS_TARGET chunks per file, between 256 KiB and 16 MiB (64 KiB aligned)."""
+    """~CHUNKS_TARGET chunks per file, between 128 KiB and 16 MiB (64 KiB aligned)."""
     raw = os.environ.get("VOLENV_FETCH_CHUNK", "").strip()
     if raw:
         if not raw.isdigit() or int(raw) < 4096:
@@ -398,6 +400,8 @@ class _Fetch:
         state = _Shared(collections.deque(i for i in range(plan.count) if i not in done and i != skip))
         ctrl: AdaptiveStreams = from_env()
         state.target = ctrl.current
+        run_bytes = min(RUN_MAX, plan.total // (ctrl.cap * RUNS_PER_STREAM))
+        state.run_chunks = max(1, run_bytes // plan.chunk)
         hasher = OrderedHasher(self.pfd, plan, done)
         threads: list[threading.Thread] = []
 
@@ -457,7 +461,7 @@ class _Fetch:
         left = False
         try:
             if first is not None:
-                self._chunk(fd, getter, plan, first[0], state, first[1])
+                self._run(fd, getter, plan, (first[0], first[0]), state, first[1])
             while True:
                 with state.cond:
                     if state.stop or state.live > state.target or not state.pending:
@@ -465,8 +469,10 @@ class _Fetch:
                         left = True
                         state.cond.notify_all()
                         break
-                    i = state.pending.popleft()
-                self._chunk(fd, getter, plan, i, state, None)
+                    i = last = state.pending.popleft()
+                    while state.pending and state.pending[0] == last + 1 and last - i + 1 < state.run_chunks:
+                        last = state.pending.popleft()
+                self._run(fd, getter, plan, (i, last), state, None)
         except BaseException as exc:
             with state.cond:
                 state.errors.append(exc)
@@ -479,10 +485,16 @@ class _Fetch:
                     state.live -= 1
                     state.cond.notify_all()
 
-    def _chunk(self, fd: int, getter: _Getter, plan: Plan, i: int, state: _Shared, resp: Any) -> None:
-        """Fetch chunk i into the .part, resuming inside it after a dropped connection."""
-        s, e = plan.span(i)
-        pos = s
+    def _run(
+        self, fd: int, getter: _Getter, plan: Plan, run: tuple[int, int], state: _Shared, resp: Any
+    ) -> None:
+        """Fetch chunks run[0]..run[1] (consecutive) with one Range request into the .part, each
+        chunk reported complete (for the journal) as soon as its last byte is written; after a
+        dropped connection the request resumes at the byte where it stopped."""
+        first, last = run
+        pos, e = plan.span(first)[0], plan.span(last)[1]
+        i = first
+        chunk_end = plan.span(i)[1]
         h = hashlib.sha256()
         view = memoryview(bytearray(READ))
         delay = 0.5
@@ -499,14 +511,21 @@ class _Fetch:
                         if state.stop:
                             getter.close()  # a half-read response: the connection is unusable
                             return
-                        n = resp.readinto(view[: min(READ, e - pos)])
+                        n = resp.readinto(view[: min(READ, chunk_end - pos)])
                         if not n:
-                            raise ConnectionError(f"connection dropped at byte {pos} of chunk {i}")
+                            raise ConnectionError(f"connection dropped at byte {pos} (chunk {i})")
                         _pwrite_all(fd, view[:n], pos)
                         h.update(view[:n])
                         pos += n
                         with state.cond:
                             state.received += n
+                            if pos == chunk_end:
+                                state.completed.append((i, h.hexdigest()))
+                                state.cond.notify_all()
+                        if pos == chunk_end and i < last:
+                            i += 1
+                            chunk_end = plan.span(i)[1]
+                            h = hashlib.sha256()
                 resp = None
             except Exception as exc:
                 resp = None
@@ -519,9 +538,6 @@ class _Fetch:
                 time.sleep(delay)
                 delay = min(delay * 2, 15)
                 attempt += 1
-        with state.cond:
-            state.completed.append((i, h.hexdigest()))
-            state.cond.notify_all()
 
     def _finish(self, plan: Plan, done: dict[int, str]) -> FetchResult:
         hasher = OrderedHasher(self.pfd, plan, done)
@@ -592,6 +608,7 @@ class _Shared:
         self.cond = threading.Condition()
         self.pending = pending
         self.target = 1
+        self.run_chunks = 1
         self.live = 0
         self.stop = False
         self.received = 0
