@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .activate import model_env_name, model_files_dir, model_key, model_location, model_record_path
+from .errors import VolenvError
 from .fsutil import unique_suffix
 from .httpfetch import OrderedHasher, Plan
 
@@ -85,7 +86,7 @@ def localize_models(
                 continue
         try:
             path = _local_copy(root, m)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, VolenvError) as exc:  # a damaged record included
             _say(f"warning: model '{m['name']}': no local copy ({exc}); reading it from the volume")
             continue
         if path is not None:
