@@ -21,6 +21,7 @@ import zstandard
 
 from conftest import moto_s3, snapshot_of, staging_left, volenv, volenv_popen, write_manifest
 from throttle import ThrottledProxy
+from volenv.errors import UsageError
 from volenv.streams import AdaptiveStreams
 from wheelfactory import make_wheel
 
@@ -57,7 +58,8 @@ def test_streams_pinned_by_the_knob(monkeypatch: pytest.MonkeyPatch) -> None:
     s.report(MB, 0.01)
     assert (s.current, s.cap, s.settled) == (1, 1, True)
     monkeypatch.setenv("VOLENV_STREAMS", "nonsense")
-    assert AdaptiveStreams().current == 4
+    with pytest.raises(UsageError):
+        AdaptiveStreams()
 
 
 # ------------------------------------------------------------------ pulls through S3

@@ -216,7 +216,7 @@ def model_files_dir(root: str, model: dict[str, Any]) -> str:
 
 def model_key(model: dict[str, Any]) -> str:
     """Digest of a model's source spec: a changed spec is a different model record."""
-    spec = {k: v for k, v in model.items() if k not in ("name", "optional")}
+    spec = {k: v for k, v in model.items() if k not in ("name", "optional", "local")}
     return sha256_hex(dumps_canonical(spec).encode())[:16]
 
 
@@ -362,6 +362,7 @@ Environment (options win over these):
   VOLENV_MATERIALIZE               default for --materialize
   VOLENV_MATERIALIZE_DIR           default for --materialize-dir
   VOLENV_MATERIALIZE_THRESHOLD_MS  metadata latency above which auto materializes (0.15)
+  VOLENV_LOCAL_DIR                 where [[models]] local = always|auto copies go
 
 Set in CMD's environment: VIRTUAL_ENV, PATH, VOLENV_ENV, VOLENV_SNAPSHOT, VOLENV_ROOT,
 VOLENV_MODEL_<NAME> (each model's directory), and the manifest's [activate] variables."""
@@ -605,11 +606,16 @@ def run(root: str, argv: list[str]) -> int:
     o = parse_run_args(argv)
     try:
         target, snap_dir, _seal = prepare(root, o)
+        volume_snap = snap_dir
         if o.materialize != "never":
             from .materialize import choose
 
             snap_dir = choose(root, snap_dir, _seal, o.materialize, o.materialize_dir, o.verify) or snap_dir
         env = compute_env(root, snap_dir, target.env, target.activation)
+        if any(m.get("local") in ("always", "auto") for m in target.activation.get("models", [])):
+            from .localcopy import localize_models  # [[models]] local: copies to this disk
+
+            localize_models(root, volume_snap, target.activation["models"], env)
     except Exception as exc:  # every activation failure reaches --diagnose, OSError and bugs too
         if not o.diagnose:
             raise

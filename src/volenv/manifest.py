@@ -77,6 +77,8 @@ class ModelSpec:
     sha256: str | None = None
     size: int | None = None
     optional: bool = False
+    # never | always | auto: copy to the container's disk at `run` (auto: when the volume is slow)
+    local: str = "never"
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,8 @@ def _model_dict(m: ModelSpec) -> dict[str, Any]:
         d["url"] = redact_url(m.url) if m.url else m.url  # identity: sha256 + URL without credentials
         d["sha256"] = m.sha256
         d["size"] = m.size
+    if m.local != "never":  # absent when never: manifests without it keep their digests
+        d["local"] = m.local
     return d
 
 
@@ -753,7 +757,7 @@ def _parse_models(c: _Checker, value: Any) -> tuple[ModelSpec, ...]:
     for i, item in enumerate(value):
         key = f"models[{i}]"
         m = c.table(item, key)
-        c.keys(m, {"name", "hf", "url", "sha256", "size", "optional"}, f"{key}.")
+        c.keys(m, {"name", "hf", "url", "sha256", "size", "optional", "local"}, f"{key}.")
         if "name" not in m:
             raise c.fail(f"{key}.name", "missing")
         name = c.slug(m["name"], f"{key}.name")
@@ -761,13 +765,16 @@ def _parse_models(c: _Checker, value: Any) -> tuple[ModelSpec, ...]:
             raise c.fail(f"{key}.name", f"duplicate model name {name!r}")
         seen.add(name)
         optional = c.boolean(m.get("optional", False), f"{key}.optional")
+        local = m.get("local", "never")
+        if local not in ("never", "always", "auto"):
+            raise c.fail(f"{key}.local", f"{local!r} is not one of never, always, auto")
         if ("hf" in m) == ("url" in m):
             raise c.fail(key, "give exactly one source: `hf = {...}` or `url` + `sha256`")
         if "hf" in m:
             for k in ("sha256", "size"):
                 if k in m:
                     raise c.fail(f"{key}.{k}", "only for `url` models (hf files are checked against the Hub)")
-            out.append(ModelSpec(name, hf=_parse_hf(c, m["hf"], f"{key}.hf"), optional=optional))
+            out.append(ModelSpec(name, hf=_parse_hf(c, m["hf"], f"{key}.hf"), optional=optional, local=local))
             continue
         url = c.string(m["url"], f"{key}.url")
         if not re.match(r"^https?://\S+$", url):
@@ -780,7 +787,7 @@ def _parse_models(c: _Checker, value: Any) -> tuple[ModelSpec, ...]:
         size = m.get("size")
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
             raise c.fail(f"{key}.size", f"expected a positive integer, got {size!r}")
-        out.append(ModelSpec(name, url=url, sha256=sha, size=size, optional=optional))
+        out.append(ModelSpec(name, url=url, sha256=sha, size=size, optional=optional, local=local))
     return tuple(out)
 
 

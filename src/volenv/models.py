@@ -9,21 +9,17 @@ with size and sha256: its presence is what "present" means to activation.
 
 from __future__ import annotations
 
-import errno
-import hashlib
-import http.client
 import json
 import os
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import httpfetch
 from .activate import model_files_dir, model_key, model_location, model_record_path
 from .errors import DamagedRecord, ModelError, VolenvError, VolumeError, from_oserror, missing_extra
-from .fsutil import atomic_write_json, fsync_dir, safe_mkdirs, safe_rename, unique_suffix
+from .fsutil import atomic_write_json, fsync_dir, safe_mkdirs, safe_rename, safe_unlink
 from .integrity import hash_file
 from .locks import BuildLease
 from .manifest import Manifest, ModelSpec, _model_dict
@@ -219,93 +215,60 @@ def file_entry_problem(f: object) -> str | None:
     return None
 
 
-class _Download:
-    """What a download has so far: bytes written and their running sha256."""
-
-    def __init__(self) -> None:
-        self.have = 0
-        self.h = hashlib.sha256()
-
-    def restart(self) -> None:
-        self.have = 0
-        self.h = hashlib.sha256()
-
-
 def _fetch_url(paths: VolumePaths, spec: ModelSpec, dest: Path) -> list[dict[str, Any]]:
-    """Download into a unique temp file, resuming with Range after a dropped connection,
-    retrying with backoff; publish by rename only when the sha256 (and size) match."""
+    """Download into the model's `.part` as parallel Range requests with a chunk journal
+    (httpfetch), so a killed fetch resumes from its durable chunks; publish by rename only
+    when the size and sha256 match. Bytes that fail the whole-file check are dropped and
+    fetched once more (a chunk a server garbled once); twice wrong fails, nothing published."""
     assert spec.url and spec.sha256
     safe_mkdirs(dest.parent, paths.root)
-    tmp = dest.with_name(f".{dest.name}.part-{unique_suffix()}")
+    part = dest.with_name(f".{dest.name}.part-chunks")
+    journal = dest.with_name(f".{dest.name}.part-chunks.journal")
     reporter.info(f"fetching model '{spec.name}' from {redact_url(spec.url)}")
-    progress = reporter.progress(spec.name, spec.size)
-    state = _Download()
-    delay = 0.5
-    try:
-        with open(tmp, "wb") as out:
-            for attempt in range(1, ATTEMPTS + 1):
-                try:
-                    _download_into(spec.url, out, state, progress)
-                    break
-                except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-                    if isinstance(exc, urllib.error.HTTPError) and 400 <= exc.code < 500 and exc.code != 416:
-                        raise ModelError(
-                            f"model '{spec.name}': {redact_url(spec.url)} answered HTTP {exc.code}"
-                        ) from None
-                    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                        raise
-                    out.flush()
-                    if attempt == ATTEMPTS:
-                        raise ModelError(
-                            f"model '{spec.name}': download failed after {ATTEMPTS} attempts: {exc}",
-                            hint="check the URL and the network, then `volenv models fetch MANIFEST` again",
-                        ) from None
-                    reporter.warn(
-                        f"model '{spec.name}': {exc}; resuming at byte {state.have} in {delay:.1f}s"
-                    )
-                    time.sleep(delay)
-                    delay = min(delay * 2, 15)
-            out.flush()
-            os.fsync(out.fileno())
-        digest = state.h.hexdigest()
-        if spec.size is not None and state.have != spec.size:
-            raise ModelError(f"model '{spec.name}': got {state.have} bytes, the manifest says {spec.size}")
-        if digest != spec.sha256:
+
+    def say(msg: str) -> None:
+        reporter.warn(f"model '{spec.name}': {msg}")
+
+    for round_ in (1, 2):
+        progress = reporter.progress(spec.name, spec.size)
+        opts = httpfetch.Options(ATTEMPTS, TIMEOUT, say, progress)
+        try:
+            got = httpfetch.fetch(
+                spec.url, part, journal, paths.root, sha256=spec.sha256, size=spec.size, opts=opts
+            )
+        except httpfetch.HTTPRefused as exc:
             raise ModelError(
-                f"model '{spec.name}': sha256 mismatch: expected {spec.sha256}, got {digest};"
+                f"model '{spec.name}': {redact_url(spec.url)} answered HTTP {exc.code}"
+            ) from None
+        except httpfetch.RetriesExhausted as exc:
+            raise ModelError(
+                f"model '{spec.name}': {exc}",
+                hint="check the URL and the network, then `volenv models fetch MANIFEST` again"
+                " (it resumes from the chunks it has)",
+            ) from None
+        finally:
+            progress.close()
+        if spec.size is not None and got.size != spec.size:
+            httpfetch.discard(part, journal, paths.root)
+            raise ModelError(f"model '{spec.name}': got {got.size} bytes, the manifest says {spec.size}")
+        if got.sha256 == spec.sha256:
+            break
+        httpfetch.discard(part, journal, paths.root)
+        if round_ == 2:
+            raise ModelError(
+                f"model '{spec.name}': sha256 mismatch: expected {spec.sha256}, got {got.sha256};"
                 " nothing was published",
                 hint="the server served other bytes than the manifest pins",
             )
-        safe_rename(tmp, dest, paths.root)
-        fsync_dir(dest.parent)
-    finally:
-        progress.close()
-        if tmp.exists():
-            tmp.unlink()
-    return [{"path": dest.name, "size": state.have, "sha256": digest}]
-
-
-def _download_into(url: str, out: Any, state: _Download, progress: Any) -> None:
-    """One attempt: continue from state.have (Range) and append; raise on a short body."""
-    req = urllib.request.Request(url, headers={"User-Agent": "volenv", "Accept-Encoding": "identity"})
-    if state.have:
-        req.add_header("Range", f"bytes={state.have}-")
-    with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:
-        if state.have and resp.status == 200:  # the server ignored Range: start over
-            out.seek(0)
-            out.truncate()
-            state.restart()
-            progress.reset(0)
-        expected = resp.headers.get("Content-Length")
-        got = 0
-        while chunk := resp.read(CHUNK):
-            out.write(chunk)
-            state.h.update(chunk)
-            state.have += len(chunk)
-            got += len(chunk)
-            progress.update(len(chunk))
-        if expected is not None and got < int(expected):
-            raise ConnectionError(f"connection dropped after {got} of {expected} bytes")
+        say("sha256 mismatch after the download (a chunk arrived wrong); fetching it again")
+    try:
+        safe_rename(part, dest, paths.root)
+    except FileNotFoundError:  # a fetcher that took our lease over published the same bytes
+        if not dest.is_file() or dest.stat().st_size != got.size:
+            raise
+    fsync_dir(dest.parent)
+    safe_unlink(journal, paths.root)
+    return [{"path": dest.name, "size": got.size, "sha256": got.sha256}]
 
 
 def _fetch_hf(paths: VolumePaths, spec: ModelSpec, snapshot_dir: Path) -> list[dict[str, Any]]:

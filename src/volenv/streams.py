@@ -3,10 +3,11 @@ grows, never past 16 (`VOLENV_STREAMS=N` pins N). A per-connection limit (an S3 
 CDN, a network volume's per-reader latency) is beaten by more streams; a shared bottleneck
 (the link, the disk, the CPU) is not, and more streams there only add overhead.
 
-The controller is fed one report per finished part (`report(nbytes, seconds)`: one stream
-moved nbytes in seconds). After a round of `current` reports it estimates the aggregate rate
-as `current` streams at their mean rate; when that beat the best round so far by 10% it
-grows by half, otherwise it settles on the best count it saw.
+Two ways to feed it, one rule: `report(nbytes, seconds)` per finished part (one stream moved
+nbytes in seconds; after a round of `current` parts the aggregate is estimated as `current`
+streams at their mean rate), or `report_total(nbytes, seconds)` with an aggregate measured
+over a window. When a round beats the best so far by 10% the count grows by half (4, 6, 9, 14,
+16); otherwise it goes back to the best count it saw and stays there.
 """
 
 from __future__ import annotations
@@ -17,23 +18,25 @@ import threading
 
 START = 4
 CAP = 16
-_GAIN = 1.10  # a round must beat the best by this much to grow again
+GAIN = 1.10  # a round must beat the best by this much to grow again
 
 
-def pinned_streams() -> int | None:
-    """VOLENV_STREAMS=N (1..64): a fixed stream count; unset, empty or invalid: adaptive."""
-    raw = os.environ.get("VOLENV_STREAMS", "").strip()
-    if not raw:
+def pinned_streams(var: str = "VOLENV_STREAMS") -> int | None:
+    """VOLENV_STREAMS=N (1..64): a fixed stream count; unset, empty or 'auto': adaptive.
+    Anything else is a usage error (exit 2), not silently the default."""
+    raw = os.environ.get(var, "").strip()
+    if not raw or raw.lower() == "auto":
         return None
-    try:
-        n = int(raw)
-    except ValueError:
-        return None
-    return n if 1 <= n <= 64 else None
+    if not raw.isdigit() or not 1 <= int(raw) <= 64:
+        from .errors import UsageError
+
+        raise UsageError(f"{var}={raw!r}: expected a stream count (1 to 64) or 'auto'")
+    return int(raw)
 
 
 class AdaptiveStreams:
-    """Thread-safe stream-count controller; read `.current` before starting a part."""
+    """Thread-safe stream-count controller; read `.current` before starting a part.
+    `pinned=None` reads VOLENV_STREAMS; a pinned count makes the reports no-ops."""
 
     def __init__(self, start: int = START, cap: int = CAP, *, pinned: int | None = None) -> None:
         if pinned is None:
@@ -60,10 +63,25 @@ class AdaptiveStreams:
                 return
             rate = self.current * self._bytes / self._seconds
             self._bytes, self._seconds, self._reports = 0, 0.0, 0
-            if rate > self._best * _GAIN:
-                self._best, self._best_count = rate, self.current
-                self.current = min(self.cap, math.ceil(self.current * 1.5))
-                self.settled = self.current == self._best_count  # at the cap
-            else:
-                self.current = self._best_count
-                self.settled = True
+            self._step(rate)
+
+    def report_total(self, nbytes: int, seconds: float) -> int:
+        """All `current` streams together moved nbytes in seconds; returns the count to run."""
+        with self._lock:
+            if not self.settled and seconds > 0:
+                self._step(nbytes / seconds)
+            return self.current
+
+    def _step(self, rate: float) -> None:
+        if rate > self._best * GAIN:
+            self._best, self._best_count = rate, self.current
+            self.current = min(self.cap, math.ceil(self.current * 1.5))
+            self.settled = self.current == self._best_count  # at the cap
+        else:
+            self.current = self._best_count
+            self.settled = True
+
+
+def from_env(start: int = START, cap: int = CAP, var: str = "VOLENV_STREAMS") -> AdaptiveStreams:
+    """The controller, pinned when `var` names a count."""
+    return AdaptiveStreams(start, cap, pinned=pinned_streams(var))
