@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Result, snapshot_of, volenv, write_manifest
+from conftest import Result, serve_bytes, snapshot_of, volenv, write_manifest
 
 EXTRA = """
 [optional.extra]
@@ -218,3 +218,23 @@ def test_doctor_names_the_default_root(tmp_path: Path) -> None:
     r = volenv("doctor", env={"XDG_DATA_HOME": str(tmp_path), "HOME": str(tmp_path)})
     assert f"{tmp_path / 'volenv'} (from xdg)" in r.stdout, (r.stdout, r.stderr)
     assert "VOLENV_ROOT" not in r.stdout and "--root" not in r.stdout
+
+
+def test_show_lists_models_and_diff_their_changes(tmp_path: Path, root: Path, wheelhouse: Path) -> None:
+    import hashlib
+
+    data = b"weights" * 100
+    sha = hashlib.sha256(data).hexdigest()
+    with serve_bytes(data) as base:
+        extra = f'[[models]]\nname = "w"\nurl = "{base}/w.bin"\nsha256 = "{sha}"\nsize = {len(data)}\n'
+        m1 = write_manifest(tmp_path / "a", "app", ["alpha==1.0"], find_links=wheelhouse)
+        m2 = write_manifest(tmp_path / "b", "app", ["alpha==2.0"], find_links=wheelhouse, extra=extra)
+        _ok(volenv("--root", root, "sync", m1))
+        s1 = snapshot_of(root, "app")
+        _ok(volenv("--root", root, "sync", m2))
+    doc = _ok(volenv("--root", root, "--json", "show", "app")).json()
+    assert doc["models"] == [
+        {"name": "w", "source": f"{base}/w.bin sha256:{sha[:12]}", "optional": False, "present": True}
+    ]
+    r = _ok(volenv("--root", root, "diff", s1, "app"))
+    assert f"+ model w ({base}/w.bin sha256:{sha[:12]})" in r.stdout.splitlines(), r.stdout

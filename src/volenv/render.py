@@ -290,7 +290,7 @@ def render_switch(r: Any) -> None:
         return
     before = f" (was {r.previous})" if r.previous else ""
     _c().print(esc(f"{r.action}: {r.env} -> {r.snapshot}{before}"))
-    for f in getattr(r, "manifests", ()):  # rollback: what `run --manifest` runs for each manifest
+    for f in r.manifests:  # rollback: what `run --manifest` runs for each indexed manifest
         _c().print(esc(f"  run --manifest {f.manifest}: runs {f.runs} ({f.why})"), highlight=False)
     if r.action == "rollback":
         _c().print("  `volenv sync MANIFEST` moves current on and ends the rollback", highlight=False)

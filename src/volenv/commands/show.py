@@ -3,6 +3,7 @@ interpreter, creation time and the manifests it was built from or indexed for. R
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,9 +114,9 @@ def show(paths: VolumePaths, target: str, *, sizes: bool = True) -> ShowResult:
     models = []
     for m in manifest.get("models") or []:
         if isinstance(m, dict) and m.get("name") in held.models:
-            try:
-                present = (paths.root / model_record_path(str(paths.root), m)).exists()
-            except (KeyError, TypeError, AttributeError):
+            try:  # the seal is volume data: a malformed model entry is "not present", not a crash
+                present = os.path.exists(model_record_path(str(paths.root), m))
+            except (KeyError, TypeError, AttributeError, ValueError):
                 present = False
             models.append(ModelView(m["name"], held.models[m["name"]], bool(m.get("optional")), present))
     groups = tuple(
