@@ -294,7 +294,6 @@ def _reuse(
                 now = valid_index_hit(paths, manifest)
                 if now is None or now[0] != sid:
                     raise _Vanished(sid)
-            _note_rollback_end(paths, env, sid)
             try:
                 store.switch_current(paths, env, sid, manifest.digest, "sync")
             except OSError as exc:
@@ -325,17 +324,10 @@ def _reuse(
 
 
 def _note_rollback_end(paths: VolumePaths, env: str, sid: str, *, dry_run: bool = False) -> None:
-    """A sync that moves `current` past a rollback says so: it ends the rollback (README,
-    Decisions: rollback and `run --manifest`)."""
-    rb = store.read_rollback(paths, env)
-    if rb is None or rb.snapshot == sid:
-        return
-    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(rb.time))
-    make, end = ("would make", "end") if dry_run else ("makes", "ends")
-    reporter.warn(
-        f"'{env}' was rolled back to {rb.snapshot} at {when}; this sync {make} {sid} current"
-        f" and {end} the rollback (`run --manifest` runs each manifest's own snapshot again)"
-    )
+    """--dry-run: say that the sync would end a rollback (store.switch_current says it when it does)."""
+    note = store.rollback_end_note(paths, env, sid, "this sync would make", "end")
+    if note:
+        reporter.warn(note)
 
 
 def _planned_contents(manifest: Manifest, res: Resolution | None) -> Any:
@@ -1142,7 +1134,6 @@ def _publish_pointers(paths: VolumePaths, manifest: Manifest, sid: str, action: 
     store.write_index(paths, manifest.name, manifest.digest, sid, str(manifest.path))
     faults.point("current")
     if store.read_current(paths, manifest.name) != sid:
-        _note_rollback_end(paths, manifest.name, sid)
         store.switch_current(paths, manifest.name, sid, manifest.digest, action)
     from .activate import write_alias
 

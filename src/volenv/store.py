@@ -180,6 +180,18 @@ class Rollback:
     time: float
 
 
+def rollback_end_note(paths: VolumePaths, env: str, snapshot_id: str, doing: str, end: str) -> str | None:
+    """What to say when a switch to `snapshot_id` ends the env's rollback (None: it does not)."""
+    rb = read_rollback(paths, env)
+    if rb is None or rb.snapshot == snapshot_id:
+        return None
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(rb.time))
+    return (
+        f"'{env}' was rolled back to {rb.snapshot} at {when}; {doing} {snapshot_id} current and"
+        f" {end} the rollback (`run --manifest` runs each manifest's own snapshot again)"
+    )
+
+
 def read_rollback(paths: VolumePaths, env: str) -> Rollback | None:
     """The rollback that set `current`, or None (a damaged pointer is no rollback here: the
     commands that need `current` report it)."""
@@ -271,7 +283,15 @@ def switch_current(
     action: str,
     rollback: dict[str, Any] | None = None,
 ) -> None:
-    """The one pointer switch: current then history (a crash between leaves a valid current)."""
+    """The one pointer switch: current then history (a crash between leaves a valid current).
+    A switch past a rollback (sync, pull) ends it, and says so."""
+    if rollback is None:
+        doing = "this pull makes" if action == "pull" else "this sync makes"
+        note = rollback_end_note(paths, env, snapshot_id, doing, "ends")
+        if note:
+            from .ui import reporter
+
+            reporter.warn(note)
     write_current(paths, env, snapshot_id, rollback)
     append_history(paths, env, snapshot_id, manifest_digest, action)
 
