@@ -32,6 +32,7 @@ from .sealcheck import (
     check_seal,
     is_snapshot_id,
     plain_name,
+    read_seal,
     sha256_hex,
 )
 
@@ -183,6 +184,52 @@ def _pointer(path: str, env: str, hint: str) -> str | None:
     if not isinstance(snap, str) or not is_snapshot_id(snap, env):
         raise DamagedRecord(f"{path} is damaged: it names no snapshot of '{env}'", hint=hint)
     return snap
+
+
+def rolled_back(root: str, env: str) -> tuple[str, float, float] | None:
+    """(snapshot, its seal time, when) if `volenv rollback` set the env's current pointer and no
+    switch has happened since (store.write_current). A damaged pointer is no rollback here."""
+    try:
+        data = _read_json(os.path.join(root, "envs", env, "current"))
+    except DamagedRecord:
+        return None
+    rb = data.get("rollback") if isinstance(data, dict) else None
+    if not isinstance(rb, dict):
+        return None
+    snap, created, when = data.get("snapshot"), rb.get("created"), rb.get("time")
+    if not isinstance(snap, str) or not is_snapshot_id(snap, env):
+        return None
+    if not isinstance(created, int | float) or not isinstance(when, int | float):
+        return None
+    return snap, float(created), float(when)
+
+
+def _newer_than(root: str, env: str, sid: str | None, created: float) -> bool:
+    """Whether `sid` was sealed after `created`; no snapshot, or an unreadable one, counts as newer
+    (a rollback is the operator's word: nothing unknown overrides it)."""
+    if sid is None:
+        return True
+    try:
+        when = read_seal(os.path.join(root, "envs", env, "snapshots", sid)).get("created")
+    except SealProblem:
+        return True
+    return not isinstance(when, int | float) or when > created
+
+
+def _honour_rollback(root: str, o: RunOptions, target: Target, sid: str | None) -> str | None:
+    """While the env is rolled back to S, `run --manifest M` runs M's own snapshot only when
+    that is S or older; otherwise S, saying so on stderr (README, Decisions)."""
+    rb = rolled_back(root, target.env) if target.digest is not None else None
+    if rb is None or sid == rb[0] or not _newer_than(root, target.env, sid, rb[1]):
+        return None
+    what = f"instead of {sid}" if sid is not None else "(it has no snapshot yet)"
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(rb[2]))
+    print(
+        f"volenv: '{target.env}' is rolled back to {rb[0]} (at {when}): running it for {o.manifest}"
+        f" {what}; `volenv sync {shq(o.manifest)}` ends the rollback",
+        file=sys.stderr,
+    )
+    return rb[0]
 
 
 def find_snapshot(root: str, target: Target) -> str | None:
@@ -469,6 +516,8 @@ def prepare(root: str, o: RunOptions) -> tuple[Target, str, dict[str, Any]]:
             if not (o.on_missing == "build" and target.digest is not None and attempts <= 2):
                 raise
             sid = None
+        pinned = _honour_rollback(root, o, target, sid)
+        sid = pinned or sid
         problem: SealProblem | VerifyError | None = None
         if sid is not None:
             snap_dir = os.path.join(root, "envs", target.env, "snapshots", sid)
@@ -478,13 +527,20 @@ def prepare(root: str, o: RunOptions) -> tuple[Target, str, dict[str, Any]]:
                 seal = check_seal(snap_dir, sid)
                 if o.verify != "seal":
                     _verify_deep(snap_dir, o.verify)
-                if target.digest is None:
+                if target.digest is None or pinned:  # a rollback runs as it was built
                     target.activation = _activation_from_seal(seal)
                 return target, snap_dir, seal
             except SealProblem as sp:
                 problem = sp
             except VerifyError as ve:
                 problem = ve
+            if pinned:  # never rebuild past a rollback: its target is what must run
+                detail = problem.detail if isinstance(problem, SealProblem) else problem.message
+                raise VerifyError(
+                    f"'{target.env}' is rolled back to {sid}, which is not usable: {detail}",
+                    hint=f"volenv rollback {shq(target.env)} --to SNAPSHOT, or `volenv sync"
+                    f" {shq(o.manifest)}` to end the rollback",
+                )
         if o.on_missing == "build" and attempts <= 2:
             _build_for(root, o, target, sid, problem)
             continue

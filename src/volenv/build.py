@@ -124,6 +124,7 @@ class SyncResult:
     link_mode: str | None = None
     log: str | None = None
     models: tuple[Any, ...] = ()
+    changes: Any = None  # --dry-run: contents.Changes against the current snapshot (None: no current)
 
 
 # ---------------------------------------------------------------- the lifecycle
@@ -206,6 +207,7 @@ def sync_snapshot(paths: VolumePaths, manifest: Manifest, opts: SyncOptions) -> 
         plan = make_plan(paths, manifest, opts, tempfile.gettempdir())
         action = "would-reuse" if plan.action in ("reuse", "index") else "would-build"
         sid = plan.snapshot or "?"
+        _note_rollback_end(paths, env, sid, dry_run=True)
         return SyncResult(
             env,
             sid,
@@ -214,6 +216,7 @@ def sync_snapshot(paths: VolumePaths, manifest: Manifest, opts: SyncOptions) -> 
             manifest.digest,
             time.perf_counter() - t0,
             plan.previous,
+            changes=_changes_from_current(paths, env, _planned_contents(manifest, plan.resolution)),
         )
     try:
         store.ensure_env_dirs(paths, env)
@@ -303,6 +306,13 @@ def _reuse(
         store.log_event(paths, env, "sync", action="reused", snapshot=sid, manifest_digest=manifest.digest)
     if seal is None:
         seal = check_seal(str(paths.snapshot(env, sid)), sid)
+    changes = None
+    if opts.dry_run:
+        from . import contents
+
+        if previous != sid:
+            _note_rollback_end(paths, env, sid, dry_run=True)
+        changes = _changes_from_current(paths, env, contents.from_seal(seal))
     return SyncResult(
         env,
         sid,
@@ -313,7 +323,38 @@ def _reuse(
         previous,
         groups=tuple(GroupState(**g) for g in seal.get("groups", [])),
         link_mode=seal.get("link_mode"),
+        changes=changes,
     )
+
+
+def _note_rollback_end(paths: VolumePaths, env: str, sid: str, *, dry_run: bool = False) -> None:
+    """--dry-run: say that the sync would end a rollback (store.switch_current says it when it does)."""
+    note = store.rollback_end_note(paths, env, sid, "this sync would make", "end")
+    if note:
+        reporter.warn(note)
+
+
+def _planned_contents(manifest: Manifest, res: Resolution | None) -> Any:
+    from . import contents
+    from .manifest import _model_dict
+
+    if res is None:
+        return None
+    states = {g: "installed" for g in res.groups} | {g: "unresolvable" for g in res.unresolvable}
+    return contents.contents_of(res.base, res.groups, states, [_model_dict(m) for m in manifest.models])
+
+
+def _changes_from_current(paths: VolumePaths, env: str, new: Any) -> Any:
+    """What a dry run would change against the env's current snapshot (None: nothing to compare)."""
+    from . import contents
+
+    try:
+        cur = store.read_current(paths, env)
+        if cur is None or new is None:
+            return None
+        return contents.diff(contents.from_seal(check_seal(str(paths.snapshot(env, cur)), cur)), new)
+    except (VolenvError, SealProblem):
+        return None
 
 
 # ---------------------------------------------------------------- plan / resolve
@@ -1094,7 +1135,7 @@ def probe_filesystem(directory: Path) -> dict[str, bool]:
 
 
 def _publish_pointers(paths: VolumePaths, manifest: Manifest, sid: str, action: str) -> None:
-    store.write_index(paths, manifest.name, manifest.digest, sid)
+    store.write_index(paths, manifest.name, manifest.digest, sid, str(manifest.path))
     faults.point("current")
     if store.read_current(paths, manifest.name) != sid:
         store.switch_current(paths, manifest.name, sid, manifest.digest, action)

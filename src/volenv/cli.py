@@ -415,6 +415,37 @@ def list_cmd(
     _status(ctx, env, False, "list")
 
 
+@app.command("show")
+def show_cmd(
+    ctx: typer.Context,
+    target: Annotated[
+        str,
+        typer.Argument(metavar="TARGET", help="ENV (its current snapshot), SNAPSHOT id or unique prefix."),
+    ],
+    sizes: Annotated[
+        bool, typer.Option("--sizes/--no-sizes", help="Compute the unique (hard-link aware) size.")
+    ] = True,
+) -> None:
+    """One snapshot: packages and versions, groups, models, size, link mode, interpreter, manifests."""
+    from .commands.show import show
+
+    result = show(_globals(ctx).paths, target, sizes=sizes)
+    render.emit_json("show", result) if _globals(ctx).json else render.render_show(result)
+
+
+@app.command("diff")
+def diff_cmd(
+    ctx: typer.Context,
+    a: Annotated[str, typer.Argument(metavar="A", help="ENV, SNAPSHOT id or unique prefix (the old side).")],
+    b: Annotated[str, typer.Argument(metavar="B", help="ENV, SNAPSHOT id or unique prefix (the new side).")],
+) -> None:
+    """Packages added, removed and changed from A to B, and their groups' and models' changes."""
+    from .commands.diff import diff
+
+    result = diff(_globals(ctx).paths, a, b)
+    render.emit_json("diff", result) if _globals(ctx).json else render.render_diff(result)
+
+
 def _log_traceback(root: Path | None) -> str | None:
     """Tracebacks always go to a log file: the root's logs/ when writable, else the temp dir."""
     text = traceback.format_exc()

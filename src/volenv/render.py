@@ -150,6 +150,22 @@ def render_sync(r: Any, quiet: int) -> None:
             f" reused hashes {s.get('hash_reused', 0)},"
             f" reused bytecode {s.get('bytecode_reused', 0)}, link mode {r.link_mode}"
         )
+    if r.action.startswith("would-"):
+        _render_plan_changes(r)
+
+
+def _render_plan_changes(r: Any) -> None:
+    """sync --dry-run: the package diff against the env's current snapshot, one line each."""
+    if r.changes is None:
+        _c().print("  no current snapshot to compare with: every package is new", highlight=False)
+        return
+    against = f"against current {r.previous}" if r.previous else "against current"
+    if r.changes.empty:
+        _c().print(esc(f"  no package changes {against}"), highlight=False)
+        return
+    _c().print(esc(f"  changes {against}:"), highlight=False)
+    for item in r.changes.items():
+        _c().print(esc(f"    {item}"), highlight=False)
 
 
 def render_status(r: Any, quiet: int) -> None:
@@ -249,17 +265,22 @@ def render_error(message: str, cause: str | None, hint: str | None) -> None:
 
 
 def render_history(r: Any) -> None:
-    table = Table(title=f"history of {esc(r.env)}", title_justify="left")
-    for col in ("gen", "time", "action", "snapshot", ""):
+    """One `*`: the newest generation naming the current snapshot (a rollback repeats an older
+    one). The changes column is cut so that a row fits 80 columns; --json has them whole."""
+    live = next((g.number for g in reversed(r.generations) if g.snapshot == r.current), None)
+    rows = [
+        (f"{g.number}{' *' if g.number == live else ''}", human_time(g.time), g.action, g.snapshot, g)
+        for g in r.generations
+    ]
+    heads = ("gen", "time", "action", "snapshot")
+    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(heads)]
+    room = max(24, 80 - sum(widths) - 2 * len(heads))  # box-less columns, two spaces apart
+    table = Table(title=f"history of {esc(r.env)}", title_justify="left", box=None, pad_edge=False)
+    for col in (*heads, "changes"):
         table.add_column(col)
-    for g in r.generations:
-        table.add_row(
-            str(g.number),
-            human_time(g.time),
-            esc(g.action),
-            esc(g.snapshot),
-            "*" if g.snapshot == r.current else "",
-        )
+    for *cells, g in rows:
+        summary = g.changes.summary(room) if g.changes is not None else g.summary
+        table.add_row(*(esc(c) for c in cells), esc(summary))
     _o().print(table)
 
 
@@ -269,6 +290,10 @@ def render_switch(r: Any) -> None:
         return
     before = f" (was {r.previous})" if r.previous else ""
     _c().print(esc(f"{r.action}: {r.env} -> {r.snapshot}{before}"))
+    for f in r.manifests:  # rollback: what `run --manifest` runs for each indexed manifest
+        _c().print(esc(f"  run --manifest {f.manifest}: runs {f.runs} ({f.why})"), highlight=False)
+    if r.action == "rollback":
+        _c().print("  `volenv sync MANIFEST` moves current on and ends the rollback", highlight=False)
 
 
 def render_gc(r: Any, quiet: int) -> None:
@@ -387,3 +412,73 @@ def render_switch_generic(r: Any) -> None:
     """Any result as aligned `key: value` lines on stderr."""
     for key, value in to_data(r).items():
         _o().print(esc(f"{key:20s}: {value}"), highlight=False)
+
+
+def render_show(r: Any) -> None:
+    """`volenv show`: key lines, then packages, groups and models as tables, on stdout."""
+    marks = ", ".join(m for m, on in (("current", r.current), ("pinned", r.pinned)) if on)
+    unit = _unit_of(r.apparent_bytes) if r.apparent_bytes else None
+    unique = f", {human_bytes(r.unique_bytes, unit)} unique" if r.unique_bytes is not None else ""
+    lines = [
+        ("snapshot", f"{r.snapshot}" + (f" ({marks})" if marks else "")),
+        ("env", r.env),
+        ("path", r.path),
+        ("state", "valid" if r.valid else f"INVALID: {r.problem}"),
+        ("created", human_time(r.created)),
+        ("python", f"{r.python or '-'} ({r.interpreter or '?'})"),
+        ("size", f"{human_bytes(r.apparent_bytes, unit)} apparent{unique}, {r.files:,} files"),
+        ("link mode", r.link_mode or "-"),
+    ]
+    for m in r.manifests:
+        name = m.path or f"(path not recorded; digest {m.digest[:12]})"
+        lines.append(("manifest", f"{name} ({m.how})"))
+    for key, value in lines:
+        _o().print(esc(f"{key:10s}: {value}"), highlight=False)
+    table = Table(title=f"packages ({len(r.packages)})", title_justify="left")
+    for col in ("package", "version", "group"):
+        table.add_column(col)
+    for p in r.packages:
+        table.add_row(esc(p.name), esc(p.version), esc(p.group or "-"))
+    _o().print(table)
+    if r.groups:
+        table = Table(title="optional groups", title_justify="left")
+        for col in ("group", "state", "required", "error"):
+            table.add_column(col)
+        for g in r.groups:
+            error = g.error or ""  # whole in --json; the first 60 characters here
+            error = error if len(error) <= 60 else error[:59] + "…"
+            table.add_row(esc(g.name), esc(g.state), "yes" if g.required else "no", esc(error))
+        _o().print(table)
+    if r.models:
+        table = Table(title="models", title_justify="left")
+        for col in ("model", "source", "present"):
+            table.add_column(col)
+        for m in r.models:
+            present = "yes" if m.present else ("no (optional)" if m.optional else "no")
+            table.add_row(esc(m.name), esc(m.source), present)
+        _o().print(table)
+
+
+def render_diff(r: Any) -> None:
+    """`volenv diff`: one line per change on stdout (`+name ver`, `-name ver`, `~name a -> b`)."""
+    for p in r.problems:
+        _c().print(f"[yellow]warning:[/yellow] {esc(p)}", highlight=False)
+    c = r.changes
+    _c().print(esc(f"{r.a} -> {r.b}"), highlight=False)
+    if c.empty:
+        _o().print("no changes", highlight=False)
+        return
+    for x in c.added:
+        out_line(f"+ {x.name} {x.new}")
+    for x in c.removed:
+        out_line(f"- {x.name} {x.old}")
+    for x in c.changed:
+        out_line(f"~ {x.name} {x.old} -> {x.new}")
+    for kind, items in (("group", c.groups), ("model", c.models)):
+        for x in items:
+            if x.old is None:
+                out_line(f"+ {kind} {x.name} ({x.new})")
+            elif x.new is None:
+                out_line(f"- {kind} {x.name} ({x.old})")
+            else:
+                out_line(f"~ {kind} {x.name} {x.old} -> {x.new}")

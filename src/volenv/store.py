@@ -117,12 +117,42 @@ def read_index(paths: VolumePaths, env: str, manifest_digest: str) -> str | None
     )
 
 
-def write_index(paths: VolumePaths, env: str, manifest_digest: str, snapshot_id: str) -> None:
-    atomic_write_json(
-        paths.index_entry(env, manifest_digest),
-        {"schema": POINTER_SCHEMA, "snapshot": snapshot_id, "time": time.time()},
-        root=paths.root,
-    )
+def write_index(
+    paths: VolumePaths, env: str, manifest_digest: str, snapshot_id: str, manifest_path: str | None = None
+) -> None:
+    """`manifest_path` (where the manifest was read) is for people: show and rollback name it."""
+    rec: dict[str, Any] = {"schema": POINTER_SCHEMA, "snapshot": snapshot_id, "time": time.time()}
+    if manifest_path is not None:
+        rec["manifest_path"] = manifest_path
+    atomic_write_json(paths.index_entry(env, manifest_digest), rec, root=paths.root)
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    manifest_digest: str
+    snapshot: str
+    manifest_path: str | None  # None in entries written before volenv recorded it
+
+
+def list_index(paths: VolumePaths, env: str) -> list[IndexEntry]:
+    """Every readable index entry of an env (a damaged one is skipped: it only caches a
+    resolution, and the next sync of its manifest writes it again)."""
+    try:
+        names = sorted(os.listdir(paths.env_dir(env) / "index"))
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        if name.startswith("."):
+            continue
+        try:
+            rec = read_record(paths.index_entry(env, name), "index entry", POINTER_SCHEMA, {"snapshot": str})
+        except (OSError, DamagedRecord, VolumeError):
+            continue
+        where = rec.get("manifest_path")
+        if is_snapshot_id(rec["snapshot"], env):
+            out.append(IndexEntry(name, rec["snapshot"], where if isinstance(where, str) else None))
+    return out
 
 
 def read_current(paths: VolumePaths, env: str) -> str | None:
@@ -130,12 +160,52 @@ def read_current(paths: VolumePaths, env: str) -> str | None:
     return _read_pointer(paths.current(env), "current pointer", env, hint)
 
 
-def write_current(paths: VolumePaths, env: str, snapshot_id: str) -> None:
-    atomic_write_json(
-        paths.current(env),
-        {"schema": POINTER_SCHEMA, "snapshot": snapshot_id, "time": time.time()},
-        root=paths.root,
+def write_current(
+    paths: VolumePaths, env: str, snapshot_id: str, rollback: dict[str, Any] | None = None
+) -> None:
+    """`rollback` ({"from", "created", "time"}) marks a pointer set by `volenv rollback`: while
+    it stands, `run --manifest` runs no snapshot newer than this one (activate.rolled_back);
+    any other switch writes the pointer without it, which ends the rollback."""
+    rec: dict[str, Any] = {"schema": POINTER_SCHEMA, "snapshot": snapshot_id, "time": time.time()}
+    if rollback is not None:
+        rec["rollback"] = rollback
+    atomic_write_json(paths.current(env), rec, root=paths.root)
+
+
+@dataclass(frozen=True)
+class Rollback:
+    snapshot: str  # rolled back to (current)
+    previous: str | None  # rolled back from
+    created: float  # the seal time of `snapshot`: manifests whose snapshot is newer run this one
+    time: float
+
+
+def rollback_end_note(paths: VolumePaths, env: str, snapshot_id: str, doing: str, end: str) -> str | None:
+    """What to say when a switch to `snapshot_id` ends the env's rollback (None: it does not)."""
+    rb = read_rollback(paths, env)
+    if rb is None or rb.snapshot == snapshot_id:
+        return None
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(rb.time))
+    return (
+        f"'{env}' was rolled back to {rb.snapshot} at {when}; {doing} {snapshot_id} current and"
+        f" {end} the rollback (`run --manifest` runs each manifest's own snapshot again)"
     )
+
+
+def read_rollback(paths: VolumePaths, env: str) -> Rollback | None:
+    """The rollback that set `current`, or None (a damaged pointer is no rollback here: the
+    commands that need `current` report it)."""
+    try:
+        rec = read_record(paths.current(env), "current pointer", POINTER_SCHEMA, {"snapshot": str})
+    except (OSError, DamagedRecord, VolumeError):
+        return None
+    rb = rec.get("rollback")
+    if not isinstance(rb, dict) or not is_snapshot_id(rec["snapshot"], env):
+        return None
+    created, when, prev = rb.get("created"), rb.get("time"), rb.get("from")
+    if not isinstance(created, int | float) or not isinstance(when, int | float):
+        return None
+    return Rollback(rec["snapshot"], prev if isinstance(prev, str) else None, float(created), float(when))
 
 
 @dataclass(frozen=True)
@@ -206,10 +276,23 @@ def append_history(
 
 
 def switch_current(
-    paths: VolumePaths, env: str, snapshot_id: str, manifest_digest: str | None, action: str
+    paths: VolumePaths,
+    env: str,
+    snapshot_id: str,
+    manifest_digest: str | None,
+    action: str,
+    rollback: dict[str, Any] | None = None,
 ) -> None:
-    """The one pointer switch: current then history (a crash between leaves a valid current)."""
-    write_current(paths, env, snapshot_id)
+    """The one pointer switch: current then history (a crash between leaves a valid current).
+    A switch past a rollback (sync, pull) ends it, and says so."""
+    if rollback is None:
+        doing = "this pull makes" if action == "pull" else "this sync makes"
+        note = rollback_end_note(paths, env, snapshot_id, doing, "ends")
+        if note:
+            from .ui import reporter
+
+            reporter.warn(note)
+    write_current(paths, env, snapshot_id, rollback)
     append_history(paths, env, snapshot_id, manifest_digest, action)
 
 

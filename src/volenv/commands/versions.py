@@ -6,20 +6,33 @@ import os
 import time
 from dataclasses import dataclass
 
-from .. import store
+from .. import contents, store
 from ..errors import DamagedRecord, UsageError, VerifyError
 from ..fsutil import atomic_write_json, contained, safe_mkdirs
 from ..locks import BuildLease
 from ..paths import VolumePaths, env_from_snapshot_id
-from ..sealcheck import SealProblem, check_seal
+from ..sealcheck import SealProblem, check_seal, read_seal
 from ..ui import reporter
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """A generation (store.Generation's fields) and what it changed against the one before."""
+
+    number: int
+    time: float
+    snapshot: str
+    manifest_digest: str | None
+    action: str
+    changes: contents.Changes | None  # None: a snapshot of the pair is gone (gc) or unreadable
+    summary: str
 
 
 @dataclass(frozen=True)
 class HistoryResult:
     env: str
     current: str | None
-    generations: tuple[store.Generation, ...]
+    generations: tuple[HistoryEntry, ...]
 
 
 @dataclass(frozen=True)
@@ -28,6 +41,17 @@ class SwitchResult:
     snapshot: str
     previous: str | None
     action: str
+    manifests: tuple[ManifestFate, ...] = ()  # rollback: what `run --manifest` runs for each
+
+
+@dataclass(frozen=True)
+class ManifestFate:
+    """After a rollback, what `run --manifest` runs for one indexed manifest, and why."""
+
+    manifest: str  # its path when the index recorded it, else `digest <12 hex>`
+    indexed: str  # the snapshot its index entry names
+    runs: str
+    why: str
 
 
 def _require_env(paths: VolumePaths, env: str) -> None:
@@ -37,7 +61,30 @@ def _require_env(paths: VolumePaths, env: str) -> None:
 
 def history(paths: VolumePaths, env: str) -> HistoryResult:
     _require_env(paths, env)
-    return HistoryResult(env, store.read_current(paths, env), tuple(store.read_history(paths, env)))
+    seen: dict[str, contents.Contents | None] = {}
+
+    def held(sid: str) -> contents.Contents | None:
+        if sid not in seen:
+            seen[sid] = None
+            if not store.is_snapshot_id(sid, env):  # history is volume data: read only our names
+                return None
+            try:
+                seen[sid] = contents.from_seal(read_seal(str(paths.snapshot(env, sid))))
+            except SealProblem:
+                seen[sid] = None
+        return seen[sid]
+
+    out = []
+    before: str | None = None
+    for g in store.read_history(paths, env):
+        old = contents.Contents() if before is None else held(before)
+        new = held(g.snapshot)
+        changes = contents.diff(old, new) if old is not None and new is not None else None
+        gone = ", ".join(s for s in (before, g.snapshot) if s and held(s) is None)
+        summary = changes.summary() if changes is not None else f"? ({gone} gone)"
+        out.append(HistoryEntry(g.number, g.time, g.snapshot, g.manifest_digest, g.action, changes, summary))
+        before = g.snapshot
+    return HistoryResult(env, store.read_current(paths, env), tuple(out))
 
 
 def rollback(paths: VolumePaths, env: str, to: str | None, *, lock_timeout: float) -> SwitchResult:
@@ -62,12 +109,40 @@ def rollback(paths: VolumePaths, env: str, to: str | None, *, lock_timeout: floa
         if not snap.is_dir():
             raise UsageError(f"snapshot {target} no longer exists (collected by gc?)")
         try:
-            check_seal(str(snap), target)
+            seal = check_seal(str(snap), target)
         except SealProblem as sp:
             raise VerifyError(f"refusing to roll back to {target}: {sp.detail}") from None
-        store.switch_current(paths, env, target, None, "rollback")
+        created = seal.get("created")
+        created = float(created) if isinstance(created, int | float) else 0.0
+        # the pointer records the rollback: `run --manifest` honours it (activate.rolled_back)
+        mark = {"from": current, "created": created, "time": time.time()}
+        store.switch_current(paths, env, target, None, "rollback", rollback=mark)
         store.log_event(paths, env, "rollback", snapshot=target, previous=current)
-    return SwitchResult(env, target, current, "rollback")
+    return SwitchResult(env, target, current, "rollback", manifest_fates(paths, env, target, created))
+
+
+def manifest_fates(paths: VolumePaths, env: str, target: str, created: float) -> tuple[ManifestFate, ...]:
+    """The rule `run --manifest` follows while ENV is rolled back to `target` (activate.prepare):
+    a manifest whose snapshot is the target or older keeps it; newer, gone or unusable ones run
+    the target."""
+    out = []
+    for entry in store.list_index(paths, env):
+        name = entry.manifest_path or f"digest {entry.manifest_digest[:12]}"
+        sid = entry.snapshot
+        if sid == target:
+            out.append(ManifestFate(name, sid, sid, "built it: the rollback target"))
+            continue
+        try:
+            when = read_seal(str(paths.snapshot(env, sid))).get("created")
+        except SealProblem:
+            when = None
+        if not isinstance(when, int | float):
+            out.append(ManifestFate(name, sid, target, f"{sid} is gone or unusable"))
+        elif when <= created:
+            out.append(ManifestFate(name, sid, sid, "keeps its snapshot: older than the rollback target"))
+        else:
+            out.append(ManifestFate(name, sid, target, f"{sid} is newer than the rollback target"))
+    return tuple(out)
 
 
 def _previous_generation(paths: VolumePaths, env: str, current: str | None) -> str | None:

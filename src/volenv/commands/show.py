@@ -1,0 +1,166 @@
+"""`volenv show SNAPSHOT|ENV`: one snapshot's packages, groups, models, size, link mode,
+interpreter, creation time and the manifests it was built from or indexed for. Read only."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from .. import contents, store
+from ..errors import DamagedRecord, UsageError
+from ..paths import VolumePaths
+from ..sealcheck import SealProblem, check_seal, plain_name, read_seal
+
+HINT = "`volenv list` shows the envs and their snapshot ids"
+
+
+@dataclass(frozen=True)
+class ManifestRef:
+    path: str | None  # None where the index entry predates volenv recording it
+    digest: str
+    how: str  # "built" (the seal's manifest) | "indexed" (an index entry names this snapshot)
+
+
+@dataclass(frozen=True)
+class GroupView:
+    name: str
+    state: str
+    required: bool
+    error: str | None
+
+
+@dataclass(frozen=True)
+class ModelView:
+    name: str
+    source: str
+    optional: bool
+    present: bool
+
+
+@dataclass(frozen=True)
+class ShowResult:
+    snapshot: str
+    env: str
+    path: str
+    current: bool
+    pinned: bool
+    valid: bool
+    problem: str | None
+    created: float | None
+    python: str | None
+    interpreter: str | None
+    link_mode: str | None
+    apparent_bytes: int
+    unique_bytes: int | None
+    files: int
+    packages: tuple[contents.Package, ...]
+    groups: tuple[GroupView, ...]
+    models: tuple[ModelView, ...]
+    manifests: tuple[ManifestRef, ...]
+
+
+def resolve(paths: VolumePaths, text: str) -> tuple[str, str]:
+    """ENV (its current snapshot), a snapshot id, or a unique prefix of one (`web-3f2`, or the
+    hex part alone, `3f2a`) -> (env, snapshot id). Unknown or ambiguous: exit 2 with a hint."""
+    store.open_volume(paths, create=False)
+    if not plain_name(text):
+        raise UsageError(f"{text!r} is neither an env name nor a snapshot id", hint=HINT)
+    if (paths.env_dir(text) / "snapshots").is_dir():
+        cur = store.read_current(paths, text)
+        if cur is None:
+            raise UsageError(f"env '{text}' has no current snapshot", hint=f"name a snapshot; {HINT}")
+        return text, cur
+    hex_only = len(text) >= 4 and all(c in "0123456789abcdef" for c in text)
+    found: list[tuple[str, str]] = []
+    for env in store.list_envs(paths):
+        for sid in store.list_snapshots(paths, env, []):
+            if sid == text:
+                return env, sid
+            if sid.startswith(text) or (hex_only and sid[len(env) + 1 :].startswith(text)):
+                found.append((env, sid))
+    if len(found) == 1:
+        return found[0]
+    if found:
+        names = ", ".join(sid for _env, sid in found[:5]) + (", …" if len(found) > 5 else "")
+        raise UsageError(f"{text!r} matches {len(found)} snapshots: {names}", hint="give more of the id")
+    raise UsageError(f"no env or snapshot matches {text!r} under {paths.root}", hint=HINT)
+
+
+def load_seal(paths: VolumePaths, env: str, sid: str) -> tuple[dict[str, Any], str | None]:
+    """The seal and None when valid; else what can be read of it and the problem."""
+    snap = str(paths.snapshot(env, sid))
+    try:
+        return check_seal(snap, sid), None
+    except SealProblem as sp:
+        problem = f"{sp.kind}: {sp.detail}"
+    try:
+        return read_seal(snap), problem
+    except SealProblem:
+        return {}, problem
+
+
+def show(paths: VolumePaths, target: str, *, sizes: bool = True) -> ShowResult:
+    from ..activate import model_record_path
+    from .status import _unique_bytes
+
+    env, sid = resolve(paths, target)
+    seal, problem = load_seal(paths, env, sid)
+    held = contents.from_seal(seal)
+    fp = seal.get("fingerprint")
+    fp = fp if isinstance(fp, dict) else {}
+    manifest = seal.get("manifest")
+    manifest = manifest if isinstance(manifest, dict) else {}
+    models = []
+    for m in manifest.get("models") or []:
+        if isinstance(m, dict) and m.get("name") in held.models:
+            try:  # the seal is volume data: a malformed model entry is "not present", not a crash
+                present = os.path.exists(model_record_path(str(paths.root), m))
+            except (KeyError, TypeError, AttributeError, ValueError):
+                present = False
+            models.append(ModelView(m["name"], held.models[m["name"]], bool(m.get("optional")), present))
+    groups = tuple(
+        GroupView(g["name"], g["state"], bool(g.get("required")), _str(g.get("error")))
+        for g in seal.get("groups") or []
+        if isinstance(g, dict) and isinstance(g.get("name"), str) and isinstance(g.get("state"), str)
+    )
+    refs = []
+    built_digest = seal.get("manifest_digest")
+    if isinstance(built_digest, str):
+        refs.append(ManifestRef(_str(seal.get("manifest_path")), built_digest, "built"))
+    for entry in store.list_index(paths, env):
+        if entry.snapshot == sid and entry.manifest_digest != built_digest:
+            refs.append(ManifestRef(entry.manifest_path, entry.manifest_digest, "indexed"))
+    try:
+        current = store.read_current(paths, env)
+    except DamagedRecord:
+        current = None
+    snap = paths.snapshot(env, sid)
+    return ShowResult(
+        snapshot=sid,
+        env=env,
+        path=str(snap),
+        current=sid == current,
+        pinned=store.is_pinned(paths, env, sid),
+        valid=problem is None,
+        problem=problem,
+        created=_num(seal.get("created")),
+        python=f"{fp.get('implementation', '?')} {fp.get('version', '?')}" if fp else None,
+        interpreter=_str(fp.get("executable")),
+        link_mode=_str(seal.get("link_mode")),
+        apparent_bytes=int(_num(seal.get("apparent_bytes")) or 0),
+        unique_bytes=_unique_bytes(str(snap)) if sizes else None,
+        files=int(_num(seal.get("record_entries")) or 0),
+        packages=tuple(held.packages.values()),
+        groups=groups,
+        models=tuple(models),
+        manifests=tuple(refs),
+    )
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _num(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
