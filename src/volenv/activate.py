@@ -361,7 +361,7 @@ Environment (options win over these):
   VOLENV_LOCK_TIMEOUT              default for --lock-timeout
   VOLENV_MATERIALIZE               default for --materialize
   VOLENV_MATERIALIZE_DIR           default for --materialize-dir
-  VOLENV_MATERIALIZE_THRESHOLD_MS  metadata latency above which auto materializes (0.15)
+  VOLENV_MATERIALIZE_THRESHOLD_MS  if set, auto materializes when a volume metadata op takes this many ms
 
 Set in CMD's environment: VIRTUAL_ENV, PATH, VOLENV_ENV, VOLENV_SNAPSHOT, VOLENV_ROOT,
 VOLENV_MODEL_<NAME> (each model's directory), and the manifest's [activate] variables."""
