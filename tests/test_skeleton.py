@@ -13,6 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import snapshot_of, volenv, volenv_popen
 from test_trace import _traced_and_packed, traced_env  # noqa: F401 - the fixture
 from volenv.integrity import load_record, verify_snapshot
@@ -204,3 +206,26 @@ def test_killed_background_resumes_and_is_never_taken_as_complete(
     assert "resuming" not in r.stderr and "startup pack" in r.stderr
     _wait_mark(other / sid)
     assert verify_snapshot(other / sid, "full").ok
+
+
+@pytest.mark.mounts
+def test_without_rename_exchange_everything_is_extracted_before_exec(
+    tmp_path: Path,
+    traced_env: tuple[Path, Path],  # noqa: F811
+) -> None:
+    """A local filesystem that cannot exchange a directory with a link (a FUSE mount here):
+    no skeleton, the whole tree is extracted and marked before the program starts."""
+    from test_materialize import slowfs
+
+    m, root = traced_env
+    _traced_and_packed(m, root)
+    sid = snapshot_of(root, "app")
+    (tmp_path / "disk").mkdir()
+    with slowfs(tmp_path / "disk", tmp_path / "fuse", meta_ms=0) as local:
+        args = ("--root", root, "run", "--materialize", "always", "--materialize-dir", local, "--manifest", m)
+        r = volenv(*args, "--", "python", "-c", PROGRAM)
+        assert r.returncode == 0, r.stderr
+        assert "cannot swap a directory" in r.stderr and "startup pack" not in r.stderr
+        assert (local / sid / ".volenv" / "materialized.json").exists()
+        assert _links_left(local / sid) == []
+        assert json.loads(r.stdout.splitlines()[-1])["prefix"] == str(local / sid)

@@ -364,9 +364,12 @@ def _extract(
 ) -> str | None:
     sid = manifest.snapshot
     _clean_partials(base, sid)
-    exchange = (
-        level == "seal" and any(p.group == STARTUP_GROUP for p in manifest.packs) and _can_exchange(base)
-    )
+    exchange = level == "seal" and any(p.group == STARTUP_GROUP for p in manifest.packs)
+    if exchange and not _can_exchange(base):
+        exchange = False
+        _say(
+            f"materialize: {base} cannot swap a directory for a link atomically; extracting everything first"
+        )
     if exchange and os.path.lexists(dest):
         resumed = _resume(paths, manifest, base, dest, seal, volume)
         if resumed is not None:
