@@ -143,25 +143,36 @@ def test_reads_during_the_swaps_always_find_the_recorded_bytes(
     local = tmp_path / "local"
     tree = local / sid
     reader = r"""
-import os, sys, time
+import os, signal, sys
 sp = os.path.dirname(os.path.dirname(__import__("tracee").__file__))
 paths = [os.path.join(sp, "late", "__init__.py"), os.path.join(sp, "tracee", "unused.py")]
 want = [open(p, "rb").read() for p in paths]
-mark = os.path.join(sys.prefix, ".volenv", "materialized.json")
-n = 0
-while not os.path.exists(mark) or n < 200:
+meta = os.path.join(sys.prefix, ".volenv")
+seen, n, after = set(), 0, 0
+while after < 200:
     for p, w in zip(paths, want):
+        seen.add((p, os.path.islink(p) or os.path.islink(os.path.dirname(p))))
         assert os.path.exists(p) and os.stat(p).st_size == len(w), p
         assert os.path.basename(p) in os.listdir(os.path.dirname(p)), p
         with open(p, "rb") as fh:
             assert fh.read() == w, p
     n += 1
-print("reads", n)
+    if n == 20:  # let the stopped background go on while this keeps reading
+        with open(os.path.join(meta, "materializing")) as fh:
+            os.kill(int(fh.read().split()[0]), signal.SIGCONT)
+    if os.path.exists(os.path.join(meta, "materialized.json")):
+        after += 1
+print(sorted(seen))
 """
     args = ("--root", root, "run", "--materialize", "always", "--materialize-dir", local, "--manifest", m)
-    r = volenv(*args, "--", "python", "-I", "-c", reader)
+    r = volenv(
+        *args, "--", "python", "-I", "-c", reader, env={"VOLENV_FAULT": "materialize-background:pause"}
+    )
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("reads")
+    seen = r.stdout.strip()
+    # each path was read both through its link and as the real file: the swaps happened meanwhile
+    assert "late/__init__.py', False" in seen and "late/__init__.py', True" in seen, seen
+    assert "unused.py', False" in seen and "unused.py', True" in seen, seen
     _wait_mark(tree)
     assert verify_snapshot(tree, "full").ok
 
@@ -188,7 +199,7 @@ def test_killed_background_resumes_and_is_never_taken_as_complete(
     assert r.returncode == 0, r.stderr
     assert "reusing" not in r.stderr and "resuming the background extraction" in r.stderr
     _wait_mark(tree)
-    assert _links_left(tree) == []
+    assert _links_left(tree) == [] and not list(local.glob(f".{sid}.partial-*"))
     assert verify_snapshot(tree, "full").ok
     assert volenv("--root", root, "verify", sid, "--level", "full").returncode == 0
     r = volenv(*args, "--", "python", "-c", "import late")

@@ -277,13 +277,19 @@ def _clean_partials(base: Path, sid: str) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """A running process: not gone, and not a zombie (a killed background, detached, is
+    reparented to PID 1, which in a container often never reaps it)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 def choose(
@@ -838,6 +844,10 @@ def _background(job: _Job, lock: int, ready: int) -> int:
         for rel, mode in sorted(modes, key=lambda x: x[0].count("/"), reverse=True):
             os.fchmod(live.dir_fd(rel, create=False), mode)
         os.fsync(live.root_fd)
+        su.close()
+        su = None
+        shutil.rmtree(stage, ignore_errors=True)  # before the mark: a marked tree leaves nothing behind
+        stage = None
         seal_fd = os.open("seal.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=meta_fd)
         with open(seal_fd, "rb") as fh:
             rec = json.loads(fh.read())["record_sha256"]
