@@ -3,8 +3,10 @@ there, when the network volume's per-operation latency makes in-place imports sl
 
 A start imports thousands of modules: each uncached open/stat on a network volume is a round
 trip, while a few large sequential pack reads are not. `auto` times a handful of metadata
-operations on the volume and picks; a complete local copy (its marker names the record digest)
-is reused by later starts, a partial one (killed mid-extract) never is.
+operations on the volume and picks (`decide_auto`); a complete local copy (its marker names the
+record digest) is reused by later starts, a partial one (killed mid-extract) never is. With a
+startup pack, the program starts from a whole skeleton of the tree while the rest is extracted
+behind it (see "the skeleton" below).
 """
 
 from __future__ import annotations
@@ -597,13 +599,16 @@ def _scan_skeleton(dest: Path, record: dict[str, Entry], volume: str) -> dict[st
         except OSError:
             return None
         e = record[rel]
-        if stat.S_ISDIR(st.st_mode) and e.type == "d":
-            real.add(rel)
-        elif stat.S_ISLNK(st.st_mode) and (e.type != "l" or os.readlink(dest / rel) != e.digest):
-            if os.readlink(dest / rel) != f"{volume}/{rel}":
+        if stat.S_ISLNK(st.st_mode):
+            target = os.readlink(dest / rel)
+            if e.type == "l" and target == e.digest:
+                continue  # a recorded link
+            if target != f"{volume}/{rel}":
                 return None  # not a link the skeleton made
             pending[rel] = e.type
-        elif (e.type == "f") != stat.S_ISREG(st.st_mode):
+        elif e.type == "d" and stat.S_ISDIR(st.st_mode):
+            real.add(rel)
+        elif not (e.type == "f" and stat.S_ISREG(st.st_mode)):
             return None
     return pending
 
