@@ -240,3 +240,35 @@ def test_without_rename_exchange_everything_is_extracted_before_exec(
         assert (local / sid / ".volenv" / "materialized.json").exists()
         assert _links_left(local / sid) == []
         assert json.loads(r.stdout.splitlines()[-1])["prefix"] == str(local / sid)
+
+
+def test_damaged_pack_in_the_background_never_goes_live(
+    tmp_path: Path,
+    traced_env: tuple[Path, Path],  # noqa: F811
+) -> None:
+    """A pack outside the startup pack is damaged: nothing of it replaces a link, the program
+    runs on (reading the volume's copy), the tree is never marked complete."""
+    m, root = traced_env
+    man = _traced_and_packed(m, root)
+    sid = snapshot_of(root, "app")
+    packs = man["packs"]
+    assert isinstance(packs, list)
+    victim = next(p for p in packs if p["group"].startswith("late"))
+    blob = root / "packs" / "blobs" / f"{victim['id']}.tar.zst"
+    blob.write_bytes(blob.read_bytes()[:-8] + bytes(8))
+    local = tmp_path / "local"
+    tree = local / sid
+    args = ("--root", root, "run", "--materialize", "always", "--materialize-dir", local, "--manifest", m)
+    r = volenv(*args, "--", "python", "-c", PROGRAM)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.splitlines()[-1])["data"] == "LATE = 'late'\n"
+    deadline = time.monotonic() + 30
+    while not (tree / ".volenv" / "materialize-failed").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert "damaged" in (tree / ".volenv" / "materialize-failed").read_text()
+    assert not (tree / ".volenv" / "materialized.json").exists()
+    assert next(tree.glob("lib/python*/site-packages/late")).is_symlink()
+    r = volenv(*args, "--", "python", "-c", "import late; print(late.LATE)")
+    assert r.returncode == 0 and r.stdout == "late\n", r.stderr
+    assert "reusing" not in r.stderr and "resuming" not in r.stderr
