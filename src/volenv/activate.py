@@ -408,7 +408,7 @@ Environment (options win over these):
   VOLENV_LOCK_TIMEOUT              default for --lock-timeout
   VOLENV_MATERIALIZE               default for --materialize
   VOLENV_MATERIALIZE_DIR           default for --materialize-dir
-  VOLENV_MATERIALIZE_THRESHOLD_MS  metadata latency above which auto materializes (0.15)
+  VOLENV_MATERIALIZE_THRESHOLD_MS  if set, auto materializes when a volume metadata op takes this many ms
   VOLENV_LOCAL_DIR                 where [[models]] local = always|auto copies go
 
 Set in CMD's environment: VIRTUAL_ENV, PATH, VOLENV_ENV, VOLENV_SNAPSHOT, VOLENV_ROOT,

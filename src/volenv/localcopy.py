@@ -4,7 +4,7 @@ to the container's own disk and point VOLENV_MODEL_<NAME> there.
 Weights are read with mmap or small reads, and on a network volume each uncached read is a
 round trip; a copy made with a few threads each reading large ranges (os.pread) moves the same
 bytes at the volume's streaming rate, once per container. `auto` copies only when the volume is
-slow, as `run --materialize auto` decides (materialize.probe_latency_ms against
+slow, as `run --materialize auto` decides (materialize.decide_auto against
 VOLENV_MATERIALIZE_THRESHOLD_MS). The copy is checked against the model's record (size and
 sha256, hashed in file order while it is written) and published by one directory rename with a
 completion mark; a later start reuses a complete copy and never a partial one. Anything that
@@ -73,13 +73,12 @@ def localize_models(
     for m in wanted:
         if m["local"] == "auto":
             if slow is None:
-                from .materialize import THRESHOLD_MS, probe_latency_ms
+                from .materialize import decide_auto
 
-                latency = probe_latency_ms(volume_snapshot)
-                slow = latency >= THRESHOLD_MS
+                decision = decide_auto(root, str(local_base()), volume_snapshot)
+                slow = decision.materialize
                 _say(
-                    f"models local auto: volume metadata op {latency:.3f} ms"
-                    f" {'>=' if slow else '<'} {THRESHOLD_MS} ms threshold:"
+                    f"models local auto: {decision.reason}:"
                     f" {'copying to local disk' if slow else 'reading from the volume'}"
                 )
             if not slow:

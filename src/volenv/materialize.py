@@ -3,8 +3,10 @@ there, when the network volume's per-operation latency makes in-place imports sl
 
 A start imports thousands of modules: each uncached open/stat on a network volume is a round
 trip, while a few large sequential pack reads are not. `auto` times a handful of metadata
-operations on the volume and picks; a complete local copy (its marker names the record digest)
-is reused by later starts, a partial one (killed mid-extract) never is.
+operations on the volume and picks (`decide_auto`); a complete local copy (its marker names the
+record digest) is reused by later starts, a partial one (killed mid-extract) never is. With a
+startup pack, the program starts from a whole skeleton of the tree while the rest is extracted
+behind it (see "the skeleton" below).
 """
 
 from __future__ import annotations
@@ -15,19 +17,23 @@ import shutil
 import stat
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from . import faults
 from .errors import VerifyError, VolenvError
 from .fsutil import atomic_write_json, unique_suffix
+from .integrity import Entry
 from .packs import (
     META_GROUP,
     STARTUP_GROUP,
     PackInfo,
     PackManifest,
     Unpacker,
+    _Tree,
     blob_path,
     manifest_path,
     need_zstandard,
@@ -41,8 +47,6 @@ from .sealcheck import META_DIR, SealProblem, check_seal
 MARKER = "materialized.json"
 IN_PROGRESS = "materializing"  # pid of the background extraction, while there is one
 FAILED = "materialize-failed"  # why the background extraction stopped
-#: per-operation latency above which extracting beats running in place (bench/coldstart.py)
-THRESHOLD_MS = float(os.environ.get("VOLENV_MATERIALIZE_THRESHOLD_MS", "0.15"))
 PROBE_OPS = 12
 
 
@@ -86,17 +90,22 @@ def private_base(base: Path) -> None:
 
 
 def probe_latency_ms(snapshot_dir: str) -> float:
-    """Median time of one metadata operation on the volume: a single-component lookup
-    (os.stat relative to an open directory), so the probe itself stays cheap on a slow volume;
-    it stops early once the answer is clear."""
+    """Median time of one metadata operation on the volume (see `_probe_ms`)."""
     sp = next(Path(snapshot_dir).glob("lib/python*/site-packages"), Path(snapshot_dir) / "lib")
+    return _probe_ms(str(sp))
+
+
+def _probe_ms(directory: str) -> float:
+    """Median time of a single-component lookup (os.stat relative to an open directory) of a
+    few entries of `directory` (the directory itself when it is empty): what each import's
+    stat costs there. It stops early once the answer is clear, so it stays cheap on a slow volume."""
     try:
-        fd = os.open(sp, os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
         return 0.0
     times: list[float] = []
     try:
-        names = sorted(os.listdir(fd))[:PROBE_OPS]
+        names = sorted(os.listdir(fd))[:PROBE_OPS] or ["."] * 4
         for name in names:
             t0 = time.perf_counter()
             try:
@@ -104,11 +113,112 @@ def probe_latency_ms(snapshot_dir: str) -> float:
             except OSError:
                 pass
             times.append(time.perf_counter() - t0)
-            if len(times) >= 4 and _median(times) * 1000 > 4 * THRESHOLD_MS:
+            if len(times) >= 4 and _median(times) * 1000 > 20 * MIN_MS:
                 break
     finally:
         os.close(fd)
     return _median(times) * 1000 if times else 0.0
+
+
+#: block and memory filesystems of this machine: never worth extracting from (issue 17: a cold
+#: page cache on a local disk measured 0.10-0.19 ms per stat, and extracting was 2.6x slower)
+LOCAL_FS = frozenset(
+    {"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "ramfs", "overlay", "zfs", "f2fs", "bcachefs", "jfs"}
+)
+#: the volume must be this many times slower per operation than the local disk ...
+RATIO = 4.0
+#: ... and at least this slow, for extracting to pay off (bench/coldstart.py)
+MIN_MS = 0.05
+
+
+class Decision:
+    """What `run --materialize auto` chooses for a snapshot, and the numbers it chose by
+    (`volenv bench coldstart` prints it)."""
+
+    __slots__ = ("local_fs", "local_ms", "materialize", "reason", "same_device", "volume_fs", "volume_ms")
+
+    def __init__(
+        self,
+        materialize: bool,
+        reason: str,
+        volume_fs: str,
+        local_fs: str,
+        same_device: bool,
+        volume_ms: float | None = None,
+        local_ms: float | None = None,
+    ) -> None:
+        self.materialize = materialize
+        self.reason = reason
+        self.volume_fs = volume_fs
+        self.local_fs = local_fs
+        self.same_device = same_device
+        self.volume_ms = volume_ms  # None: not measured (the filesystem type decided)
+        self.local_ms = local_ms
+
+    def __repr__(self) -> str:
+        return f"Decision(materialize={self.materialize}, reason={self.reason!r})"
+
+
+def fs_type(path: str) -> str:
+    """The filesystem type of the mount holding path (/proc/self/mountinfo, by device number),
+    '' when unknown."""
+    try:
+        dev = os.stat(path).st_dev
+        want = f"{os.major(dev)}:{os.minor(dev)}"
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                fields = line.split()
+                if len(fields) > 2 and fields[2] == want and " - " in line:
+                    return line.split(" - ", 1)[1].split()[0]
+    except OSError:
+        pass
+    return ""
+
+
+def _existing(path: str) -> str:
+    p = os.path.abspath(path)
+    while not os.path.isdir(p) and os.path.dirname(p) != p:
+        p = os.path.dirname(p)
+    return p
+
+
+def decide_auto(root: str, local_dir: str, snapshot_dir: str | None = None) -> Decision:
+    """Whether extracting to local_dir would beat running from the volume at root (probing
+    snapshot_dir's site-packages when given, else the root's envs/). In place when both are the
+    same filesystem or the volume is a local block/memory filesystem (nothing to gain, whatever
+    a cold cache measures); otherwise by measured per-operation latency, the volume's against
+    the local disk's: extract when the volume is RATIO times slower and at least MIN_MS.
+    VOLENV_MATERIALIZE_THRESHOLD_MS, when set, decides by the volume's latency alone."""
+    vol = snapshot_dir or os.path.join(root, "envs")
+    loc = _existing(local_dir)
+    try:
+        same = os.stat(vol).st_dev == os.stat(loc).st_dev
+    except OSError:
+        same = False
+    vfs, lfs = fs_type(vol), fs_type(loc)
+    explicit = os.environ.get("VOLENV_MATERIALIZE_THRESHOLD_MS")
+    if explicit is None:
+        if same:
+            return Decision(False, f"the volume and {loc} are one filesystem ({vfs or '?'})", vfs, lfs, same)
+        if vfs in LOCAL_FS:
+            return Decision(False, f"the volume is a local {vfs} filesystem", vfs, lfs, same)
+    vms = probe_latency_ms(vol) if snapshot_dir else _probe_ms(vol)
+    lms = _probe_ms(loc)
+    numbers = f"volume ({vfs or '?'}) {vms:.3f} ms per metadata op, local ({lfs or '?'}) {lms:.3f} ms"
+    if explicit is not None:
+        limit = float(explicit)
+        if vms >= limit:
+            return Decision(
+                True, f"{numbers}; >= {limit} ms (VOLENV_MATERIALIZE_THRESHOLD_MS)", vfs, lfs, same, vms, lms
+            )
+        return Decision(
+            False, f"{numbers}; < {limit} ms (VOLENV_MATERIALIZE_THRESHOLD_MS)", vfs, lfs, same, vms, lms
+        )
+    if vms >= MIN_MS and vms >= RATIO * max(lms, 0.001):
+        return Decision(
+            True, f"{numbers}: the volume is {vms / max(lms, 0.001):.0f}x slower", vfs, lfs, same, vms, lms
+        )
+    return Decision(False, f"{numbers}: not slow enough to pay for extracting", vfs, lfs, same, vms, lms)
 
 
 def _median(values: list[float]) -> float:
@@ -171,13 +281,19 @@ def _clean_partials(base: Path, sid: str) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """A running process: not gone, and not a zombie (a killed background, detached, is
+    reparented to PID 1, which in a container often never reaps it)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 def choose(
@@ -218,29 +334,28 @@ def choose(
         _say(f"warning: materialize: {base} unusable ({exc.strerror}); running in place")
         return None
     if mode == "auto":
-        latency = probe_latency_ms(snapshot_dir)
-        if latency < THRESHOLD_MS:
-            _say(
-                f"materialize auto: in place (volume metadata op {latency:.3f} ms"
-                f" < {THRESHOLD_MS} ms threshold)"
-            )
+        d = decide_auto(root, str(base), snapshot_dir)
+        if not d.materialize:
+            _say(f"materialize auto: in place ({d.reason})")
             return None
         if free < need:
             _say(
-                f"materialize auto: in place (volume metadata op {latency:.3f} ms, but local disk has"
-                f" {free} bytes free < {need} needed)"
+                f"materialize auto: in place ({d.reason}, but local disk has {free} bytes free"
+                f" < {need} needed)"
             )
             return None
-        _say(
-            f"materialize auto: extracting to {base} (volume metadata op {latency:.3f} ms"
-            f" >= {THRESHOLD_MS} ms)"
-        )
+        _say(f"materialize auto: extracting to {base} ({d.reason})")
     elif free < need:
         _say(
             f"warning: materialize: local disk {base} has {free} bytes free, {need} needed; running in place"
         )
         return None
-    return _extract(paths, manifest, base, dest, seal, mode, level)
+    try:
+        volume = _volume_dir(root, snapshot_dir)
+    except VerifyError as exc:
+        _damaged(mode, str(exc))
+        return None
+    return _extract(paths, manifest, base, dest, seal, mode, level, volume)
 
 
 def _damaged(mode: str, why: str) -> None:
@@ -259,10 +374,21 @@ def _extract(
     dest: Path,
     seal: dict[str, Any],
     mode: str,
-    level: str = "seal",
+    level: str,
+    volume: str,
 ) -> str | None:
     sid = manifest.snapshot
     _clean_partials(base, sid)
+    exchange = level == "seal" and any(p.group == STARTUP_GROUP for p in manifest.packs)
+    if exchange and not _can_exchange(base):
+        exchange = False
+        _say(
+            f"materialize: {base} cannot swap a directory for a link atomically; extracting everything first"
+        )
+    if exchange and os.path.lexists(dest):
+        resumed = _resume(paths, manifest, base, dest, seal, volume)
+        if resumed is not None:
+            return resumed
     if os.path.lexists(dest) and _await_background(dest, seal, level):
         _say(f"materialize: reusing the local copy {dest}, completed by another start")
         return str(dest)
@@ -271,8 +397,8 @@ def _extract(
     partial = base / f".{sid}.partial-{unique_suffix()}"
     partial.mkdir()
     staged = partial / sid
-    if level == "seal" and any(p.group == STARTUP_GROUP for p in manifest.packs):
-        return _extract_startup_first(paths, manifest, base, partial, dest, mode)
+    if exchange:
+        return _extract_startup_first(paths, manifest, base, partial, dest, mode, volume)
     t0 = time.perf_counter()
     try:
         unpack(manifest, lambda i: open(blob_path(paths, i.id), "rb"), staged)  # noqa: SIM115
@@ -341,29 +467,193 @@ def _write_at(dir_fd: int, name: str, data: bytes) -> None:
     os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
 
-def _guard_dir(base: Path) -> Path:
-    """The start guard as sitecustomize.py in a dir of the (private) materialize base."""
-    guard = base / ".volenv-guard"
-    guard.mkdir(mode=0o700, exist_ok=True)
-    src = (Path(__file__).with_name("_startguard.py")).read_bytes()
-    target = guard / "sitecustomize.py"
-    try:
-        same = target.read_bytes() == src
-    except OSError:
-        same = False
-    if not same:
-        from .fsutil import atomic_write_bytes
+# ---------------------------------------------------------------- the skeleton
+#
+# Before exec the tree is whole: the startup pack's files are real, every other recorded path
+# is a symlink to the same path of the snapshot on the volume (identical bytes), a directory
+# with nothing local as ONE link. The background replaces each link with the real thing in one
+# atomic step (rename over a file link; RENAME_EXCHANGE of a staged directory with a directory
+# link), so whatever a program does (stat, listdir, open, dlopen, `python -I`, non-Python
+# code), every path of the snapshot resolves to the recorded bytes at every instant.
 
-        atomic_write_bytes(target, src)
-    return guard
+_RENAME_EXCHANGE = 2
+
+
+def _renameat2(src_fd: int, src: str, dst_fd: int, dst: str, flags: int) -> None:
+    """renameat2(2) through ctypes (Python has no binding); OSError(ENOSYS) where absent."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fn = getattr(libc, "renameat2", None)
+    args = (
+        ctypes.c_int(src_fd),
+        os.fsencode(src),
+        ctypes.c_int(dst_fd),
+        os.fsencode(dst),
+        ctypes.c_uint(flags),
+    )
+    if fn is not None:
+        rc = fn(*args)
+    else:  # glibc < 2.28: the raw system call
+        import platform
+
+        nr = {"x86_64": 316, "aarch64": 276}.get(platform.machine())
+        if nr is None:
+            raise OSError(errno.ENOSYS, "renameat2 unavailable")
+        rc = libc.syscall(ctypes.c_long(nr), *args)
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _can_exchange(base: Path) -> bool:
+    """Whether base's filesystem swaps a directory with a symlink atomically (Linux >= 3.15 and
+    a filesystem that supports RENAME_EXCHANGE); without it nothing execs before the whole tree."""
+    probe = base / f".exchange-probe-{unique_suffix()}"
+    try:
+        probe.mkdir()
+        fd = os.open(probe, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.mkdir("d", dir_fd=fd)
+            os.symlink("d", "l", dir_fd=fd)
+            _renameat2(fd, "d", fd, "l", _RENAME_EXCHANGE)
+            return os.path.islink(probe / "d") and os.path.isdir(probe / "l")
+        finally:
+            os.close(fd)
+    except OSError:
+        return False
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+
+
+def _safe_rel(rel: str) -> bool:
+    parts = rel.split("/")
+    return (
+        bool(rel)
+        and "\0" not in rel
+        and not rel.startswith("/")
+        and all(p not in ("", ".", "..") for p in parts)
+    )
+
+
+def _ancestors(rel: str) -> Iterator[str]:
+    while "/" in rel:
+        rel = rel.rpartition("/")[0]
+        yield rel
+
+
+def _volume_dir(root: str, snapshot_dir: str) -> str:
+    """The snapshot on the volume, resolved, and checked to lie inside the volume root: what
+    the skeleton's links point into."""
+    vol = os.path.realpath(snapshot_dir)
+    top = os.path.realpath(root)
+    if not vol.startswith(top.rstrip("/") + "/"):
+        raise VerifyError(f"materialize: the snapshot {snapshot_dir} resolves outside the volume root {top}")
+    return vol
+
+
+def _build_skeleton(tree: _Tree, record: dict[str, Entry], done: set[str], volume: str) -> dict[str, str]:
+    """Every recorded path not extracted yet (`done`), as a link: a file to the volume's file,
+    a directory holding nothing local to the volume's directory, a recorded symlink as itself.
+    Returns the links to replace, path -> record type ('f' or 'd')."""
+    real = {""}
+    for rel in done:
+        real.update(_ancestors(rel))
+        if rel in record and record[rel].type == "d":
+            real.add(rel)
+    if "bin" in record and record["bin"].type == "d":
+        real.add("bin")  # the interpreter's own directory stays local: sys.prefix is the local tree
+    pending: dict[str, str] = {}
+    for rel in sorted(record):
+        parent = rel.rpartition("/")[0]
+        if rel in done or parent not in real:
+            continue  # extracted, or inside a linked directory
+        if not _safe_rel(rel):
+            raise VerifyError(f"the record names an unsafe path {rel!r}")
+        e = record[rel]
+        if e.type == "d" and rel in real:
+            tree.dir_fd(rel, create=True)
+            continue
+        pfd = tree.dir_fd(parent, create=False)
+        name = rel.rpartition("/")[2]
+        if e.type == "l":
+            os.symlink(e.digest, name, dir_fd=pfd)  # its final form
+            continue
+        os.symlink(f"{volume}/{rel}", name, dir_fd=pfd)
+        pending[rel] = e.type
+    return pending
+
+
+class _Live(_Tree):
+    """An existing tree (a start resuming another start's extraction), opened like a new one."""
+
+    def __init__(self, dest: Path) -> None:  # no mkdir: the tree exists
+        self.root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        self._local = threading.local()
+        self._all = []
+        self._lock = threading.Lock()
+        self.atomic = False
+
+
+def _scan_skeleton(dest: Path, record: dict[str, Entry], volume: str) -> dict[str, str] | None:
+    """The links still to replace in a tree whose extraction stopped, or None when the tree
+    is not a whole skeleton (a path missing): it is then discarded, never resumed."""
+    real = {""}
+    pending: dict[str, str] = {}
+    for rel in sorted(record):
+        if rel.rpartition("/")[0] not in real:
+            continue
+        try:
+            st = os.lstat(dest / rel)
+        except OSError:
+            return None
+        e = record[rel]
+        if stat.S_ISLNK(st.st_mode):
+            target = os.readlink(dest / rel)
+            if e.type == "l" and target == e.digest:
+                continue  # a recorded link
+            if target != f"{volume}/{rel}":
+                return None  # not a link the skeleton made
+            pending[rel] = e.type
+        elif e.type == "d" and stat.S_ISDIR(st.st_mode):
+            real.add(rel)
+        elif not (e.type == "f" and stat.S_ISREG(st.st_mode)):
+            return None
+    return pending
+
+
+def _lock_progress(meta_fd: int, pid: int) -> int | None:
+    """The in-progress file, created or reused, locked (flock) for as long as the returned fd is
+    open anywhere (the background keeps it): a start that gets the lock knows nobody is
+    extracting into this tree. None when another process holds it."""
+    import fcntl
+
+    fd = os.open(IN_PROGRESS, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=meta_fd)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    _set_pid(fd, pid)
+    return fd
+
+
+def _set_pid(fd: int, pid: int) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{pid}\n".encode(), 0)
 
 
 def _extract_startup_first(
-    paths: VolumePaths, manifest: PackManifest, base: Path, partial: Path, dest: Path, mode: str
+    paths: VolumePaths,
+    manifest: PackManifest,
+    base: Path,
+    partial: Path,
+    dest: Path,
+    mode: str,
+    volume: str,
 ) -> str | None:
-    """Extract the metadata and startup packs, then hand the rest to a background process that
-    extracts into the same tree, and exec at once: `_startguard.py` (on PYTHONPATH) makes the
-    program wait for the whole tree before it could observe a file that is not local yet."""
+    """Extract the metadata and startup packs, link everything else to the volume (the
+    skeleton), hand the rest to a background process and exec at once."""
     sid = manifest.snapshot
     staged = partial / sid
     t0 = time.perf_counter()
@@ -375,8 +665,13 @@ def _extract_startup_first(
         u = Unpacker(manifest, staged)
         u.extract(first, lambda i: open(blob_path(paths, i.id), "rb"))  # noqa: SIM115
         check_seal(str(staged), sid)
-        _write_at(u.tree.dir_fd(META_DIR, create=False), IN_PROGRESS, f"{os.getpid()}\n".encode())
-        guard = _guard_dir(base)
+        assert u.record is not None
+        done = {r for r in u.seen if r in u.record}
+        t1 = time.perf_counter()
+        pending = _build_skeleton(u.tree, u.record, done, volume)
+        t_skel = time.perf_counter() - t1
+        lock = _lock_progress(u.tree.dir_fd(META_DIR, create=False), os.getpid())
+        assert lock is not None  # a tree of our own
     except (VerifyError, SealProblem) as exc:
         if u is not None:
             u.close()
@@ -391,24 +686,8 @@ def _extract_startup_first(
             _say(f"warning: materialize: local disk full while extracting ({exc.strerror}); running in place")
             return None
         raise
-    r, w = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - runs in the forked processes
-        code = 0
-        try:
-            os.close(r)
-            if os.fork() == 0:
-                os.setsid()
-                null = os.open(os.devnull, os.O_RDWR)
-                for fd in (0, 1, 2):  # never hold the program's output pipes open
-                    os.dup2(null, fd)
-                code = _background(paths, u, rest, base, w)
-        finally:
-            os._exit(code)
-    os.close(w)
-    os.waitpid(child, 0)
-    started = os.read(r, 32)
-    os.close(r)
+    job = _Job(paths, manifest, u.tree, u.record, done, pending, rest, base, u.dir_modes)
+    started = _spawn(job, lock)
     u.close()
     if not started:
         shutil.rmtree(partial, ignore_errors=True)
@@ -427,56 +706,195 @@ def _extract_startup_first(
     files = sum(p.files for p in first)
     _say(
         f"materialize: startup pack of {sid} local in {time.perf_counter() - t0:.2f}s ({files} files,"
-        f" {before} of {total} bytes); the rest extracts in the background into {tree}"
+        f" {before} of {total} bytes; skeleton of {len(pending)} links to the volume in {t_skel:.2f}s);"
+        f" the rest extracts in the background into {tree}"
     )
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(guard), *([old] if old else [])])
-    os.environ["VOLENV_MATERIALIZING"] = str(tree)
     return str(tree)
 
 
-def _background(paths: VolumePaths, u: Unpacker, rest: list[PackInfo], base: Path, ready: int) -> int:
-    """The rest of the packs, each blob copied to local disk and checked against its sha256
-    before any byte of it lands in the tree (a program is already running from it); each file
-    appears whole. Then the completion mark, or FAILED with the reason."""
-    import hashlib
+def _resume(
+    paths: VolumePaths, manifest: PackManifest, base: Path, dest: Path, seal: dict[str, Any], volume: str
+) -> str | None:
+    """A skeleton whose background extraction stopped (killed, or its container restarted):
+    it is still whole, so this start runs from it at once and a new background finishes it.
+    A skeleton another process is still completing is used at once too. None: not resumable."""
+    try:
+        meta = dest / META_DIR
+        if (meta / FAILED).exists() or not (meta / IN_PROGRESS).exists():
+            return None
+        if check_seal(str(dest), dest.name).get("record_sha256") != seal["record_sha256"]:
+            return None
+        live = _Live(dest)
+    except (OSError, SealProblem):
+        return None
+    lock: int | None = None
+    try:
+        lock = _lock_progress(live.dir_fd(META_DIR, create=False), os.getpid())
+        if lock is None:
+            live.close()
+            _say(f"materialize: running from {dest} while another start's background extraction completes it")
+            return str(dest)
+        from .integrity import load_record
+
+        record = load_record(dest)
+        pending = _scan_skeleton(dest, record, volume)
+    except (OSError, SealProblem, ValueError):
+        pending = None
+    if pending is None or lock is None:
+        if lock is not None:
+            os.close(lock)
+        live.close()
+        return None
+    packs = sorted((p for p in manifest.packs if p.group != META_GROUP), key=pack_order)
+    job = _Job(paths, manifest, live, record, set(), pending, packs, base, [])
+    started = _spawn(job, lock)
+    live.close()
+    if not started:
+        return None
+    _say(f"materialize: resuming the background extraction into {dest} ({len(pending)} links left)")
+    return str(dest)
+
+
+class _Job:
+    """What a background extraction needs: the live tree, the record, what is local already,
+    the links to replace, and the packs to extract."""
+
+    def __init__(
+        self,
+        paths: VolumePaths,
+        manifest: PackManifest,
+        live: _Tree,
+        record: dict[str, Entry],
+        done: set[str],
+        pending: dict[str, str],
+        packs: list[PackInfo],
+        base: Path,
+        dir_modes: list[tuple[str, int]],
+    ) -> None:
+        self.paths = paths
+        self.manifest = manifest
+        self.live = live
+        self.record = record
+        self.done = done
+        self.pending = pending
+        self.packs = packs
+        self.base = base
+        self.dir_modes = dir_modes
+
+
+def _spawn(job: _Job, lock: int) -> bool:
+    """Start the detached background extraction (it keeps the lock); True once it runs."""
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the forked processes
+        code = 0
+        try:
+            os.close(r)
+            if os.fork() == 0:
+                os.setsid()
+                null = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):  # never hold the program's output pipes open
+                    os.dup2(null, fd)
+                code = _background(job, lock, w)
+        finally:
+            os._exit(code)
+    os.close(w)
+    os.close(lock)  # the background holds the lock now
+    os.waitpid(child, 0)
+    started = os.read(r, 32)
+    os.close(r)
+    return bool(started)
+
+
+def _background(job: _Job, lock: int, ready: int) -> int:
+    """Extract the packs into a private staging tree and, as soon as everything below one of
+    the skeleton's links has arrived (and its pack checked whole), replace that link in one
+    atomic step. Then directory modes, and the completion mark after the last swap; on failure
+    FAILED with the reason (the skeleton stays whole: programs keep running from it)."""
     import json
 
-    meta_fd = u.tree.dir_fd(META_DIR, create=False)
-    meta_fd = os.dup(meta_fd)
+    live = job.live
+    meta_fd = os.dup(live.dir_fd(META_DIR, create=False))
+    stage: Path | None = None
+    su: Unpacker | None = None
     try:
-        _write_at(meta_fd, IN_PROGRESS, f"{os.getpid()}\n".encode())
+        _set_pid(lock, os.getpid())
         os.write(ready, str(os.getpid()).encode())
         os.close(ready)
-        u.tree.atomic = True
         faults.point("materialize-background")
-        for info in rest:
-            local = base / f".{info.id}.blob-{unique_suffix()}"
-            try:
-                h = hashlib.sha256()
-                with open(blob_path(paths, info.id), "rb") as src, open(local, "wb") as out:
-                    while chunk := src.read(1 << 20):
-                        h.update(chunk)
-                        out.write(chunk)
-                if h.hexdigest() != info.blob_sha256:
-                    raise VerifyError(f"pack {info.id[:16]}… ({info.group}) is damaged: blob sha256 mismatch")
-                u.extract([info], lambda _i, f=local: open(f, "rb"))  # type: ignore[misc]  # noqa: SIM115
-            finally:
-                local.unlink(missing_ok=True)
-        u.finish()
-        assert u.record is not None
+        # which link each entry arrives under, and how many entries each link waits for
+        cover: dict[str, str] = {}
+        remaining = dict.fromkeys(job.pending, 0)
+        for rel in job.record:
+            if rel in job.done:
+                continue
+            link = rel if rel in job.pending else next((a for a in _ancestors(rel) if a in job.pending), None)
+            if link is not None:
+                cover[rel] = link
+                remaining[link] += 1
+        stage = job.base / f".{job.manifest.snapshot}.partial-{unique_suffix()}"
+        su = Unpacker(job.manifest, stage, record=job.record)
+        swapped = 0
+        for info in job.packs:
+            before = set(su.seen)
+            su.extract([info], lambda i: open(blob_path(job.paths, i.id), "rb"))  # noqa: SIM115
+            for rel in set(su.seen) - before:  # the whole pack checked: its files may go live
+                link = cover.get(rel)
+                if link is None:
+                    continue
+                remaining[link] -= 1
+                if remaining[link] == 0:
+                    _swap(su, live, link, job.pending[link])
+                    swapped += 1
+                    if swapped == 1:
+                        faults.point("materialize-swap")
+        missing = [r for r in job.record if r not in job.done and r not in su.seen]
+        left = [link for link, n in remaining.items() if n]
+        if missing or left:
+            raise VerifyError(
+                f"packs lack {len(missing) + len(left)} recorded entries (e.g. {(missing + left)[0]})"
+            )
+        modes = [*job.dir_modes, *((r, m) for r, m in su.dir_modes if r not in cover)]
+        for rel, mode in sorted(modes, key=lambda x: x[0].count("/"), reverse=True):
+            os.fchmod(live.dir_fd(rel, create=False), mode)
+        os.fsync(live.root_fd)
+        su.close()
+        su = None
+        shutil.rmtree(stage, ignore_errors=True)  # before the mark: a marked tree leaves nothing behind
+        stage = None
         seal_fd = os.open("seal.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=meta_fd)
         with open(seal_fd, "rb") as fh:
             rec = json.loads(fh.read())["record_sha256"]
-        mark = {"schema": 1, "snapshot": u.manifest.snapshot, "record_sha256": rec, "time": time.time()}
+        mark = {"schema": 1, "snapshot": job.manifest.snapshot, "record_sha256": rec, "time": time.time()}
         _write_at(meta_fd, MARKER, json.dumps(mark).encode())
         os.unlink(IN_PROGRESS, dir_fd=meta_fd)
         return 0
-    except BaseException as exc:  # whatever stopped it is the reason the guard prints
+    except BaseException as exc:  # whatever stopped it is the reason a later start reports
         try:
             _write_at(meta_fd, FAILED, f"background extraction failed: {exc}".encode())
         except OSError:
             pass
         return 1
     finally:
-        u.close()
+        if su is not None:
+            su.close()
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+        live.close()
+
+
+def _swap(su: Unpacker, live: _Tree, rel: str, kind: str) -> None:
+    """Replace one skeleton link with its staged file or directory, atomically."""
+    parent, _, name = rel.rpartition("/")
+    sfd = su.tree.dir_fd(parent, create=False)
+    lfd = live.dir_fd(parent, create=False)
+    if kind == "f":
+        os.rename(name, name, src_dir_fd=sfd, dst_dir_fd=lfd)
+        return
+    below = rel + "/"
+    for r, mode in sorted(su.dir_modes, key=lambda x: x[0].count("/"), reverse=True):
+        if r == rel or r.startswith(below):
+            os.fchmod(su.tree.dir_fd(r, create=False), mode)
+    _renameat2(sfd, name, lfd, name, _RENAME_EXCHANGE)
+    if stat.S_ISLNK(os.stat(name, dir_fd=sfd, follow_symlinks=False).st_mode):
+        os.unlink(name, dir_fd=sfd)  # the link, now in the staging tree

@@ -657,6 +657,11 @@ class _Seen:
     def __contains__(self, name: object) -> bool:
         return name in self._names
 
+    def __iter__(self) -> Iterator[str]:
+        """A snapshot of the names (safe while other threads add)."""
+        with self._lock:
+            return iter(list(self._names))
+
 
 def _extract_pack(
     raw: BinaryIO,

@@ -1,0 +1,274 @@
+"""Issue 17: `run --materialize` execs from a whole skeleton (startup pack local, everything
+else a link to the volume's own file or directory), which the background replaces link by link
+atomically: every path of the snapshot resolves to the recorded bytes at every instant, for
+any access (stat, listdir, open, `python -I`), and a killed background never leaves a tree that
+is taken as complete."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import snapshot_of, volenv, volenv_popen
+from test_trace import _traced_and_packed, traced_env  # noqa: F401 - the fixture
+from volenv.integrity import load_record, verify_snapshot
+
+# the traced start; then, outside the trace, bare stat/exists/listdir and a read of a file that
+# is not local yet, and an import of it; prints what it used, snapshot-relative
+PROGRAM = r"""
+import json, os, sys
+prefix = os.path.join(sys.prefix, "")
+opened = []
+
+def hook(event, args):
+    if event == "open" and isinstance(args[0], str):
+        p = os.path.abspath(args[0])
+        if p.startswith(prefix):
+            opened.append(p[len(prefix):])
+
+sys.addaudithook(hook)
+import tracee; tracee.start()
+print("traced-ok", flush=True)
+late_dir = os.path.join(os.path.dirname(os.path.dirname(tracee.__file__)), "late")
+init = os.path.join(late_dir, "__init__.py")
+assert os.path.exists(init) and os.path.isdir(late_dir), "missing"
+size = os.stat(init).st_size
+names = sorted(n for n in os.listdir(late_dir) if n != "__pycache__")
+with open(init, "rb") as fh:
+    data = fh.read()
+import late
+print(json.dumps({
+    "late": late.LATE, "size": size, "names": names, "data": data.decode(),
+    "executable": sys.executable, "prefix": sys.prefix,
+    "modules": sorted(sys.modules),
+    "files": sorted(m.__file__[len(prefix):] for m in list(sys.modules.values())
+                    if (getattr(m, "__file__", None) or "").startswith(prefix)),
+    "opened": sorted(set(opened)),
+}), flush=True)
+"""
+
+
+def _wait_mark(tree: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not (tree / ".volenv" / "materialized.json").exists():
+        assert time.monotonic() < deadline, "the background extraction never completed"
+        time.sleep(0.05)
+
+
+def _links_left(tree: Path) -> list[str]:
+    """Links in the tree that the record does not have: skeleton links not yet replaced."""
+    record = load_record(tree)
+    out = []
+    for dirpath, dirnames, filenames in os.walk(tree):
+        for n in dirnames + filenames:
+            p = Path(dirpath) / n
+            rel = str(p.relative_to(tree))
+            if p.is_symlink() and record[rel].type != "l":
+                out.append(rel)
+    return out
+
+
+def test_program_sees_every_file_while_the_background_is_stopped(
+    tmp_path: Path,
+    traced_env: tuple[Path, Path],  # noqa: F811
+) -> None:
+    m, root = traced_env
+    _traced_and_packed(m, root)
+    sid = snapshot_of(root, "app")
+    snap = root / "envs" / "app" / "snapshots" / sid
+    inplace = volenv("--root", root, "run", "--manifest", m, "--", "python", "-I", "-c", PROGRAM)
+    assert inplace.returncode == 0, inplace.stderr
+    want = json.loads(inplace.stdout.splitlines()[-1])
+    local = tmp_path / "local"
+    tree = local / sid
+    args = ("--root", root, "run", "--materialize", "always", "--materialize-dir", local, "--manifest", m)
+    # the background stops (SIGSTOP) before its first pack: `late` is only a link to the volume
+    p = volenv_popen(
+        *args,
+        "--",
+        "python",
+        "-I",
+        "-c",
+        PROGRAM,
+        env={"VOLENV_FAULT": "materialize-background:pause"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        assert "skeleton of" in err and "background" in err
+        assert not (tree / ".volenv" / "materialized.json").exists()
+        late = next(tree.glob("lib/python*/site-packages/late"))
+        assert late.is_symlink()  # not local: it ran from the volume's copy through the link
+        assert os.readlink(late) == str(snap.resolve() / late.relative_to(tree))
+        assert not next(tree.glob("lib/python*/site-packages/tracee/__init__.py")).is_symlink()
+        assert (tree / "bin").is_dir() and not (tree / "bin").is_symlink()
+        got = json.loads(out.splitlines()[-1])
+        assert got["prefix"] == str(tree) and got["executable"].startswith(str(tree) + "/")
+        # the same modules, the same snapshot files opened and imported, the same bytes
+        for key in ("late", "size", "names", "data", "modules", "files", "opened"):
+            assert got[key] == want[key], key
+        # a second start while the background is still stopped runs from the same tree at once
+        r = volenv(*args, "--", "python", "-c", "import late; print(late.LATE)")
+        assert r.returncode == 0 and r.stdout == "late\n", r.stderr
+        assert "another start's background extraction" in r.stderr
+    finally:
+        pid = int((tree / ".volenv" / "materializing").read_text().split()[0])
+        os.kill(pid, signal.SIGCONT)
+    _wait_mark(tree)
+    assert _links_left(tree) == [] and not late.is_symlink()
+    assert verify_snapshot(tree, "full").ok
+    assert not list(local.glob(f".{sid}.partial-*"))
+    r = volenv(*args, "--", "python", "-I", "-c", PROGRAM)
+    assert r.returncode == 0 and "reusing the complete local copy" in r.stderr
+    assert json.loads(r.stdout.splitlines()[-1])["opened"] == want["opened"]
+
+
+def test_reads_during_the_swaps_always_find_the_recorded_bytes(
+    tmp_path: Path,
+    traced_env: tuple[Path, Path],  # noqa: F811
+) -> None:
+    """A reader hammering stat/exists/listdir/open on not-yet-local paths while the background
+    swaps the links for real files never sees one missing or different."""
+    m, root = traced_env
+    _traced_and_packed(m, root)
+    sid = snapshot_of(root, "app")
+    local = tmp_path / "local"
+    tree = local / sid
+    reader = r"""
+import os, signal, sys
+sp = os.path.dirname(os.path.dirname(__import__("tracee").__file__))
+paths = [os.path.join(sp, "late", "__init__.py"), os.path.join(sp, "tracee", "unused.py")]
+want = [open(p, "rb").read() for p in paths]
+meta = os.path.join(sys.prefix, ".volenv")
+seen, n, after = set(), 0, 0
+while after < 200:
+    for p, w in zip(paths, want):
+        seen.add((p, os.path.islink(p) or os.path.islink(os.path.dirname(p))))
+        assert os.path.exists(p) and os.stat(p).st_size == len(w), p
+        assert os.path.basename(p) in os.listdir(os.path.dirname(p)), p
+        with open(p, "rb") as fh:
+            assert fh.read() == w, p
+    n += 1
+    if n == 20:  # let the stopped background go on while this keeps reading
+        with open(os.path.join(meta, "materializing")) as fh:
+            os.kill(int(fh.read().split()[0]), signal.SIGCONT)
+    if os.path.exists(os.path.join(meta, "materialized.json")):
+        after += 1
+print(sorted(seen))
+"""
+    args = ("--root", root, "run", "--materialize", "always", "--materialize-dir", local, "--manifest", m)
+    r = volenv(
+        *args, "--", "python", "-I", "-c", reader, env={"VOLENV_FAULT": "materialize-background:pause"}
+    )
+    assert r.returncode == 0, r.stderr
+    seen = r.stdout.strip()
+    # each path was read both through its link and as the real file: the swaps happened meanwhile
+    assert "late/__init__.py', False" in seen and "late/__init__.py', True" in seen, seen
+    assert "unused.py', False" in seen and "unused.py', True" in seen, seen
+    _wait_mark(tree)
+    assert verify_snapshot(tree, "full").ok
+
+
+def test_killed_background_resumes_and_is_never_taken_as_complete(
+    tmp_path: Path,
+    traced_env: tuple[Path, Path],  # noqa: F811
+) -> None:
+    m, root = traced_env
+    _traced_and_packed(m, root)
+    sid = snapshot_of(root, "app")
+    local = tmp_path / "local"
+    tree = local / sid
+    args = ("--root", root, "run", "--materialize", "always", "--materialize-dir", local, "--manifest", m)
+    # SIGKILL right after the background's first swap: the program still runs, whole
+    r = volenv(*args, "--", "python", "-c", PROGRAM, env={"VOLENV_FAULT": "materialize-swap:kill"})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.splitlines()[-1])["late"] == "late"
+    time.sleep(0.3)
+    assert not (tree / ".volenv" / "materialized.json").exists()
+    assert _links_left(tree)  # some links were never replaced
+    # the next start does not take it as complete: it runs from the whole skeleton and resumes
+    r = volenv(*args, "--", "python", "-c", PROGRAM)
+    assert r.returncode == 0, r.stderr
+    assert "reusing" not in r.stderr and "resuming the background extraction" in r.stderr
+    _wait_mark(tree)
+    assert _links_left(tree) == [] and not list(local.glob(f".{sid}.partial-*"))
+    assert verify_snapshot(tree, "full").ok
+    assert volenv("--root", root, "verify", sid, "--level", "full").returncode == 0
+    r = volenv(*args, "--", "python", "-c", "import late")
+    assert r.returncode == 0 and "reusing the complete local copy" in r.stderr
+    # a skeleton that lost a path is never resumed: it is discarded and extracted again
+    other = tmp_path / "other"
+    args2 = ("--root", root, "run", "--materialize", "always", "--materialize-dir", other, "--manifest", m)
+    r = volenv(*args2, "--", "true", env={"VOLENV_FAULT": "materialize-background:kill"})
+    assert r.returncode == 0, r.stderr
+    time.sleep(0.3)
+    victim = Path(_links_left(other / sid)[0])
+    (other / sid / victim).unlink()
+    r = volenv(*args2, "--", "python", "-c", PROGRAM)
+    assert r.returncode == 0, r.stderr
+    assert "resuming" not in r.stderr and "startup pack" in r.stderr
+    _wait_mark(other / sid)
+    assert verify_snapshot(other / sid, "full").ok
+
+
+@pytest.mark.mounts
+def test_without_rename_exchange_everything_is_extracted_before_exec(
+    tmp_path: Path,
+    traced_env: tuple[Path, Path],  # noqa: F811
+) -> None:
+    """A local filesystem that cannot exchange a directory with a link (a FUSE mount here):
+    no skeleton, the whole tree is extracted and marked before the program starts."""
+    from test_materialize import slowfs
+
+    m, root = traced_env
+    _traced_and_packed(m, root)
+    sid = snapshot_of(root, "app")
+    (tmp_path / "disk").mkdir()
+    with slowfs(tmp_path / "disk", tmp_path / "fuse", meta_ms=0) as local:
+        args = ("--root", root, "run", "--materialize", "always", "--materialize-dir", local, "--manifest", m)
+        r = volenv(*args, "--", "python", "-c", PROGRAM)
+        assert r.returncode == 0, r.stderr
+        assert "cannot swap a directory" in r.stderr and "startup pack" not in r.stderr
+        assert (local / sid / ".volenv" / "materialized.json").exists()
+        assert _links_left(local / sid) == []
+        assert json.loads(r.stdout.splitlines()[-1])["prefix"] == str(local / sid)
+
+
+def test_damaged_pack_in_the_background_never_goes_live(
+    tmp_path: Path,
+    traced_env: tuple[Path, Path],  # noqa: F811
+) -> None:
+    """A pack outside the startup pack is damaged: nothing of it replaces a link, the program
+    runs on (reading the volume's copy), the tree is never marked complete."""
+    m, root = traced_env
+    man = _traced_and_packed(m, root)
+    sid = snapshot_of(root, "app")
+    packs = man["packs"]
+    assert isinstance(packs, list)
+    victim = next(p for p in packs if p["group"].startswith("late"))
+    blob = root / "packs" / "blobs" / f"{victim['id']}.tar.zst"
+    blob.write_bytes(blob.read_bytes()[:-8] + bytes(8))
+    local = tmp_path / "local"
+    tree = local / sid
+    args = ("--root", root, "run", "--materialize", "always", "--materialize-dir", local, "--manifest", m)
+    r = volenv(*args, "--", "python", "-c", PROGRAM)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.splitlines()[-1])["data"] == "LATE = 'late'\n"
+    deadline = time.monotonic() + 30
+    while not (tree / ".volenv" / "materialize-failed").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert "damaged" in (tree / ".volenv" / "materialize-failed").read_text()
+    assert not (tree / ".volenv" / "materialized.json").exists()
+    assert next(tree.glob("lib/python*/site-packages/late")).is_symlink()
+    r = volenv(*args, "--", "python", "-c", "import late; print(late.LATE)")
+    assert r.returncode == 0 and r.stdout == "late\n", r.stderr
+    assert "reusing" not in r.stderr and "resuming" not in r.stderr
