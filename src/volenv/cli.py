@@ -6,8 +6,6 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -17,6 +15,7 @@ import typer
 
 from . import __version__, render, ui
 from .errors import EXIT_INTERNAL, UsageError, VolenvError
+from .globalargs import GLOBAL_FLAGS, GLOBAL_VALUED, split_globals
 from .paths import RootChoice, VolumePaths, choose_root
 from .render import render_error
 
@@ -45,80 +44,6 @@ class GlobalOptions:
     @property
     def quiet(self) -> int:
         return max(0, -self.verbosity)
-
-
-class RichReporter(ui.Reporter):
-    def __init__(self, verbosity: int, progress: bool) -> None:
-        super().__init__(verbosity)
-        self.progress_bars = progress and render.err_console.is_terminal
-
-    # messages are plain text (they quote requirements such as `uvicorn[standard]`): escaped
-    def info(self, msg: str) -> None:
-        if self.verbosity >= 0:
-            render.err_console.print(render.esc(msg), highlight=False)
-
-    def detail(self, msg: str) -> None:
-        if self.verbosity >= 1:
-            render.err_console.print(f"[dim]{render.esc(msg)}[/dim]", highlight=False)
-
-    def warn(self, msg: str) -> None:
-        if self.verbosity >= -1:
-            render.err_console.print(f"[yellow]warning:[/yellow] {render.esc(msg)}", highlight=False)
-
-    def progress(self, label: str, total: int | None) -> ui.Progress:
-        if self.progress_bars and self.verbosity >= 0:
-            return RichProgress(self, label, total)
-        return ui.Progress(self, label, total)
-
-    @contextmanager
-    def step(self, label: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        if self.progress_bars and self.verbosity >= 0:
-            with render.err_console.status(f"{render.esc(label)}…"):
-                yield
-        else:
-            self.detail(f"{label}…")
-            yield
-        self.detail(f"{label}: {time.perf_counter() - t0:.2f}s")
-
-
-class RichProgress(ui.Progress):
-    """Sizes and rates on stderr (rich), for downloads and uploads."""
-
-    def __init__(self, reporter: ui.Reporter, label: str, total: int | None) -> None:
-        super().__init__(reporter, label, total)
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-
-        self._bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=render.err_console,
-            transient=True,
-        )
-        self._bar.start()
-        self._task = self._bar.add_task(render.esc(label), total=total)
-
-    def update(self, n: int) -> None:
-        super().update(n)
-        self._bar.update(self._task, advance=n)
-
-    def reset(self, done: int) -> None:
-        super().reset(done)
-        self._bar.update(self._task, completed=done)
-
-    def close(self) -> None:
-        self._bar.stop()
-        super().close()
 
 
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
@@ -204,7 +129,7 @@ def main_callback(
     render.configure_console(color.value, quiet - verbose)
     verbosity = verbose - quiet
     ctx.obj = GlobalOptions(choose_root(root), json_out, verbose - quiet, not no_progress)
-    ui.set_reporter(RichReporter(verbosity, not no_progress))
+    ui.set_reporter(render.RichReporter(verbosity, not no_progress))
 
 
 @app.command()
@@ -268,26 +193,14 @@ def sync(
 ) -> None:
     """Build (or reuse) the snapshot for MANIFEST, make it current, fetch its models."""
     from .build import SyncOptions
-    from .build import sync as do_sync
+    from .commands.sync import manifest_source, reinstall_names
+    from .commands.sync import sync as do_sync
     from .manifest import load_manifest
     from .render import emit_json, render_sync
 
     g = _globals(ctx)
-    if (manifest is None) == (from_env is None):
-        raise UsageError("sync: give a MANIFEST file or --from-env VAR")
-    if from_env is not None:
-        import tempfile
-
-        from .provision import read_inline_manifest
-
-        manifest = read_inline_manifest(from_env, Path(tempfile.gettempdir()) / "volenv-inline")
-    assert manifest is not None
-    from packaging.utils import InvalidName, canonicalize_name
-
-    try:
-        reinstall = [canonicalize_name(p, validate=True) for p in reinstall or []]
-    except InvalidName as exc:
-        raise UsageError(f"--reinstall: {exc}") from None
+    manifest = manifest_source(manifest, from_env)
+    reinstall = list(reinstall_names(reinstall))
     m = load_manifest(manifest)
     outcome = do_sync(
         g.paths,
@@ -438,9 +351,7 @@ def hoist_globals(args: list[str]) -> list[str]:
     """Global options written after the command word (`volenv status --json`, as uv allows) move
     before it, where the typer callback reads them; `--` and everything after it stay put, and
     `run` is left alone (its arguments are the command's)."""
-    from .__main__ import GLOBAL_FLAGS, GLOBAL_VALUED, _split_globals
-
-    rest, _root, _v = _split_globals(args)
+    rest, _root, _v = split_globals(args)
     head = args[: len(args) - len(rest)]
     if not rest or rest[0] == "run":
         return list(args)
@@ -467,9 +378,7 @@ def hoist_globals(args: list[str]) -> list[str]:
 
 
 def _wants_json(args: list[str]) -> bool:
-    from .__main__ import _split_globals
-
-    rest, _root, _v = _split_globals(args)
+    rest, _root, _v = split_globals(args)
     return "--json" in args[: len(args) - len(rest)]
 
 
@@ -546,9 +455,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _root_from_args(args: list[str]) -> Path | None:
-    from .__main__ import _split_globals
-
-    _rest, root, _v = _split_globals(args)
+    _rest, root, _v = split_globals(args)
     try:
         return choose_root(root).path
     except Exception:

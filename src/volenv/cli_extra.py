@@ -503,8 +503,8 @@ def init_cmd(
 def trace_cmd(ctx: typer.Context) -> None:
     """Run CMD once in the snapshot and store the files its start opened (startup pack order):
     trace (--manifest M | --env NAME) -- CMD."""
+    from .commands.trace import run_trace
     from .render import emit_json, render_switch_generic
-    from .trace import run_trace
 
     g = _globals(ctx)
     result = run_trace(str(g.root.path), list(ctx.args))
