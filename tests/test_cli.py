@@ -193,9 +193,8 @@ def test_qq_prints_only_errors(built: tuple[Path, Path]) -> None:
 def test_help_texts_and_metavars() -> None:
     import typer.main
 
-    from volenv.cli import _register_optional_commands, app
+    from volenv.cli import app
 
-    _register_optional_commands()
     missing: list[str] = []
 
     def walk(cmd: object, path: str) -> None:

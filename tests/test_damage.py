@@ -39,7 +39,6 @@ _DRIVER = textwrap.dedent(
     import json, os, signal, sys, traceback
     from volenv.__main__ import main
     import importlib, pkgutil, volenv, volenv.cli, volenv.commands
-    volenv.cli._register_optional_commands()
     # what the commands import lazily, imported once here instead of in every child
     for mod in pkgutil.walk_packages(volenv.__path__, "volenv."):
         if mod.name not in ("volenv.provision", "volenv.__main__"):

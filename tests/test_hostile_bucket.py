@@ -24,8 +24,8 @@ import pytest
 import zstandard
 
 from conftest import Result, serve_bytes, snapshot_of, staging_left, volenv, write_manifest
-from volenv.activate import model_key
 from volenv.integrity import Entry, encode_record, load_record
+from volenv.modelpaths import model_key
 from volenv.signing import SigningKey, load_signing_key
 
 ENV = "app"

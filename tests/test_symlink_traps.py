@@ -153,12 +153,12 @@ def test_gc_never_acts_through_a_linked_layout_dir(tmp_path: Path, template: Pat
 def test_gc_checks_links_again_at_execution(tmp_path: Path, template: Path) -> None:
     """Links planted between the plan and its execution (gc's prompt): the renames into trash
     and the deletes are refused, not only the final delete."""
-    from volenv import gc
+    from volenv.commands import gc  # what `volenv gc` calls: plan, then (after its prompt) execute
     from volenv.paths import VolumePaths
 
     root = _copy(template, tmp_path)
     paths = VolumePaths(root)
-    plan = gc.make_plan(paths, keep=0, keep_within=0.0)
+    plan = gc.plan(paths, 0, "0s")
     kinds = {i.kind for i in plan.removals}
     assert {"snapshot", "staging", "quarantine", "trash", "model", "pack", "part"} <= kinds, kinds
     outside = tmp_path / "outside"
@@ -172,7 +172,7 @@ def test_gc_checks_links_again_at_execution(tmp_path: Path, template: Path) -> N
     # and a linked trash: nothing is renamed into it
     root2 = _copy(template, tmp_path / "second")
     paths2 = VolumePaths(root2)
-    plan2 = gc.make_plan(paths2, keep=0, keep_within=0.0)
+    plan2 = gc.plan(paths2, 0, "0s")
     outside2 = tmp_path / "outside2"
     plant(root2, "trash", outside2)
     before2 = tree_hash(outside2)

@@ -14,6 +14,8 @@ import os
 import sys
 import time
 
+from .alias import activation_settings, alias_ok, alias_path, lock_matches
+from .envvars import apply_manifest_env
 from .errors import (
     DamagedRecord,
     InterpreterMismatch,
@@ -25,22 +27,20 @@ from .errors import (
     VolumeError,
     shq,
 )
-from .leanjson import dumps_canonical, loads, read_record_bytes
+from .leanjson import loads, read_record_bytes
+from .modelpaths import model_env_name, model_location, model_record_path
 from .sealcheck import (
     SealProblem,
-    activation_problem,
     check_seal,
     is_snapshot_id,
     plain_name,
     read_seal,
-    sha256_hex,
 )
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-ALIAS_SCHEMA = 1
 ON_MISSING = ("build", "wait", "fail")
 VERIFY_LEVELS = ("seal", "stat", "full")
 
@@ -78,47 +78,6 @@ def _read_json(path: str) -> Any:
         raise DamagedRecord(f"{path} is damaged: not valid JSON ({exc})", hint=f"remove {path}") from None
 
 
-def alias_path(root: str, manifest_bytes: bytes) -> str:
-    return os.path.join(root, "aliases", sha256_hex(manifest_bytes) + ".json")
-
-
-def activation_settings(manifest: Any) -> dict[str, Any]:
-    """What activation needs from a parsed Manifest, as plain data."""
-    from .manifest import _model_dict
-
-    return {"env": dict(manifest.env), "models": [_model_dict(m) for m in manifest.models]}
-
-
-def write_alias(paths: Any, manifest: Any) -> None:
-    """Best effort: remember this manifest's bytes so the next start skips validation."""
-    from .fsutil import ContainmentError, atomic_write_json, safe_mkdirs
-
-    try:
-        raw = manifest.path.read_bytes()
-        lock = None
-        if manifest.lockfile is not None:
-            lock = [os.path.relpath(manifest.lockfile, manifest.path.parent), manifest.lockfile_sha256]
-        inputs = [
-            [os.path.relpath(f, manifest.path.parent), sha] for f, sha in manifest.requirements_file_inputs
-        ]
-        dest = alias_path(str(paths.root), raw)
-        safe_mkdirs(paths.root / "aliases", paths.root)  # a linked aliases/ is skipped, not used
-        atomic_write_json(
-            paths.root / "aliases" / os.path.basename(dest),
-            {
-                "schema": ALIAS_SCHEMA,
-                "env": manifest.name,
-                "manifest_digest": manifest.digest,
-                "lockfile": lock,
-                "inputs": inputs,
-                "activation": activation_settings(manifest),
-            },
-            durable=False,
-        )
-    except (OSError, ContainmentError):
-        pass
-
-
 def target_from_manifest(root: str, manifest_path: str) -> Target:
     try:
         with open(manifest_path, "rb") as fh:
@@ -130,46 +89,12 @@ def target_from_manifest(root: str, manifest_path: str) -> Target:
             alias = _read_json(alias_path(root, raw))
         except DamagedRecord:  # a cache of a full parse: when damaged, parse again
             alias = None
-        if alias_ok(alias) and _lock_matches(alias, manifest_path):
+        if alias_ok(alias) and lock_matches(alias, manifest_path):
             return Target(alias["env"], alias["manifest_digest"], alias["activation"], manifest_path)
     from .manifest import load_manifest  # slow path: full validation
 
     m = load_manifest(manifest_path)
     return Target(m.name, m.digest, activation_settings(m), manifest_path)
-
-
-def alias_ok(alias: Any) -> bool:
-    """An alias is used only when it has the shape write_alias gives it (else: full parse)."""
-    if not isinstance(alias, dict) or alias.get("schema") != ALIAS_SCHEMA:
-        return False
-    act, lock = alias.get("activation"), alias.get("lockfile")
-    return (
-        plain_name(alias.get("env"))
-        and plain_name(alias.get("manifest_digest"))
-        and isinstance(act, dict)
-        and activation_problem(act.get("env", {}), act.get("models", [])) is None
-        and (
-            lock is None
-            or (isinstance(lock, list) and len(lock) == 2 and all(isinstance(x, str) for x in lock))
-        )
-    )
-
-
-def _lock_matches(alias: dict[str, Any], manifest_path: str) -> bool:
-    """The files besides the manifest that its digest covers (lockfile, requirements files)
-    still have the bytes the alias saw."""
-    lock = alias.get("lockfile")
-    files = [lock] if lock is not None else []
-    files += alias.get("inputs") or []
-    for rel, sha in files:
-        path = os.path.join(os.path.dirname(os.path.abspath(manifest_path)), rel)
-        try:
-            with open(path, "rb") as fh:
-                if sha256_hex(fh.read()) != sha:
-                    return False
-        except OSError:
-            return False
-    return True
 
 
 def _pointer(path: str, env: str, hint: str) -> str | None:
@@ -244,38 +169,6 @@ def find_snapshot(root: str, target: Target) -> str | None:
 # ---------------------------------------------------------------- environment
 
 
-def model_location(root: str, model: dict[str, Any]) -> str:
-    """Where a manifest model lives on the volume (the models module writes exactly here)."""
-    if model.get("hf"):
-        hf = model["hf"]
-        repo_dir = "models--" + hf["repo"].replace("/", "--")
-        return os.path.join(root, "models", "hf", "hub", repo_dir, "snapshots", hf["revision"])
-    url = model["url"]
-    filename = url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or "model.bin"
-    return os.path.join(root, "models", "files", model["name"], model["sha256"][:16], filename)
-
-
-def model_files_dir(root: str, model: dict[str, Any]) -> str:
-    """The directory a model record's file paths are relative to."""
-    loc = model_location(root, model)
-    return loc if model.get("hf") else os.path.dirname(loc)
-
-
-def model_key(model: dict[str, Any]) -> str:
-    """Digest of a model's source spec: a changed spec is a different model record."""
-    spec = {k: v for k, v in model.items() if k not in ("name", "optional", "local")}
-    return sha256_hex(dumps_canonical(spec).encode())[:16]
-
-
-def model_record_path(root: str, model: dict[str, Any]) -> str:
-    """Written last by a fetch, after every file verified: its presence means 'model present'."""
-    return os.path.join(root, "models", "records", f"{model['name']}.{model_key(model)}.json")
-
-
-def model_env_name(name: str) -> str:
-    return "VOLENV_MODEL_" + "".join(c.upper() if c.isalnum() else "_" for c in name)
-
-
 def compute_env(
     root: str,
     snapshot_dir: str,
@@ -313,54 +206,6 @@ def compute_env(
     if models and all_present:
         env["HF_HUB_OFFLINE"] = "1"
     return apply_manifest_env(env, activation.get("env", {}))
-
-
-def apply_manifest_env(env: dict[str, str], values: dict[str, str]) -> dict[str, str]:
-    """Set the manifest's `[activate] env`: each `${NAME}` refers to the environment as volenv
-    built it before these values (so the order of the manifest's keys never matters)."""
-    before = dict(env)
-    for k, v in values.items():
-        env[k] = expand_env_value(v, before)
-    return env
-
-
-_NAME_START = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_"
-_NAME_REST = _NAME_START + "0123456789"
-
-
-def expand_env_value(value: str, env: dict[str, str]) -> str:
-    """`${NAME}` -> env's value ('' when unset), `$$` -> `$`, any other `$` is itself; an
-    unclosed `${` or a bad name is a ValueError (the manifest check calls this). No shell, no `re`."""
-    if "$" not in value:
-        return value
-    out: list[str] = []
-    i, n = 0, len(value)
-    while i < n:
-        ch = value[i]
-        if ch != "$":
-            j = value.find("$", i)
-            j = n if j < 0 else j
-            out.append(value[i:j])
-            i = j
-            continue
-        nxt = value[i + 1] if i + 1 < n else ""
-        if nxt == "$":
-            out.append("$")
-            i += 2
-            continue
-        if nxt != "{":  # a lone `$` stays literal: values written before `${NAME}` existed
-            out.append("$")
-            i += 1
-            continue
-        end = value.find("}", i + 2)
-        if end < 0:
-            raise ValueError(f"'${{' at offset {i} is not closed by '}}'")
-        name = value[i + 2 : end]
-        if not name or name[0] not in _NAME_START or any(c not in _NAME_REST for c in name):
-            raise ValueError(f"'${{{name}}}' does not name an environment variable")
-        out.append(env.get(name, ""))
-        i = end + 1
-    return "".join(out)
 
 
 # ---------------------------------------------------------------- run
@@ -601,7 +446,8 @@ def _build_for(
     """--on-missing build: quarantine a damaged snapshot, then sync (others wait on the lease)."""
     from pathlib import Path
 
-    from .build import SyncOptions, quarantine, sync
+    from .build import SyncOptions, quarantine
+    from .commands.sync import sync
     from .manifest import load_manifest
     from .paths import VolumePaths
     from .ui import reporter

@@ -131,7 +131,8 @@ class SyncResult:
 
 
 def sync(paths: VolumePaths, manifest: Manifest, opts: SyncOptions) -> SyncResult:
-    """The snapshot, then (unless --no-models) the manifest's models."""
+    """The snapshot, then (unless --no-models) the manifest's models; the start trace of
+    `[activate] trace-cmd` is the sync command's (commands/sync.py), above activation."""
     if opts.pack:  # a missing 'packs' extra is said before anything is built
         from .packs import need_zstandard
 
@@ -149,27 +150,7 @@ def sync(paths: VolumePaths, manifest: Manifest, opts: SyncOptions) -> SyncResul
         from .models import fetch_models
 
         result = replace(result, models=tuple(fetch_models(paths, manifest, lock_timeout=opts.lock_timeout)))
-    if manifest.trace_cmd and not opts.dry_run:
-        _trace_after_build(paths, manifest, Path(result.path))
     return result
-
-
-def _trace_after_build(paths: VolumePaths, manifest: Manifest, snap: Path) -> None:
-    """[activate] trace-cmd: trace the start once per snapshot (again when the command changed);
-    the trace re-packs a packed snapshot so its startup pack exists."""
-    from .redact import redact_text
-    from .sealcheck import check_seal
-    from .trace import load_trace, run_trace
-
-    have = load_trace(snap, check_seal(str(snap), snap.name))
-    if have is not None and have.command == tuple(redact_text(a) for a in manifest.trace_cmd):
-        return
-    argv = ["--manifest", str(manifest.path), "--on-missing", "fail", "--", *manifest.trace_cmd]
-    try:
-        with reporter.step("tracing the start"):
-            run_trace(str(paths.root), argv)
-    except VolenvError as exc:  # the snapshot is built and current: a failed trace only warns
-        reporter.warn(f"[activate] trace-cmd: {exc.message}; {snap.name} has no start trace")
 
 
 def _warn_secret_env(manifest: Manifest) -> None:
@@ -799,7 +780,7 @@ class _Build:
             "print(json.dumps(bad))\n"
         )
         env = activation_env_for_build(self.staging)
-        from .activate import apply_manifest_env
+        from .envvars import apply_manifest_env
 
         apply_manifest_env(env, dict(self.manifest.env))
         with reporter.step("smoke imports"):
@@ -1139,7 +1120,7 @@ def _publish_pointers(paths: VolumePaths, manifest: Manifest, sid: str, action: 
     faults.point("current")
     if store.read_current(paths, manifest.name) != sid:
         store.switch_current(paths, manifest.name, sid, manifest.digest, action)
-    from .activate import write_alias
+    from .alias import write_alias
 
     write_alias(paths, manifest)
 

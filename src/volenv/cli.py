@@ -6,8 +6,6 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -17,6 +15,7 @@ import typer
 
 from . import __version__, render, ui
 from .errors import EXIT_INTERNAL, UsageError, VolenvError
+from .globalargs import GLOBAL_FLAGS, GLOBAL_VALUED, split_globals
 from .paths import RootChoice, VolumePaths, choose_root
 from .render import render_error
 
@@ -45,80 +44,6 @@ class GlobalOptions:
     @property
     def quiet(self) -> int:
         return max(0, -self.verbosity)
-
-
-class RichReporter(ui.Reporter):
-    def __init__(self, verbosity: int, progress: bool) -> None:
-        super().__init__(verbosity)
-        self.progress_bars = progress and render.err_console.is_terminal
-
-    # messages are plain text (they quote requirements such as `uvicorn[standard]`): escaped
-    def info(self, msg: str) -> None:
-        if self.verbosity >= 0:
-            render.err_console.print(render.esc(msg), highlight=False)
-
-    def detail(self, msg: str) -> None:
-        if self.verbosity >= 1:
-            render.err_console.print(f"[dim]{render.esc(msg)}[/dim]", highlight=False)
-
-    def warn(self, msg: str) -> None:
-        if self.verbosity >= -1:
-            render.err_console.print(f"[yellow]warning:[/yellow] {render.esc(msg)}", highlight=False)
-
-    def progress(self, label: str, total: int | None) -> ui.Progress:
-        if self.progress_bars and self.verbosity >= 0:
-            return RichProgress(self, label, total)
-        return ui.Progress(self, label, total)
-
-    @contextmanager
-    def step(self, label: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        if self.progress_bars and self.verbosity >= 0:
-            with render.err_console.status(f"{render.esc(label)}…"):
-                yield
-        else:
-            self.detail(f"{label}…")
-            yield
-        self.detail(f"{label}: {time.perf_counter() - t0:.2f}s")
-
-
-class RichProgress(ui.Progress):
-    """Sizes and rates on stderr (rich), for downloads and uploads."""
-
-    def __init__(self, reporter: ui.Reporter, label: str, total: int | None) -> None:
-        super().__init__(reporter, label, total)
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-
-        self._bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=render.err_console,
-            transient=True,
-        )
-        self._bar.start()
-        self._task = self._bar.add_task(render.esc(label), total=total)
-
-    def update(self, n: int) -> None:
-        super().update(n)
-        self._bar.update(self._task, advance=n)
-
-    def reset(self, done: int) -> None:
-        super().reset(done)
-        self._bar.update(self._task, completed=done)
-
-    def close(self) -> None:
-        self._bar.stop()
-        super().close()
 
 
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
@@ -203,8 +128,8 @@ def main_callback(
     # global options go before or after the command word (`volenv status --json`): see main()
     render.configure_console(color.value, quiet - verbose)
     verbosity = verbose - quiet
+    ui.set_reporter(render.RichReporter(verbosity, not no_progress))  # before the root: -qq hides its notice
     ctx.obj = GlobalOptions(choose_root(root), json_out, verbose - quiet, not no_progress)
-    ui.set_reporter(RichReporter(verbosity, not no_progress))
 
 
 @app.command()
@@ -268,26 +193,14 @@ def sync(
 ) -> None:
     """Build (or reuse) the snapshot for MANIFEST, make it current, fetch its models."""
     from .build import SyncOptions
-    from .build import sync as do_sync
+    from .commands.sync import manifest_source, reinstall_names
+    from .commands.sync import sync as do_sync
     from .manifest import load_manifest
     from .render import emit_json, render_sync
 
     g = _globals(ctx)
-    if (manifest is None) == (from_env is None):
-        raise UsageError("sync: give a MANIFEST file or --from-env VAR")
-    if from_env is not None:
-        import tempfile
-
-        from .provision import read_inline_manifest
-
-        manifest = read_inline_manifest(from_env, Path(tempfile.gettempdir()) / "volenv-inline")
-    assert manifest is not None
-    from packaging.utils import InvalidName, canonicalize_name
-
-    try:
-        reinstall = [canonicalize_name(p, validate=True) for p in reinstall or []]
-    except InvalidName as exc:
-        raise UsageError(f"--reinstall: {exc}") from None
+    manifest = manifest_source(manifest, from_env)
+    reinstall = list(reinstall_names(reinstall))
     m = load_manifest(manifest)
     outcome = do_sync(
         g.paths,
@@ -401,15 +314,10 @@ def list_cmd(
 ) -> None:
     """Like status, without the (slower) unique size computation; --remote URL for a bucket."""
     if remote is not None:
-        from .remote import FileRemote, open_remote
+        from .commands.replicate import list_remote
         from .render import emit_json, render_switch_generic
-        from .replicate import list_remote
-        from .signing import Trust
 
-        bucket = open_remote(remote)
-        if isinstance(bucket, FileRemote) and not bucket.base.is_dir():
-            raise UsageError(f"no bucket at {remote}: {bucket.base} does not exist")
-        listing = list_remote(bucket, Trust.from_env(trust_unsigned))
+        listing = list_remote(remote, trust_unsigned)
         emit_json("list", listing) if _globals(ctx).json else render_switch_generic(listing)
         return
     _status(ctx, env, False, "list")
@@ -446,6 +354,462 @@ def diff_cmd(
     render.emit_json("diff", result) if _globals(ctx).json else render.render_diff(result)
 
 
+class Level(str, Enum):
+    seal = "seal"
+    stat = "stat"
+    full = "full"
+
+
+@app.command("verify")
+def verify_cmd(
+    ctx: typer.Context,
+    target: Annotated[
+        str | None, typer.Argument(metavar="TARGET", help="ENV (its current snapshot) or SNAPSHOT id.")
+    ] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every snapshot on the volume.")] = False,
+    level: Annotated[Level, typer.Option("--level", "-l", help="seal, stat or full.")] = Level.stat,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Rebuild damaged snapshots from their recorded manifest.")
+    ] = False,
+) -> None:
+    """Check snapshots against their record; exit 4 on any error-level problem."""
+    from .commands.verify import verify
+    from .errors import EXIT_VERIFY
+    from .render import emit_json, render_verify
+
+    g = _globals(ctx)
+    result = verify(g.paths, target, all_=all_, level=level.value)
+    if repair and not result.ok:
+        from .commands.repair import repair_reports
+
+        result = repair_reports(g.paths, result)
+    if g.json:
+        emit_json("verify", {"level": result.level, "ok": result.ok, "reports": result.reports})
+    else:
+        render_verify(result.reports, g.quiet)
+    if not result.ok:
+        raise typer.Exit(EXIT_VERIFY)
+
+
+@app.command("history")
+def history_cmd(
+    ctx: typer.Context, env: Annotated[str, typer.Argument(metavar="ENV", help="Env name.")]
+) -> None:
+    """Generations of ENV: every switch of its current pointer."""
+    from .commands.versions import history
+    from .render import emit_json, render_history
+
+    g = _globals(ctx)
+    result = history(g.paths, env)
+    emit_json("history", result) if g.json else render_history(result)
+
+
+@app.command("rollback")
+def rollback_cmd(
+    ctx: typer.Context,
+    env: Annotated[str, typer.Argument(metavar="ENV", help="Env name.")],
+    to: Annotated[
+        str | None,
+        typer.Option("--to", metavar="URL", help="Snapshot id (default: the previous generation)."),
+    ] = None,
+    lock_timeout: Annotated[
+        float, typer.Option("--lock-timeout", metavar="SECONDS", help="Seconds to wait for the env's lock.")
+    ] = 60,
+) -> None:
+    """Switch ENV's current pointer back (one atomic switch; the target must verify at seal)."""
+    from .commands.versions import rollback
+    from .render import emit_json, render_switch
+
+    g = _globals(ctx)
+    result = rollback(g.paths, env, to, lock_timeout=lock_timeout)
+    emit_json("rollback", result) if g.json else render_switch(result)
+
+
+@app.command("pin")
+def pin_cmd(
+    ctx: typer.Context, snapshot: Annotated[str, typer.Argument(metavar="SNAPSHOT", help="Snapshot id.")]
+) -> None:
+    """Keep SNAPSHOT through every gc."""
+    from .commands.versions import pin
+    from .render import emit_json, render_switch
+
+    g = _globals(ctx)
+    result = pin(g.paths, snapshot, on=True)
+    emit_json("pin", result) if g.json else render_switch(result)
+
+
+@app.command("unpin")
+def unpin_cmd(
+    ctx: typer.Context, snapshot: Annotated[str, typer.Argument(metavar="SNAPSHOT", help="Snapshot id.")]
+) -> None:
+    """Let gc consider SNAPSHOT again."""
+    from .commands.versions import pin
+    from .render import emit_json, render_switch
+
+    g = _globals(ctx)
+    result = pin(g.paths, snapshot, on=False)
+    emit_json("unpin", result) if g.json else render_switch(result)
+
+
+@app.command("gc")
+def gc_cmd(
+    ctx: typer.Context,
+    keep: Annotated[
+        int, typer.Option("--keep", metavar="N", help="Keep the newest N snapshots per env.")
+    ] = 2,
+    keep_within: Annotated[
+        str,
+        typer.Option(
+            "--keep-within",
+            metavar="DURATION",
+            help="Keep snapshots used within this long (0s, 12h, 7d, 2w).",
+        ),
+    ] = "7d",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before removing.")] = False,
+) -> None:
+    """Remove what no root keeps: snapshots, dead staging, old quarantine, unused uv cache."""
+    from .commands import gc
+    from .render import emit_json, render_gc
+
+    g = _globals(ctx)
+    plan = gc.plan(g.paths, keep, keep_within)
+    if dry_run or not plan.removals:
+        result = gc.unchanged(plan)
+    else:
+        if not yes:
+            if g.json or not (sys.stdin.isatty() and sys.stderr.isatty()):
+                raise gc.unasked(plan)
+            render_gc(gc.unchanged(plan), g.quiet)
+            if not typer.confirm(f"remove {len(plan.removals)} item(s)?", default=False, err=True):
+                typer.echo("nothing removed", err=True)
+                raise typer.Exit(0)
+        result = gc.execute(g.paths, plan)
+    if g.json:
+        emit_json("gc", {"dry_run": dry_run, "ok": result.ok, "result": result})
+    else:
+        render_gc(result, g.quiet)
+    if not result.ok:  # something could not be removed (a planted link, EIO, EACCES): exit 8
+        from .errors import EXIT_VOLUME
+
+        raise typer.Exit(EXIT_VOLUME)
+
+
+models_app = typer.Typer(help="Model caches on the volume: fetch, verify, list.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("fetch")
+def models_fetch_cmd(
+    ctx: typer.Context,
+    manifest: Annotated[str, typer.Argument(metavar="MANIFEST", help="Manifest TOML file.")],
+    lock_timeout: Annotated[
+        float, typer.Option("--lock-timeout", metavar="SECONDS", help="Seconds to wait for the models lease.")
+    ] = 3600,
+) -> None:
+    """Download and verify the manifest's models into the volume (once, under a lease)."""
+    from .commands import models
+    from .render import emit_json, render_models
+
+    g = _globals(ctx)
+    states = models.fetch(g.paths, manifest, lock_timeout)
+    emit_json("models fetch", {"models": states}) if g.json else render_models(states)
+
+
+@models_app.command("list")
+def models_list_cmd(
+    ctx: typer.Context,
+    manifest: Annotated[
+        str | None, typer.Option("--manifest", "-m", metavar="FILE", help="Only this manifest's models.")
+    ] = None,
+) -> None:
+    """Models on the volume (or a manifest's models and whether they are present)."""
+    from .commands import models
+    from .render import emit_json, render_models
+
+    g = _globals(ctx)
+    states = models.listing(g.paths, manifest)
+    emit_json("models list", {"models": states}) if g.json else render_models(states)
+
+
+@models_app.command("verify")
+def models_verify_cmd(
+    ctx: typer.Context,
+    manifest: Annotated[
+        str | None, typer.Option("--manifest", "-m", metavar="FILE", help="Only this manifest's models.")
+    ] = None,
+    level: Annotated[Level, typer.Option("--level", "-l", help="seal, stat or full.")] = Level.stat,
+) -> None:
+    """Check model files against their records; exit 4 on any problem."""
+    from .commands import models
+    from .errors import EXIT_VERIFY
+    from .render import emit_json, render_model_verify
+
+    g = _globals(ctx)
+    report = models.verify(g.paths, manifest, level.value)
+    if g.json:
+        emit_json("models verify", {"ok": report.ok, "report": report})
+    else:
+        render_model_verify(report)
+    if not report.ok:
+        raise typer.Exit(EXIT_VERIFY)
+
+
+@app.command("doctor")
+def doctor_cmd(ctx: typer.Context) -> None:
+    """Root, mount, space, leases, snapshots, interpreter, GPU/driver vs torch CUDA, last build log."""
+    from .commands.doctor import doctor
+    from .render import emit_json, render_doctor
+
+    g = _globals(ctx)
+    report = doctor(g.paths, g.root)
+    if g.json:
+        emit_json("doctor", {"exit_code": report.exit_code, "report": report})
+    else:
+        render_doctor(report)
+    if report.exit_code:
+        raise typer.Exit(report.exit_code)
+
+
+@app.command("provision")
+def provision_cmd(
+    ctx: typer.Context,
+    volume_id: Annotated[str, typer.Option("--volume-id", metavar="ID", help="RunPod network volume id.")],
+    manifest: Annotated[
+        str, typer.Option("--manifest", "-m", metavar="FILE", help="Manifest TOML file (sent to the pod).")
+    ],
+    image: Annotated[
+        str,
+        typer.Option(
+            "--image",
+            metavar="IMAGE",
+            envvar="VOLENV_PROVISION_IMAGE",
+            help="Image built from Dockerfile.runpod.",
+        ),
+    ],
+    gpu_type: Annotated[
+        str | None, typer.Option("--gpu-type", metavar="TYPE", help="GPU type id (default: a CPU pod).")
+    ] = None,
+    data_center: Annotated[
+        str | None, typer.Option("--data-center", metavar="ID", help="e.g. EU-RO-1 (default: the volume's).")
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait/--no-wait", help="Poll until the sync finished, then terminate.")
+    ] = True,
+    timeout: Annotated[
+        float, typer.Option("--timeout", metavar="SECONDS", help="Seconds to wait for the pod.")
+    ] = 3600,
+    poll: Annotated[
+        float, typer.Option("--poll", metavar="SECONDS", help="Seconds between status polls.")
+    ] = 10,
+) -> None:
+    """Build a manifest's snapshot on a network volume from a one-off RunPod pod."""
+    from .provision import ProvisionOptions, provision
+    from .render import emit_json, render_switch_generic
+
+    g = _globals(ctx)
+    opts = ProvisionOptions(volume_id, Path(manifest), image, gpu_type, data_center, wait, timeout, poll)
+    result = provision(opts)
+    emit_json("provision", result) if g.json else render_switch_generic(result)
+
+
+key_app = typer.Typer(help="Signing keys for push/pull (ed25519, Nix's key format).", no_args_is_help=True)
+app.add_typer(key_app, name="key")
+
+
+@key_app.command("generate")
+def key_generate_cmd(
+    ctx: typer.Context,
+    name: Annotated[
+        str, typer.Option("--name", metavar="NAME", help="Key name (recorded in each signature).")
+    ] = "volenv",
+    out: Annotated[
+        str | None,
+        typer.Option("--out", metavar="FILE", help="Secret key file to create (default: NAME.key)."),
+    ] = None,
+) -> None:
+    """Create a signing key: writes the secret key file (0600), prints the public key for
+    VOLENV_TRUSTED_KEYS."""
+    from .commands.key import generate
+    from .render import emit_json
+
+    g = _globals(ctx)
+    key = generate(name, out)
+    path = key.secret_key_file
+    if g.json:
+        emit_json("key", key)
+    else:
+        print(key.public_key)
+        ui.reporter.info(f"secret key written to {path}; keep it private; pullers trust the line above")
+
+
+@app.command("push")
+def push_cmd(
+    ctx: typer.Context,
+    target: Annotated[
+        str, typer.Argument(metavar="TARGET", help="ENV (its current snapshot) or SNAPSHOT id.")
+    ],
+    to: Annotated[str, typer.Option("--to", metavar="URL", help="s3://BUCKET/PREFIX or file:///DIR")],
+    endpoint: Annotated[
+        str | None,
+        typer.Option("--endpoint", metavar="URL", envvar="AWS_ENDPOINT_URL", help="S3 endpoint URL."),
+    ] = None,
+    region: Annotated[
+        str | None, typer.Option("--region", metavar="REGION", envvar="AWS_REGION", help="S3 region.")
+    ] = None,
+    signing_key: Annotated[
+        str | None,
+        typer.Option(
+            "--signing-key", metavar="FILE", help="ed25519 secret key file (default: $VOLENV_SIGNING_KEY)."
+        ),
+    ] = None,
+) -> None:
+    """Send a sealed snapshot (and its models) to object storage as content-addressed packs."""
+    from .commands.replicate import push
+    from .render import emit_json, render_switch_generic
+
+    g = _globals(ctx)
+    result = push(g.paths, target, to, endpoint, region, signing_key)
+    emit_json("push", result) if g.json else render_switch_generic(result)
+
+
+@app.command("pull")
+def pull_cmd(
+    ctx: typer.Context,
+    target: Annotated[
+        str | None, typer.Argument(metavar="TARGET", help="ENV (the remote's current) or SNAPSHOT id.")
+    ] = None,
+    from_: Annotated[
+        str, typer.Option("--from", metavar="URL", help="s3://BUCKET/PREFIX or file:///DIR")
+    ] = "",
+    endpoint: Annotated[
+        str | None,
+        typer.Option("--endpoint", metavar="URL", envvar="AWS_ENDPOINT_URL", help="S3 endpoint URL."),
+    ] = None,
+    region: Annotated[
+        str | None, typer.Option("--region", metavar="REGION", envvar="AWS_REGION", help="S3 region.")
+    ] = None,
+    no_switch: Annotated[
+        bool, typer.Option("--no-switch", help="Do not make it the env's current snapshot.")
+    ] = False,
+    lock_timeout: Annotated[
+        float, typer.Option("--lock-timeout", metavar="SECONDS", help="Seconds to wait for the env's lease.")
+    ] = 900,
+    trust_unsigned: Annotated[bool, TRUST_UNSIGNED] = False,
+) -> None:
+    """Fetch a snapshot into this volume, verified at full before it becomes visible."""
+    from .commands.replicate import pull
+    from .render import emit_json, render_switch_generic
+
+    g = _globals(ctx)
+    result = pull(
+        g.paths,
+        target,
+        from_,
+        endpoint,
+        region,
+        switch=not no_switch,
+        lock_timeout=lock_timeout,
+        trust_unsigned=trust_unsigned,
+    )
+    emit_json("pull", result) if g.json else render_switch_generic(result)
+
+
+@app.command("pack")
+def pack_cmd(
+    ctx: typer.Context,
+    target: Annotated[
+        str, typer.Argument(metavar="TARGET", help="ENV (its current snapshot) or SNAPSHOT id.")
+    ],
+) -> None:
+    """Store a snapshot as zstd packs beside it (for push and for --materialize)."""
+    from .commands.replicate import pack
+    from .render import emit_json, render_switch_generic
+
+    g = _globals(ctx)
+    summary = pack(g.paths, target)
+    emit_json("pack", summary) if g.json else render_switch_generic(summary)
+
+
+@app.command("init")
+def init_cmd(
+    ctx: typer.Context,
+    source: Annotated[
+        Path,
+        typer.Argument(
+            metavar="SOURCE", help="A requirements.txt, a pyproject.toml, a uv.lock, or a folder with one."
+        ),
+    ],
+    name: Annotated[
+        str | None, typer.Option("--name", metavar="NAME", help="Env name (default: the project's).")
+    ] = None,
+    python: Annotated[
+        str | None, typer.Option("--python", metavar="VERSION", help="Python request (e.g. 3.11).")
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", metavar="FILE", help="Manifest to write (default: volenv.toml beside SOURCE)."
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing manifest/lockfile.")] = False,
+    lock: Annotated[
+        bool, typer.Option("--lock", help="Also write a pylock.toml with uv; the manifest uses it.")
+    ] = False,
+    index_url: Annotated[
+        str | None, typer.Option("--index-url", metavar="URL", help="Package index for the manifest.")
+    ] = None,
+    extra_index_url: Annotated[
+        list[str] | None,
+        typer.Option("--extra-index-url", metavar="URL", help="More package indexes (repeatable)."),
+    ] = None,
+    find_links: Annotated[
+        list[str] | None,
+        typer.Option("--find-links", metavar="PATH", help="Wheel folders or pages (repeatable)."),
+    ] = None,
+    no_index: Annotated[bool, typer.Option("--no-index", help="Only --find-links, no index.")] = False,
+) -> None:
+    """Write a manifest from what you have: a requirements.txt, a pyproject.toml project or a uv.lock."""
+    from .commands.init import InitOptions, init
+    from .render import emit_json, render_init
+
+    g = _globals(ctx)
+    result = init(
+        InitOptions(
+            source=source,
+            name=name,
+            python=python,
+            output=output,
+            force=force,
+            lock=lock,
+            index_url=index_url,
+            extra_index_urls=tuple(extra_index_url or ()),
+            find_links=tuple(find_links or ()),
+            no_index=no_index,
+        )
+    )
+    emit_json("init", result) if g.json else render_init(result, g.quiet)
+
+
+@app.command(
+    "trace",
+    context_settings={
+        "allow_extra_args": True,
+        "ignore_unknown_options": True,
+        "allow_interspersed_args": False,
+    },
+)
+def trace_cmd(ctx: typer.Context) -> None:
+    """Run CMD once in the snapshot and store the files its start opened (startup pack order):
+    trace (--manifest M | --env NAME) -- CMD."""
+    from .commands.trace import run_trace
+    from .render import emit_json, render_switch_generic
+
+    g = _globals(ctx)
+    result = run_trace(str(g.root.path), list(ctx.args))
+    emit_json("trace", result) if g.json else render_switch_generic(result)
+
+
 def _log_traceback(root: Path | None) -> str | None:
     """Tracebacks always go to a log file: the root's logs/ when writable, else the temp dir."""
     text = traceback.format_exc()
@@ -469,9 +833,7 @@ def hoist_globals(args: list[str]) -> list[str]:
     """Global options written after the command word (`volenv status --json`, as uv allows) move
     before it, where the typer callback reads them; `--` and everything after it stay put, and
     `run` is left alone (its arguments are the command's)."""
-    from .__main__ import GLOBAL_FLAGS, GLOBAL_VALUED, _split_globals
-
-    rest, _root, _v = _split_globals(args)
+    rest, _root, _v = split_globals(args)
     head = args[: len(args) - len(rest)]
     if not rest or rest[0] == "run":
         return list(args)
@@ -498,9 +860,7 @@ def hoist_globals(args: list[str]) -> list[str]:
 
 
 def _wants_json(args: list[str]) -> bool:
-    from .__main__ import _split_globals
-
-    rest, _root, _v = _split_globals(args)
+    rest, _root, _v = split_globals(args)
     return "--json" in args[: len(args) - len(rest)]
 
 
@@ -533,7 +893,6 @@ def _usage_error(exc: Exception) -> tuple[int, str, str] | None:
 def main(argv: list[str] | None = None) -> int:
     """The one place that maps exceptions to messages and exit codes, typer's usage errors
     included (exit 2, same style, JSON under --json)."""
-    _register_optional_commands()
     args = hoist_globals(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("VOLENV_DEBUG") == "1" or "-vv" in args
     fail = _Failure(_wants_json(args))
@@ -577,15 +936,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _root_from_args(args: list[str]) -> Path | None:
-    from .__main__ import _split_globals
-
-    _rest, root, _v = _split_globals(args)
+    _rest, root, _v = split_globals(args)
     try:
         return choose_root(root).path
     except Exception:
         return None
-
-
-def _register_optional_commands() -> None:
-    """Commands that live in their own modules register themselves on the app."""
-    from . import cli_extra  # noqa: F401

@@ -238,7 +238,8 @@ def _referenced_models(paths: VolumePaths, kept: list[Path]) -> dict[str, dict[s
     manifest sealed into it, and every manifest whose index entry points at it (aliases)."""
     import json as _json
 
-    from .activate import alias_ok, model_record_path
+    from .alias import alias_ok
+    from .modelpaths import model_record_path
 
     root = str(paths.root)
     kept_ids = {p.name for p in kept}
@@ -287,7 +288,7 @@ def _valid_model(m: object) -> bool:
 
 def _plan_models(paths: VolumePaths, kept: list[Path]) -> list[GcItem]:
     """Model records (and their files) that no kept snapshot's manifest references."""
-    from .activate import model_location
+    from .modelpaths import model_location
     from .models import read_model_record
 
     records = paths.models / "records"

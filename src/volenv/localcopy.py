@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .activate import model_env_name, model_files_dir, model_key, model_location, model_record_path
 from .errors import VolenvError
 from .fsutil import unique_suffix
 from .httpfetch import OrderedHasher, Plan
+from .modelpaths import model_env_name, model_files_dir, model_key, model_location, model_record_path
 
 MARK = ".volenv-local.json"
 RANGE = 16 << 20  # one thread's share of a file at a time

@@ -713,7 +713,7 @@ def _parse_activate(c: _Checker, value: Any) -> tuple[tuple[tuple[str, str], ...
         text = c.string(v, key)
         if "\0" in text:
             raise c.fail(key, "contains a NUL byte, which no environment value can hold")
-        from .activate import expand_env_value
+        from .envvars import expand_env_value
 
         try:
             expand_env_value(text, {})

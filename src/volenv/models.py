@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from . import httpfetch
-from .activate import model_files_dir, model_key, model_location, model_record_path
 from .errors import DamagedRecord, ModelError, VolenvError, VolumeError, from_oserror, missing_extra
 from .fsutil import atomic_write_json, fsync_dir, safe_mkdirs, safe_rename, safe_unlink
 from .integrity import hash_file
 from .locks import BuildLease
 from .manifest import Manifest, ModelSpec, _model_dict
+from .modelpaths import model_files_dir, model_key, model_location, model_record_path
 from .paths import VolumePaths
 from .redact import redact_url
 from .sealcheck import activation_problem

@@ -9,12 +9,15 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from . import ui
 from .errors import shq
 from .redact import redact_obj, redact_text
 
@@ -482,3 +485,80 @@ def render_diff(r: Any) -> None:
                 out_line(f"- {kind} {x.name} ({x.old})")
             else:
                 out_line(f"~ {kind} {x.name} {x.old} -> {x.new}")
+
+
+# ---------------------------------------------------------------- the CLI's reporter
+
+
+class RichReporter(ui.Reporter):
+    def __init__(self, verbosity: int, progress: bool) -> None:
+        super().__init__(verbosity)
+        self.progress_bars = progress and err_console.is_terminal
+
+    # messages are plain text (they quote requirements such as `uvicorn[standard]`): escaped
+    def info(self, msg: str) -> None:
+        if self.verbosity >= 0:
+            err_console.print(esc(msg), highlight=False)
+
+    def detail(self, msg: str) -> None:
+        if self.verbosity >= 1:
+            err_console.print(f"[dim]{esc(msg)}[/dim]", highlight=False)
+
+    def warn(self, msg: str) -> None:
+        if self.verbosity >= -1:
+            err_console.print(f"[yellow]warning:[/yellow] {esc(msg)}", highlight=False)
+
+    def progress(self, label: str, total: int | None) -> ui.Progress:
+        if self.progress_bars and self.verbosity >= 0:
+            return RichProgress(self, label, total)
+        return ui.Progress(self, label, total)
+
+    @contextmanager
+    def step(self, label: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        if self.progress_bars and self.verbosity >= 0:
+            with err_console.status(f"{esc(label)}…"):
+                yield
+        else:
+            self.detail(f"{label}…")
+            yield
+        self.detail(f"{label}: {time.perf_counter() - t0:.2f}s")
+
+
+class RichProgress(ui.Progress):
+    """Sizes and rates on stderr (rich), for downloads and uploads."""
+
+    def __init__(self, reporter: ui.Reporter, label: str, total: int | None) -> None:
+        super().__init__(reporter, label, total)
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self._bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=True,
+        )
+        self._bar.start()
+        self._task = self._bar.add_task(esc(label), total=total)
+
+    def update(self, n: int) -> None:
+        super().update(n)
+        self._bar.update(self._task, advance=n)
+
+    def reset(self, done: int) -> None:
+        super().reset(done)
+        self._bar.update(self._task, completed=done)
+
+    def close(self) -> None:
+        self._bar.stop()
+        super().close()

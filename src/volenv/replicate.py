@@ -143,7 +143,7 @@ def _push_models(paths: VolumePaths, remote: Remote, seal: dict[str, Any]) -> di
     names; returns record name -> sha256 of its bytes (signed with the pack manifest)."""
     import hashlib
 
-    from .activate import model_files_dir, model_record_path
+    from .modelpaths import model_files_dir, model_record_path
     from .models import read_model_record
 
     names: dict[str, str] = {}
@@ -497,8 +497,8 @@ def _pull_models(
     files (a record present means its model is)."""
     import hashlib
 
-    from .activate import model_files_dir
     from .fsutil import atomic_write_bytes
+    from .modelpaths import model_files_dir
 
     count = 0
     records = paths.models / "records"
@@ -556,9 +556,9 @@ def _model_file_wanted(remote: Remote, record: str, f: dict[str, Any], dest: Pat
 def _check_model_record(raw: bytes, name: str) -> dict[str, Any]:
     """A model record from the bucket: its spec obeys the manifest's model rules, its name is
     the one that spec gives, and every file path stays below the model's directory."""
-    from .activate import model_key
     from .errors import ManifestError
     from .manifest import _Checker, _parse_models
+    from .modelpaths import model_key
     from .models import file_entry_problem
 
     def bad(why: str) -> VerifyError:

@@ -9,7 +9,6 @@ entrypoint's fast path.
 from __future__ import annotations
 
 import os
-import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -60,12 +59,13 @@ def discover_root(
     data_home = env.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     root = os.path.join(data_home, "volenv")
     global _told_fallback
-    if not _told_fallback:  # once per process: the fallback is never silent
+    if not _told_fallback:  # once per process: the fallback is never silent, but -qq is
         _told_fallback = True
-        print(
-            f"volenv: no --root, VOLENV_ROOT or network volume (/runpod-volume, /workspace): "
-            f"using the local fallback root {root}",
-            file=sys.stderr,
+        from .ui import reporter
+
+        reporter.warn(
+            f"no --root, VOLENV_ROOT or network volume (/runpod-volume, /workspace): "
+            f"using the local fallback root {root}"
         )
     return root, "xdg"
 

@@ -58,17 +58,18 @@ class Reporter:
     def __init__(self, verbosity: int = 0) -> None:
         self.verbosity = verbosity
 
+    # the same lines as the CLI's reporter (render.RichReporter), without colour
     def info(self, msg: str) -> None:
         if self.verbosity >= 0:
-            print(f"volenv: {redact_text(msg)}", file=sys.stderr, flush=True)
+            print(redact_text(msg), file=sys.stderr, flush=True)
 
     def detail(self, msg: str) -> None:
         if self.verbosity >= 1:
-            print(f"volenv: {redact_text(msg)}", file=sys.stderr, flush=True)
+            print(redact_text(msg), file=sys.stderr, flush=True)
 
     def warn(self, msg: str) -> None:
         if self.verbosity >= -1:
-            print(f"volenv: warning: {redact_text(msg)}", file=sys.stderr, flush=True)
+            print(f"warning: {redact_text(msg)}", file=sys.stderr, flush=True)
 
     def step(self, label: str) -> AbstractContextManager[None]:
         return _Step(self, label)

@@ -101,7 +101,7 @@ def load_seal(paths: VolumePaths, env: str, sid: str) -> tuple[dict[str, Any], s
 
 
 def show(paths: VolumePaths, target: str, *, sizes: bool = True) -> ShowResult:
-    from ..activate import model_record_path
+    from ..modelpaths import model_record_path
     from .status import _unique_bytes
 
     env, sid = resolve(paths, target)

@@ -1,0 +1,80 @@
+"""`volenv push`, `pull`, `pack` and `list --remote`: snapshots to and from object storage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import UsageError
+from ..paths import VolumePaths
+
+
+def push(
+    paths: VolumePaths,
+    target: str,
+    to: str,
+    endpoint: str | None,
+    region: str | None,
+    signing_key: str | None,
+) -> Any:
+    """Send a sealed snapshot (and its models) to TO as content-addressed packs."""
+    from ..remote import open_remote
+    from ..replicate import push as do_push
+    from ..signing import signing_key_from
+
+    key = signing_key_from(signing_key)
+    return do_push(paths, open_remote(to, endpoint=endpoint, region=region), target, key)
+
+
+def pull(
+    paths: VolumePaths,
+    target: str | None,
+    from_: str,
+    endpoint: str | None,
+    region: str | None,
+    *,
+    switch: bool,
+    lock_timeout: float,
+    trust_unsigned: bool,
+) -> Any:
+    """Fetch a snapshot into this volume, verified at full before it becomes visible."""
+    from ..remote import open_remote
+    from ..replicate import pull as do_pull
+    from ..signing import Trust
+
+    if not from_:
+        raise UsageError("pull: --from URL is required")
+    trust = Trust.from_env(trust_unsigned)
+    return do_pull(
+        paths,
+        open_remote(from_, endpoint=endpoint, region=region),
+        target,
+        trust=trust,
+        switch=switch,
+        lock_timeout=lock_timeout,
+    )
+
+
+def pack(paths: VolumePaths, target: str) -> dict[str, Any]:
+    """Store a snapshot as zstd packs beside it; a summary of what was written."""
+    from ..packs import pack_snapshot
+    from ..replicate import _select_local
+
+    manifest = pack_snapshot(paths, _select_local(paths, target))
+    return {
+        "snapshot": manifest.snapshot,
+        "packs": len(manifest.packs),
+        "bytes": sum(p.blob_size for p in manifest.packs),
+        "uncompressed": sum(p.tar_size for p in manifest.packs),
+    }
+
+
+def list_remote(remote: str, trust_unsigned: bool) -> Any:
+    """What a bucket holds; a file:// bucket that does not exist is an error, not an empty list."""
+    from ..remote import FileRemote, open_remote
+    from ..replicate import list_remote as do_list
+    from ..signing import Trust
+
+    bucket = open_remote(remote)
+    if isinstance(bucket, FileRemote) and not bucket.base.is_dir():
+        raise UsageError(f"no bucket at {remote}: {bucket.base} does not exist")
+    return do_list(bucket, Trust.from_env(trust_unsigned))

@@ -1,0 +1,169 @@
+"""`volenv trace (--manifest M | --env E) -- CMD`: run CMD once inside the snapshot under the
+audit-hook sitecustomize (volenv/_tracehook.py) and store the files its start opened (see
+volenv.trace for the stored form); a packed snapshot is re-packed with its startup pack."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import BuildError, DamagedRecord, UsageError
+from ..fsutil import atomic_write_json
+from ..integrity import Entry, load_record
+from ..sealcheck import SealProblem, check_seal
+from ..trace import Trace, rel_ok, trace_path
+
+_HOOK = Path(__file__).parent.parent / "_tracehook.py"
+
+
+@dataclass(frozen=True)
+class TraceResult:
+    snapshot: str
+    trace: str
+    files: int
+    bytes: int
+    models: int
+    snapshot_files: int
+    snapshot_bytes: int
+    repacked: bool
+
+
+# ---------------------------------------------------------------- taking a trace
+
+
+def hook_dir() -> Path:
+    """A private temp dir holding only the tracing sitecustomize.py."""
+    d = Path(tempfile.mkdtemp(prefix="volenv-trace-"))
+    shutil.copyfile(_HOOK, d / "sitecustomize.py")
+    return d
+
+
+def trace_env(env: dict[str, str], hook: Path, out: Path, roots: list[str]) -> dict[str, str]:
+    env = dict(env)
+    old = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = os.pathsep.join([str(hook), *([old] if old else [])])
+    env["VOLENV_TRACE_OUT"] = str(out)
+    env["VOLENV_TRACE_ROOTS"] = os.pathsep.join(roots)
+    return env
+
+
+def relativize(
+    lines: list[str], snapshot_dir: Path, models_dir: Path, record: dict[str, Entry]
+) -> tuple[list[str], list[str]]:
+    """Opened paths -> (recorded snapshot files, model files), first use first, each once."""
+    snap_prefixes = {os.path.join(str(snapshot_dir), ""), os.path.join(os.path.realpath(snapshot_dir), "")}
+    model_prefixes = {os.path.join(str(models_dir), ""), os.path.join(os.path.realpath(models_dir), "")}
+    files: list[str] = []
+    models: list[str] = []
+    seen: set[str] = set()
+    for line in lines:
+        p = line.rstrip("\n")
+        if not p or p in seen:
+            continue
+        seen.add(p)
+        for pre in snap_prefixes:
+            if p.startswith(pre):
+                rel = p[len(pre) :]
+                e = record.get(rel)
+                if e is not None and e.type == "f" and rel not in files:
+                    files.append(rel)
+                break
+        else:
+            for pre in model_prefixes:
+                if p.startswith(pre):
+                    rel = p[len(pre) :]
+                    if rel_ok(rel) and os.path.isfile(p) and rel not in models:
+                        models.append(rel)
+                    break
+    return files, models
+
+
+def take_trace(root: str, argv: list[str]) -> tuple[Path, dict[str, Any], Trace]:
+    """Run the command in the snapshot with the hook; return the snapshot, its seal, the trace."""
+    from ..activate import compute_env, parse_run_args, prepare
+
+    o = parse_run_args(argv)
+    if o.materialize != "never":
+        raise UsageError("trace: --materialize does not apply (a trace runs the snapshot in place)")
+    target, snap, seal = prepare(root, o)
+    snap_dir = Path(snap)
+    models_dir = Path(root) / "models"
+    record = load_record(snap_dir)
+    env = compute_env(root, snap, target.env, target.activation)
+    hook = hook_dir()
+    try:
+        out = hook / "trace.txt"
+        env = trace_env(env, hook, out, [snap, str(models_dir)])
+        cmd = list(o.command)
+        own = os.path.join(snap, "bin", cmd[0])
+        if os.sep not in cmd[0] and os.path.exists(own):
+            cmd[0] = own
+        try:
+            # the command's stdout goes to stderr: stdout carries only volenv's result
+            proc = subprocess.run(cmd, env=env, stdout=2, check=False)
+        except OSError as exc:
+            raise UsageError(f"cannot run {cmd[0]!r}: {exc.strerror}") from exc
+        if proc.returncode != 0:
+            raise BuildError(
+                f"the traced command exited with {proc.returncode}; no trace stored",
+                step="trace",
+                hint="a trace records a successful start: fix the command, then trace again",
+            )
+        lines = out.read_text("utf-8", "surrogateescape").splitlines() if out.exists() else []
+    finally:
+        shutil.rmtree(hook, ignore_errors=True)
+    files, models = relativize(lines, snap_dir, models_dir, record)
+    from ..redact import redact_text
+
+    trace = Trace(
+        snap_dir.name,
+        str(seal["record_sha256"]),
+        tuple(redact_text(a) for a in o.command),
+        tuple(files),
+        tuple(models),
+        time.time(),
+    )
+    return snap_dir, seal, trace
+
+
+def store_trace(snapshot_dir: Path, trace: Trace) -> None:
+    """Temp + fsync + rename into .volenv; the seal is re-checked first so a trace is only ever
+    stored beside the record it was taken against."""
+    try:
+        seal = check_seal(str(snapshot_dir), snapshot_dir.name)
+    except SealProblem as sp:
+        raise DamagedRecord(f"cannot store the trace of {snapshot_dir.name}: {sp.detail}") from None
+    if seal["record_sha256"] != trace.record_sha256:
+        raise DamagedRecord(f"{snapshot_dir.name} was re-sealed while it was traced; trace it again")
+    atomic_write_json(trace_path(snapshot_dir), trace.to_json())
+
+
+def run_trace(root: str, argv: list[str]) -> TraceResult:
+    """`volenv trace`: take, store, and (when the snapshot is packed) re-pack with its startup pack."""
+    from ..packs import manifest_path, pack_snapshot
+    from ..paths import VolumePaths
+
+    snap_dir, _seal, trace = take_trace(root, argv)
+    store_trace(snap_dir, trace)
+    paths = VolumePaths(Path(root))
+    repacked = False
+    if manifest_path(paths, snap_dir.name).exists():
+        pack_snapshot(paths, snap_dir)
+        repacked = True
+    record = load_record(snap_dir)
+    return TraceResult(
+        snapshot=snap_dir.name,
+        trace=str(trace_path(snap_dir)),
+        files=len(trace.files),
+        bytes=sum(record[f].size for f in trace.files),
+        models=len(trace.models),
+        snapshot_files=sum(1 for e in record.values() if e.type == "f"),
+        snapshot_bytes=sum(e.size for e in record.values() if e.type == "f"),
+        repacked=repacked,
+    )
