@@ -220,6 +220,10 @@ def sync_snapshot(paths: VolumePaths, manifest: Manifest, opts: SyncOptions) -> 
 
     lease = BuildLease(paths, env, timeout=opts.lock_timeout, say=reporter.info)
     with lease:
+        try:  # again under the lease: gc removes an env dir a failed build left empty
+            store.ensure_env_dirs(paths, env)
+        except OSError as exc:
+            raise from_oserror(exc, f"cannot create the env directories of '{env}'") from exc
         hit = None if opts.refresh or opts.rebuild else valid_index_hit(paths, manifest)
         if hit is not None:
             return _reuse(paths, manifest, hit[0], t0, opts, have_lease=True, seal=hit[1])

@@ -155,7 +155,7 @@ def gc_cmd(
                     f"gc would remove {len(plan.removals)} item(s) and there is no terminal to ask",
                     hint="pass --yes to remove them, or --dry-run to see the plan",
                 )
-            render_gc(gc.GcResult(plan), g.quiet)
+            render_gc(gc.GcResult(plan), g.quiet, g.verbosity > 0)
             if not typer.confirm(f"remove {len(plan.removals)} item(s)?", default=False, err=True):
                 typer.echo("nothing removed", err=True)
                 raise typer.Exit(0)
@@ -163,7 +163,7 @@ def gc_cmd(
     if g.json:
         emit_json("gc", {"dry_run": dry_run, "ok": result.ok, "result": result})
     else:
-        render_gc(result, g.quiet)
+        render_gc(result, g.quiet, g.verbosity > 0)
     if not result.ok:  # something could not be removed (a planted link, EIO, EACCES): exit 8
         from .errors import EXIT_VOLUME
 

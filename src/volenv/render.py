@@ -271,24 +271,67 @@ def render_switch(r: Any) -> None:
     _c().print(esc(f"{r.action}: {r.env} -> {r.snapshot}{before}"))
 
 
-def render_gc(r: Any, quiet: int) -> None:
+def _gc_label(item: Any, root: str) -> str:
+    """What a plan row names: a snapshot by its id (as `list` shows it), an env by its name,
+    anything else by its path below the root (the full path is in --json)."""
+    if item.kind == "snapshot":
+        return os.path.basename(str(item.path))
+    if item.kind == "env" and item.env:
+        return str(item.env)
+    path = str(item.path)
+    return os.path.relpath(path, root) if path.startswith(root.rstrip("/") + "/") else path
+
+
+def _gc_rows(items: Any, root: str, width: int) -> list[tuple[str, str]]:
+    """(style, line) pairs for plan rows: `ACTION KIND SIZE ITEM` then the reasons indented
+    below, wrapped to `width`; an item too long for the rest of the line goes on its own
+    line (folded only when longer than a whole line), never cut."""
+    import textwrap
+
+    out: list[tuple[str, str]] = []
+    indent = " " * 8
+    for item in items:
+        style = "red" if item.action == "remove" else "green"
+        head = f"{item.action:<6}  {item.kind:<10}  {human_bytes(item.apparent_bytes):>10}  "
+        label = _gc_label(item, root)
+        if len(head) + len(label) <= width:
+            out.append((style, head + label))
+        else:
+            out.append((style, head.rstrip()))
+            pad = " " * max(0, min(len(indent), width - len(label)))  # a whole id fits at 80
+            for line in textwrap.wrap(label, max(width - len(pad), 20), break_on_hyphens=False):
+                out.append(("", pad + line))
+        why = "; ".join(item.reasons)
+        for line in textwrap.wrap(why, max(width, 30), initial_indent=indent, subsequent_indent=indent):
+            out.append(("", line))
+    return out
+
+
+def render_gc(r: Any, quiet: int, verbose: bool = False) -> None:
+    """The plan in lines that fit the terminal: snapshots by id, the rest by path below the
+    root, reasons wrapped under each row; kept uv cache archives fold into one line unless
+    --verbose. Header and rows share one duration format."""
+    from .gc import fmt_duration
+
     plan = r.plan
     if quiet <= 0:
-        table = Table(
-            title=f"gc plan (keep {plan.keep}, keep-within {plan.keep_within:g}s)", title_justify="left"
-        )
-        for col in ("action", "kind", "path", "size", "why"):
-            table.add_column(col)
-        for item in plan.items:
-            style = "red" if item.action == "remove" else "green"
-            table.add_row(
-                f"[{style}]{item.action}[/{style}]",
-                item.kind,
-                esc(item.path),
-                human_bytes(item.apparent_bytes),
-                esc("; ".join(item.reasons)),
-            )
-        _o().print(table)
+        width = _o().width
+        within = fmt_duration(plan.keep_within)
+        head = f"gc plan for {plan.root}: keep newest {plan.keep}, keep used within {within}"
+        _o().print(esc(head), highlight=False)
+        folded = [i for i in plan.items if i.kind == "uv-archive" and i.action == "keep" and not verbose]
+        shown = [i for i in plan.items if i not in folded]
+        for style, line in _gc_rows(shown, plan.root, width):
+            if style:
+                action, rest = line[:6], line[6:]
+                _o().print(f"[{style}]{esc(action)}[/{style}]{esc(rest)}", soft_wrap=True, highlight=False)
+            else:
+                _o().print(line, soft_wrap=True, markup=False, highlight=False)
+        if folded:
+            n, size = len(folded), sum(i.apparent_bytes for i in folded)
+            plural = "" if n == 1 else "s"
+            line = f"kept {n:,} uv cache archive{plural} ({human_bytes(size)}); --verbose lists them"
+            _o().print(line, highlight=False)
     if r.executed:
         for o in r.outcomes:
             if o.kept:
