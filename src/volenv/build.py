@@ -49,7 +49,7 @@ from .sealcheck import (
     check_seal,
     seal_self_digest,
 )
-from .ui import reporter
+from .ui import polled, reporter
 from .uvtool import index_args, last_error_line, run_uv
 
 if TYPE_CHECKING:  # filelock (and psutil, in _free_bytes) load only when a build really
@@ -622,8 +622,13 @@ class _Build:
 
     def install(self) -> None:
         faults.point("install")
-        with reporter.step("installing"):
-            self.uv(self._sync_args([]), "install")
+        args = self._sync_args([])
+        total = _count_requirements(Path(args[2]))  # the resolved set: what uv installs
+        with (
+            reporter.progress("installing", total, unit="packages") as progress,
+            polled(progress, lambda: _installed_count(self.staging)),
+        ):
+            self.uv(args, "install")
             self.link_mode = detect_link_mode(self.staging)
             if self.link_mode != "hardlink":
                 reporter.warn(
@@ -789,13 +794,13 @@ class _Build:
                 previous_records.append(load_record(p))
             except (OSError, SealProblem):
                 continue
-        with reporter.step("hashing files"):
-            entries, stats, mismatches = build_record(self.staging, previous_records)
+        entries, stats, mismatches = build_record(self.staging, previous_records)  # its own progress
         mismatches = self.shipped_bytecode_damage + mismatches
         if mismatches:
             entries, stats = self._refresh_damaged(mismatches)
         self.stats.update(files=stats.files, hashed=stats.hashed, hash_reused=stats.reused)
         self.stats["bytes_hashed"] = stats.bytes_hashed
+        self.stats["bytes_new"] = stats.bytes_new
         # for the one-line summary `sync` leaves on screen: packages, files, bytes
         self.stats["packages"] = sum(e.path.endswith(".dist-info/METADATA") for e in entries)
         self.stats["bytes"] = sum(e.size for e in entries if e.type == "f")
@@ -1119,6 +1124,20 @@ def quarantine(
     )
     reporter.warn(f"quarantined {snapshot_dir.name} -> {dest} ({reason})")
     return dest
+
+
+def _count_requirements(lock: Path) -> int | None:
+    """Pinned requirement lines of a lock (`name==1.0`, `name @ url`): the package count."""
+    try:
+        lines = lock.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    return sum(1 for ln in lines if ln[:1].isalnum() and ("==" in ln or " @ " in ln))
+
+
+def _installed_count(venv: Path) -> int:
+    """Distributions installed so far (uv writes each one's .dist-info as it installs)."""
+    return sum(1 for sp in site_packages_dirs(venv) for name in os.listdir(sp) if name.endswith(".dist-info"))
 
 
 def site_packages_dirs(venv: Path) -> list[str]:

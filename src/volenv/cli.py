@@ -6,8 +6,6 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -45,80 +43,6 @@ class GlobalOptions:
     @property
     def quiet(self) -> int:
         return max(0, -self.verbosity)
-
-
-class RichReporter(ui.Reporter):
-    def __init__(self, verbosity: int, progress: bool) -> None:
-        super().__init__(verbosity)
-        self.progress_bars = progress and render.err_console.is_terminal
-
-    # messages are plain text (they quote requirements such as `uvicorn[standard]`): escaped
-    def info(self, msg: str) -> None:
-        if self.verbosity >= 0:
-            render.err_console.print(render.esc(msg), highlight=False)
-
-    def detail(self, msg: str) -> None:
-        if self.verbosity >= 1:
-            render.err_console.print(f"[dim]{render.esc(msg)}[/dim]", highlight=False)
-
-    def warn(self, msg: str) -> None:
-        if self.verbosity >= -1:
-            render.err_console.print(f"[yellow]warning:[/yellow] {render.esc(msg)}", highlight=False)
-
-    def progress(self, label: str, total: int | None) -> ui.Progress:
-        if self.progress_bars and self.verbosity >= 0:
-            return RichProgress(self, label, total)
-        return ui.Progress(self, label, total)
-
-    @contextmanager
-    def step(self, label: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        if self.progress_bars and self.verbosity >= 0:
-            with render.err_console.status(f"{render.esc(label)}…"):
-                yield
-        else:
-            self.detail(f"{label}…")
-            yield
-        self.detail(f"{label}: {time.perf_counter() - t0:.2f}s")
-
-
-class RichProgress(ui.Progress):
-    """Sizes and rates on stderr (rich), for downloads and uploads."""
-
-    def __init__(self, reporter: ui.Reporter, label: str, total: int | None) -> None:
-        super().__init__(reporter, label, total)
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-
-        self._bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=render.err_console,
-            transient=True,
-        )
-        self._bar.start()
-        self._task = self._bar.add_task(render.esc(label), total=total)
-
-    def update(self, n: int) -> None:
-        super().update(n)
-        self._bar.update(self._task, advance=n)
-
-    def reset(self, done: int) -> None:
-        super().reset(done)
-        self._bar.update(self._task, completed=done)
-
-    def close(self) -> None:
-        self._bar.stop()
-        super().close()
 
 
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
@@ -204,7 +128,7 @@ def main_callback(
     render.configure_console(color.value, quiet - verbose)
     verbosity = verbose - quiet
     ctx.obj = GlobalOptions(choose_root(root), json_out, verbose - quiet, not no_progress)
-    ui.set_reporter(RichReporter(verbosity, not no_progress))
+    ui.set_reporter(render.RichReporter(verbosity, not no_progress))
 
 
 @app.command()
@@ -480,6 +404,7 @@ class _Failure:
         self.json_out = json_out
 
     def __call__(self, code: int, message: str, cause: str | None, hint: str | None) -> int:
+        ui.reporter.end()  # bars of the step that failed go first: the error stays readable
         render_error(message, cause, hint)
         if self.json_out:
             render.emit_json_error(code, message, cause, hint)

@@ -353,14 +353,14 @@ def push_cmd(
 ) -> None:
     """Send a sealed snapshot (and its models) to object storage as content-addressed packs."""
     from .remote import open_remote
-    from .render import emit_json, render_switch_generic
+    from .render import emit_json, render_transfer
     from .replicate import push
     from .signing import signing_key_from
 
     g = _globals(ctx)
     key = signing_key_from(signing_key)
     result = push(g.paths, open_remote(to, endpoint=endpoint, region=region), target, key)
-    emit_json("push", result) if g.json else render_switch_generic(result)
+    emit_json("push", result) if g.json else render_transfer(result, g.quiet)
 
 
 @app.command("pull")
@@ -390,7 +390,7 @@ def pull_cmd(
     """Fetch a snapshot into this volume, verified at full before it becomes visible."""
     from .errors import UsageError
     from .remote import open_remote
-    from .render import emit_json, render_switch_generic
+    from .render import emit_json, render_transfer
     from .replicate import pull
     from .signing import Trust
 
@@ -406,7 +406,7 @@ def pull_cmd(
         switch=not no_switch,
         lock_timeout=lock_timeout,
     )
-    emit_json("pull", result) if g.json else render_switch_generic(result)
+    emit_json("pull", result) if g.json else render_transfer(result, g.quiet)
 
 
 @app.command("pack")
