@@ -114,3 +114,23 @@ def test_verify_pack_push_pull_say_files_bytes_and_rates(
     shown = _plain(r.tty)
     assert re.search(r"pulled prog-\w+ in [\d.]+ s: \d+/\d+ packs, [\d.]+ \w+ fetched", shown), shown
     assert re.search(r"verifying prog-\w+ .*[\d,]+/[\d,]+ files", shown), shown
+
+
+def test_uv_install_lines_drive_the_package_count() -> None:
+    """uv's stderr as it prints it without a terminal (recorded from `uv pip install` over
+    HTTP): the total from `Resolved`, the download note, one count per ` + ` line."""
+    from volenv import ui
+    from volenv.uvtool import install_progress
+
+    p = ui.Progress(ui.Reporter(-2), "installing", 7, unit="packages")
+    feed = install_progress(p)
+    feed("Resolved 2 packages in 231ms")
+    assert p.total == 2
+    feed("Downloading bigone (5.0MiB)")
+    assert p.counts() == "0/2 packages, downloading bigone (5.0MiB)"
+    feed(" Downloaded bigone")
+    feed("Prepared 2 packages in 139ms")
+    assert p.counts().endswith("linking")
+    for line in ("Installed 2 packages in 8ms", " + bigone==1.0", " + small==1.0"):
+        feed(line)
+    assert p.counts() == "2/2 packages"

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,8 +50,8 @@ from .sealcheck import (
     check_seal,
     seal_self_digest,
 )
-from .ui import polled, reporter
-from .uvtool import index_args, last_error_line, run_uv
+from .ui import reporter
+from .uvtool import index_args, install_progress, last_error_line, run_uv
 
 if TYPE_CHECKING:  # filelock (and psutil, in _free_bytes) load only when a build really
     from .locks import BuildLease  # starts: a no-op sync is one process start, they a tenth of it
@@ -136,8 +137,7 @@ def sync(paths: VolumePaths, manifest: Manifest, opts: SyncOptions) -> SyncResul
         from .packs import manifest_path, pack_snapshot
 
         if not manifest_path(paths, result.snapshot).exists():
-            with reporter.step("packing"):
-                pack_snapshot(paths, Path(result.path))
+            pack_snapshot(paths, Path(result.path))  # its own progress and summary line
     if not opts.dry_run and opts.models and manifest.models:
         from dataclasses import replace
 
@@ -573,8 +573,10 @@ class _Build:
         with open(self.log, "a", encoding="utf-8") as fh:
             fh.write(redact_text(text.rstrip("\n")) + "\n")
 
-    def uv(self, args: list[str], step: str) -> subprocess.CompletedProcess[str]:
-        proc = run_uv(args, self.paths, self.log, cwd=self.manifest.path.parent)
+    def uv(
+        self, args: list[str], step: str, on_line: Callable[[str], None] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        proc = run_uv(args, self.paths, self.log, cwd=self.manifest.path.parent, on_line=on_line)
         if proc.returncode != 0:
             _raise_if_disk_full(proc, str(self.log))
             raise BuildError(last_error_line(proc), step=step, log_path=str(self.log))
@@ -624,11 +626,8 @@ class _Build:
         faults.point("install")
         args = self._sync_args([])
         total = _count_requirements(Path(args[2]))  # the resolved set: what uv installs
-        with (
-            reporter.progress("installing", total, unit="packages") as progress,
-            polled(progress, lambda: _installed_count(self.staging)),
-        ):
-            self.uv(args, "install")
+        with reporter.progress("installing", total, unit="packages") as progress:
+            self.uv(args, "install", on_line=install_progress(progress))
             self.link_mode = detect_link_mode(self.staging)
             if self.link_mode != "hardlink":
                 reporter.warn(

@@ -492,7 +492,7 @@ class RichReporter(ui.Reporter):
             self._tasks = 0
 
     # -- the one live display
-    def add_task(self, description: str, total: int | None) -> Any:
+    def add_task(self, description: str, total: int | None, counts: str = "") -> Any:
         """A row in the one live display (started with the first row, stopped with the last)."""
         if self._live is None:
             from rich.progress import Progress as Bars
@@ -508,7 +508,7 @@ class RichReporter(ui.Reporter):
             )
             self._live.start()
         self._tasks += 1
-        return self._live.add_task(description, total=total, counts="")
+        return self._live.add_task(description, total=total, counts=counts)
 
     def remove_task(self, task: Any) -> None:
         if self._live is None:
@@ -540,8 +540,7 @@ class RichProgress(ui.Progress):
         super().__init__(reporter, label, total, **kw)
         self._owner = reporter
         self._shown = 0.0
-        self._task = reporter.add_task(esc(label), total)
-        self.changed()
+        self._task = reporter.add_task(esc(label), total, esc(self.counts()))
 
     def changed(self) -> None:
         now = time.perf_counter()

@@ -3,7 +3,6 @@ backend with progress spinners. stdout is reserved for data (--json, `env`)."""
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 
@@ -11,7 +10,6 @@ from .redact import redact_text
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
     from contextlib import AbstractContextManager
     from types import TracebackType
 
@@ -82,6 +80,7 @@ class Progress:
         self.summary = summary
         self.items = 0
         self.done = 0  # bytes
+        self.now = ""  # a note: what it does right now
         self.t0 = time.perf_counter()
         self.closed = False
 
@@ -104,6 +103,11 @@ class Progress:
 
     def reset(self, done: int) -> None:
         self.done = done
+        self.changed()
+
+    def note(self, text: str) -> None:
+        """What the step does right now (`downloading torch (800.0MiB)`), shown beside the counts."""
+        self.now = text
         self.changed()
 
     def set_total(self, total: int | None) -> None:
@@ -151,6 +155,8 @@ class Progress:
             of = f"/{human_bytes(self.total)}" if self.unit == "bytes" and self.total else ""
             parts.append(f"{human_bytes(self.done)}{of}")
             parts.append(f"{human_bytes(self.done / self.seconds)}/s")
+        if self.now:
+            parts.append(self.now)
         return ", ".join(parts)
 
     def line(self) -> str:
@@ -164,34 +170,6 @@ class Progress:
         if self.done:
             what = f"{what}, {human_bytes(self.done)}" if what else human_bytes(self.done)
         return f"{self.done_label}: {what} in {self.seconds:.1f} s ({rate})"
-
-
-@contextlib.contextmanager
-def polled(progress: Progress, count: Callable[[], int], interval: float = 0.25) -> Iterator[Progress]:
-    """Set the progress from `count()` every `interval` seconds while the body runs (a count
-    the body cannot report itself: packages uv has installed so far)."""
-    import threading
-
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.wait(interval):
-            try:
-                progress.set_items(count())
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=loop, name="volenv-progress", daemon=True)
-    thread.start()
-    try:
-        yield progress
-    finally:
-        stop.set()
-        thread.join()
-        try:
-            progress.set_items(count())
-        except OSError:
-            pass
 
 
 class Reporter:
