@@ -116,3 +116,13 @@ def test_env_dir_left_by_a_failed_build_is_removed(tmp_path: Path, root: Path, w
     # the env works again afterwards
     again = write_manifest(tmp_path / "again", "failed", ["alpha==1.0"], find_links=wheelhouse)
     assert volenv("--root", root, "sync", again).returncode == 0
+
+
+def test_prompted_gc_prints_the_plan_once(tmp_path: Path, root: Path, wheelhouse: Path) -> None:
+    for reqs in (["alpha==1.0"], ["alpha==2.0"]):
+        m = write_manifest(tmp_path / reqs[0], "app", reqs, find_links=wheelhouse)
+        assert volenv("--root", root, "sync", m).returncode == 0
+    r = run_pty("--root", root, "gc", "--keep", "0", "--keep-within", "0s", stdout_on_tty=True, stdin=b"y\n")
+    assert r.returncode == 0, r.tty
+    assert r.tty.count("gc plan for") == 1 and "remove 1 item(s)?" in r.tty, r.tty
+    assert "freed " in r.tty and len(os.listdir(root / "envs" / "app" / "snapshots")) == 1, r.tty

@@ -143,6 +143,7 @@ def gc_cmd(
     if not root_exists(str(g.paths.root)):
         raise VolumeError(f"volume root {g.paths.root} does not exist")
     plan = gc.make_plan(g.paths, keep=keep, keep_within=seconds)
+    shown = False
     if dry_run or not plan.removals:
         result = gc.GcResult(plan)
     else:
@@ -156,6 +157,7 @@ def gc_cmd(
                     hint="pass --yes to remove them, or --dry-run to see the plan",
                 )
             render_gc(gc.GcResult(plan), g.quiet, g.verbosity > 0)
+            shown = True  # the plan stays above the prompt: after it, only what was done
             if not typer.confirm(f"remove {len(plan.removals)} item(s)?", default=False, err=True):
                 typer.echo("nothing removed", err=True)
                 raise typer.Exit(0)
@@ -163,7 +165,7 @@ def gc_cmd(
     if g.json:
         emit_json("gc", {"dry_run": dry_run, "ok": result.ok, "result": result})
     else:
-        render_gc(result, g.quiet, g.verbosity > 0)
+        render_gc(result, g.quiet, g.verbosity > 0, show_plan=not shown)
     if not result.ok:  # something could not be removed (a planted link, EIO, EACCES): exit 8
         from .errors import EXIT_VOLUME
 

@@ -292,14 +292,14 @@ def _gc_rows(items: Any, root: str, width: int) -> list[tuple[str, str]]:
     return out
 
 
-def render_gc(r: Any, quiet: int, verbose: bool = False) -> None:
+def render_gc(r: Any, quiet: int, verbose: bool = False, show_plan: bool = True) -> None:
     """The plan in lines that fit the terminal: snapshots by id, the rest by path below the
     root, reasons wrapped under each row; kept uv cache archives fold into one line unless
     --verbose. Header and rows share one duration format."""
     from .gc import fmt_duration
 
     plan = r.plan
-    if quiet <= 0:
+    if quiet <= 0 and show_plan:
         width = _o().width
         within = fmt_duration(plan.keep_within)
         head = f"gc plan for {plan.root}: keep newest {plan.keep}, keep used within {within}"
