@@ -97,7 +97,7 @@ class Progress:
         self.changed()
 
     def set_items(self, items: int) -> None:
-        """An absolute count (a poll of the installed packages)."""
+        """An absolute count, where the step learns its total done rather than each item."""
         self.items = items
         self.changed()
 
