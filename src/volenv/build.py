@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,7 +51,7 @@ from .sealcheck import (
     seal_self_digest,
 )
 from .ui import reporter
-from .uvtool import index_args, last_error_line, run_uv
+from .uvtool import index_args, install_progress, last_error_line, run_uv
 
 if TYPE_CHECKING:  # filelock (and psutil, in _free_bytes) load only when a build really
     from .locks import BuildLease  # starts: a no-op sync is one process start, they a tenth of it
@@ -142,8 +143,7 @@ def sync(paths: VolumePaths, manifest: Manifest, opts: SyncOptions) -> SyncResul
         from .packs import manifest_path, pack_snapshot
 
         if not manifest_path(paths, result.snapshot).exists():
-            with reporter.step("packing"):
-                pack_snapshot(paths, Path(result.path))
+            pack_snapshot(paths, Path(result.path))  # its own progress and summary line
     if not opts.dry_run and opts.models and manifest.models:
         from dataclasses import replace
 
@@ -208,6 +208,10 @@ def sync_snapshot(paths: VolumePaths, manifest: Manifest, opts: SyncOptions) -> 
 
     lease = BuildLease(paths, env, timeout=opts.lock_timeout, say=reporter.info)
     with lease:
+        try:  # again under the lease: gc removes an env dir a failed build left empty
+            store.ensure_env_dirs(paths, env)
+        except OSError as exc:
+            raise from_oserror(exc, f"cannot create the env directories of '{env}'") from exc
         hit = None if opts.refresh or opts.rebuild else valid_index_hit(paths, manifest)
         if hit is not None:
             return _reuse(paths, manifest, hit[0], t0, opts, have_lease=True, seal=hit[1])
@@ -595,8 +599,10 @@ class _Build:
         with open(self.log, "a", encoding="utf-8") as fh:
             fh.write(redact_text(text.rstrip("\n")) + "\n")
 
-    def uv(self, args: list[str], step: str) -> subprocess.CompletedProcess[str]:
-        proc = run_uv(args, self.paths, self.log, cwd=self.manifest.path.parent)
+    def uv(
+        self, args: list[str], step: str, on_line: Callable[[str], None] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        proc = run_uv(args, self.paths, self.log, cwd=self.manifest.path.parent, on_line=on_line)
         if proc.returncode != 0:
             _raise_if_disk_full(proc, str(self.log))
             raise BuildError(last_error_line(proc), step=step, log_path=str(self.log))
@@ -644,8 +650,10 @@ class _Build:
 
     def install(self) -> None:
         faults.point("install")
-        with reporter.step("installing"):
-            self.uv(self._sync_args([]), "install")
+        args = self._sync_args([])
+        total = _count_requirements(Path(args[2]))  # the resolved set: what uv installs
+        with reporter.progress("installing", total, unit="packages") as progress:
+            self.uv(args, "install", on_line=install_progress(progress))
             self.link_mode = detect_link_mode(self.staging)
             if self.link_mode != "hardlink":
                 reporter.warn(
@@ -811,13 +819,13 @@ class _Build:
                 previous_records.append(load_record(p))
             except (OSError, SealProblem):
                 continue
-        with reporter.step("hashing files"):
-            entries, stats, mismatches = build_record(self.staging, previous_records)
+        entries, stats, mismatches = build_record(self.staging, previous_records)  # its own progress
         mismatches = self.shipped_bytecode_damage + mismatches
         if mismatches:
             entries, stats = self._refresh_damaged(mismatches)
         self.stats.update(files=stats.files, hashed=stats.hashed, hash_reused=stats.reused)
         self.stats["bytes_hashed"] = stats.bytes_hashed
+        self.stats["bytes_new"] = stats.bytes_new
         # for the one-line summary `sync` leaves on screen: packages, files, bytes
         self.stats["packages"] = sum(e.path.endswith(".dist-info/METADATA") for e in entries)
         self.stats["bytes"] = sum(e.size for e in entries if e.type == "f")
@@ -1141,6 +1149,20 @@ def quarantine(
     )
     reporter.warn(f"quarantined {snapshot_dir.name} -> {dest} ({reason})")
     return dest
+
+
+def _count_requirements(lock: Path) -> int | None:
+    """Pinned requirement lines of a lock (`name==1.0`, `name @ url`): the package count."""
+    try:
+        lines = lock.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    return sum(1 for ln in lines if ln[:1].isalnum() and ("==" in ln or " @ " in ln))
+
+
+def _installed_count(venv: Path) -> int:
+    """Distributions installed so far (uv writes each one's .dist-info as it installs)."""
+    return sum(1 for sp in site_packages_dirs(venv) for name in os.listdir(sp) if name.endswith(".dist-info"))
 
 
 def site_packages_dirs(venv: Path) -> list[str]:

@@ -474,13 +474,15 @@ def gc_cmd(
 
     g = _globals(ctx)
     plan = gc.plan(g.paths, keep, keep_within)
+    shown = False
     if dry_run or not plan.removals:
         result = gc.unchanged(plan)
     else:
         if not yes:
             if g.json or not (sys.stdin.isatty() and sys.stderr.isatty()):
                 raise gc.unasked(plan)
-            render_gc(gc.unchanged(plan), g.quiet)
+            render_gc(gc.unchanged(plan), g.quiet, g.verbosity > 0)
+            shown = True  # the plan stays above the prompt: after it, only what was done
             if not typer.confirm(f"remove {len(plan.removals)} item(s)?", default=False, err=True):
                 typer.echo("nothing removed", err=True)
                 raise typer.Exit(0)
@@ -488,7 +490,7 @@ def gc_cmd(
     if g.json:
         emit_json("gc", {"dry_run": dry_run, "ok": result.ok, "result": result})
     else:
-        render_gc(result, g.quiet)
+        render_gc(result, g.quiet, g.verbosity > 0, show_plan=not shown)
     if not result.ok:  # something could not be removed (a planted link, EIO, EACCES): exit 8
         from .errors import EXIT_VOLUME
 
@@ -666,11 +668,11 @@ def push_cmd(
 ) -> None:
     """Send a sealed snapshot (and its models) to object storage as content-addressed packs."""
     from .commands.replicate import push
-    from .render import emit_json, render_switch_generic
+    from .render import emit_json, render_transfer
 
     g = _globals(ctx)
     result = push(g.paths, target, to, endpoint, region, signing_key)
-    emit_json("push", result) if g.json else render_switch_generic(result)
+    emit_json("push", result) if g.json else render_transfer(result, g.quiet)
 
 
 @app.command("pull")
@@ -699,7 +701,7 @@ def pull_cmd(
 ) -> None:
     """Fetch a snapshot into this volume, verified at full before it becomes visible."""
     from .commands.replicate import pull
-    from .render import emit_json, render_switch_generic
+    from .render import emit_json, render_transfer
 
     g = _globals(ctx)
     result = pull(
@@ -712,7 +714,7 @@ def pull_cmd(
         lock_timeout=lock_timeout,
         trust_unsigned=trust_unsigned,
     )
-    emit_json("pull", result) if g.json else render_switch_generic(result)
+    emit_json("pull", result) if g.json else render_transfer(result, g.quiet)
 
 
 @app.command("pack")
@@ -871,6 +873,7 @@ class _Failure:
         self.json_out = json_out
 
     def __call__(self, code: int, message: str, cause: str | None, hint: str | None) -> int:
+        ui.reporter.end()  # bars of the step that failed go first: the error stays readable
         render_error(message, cause, hint)
         if self.json_out:
             render.emit_json_error(code, message, cause, hint)

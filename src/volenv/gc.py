@@ -56,7 +56,7 @@ def parse_duration(text: str) -> float:
 
 @dataclass(frozen=True)
 class GcItem:
-    kind: str  # snapshot | staging | quarantine | trash | model | pack | part | uv-archive | trap
+    kind: str  # snapshot | env | staging | quarantine | trash | model | pack | part | uv-archive | trap
     path: str
     env: str | None
     action: str  # keep | remove
@@ -119,6 +119,7 @@ def make_plan(paths: VolumePaths, *, keep: int, keep_within: float, now: float |
         if held:
             busy.append(env)
         items.extend(_plan_env(paths, env, keep, keep_within, now, held))
+        items.extend(_plan_orphan_env(paths, env, held))
     items.extend(_plan_staging(paths, busy))
     items.extend(_plan_dir(paths, paths.quarantine, "quarantine", keep_within, now))
     items.extend(_plan_dir(paths, paths.trash, "trash", 0.0, now))
@@ -173,7 +174,7 @@ def _plan_env(
         if sid in newest:
             reasons.append(f"newest {keep}")
         if used is not None and now - used <= keep_within:
-            reasons.append(f"used within {_fmt_duration(keep_within)}")
+            reasons.append(f"used within {fmt_duration(keep_within)}")
         elif used is not None and now - used <= IN_FLIGHT_GRACE:
             reasons.append("activated in the last minute")
         if busy:
@@ -183,6 +184,34 @@ def _plan_env(
             reasons = ["not current, not pinned, not among the newest, not used recently"]
         out.append(GcItem("snapshot", str(path), env, action, tuple(reasons), size, created, used))
     return out
+
+
+def orphan_env(paths: VolumePaths, env: str) -> bool:
+    """An env directory a failed first build left: no snapshot (nor anything else) under
+    snapshots/, no current pointer, no pin. Read without following links: a linked part of
+    the env is a trap (reported, never touched), so such an env is never an orphan."""
+    env_dir = paths.env_dir(env)
+    for sub in ("snapshots", "pins", "index", "used"):
+        try:
+            if not _isdir(os.lstat(env_dir / sub)):
+                return False
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return False
+    if _listdir(paths.snapshots(env), paths.root) or _listdir(env_dir / "pins", paths.root):
+        return False
+    return not os.path.lexists(paths.current(env)) and _real_dir(env_dir)
+
+
+def _plan_orphan_env(paths: VolumePaths, env: str, busy: str | None) -> list[GcItem]:
+    if not orphan_env(paths, env):
+        return []
+    path = paths.env_dir(env)
+    if busy:
+        return [GcItem("env", str(path), env, "keep", (f"being built ({busy})",), _apparent(path))]
+    why = "no snapshot and no current pointer (left by a failed build)"
+    return [GcItem("env", str(path), env, "remove", (why,), _apparent(path))]
 
 
 def _plan_staging(paths: VolumePaths, busy: list[str]) -> list[GcItem]:
@@ -216,7 +245,7 @@ def _plan_dir(paths: VolumePaths, directory: Path, kind: str, keep_within: float
         age = now - path.lstat().st_mtime
         if kind == "trash" or age > keep_within:
             why = (
-                "left by an interrupted gc" if kind == "trash" else f"older than {_fmt_duration(keep_within)}"
+                "left by an interrupted gc" if kind == "trash" else f"older than {fmt_duration(keep_within)}"
             )
             out.append(GcItem(kind, str(path), None, "remove", (why,), _apparent(path)))
         else:
@@ -226,7 +255,7 @@ def _plan_dir(paths: VolumePaths, directory: Path, kind: str, keep_within: float
                     str(path),
                     None,
                     "keep",
-                    (f"newer than {_fmt_duration(keep_within)}",),
+                    (f"newer than {fmt_duration(keep_within)}",),
                     _apparent(path),
                 )
             )
@@ -393,7 +422,7 @@ def _plan_parts(paths: VolumePaths, now: float) -> list[GcItem]:
 def _temp_item(path: Path, kind: str, now: float) -> GcItem:
     st = os.lstat(path)
     if now - st.st_mtime > STALE_TEMP:
-        why = f"a killed writer's temp file (untouched for over {_fmt_duration(STALE_TEMP)})"
+        why = f"a killed writer's temp file (untouched for over {fmt_duration(STALE_TEMP)})"
         return GcItem(kind, str(path), None, "remove", (why,), st.st_size)
     return GcItem(kind, str(path), None, "keep", ("may be being written",), st.st_size)
 
@@ -601,7 +630,8 @@ def _listdir(path: Path, root: Path | None = None) -> list[str]:
         os.close(fd)
 
 
-def _fmt_duration(seconds: float) -> str:
+def fmt_duration(seconds: float) -> str:
+    """The one duration format of the plan, its header and its rows: 7d, 12h, 90m, 30s."""
     for unit, n in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= n and seconds % n == 0:
             return f"{int(seconds // n)}{unit}"
@@ -671,7 +701,7 @@ def execute(paths: VolumePaths, plan: GcPlan) -> GcResult:
     table = plan._inodes or inode_table([Path(i.path) for i in plan.removals])
     by_env: dict[str | None, list[GcItem]] = {}
     for item in plan.removals:
-        by_env.setdefault(item.env if item.kind in ("snapshot", "staging") else None, []).append(item)
+        by_env.setdefault(item.env if item.kind in ("snapshot", "staging", "env") else None, []).append(item)
     for env, items in by_env.items():
         if env is None:
             continue
@@ -705,6 +735,10 @@ def _remove_env_item(paths: VolumePaths, plan: GcPlan, item: GcItem) -> GcOutcom
     assert env is not None
     if item.kind == "staging":
         return _trash_and_delete(paths, path, "staging")
+    if item.kind == "env":  # re-checked under the env's lease: a build may have committed since
+        if not orphan_env(paths, env):
+            return GcOutcome(item.path, item.kind, False, "kept: holds a snapshot now", kept=True)
+        return _trash_and_delete(paths, path, "env")
     sid = path.name
     # the roots again, now under the lease: current, pins, and in-flight activations
     if store.read_current(paths, env) == sid:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .sealcheck import META_DIR, RECORD_NAME, SealProblem, check_seal
+from .ui import reporter
 
 RECORD_HEADER = "#volenv-record 1"
 LEVELS = ("seal", "stat", "full")
@@ -150,6 +151,7 @@ class RecordStats:
     hashed: int = 0
     reused: int = 0
     bytes_hashed: int = 0
+    bytes_new: int = 0  # in files with one link: what this tree adds to the volume
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,8 @@ def build_record(
             entries.append(Entry(rel, "l", mode, 0, target))
         elif stat.S_ISREG(st.st_mode):
             stats.files += 1
+            if st.st_nlink == 1:
+                stats.bytes_new += st.st_size
             known = reuse.get((st.st_ino, st.st_size, st.st_mtime_ns))
             if known is not None:
                 stats.reused += 1
@@ -197,11 +201,13 @@ def build_record(
         digest = hash_file(os.path.join(base, rel))
         return Entry(rel, "f", stat.S_IMODE(st.st_mode), st.st_size, digest, st.st_ino, st.st_mtime_ns)
 
-    with ThreadPoolExecutor(HASH_WORKERS) as pool:
+    progress = reporter.progress("hashing files", len(to_hash), unit="files")
+    with progress, ThreadPoolExecutor(HASH_WORKERS) as pool:
         for e in pool.map(work, to_hash):
             entries.append(e)
             stats.hashed += 1
             stats.bytes_hashed += e.size
+            progress.advance(1, e.size)
     mismatches = check_wheel_records(root, {e.path: e for e in entries})
     return entries, stats, mismatches
 
@@ -422,9 +428,11 @@ def verify_snapshot(snapshot_dir: Path, level: str = "seal", *, workers: int = H
             except OSError as exc:
                 return e, f"unreadable: {exc.strerror}"
 
-        with ThreadPoolExecutor(workers) as pool:
+        progress = reporter.progress(f"verifying {sid}", len(to_hash), unit="files")
+        with progress, ThreadPoolExecutor(workers) as pool:
             for e, digest in pool.map(work, to_hash, chunksize=64):
                 hashed += e.size
+                progress.advance(1, e.size)
                 if digest is not None and digest.startswith("unreadable"):
                     problems.append(Problem("unreadable", e.path, digest))
                 elif digest != e.digest:

@@ -33,6 +33,7 @@ from .iopool import Part, Stopped, run_parts
 from .paths import VolumePaths
 from .sealcheck import META_DIR, SealProblem, check_seal
 from .streams import AdaptiveStreams
+from .ui import reporter
 
 PACK_SCHEMA = 1
 LEVEL = int(os.environ.get("VOLENV_ZSTD_LEVEL", "3"))
@@ -340,7 +341,12 @@ def pack_snapshot(paths: VolumePaths, snapshot_dir: Path) -> PackManifest:
     blobs = packs_dir(paths) / "blobs"
     safe_mkdirs(blobs, paths.root)  # a linked packs/ or blobs/ is refused, never written through
     infos = []
+    files = sum(len(entries) for entries in groups.values())
+    progress = reporter.progress(
+        f"packing {sid}", files, unit="files", summary=True, done_label=f"packed {sid}"
+    )
     for group, entries in sorted(groups.items()):
+        progress.advance(0)  # draws the bar before the first (maybe long) group
         sink = _HashSink()
         ordered = group == STARTUP_GROUP
         _tar_stream(snapshot_dir, entries, sink, ordered=ordered)  # pass 1: the content address
@@ -362,6 +368,7 @@ def pack_snapshot(paths: VolumePaths, snapshot_dir: Path) -> PackManifest:
         infos.append(
             PackInfo(pack_id, group, _file_sha256(dest), dest.stat().st_size, sink.size, len(entries))
         )
+        progress.advance(len(entries), sink.size)
     manifest = PackManifest(
         PACK_SCHEMA,
         sid,
@@ -376,6 +383,7 @@ def pack_snapshot(paths: VolumePaths, snapshot_dir: Path) -> PackManifest:
     out = manifest_path(paths, sid)
     safe_mkdirs(out.parent, paths.root)
     atomic_write_json(out, manifest.to_json(), root=paths.root)
+    progress.close()
     return manifest
 
 

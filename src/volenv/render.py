@@ -3,6 +3,7 @@ on stderr, or one versioned JSON document on stdout."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -10,7 +11,6 @@ import shlex
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
@@ -20,6 +20,8 @@ from rich.table import Table
 from . import ui
 from .errors import shq
 from .redact import redact_obj, redact_text
+from .ui import _unit_of as _unit_of  # the size format is ui's (low modules print sizes too)
+from .ui import human_bytes as human_bytes
 
 JSON_VERSION = 1
 
@@ -99,30 +101,6 @@ def emit_json(command: str, result: Any) -> None:
     sys.stdout.flush()
 
 
-_BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
-
-
-def _unit_of(n: int) -> str:
-    value = float(n)
-    for unit in _BYTE_UNITS:
-        if value < 1024 or unit == "TiB":
-            return unit
-        value /= 1024
-    return "TiB"
-
-
-def human_bytes(n: int | None, unit: str | None = None) -> str:
-    """`n` in binary units; `unit` forces one (status prints apparent and unique alike)."""
-    if n is None:
-        return "-"
-    forced = unit is not None
-    unit = unit or _unit_of(n)
-    value = n / 1024 ** _BYTE_UNITS.index(unit)
-    if unit == "B":
-        return f"{value:.0f} {unit}"
-    return f"{value:.2f} {unit}" if forced and value < 1 else f"{value:.1f} {unit}"
-
-
 def human_time(ts: float | None) -> str:
     if ts is None:
         return "-"
@@ -138,7 +116,7 @@ def render_sync(r: Any, quiet: int) -> None:
     if "packages" in s:  # the summary line that stays on screen after the spinners are gone
         head += (
             f": {s['packages']:,} package{'' if s['packages'] == 1 else 's'}, {s.get('files', 0):,} files,"
-            f" {human_bytes(s.get('bytes'))} ({human_bytes(s.get('bytes_hashed'))} hashed)"
+            f" {human_bytes(s.get('bytes'))} ({human_bytes(s.get('bytes_new', s.get('bytes_hashed')))} new)"
         )
     _c().print(head)
     _c().print(f"  path: {esc(r.path)}")
@@ -218,7 +196,11 @@ def render_verify(reports: Any, quiet: int) -> None:
         style = "green" if rep.ok and not rep.problems else ("yellow" if rep.ok else "red")
         if quiet > 0 and rep.ok:
             continue
-        _o().print(f"[{style}]{esc(rep.summary())}[/{style}] ({rep.seconds:.2f}s)")
+        counts = f"{rep.files_checked:,} files"
+        if rep.bytes_hashed:
+            rate = human_bytes(rep.bytes_hashed / max(rep.seconds, 1e-6))
+            counts += f", {human_bytes(rep.bytes_hashed)} hashed at {rate}/s"
+        _o().print(f"[{style}]{esc(rep.summary())}[/{style}] ({counts} in {rep.seconds:.2f} s)")
         if rep.problems:
             table = Table(show_header=True)
             for col in ("severity", "kind", "path", "detail", "package"):
@@ -299,24 +281,67 @@ def render_switch(r: Any) -> None:
         _c().print("  `volenv sync MANIFEST` moves current on and ends the rollback", highlight=False)
 
 
-def render_gc(r: Any, quiet: int) -> None:
+def _gc_label(item: Any, root: str) -> str:
+    """What a plan row names: a snapshot by its id (as `list` shows it), an env by its name,
+    anything else by its path below the root (the full path is in --json)."""
+    if item.kind == "snapshot":
+        return os.path.basename(str(item.path))
+    if item.kind == "env" and item.env:
+        return str(item.env)
+    path = str(item.path)
+    return os.path.relpath(path, root) if path.startswith(root.rstrip("/") + "/") else path
+
+
+def _gc_rows(items: Any, root: str, width: int) -> list[tuple[str, str]]:
+    """(style, line) pairs for plan rows: `ACTION KIND SIZE ITEM` then the reasons indented
+    below, wrapped to `width`; an item too long for the rest of the line goes on its own
+    line (folded only when longer than a whole line), never cut."""
+    import textwrap
+
+    out: list[tuple[str, str]] = []
+    indent = " " * 8
+    for item in items:
+        style = "red" if item.action == "remove" else "green"
+        head = f"{item.action:<6}  {item.kind:<10}  {human_bytes(item.apparent_bytes):>10}  "
+        label = _gc_label(item, root)
+        if len(head) + len(label) <= width:
+            out.append((style, head + label))
+        else:
+            out.append((style, head.rstrip()))
+            pad = " " * max(0, min(len(indent), width - len(label)))  # a whole id fits at 80
+            for line in textwrap.wrap(label, max(width - len(pad), 20), break_on_hyphens=False):
+                out.append(("", pad + line))
+        why = "; ".join(item.reasons)
+        for line in textwrap.wrap(why, max(width, 30), initial_indent=indent, subsequent_indent=indent):
+            out.append(("", line))
+    return out
+
+
+def render_gc(r: Any, quiet: int, verbose: bool = False, show_plan: bool = True) -> None:
+    """The plan in lines that fit the terminal: snapshots by id, the rest by path below the
+    root, reasons wrapped under each row; kept uv cache archives fold into one line unless
+    --verbose. Header and rows share one duration format."""
+    from .gc import fmt_duration
+
     plan = r.plan
-    if quiet <= 0:
-        table = Table(
-            title=f"gc plan (keep {plan.keep}, keep-within {plan.keep_within:g}s)", title_justify="left"
-        )
-        for col in ("action", "kind", "path", "size", "why"):
-            table.add_column(col)
-        for item in plan.items:
-            style = "red" if item.action == "remove" else "green"
-            table.add_row(
-                f"[{style}]{item.action}[/{style}]",
-                item.kind,
-                esc(item.path),
-                human_bytes(item.apparent_bytes),
-                esc("; ".join(item.reasons)),
-            )
-        _o().print(table)
+    if quiet <= 0 and show_plan:
+        width = _o().width
+        within = fmt_duration(plan.keep_within)
+        head = f"gc plan for {plan.root}: keep newest {plan.keep}, keep used within {within}"
+        _o().print(esc(head), highlight=False)
+        folded = [i for i in plan.items if i.kind == "uv-archive" and i.action == "keep" and not verbose]
+        shown = [i for i in plan.items if i not in folded]
+        for style, line in _gc_rows(shown, plan.root, width):
+            if style:
+                action, rest = line[:6], line[6:]
+                _o().print(f"[{style}]{esc(action)}[/{style}]{esc(rest)}", soft_wrap=True, highlight=False)
+            else:
+                _o().print(line, soft_wrap=True, markup=False, highlight=False)
+        if folded:
+            n, size = len(folded), sum(i.apparent_bytes for i in folded)
+            plural = "" if n == 1 else "s"
+            line = f"kept {n:,} uv cache archive{plural} ({human_bytes(size)}); --verbose lists them"
+            _o().print(line, highlight=False)
     if r.executed:
         for o in r.outcomes:
             if o.kept:
@@ -411,6 +436,21 @@ def render_init(r: Any, quiet: int) -> None:
     _c().print(f"next: volenv sync {esc(shq(r.manifest))}", highlight=False)
 
 
+def render_transfer(r: Any, quiet: int) -> None:
+    """push/pull: the result's fields on stdout, and on stderr the line that stays:
+    `pulled SID in 3.1 s: 2/4 packs, 1.2 GiB fetched (400.0 MiB/s)`."""
+    render_switch_generic(r)
+    if quiet > 0:
+        return
+    moved = "sent" if r.action == "pushed" else "fetched"
+    rate = human_bytes(r.bytes_sent / max(r.seconds, 1e-6))
+    line = (
+        f"{r.action} {r.snapshot} in {r.seconds:.1f} s: {r.packs_sent}/{r.packs_total} packs,"
+        f" {human_bytes(r.bytes_sent)} {moved} ({rate}/s)"
+    )
+    _c().print(esc(line), highlight=False)
+
+
 def render_switch_generic(r: Any) -> None:
     """Any result as aligned `key: value` lines on stderr."""
     for key, value in to_data(r).items():
@@ -487,13 +527,19 @@ def render_diff(r: Any) -> None:
                 out_line(f"~ {kind} {x.name} {x.old} -> {x.new}")
 
 
-# ---------------------------------------------------------------- the CLI's reporter
+# ---------------------------------------------------------------- progress on a terminal
 
 
 class RichReporter(ui.Reporter):
+    """The CLI's narrative backend: messages through the stderr console, and one live display
+    for every step spinner and progress bar (rich allows one live display at a time). Bars
+    only on a terminal, without --no-progress, -q or --color never."""
+
     def __init__(self, verbosity: int, progress: bool) -> None:
         super().__init__(verbosity)
-        self.progress_bars = progress and err_console.is_terminal
+        self.progress_bars = progress and err_console.is_terminal and verbosity >= 0
+        self._live: Any = None
+        self._tasks = 0
 
     # messages are plain text (they quote requirements such as `uvicorn[standard]`): escaped
     def info(self, msg: str) -> None:
@@ -508,57 +554,107 @@ class RichReporter(ui.Reporter):
         if self.verbosity >= -1:
             err_console.print(f"[yellow]warning:[/yellow] {esc(msg)}", highlight=False)
 
-    def progress(self, label: str, total: int | None) -> ui.Progress:
-        if self.progress_bars and self.verbosity >= 0:
-            return RichProgress(self, label, total)
-        return ui.Progress(self, label, total)
+    def progress(
+        self,
+        label: str,
+        total: int | None,
+        *,
+        unit: str = "bytes",
+        summary: bool = False,
+        done_label: str | None = None,
+    ) -> ui.Progress:
+        kind = RichProgress if self.progress_bars else ui.Progress
+        return kind(self, label, total, unit=unit, summary=summary, done_label=done_label)
 
-    @contextmanager
+    @contextlib.contextmanager
     def step(self, label: str) -> Iterator[None]:
         t0 = time.perf_counter()
-        if self.progress_bars and self.verbosity >= 0:
-            with err_console.status(f"{esc(label)}…"):
-                yield
-        else:
+        if not self.progress_bars:
             self.detail(f"{label}…")
             yield
+        else:
+            task = self.add_task(f"{esc(label)}…", None)
+            try:
+                yield
+            finally:
+                self.remove_task(task)
         self.detail(f"{label}: {time.perf_counter() - t0:.2f}s")
+
+    def end(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+            self._tasks = 0
+
+    # -- the one live display
+    def add_task(self, description: str, total: int | None, counts: str = "") -> Any:
+        """A row in the one live display (started with the first row, stopped with the last)."""
+        if self._live is None:
+            from rich.progress import Progress as Bars
+            from rich.progress import SpinnerColumn, TextColumn
+
+            self._live = Bars(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                _Bar(bar_width=24),
+                TextColumn("{task.fields[counts]}"),
+                console=err_console,
+                transient=True,
+            )
+            self._live.start()
+        self._tasks += 1
+        return self._live.add_task(description, total=total, counts=counts)
+
+    def remove_task(self, task: Any) -> None:
+        if self._live is None:
+            return
+        self._live.remove_task(task)
+        self._tasks -= 1
+        if self._tasks <= 0:
+            self._live.stop()
+            self._live = None
+            self._tasks = 0
+
+
+def _Bar(**kw: Any) -> Any:
+    """A bar only where the total is known (a step's spinner row has none)."""
+    from rich.progress import BarColumn
+    from rich.text import Text
+
+    class Bar(BarColumn):
+        def render(self, task: Any) -> Any:
+            return super().render(task) if task.total is not None else Text("")
+
+    return Bar(**kw)
 
 
 class RichProgress(ui.Progress):
-    """Sizes and rates on stderr (rich), for downloads and uploads."""
+    """A row of the live display: label, bar, and the counts with the rate."""
 
-    def __init__(self, reporter: ui.Reporter, label: str, total: int | None) -> None:
-        super().__init__(reporter, label, total)
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
+    def __init__(self, reporter: RichReporter, label: str, total: int | None, **kw: Any) -> None:
+        super().__init__(reporter, label, total, **kw)
+        self._owner = reporter
+        self._shown = 0.0
+        self._task = reporter.add_task(esc(label), total, esc(self.counts()))
 
-        self._bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=err_console,
-            transient=True,
-        )
-        self._bar.start()
-        self._task = self._bar.add_task(esc(label), total=total)
+    def changed(self) -> None:
+        now = time.perf_counter()
+        if self._task is None or (now - self._shown < 0.1 and self.total != self._completed()):
+            return
+        self._shown = now
+        live = self._owner._live
+        if live is not None:
+            live.update(self._task, total=self.total, completed=self._completed(), counts=esc(self.counts()))
 
-    def update(self, n: int) -> None:
-        super().update(n)
-        self._bar.update(self._task, advance=n)
+    def _completed(self) -> int:
+        return self.done if self.unit == "bytes" else self.items
 
-    def reset(self, done: int) -> None:
-        super().reset(done)
-        self._bar.update(self._task, completed=done)
-
-    def close(self) -> None:
-        self._bar.stop()
-        super().close()
+    def stop(self) -> None:
+        if self._task is None:
+            return
+        live = self._owner._live
+        if live is not None:  # one frame with the final counts before the row goes
+            done = dict(total=self.total, completed=self._completed(), counts=esc(self.counts()))
+            live.update(self._task, refresh=True, **done)
+        self._owner.remove_task(self._task)
+        self._task = None

@@ -31,27 +31,145 @@ class _Step:
             self.reporter.detail(f"{self.label}: done in {time.perf_counter() - self.t0:.2f}s")
 
 
+_BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+
+
+def _unit_of(n: int) -> str:
+    value = float(n)
+    for unit in _BYTE_UNITS:
+        if value < 1024 or unit == "TiB":
+            return unit
+        value /= 1024
+    return "TiB"
+
+
+def human_bytes(n: int | float | None, unit: str | None = None) -> str:
+    """`n` in binary units; `unit` forces one (status prints apparent and unique alike)."""
+    if n is None:
+        return "-"
+    forced = unit is not None
+    unit = unit or _unit_of(int(n))
+    value = n / 1024 ** _BYTE_UNITS.index(unit)
+    if unit == "B":
+        return f"{value:.0f} {unit}"
+    return f"{value:.2f} {unit}" if forced and value < 1 else f"{value:.1f} {unit}"
+
+
 class Progress:
-    """A byte counter for a long transfer; the plain backend reports only the end."""
+    """The one progress protocol: a long step's counts (items such as files or packages, and
+    bytes) and its rate. Low modules call advance()/update() and close(); they never draw.
+    The plain backend draws nothing while it runs; the CLI's backend (render.RichReporter)
+    draws a bar on a terminal. close() leaves one line: at the info level when `summary`
+    (it stays on screen, even without a terminal), else only at -v."""
 
-    def __init__(self, reporter: Reporter, label: str, total: int | None) -> None:
+    def __init__(
+        self,
+        reporter: Reporter,
+        label: str,
+        total: int | None,
+        *,
+        unit: str = "bytes",
+        summary: bool = False,
+        done_label: str | None = None,
+    ) -> None:
         self.reporter = reporter
+        self.done_label = done_label or label  # `packing X` runs, `packed X` stays
         self.label = label
-        self.total = total
-        self.done = 0
+        self.total = total  # in `unit`: bytes, or items ("files", "packages")
+        self.unit = unit
+        self.summary = summary
+        self.items = 0
+        self.done = 0  # bytes
+        self.now = ""  # a note: what it does right now
         self.t0 = time.perf_counter()
+        self.closed = False
 
+    # -- what low modules call
     def update(self, n: int) -> None:
+        """n more bytes."""
         self.done += n
+        self.changed()
+
+    def advance(self, items: int = 1, nbytes: int = 0) -> None:
+        """`items` more done, carrying `nbytes` bytes."""
+        self.items += items
+        self.done += nbytes
+        self.changed()
+
+    def set_items(self, items: int) -> None:
+        """An absolute count, where the step learns its total done rather than each item."""
+        self.items = items
+        self.changed()
 
     def reset(self, done: int) -> None:
         self.done = done
+        self.changed()
 
-    def close(self) -> None:
-        secs = max(time.perf_counter() - self.t0, 1e-6)
-        self.reporter.detail(
-            f"{self.label}: {self.done} bytes in {secs:.1f}s ({self.done / secs / 1e6:.1f} MB/s)"
+    def note(self, text: str) -> None:
+        """What the step does right now (`downloading torch (800.0MiB)`), shown beside the counts."""
+        self.now = text
+        self.changed()
+
+    def set_total(self, total: int | None) -> None:
+        self.total = total
+        self.changed()
+
+    def close(self, ok: bool = True) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.stop()
+        if not ok:
+            return
+        if self.summary:
+            self.reporter.info(self.line())
+        else:
+            self.reporter.detail(self.line())
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close(ok=exc is None)
+
+    # -- what backends use
+    def changed(self) -> None:
+        """A backend redraws here."""
+
+    def stop(self) -> None:
+        """A backend removes its bar here."""
+
+    @property
+    def seconds(self) -> float:
+        return max(time.perf_counter() - self.t0, 1e-6)
+
+    def counts(self) -> str:
+        """`12/143 packages`, `3,012/37,012 files, 1.2 GiB, 610.3 MiB/s`, `1.2 GiB, 88.0 MiB/s`."""
+        parts = []
+        if self.unit != "bytes":
+            of = f"/{self.total:,}" if self.total is not None else ""
+            parts.append(f"{self.items:,}{of} {self.unit}")
+        if self.done or self.unit == "bytes":
+            of = f"/{human_bytes(self.total)}" if self.unit == "bytes" and self.total else ""
+            parts.append(f"{human_bytes(self.done)}{of}")
+            parts.append(f"{human_bytes(self.done / self.seconds)}/s")
+        if self.now:
+            parts.append(self.now)
+        return ", ".join(parts)
+
+    def line(self) -> str:
+        """The line that stays: `pulled X: 1.2 GiB in 3.1 s (400.0 MiB/s)`."""
+        rate = (
+            f"{human_bytes(self.done / self.seconds)}/s"
+            if self.done
+            else f"{self.items / self.seconds:,.0f} {self.unit}/s"
         )
+        what = f"{self.items:,} {self.unit}" if self.unit != "bytes" else ""
+        if self.done:
+            what = f"{what}, {human_bytes(self.done)}" if what else human_bytes(self.done)
+        return f"{self.done_label}: {what} in {self.seconds:.1f} s ({rate})"
 
 
 class Reporter:
@@ -71,11 +189,22 @@ class Reporter:
         if self.verbosity >= -1:
             print(f"warning: {redact_text(msg)}", file=sys.stderr, flush=True)
 
+    def end(self) -> None:
+        """Remove whatever a backend still draws (an error is about to be printed)."""
+
     def step(self, label: str) -> AbstractContextManager[None]:
         return _Step(self, label)
 
-    def progress(self, label: str, total: int | None) -> Progress:
-        return Progress(self, label, total)
+    def progress(
+        self,
+        label: str,
+        total: int | None,
+        *,
+        unit: str = "bytes",
+        summary: bool = False,
+        done_label: str | None = None,
+    ) -> Progress:
+        return Progress(self, label, total, unit=unit, summary=summary, done_label=done_label)
 
 
 class _Proxy:

@@ -5,12 +5,16 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .manifest import IndexSettings, Manifest
 from .paths import VolumePaths
 from .redact import redact_text
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .ui import Progress
 
 
 def uv_bin() -> str:
@@ -75,18 +79,73 @@ def run_uv(
     *,
     cwd: Path | None = None,
     offline: bool = False,
+    on_line: Callable[[str], None] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run uv; its output goes to the build log (and is returned for error messages)."""
+    """Run uv; its output goes to the build log (and is returned for error messages).
+    `on_line` sees each line of uv's stderr as it comes (its `Downloading X` and summary
+    lines drive the install progress)."""
     cmd = [uv_bin(), *args]
-    proc = subprocess.run(
-        cmd, env=uv_env(paths, offline=offline), capture_output=True, text=True, cwd=cwd, check=False
-    )
+    env = uv_env(paths, offline=offline)
+    if on_line is None:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=cwd, check=False)
+    else:
+        proc = _run_streaming(cmd, env, cwd, on_line)
     if log is not None:
         with open(log, "a", encoding="utf-8") as fh:
             # uv echoes index URLs (with their userinfo) in its own messages: filter everything
             text = f"$ uv {' '.join(args)}\n{proc.stdout}{proc.stderr}[exit {proc.returncode}]\n"
             fh.write(redact_text(text))
     return proc
+
+
+def install_progress(progress: Progress) -> Callable[[str], None]:
+    """A line reader for uv's stderr during an install: `Resolved N packages` sets the total,
+    `Downloading X (5.0MiB)` / ` Downloaded X` and `Prepared N packages` say the phase, each
+    ` + name==1.0` counts one installed (uv prints its summary without a terminal too)."""
+    import re
+
+    resolved = re.compile(r"^Resolved (\d+) packages?")
+    downloading: list[str] = []
+
+    def on_line(line: str) -> None:
+        if m := resolved.match(line):
+            progress.set_total(int(m.group(1)))
+        elif line.startswith("Downloading "):
+            downloading.append(line.removeprefix("Downloading ").strip())
+            progress.note(f"downloading {', '.join(downloading[-2:])}")
+        elif line.startswith(" Downloaded "):
+            name = line.removeprefix(" Downloaded ").strip()
+            downloading[:] = [d for d in downloading if d.split(" (")[0] != name]
+            progress.note(f"downloading {', '.join(downloading[-2:])}" if downloading else "preparing")
+        elif line.startswith("Prepared "):
+            progress.note("linking")
+        elif line.startswith(("Installed ", "Uninstalled ")):
+            progress.note("")
+        elif line.startswith(" + "):
+            progress.advance(1)
+
+    return on_line
+
+
+def _run_streaming(
+    cmd: list[str], env: dict[str, str], cwd: Path | None, on_line: Callable[[str], None]
+) -> subprocess.CompletedProcess[str]:
+    import threading
+
+    with subprocess.Popen(
+        cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as popen:
+        assert popen.stdout is not None and popen.stderr is not None
+        out: list[str] = []
+        reader = threading.Thread(target=lambda: out.append(popen.stdout.read()), daemon=True)  # type: ignore[union-attr]
+        reader.start()
+        err: list[str] = []
+        for line in popen.stderr:
+            err.append(line)
+            on_line(line.rstrip("\n"))
+        reader.join()
+        code = popen.wait()
+    return subprocess.CompletedProcess(cmd, code, "".join(out), "".join(err))
 
 
 CAUSE_PREFIXES = ("cause:", "Caused by:", "╰─▶")
