@@ -558,3 +558,6 @@ def _root_from_args(args: list[str]) -> Path | None:
 def _register_optional_commands() -> None:
     """Commands that live in their own modules register themselves on the app."""
     from . import cli_extra  # noqa: F401
+    from .commands import bench
+
+    bench.register(app)
