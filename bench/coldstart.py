@@ -52,7 +52,7 @@ F5_WORK = Path("/var/tmp/h-bench-f5")
 READY_F5 = "f5-tts-worker: ready"
 FAILED_F5 = "f5-tts-worker: model unavailable"
 PROBE_LINE = re.compile(r"materialize auto: .*volume metadata op ([\d.]+) ms")
-STARTUP_LINE = re.compile(r"startup pack of \S+ local in [\d.]+s \((\d+) files, (\d+) of (\d+) bytes\)")
+STARTUP_LINE = re.compile(r"startup pack of \S+ local in ([\d.]+)s \((\d+) files, (\d+) of (\d+) bytes\)")
 EXTRACTED_LINE = re.compile(r"materialize: extracted \S+ to ")
 
 
@@ -77,6 +77,7 @@ class Start:
     total_bytes: int | None = None
     extracted_all: bool = False  # materialized without a startup pack: everything before exec
     probe_ms: float | None = None  # what auto's probe measured
+    startup_local_s: float | None = None  # when the startup pack was local (exec followed)
 
 
 class StartFailed(Exception):
@@ -279,7 +280,8 @@ def start_once(case: Case, root: Path, mode: str, local: Path) -> Start:
         if hit := PROBE_LINE.search(line):
             out.probe_ms = float(hit.group(1))
         if hit := STARTUP_LINE.search(line):
-            out.before_exec_files, out.before_exec_bytes, out.total_bytes = map(int, hit.groups())
+            out.startup_local_s = float(hit.group(1))
+            out.before_exec_files, out.before_exec_bytes, out.total_bytes = map(int, hit.groups()[1:])
         elif EXTRACTED_LINE.search(line):
             out.extracted_all = True
     if code not in (None, 0):
@@ -312,7 +314,7 @@ def _copied(starts: list[Start]) -> str:
         share = s.before_exec_bytes / s.total_bytes
         return (
             f"before exec {s.before_exec_files} files, {s.before_exec_bytes / 1e6:.1f} of"
-            f" {s.total_bytes / 1e6:.1f} MB ({share:.0%}; target <= 25%)"
+            f" {s.total_bytes / 1e6:.1f} MB ({share:.0%}; target <= 25%), local after {s.startup_local_s}s"
         )
     return "before exec: everything (no startup pack)" if s.extracted_all else "in place (nothing copied)"
 
@@ -377,6 +379,7 @@ def main() -> int:
                     "before_exec_bytes": last.before_exec_bytes,
                     "packed_bytes": last.total_bytes,
                     "extracted_all": last.extracted_all,
+                    "startup_local_s": last.startup_local_s,
                 }
             a, n = figures.get("auto", {}), figures.get("never", {})
             if "median_s" in a and "median_s" in n:
