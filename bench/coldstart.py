@@ -155,11 +155,12 @@ def f5_manifest(dest: Path) -> Path:
 
 
 def f5_case(args: argparse.Namespace) -> Case:
-    """The e2e volume, copied (never touched), traced and packed once in --work."""
+    """The e2e volume, copied (never touched), traced (unless --untraced) and packed once in
+    --work (default F5_WORK, or F5_WORK-untraced)."""
     from volenv.activate import find_snapshot, target_from_manifest
 
     source: Path = args.source
-    work: Path = args.work
+    work: Path = args.work or (F5_WORK.with_name(F5_WORK.name + "-untraced") if args.untraced else F5_WORK)
     work.mkdir(parents=True, exist_ok=True)
     m = f5_manifest(work / "worker.toml")
     sid = find_snapshot(str(source), target_from_manifest(str(source), str(m)))
@@ -174,18 +175,31 @@ def f5_case(args: argparse.Namespace) -> Case:
     }
     start = ["python", "-u", str(REPO / "worker" / "handler.py")]
     prepared = work / "prepared.json"
-    if prepared.exists() and json.loads(prepared.read_text()).get("snapshot") == sid and root.is_dir():
-        return Case("f5tts", root, m, start, READY_F5, env, FAILED_F5)
+    want = {"snapshot": sid, "traced": not args.untraced}
+    if prepared.exists() and root.is_dir():
+        done = json.loads(prepared.read_text())
+        if {k: done.get(k) for k in want} == want:
+            return Case("f5tts", root, m, start, READY_F5, env, FAILED_F5)
+        raise SystemExit(f"{work} was prepared differently ({done}): remove it or pass another --work")
     if not root.is_dir():
         partial = work / "volume" / ".volenv-copy-partial"
-        if not partial.is_dir():
-            print(f"copying {source} to {root} (once; the source is never modified)", flush=True)
-            partial.parent.mkdir(parents=True, exist_ok=True)
-            subprocess.run(["cp", "-a", str(source), str(partial)], check=True)
+        shutil.rmtree(partial, ignore_errors=True)  # a killed copy is never used
+        print(f"copying {source} to {root} (once; the source is never modified)", flush=True)
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["cp", "-a", str(source), str(partial)], check=True)
         os.rename(partial, root)
-    print("tracing a worker start that answers one job, then packing (once)", flush=True)
-    job = json.dumps({"input": {"endpoint": "list_voices"}})
     t0 = time.perf_counter()
+    if not args.untraced:
+        print("tracing a worker start that answers one job (once)", flush=True)
+        _trace_worker(root, m, start, env)
+    print("packing (once)", flush=True)
+    _volenv(root, "-q", "pack", "f5-cpu", stdout=subprocess.DEVNULL)
+    prepared.write_text(json.dumps({**want, "seconds": time.perf_counter() - t0}))
+    return Case("f5tts", root, m, start, READY_F5, env, FAILED_F5)
+
+
+def _trace_worker(root: Path, m: Path, start: list[str], env: dict[str, str]) -> None:
+    job = json.dumps({"input": {"endpoint": "list_voices"}})
     _volenv(
         root,
         "-q",
@@ -199,9 +213,6 @@ def f5_case(args: argparse.Namespace) -> Case:
         env={**os.environ, **env},
         stdout=subprocess.DEVNULL,
     )
-    _volenv(root, "-q", "pack", "f5-cpu", stdout=subprocess.DEVNULL)
-    prepared.write_text(json.dumps({"snapshot": sid, "seconds": time.perf_counter() - t0}))
-    return Case("f5tts", root, m, start, READY_F5, env, FAILED_F5)
 
 
 @contextmanager
@@ -329,7 +340,14 @@ def main() -> int:
     ap.add_argument("--torch", action="store_true", help="same as --case torch")
     ap.add_argument("--trace", action="store_true", help="heavy: trace a partial start; startup pack")
     ap.add_argument("--source", type=Path, default=E2E_SOURCE, help="f5tts: the e2e volume root (read only)")
-    ap.add_argument("--work", type=Path, default=F5_WORK, help="f5tts: where its prepared copy lives")
+    ap.add_argument(
+        "--work", type=Path, default=None, help=f"f5tts: where its prepared copy lives ({F5_WORK})"
+    )
+    ap.add_argument(
+        "--untraced",
+        action="store_true",
+        help="f5tts: no start trace (no startup pack: all packs before exec)",
+    )
     ap.add_argument("--json-out", type=Path, help="also write the figures as JSON here")
     args = ap.parse_args()
     if args.torch:
