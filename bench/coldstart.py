@@ -247,9 +247,12 @@ def _wait_background(local: Path) -> None:
         time.sleep(0.05)
 
 
-def start_once(case: Case, root: Path, mode: str, local: Path) -> Start:
+def start_once(case: Case, root: Path, mode: str, local: Path, timeout: float = 900) -> Start:
     """One cold start: caches dropped, `volenv run --materialize MODE`, timed to exit or to the
-    ready line; what materialize copied before exec parsed from its own narrative."""
+    ready line (stopped, and a failure, after `timeout` s); what materialize copied before exec
+    parsed from its own narrative."""
+    import threading
+
     _wait_background(local)
     shutil.rmtree(local, ignore_errors=True)
     drop_caches()
@@ -260,6 +263,8 @@ def start_once(case: Case, root: Path, mode: str, local: Path) -> Start:
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
+    watchdog = threading.Timer(timeout, proc.kill)
+    watchdog.start()
     try:
         if case.ready is None:
             lines = proc.stderr.read().splitlines()
@@ -277,6 +282,7 @@ def start_once(case: Case, root: Path, mode: str, local: Path) -> Start:
                 code = proc.wait()
         seconds = time.perf_counter() - t0
     finally:
+        watchdog.cancel()
         if proc.poll() is None:
             proc.terminate()
             try:
@@ -295,6 +301,9 @@ def start_once(case: Case, root: Path, mode: str, local: Path) -> Start:
             out.before_exec_files, out.before_exec_bytes, out.total_bytes = map(int, hit.groups()[1:])
         elif EXTRACTED_LINE.search(line):
             out.extracted_all = True
+    if seconds >= timeout:
+        code = code or -9
+        lines.append(f"timed out after {timeout:.0f}s (--start-timeout)")
     if code not in (None, 0):
         why = next(
             (ln for ln in reversed(lines) if "Error" in ln or "error" in ln), lines[-1] if lines else ""
@@ -307,10 +316,10 @@ def start_once(case: Case, root: Path, mode: str, local: Path) -> Start:
     return out
 
 
-def measure(case: Case, root: Path, mode: str, runs: int, local: Path) -> list[Start] | str:
+def measure(case: Case, root: Path, mode: str, runs: int, local: Path, timeout: float) -> list[Start] | str:
     """The mode's starts, or why one failed (the others are not run)."""
     try:
-        return [start_once(case, root, mode, local) for _ in range(runs)]
+        return [start_once(case, root, mode, local, timeout) for _ in range(runs)]
     except StartFailed as exc:
         return f"FAILED: {exc}"
 
@@ -349,6 +358,9 @@ def main() -> int:
         help="f5tts: no start trace (no startup pack: all packs before exec)",
     )
     ap.add_argument("--json-out", type=Path, help="also write the figures as JSON here")
+    ap.add_argument(
+        "--start-timeout", type=float, default=900, help="seconds before a start counts as failed"
+    )
     args = ap.parse_args()
     if args.torch:
         args.case = "torch"
@@ -366,7 +378,7 @@ def main() -> int:
     try:
         case = f5_case(args) if args.case == "f5tts" else simple_case(args, tmp)
         print(f"{case.name}: `{' '.join(case.command)}`; {args.runs} cold runs each (page cache dropped)")
-        base = measure(case, case.root, "never", args.runs, local)
+        base = measure(case, case.root, "never", args.runs, local, args.start_timeout)
         if isinstance(base, str):
             print(f"local disk: {base}")
             return 1
@@ -377,7 +389,10 @@ def main() -> int:
         labels = {"never": "in place", "always": "materialize", "auto": "auto"}
         for lat in latencies:
             with slow_mount(case.root.parent, mnt, lat):
-                row = {m: measure(case, mnt / case.root.name, m, args.runs, local) for m in modes}
+                row = {
+                    m: measure(case, mnt / case.root.name, m, args.runs, local, args.start_timeout)
+                    for m in modes
+                }
             figures: dict[str, dict[str, object]] = {}
             parts = [f"{lat:4.1f} ms/op:"]
             for m, starts in row.items():
@@ -412,6 +427,8 @@ def main() -> int:
                     )
                     print(f"      {labels[m]}: {_copied(starts)}{probe}", flush=True)
             results["latencies"][str(lat)] = figures  # type: ignore[index]
+            if args.json_out:  # after every row: a long run stopped midway keeps what it measured
+                args.json_out.write_text(json.dumps(results, indent=2))
         _targets(results, latencies)
         if args.json_out:
             args.json_out.write_text(json.dumps(results, indent=2))
