@@ -23,6 +23,7 @@ more than 10% at 0 ms/op; bytes copied before exec <= 25% of the snapshot's pack
 
 Usage: sudo python bench/coldstart.py [--case heavy|torch|sympy|f5tts] [--latencies 0,0.2,1]
            [--runs 3] [--modes never,always,auto] [--modules 3000] [--trace] [--json-out FILE]
+           [--start-timeout 900] [--untraced (f5tts: no startup pack)] [--work DIR] [--source ROOT]
 """
 
 from __future__ import annotations
