@@ -615,6 +615,34 @@ def provision_cmd(
     emit_json("provision", result) if g.json else render_switch_generic(result)
 
 
+bench_app = typer.Typer(help="Measure this volume: cold-start costs.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("coldstart", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def bench_coldstart_cmd(
+    ctx: typer.Context,
+    manifest: Annotated[
+        str, typer.Argument(metavar="MANIFEST", help="Manifest TOML (its snapshot must exist).")
+    ],
+    runs: Annotated[int, typer.Option("--runs", metavar="N", help="Timed starts per mode (median).")] = 3,
+    read_mb: Annotated[
+        int, typer.Option("--read-mb", metavar="MB", help="At most this many MB read per read-rate test.")
+    ] = 512,
+) -> None:
+    """Per-op latency, read rates and the manifest's start in place vs materialized, and what
+    `run --materialize auto` would choose: bench coldstart MANIFEST [-- CMD]."""
+    from .commands.bench import coldstart
+    from .errors import UsageError
+    from .render import emit_json, render_bench
+
+    g = _globals(ctx)
+    if read_mb < 1:
+        raise UsageError(f"--read-mb: {read_mb} is not a positive number of MB")
+    report = coldstart(g.paths, manifest, list(ctx.args), runs=runs, read_limit=read_mb * 1_000_000)
+    emit_json("bench coldstart", report) if g.json else render_bench(report)
+
+
 key_app = typer.Typer(help="Signing keys for push/pull (ed25519, Nix's key format).", no_args_is_help=True)
 app.add_typer(key_app, name="key")
 

@@ -423,6 +423,41 @@ def render_doctor(r: Any) -> None:
         _o().print("[green]no problems found[/green]")
 
 
+def render_bench(r: Any) -> None:
+    """`bench coldstart`: one table of measurements, then auto's choice and the notes."""
+    _o().print(
+        f"volume {esc(r.root)}: snapshot {esc(r.snapshot)} ({r.snapshot_files} files,"
+        f" {human_bytes(r.snapshot_bytes)}); start: {esc(shlex.join(r.start_command))}",
+        highlight=False,
+    )
+    table = Table(title="coldstart", title_justify="left")
+    for col in ("measure", "result", "detail"):
+        table.add_column(col)
+    for op in r.latency:
+        table.add_row(
+            esc(f"{op.op} (per op)"), f"{op.median_ms:.3f} ms", f"p90 {op.p90_ms:.3f} ms, {op.samples} files"
+        )
+    for rd in r.reads:
+        what = "sequential read" if rd.threads == 1 else f"parallel read, {rd.threads} threads"
+        table.add_row(
+            what, f"{rd.mb_per_s:.0f} MB/s", esc(f"{human_bytes(rd.bytes)} in {rd.seconds:.2f}s of one file")
+        )
+    for s in r.starts:
+        label = {"never": "start in place", "always": "start materialized"}.get(s.mode, s.mode)
+        if s.skipped:
+            table.add_row(esc(label), "-", esc(s.skipped))
+        else:
+            runs = ", ".join(f"{t:.2f}s" for t in s.runs_s)
+            table.add_row(esc(label), f"{s.median_s:.2f} s", esc(f"median of {len(s.runs_s)}: {runs}"))
+    if r.materialized_vs_in_place is not None:
+        table.add_row("materialized / in place", f"{r.materialized_vs_in_place:.2f}x", "")
+    _o().print(table)
+    choice = "materialize" if r.auto.choice == "materialize" else "run in place"
+    _o().print(f"auto would {choice}: {esc(r.auto.reason)}", highlight=False)
+    for note in r.notes:
+        _o().print(f"note: {esc(note)}", highlight=False)
+
+
 def render_init(r: Any, quiet: int) -> None:
     """The files written on stdout; where the smoke imports came from, and what next, on stderr."""
     out_line(str(r.manifest))
