@@ -272,3 +272,40 @@ def test_damaged_pack_in_the_background_never_goes_live(
     r = volenv(*args, "--", "python", "-c", "import late; print(late.LATE)")
     assert r.returncode == 0 and r.stdout == "late\n", r.stderr
     assert "reusing" not in r.stderr and "resuming" not in r.stderr
+
+
+def test_a_deep_untraced_package_swaps_in_whole(tmp_path: Path) -> None:
+    """A package the start never touches, with more directories than a tree keeps open (like
+    botocore/data: hundreds of service folders): its directory link is swapped in whole and the
+    tree is marked complete. The swap once used a parent descriptor that the directory cache
+    had closed while setting the modes below it (and that a new directory then reused): the
+    F5-TTS worker's background failed with ENOENT and its tree was never completed."""
+    from conftest import write_manifest
+    from wheelfactory import make_wheel
+
+    wheels = tmp_path / "wheels"
+    make_wheel(wheels, "starter", "1.0", files={"starter/__init__.py": "OK = 1\n"})
+    data = {f"deep/data/svc{i:03d}/2024-01-0{i % 9 + 1}/api.json": f'{{"n": {i}}}' for i in range(120)}
+    make_wheel(wheels, "deep", "1.0", files={"deep/__init__.py": "", **data})
+    m = write_manifest(tmp_path, "app", ["starter==1.0", "deep==1.0"], find_links=wheels)
+    root = tmp_path / "volume" / "volenv"
+    assert volenv("--root", root, "sync", m).returncode == 0
+    start = "import starter"
+    assert volenv("--root", root, "trace", "--manifest", m, "--", "python", "-c", start).returncode == 0
+    r = volenv("--root", root, "pack", "app")
+    assert r.returncode == 0, r.stderr
+    sid = snapshot_of(root, "app")
+    local = tmp_path / "local"
+    tree = local / sid
+    args = ("--root", root, "run", "--materialize", "always", "--materialize-dir", local, "--manifest", m)
+    r = volenv(*args, "--", "python", "-c", start)
+    assert r.returncode == 0, r.stderr
+    assert "skeleton of" in r.stderr, r.stderr
+    deadline = time.monotonic() + 60
+    while not (tree / ".volenv" / "materialized.json").exists():
+        failed = tree / ".volenv" / "materialize-failed"
+        assert not failed.exists(), failed.read_text()
+        assert time.monotonic() < deadline, "the background extraction never completed"
+        time.sleep(0.05)
+    assert _links_left(tree) == []
+    assert verify_snapshot(tree, level="full").ok

@@ -886,15 +886,29 @@ def _background(job: _Job, lock: int, ready: int) -> int:
 def _swap(su: Unpacker, live: _Tree, rel: str, kind: str) -> None:
     """Replace one skeleton link with its staged file or directory, atomically."""
     parent, _, name = rel.rpartition("/")
-    sfd = su.tree.dir_fd(parent, create=False)
-    lfd = live.dir_fd(parent, create=False)
+    if kind == "d":  # modes first: each dir_fd call may close the least recently used descriptor
+        below = rel + "/"
+        for r, mode in sorted(su.dir_modes, key=lambda x: x[0].count("/"), reverse=True):
+            if r == rel or r.startswith(below):
+                os.fchmod(su.tree.dir_fd(r, create=False), mode)
+    # the two parents held as our own descriptors: the trees' caches may close theirs
+    sfd = os.dup(su.tree.dir_fd(parent, create=False))
+    try:
+        lfd = os.dup(live.dir_fd(parent, create=False))
+    except BaseException:
+        os.close(sfd)
+        raise
+    try:
+        _swap_at(sfd, lfd, name, kind)
+    finally:
+        os.close(sfd)
+        os.close(lfd)
+
+
+def _swap_at(sfd: int, lfd: int, name: str, kind: str) -> None:
     if kind == "f":
         os.rename(name, name, src_dir_fd=sfd, dst_dir_fd=lfd)
         return
-    below = rel + "/"
-    for r, mode in sorted(su.dir_modes, key=lambda x: x[0].count("/"), reverse=True):
-        if r == rel or r.startswith(below):
-            os.fchmod(su.tree.dir_fd(r, create=False), mode)
     _renameat2(sfd, name, lfd, name, _RENAME_EXCHANGE)
     if stat.S_ISLNK(os.stat(name, dir_fd=sfd, follow_symlinks=False).st_mode):
         os.unlink(name, dir_fd=sfd)  # the link, now in the staging tree
