@@ -74,6 +74,32 @@ def _owned_private(path: str) -> bool:
     return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077
 
 
+def owned_alone(path: str | Path, kind: int = stat.S_IFDIR) -> bool:
+    """Owned by this user, of `kind` (never a link), and writable by nobody else: what a
+    materialize or local directory, a copy and its marks must be before they are trusted."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_IFMT(st.st_mode) == kind and st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
+def checked_base(base: Path, explicit: bool) -> None:
+    """A named directory (--materialize-dir, $VOLENV_MATERIALIZE_DIR) is created if missing and
+    must then be this user's and writable by nobody else (its parent may be a shared /tmp);
+    the default gets `private_base`. Another user's directory could hold a planted copy."""
+    if not explicit:
+        private_base(base)
+        return
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not owned_alone(base):
+        raise OSError(
+            errno.EPERM,
+            f"{base} is not a private directory of this user"
+            " (owned, not a link, not writable by group/other)",
+        )
+
+
 def private_base(base: Path) -> None:
     """Create the default materialize directory (and its per-user parent) 0700, then insist
     each is a real directory owned by this user that nobody else can enter: on a shared /tmp
@@ -232,8 +258,8 @@ def _complete(dest: Path, seal: dict[str, Any], level: str = "seal") -> bool:
     """A reusable copy: its completion mark, its own seal naming the volume seal's record, and
     (at --verify stat/full) every file matching that record, checked as on the volume."""
     marker = dest / META_DIR / MARKER
-    if not marker.exists():
-        return False
+    if not (owned_alone(dest) and owned_alone(dest / META_DIR) and owned_alone(marker, stat.S_IFREG)):
+        return False  # missing, or not this user's alone: never trusted (another user's plant)
     try:
         own = check_seal(str(dest), dest.name)
     except SealProblem:
@@ -304,6 +330,11 @@ def choose(
     sid = os.path.basename(snapshot_dir)
     base = Path(mdir) if mdir else default_dir()
     dest = base / sid
+    try:
+        checked_base(base, bool(mdir or os.environ.get("VOLENV_MATERIALIZE_DIR")))
+    except OSError as exc:
+        _say(f"warning: materialize: {base} unusable ({exc.strerror}); running in place")
+        return None
     if _complete(dest, seal, level):
         _say(f"materialize: reusing the complete local copy {dest}")
         return str(dest)
@@ -325,10 +356,6 @@ def choose(
         return None
     need = int(sum(p.tar_size for p in manifest.packs) * 1.05)
     try:
-        if mdir or os.environ.get("VOLENV_MATERIALIZE_DIR"):
-            base.mkdir(mode=0o700, parents=True, exist_ok=True)
-        else:
-            private_base(base)
         free = shutil.disk_usage(base).free
     except OSError as exc:
         _say(f"warning: materialize: {base} unusable ({exc.strerror}); running in place")
@@ -720,6 +747,8 @@ def _resume(
     A skeleton another process is still completing is used at once too. None: not resumable."""
     try:
         meta = dest / META_DIR
+        if not (owned_alone(dest) and owned_alone(meta)):
+            return None  # not this user's alone: discarded, never run
         if (meta / FAILED).exists() or not (meta / IN_PROGRESS).exists():
             return None
         if check_seal(str(dest), dest.name).get("record_sha256") != seal["record_sha256"]:
