@@ -332,3 +332,20 @@ def test_a_named_materialize_dir_not_ours_is_never_trusted(
     else:
         assert r.stdout.split()[0].startswith(str(root)), r.stdout  # ran in place
         assert "not a private directory" in r.stderr
+
+
+@pytest.mark.parametrize("materialize", ["never", "always"])
+def test_a_linked_snapshot_dir_is_refused(tmp_path: Path, root: Path, packed: str, materialize: str) -> None:
+    """`ln -s /tmp/outside $R/envs/app/snapshots/$SID`: in place ran the code from outside the
+    root (exit 0); now both refuse it, exit 4, naming the path, one prefix per message."""
+    snap = root / "envs" / "app" / "snapshots" / packed
+    outside = tmp_path / "outside"
+    os.rename(snap, outside)
+    snap.symlink_to(outside)
+    r = volenv(
+        "--root", root, "run", "--materialize", materialize, "--materialize-dir", tmp_path / "local",
+        "--env", "app", "--", "python", "-c", "import sys; print(sys.prefix)",
+    )  # fmt: skip
+    assert r.returncode == 4, (r.returncode, r.stdout, r.stderr)
+    assert str(snap) in r.stderr and "outside the volume root" in r.stderr
+    assert "materialize: materialize:" not in r.stderr and not r.stdout

@@ -575,7 +575,7 @@ def _volume_dir(root: str, snapshot_dir: str) -> str:
     vol = os.path.realpath(snapshot_dir)
     top = os.path.realpath(root)
     if not vol.startswith(top.rstrip("/") + "/"):
-        raise VerifyError(f"materialize: the snapshot {snapshot_dir} resolves outside the volume root {top}")
+        raise VerifyError(f"the snapshot {snapshot_dir} resolves outside the volume root {top}")
     return vol
 
 
