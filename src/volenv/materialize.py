@@ -47,6 +47,7 @@ from .sealcheck import META_DIR, SealProblem, check_seal
 MARKER = "materialized.json"
 IN_PROGRESS = "materializing"  # pid of the background extraction, while there is one
 FAILED = "materialize-failed"  # why the background extraction stopped
+IN_USE = "in-use"  # flock'd shared by every program running from the tree, exclusive to discard
 PROBE_OPS = 12
 
 
@@ -285,17 +286,40 @@ def _complete(dest: Path, seal: dict[str, Any], level: str = "seal") -> bool:
     return report.ok
 
 
-def _discard(dest: Path) -> None:
-    """Move a stale or edited copy aside (one rename, so no start sees half of it), then delete."""
+def _discard(dest: Path) -> bool:
+    """Move a stale or edited copy aside (one rename, so no start sees half of it), then delete;
+    False, and the copy left alone, while a program runs from it (its IN_USE lock is held)."""
+    import fcntl
+
+    try:
+        lock = _in_use_fd(dest)
+    except FileNotFoundError:
+        lock = None  # no metadata dir: no program ever ran from it
+    except OSError:
+        lock = None  # a planted link (ELOOP) or not a directory: removed below, never followed
+    try:
+        if lock is not None:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return False
+        return _move_aside(dest)
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def _move_aside(dest: Path) -> bool:
     aside = dest.with_name(f".{dest.name}.stale-{unique_suffix()}")
     try:
         os.rename(dest, aside)
     except FileNotFoundError:
-        return
+        return True
     if os.path.islink(aside):  # a planted link: the link goes, never what it points to
         os.unlink(aside)
     else:
         shutil.rmtree(aside, ignore_errors=True)
+    return True
 
 
 def _clean_partials(base: Path, sid: str) -> None:
@@ -325,7 +349,51 @@ def _alive(pid: int) -> bool:
 def choose(
     root: str, snapshot_dir: str, seal: dict[str, Any], mode: str, mdir: str | None, level: str = "seal"
 ) -> str | None:
-    """The directory to exec from: a materialized copy checked at `level`, or None for in place."""
+    """The directory to exec from: a materialized copy checked at `level`, or None for in place.
+    The program holds the copy's IN_USE lock (shared, inherited across exec) for as long as it
+    runs, so no later start discards a tree from under it."""
+    tree = _choose(root, snapshot_dir, seal, mode, mdir, level)
+    if tree is None or _hold(tree):
+        return tree
+    _say(f"warning: materialize: {tree} is being replaced by another start; running in place")
+    return None
+
+
+def _in_use_fd(tree: str | Path) -> int:
+    """The tree's IN_USE file, reached without following any link (a planted one: OSError)."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    top = os.open(tree, flags)
+    try:
+        meta = os.open(META_DIR, flags, dir_fd=top)
+    finally:
+        os.close(top)
+    try:
+        return os.open(IN_USE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=meta)
+    finally:
+        os.close(meta)
+
+
+def _hold(tree: str) -> bool:
+    """Take the tree's shared IN_USE lock on an fd the exec'd program inherits (never closed
+    here): False when a start holds it exclusively to discard the tree."""
+    import fcntl
+
+    try:
+        fd = _in_use_fd(tree)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    os.set_inheritable(fd, True)
+    return True
+
+
+def _choose(
+    root: str, snapshot_dir: str, seal: dict[str, Any], mode: str, mdir: str | None, level: str
+) -> str | None:
     paths = VolumePaths(Path(root))
     sid = os.path.basename(snapshot_dir)
     base = Path(mdir) if mdir else default_dir()
@@ -419,14 +487,15 @@ def _extract(
     if os.path.lexists(dest) and _await_background(dest, seal, level):
         _say(f"materialize: reusing the local copy {dest}, completed by another start")
         return str(dest)
-    if os.path.lexists(dest):  # a killed start's copy without its mark, or one that failed its check
-        _discard(dest)
+    if os.path.lexists(dest) and not _discard(dest):  # a killed start's copy, or one that failed
+        _say(f"materialize: {dest} is in use by a running program; extracting a fresh copy beside it")
     partial = base / f".{sid}.partial-{unique_suffix()}"
     partial.mkdir()
     staged = partial / sid
     if exchange:
         return _extract_startup_first(paths, manifest, base, partial, dest, mode, volume)
     t0 = time.perf_counter()
+    tree = dest
     try:
         unpack(manifest, lambda i: open(blob_path(paths, i.id), "rb"), staged)  # noqa: SIM115
         faults.point("materialize")
@@ -444,8 +513,10 @@ def _extract(
         try:
             os.rename(staged, dest)
         except OSError as exc:
-            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not _complete(dest, seal, level):
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
+            if not _complete(dest, seal, level):  # a copy in use is in the way: run from ours
+                tree = staged
     except (VerifyError, SealProblem) as exc:
         shutil.rmtree(partial, ignore_errors=True)
         _damaged(mode, f"a pack is damaged: {exc}")
@@ -456,9 +527,10 @@ def _extract(
             _say(f"warning: materialize: local disk full while extracting ({exc.strerror}); running in place")
             return None
         raise
-    shutil.rmtree(partial, ignore_errors=True)
-    _say(f"materialize: extracted {sid} to {dest} in {time.perf_counter() - t0:.2f}s")
-    return str(dest)
+    if tree == dest:
+        shutil.rmtree(partial, ignore_errors=True)
+    _say(f"materialize: extracted {sid} to {tree} in {time.perf_counter() - t0:.2f}s")
+    return str(tree)
 
 
 # ---------------------------------------------------------------- startup pack first
