@@ -291,3 +291,61 @@ def test_an_empty_lease_marker_left_by_a_crash_is_taken_over(
     r = volenv("--root", root, "sync", "--lock-timeout", "30", m2, env={"VOLENV_LEASE_SECONDS": "2"})
     assert r.returncode == 0, r.stderr
     assert "removed the empty build lease marker" in r.stderr
+
+
+def _plant_evil(local: Path, packed: str) -> None:
+    """The attacker's copy: a real extraction whose package code was then replaced (same size,
+    so only --verify full would see it); marks and seal as a real start leaves them."""
+    init = next((local / packed).glob("lib/python*/site-packages/alpha/__init__.py"))
+    mode = init.stat().st_mode
+    init.chmod(0o644)
+    init.write_text(init.read_text().replace("alpha says hi", "alpha EVIL!!!"))
+    init.chmod(mode & 0o7777)
+    os.utime(init, (OLD, OLD))
+
+
+@pytest.mark.parametrize("trap", ["other-owner-dir", "world-writable-dir", "other-owner-copy"])
+def test_a_named_materialize_dir_not_ours_is_never_trusted(
+    tmp_path: Path, root: Path, packed: str, trap: str
+) -> None:
+    """VOLENV_MATERIALIZE_DIR=/tmp/shared with another user's planted copy (its marks forged
+    right): the copy must not run. A directory that is not ours alone is refused (in place); a
+    copy in our directory that is not ours is re-extracted."""
+    local = tmp_path / "shared"
+    assert _mat(root, local).returncode == 0
+    _plant_evil(local, packed)
+    assert "EVIL" in _mat(root, local).stdout  # the plant as it stands would run
+    if trap == "world-writable-dir":
+        local.chmod(0o777)
+    elif os.geteuid() != 0:
+        pytest.skip("needs root to chown")
+    else:
+        top = local if trap == "other-owner-dir" else local / packed
+        for d, dirs, files in os.walk(top):
+            for name in [d, *(os.path.join(d, n) for n in dirs + files)]:
+                os.lchown(name, 65534, 65534)
+    r = _mat(root, None, env={"VOLENV_MATERIALIZE_DIR": str(local)})
+    assert r.returncode == 0 and "EVIL" not in r.stdout, r.stderr
+    if trap == "other-owner-copy":
+        assert r.stdout.split()[0] == str(local / packed) and "extracted" in r.stderr, r.stderr
+        assert (local / packed).lstat().st_uid == os.geteuid()
+    else:
+        assert r.stdout.split()[0].startswith(str(root)), r.stdout  # ran in place
+        assert "not a private directory" in r.stderr
+
+
+@pytest.mark.parametrize("materialize", ["never", "always"])
+def test_a_linked_snapshot_dir_is_refused(tmp_path: Path, root: Path, packed: str, materialize: str) -> None:
+    """`ln -s /tmp/outside $R/envs/app/snapshots/$SID`: in place ran the code from outside the
+    root (exit 0); now both refuse it, exit 4, naming the path, one prefix per message."""
+    snap = root / "envs" / "app" / "snapshots" / packed
+    outside = tmp_path / "outside"
+    os.rename(snap, outside)
+    snap.symlink_to(outside)
+    r = volenv(
+        "--root", root, "run", "--materialize", materialize, "--materialize-dir", tmp_path / "local",
+        "--env", "app", "--", "python", "-c", "import sys; print(sys.prefix)",
+    )  # fmt: skip
+    assert r.returncode == 4, (r.returncode, r.stdout, r.stderr)
+    assert str(snap) in r.stderr and "outside the volume root" in r.stderr
+    assert "materialize: materialize:" not in r.stderr and not r.stdout

@@ -280,3 +280,40 @@ def test_local_model_copy_always_auto_and_damaged(tmp_path: Path, root: Path, wh
     m.write_text(m.read_text().replace('local = "always"', 'local = "sometimes"'))
     r = volenv("--root", root, "models", "fetch", m)
     assert r.returncode == 2 and "local" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("trap", ["world-writable-dir", "other-owner-copy"])
+def test_a_planted_local_model_copy_is_never_trusted(
+    tmp_path: Path, root: Path, wheelhouse: Path, trap: str
+) -> None:
+    """VOLENV_LOCAL_DIR in a place another user can write, or holding a copy that is not ours:
+    a copy of the right sizes there (pickled weights are code) is never handed to the worker."""
+    if trap == "other-owner-copy" and os.geteuid() != 0:
+        pytest.skip("needs root to chown")
+    size = MB
+    src, sha = _file(tmp_path, size)
+    local = tmp_path / "local"
+    with serve(RangeServer(src)) as srv:
+        m = _manifest(tmp_path, wheelhouse, srv.url, sha, size)
+        m.write_text(m.read_text() + 'local = "always"\n')
+        assert volenv("--root", root, "sync", m).returncode == 0
+    env = {"VOLENV_LOCAL_DIR": str(local)}
+    run = ("--root", root, "run", "--manifest", m, "--", "python", "-c", PRINT_MODEL)
+    r = volenv(*run, env=env)
+    path = Path(r.stdout.strip())
+    assert r.returncode == 0 and path.is_relative_to(local), r.stderr
+    path.write_bytes(b"E" * size)  # the plant: same size, other bytes
+    if trap == "world-writable-dir":
+        local.chmod(0o777)
+    else:
+        for d, dirs, files in os.walk(local):
+            for name in [*(os.path.join(d, n) for n in dirs + files)]:
+                os.lchown(name, 65534, 65534)
+    r = volenv(*run, env=env)
+    assert r.returncode == 0, r.stderr
+    used = Path(r.stdout.strip())
+    assert used.read_bytes() == src.read_bytes(), r.stderr
+    if trap == "world-writable-dir":
+        assert used == _published(root, sha) and "not a private directory" in r.stderr
+    else:
+        assert used == path and "copied" in r.stderr and path.lstat().st_uid == os.geteuid()

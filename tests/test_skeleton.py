@@ -309,3 +309,40 @@ def test_a_deep_untraced_package_swaps_in_whole(tmp_path: Path) -> None:
         time.sleep(0.05)
     assert _links_left(tree) == []
     assert verify_snapshot(tree, level="full").ok
+
+
+def test_a_second_start_never_discards_a_tree_a_program_runs_from(
+    tmp_path: Path,
+    traced_env: tuple[Path, Path],  # noqa: F811
+) -> None:
+    """Start A's background fails (its skeleton stays whole, A keeps running from it); start B
+    on the same disk used to discard that tree, and A lost `late` mid-run. B now extracts a
+    fresh copy beside it; once A is gone, a later start replaces the tree."""
+    m, root = traced_env
+    _traced_and_packed(m, root)
+    sid = snapshot_of(root, "app")
+    local = tmp_path / "local"
+    tree = local / sid
+    args = ("--root", root, "run", "--materialize", "always", "--materialize-dir", local, "--manifest", m)
+    a = volenv_popen(
+        *args, "--", "python", "-c", "import time; time.sleep(4); import late; print(late.LATE)",
+        env={"VOLENV_FAULT": "materialize-background:fail"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (tree / ".volenv" / "materialize-failed").exists():
+            assert a.poll() is None and time.monotonic() < deadline, "A's background never failed"
+            time.sleep(0.05)
+        b = volenv(*args, "--verify", "stat", "--", "python", "-c", "import sys, late; print(sys.prefix)")
+        assert b.returncode == 0, b.stderr
+        assert "in use by a running program" in b.stderr and b.stdout.strip() != str(tree), b.stderr
+        out, err = a.communicate(timeout=60)
+    finally:
+        if a.poll() is None:
+            a.kill()
+    assert a.returncode == 0 and out == "late\n", err
+    assert not (tree / ".volenv" / "materialized.json").exists()  # A's tree, left as it was
+    c = volenv(*args, "--", "python", "-c", "import sys, late; print(sys.prefix)")
+    assert c.returncode == 0 and c.stdout.strip() == str(tree), c.stderr  # A gone: replaced
+    _wait_mark(tree)

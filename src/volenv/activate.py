@@ -366,6 +366,7 @@ def prepare(root: str, o: RunOptions) -> tuple[Target, str, dict[str, Any]]:
         problem: SealProblem | VerifyError | None = None
         if sid is not None:
             snap_dir = os.path.join(root, "envs", target.env, "snapshots", sid)
+            _contained_snapshot(root, snap_dir)
             # in-flight guard: GC keeps snapshots whose use mark is fresh, so mark before checking
             mark_used(root, target.env, sid)
             try:
@@ -397,6 +398,19 @@ def prepare(root: str, o: RunOptions) -> tuple[Target, str, dict[str, Any]]:
             time.sleep(0.5)
             continue
         raise _missing_error(root, o, target, sid, problem)
+
+
+def _contained_snapshot(root: str, snap_dir: str) -> None:
+    """volenv only ever writes a snapshot as a real directory inside the root: a link there (or
+    a linked envs/ENV) would exec code from outside the volume, so it is refused (exit 4)."""
+    top = os.path.realpath(root)
+    real = os.path.realpath(snap_dir)
+    if os.path.islink(snap_dir) or not real.startswith(top.rstrip("/") + "/"):
+        raise VerifyError(
+            f"snapshot directory {snap_dir} is a symlink or resolves outside the volume root"
+            f" ({real}): unsafe, not run",
+            hint="remove the link (volenv never makes one there), then `volenv sync` again",
+        )
 
 
 def _verify_deep(snap_dir: str, level: str) -> None:

@@ -18,6 +18,7 @@ import collections
 import json
 import os
 import shutil
+import stat
 import sys
 import threading
 import time
@@ -39,22 +40,19 @@ def _say(msg: str) -> None:
 
 
 def local_base() -> Path:
-    """$VOLENV_LOCAL_DIR, else `_models` in the directory `run --materialize` uses (private to
-    this user, on the container's disk)."""
+    """$VOLENV_LOCAL_DIR, else `_models` in the directory `run --materialize` uses; either must
+    be this user's alone (OSError otherwise): weights in another user's directory could be a
+    planted pickle, which is code."""
+    from .materialize import checked_base, default_dir
+
     explicit = os.environ.get("VOLENV_LOCAL_DIR")
     if explicit:
         base = Path(explicit)
-        base.mkdir(mode=0o700, parents=True, exist_ok=True)
+        checked_base(base, True)
         return base
-    from .materialize import default_dir, private_base
-
-    top = default_dir()
-    if os.environ.get("VOLENV_MATERIALIZE_DIR"):
-        top.mkdir(mode=0o700, parents=True, exist_ok=True)
-    else:
-        private_base(top)
-    base = top / "_models"
-    base.mkdir(mode=0o700, exist_ok=True)
+    checked_base(default_dir(), bool(os.environ.get("VOLENV_MATERIALIZE_DIR")))
+    base = default_dir() / "_models"
+    checked_base(base, True)
     return base
 
 
@@ -75,7 +73,12 @@ def localize_models(
             if slow is None:
                 from .materialize import decide_auto
 
-                decision = decide_auto(root, str(local_base()), volume_snapshot)
+                try:
+                    where = str(local_base())
+                except OSError as exc:
+                    _say(f"warning: models local: no local copies ({exc}); reading from the volume")
+                    return
+                decision = decide_auto(root, where, volume_snapshot)
                 slow = decision.materialize
                 _say(
                     f"models local auto: {decision.reason}:"
@@ -119,6 +122,7 @@ def _local_copy(root: str, m: dict[str, Any]) -> str | None:
         for f in files:
             _copy_one(src_dir / f["path"], tmp / f["path"], int(f["size"]), f["sha256"], models_top)
         (tmp / MARK).write_text(json.dumps({"files": files}, sort_keys=True))
+        os.chmod(tmp / MARK, 0o600)  # writable by us alone whatever the umask: see _complete
         try:
             os.rename(tmp, dest)
         except OSError:
@@ -133,13 +137,30 @@ def _local_copy(root: str, m: dict[str, Any]) -> str | None:
 
 
 def _complete(dest: Path, files: list[dict[str, Any]]) -> bool:
-    """A copy counts only with its mark naming exactly these files, each of the recorded size."""
+    """A copy counts only with its mark naming exactly these files, each of the recorded size,
+    and all of it (directories, mark, files) this user's alone: never another user's plant."""
+    from .materialize import owned_alone
+
     try:
+        if not owned_alone(dest) or not owned_alone(dest / MARK, stat.S_IFREG):
+            return False
         mark = json.loads((dest / MARK).read_bytes())
         if mark.get("files") != files:
             return False
-        return all(os.stat(dest / f["path"]).st_size == f["size"] for f in files)
-    except (OSError, ValueError, AttributeError):
+        dirs: set[str] = set()
+        for f in files:
+            rel = str(f["path"])
+            parent = os.path.dirname(rel)
+            while parent and parent not in dirs:
+                if not owned_alone(dest / parent):
+                    return False
+                dirs.add(parent)
+                parent = os.path.dirname(parent)
+            st = os.lstat(dest / rel)
+            if not owned_alone(dest / rel, stat.S_IFREG) or st.st_size != f["size"]:
+                return False
+        return True
+    except (OSError, ValueError, AttributeError, TypeError):
         return False
 
 
@@ -148,7 +169,7 @@ def _copy_one(src: Path, dst: Path, size: int, sha256: str, models_top: str) -> 
     real = os.path.realpath(src)
     if not (real == models_top or real.startswith(models_top + os.sep)):
         raise ValueError(f"{src} resolves outside the volume's models directory")
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     sfd = os.open(real, os.O_RDONLY | os.O_CLOEXEC)
     try:
         if os.fstat(sfd).st_size != size:

@@ -47,6 +47,7 @@ from .sealcheck import META_DIR, SealProblem, check_seal
 MARKER = "materialized.json"
 IN_PROGRESS = "materializing"  # pid of the background extraction, while there is one
 FAILED = "materialize-failed"  # why the background extraction stopped
+IN_USE = "in-use"  # flock'd shared by every program running from the tree, exclusive to discard
 PROBE_OPS = 12
 
 
@@ -72,6 +73,32 @@ def _owned_private(path: str) -> bool:
     except OSError:
         return False
     return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077
+
+
+def owned_alone(path: str | Path, kind: int = stat.S_IFDIR) -> bool:
+    """Owned by this user, of `kind` (never a link), and writable by nobody else: what a
+    materialize or local directory, a copy and its marks must be before they are trusted."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_IFMT(st.st_mode) == kind and st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
+def checked_base(base: Path, explicit: bool) -> None:
+    """A named directory (--materialize-dir, $VOLENV_MATERIALIZE_DIR) is created if missing and
+    must then be this user's and writable by nobody else (its parent may be a shared /tmp);
+    the default gets `private_base`. Another user's directory could hold a planted copy."""
+    if not explicit:
+        private_base(base)
+        return
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not owned_alone(base):
+        raise OSError(
+            errno.EPERM,
+            f"{base} is not a private directory of this user"
+            " (owned, not a link, not writable by group/other)",
+        )
 
 
 def private_base(base: Path) -> None:
@@ -232,8 +259,8 @@ def _complete(dest: Path, seal: dict[str, Any], level: str = "seal") -> bool:
     """A reusable copy: its completion mark, its own seal naming the volume seal's record, and
     (at --verify stat/full) every file matching that record, checked as on the volume."""
     marker = dest / META_DIR / MARKER
-    if not marker.exists():
-        return False
+    if not (owned_alone(dest) and owned_alone(dest / META_DIR) and owned_alone(marker, stat.S_IFREG)):
+        return False  # missing, or not this user's alone: never trusted (another user's plant)
     try:
         own = check_seal(str(dest), dest.name)
     except SealProblem:
@@ -259,17 +286,40 @@ def _complete(dest: Path, seal: dict[str, Any], level: str = "seal") -> bool:
     return report.ok
 
 
-def _discard(dest: Path) -> None:
-    """Move a stale or edited copy aside (one rename, so no start sees half of it), then delete."""
+def _discard(dest: Path) -> bool:
+    """Move a stale or edited copy aside (one rename, so no start sees half of it), then delete;
+    False, and the copy left alone, while a program runs from it (its IN_USE lock is held)."""
+    import fcntl
+
+    try:
+        lock = _in_use_fd(dest)
+    except FileNotFoundError:
+        lock = None  # no metadata dir: no program ever ran from it
+    except OSError:
+        lock = None  # a planted link (ELOOP) or not a directory: removed below, never followed
+    try:
+        if lock is not None:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return False
+        return _move_aside(dest)
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def _move_aside(dest: Path) -> bool:
     aside = dest.with_name(f".{dest.name}.stale-{unique_suffix()}")
     try:
         os.rename(dest, aside)
     except FileNotFoundError:
-        return
+        return True
     if os.path.islink(aside):  # a planted link: the link goes, never what it points to
         os.unlink(aside)
     else:
         shutil.rmtree(aside, ignore_errors=True)
+    return True
 
 
 def _clean_partials(base: Path, sid: str) -> None:
@@ -299,11 +349,60 @@ def _alive(pid: int) -> bool:
 def choose(
     root: str, snapshot_dir: str, seal: dict[str, Any], mode: str, mdir: str | None, level: str = "seal"
 ) -> str | None:
-    """The directory to exec from: a materialized copy checked at `level`, or None for in place."""
+    """The directory to exec from: a materialized copy checked at `level`, or None for in place.
+    The program holds the copy's IN_USE lock (shared, inherited across exec) for as long as it
+    runs, so no later start discards a tree from under it."""
+    tree = _choose(root, snapshot_dir, seal, mode, mdir, level)
+    if tree is None or _hold(tree):
+        return tree
+    _say(f"warning: materialize: {tree} is being replaced by another start; running in place")
+    return None
+
+
+def _in_use_fd(tree: str | Path) -> int:
+    """The tree's IN_USE file, reached without following any link (a planted one: OSError)."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    top = os.open(tree, flags)
+    try:
+        meta = os.open(META_DIR, flags, dir_fd=top)
+    finally:
+        os.close(top)
+    try:
+        return os.open(IN_USE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=meta)
+    finally:
+        os.close(meta)
+
+
+def _hold(tree: str) -> bool:
+    """Take the tree's shared IN_USE lock on an fd the exec'd program inherits (never closed
+    here): False when a start holds it exclusively to discard the tree."""
+    import fcntl
+
+    try:
+        fd = _in_use_fd(tree)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    os.set_inheritable(fd, True)
+    return True
+
+
+def _choose(
+    root: str, snapshot_dir: str, seal: dict[str, Any], mode: str, mdir: str | None, level: str
+) -> str | None:
     paths = VolumePaths(Path(root))
     sid = os.path.basename(snapshot_dir)
     base = Path(mdir) if mdir else default_dir()
     dest = base / sid
+    try:
+        checked_base(base, bool(mdir or os.environ.get("VOLENV_MATERIALIZE_DIR")))
+    except OSError as exc:
+        _say(f"warning: materialize: {base} unusable ({exc.strerror}); running in place")
+        return None
     if _complete(dest, seal, level):
         _say(f"materialize: reusing the complete local copy {dest}")
         return str(dest)
@@ -325,10 +424,6 @@ def choose(
         return None
     need = int(sum(p.tar_size for p in manifest.packs) * 1.05)
     try:
-        if mdir or os.environ.get("VOLENV_MATERIALIZE_DIR"):
-            base.mkdir(mode=0o700, parents=True, exist_ok=True)
-        else:
-            private_base(base)
         free = shutil.disk_usage(base).free
     except OSError as exc:
         _say(f"warning: materialize: {base} unusable ({exc.strerror}); running in place")
@@ -392,14 +487,15 @@ def _extract(
     if os.path.lexists(dest) and _await_background(dest, seal, level):
         _say(f"materialize: reusing the local copy {dest}, completed by another start")
         return str(dest)
-    if os.path.lexists(dest):  # a killed start's copy without its mark, or one that failed its check
-        _discard(dest)
+    if os.path.lexists(dest) and not _discard(dest):  # a killed start's copy, or one that failed
+        _say(f"materialize: {dest} is in use by a running program; extracting a fresh copy beside it")
     partial = base / f".{sid}.partial-{unique_suffix()}"
     partial.mkdir()
     staged = partial / sid
     if exchange:
         return _extract_startup_first(paths, manifest, base, partial, dest, mode, volume)
     t0 = time.perf_counter()
+    tree = dest
     try:
         unpack(manifest, lambda i: open(blob_path(paths, i.id), "rb"), staged)  # noqa: SIM115
         faults.point("materialize")
@@ -417,8 +513,10 @@ def _extract(
         try:
             os.rename(staged, dest)
         except OSError as exc:
-            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not _complete(dest, seal, level):
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
+            if not _complete(dest, seal, level):  # a copy in use is in the way: run from ours
+                tree = staged
     except (VerifyError, SealProblem) as exc:
         shutil.rmtree(partial, ignore_errors=True)
         _damaged(mode, f"a pack is damaged: {exc}")
@@ -429,9 +527,10 @@ def _extract(
             _say(f"warning: materialize: local disk full while extracting ({exc.strerror}); running in place")
             return None
         raise
-    shutil.rmtree(partial, ignore_errors=True)
-    _say(f"materialize: extracted {sid} to {dest} in {time.perf_counter() - t0:.2f}s")
-    return str(dest)
+    if tree == dest:
+        shutil.rmtree(partial, ignore_errors=True)
+    _say(f"materialize: extracted {sid} to {tree} in {time.perf_counter() - t0:.2f}s")
+    return str(tree)
 
 
 # ---------------------------------------------------------------- startup pack first
@@ -548,7 +647,7 @@ def _volume_dir(root: str, snapshot_dir: str) -> str:
     vol = os.path.realpath(snapshot_dir)
     top = os.path.realpath(root)
     if not vol.startswith(top.rstrip("/") + "/"):
-        raise VerifyError(f"materialize: the snapshot {snapshot_dir} resolves outside the volume root {top}")
+        raise VerifyError(f"the snapshot {snapshot_dir} resolves outside the volume root {top}")
     return vol
 
 
@@ -720,6 +819,8 @@ def _resume(
     A skeleton another process is still completing is used at once too. None: not resumable."""
     try:
         meta = dest / META_DIR
+        if not (owned_alone(dest) and owned_alone(meta)):
+            return None  # not this user's alone: discarded, never run
         if (meta / FAILED).exists() or not (meta / IN_PROGRESS).exists():
             return None
         if check_seal(str(dest), dest.name).get("record_sha256") != seal["record_sha256"]:
