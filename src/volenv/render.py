@@ -264,9 +264,16 @@ def render_history(r: Any) -> None:
     for col in (*heads, "changes"):
         table.add_column(col)
     for *cells, g in rows:
-        summary = g.changes.summary(room) if g.changes is not None else g.summary
+        summary = g.changes.summary(room) if g.changes is not None else _gone_summary(g.summary, room)
         table.add_row(*(esc(c) for c in cells), esc(summary))
     _o().print(table)
+
+
+def _gone_summary(full: str, room: int) -> str:
+    """`? (A, B gone)` names whole snapshot ids: on screen it counts them (--json names them)."""
+    n = full.count(",") + 1 if "gone" in full else 0
+    short = f"? ({n} snapshot{'s' if n != 1 else ''} gone)" if n else full
+    return short if len(short) <= room else short[: max(1, room - 1)] + "…"
 
 
 def render_switch(r: Any) -> None:
