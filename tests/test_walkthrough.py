@@ -32,3 +32,31 @@ def test_history_rows_fit_80_columns_after_gc(tmp_path: Path, root: Path, wheelh
     doc = volenv("--root", root, "--json", "history", "app").json()
     gens = doc["generations"]  # type: ignore[index]
     assert sids[0] in gens[1]["summary"] and sids[1] in gens[1]["summary"]  # --json names them
+
+
+def test_gc_prompt_totals_and_long_paths(tmp_path: Path, root: Path, wheelhouse: Path) -> None:
+    import re
+
+    from ptyrun import run_pty
+    from volenv.gc import GcItem
+    from volenv.render import _gc_rows
+
+    _edited_in_place(tmp_path, root, wheelhouse)
+    r = run_pty("--root", root, "gc", "--keep", "0", "--keep-within", "0s", stdout_on_tty=True, stdin=b"n\n")
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", r.tty.replace("\r", ""))
+    assert r.returncode == 0, text
+    before, _, after = text.partition("item(s)?")
+    assert "nothing changed" not in before and "nothing changed" in after, text
+    rows = re.findall(r"^remove\s+\S+\s+([\d.]+) (B|KiB)", before, re.M)
+    total = re.search(r"^(\d+) to remove: ([\d.]+) (B|KiB) apparent", before, re.M)
+    assert total and len(rows) == int(total[1]), before
+    unit = {"B": 1, "KiB": 1024}
+    assert abs(sum(float(n) * unit[u] for n, u in rows) - float(total[2]) * unit[total[3]]) < 1024, before
+    assert re.search(r"^would free .* of disk", before, re.M), before
+    dry = volenv("--root", root, "gc", "--keep", "0", "--keep-within", "0s", "--dry-run", env=COLS)
+    assert "nothing changed" in dry.stdout, dry.stdout
+    # an 88-character pack path stays whole on its own line at 80 columns
+    path = str(root / "packs" / "blobs" / ("ab" * 32 + ".tar.zst"))
+    item = GcItem("pack", path, None, "remove", ("unreferenced",), 1000)
+    lines = [line for _style, line in _gc_rows([item], str(root), 80)]
+    assert f"packs/blobs/{'ab' * 32}.tar.zst" in [line.strip() for line in lines], lines

@@ -481,10 +481,10 @@ def gc_cmd(
         if not yes:
             if g.json or not (sys.stdin.isatty() and sys.stderr.isatty()):
                 raise gc.unasked(plan)
-            render_gc(gc.unchanged(plan), g.quiet, g.verbosity > 0)
+            render_gc(gc.unchanged(plan), g.quiet, g.verbosity > 0, asking=True)
             shown = True  # the plan stays above the prompt: after it, only what was done
             if not typer.confirm(f"remove {len(plan.removals)} item(s)?", default=False, err=True):
-                typer.echo("nothing removed", err=True)
+                typer.echo("nothing removed; nothing changed", err=True)
                 raise typer.Exit(0)
         result = gc.execute(g.paths, plan)
     if g.json:

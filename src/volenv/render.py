@@ -301,8 +301,8 @@ def _gc_label(item: Any, root: str) -> str:
 
 def _gc_rows(items: Any, root: str, width: int) -> list[tuple[str, str]]:
     """(style, line) pairs for plan rows: `ACTION KIND SIZE ITEM` then the reasons indented
-    below, wrapped to `width`; an item too long for the rest of the line goes on its own
-    line (folded only when longer than a whole line), never cut."""
+    below, wrapped to `width`; an item too long for the rest of the line goes whole on its own
+    line (a path longer than a line too: a fold mid-name breaks copy and paste), never cut."""
     import textwrap
 
     out: list[tuple[str, str]] = []
@@ -316,18 +316,22 @@ def _gc_rows(items: Any, root: str, width: int) -> list[tuple[str, str]]:
         else:
             out.append((style, head.rstrip()))
             pad = " " * max(0, min(len(indent), width - len(label)))  # a whole id fits at 80
-            for line in textwrap.wrap(label, max(width - len(pad), 20), break_on_hyphens=False):
-                out.append(("", pad + line))
+            out.append(("", pad + label))
         why = "; ".join(item.reasons)
         for line in textwrap.wrap(why, max(width, 30), initial_indent=indent, subsequent_indent=indent):
             out.append(("", line))
     return out
 
 
-def render_gc(r: Any, quiet: int, verbose: bool = False, show_plan: bool = True) -> None:
+def render_gc(
+    r: Any, quiet: int, verbose: bool = False, show_plan: bool = True, asking: bool = False
+) -> None:
     """The plan in lines that fit the terminal: snapshots by id, the rest by path below the
     root, reasons wrapped under each row; kept uv cache archives fold into one line unless
-    --verbose. Header and rows share one duration format."""
+    --verbose. Header and rows share one duration format. Rows are apparent sizes (bytes of
+    the files); the total says both: the rows' sum and the disk space removal frees (hard
+    links shared with kept items free nothing; blocks, not bytes). `asking`: a prompt
+    follows, so "nothing changed" would be premature."""
     from .gc import fmt_duration
 
     plan = r.plan
@@ -355,11 +359,18 @@ def render_gc(r: Any, quiet: int, verbose: bool = False, show_plan: bool = True)
                 _c().print(f"note: {esc(o.path)}: {esc(o.detail)}")
             elif not o.done:
                 _c().print(f"[yellow]not removed:[/yellow] {esc(o.path)}: {esc(o.detail)}")
-        _o().print(f"freed {human_bytes(r.freed_bytes)} ({sum(o.done for o in r.outcomes)} removed)")
+        done = [o.path for o in r.outcomes if o.done]
+        size = sum(i.apparent_bytes for i in plan.removals if i.path in done)
+        _o().print(f"removed {len(done)}: {human_bytes(size)} apparent (the rows' measure)")
+        _o().print(f"freed {human_bytes(r.freed_bytes)} of disk (blocks)")
     else:
+        size = sum(i.apparent_bytes for i in plan.removals)
+        _o().print(f"{len(plan.removals)} to remove: {human_bytes(size)} apparent (the rows' measure)")
         _o().print(
-            f"would free {human_bytes(plan.freed_bytes)} ({len(plan.removals)} to remove); nothing changed"
+            f"would free {human_bytes(plan.freed_bytes)} of disk (blocks; links kept elsewhere free none)"
         )
+        if not asking:
+            _o().print("nothing changed (--dry-run)" if plan.removals else "nothing changed")
 
 
 def render_models(states: Any) -> None:
