@@ -60,3 +60,13 @@ def test_gc_prompt_totals_and_long_paths(tmp_path: Path, root: Path, wheelhouse:
     item = GcItem("pack", path, None, "remove", ("unreferenced",), 1000)
     lines = [line for _style, line in _gc_rows([item], str(root), 80)]
     assert f"packs/blobs/{'ab' * 32}.tar.zst" in [line.strip() for line in lines], lines
+
+
+def test_unique_is_bytes_and_at_most_apparent(tmp_path: Path, root: Path, wheelhouse: Path) -> None:
+    _edited_in_place(tmp_path, root, wheelhouse)
+    doc = volenv("--root", root, "--json", "show", "app").json()
+    assert 0 <= doc["unique_bytes"] <= doc["apparent_bytes"], doc  # type: ignore[operator]
+    assert doc["unique_bytes"] % 4096 != 0, doc  # bytes of the venv's own files, not blocks
+    st = volenv("--root", root, "--json", "status", "app").json()
+    for snap in st["envs"][0]["snapshots"]:  # type: ignore[index]
+        assert snap["unique_bytes"] <= snap["apparent_bytes"], snap

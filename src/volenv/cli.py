@@ -289,7 +289,10 @@ def status(
     ctx: typer.Context,
     env: Annotated[str | None, typer.Argument(metavar="ENV", help="Only this env.")] = None,
     sizes: Annotated[
-        bool, typer.Option("--sizes/--no-sizes", help="Compute unique (hard-link aware) sizes.")
+        bool,
+        typer.Option(
+            "--sizes/--no-sizes", help="Compute unique sizes (bytes of files not hard-linked elsewhere)."
+        ),
     ] = True,
 ) -> None:
     """Envs and snapshots on the volume: current, created, sizes, last used, groups, validity."""
@@ -331,7 +334,10 @@ def show_cmd(
         typer.Argument(metavar="TARGET", help="ENV (its current snapshot), SNAPSHOT id or unique prefix."),
     ],
     sizes: Annotated[
-        bool, typer.Option("--sizes/--no-sizes", help="Compute the unique (hard-link aware) size.")
+        bool,
+        typer.Option(
+            "--sizes/--no-sizes", help="Compute the unique size (bytes of files not hard-linked elsewhere)."
+        ),
     ] = True,
 ) -> None:
     """One snapshot: packages and versions, groups, models, size, link mode, interpreter, manifests."""
