@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import volenv, write_manifest
+from conftest import snapshot_of, volenv, write_manifest
 
 COLS = {"COLUMNS": "80"}
 
@@ -70,3 +70,23 @@ def test_unique_is_bytes_and_at_most_apparent(tmp_path: Path, root: Path, wheelh
     st = volenv("--root", root, "--json", "status", "app").json()
     for snap in st["envs"][0]["snapshots"]:  # type: ignore[index]
         assert snap["unique_bytes"] <= snap["apparent_bytes"], snap
+
+
+def test_rollback_after_in_place_edits_prefixes_and_gc(tmp_path: Path, root: Path, wheelhouse: Path) -> None:
+    m, sids = _edited_in_place(tmp_path, root, wheelhouse)
+    r = volenv("--root", root, "rollback", "app", "--to", sids[0].split("-")[1][:6])  # hex prefix
+    assert r.returncode == 0, r.stderr
+    assert snapshot_of(root, "app") == sids[0]
+    assert r.stderr.count(f"run --manifest {m}:") == 1, r.stderr  # one line per path
+    assert f"volenv sync {m}" in r.stderr, r.stderr  # the real manifest, not MANIFEST
+    doc = volenv("--root", root, "--json", "rollback", "app", "--to", sids[1][:-4]).json()
+    assert doc["snapshot"] == sids[1], doc
+    assert [f["manifest"] for f in doc["manifests"]] == [str(m)], doc  # type: ignore[union-attr]
+    assert volenv("--root", root, "pin", sids[2][-12:-6]).returncode == 0
+    st = volenv("--root", root, "--json", "status").json()
+    assert {s["id"]: s["pinned"] for s in st["envs"][0]["snapshots"]}[sids[2]] is True  # type: ignore[index]
+    assert volenv("--root", root, "unpin", sids[2][:-5]).returncode == 0
+    assert volenv("--root", root, "rollback", "app", "--to", sids[2]).returncode == 0
+    assert volenv("--root", root, "gc", "--keep", "0", "--keep-within", "0s", "--yes").returncode == 0
+    r = volenv("--root", root, "rollback", "app")
+    assert r.returncode == 2 and "gc removed the 2 snapshots" in r.stderr and "hint" in r.stderr, r.stderr
