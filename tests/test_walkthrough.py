@@ -90,3 +90,19 @@ def test_rollback_after_in_place_edits_prefixes_and_gc(tmp_path: Path, root: Pat
     assert volenv("--root", root, "gc", "--keep", "0", "--keep-within", "0s", "--yes").returncode == 0
     r = volenv("--root", root, "rollback", "app")
     assert r.returncode == 2 and "gc removed the 2 snapshots" in r.stderr and "hint" in r.stderr, r.stderr
+
+
+def test_small_wording(tmp_path: Path, root: Path, wheelhouse: Path) -> None:
+    m, sids = _edited_in_place(tmp_path, root, wheelhouse)
+    r = volenv("--root", root, "-qq", "diff", "app", "app")
+    assert r.returncode == 0 and "->" not in r.stderr, r.stderr
+    assert "->" in volenv("--root", root, "diff", "app", "app").stderr
+    r = volenv("--root", root, "models", "list", "-m", m)
+    assert r.returncode == 0 and "no models" in r.stderr and "name" not in r.stdout, (r.stdout, r.stderr)
+    assert volenv("--root", root, "--json", "models", "list", "-m", m).json()["models"] == []
+    assert volenv("--root", root, "rollback", "app", "--to", sids[0]).returncode == 0
+    r = volenv("--root", root, "env", "--manifest", m)
+    assert r.returncode == 0 and "using it for" in r.stderr and "running" not in r.stderr, r.stderr
+    fresh = write_manifest(tmp_path / "fresh", "other", ["alpha==1.0"], find_links=wheelhouse)
+    r = volenv("--root", root, "run", "--manifest", fresh, "--", "true")
+    assert r.returncode == 0 and "no snapshot indexed for" in r.stderr and " yet" not in r.stderr, r.stderr

@@ -357,7 +357,9 @@ def diff_cmd(
     from .commands.diff import diff
 
     result = diff(_globals(ctx).paths, a, b)
-    render.emit_json("diff", result) if _globals(ctx).json else render.render_diff(result)
+    render.emit_json("diff", result) if _globals(ctx).json else render.render_diff(
+        result, _globals(ctx).quiet
+    )
 
 
 class Level(str, Enum):

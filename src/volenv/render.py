@@ -376,6 +376,9 @@ def render_gc(
 
 
 def render_models(states: Any) -> None:
+    if not states:  # an empty table reads as a rendering fault
+        _c().print("no models", highlight=False)
+        return
     table = Table(title="models", title_justify="left")
     for col in ("name", "source", "present", "files", "size", "location"):
         table.add_column(col)
@@ -557,12 +560,14 @@ def render_show(r: Any) -> None:
         _o().print(table)
 
 
-def render_diff(r: Any) -> None:
-    """`volenv diff`: one line per change on stdout (`+name ver`, `-name ver`, `~name a -> b`)."""
+def render_diff(r: Any, quiet: int = 0) -> None:
+    """`volenv diff`: one line per change on stdout (`+name ver`, `-name ver`, `~name a -> b`);
+    the `A -> B` header on stderr is information: -q drops it."""
     for p in r.problems:
         _c().print(f"[yellow]warning:[/yellow] {esc(p)}", highlight=False)
     c = r.changes
-    _c().print(esc(f"{r.a} -> {r.b}"), highlight=False)
+    if quiet <= 0:
+        _c().print(esc(f"{r.a} -> {r.b}"), highlight=False)
     if c.empty:
         _o().print("no changes", highlight=False)
         return
