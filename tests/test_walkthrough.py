@@ -106,3 +106,15 @@ def test_small_wording(tmp_path: Path, root: Path, wheelhouse: Path) -> None:
     fresh = write_manifest(tmp_path / "fresh", "other", ["alpha==1.0"], find_links=wheelhouse)
     r = volenv("--root", root, "run", "--manifest", fresh, "--", "true")
     assert r.returncode == 0 and "no snapshot indexed for" in r.stderr and " yet" not in r.stderr, r.stderr
+
+
+def test_sync_verify_pack_count_the_same_files(tmp_path: Path, root: Path, wheelhouse: Path) -> None:
+    import re
+
+    m = write_manifest(tmp_path / "one", "app", ["alpha==1.0"], find_links=wheelhouse)
+    built = volenv("--root", root, "sync", m).stderr
+    checked = volenv("--root", root, "verify", "app").stdout
+    packed = volenv("--root", root, "pack", "app", env={"VOLENV_NO_PROGRESS": ""}).stderr
+    counts = [re.search(r"([\d,]+) files", text) for text in (built, checked, packed)]
+    assert all(counts), (built, checked, packed)
+    assert len({c[1] for c in counts if c}) == 1, (built, checked, packed)
