@@ -54,5 +54,5 @@ def test_fast_path_notices_share_the_cli_style(tmp_path: Path, root: Path, wheel
     m = write_manifest(tmp_path, "app", ["alpha==1.0"], find_links=wheelhouse)
     r = volenv("--root", root, "run", "--manifest", m, "--on-missing", "build", "--", "true")
     assert r.returncode == 0, r.stderr
-    assert f"no snapshot indexed for {m} yet; syncing it" in r.stderr.splitlines(), r.stderr
+    assert f"no snapshot indexed for {m}; syncing it" in r.stderr.splitlines(), r.stderr
     assert not [ln for ln in r.stderr.splitlines() if ln.startswith("volenv:")], r.stderr

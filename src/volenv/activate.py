@@ -150,7 +150,7 @@ def _honour_rollback(root: str, o: RunOptions, target: Target, sid: str | None) 
     what = f"instead of {sid}" if sid is not None else "(it has no snapshot yet)"
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(rb[2]))
     print(
-        f"volenv: '{target.env}' is rolled back to {rb[0]} (at {when}): running it for {o.manifest}"
+        f"volenv: '{target.env}' is rolled back to {rb[0]} (at {when}): {o.verb} it for {o.manifest}"
         f" {what}; `volenv sync {shq(o.manifest)}` ends the rollback",
         file=sys.stderr,
     )
@@ -222,6 +222,7 @@ class RunOptions:
         self.materialize = os.environ.get("VOLENV_MATERIALIZE", "never")
         self.materialize_dir: str | None = os.environ.get("VOLENV_MATERIALIZE_DIR") or None
         self.command: list[str] = []
+        self.verb = "running"  # `volenv env` runs nothing: it says "using"
 
 
 RUN_USAGE = (
@@ -486,7 +487,7 @@ def _build_for(
 
             quarantine(paths, snap, str(problem), asdict(report) if report is not None else None)
     if problem is None:  # not indexed yet: often an existing snapshot is reused (only [activate] changed)
-        reporter.info(f"no snapshot indexed for {o.manifest} yet; syncing it")
+        reporter.info(f"no snapshot indexed for {o.manifest}; syncing it")
     else:
         reporter.info(f"snapshot {sid} of '{target.env}' is not usable; building it again")
     manifest = load_manifest(o.manifest)

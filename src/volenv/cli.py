@@ -289,7 +289,10 @@ def status(
     ctx: typer.Context,
     env: Annotated[str | None, typer.Argument(metavar="ENV", help="Only this env.")] = None,
     sizes: Annotated[
-        bool, typer.Option("--sizes/--no-sizes", help="Compute unique (hard-link aware) sizes.")
+        bool,
+        typer.Option(
+            "--sizes/--no-sizes", help="Compute unique sizes (bytes of files not hard-linked elsewhere)."
+        ),
     ] = True,
 ) -> None:
     """Envs and snapshots on the volume: current, created, sizes, last used, groups, validity."""
@@ -331,7 +334,10 @@ def show_cmd(
         typer.Argument(metavar="TARGET", help="ENV (its current snapshot), SNAPSHOT id or unique prefix."),
     ],
     sizes: Annotated[
-        bool, typer.Option("--sizes/--no-sizes", help="Compute the unique (hard-link aware) size.")
+        bool,
+        typer.Option(
+            "--sizes/--no-sizes", help="Compute the unique size (bytes of files not hard-linked elsewhere)."
+        ),
     ] = True,
 ) -> None:
     """One snapshot: packages and versions, groups, models, size, link mode, interpreter, manifests."""
@@ -351,7 +357,9 @@ def diff_cmd(
     from .commands.diff import diff
 
     result = diff(_globals(ctx).paths, a, b)
-    render.emit_json("diff", result) if _globals(ctx).json else render.render_diff(result)
+    render.emit_json("diff", result) if _globals(ctx).json else render.render_diff(
+        result, _globals(ctx).quiet
+    )
 
 
 class Level(str, Enum):
@@ -481,10 +489,10 @@ def gc_cmd(
         if not yes:
             if g.json or not (sys.stdin.isatty() and sys.stderr.isatty()):
                 raise gc.unasked(plan)
-            render_gc(gc.unchanged(plan), g.quiet, g.verbosity > 0)
+            render_gc(gc.unchanged(plan), g.quiet, g.verbosity > 0, asking=True)
             shown = True  # the plan stays above the prompt: after it, only what was done
             if not typer.confirm(f"remove {len(plan.removals)} item(s)?", default=False, err=True):
-                typer.echo("nothing removed", err=True)
+                typer.echo("nothing removed; nothing changed", err=True)
                 raise typer.Exit(0)
         result = gc.execute(g.paths, plan)
     if g.json:

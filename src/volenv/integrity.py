@@ -393,7 +393,7 @@ def verify_snapshot(snapshot_dir: Path, level: str = "seal", *, workers: int = H
                 problems.append(Problem("extra", rel, "not in the record"))
             continue
         seen.add(rel)
-        checked += 1
+        checked += stat.S_ISREG(st.st_mode)  # files, as `sync` counts them (dirs and links are not)
         kind = "d" if stat.S_ISDIR(st.st_mode) else "l" if stat.S_ISLNK(st.st_mode) else "f"
         if not (stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode) or stat.S_ISREG(st.st_mode)):
             kind = "?"

@@ -341,7 +341,12 @@ def pack_snapshot(paths: VolumePaths, snapshot_dir: Path) -> PackManifest:
     blobs = packs_dir(paths) / "blobs"
     safe_mkdirs(blobs, paths.root)  # a linked packs/ or blobs/ is refused, never written through
     infos = []
-    files = sum(len(entries) for entries in groups.values())
+
+    # the snapshot's files, as `sync` and `verify` count them (not dirs, links or the seal)
+    def nfiles(group: str, entries: list[Entry]) -> int:
+        return 0 if group == META_GROUP else sum(e.type == "f" for e in entries)
+
+    files = sum(nfiles(g, entries) for g, entries in groups.items())
     progress = reporter.progress(
         f"packing {sid}", files, unit="files", summary=True, done_label=f"packed {sid}"
     )
@@ -368,7 +373,7 @@ def pack_snapshot(paths: VolumePaths, snapshot_dir: Path) -> PackManifest:
         infos.append(
             PackInfo(pack_id, group, _file_sha256(dest), dest.stat().st_size, sink.size, len(entries))
         )
-        progress.advance(len(entries), sink.size)
+        progress.advance(nfiles(group, entries), sink.size)
     manifest = PackManifest(
         PACK_SCHEMA,
         sid,

@@ -264,9 +264,16 @@ def render_history(r: Any) -> None:
     for col in (*heads, "changes"):
         table.add_column(col)
     for *cells, g in rows:
-        summary = g.changes.summary(room) if g.changes is not None else g.summary
+        summary = g.changes.summary(room) if g.changes is not None else _gone_summary(g.summary, room)
         table.add_row(*(esc(c) for c in cells), esc(summary))
     _o().print(table)
+
+
+def _gone_summary(full: str, room: int) -> str:
+    """`? (A, B gone)` names whole snapshot ids: on screen it counts them (--json names them)."""
+    n = full.count(",") + 1 if "gone" in full else 0
+    short = f"? ({n} snapshot{'s' if n != 1 else ''} gone)" if n else full
+    return short if len(short) <= room else short[: max(1, room - 1)] + "…"
 
 
 def render_switch(r: Any) -> None:
@@ -278,7 +285,9 @@ def render_switch(r: Any) -> None:
     for f in r.manifests:  # rollback: what `run --manifest` runs for each indexed manifest
         _c().print(esc(f"  run --manifest {f.manifest}: runs {f.runs} ({f.why})"), highlight=False)
     if r.action == "rollback":
-        _c().print("  `volenv sync MANIFEST` moves current on and ends the rollback", highlight=False)
+        known = sorted({f.manifest for f in r.manifests if not f.manifest.startswith("digest ")})
+        name = shq(known[0]) if len(known) == 1 else "MANIFEST"  # several: any of them does
+        _c().print(esc(f"  `volenv sync {name}` moves current on and ends the rollback"), highlight=False)
 
 
 def _gc_label(item: Any, root: str) -> str:
@@ -294,8 +303,8 @@ def _gc_label(item: Any, root: str) -> str:
 
 def _gc_rows(items: Any, root: str, width: int) -> list[tuple[str, str]]:
     """(style, line) pairs for plan rows: `ACTION KIND SIZE ITEM` then the reasons indented
-    below, wrapped to `width`; an item too long for the rest of the line goes on its own
-    line (folded only when longer than a whole line), never cut."""
+    below, wrapped to `width`; an item too long for the rest of the line goes whole on its own
+    line (a path longer than a line too: a fold mid-name breaks copy and paste), never cut."""
     import textwrap
 
     out: list[tuple[str, str]] = []
@@ -309,18 +318,22 @@ def _gc_rows(items: Any, root: str, width: int) -> list[tuple[str, str]]:
         else:
             out.append((style, head.rstrip()))
             pad = " " * max(0, min(len(indent), width - len(label)))  # a whole id fits at 80
-            for line in textwrap.wrap(label, max(width - len(pad), 20), break_on_hyphens=False):
-                out.append(("", pad + line))
+            out.append(("", pad + label))
         why = "; ".join(item.reasons)
         for line in textwrap.wrap(why, max(width, 30), initial_indent=indent, subsequent_indent=indent):
             out.append(("", line))
     return out
 
 
-def render_gc(r: Any, quiet: int, verbose: bool = False, show_plan: bool = True) -> None:
+def render_gc(
+    r: Any, quiet: int, verbose: bool = False, show_plan: bool = True, asking: bool = False
+) -> None:
     """The plan in lines that fit the terminal: snapshots by id, the rest by path below the
     root, reasons wrapped under each row; kept uv cache archives fold into one line unless
-    --verbose. Header and rows share one duration format."""
+    --verbose. Header and rows share one duration format. Rows are apparent sizes (bytes of
+    the files); the total says both: the rows' sum and the disk space removal frees (hard
+    links shared with kept items free nothing; blocks, not bytes). `asking`: a prompt
+    follows, so "nothing changed" would be premature."""
     from .gc import fmt_duration
 
     plan = r.plan
@@ -348,14 +361,24 @@ def render_gc(r: Any, quiet: int, verbose: bool = False, show_plan: bool = True)
                 _c().print(f"note: {esc(o.path)}: {esc(o.detail)}")
             elif not o.done:
                 _c().print(f"[yellow]not removed:[/yellow] {esc(o.path)}: {esc(o.detail)}")
-        _o().print(f"freed {human_bytes(r.freed_bytes)} ({sum(o.done for o in r.outcomes)} removed)")
+        done = [o.path for o in r.outcomes if o.done]
+        size = sum(i.apparent_bytes for i in plan.removals if i.path in done)
+        _o().print(f"removed {len(done)}: {human_bytes(size)} apparent (the rows' measure)")
+        _o().print(f"freed {human_bytes(r.freed_bytes)} of disk (blocks)")
     else:
+        size = sum(i.apparent_bytes for i in plan.removals)
+        _o().print(f"{len(plan.removals)} to remove: {human_bytes(size)} apparent (the rows' measure)")
         _o().print(
-            f"would free {human_bytes(plan.freed_bytes)} ({len(plan.removals)} to remove); nothing changed"
+            f"would free {human_bytes(plan.freed_bytes)} of disk (blocks; links kept elsewhere free none)"
         )
+        if not asking:
+            _o().print("nothing changed (--dry-run)" if plan.removals else "nothing changed")
 
 
 def render_models(states: Any) -> None:
+    if not states:  # an empty table reads as a rendering fault
+        _c().print("no models", highlight=False)
+        return
     table = Table(title="models", title_justify="left")
     for col in ("name", "source", "present", "files", "size", "location"):
         table.add_column(col)
@@ -537,12 +560,14 @@ def render_show(r: Any) -> None:
         _o().print(table)
 
 
-def render_diff(r: Any) -> None:
-    """`volenv diff`: one line per change on stdout (`+name ver`, `-name ver`, `~name a -> b`)."""
+def render_diff(r: Any, quiet: int = 0) -> None:
+    """`volenv diff`: one line per change on stdout (`+name ver`, `-name ver`, `~name a -> b`);
+    the `A -> B` header on stderr is information: -q drops it."""
     for p in r.problems:
         _c().print(f"[yellow]warning:[/yellow] {esc(p)}", highlight=False)
     c = r.changes
-    _c().print(esc(f"{r.a} -> {r.b}"), highlight=False)
+    if quiet <= 0:
+        _c().print(esc(f"{r.a} -> {r.b}"), highlight=False)
     if c.empty:
         _o().print("no changes", highlight=False)
         return

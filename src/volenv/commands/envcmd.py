@@ -22,6 +22,7 @@ class EnvResult:
 def activation_env(root: str, manifest: str | None, env: str | None, verify: str) -> EnvResult:
     o = RunOptions()
     o.manifest, o.env, o.on_missing, o.verify, o.command = manifest, env, "fail", verify, ["true"]
+    o.verb = "using"
     target, snap_dir, _seal = prepare(root, o)
     # the variables volenv sets, with `${NAME}` in manifest values expanded against this shell's
     variables = compute_env(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 
 from .. import store
@@ -135,11 +136,17 @@ def _snapshot_info(paths: VolumePaths, env: str, sid: str, current: str | None, 
 
 
 def _unique_bytes(path: str) -> int:
-    """Blocks held only by this snapshot: files whose every link is inside it."""
+    """Bytes (st_size, the unit of `apparent`) of the recorded files whose every hard link is
+    inside this snapshot: what no other snapshot or cache shares, so unique <= apparent.
+    Disk blocks would mix units (a 1-byte file takes 4 KiB) and exceed apparent."""
     counts: dict[int, list[int]] = {}
-    for dirpath, _dirs, files in os.walk(path):
+    for dirpath, dirs, files in os.walk(path):
+        if dirpath == path and ".volenv" in dirs:
+            dirs.remove(".volenv")  # the seal and record: not counted in apparent either
         for name in files:
             st = os.lstat(os.path.join(dirpath, name))
-            entry = counts.setdefault(st.st_ino, [0, st.st_nlink, st.st_blocks * 512])
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            entry = counts.setdefault(st.st_ino, [0, st.st_nlink, st.st_size])
             entry[0] += 1
     return sum(size for seen, nlink, size in counts.values() if seen >= nlink)

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 
 from .. import contents, store
-from ..errors import DamagedRecord, UsageError, VerifyError
+from ..errors import DamagedRecord, UsageError, VerifyError, shq
 from ..fsutil import atomic_write_json, contained, safe_mkdirs
 from ..locks import BuildLease
 from ..paths import VolumePaths, env_from_snapshot_id
@@ -91,6 +91,8 @@ def rollback(paths: VolumePaths, env: str, to: str | None, *, lock_timeout: floa
     """Switch current to `to` (default: the generation before the current one's), which must
     verify at `seal`; the switch is a single temp + rename of the pointer."""
     _require_env(paths, env)
+    if to is not None:
+        to = _resolve_in(paths, env, to)
     with BuildLease(paths, env, timeout=lock_timeout, say=reporter.info):
         try:
             current = store.read_current(paths, env)
@@ -102,7 +104,7 @@ def rollback(paths: VolumePaths, env: str, to: str | None, *, lock_timeout: floa
             current = None
         target = to or _previous_generation(paths, env, current)
         if target is None:
-            raise UsageError(f"'{env}' has no earlier generation to roll back to")
+            raise _nothing_earlier(paths, env, current)
         if not store.is_snapshot_id(target, env):
             raise UsageError(f"{target!r} is not a snapshot id of '{env}' (expected {env}-<12 hex>)")
         snap = paths.snapshot(env, target)
@@ -126,7 +128,7 @@ def manifest_fates(paths: VolumePaths, env: str, target: str, created: float) ->
     a manifest whose snapshot is the target or older keeps it; newer, gone or unusable ones run
     the target."""
     out = []
-    for entry in store.list_index(paths, env):
+    for entry in _newest_per_path(paths, env):
         name = entry.manifest_path or f"digest {entry.manifest_digest[:12]}"
         sid = entry.snapshot
         if sid == target:
@@ -145,6 +147,53 @@ def manifest_fates(paths: VolumePaths, env: str, target: str, created: float) ->
     return tuple(out)
 
 
+def _newest_per_path(paths: VolumePaths, env: str) -> list[store.IndexEntry]:
+    """One index entry per manifest path: a manifest edited in place leaves one entry per
+    content, and `run --manifest PATH` reads the file as it is now, i.e. the newest entry."""
+
+    def written(e: store.IndexEntry) -> float:
+        try:
+            return paths.index_entry(env, e.manifest_digest).stat().st_mtime
+        except OSError:
+            return 0.0
+
+    newest: dict[str, store.IndexEntry] = {}
+    out: list[store.IndexEntry] = []
+    for entry in store.list_index(paths, env):
+        if entry.manifest_path is None:
+            out.append(entry)
+        elif entry.manifest_path not in newest or written(entry) >= written(newest[entry.manifest_path]):
+            newest[entry.manifest_path] = entry
+    return sorted([*out, *newest.values()], key=lambda e: e.manifest_path or "")
+
+
+def _resolve_in(paths: VolumePaths, env: str, text: str) -> str:
+    """`--to`: a full id as given (a gone one gets its own message below), else the resolver
+    of `show`/`diff`: a unique prefix (`web-3f2`) or its hex part alone (`3f2a`)."""
+    from .show import resolve
+
+    if store.is_snapshot_id(text, env) or text == env:
+        return text
+    found_env, sid = resolve(paths, text)
+    if found_env != env:
+        raise UsageError(f"{text!r} is a snapshot of '{found_env}', not of '{env}'")
+    return sid
+
+
+def _nothing_earlier(paths: VolumePaths, env: str, current: str | None) -> UsageError:
+    """No earlier snapshot exists: say whether gc removed the ones history names."""
+    gone = {g.snapshot for g in store.read_history(paths, env) if g.snapshot != current}
+    if not gone:
+        return UsageError(f"'{env}' has no earlier generation to roll back to")
+    n = len(gone)
+    return UsageError(
+        f"'{env}' has no earlier snapshot to roll back to: gc removed the {n} snapshot"
+        f"{'s' if n != 1 else ''} of its earlier generations",
+        hint="rebuild an older version: restore its manifest and `volenv sync` it "
+        f"(`volenv history {shq(env)}` lists what each generation changed)",
+    )
+
+
 def _previous_generation(paths: VolumePaths, env: str, current: str | None) -> str | None:
     gens = store.read_history(paths, env)
     # walk back from the newest generation to the first one naming another, existing snapshot
@@ -159,6 +208,13 @@ def _previous_generation(paths: VolumePaths, env: str, current: str | None) -> s
 
 
 def pin(paths: VolumePaths, snapshot: str, *, on: bool) -> SwitchResult:
+    try:
+        env_from_snapshot_id(snapshot)
+    except ValueError:  # not a whole id: a unique prefix, as `show` takes
+        from .show import resolve
+
+        if not (paths.envs / snapshot / "snapshots").is_dir():  # an env name is no snapshot
+            snapshot = resolve(paths, snapshot)[1]
     try:
         env = env_from_snapshot_id(snapshot)
     except ValueError as exc:
