@@ -262,6 +262,20 @@ VOLENV_MODEL_<NAME> (each model's directory), and the manifest's [activate] vari
 RUN_HINT = "see `volenv run --help`"
 
 
+#: run's options that take a value (globalargs skips their values when it moves global options)
+RUN_VALUED = {
+    "--manifest",
+    "-m",
+    "--env",
+    "-e",
+    "--on-missing",
+    "--verify",
+    "--lock-timeout",
+    "--materialize",
+    "--materialize-dir",
+}
+
+
 def parse_run_args(argv: list[str]) -> RunOptions:
     o = RunOptions()
     i = 0
@@ -274,18 +288,7 @@ def parse_run_args(argv: list[str]) -> RunOptions:
             print(RUN_HELP)
             raise SystemExit(0)
         key, eq, val = a.partition("=")
-        takes = {
-            "--manifest",
-            "-m",
-            "--env",
-            "-e",
-            "--on-missing",
-            "--verify",
-            "--lock-timeout",
-            "--materialize",
-            "--materialize-dir",
-        }
-        if key in takes:
+        if key in RUN_VALUED:
             if not eq:
                 i += 1
                 if i >= len(argv):
@@ -552,7 +555,7 @@ def _as_volenv_error(exc: Exception) -> VolenvError:
     return VolenvError(f"internal error: {type(exc).__name__}: {exc}")
 
 
-def main_fast(root_opt: str | None, argv: list[str]) -> int:
+def main_fast(root_opt: str | None, argv: list[str], json_out: bool = False) -> int:
     from .rootfind import discover_root
 
     root, _source = discover_root(root_opt, defer=True)
@@ -571,4 +574,12 @@ def main_fast(root_opt: str | None, argv: list[str]) -> int:
             print(f"  cause: {redact_text(exc.cause)}", file=sys.stderr)
         if exc.hint:
             print(f"  hint: {redact_text(exc.hint)}", file=sys.stderr)
+        if json_out:  # the CLI's --json error document; `json` only on this error path
+            import json
+
+            from .errors import error_document
+
+            doc = error_document(exc.exit_code, exc.message, exc.cause, exc.hint)
+            sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+            sys.stdout.flush()
         return exc.exit_code

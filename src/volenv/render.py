@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import ui
-from .errors import shq
+from .errors import error_document, shq
 from .redact import redact_obj, redact_text
 from .ui import _unit_of as _unit_of  # the size format is ui's (low modules print sizes too)
 from .ui import human_bytes as human_bytes
@@ -212,27 +212,9 @@ def render_verify(reports: Any, quiet: int) -> None:
                 _o().print(f"… and {len(rep.problems) - 200} more (use --json for all)")
 
 
-ERROR_KINDS = {
-    1: "internal",
-    2: "usage",
-    3: "no-snapshot",
-    4: "verify",
-    5: "lock-timeout",
-    6: "disk-space",
-    7: "build",
-    8: "volume",
-    9: "model",
-    130: "interrupted",
-}
-
-
 def emit_json_error(code: int, message: str, cause: str | None, hint: str | None) -> None:
     """Under --json an error is a document on stdout too: scripts read one shape either way."""
-    error = {"code": code, "kind": ERROR_KINDS.get(code, "error"), "message": message, "hint": hint}
-    if cause:
-        error["cause"] = cause
-    doc = redact_obj({"version": JSON_VERSION, "error": error})
-    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    sys.stdout.write(json.dumps(error_document(code, message, cause, hint), indent=2, sort_keys=True) + "\n")
     sys.stdout.flush()
 
 

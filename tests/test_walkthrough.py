@@ -1,0 +1,46 @@
+"""Issue 16's new-user walkthrough: the CLI behaves alike on the `run` fast path and elsewhere."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import volenv
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--json", "run", "--env", "nosuch", "--", "true"),  # global option before `run`
+        ("run", "--json", "--env", "nosuch", "--", "true"),  # ... and after it, as for other commands
+        ("run", "--env", "nosuch", "--json", "-q", "--", "true"),
+    ],
+)
+def test_run_json_error_document(root: Path, args: tuple[str, ...]) -> None:
+    root.mkdir(parents=True)
+    r = volenv("--root", root, *args)
+    assert r.returncode == 3, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["version"] == 1
+    assert set(doc["error"]) >= {"code", "kind", "message", "hint"}
+    assert doc["error"]["code"] == 3 and doc["error"]["kind"] == "no-snapshot"
+    assert "nosuch" in doc["error"]["message"]
+    assert "error:" in r.stderr
+
+
+def test_run_global_root_after_run_word(root: Path, tmp_path: Path) -> None:
+    """`--root` after `run` is the root; a run option's value is never taken for a global."""
+    root.mkdir(parents=True)
+    r = volenv("run", "--root", root, "--json", "--env", "nosuch", "--", "true", cwd=tmp_path)
+    assert r.returncode == 3, r.stderr
+    assert json.loads(r.stdout)["error"]["kind"] == "no-snapshot"
+    r = volenv("--root", root, "run", "--env", "--json", "--", "true")  # an env named "--json"
+    assert r.returncode in (2, 3) and not r.stdout, r.stdout
+
+
+def test_run_without_json_prints_nothing_on_stdout(root: Path) -> None:
+    root.mkdir(parents=True)
+    r = volenv("--root", root, "run", "--env", "nosuch", "--", "true")
+    assert r.returncode == 3 and r.stdout == ""
