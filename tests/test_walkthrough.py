@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,15 @@ def test_run_without_json_prints_nothing_on_stdout(root: Path) -> None:
     root.mkdir(parents=True)
     r = volenv("--root", root, "run", "--env", "nosuch", "--", "true")
     assert r.returncode == 3 and r.stdout == ""
+
+
+@pytest.mark.parametrize("cmd", [("sync",), ("status",), ("run",), ("models", "fetch"), ("gc",)])
+def test_help_neither_resolves_nor_announces_the_root(tmp_path: Path, cmd: tuple[str, ...]) -> None:
+    """`volenv CMD --help` with no root anywhere: the help, and no fallback-root warning."""
+    if any(os.path.isdir(m) for m in ("/runpod-volume", "/workspace")):
+        pytest.skip("a network volume mount exists here: no fallback root")
+    r = volenv(*cmd, "--help", env={"XDG_DATA_HOME": str(tmp_path / "xdg"), "RUNPOD_POD_ID": ""})
+    assert r.returncode == 0, r.stderr
+    assert "Usage" in r.stdout or "usage" in r.stdout
+    assert r.stderr == ""
+    assert not (tmp_path / "xdg").exists()

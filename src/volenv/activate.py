@@ -558,9 +558,10 @@ def _as_volenv_error(exc: Exception) -> VolenvError:
 def main_fast(root_opt: str | None, argv: list[str], json_out: bool = False) -> int:
     from .rootfind import discover_root
 
-    root, _source = discover_root(root_opt, defer=True)
     try:
         try:
+            parse_run_args(argv)  # `run --help` and bad options first: they need no root
+            root, _source = discover_root(root_opt, defer=True)
             return run(root, argv)
         except OSError as exc:
             from .errors import from_oserror
