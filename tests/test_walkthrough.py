@@ -57,3 +57,25 @@ def test_help_neither_resolves_nor_announces_the_root(tmp_path: Path, cmd: tuple
     assert "Usage" in r.stdout or "usage" in r.stdout
     assert r.stderr == ""
     assert not (tmp_path / "xdg").exists()
+
+
+@pytest.mark.parametrize("cmd", [("sync",), ("run", "--manifest")])
+def test_missing_manifest_says_so_plainly_with_an_init_hint(
+    root: Path, tmp_path: Path, cmd: tuple[str, ...]
+) -> None:
+    root.mkdir(parents=True)
+    args = (*cmd, "nosuch.toml") if cmd == ("sync",) else (*cmd, "nosuch.toml", "--", "true")
+    r = volenv("--root", root, *args, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "error: nosuch.toml: no such file\n" in r.stderr
+    assert "(file)" not in r.stderr
+    assert "hint: write one: volenv init SOURCE -o nosuch.toml" in r.stderr
+    (tmp_path / "requirements.txt").write_text("six\n")
+    r = volenv("--root", root, *args, cwd=tmp_path)
+    assert "hint: write it from requirements.txt: volenv init requirements.txt -o nosuch.toml" in r.stderr
+
+
+def test_invalid_toml_has_no_placeholder_key(root: Path, tmp_path: Path) -> None:
+    (tmp_path / "bad.toml").write_text("x=\n")
+    r = volenv("--root", root, "sync", tmp_path / "bad.toml")
+    assert r.returncode == 2 and f"error: {tmp_path / 'bad.toml'}: invalid TOML" in r.stderr, r.stderr

@@ -75,7 +75,8 @@ class ManifestError(UsageError):
     """A manifest that does not validate; the message names file, key and value."""
 
     def __init__(self, path: str, key: str, problem: str, *, hint: str | None = None) -> None:
-        super().__init__(f"{path}: {key}: {problem}", hint=hint)
+        # key "": the file as a whole (missing, unreadable, not TOML, another tool's file)
+        super().__init__(f"{path}: {key}: {problem}" if key else f"{path}: {problem}", hint=hint)
         self.path = path
         self.key = key
 
