@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import volenv
+from conftest import snapshot_of, volenv, write_manifest
 
 
 @pytest.mark.parametrize(
@@ -79,3 +79,21 @@ def test_invalid_toml_has_no_placeholder_key(root: Path, tmp_path: Path) -> None
     (tmp_path / "bad.toml").write_text("x=\n")
     r = volenv("--root", root, "sync", tmp_path / "bad.toml")
     assert r.returncode == 2 and f"error: {tmp_path / 'bad.toml'}: invalid TOML" in r.stderr, r.stderr
+
+
+def test_auto_without_packs_mentions_packs_only_where_it_would_extract(
+    tmp_path: Path, wheelhouse: Path
+) -> None:
+    """One filesystem: auto runs in place anyway, so the missing packs are no news. Where auto
+    would have extracted, the warning names the complete pack command, this root included."""
+    root = tmp_path / "volume" / "volenv"
+    m = write_manifest(tmp_path, "app", ["beta==1.0"], find_links=wheelhouse)
+    assert volenv("--root", root, "sync", m).returncode == 0
+    sid = snapshot_of(root, "app")
+    run = ("--root", root, "run", "--materialize", "auto", "--materialize-dir", tmp_path / "local", "-m", m)
+    r = volenv(*run, "--", "true")
+    assert r.returncode == 0, r.stderr
+    assert "no packs" not in r.stderr and "materialize auto: in place" in r.stderr, r.stderr
+    r = volenv(*run, "--", "true", env={"VOLENV_MATERIALIZE_THRESHOLD_MS": "0"})
+    assert r.returncode == 0, r.stderr
+    assert f"{sid} has no packs (volenv --root {root} pack {sid}); running in place" in r.stderr, r.stderr

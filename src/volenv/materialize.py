@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import faults
-from .errors import VerifyError, VolenvError
+from .errors import VerifyError, VolenvError, shq
 from .fsutil import atomic_write_json, unique_suffix
 from .integrity import Entry
 from .packs import (
@@ -310,7 +310,16 @@ def choose(
     try:
         manifest = read_manifest(manifest_path(paths, sid))
     except FileNotFoundError:
-        _say(f"warning: materialize: {sid} has no packs (`volenv pack {sid}`); running in place")
+        if mode == "auto":  # packs matter only where auto would have extracted
+            d = decide_auto(root, str(base), snapshot_dir)
+            if not d.materialize:
+                _say(f"materialize auto: in place ({d.reason})")
+                return None
+        # a complete command: the root it names is this one, wherever it came from
+        _say(
+            f"warning: materialize: {sid} has no packs (volenv --root {shq(root)} pack {sid});"
+            " running in place"
+        )
         return None
     except VolenvError as exc:
         _damaged(mode, f"pack manifest unusable: {exc}")
