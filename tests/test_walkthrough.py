@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,29 @@ def test_auto_without_packs_mentions_packs_only_where_it_would_extract(
     r = volenv(*run, "--", "true", env={"VOLENV_MATERIALIZE_THRESHOLD_MS": "0"})
     assert r.returncode == 0, r.stderr
     assert f"{sid} has no packs (volenv --root {root} pack {sid}); running in place" in r.stderr, r.stderr
+
+
+def test_materialize_and_summary_durations_use_the_one_format(tmp_path: Path, wheelhouse: Path) -> None:
+    """`extracted ... in 0.01 s` like `built ... in 0.5 s`: one elapsed-time format everywhere."""
+    root = tmp_path / "volume" / "volenv"
+    m = write_manifest(tmp_path, "app", ["beta==1.0"], find_links=wheelhouse)
+    r = volenv("--root", root, "sync", "--pack", m)
+    assert r.returncode == 0 and re.search(r" in \d+\.\d+ s: ", r.stdout + r.stderr), (r.stdout, r.stderr)
+    run = ("--root", root, "run", "--materialize", "always", "--materialize-dir", tmp_path / "local", "-m", m)
+    r = volenv(*run, "--", "true")
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"materialize: (extracted \S+|startup pack of \S+ local) .*in \d+\.\d+ s\b", r.stderr), (
+        r.stderr
+    )
+    assert not re.search(r"\d\.\d+s\b", r.stderr), r.stderr
+
+
+def test_duration_helpers() -> None:
+    from volenv.ui import fmt_duration, human_seconds
+
+    assert (
+        human_seconds(0.5) == "0.5 s"
+        and human_seconds(0.012) == "0.01 s"
+        and human_seconds(12.34) == "12.3 s"
+    )
+    assert fmt_duration(7 * 86400) == "1w" and fmt_duration(90) == "90s" and fmt_duration(5400) == "90m"

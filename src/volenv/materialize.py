@@ -43,6 +43,7 @@ from .packs import (
 )
 from .paths import VolumePaths
 from .sealcheck import META_DIR, SealProblem, check_seal
+from .ui import human_seconds
 
 MARKER = "materialized.json"
 IN_PROGRESS = "materializing"  # pid of the background extraction, while there is one
@@ -439,7 +440,7 @@ def _extract(
             return None
         raise
     shutil.rmtree(partial, ignore_errors=True)
-    _say(f"materialize: extracted {sid} to {dest} in {time.perf_counter() - t0:.2f}s")
+    _say(f"materialize: extracted {sid} to {dest} in {human_seconds(time.perf_counter() - t0)}")
     return str(dest)
 
 
@@ -713,9 +714,10 @@ def _extract_startup_first(
     before = sum(p.tar_size for p in first)
     total = sum(p.tar_size for p in manifest.packs)
     files = sum(p.files for p in first)
+    took, skel = human_seconds(time.perf_counter() - t0), human_seconds(t_skel)
     _say(
-        f"materialize: startup pack of {sid} local in {time.perf_counter() - t0:.2f}s ({files} files,"
-        f" {before} of {total} bytes; skeleton of {len(pending)} links to the volume in {t_skel:.2f}s);"
+        f"materialize: startup pack of {sid} local in {took} ({files} files,"
+        f" {before} of {total} bytes; skeleton of {len(pending)} links to the volume in {skel});"
         f" the rest extracts in the background into {tree}"
     )
     return str(tree)

@@ -22,6 +22,7 @@ from .errors import error_document, shq
 from .redact import redact_obj, redact_text
 from .ui import _unit_of as _unit_of  # the size format is ui's (low modules print sizes too)
 from .ui import human_bytes as human_bytes
+from .ui import human_seconds
 
 JSON_VERSION = 1
 
@@ -111,7 +112,7 @@ def render_sync(r: Any, quiet: int) -> None:
     if quiet > 0:
         return
     verb = {"built": "built", "reused": "reused", "would-build": "would build", "would-reuse": "would reuse"}
-    head = f"[bold]{esc(verb.get(r.action, r.action))}[/bold] {esc(r.snapshot)} in {r.seconds:.1f} s"
+    head = f"[bold]{esc(verb.get(r.action, r.action))}[/bold] {esc(r.snapshot)} in {human_seconds(r.seconds)}"
     s = r.stats or {}
     if "packages" in s:  # the summary line that stays on screen after the spinners are gone
         head += (
@@ -303,7 +304,7 @@ def render_gc(r: Any, quiet: int, verbose: bool = False, show_plan: bool = True)
     """The plan in lines that fit the terminal: snapshots by id, the rest by path below the
     root, reasons wrapped under each row; kept uv cache archives fold into one line unless
     --verbose. Header and rows share one duration format."""
-    from .gc import fmt_duration
+    from .ui import fmt_duration
 
     plan = r.plan
     if quiet <= 0 and show_plan:

@@ -55,6 +55,19 @@ def human_bytes(n: int | float | None, unit: str | None = None) -> str:
     return f"{value:.2f} {unit}" if forced and value < 1 else f"{value:.1f} {unit}"
 
 
+def human_seconds(seconds: float) -> str:
+    """The one elapsed-time format of every summary line: `0.5 s`, `12.3 s`, `0.04 s`."""
+    return f"{seconds:.1f} s" if seconds >= 0.1 else f"{seconds:.2f} s"
+
+
+def fmt_duration(seconds: float) -> str:
+    """The one duration format of policies (gc's plan, its header and its rows): 7d, 12h, 90m, 30s."""
+    for unit, n in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= n and seconds % n == 0:
+            return f"{int(seconds // n)}{unit}"
+    return f"{seconds:g}s"
+
+
 class Progress:
     """The one progress protocol: a long step's counts (items such as files or packages, and
     bytes) and its rate. Low modules call advance()/update() and close(); they never draw.
@@ -169,7 +182,7 @@ class Progress:
         what = f"{self.items:,} {self.unit}" if self.unit != "bytes" else ""
         if self.done:
             what = f"{what}, {human_bytes(self.done)}" if what else human_bytes(self.done)
-        return f"{self.done_label}: {what} in {self.seconds:.1f} s ({rate})"
+        return f"{self.done_label}: {what} in {human_seconds(self.seconds)} ({rate})"
 
 
 class Reporter:
