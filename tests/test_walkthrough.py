@@ -124,3 +124,16 @@ def test_duration_helpers() -> None:
         and human_seconds(12.34) == "12.3 s"
     )
     assert fmt_duration(7 * 86400) == "1w" and fmt_duration(90) == "90s" and fmt_duration(5400) == "90m"
+
+
+def test_run_on_missing_build_ends_with_the_sync_summary(tmp_path: Path, wheelhouse: Path) -> None:
+    root = tmp_path / "volume" / "volenv"
+    m = write_manifest(tmp_path, "app", ["beta==1.0"], find_links=wheelhouse)
+    r = volenv("--root", root, "run", "--on-missing", "build", "-m", m, "--", "true")
+    assert r.returncode == 0, r.stderr
+    sid = snapshot_of(root, "app")
+    assert re.search(
+        rf"built {sid} in \d+\.\d+ s: \d+ packages?, \d+ files, [\d.]+ KiB \([\d.]+ KiB new\)", r.stderr
+    ), r.stderr
+    r = volenv("--root", root, "sync", m)  # sync's own line is unchanged in shape
+    assert re.search(rf"reused {sid} in \d+\.\d+ s", r.stdout + r.stderr), (r.stdout, r.stderr)

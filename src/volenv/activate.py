@@ -480,7 +480,9 @@ def _build_for(
         reporter.info(f"snapshot {sid} of '{target.env}' is not usable; building it again")
     manifest = load_manifest(o.manifest)
     outcome = sync(paths, manifest, SyncOptions(lock_timeout=o.lock_timeout, refresh=problem is not None))
-    reporter.info(f"{outcome.action} {outcome.snapshot}")
+    from .ui import sync_summary
+
+    reporter.info(sync_summary(outcome.action, outcome.snapshot, outcome.seconds, outcome.stats))
     target.digest = manifest.digest
 
 

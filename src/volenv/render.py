@@ -22,7 +22,7 @@ from .errors import error_document, shq
 from .redact import redact_obj, redact_text
 from .ui import _unit_of as _unit_of  # the size format is ui's (low modules print sizes too)
 from .ui import human_bytes as human_bytes
-from .ui import human_seconds
+from .ui import sync_summary
 
 JSON_VERSION = 1
 
@@ -111,15 +111,10 @@ def human_time(ts: float | None) -> str:
 def render_sync(r: Any, quiet: int) -> None:
     if quiet > 0:
         return
-    verb = {"built": "built", "reused": "reused", "would-build": "would build", "would-reuse": "would reuse"}
-    head = f"[bold]{esc(verb.get(r.action, r.action))}[/bold] {esc(r.snapshot)} in {human_seconds(r.seconds)}"
-    s = r.stats or {}
-    if "packages" in s:  # the summary line that stays on screen after the spinners are gone
-        head += (
-            f": {s['packages']:,} package{'' if s['packages'] == 1 else 's'}, {s.get('files', 0):,} files,"
-            f" {human_bytes(s.get('bytes'))} ({human_bytes(s.get('bytes_new', s.get('bytes_hashed')))} new)"
-        )
-    _c().print(head)
+    # the summary line that stays on screen after the spinners are gone, its verb in bold
+    line = sync_summary(r.action, r.snapshot, r.seconds, r.stats)
+    verb, _, tail = line.partition(f" {r.snapshot} ")
+    _c().print(f"[bold]{esc(verb)}[/bold] {esc(r.snapshot)} {esc(tail)}")
     _c().print(f"  path: {esc(r.path)}")
     for g in r.groups:
         mark = "[green]installed[/green]" if g.state == "installed" else f"[yellow]{esc(g.state)}[/yellow]"

@@ -12,6 +12,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
     from types import TracebackType
+    from typing import Any
 
 
 class _Step:
@@ -58,6 +59,20 @@ def human_bytes(n: int | float | None, unit: str | None = None) -> str:
 def human_seconds(seconds: float) -> str:
     """The one elapsed-time format of every summary line: `0.5 s`, `12.3 s`, `0.04 s`."""
     return f"{seconds:.1f} s" if seconds >= 0.1 else f"{seconds:.2f} s"
+
+
+def sync_summary(action: str, snapshot: str, seconds: float, stats: dict[str, Any] | None) -> str:
+    """The line a sync ends with (`built X in 0.5 s: 1 package, 23 files, 29.2 KiB (28.0 KiB new)`),
+    from `volenv sync` and from `run --on-missing build` alike."""
+    verb = {"would-build": "would build", "would-reuse": "would reuse"}.get(action, action)
+    line = f"{verb} {snapshot} in {human_seconds(seconds)}"
+    s = stats or {}
+    if "packages" in s:
+        line += (
+            f": {s['packages']:,} package{'' if s['packages'] == 1 else 's'}, {s.get('files', 0):,} files,"
+            f" {human_bytes(s.get('bytes'))} ({human_bytes(s.get('bytes_new', s.get('bytes_hashed')))} new)"
+        )
+    return line
 
 
 def fmt_duration(seconds: float) -> str:
