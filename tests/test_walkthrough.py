@@ -137,3 +137,8 @@ def test_run_on_missing_build_ends_with_the_sync_summary(tmp_path: Path, wheelho
     ), r.stderr
     r = volenv("--root", root, "sync", m)  # sync's own line is unchanged in shape
     assert re.search(rf"reused {sid} in \d+\.\d+ s", r.stdout + r.stderr), (r.stdout, r.stderr)
+
+
+def test_run_help_says_what_a_url_models_variable_names() -> None:
+    r = volenv("run", "--help")
+    assert r.returncode == 0 and "a url model's file path" in " ".join(r.stdout.split()), r.stdout

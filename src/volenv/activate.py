@@ -257,7 +257,8 @@ Environment (options win over these):
   VOLENV_LOCAL_DIR                 where [[models]] local = always|auto copies go
 
 Set in CMD's environment: VIRTUAL_ENV, PATH, VOLENV_ENV, VOLENV_SNAPSHOT, VOLENV_ROOT,
-VOLENV_MODEL_<NAME> (each model's directory), and the manifest's [activate] variables."""
+VOLENV_MODEL_<NAME> (an hf model's snapshot directory, a url model's file path), and the
+manifest's [activate] variables."""
 )
 RUN_HINT = "see `volenv run --help`"
 
