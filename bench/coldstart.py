@@ -53,7 +53,7 @@ F5_WORK = Path("/var/tmp/h-bench-f5")
 READY_F5 = "f5-tts-worker: ready"
 FAILED_F5 = "f5-tts-worker: model unavailable"
 PROBE_LINE = re.compile(r"materialize auto: .*volume (?:metadata op|\(\S*\)) ([\d.]+) ms")
-STARTUP_LINE = re.compile(r"startup pack of \S+ local in ([\d.]+)s \((\d+) files, (\d+) of (\d+) bytes[;)]")
+STARTUP_LINE = re.compile(r"startup pack of \S+ local in ([\d.]+) ?s \((\d+) files, (\d+) of (\d+) bytes[;)]")
 EXTRACTED_LINE = re.compile(r"materialize: extracted \S+ to ")
 
 

@@ -21,6 +21,48 @@ FAST_FORBIDDEN_STDLIB = {"json", "re", "typing", "hashlib", "enum", "functools",
 # The only lazy edges allowed to close a circle: `run --on-missing build` reaches up into the sync
 # command (which builds, then takes the start trace through activation again).
 CYCLE_EXEMPT = {("volenv.activate", "volenv.commands.sync")}
+# The fast path's modules (README "Architecture") and the only lazy (function-level) imports each
+# may make, exactly as the README lists them: a new lazy import on the `run` path is a decision
+# the README has to state first.
+FAST_MODULES = (
+    "volenv.__main__",
+    "volenv.globalargs",
+    "volenv.activate",
+    "volenv.rootfind",
+    "volenv.alias",
+    "volenv.modelpaths",
+    "volenv.envvars",
+    "volenv.sealcheck",
+    "volenv.leanjson",
+    "volenv.errors",
+    "volenv.redact",
+)
+FAST_LAZY = {
+    "volenv.__main__": {"volenv.activate", "volenv.ui", "volenv.cli"},
+    "volenv.activate": {
+        "volenv.materialize",
+        "volenv.localcopy",
+        "volenv.diagnose",
+        "volenv.integrity",
+        "volenv.manifest",
+        "volenv.paths",
+        "volenv.build",
+        "volenv.commands.sync",
+        "volenv.rootfind",
+        "volenv.ui",
+        "volenv.redact",
+        "volenv.errors",
+        "json",
+        "traceback",
+        "dataclasses",
+        "pathlib",
+    },
+    "volenv.alias": {"volenv.manifest", "volenv.fsutil"},
+    "volenv.rootfind": {"volenv.ui", "volenv.errors", "stat"},
+    "volenv.sealcheck": {"hashlib", "_sha256"},
+    "volenv.leanjson": {"json", "_json"},
+    "volenv.errors": {"volenv.redact"},
+}
 CLI = "volenv.cli"
 RENDERERS = {"volenv.render", "volenv.ui"}
 
@@ -161,6 +203,26 @@ def test_fast_path_imports_no_third_party_or_slow_module() -> None:
     assert not bad, "the fast path (module-level imports from volenv.__main__) imports:\n  " + shown(
         list(map(str, bad))
     )
+
+
+def lazy_outside(g: dict[str, list[Edge]]) -> list[Edge]:
+    """The fast path's function-level imports that the README does not list."""
+    return [e for m in FAST_MODULES for e in g[m] if e.lazy and e.dst not in FAST_LAZY.get(m, set())]
+
+
+def test_fast_path_lazy_imports_are_the_documented_ones() -> None:
+    bad = lazy_outside(graph())
+    assert not bad, "a fast-path lazy import README's Architecture does not list:\n  " + shown(
+        list(map(str, bad))
+    )
+
+
+def test_lazy_import_rule_catches_a_new_one(tmp_path: Path) -> None:
+    """The checker itself: a function-level import the list lacks is named."""
+    (tmp_path / "rootfind.py").write_text("def f():\n    import hashlib\n    from . import ui\n")
+    g = {m: [] for m in FAST_MODULES}
+    g["volenv.rootfind"] = edges("volenv.rootfind", tmp_path / "rootfind.py", {"volenv.ui"})
+    assert [e.dst for e in lazy_outside(g)] == ["hashlib"]
 
 
 def test_only_render_knows_rich_and_only_cli_knows_typer() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -245,7 +246,8 @@ def test_local_model_copy_always_auto_and_damaged(tmp_path: Path, root: Path, wh
     assert r.returncode == 0, r.stderr
     path = Path(r.stdout.strip())
     assert path.is_relative_to(local) and path.read_bytes() == src.read_bytes(), path
-    assert "copied" in r.stderr
+    # the CLI's one size/rate/duration format (issue 16)
+    assert re.search(r"copied 8\.0 MiB to \S+ in \d+\.\d+ s \(\d+\.\d [KMG]iB/s\)", r.stderr), r.stderr
     r = volenv("--root", root, "run", "--manifest", m, "--", "python", "-c", PRINT_MODEL, env=env)
     assert r.returncode == 0 and Path(r.stdout.strip()) == path and "reusing the local copy" in r.stderr
 

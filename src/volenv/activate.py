@@ -258,9 +258,24 @@ Environment (options win over these):
   VOLENV_LOCAL_DIR                 where [[models]] local = always|auto copies go
 
 Set in CMD's environment: VIRTUAL_ENV, PATH, VOLENV_ENV, VOLENV_SNAPSHOT, VOLENV_ROOT,
-VOLENV_MODEL_<NAME> (each model's directory), and the manifest's [activate] variables."""
+VOLENV_MODEL_<NAME> (an hf model's snapshot directory, a url model's file path), and the
+manifest's [activate] variables."""
 )
 RUN_HINT = "see `volenv run --help`"
+
+
+#: run's options that take a value (globalargs skips their values when it moves global options)
+RUN_VALUED = {
+    "--manifest",
+    "-m",
+    "--env",
+    "-e",
+    "--on-missing",
+    "--verify",
+    "--lock-timeout",
+    "--materialize",
+    "--materialize-dir",
+}
 
 
 def parse_run_args(argv: list[str]) -> RunOptions:
@@ -275,18 +290,7 @@ def parse_run_args(argv: list[str]) -> RunOptions:
             print(RUN_HELP)
             raise SystemExit(0)
         key, eq, val = a.partition("=")
-        takes = {
-            "--manifest",
-            "-m",
-            "--env",
-            "-e",
-            "--on-missing",
-            "--verify",
-            "--lock-timeout",
-            "--materialize",
-            "--materialize-dir",
-        }
-        if key in takes:
+        if key in RUN_VALUED:
             if not eq:
                 i += 1
                 if i >= len(argv):
@@ -492,7 +496,9 @@ def _build_for(
         reporter.info(f"snapshot {sid} of '{target.env}' is not usable; building it again")
     manifest = load_manifest(o.manifest)
     outcome = sync(paths, manifest, SyncOptions(lock_timeout=o.lock_timeout, refresh=problem is not None))
-    reporter.info(f"{outcome.action} {outcome.snapshot}")
+    from .ui import sync_summary
+
+    reporter.info(sync_summary(outcome.action, outcome.snapshot, outcome.seconds, outcome.stats))
     target.digest = manifest.digest
 
 
@@ -567,12 +573,13 @@ def _as_volenv_error(exc: Exception) -> VolenvError:
     return VolenvError(f"internal error: {type(exc).__name__}: {exc}")
 
 
-def main_fast(root_opt: str | None, argv: list[str]) -> int:
+def main_fast(root_opt: str | None, argv: list[str], json_out: bool = False) -> int:
     from .rootfind import discover_root
 
-    root, _source = discover_root(root_opt, defer=True)
     try:
         try:
+            parse_run_args(argv)  # `run --help` and bad options first: they need no root
+            root, _source = discover_root(root_opt, defer=True)
             return run(root, argv)
         except OSError as exc:
             from .errors import from_oserror
@@ -586,4 +593,12 @@ def main_fast(root_opt: str | None, argv: list[str]) -> int:
             print(f"  cause: {redact_text(exc.cause)}", file=sys.stderr)
         if exc.hint:
             print(f"  hint: {redact_text(exc.hint)}", file=sys.stderr)
+        if json_out:  # the CLI's --json error document; `json` only on this error path
+            import json
+
+            from .errors import error_document
+
+            doc = error_document(exc.exit_code, exc.message, exc.cause, exc.hint)
+            sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+            sys.stdout.flush()
         return exc.exit_code

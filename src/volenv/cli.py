@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -32,10 +33,16 @@ app = typer.Typer(
 
 @dataclass(frozen=True)
 class GlobalOptions:
-    root: RootChoice
+    root_opt: str | None
     json: bool
     verbosity: int
     progress: bool
+
+    @functools.cached_property
+    def root(self) -> RootChoice:
+        """Resolved on first use, not in the callback: `volenv CMD --help` neither looks for a
+        root nor announces a fallback one."""
+        return choose_root(self.root_opt)
 
     @property
     def paths(self) -> VolumePaths:
@@ -129,7 +136,7 @@ def main_callback(
     render.configure_console(color.value, quiet - verbose)
     verbosity = verbose - quiet
     ui.set_reporter(render.RichReporter(verbosity, not no_progress))  # before the root: -qq hides its notice
-    ctx.obj = GlobalOptions(choose_root(root), json_out, verbose - quiet, not no_progress)
+    ctx.obj = GlobalOptions(root, json_out, verbose - quiet, not no_progress)
 
 
 @app.command()

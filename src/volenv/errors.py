@@ -29,6 +29,32 @@ EXIT_MEANINGS: dict[int, str] = {
 }
 
 
+#: the `kind` of a --json error document, by exit code
+ERROR_KINDS = {
+    1: "internal",
+    2: "usage",
+    3: "no-snapshot",
+    4: "verify",
+    5: "lock-timeout",
+    6: "disk-space",
+    7: "build",
+    8: "volume",
+    9: "model",
+    130: "interrupted",
+}
+
+
+def error_document(code: int, message: str, cause: str | None, hint: str | None) -> object:
+    """The --json error document, redacted: one shape from the CLI and from the `run` fast path."""
+    from .redact import redact_obj
+
+    error: dict[str, object] = {"code": code, "kind": ERROR_KINDS.get(code, "error"), "message": message}
+    error["hint"] = hint
+    if cause:
+        error["cause"] = cause
+    return redact_obj({"version": 1, "error": error})
+
+
 class VolenvError(Exception):
     """Base of every expected failure: a message, an optional cause and hint, an exit code."""
 
@@ -49,7 +75,8 @@ class ManifestError(UsageError):
     """A manifest that does not validate; the message names file, key and value."""
 
     def __init__(self, path: str, key: str, problem: str, *, hint: str | None = None) -> None:
-        super().__init__(f"{path}: {key}: {problem}", hint=hint)
+        # key "": the file as a whole (missing, unreadable, not TOML, another tool's file)
+        super().__init__(f"{path}: {key}: {problem}" if key else f"{path}: {problem}", hint=hint)
         self.path = path
         self.key = key
 

@@ -31,7 +31,7 @@ from .fsutil import (
 )
 from .paths import VolumePaths
 from .sealcheck import SealProblem, read_seal
-from .ui import reporter
+from .ui import fmt_duration, reporter
 
 #: an activation touches its snapshot's use mark before checking and exec'ing it; GC never
 #: removes a snapshot touched this recently, whatever --keep-within says (in-flight guard)
@@ -628,14 +628,6 @@ def _listdir(path: Path, root: Path | None = None) -> list[str]:
         return sorted(os.listdir(fd))
     finally:
         os.close(fd)
-
-
-def fmt_duration(seconds: float) -> str:
-    """The one duration format of the plan, its header and its rows: 7d, 12h, 90m, 30s."""
-    for unit, n in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= n and seconds % n == 0:
-            return f"{int(seconds // n)}{unit}"
-    return f"{seconds:g}s"
 
 
 # ---------------------------------------------------------------- leases

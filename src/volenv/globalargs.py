@@ -34,3 +34,36 @@ def split_globals(argv: list[str]) -> tuple[list[str], str | None, int]:
             break
         i += 1
     return argv[i:], root, verbosity
+
+
+def hoist_run_globals(args: list[str], valued: set[str]) -> list[str]:
+    """`volenv run --json -m M -- CMD`: global options written after `run`, before `--` or the
+    command, move before `run` (as for every other command). `valued` names run's own options
+    that take a value, so that a value (`--env -q`) is never taken for a global option."""
+    rest, _root, _v = split_globals(args)
+    if not rest or rest[0] != "run":
+        return list(args)
+    head = args[: len(args) - len(rest)]
+    moved: list[str] = []
+    kept: list[str] = []
+    i = 1
+    while i < len(rest):
+        a = rest[i]
+        key, eq, _val = a.partition("=")
+        if a == "--" or not a.startswith("-"):
+            kept += rest[i:]
+            break
+        if key in GLOBAL_VALUED:
+            moved.append(a)
+            if not eq and i + 1 < len(rest):
+                i += 1
+                moved.append(rest[i])
+        elif a in GLOBAL_FLAGS:
+            moved.append(a)
+        else:
+            kept.append(a)
+            if key in valued and not eq and i + 1 < len(rest):
+                i += 1
+                kept.append(rest[i])
+        i += 1
+    return head + moved + ["run"] + kept

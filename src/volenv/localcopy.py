@@ -29,6 +29,7 @@ from .errors import VolenvError
 from .fsutil import unique_suffix
 from .httpfetch import OrderedHasher, Plan
 from .modelpaths import model_env_name, model_files_dir, model_key, model_location, model_record_path
+from .ui import human_bytes, human_seconds
 
 MARK = ".volenv-local.json"
 RANGE = 16 << 20  # one thread's share of a file at a time
@@ -132,7 +133,8 @@ def _local_copy(root: str, m: dict[str, Any]) -> str | None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     secs = max(time.perf_counter() - t0, 1e-6)
-    _say(f"model '{m['name']}': copied {need} bytes to {dest} in {secs:.2f}s ({need / secs / 1e6:.0f} MB/s)")
+    rate = human_bytes(need / secs)
+    _say(f"model '{m['name']}': copied {human_bytes(need)} to {dest} in {human_seconds(secs)} ({rate}/s)")
     return str(dest / rel)
 
 

@@ -293,25 +293,35 @@ def load_manifest(path: str | Path) -> Manifest:
     try:
         raw = p.read_bytes()
     except FileNotFoundError:
-        raise c.fail("(file)", "no such file") from None
+        raise c.fail("", "no such file", hint=_init_hint(p)) from None
     except IsADirectoryError:
-        raise c.fail("(file)", "is a directory, expected a TOML manifest") from None
+        raise c.fail("", "is a directory, expected a TOML manifest") from None
     except OSError as exc:
-        raise c.fail("(file)", f"cannot read: {exc.strerror}") from None
+        raise c.fail("", f"cannot read: {exc.strerror}") from None
     if p.suffix in (".txt", ".in"):
         _refuse_foreign(c, p, "requirements")
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
-        raise c.fail("(file)", "not UTF-8 text") from None
+        raise c.fail("", "not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         if _looks_like_requirements(raw):
             _refuse_foreign(c, p, "requirements")
-        raise c.fail("(toml)", f"invalid TOML: {exc}") from None
+        raise c.fail("", f"invalid TOML: {exc}") from None
     kind = _foreign_kind(p, data)
     if kind is not None:
         _refuse_foreign(c, p, kind)
     return _parse(p.absolute(), data, c)
+
+
+def _init_hint(p: Path) -> str:
+    """A missing manifest: the `volenv init` command that writes it, from what lies beside it."""
+    for source in ("uv.lock", "pyproject.toml", "requirements.txt"):
+        if (p.parent / source).is_file():
+            return f"write it from {source}: volenv init {shq(p.parent / source)} -o {shq(p)}"
+    return (
+        f"write one: volenv init SOURCE -o {shq(p)} (SOURCE: a requirements.txt, pyproject.toml or uv.lock)"
+    )
 
 
 def _foreign_kind(p: Path, data: dict[str, Any]) -> str | None:
@@ -337,7 +347,7 @@ def _refuse_foreign(c: _Checker, p: Path, kind: str) -> None:
         hint = f'use it from a manifest: lockfile = "{p.name}"'
     else:
         hint = f"write a manifest from it: volenv init {shq(p)}"
-    raise c.fail("(file)", f"this is {what}, not a volenv manifest", hint=hint)
+    raise c.fail("", f"this is {what}, not a volenv manifest", hint=hint)
 
 
 def _looks_like_requirements(raw: bytes) -> bool:

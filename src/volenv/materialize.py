@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import faults
-from .errors import VerifyError, VolenvError
+from .errors import VerifyError, VolenvError, shq
 from .fsutil import atomic_write_json, unique_suffix
 from .integrity import Entry
 from .packs import (
@@ -43,6 +43,7 @@ from .packs import (
 )
 from .paths import VolumePaths
 from .sealcheck import META_DIR, SealProblem, check_seal
+from .ui import human_seconds
 
 MARKER = "materialized.json"
 IN_PROGRESS = "materializing"  # pid of the background extraction, while there is one
@@ -409,7 +410,16 @@ def _choose(
     try:
         manifest = read_manifest(manifest_path(paths, sid))
     except FileNotFoundError:
-        _say(f"warning: materialize: {sid} has no packs (`volenv pack {sid}`); running in place")
+        if mode == "auto":  # packs matter only where auto would have extracted
+            d = decide_auto(root, str(base), snapshot_dir)
+            if not d.materialize:
+                _say(f"materialize auto: in place ({d.reason})")
+                return None
+        # a complete command: the root it names is this one, wherever it came from
+        _say(
+            f"warning: materialize: {sid} has no packs (volenv --root {shq(root)} pack {sid});"
+            " running in place"
+        )
         return None
     except VolenvError as exc:
         _damaged(mode, f"pack manifest unusable: {exc}")
@@ -529,7 +539,7 @@ def _extract(
         raise
     if tree == dest:
         shutil.rmtree(partial, ignore_errors=True)
-    _say(f"materialize: extracted {sid} to {tree} in {time.perf_counter() - t0:.2f}s")
+    _say(f"materialize: extracted {sid} to {tree} in {human_seconds(time.perf_counter() - t0)}")
     return str(tree)
 
 
@@ -803,9 +813,10 @@ def _extract_startup_first(
     before = sum(p.tar_size for p in first)
     total = sum(p.tar_size for p in manifest.packs)
     files = sum(p.files for p in first)
+    took, skel = human_seconds(time.perf_counter() - t0), human_seconds(t_skel)
     _say(
-        f"materialize: startup pack of {sid} local in {time.perf_counter() - t0:.2f}s ({files} files,"
-        f" {before} of {total} bytes; skeleton of {len(pending)} links to the volume in {t_skel:.2f}s);"
+        f"materialize: startup pack of {sid} local in {took} ({files} files,"
+        f" {before} of {total} bytes; skeleton of {len(pending)} links to the volume in {skel});"
         f" the rest extracts in the background into {tree}"
     )
     return str(tree)

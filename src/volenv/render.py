@@ -18,10 +18,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import ui
-from .errors import shq
+from .errors import error_document, shq
 from .redact import redact_obj, redact_text
 from .ui import _unit_of as _unit_of  # the size format is ui's (low modules print sizes too)
 from .ui import human_bytes as human_bytes
+from .ui import sync_summary
 
 JSON_VERSION = 1
 
@@ -110,15 +111,10 @@ def human_time(ts: float | None) -> str:
 def render_sync(r: Any, quiet: int) -> None:
     if quiet > 0:
         return
-    verb = {"built": "built", "reused": "reused", "would-build": "would build", "would-reuse": "would reuse"}
-    head = f"[bold]{esc(verb.get(r.action, r.action))}[/bold] {esc(r.snapshot)} in {r.seconds:.1f} s"
-    s = r.stats or {}
-    if "packages" in s:  # the summary line that stays on screen after the spinners are gone
-        head += (
-            f": {s['packages']:,} package{'' if s['packages'] == 1 else 's'}, {s.get('files', 0):,} files,"
-            f" {human_bytes(s.get('bytes'))} ({human_bytes(s.get('bytes_new', s.get('bytes_hashed')))} new)"
-        )
-    _c().print(head)
+    # the summary line that stays on screen after the spinners are gone, its verb in bold
+    line = sync_summary(r.action, r.snapshot, r.seconds, r.stats)
+    verb, _, tail = line.partition(f" {r.snapshot} ")
+    _c().print(f"[bold]{esc(verb)}[/bold] {esc(r.snapshot)} {esc(tail)}")
     _c().print(f"  path: {esc(r.path)}")
     for g in r.groups:
         mark = "[green]installed[/green]" if g.state == "installed" else f"[yellow]{esc(g.state)}[/yellow]"
@@ -212,27 +208,9 @@ def render_verify(reports: Any, quiet: int) -> None:
                 _o().print(f"… and {len(rep.problems) - 200} more (use --json for all)")
 
 
-ERROR_KINDS = {
-    1: "internal",
-    2: "usage",
-    3: "no-snapshot",
-    4: "verify",
-    5: "lock-timeout",
-    6: "disk-space",
-    7: "build",
-    8: "volume",
-    9: "model",
-    130: "interrupted",
-}
-
-
 def emit_json_error(code: int, message: str, cause: str | None, hint: str | None) -> None:
     """Under --json an error is a document on stdout too: scripts read one shape either way."""
-    error = {"code": code, "kind": ERROR_KINDS.get(code, "error"), "message": message, "hint": hint}
-    if cause:
-        error["cause"] = cause
-    doc = redact_obj({"version": JSON_VERSION, "error": error})
-    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    sys.stdout.write(json.dumps(error_document(code, message, cause, hint), indent=2, sort_keys=True) + "\n")
     sys.stdout.flush()
 
 
@@ -334,7 +312,7 @@ def render_gc(
     the files); the total says both: the rows' sum and the disk space removal frees (hard
     links shared with kept items free nothing; blocks, not bytes). `asking`: a prompt
     follows, so "nothing changed" would be premature."""
-    from .gc import fmt_duration
+    from .ui import fmt_duration
 
     plan = r.plan
     if quiet <= 0 and show_plan:

@@ -12,6 +12,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
     from types import TracebackType
+    from typing import Any
 
 
 class _Step:
@@ -53,6 +54,33 @@ def human_bytes(n: int | float | None, unit: str | None = None) -> str:
     if unit == "B":
         return f"{value:.0f} {unit}"
     return f"{value:.2f} {unit}" if forced and value < 1 else f"{value:.1f} {unit}"
+
+
+def human_seconds(seconds: float) -> str:
+    """The one elapsed-time format of every summary line: `0.5 s`, `12.3 s`, `0.04 s`."""
+    return f"{seconds:.1f} s" if seconds >= 0.1 else f"{seconds:.2f} s"
+
+
+def sync_summary(action: str, snapshot: str, seconds: float, stats: dict[str, Any] | None) -> str:
+    """The line a sync ends with (`built X in 0.5 s: 1 package, 23 files, 29.2 KiB (28.0 KiB new)`),
+    from `volenv sync` and from `run --on-missing build` alike."""
+    verb = {"would-build": "would build", "would-reuse": "would reuse"}.get(action, action)
+    line = f"{verb} {snapshot} in {human_seconds(seconds)}"
+    s = stats or {}
+    if "packages" in s:
+        line += (
+            f": {s['packages']:,} package{'' if s['packages'] == 1 else 's'}, {s.get('files', 0):,} files,"
+            f" {human_bytes(s.get('bytes'))} ({human_bytes(s.get('bytes_new', s.get('bytes_hashed')))} new)"
+        )
+    return line
+
+
+def fmt_duration(seconds: float) -> str:
+    """The one duration format of policies (gc's plan, its header and its rows): 7d, 12h, 90m, 30s."""
+    for unit, n in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= n and seconds % n == 0:
+            return f"{int(seconds // n)}{unit}"
+    return f"{seconds:g}s"
 
 
 class Progress:
@@ -169,7 +197,7 @@ class Progress:
         what = f"{self.items:,} {self.unit}" if self.unit != "bytes" else ""
         if self.done:
             what = f"{what}, {human_bytes(self.done)}" if what else human_bytes(self.done)
-        return f"{self.done_label}: {what} in {self.seconds:.1f} s ({rate})"
+        return f"{self.done_label}: {what} in {human_seconds(self.seconds)} ({rate})"
 
 
 class Reporter:
