@@ -56,6 +56,11 @@ class HTTPRefused(Exception):
         self.code = code
 
 
+class TooLarge(Exception):
+    """The server offers (or sends) more bytes than the manifest pins or the volume has free: a
+    hostile or wrong server must not fill the volume, so this is never retried."""
+
+
 class RetriesExhausted(Exception):
     """A chunk (or the single stream) failed on every attempt."""
 
@@ -265,6 +270,9 @@ class _Fetch:
                 resp = None
             return self._single_stream(resp)
         real_total = rng[2]
+        if real_total > self._cap():
+            resp.close()
+            raise TooLarge(self._too_large(f"the server says the file is {real_total} bytes"))
         if plan is None or plan.total != real_total:
             plan = Plan(real_total, chunk_size(real_total))
             done = {}
@@ -287,6 +295,19 @@ class _Fetch:
             resp.close()
         streams, digest = self._parallel(plan, done, jr, handover)
         return FetchResult(plan.total, digest, True, streams, self.resumed, self.received)
+
+    def _cap(self) -> int:
+        """The most bytes the .part may hold: the pinned size, else what the volume has free
+        (plus what the .part already holds)."""
+        if self.size is not None:
+            return self.size
+        st = os.fstatvfs(self.pfd)
+        return st.f_bavail * st.f_frsize + os.fstat(self.pfd).st_size
+
+    def _too_large(self, what: str) -> str:
+        if self.size is not None:
+            return f"{what}, more than the {self.size} the manifest pins; nothing kept"
+        return f"{what}, more than the volume has free ({self._cap()} bytes); nothing kept"
 
     def _open(self, start: int, end: int | None) -> Any:
         """The first request, retried like any chunk."""
@@ -350,6 +371,7 @@ class _Fetch:
         connection is resumed with Range when the server honours it, else started over."""
         os.ftruncate(self.jfd, 0)
         os.ftruncate(self.pfd, 0)
+        cap = self._cap()
         have = 0
         h = hashlib.sha256()
         delay = 0.5
@@ -367,8 +389,12 @@ class _Fetch:
                         os.ftruncate(self.pfd, 0)
                         self.opts.progress.reset(0)
                     expected = resp.headers.get("Content-Length")
+                    if expected is not None and expected.strip().isdigit() and have + int(expected) > cap:
+                        raise TooLarge(self._too_large(f"the server offers {have + int(expected)} bytes"))
                     got = 0
-                    while data := resp.read(READ):
+                    while data := resp.read(min(READ, cap + 1 - have)):
+                        if have + len(data) > cap:
+                            raise TooLarge(self._too_large(f"the server sent more than {cap} bytes"))
                         _pwrite_all(self.pfd, data, have)
                         h.update(data)
                         have += len(data)
