@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -96,3 +97,55 @@ def test_hostile_server_cannot_fill_the_volume(
         assert took < 8, took  # refused as soon as it went past the pin, not after 10 s of bytes
         assert _largest_file(root) <= size
     assert not list((root / "models").rglob("*.part-chunks*")), "the .part outlived the refusal"
+
+
+def test_redirect_to_file_is_refused_once_not_retried(tmp_path: Path, root: Path, wheelhouse: Path) -> None:
+    hits: list[str] = []
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            self.send_response(302)
+            self.send_header("Location", "file:///etc/passwd")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}/weights.bin"
+        extra = f'[[models]]\nname = "w"\nurl = "{url}"\nsha256 = "{SHA}"\nsize = 1\n'
+        m = write_manifest(tmp_path / "m", "app", ["alpha==1.0"], find_links=wheelhouse, extra=extra)
+        t0 = time.monotonic()
+        r = volenv("--root", root, "models", "fetch", m, timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert r.returncode == 9, r.stderr
+    assert len(hits) == 1 and took < 10, (hits, took)  # no retries with back-off
+
+
+def test_hard_link_planted_at_the_part_is_not_truncated(tmp_path: Path, root: Path, wheelhouse: Path) -> None:
+    from rangeserver import RangeServer, serve
+
+    data = bytes(range(256)) * 4096
+    src = tmp_path / "weights.bin"
+    src.write_bytes(data)
+    sha = hashlib.sha256(data).hexdigest()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    d = root / "models" / "files" / "w" / sha[:16]
+    d.mkdir(parents=True)
+    os.link(victim, d / ".weights.bin.part-chunks")
+    os.link(victim, d / ".weights.bin.part-chunks.journal")
+    with serve(RangeServer(src)) as srv:
+        extra = f'[[models]]\nname = "w"\nurl = "{srv.url}"\nsha256 = "{sha}"\nsize = {len(data)}\n'
+        m = write_manifest(tmp_path / "m", "app", ["alpha==1.0"], find_links=wheelhouse, extra=extra)
+        r = volenv("--root", root, "models", "fetch", m)
+    assert r.returncode == 0, r.stderr
+    assert victim.read_text() == "precious\n"
+    assert (d / "weights.bin").read_bytes() == data

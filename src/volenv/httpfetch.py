@@ -23,6 +23,7 @@ import http.client
 import json
 import os
 import re
+import stat
 import threading
 import time
 import urllib.error
@@ -112,7 +113,8 @@ def _content_range(resp: Any) -> tuple[int, int, int | None] | None:
 def _retryable(exc: BaseException) -> bool:
     """Network trouble is retried; a refusal (4xx but 416) and a full disk are not."""
     if isinstance(exc, urllib.error.HTTPError):
-        return not (400 <= exc.code < 500 and exc.code != 416)
+        # a redirect urllib refused (to file:// and the like) is a 3xx error: as final as a 4xx
+        return not (300 <= exc.code < 500 and exc.code != 416)
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):
         return False
     return isinstance(exc, (urllib.error.URLError, http.client.HTTPException, OSError, ValueError))
@@ -187,7 +189,15 @@ def _open_in(path: Path, root: Path, extra: int = 0) -> int:
     link at the file itself."""
     flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | extra
     with contained(path, root) as (dfd, name):
-        return os.open(name, flags, 0o644, dir_fd=dfd)
+        fd = os.open(name, flags, 0o644, dir_fd=dfd)
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+            return fd
+        # a hard link planted at our name (truncating it would truncate the other name's
+        # file) or not a plain file: drop the name and start a fresh file of our own
+        os.close(fd)
+        os.unlink(name, dir_fd=dfd)
+        return os.open(name, flags | os.O_EXCL, 0o644, dir_fd=dfd)
 
 
 def discard(part: Path, journal: Path, root: Path) -> None:
@@ -697,7 +707,7 @@ class OrderedHasher:
 
 def _give_up(exc: BaseException, what: str, attempts: int) -> None:
     """Raise the final error: a refusal as HTTPRefused, network trouble as RetriesExhausted."""
-    if isinstance(exc, urllib.error.HTTPError) and 400 <= exc.code < 500 and exc.code != 416:
+    if isinstance(exc, urllib.error.HTTPError) and 300 <= exc.code < 500 and exc.code != 416:
         raise HTTPRefused(exc.code) from None
     if _retryable(exc):
         raise RetriesExhausted(f"{what} failed after {attempts} attempts: {exc}") from None
