@@ -30,6 +30,7 @@ from .paths import FORMAT_VERSION, VolumePaths
 from .redact import redact_obj
 from .rootfind import root_exists
 from .sealcheck import is_snapshot_id as is_snapshot_id  # re-exported for the commands
+from .sealcheck import rollback_problem
 
 POINTER_SCHEMA = 1
 HISTORY_SCHEMA = 1
@@ -203,8 +204,12 @@ def read_rollback(paths: VolumePaths, env: str) -> Rollback | None:
     if not isinstance(rb, dict) or not is_snapshot_id(rec["snapshot"], env):
         return None
     created, when, prev = rb.get("created"), rb.get("time"), rb.get("from")
-    if not isinstance(created, int | float) or not isinstance(when, int | float):
-        return None
+    problem = rollback_problem(rb, env)
+    if problem is not None:
+        path = paths.current(env)
+        hint = f"point it at a snapshot again: volenv rollback {shq(env)} --to SNAPSHOT"
+        raise DamagedRecord(f"{path} is damaged: {problem}", hint=hint)
+    assert isinstance(created, int | float) and isinstance(when, int | float)
     return Rollback(rec["snapshot"], prev if isinstance(prev, str) else None, float(created), float(when))
 
 
