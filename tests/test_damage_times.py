@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import volenv, write_manifest
+from volenv.sealcheck import seal_self_digest
 
 BAD = ["1e300", "NaN", "-Infinity", "true", "-5"]
 
@@ -52,3 +53,31 @@ def test_rollback_from_that_is_no_snapshot_is_damaged(vol: tuple[Path, Path, str
         assert r.returncode == 4 and str(cur) in r.stderr, r.stderr
     finally:
         cur.write_text(good)
+
+
+@pytest.mark.parametrize("bad", ["1e300", "NaN", "true"])
+def test_damaged_seal_created_renders_and_history_time_is_damage(
+    vol: tuple[Path, Path, str], bad: str
+) -> None:
+    root, _m, sid = vol
+    seal = root / "envs" / "app" / "snapshots" / sid / ".volenv" / "seal.json"
+    hist = root / "envs" / "app" / "history.jsonl"
+    good_seal, good_hist = seal.read_bytes(), hist.read_bytes()
+    seal.chmod(0o644)
+    rec = json.loads(seal.read_text())
+    rec["created"] = json.loads(bad)
+    rec["self_sha256"] = seal_self_digest(rec)  # a forged seal, self-consistent
+    seal.write_text(json.dumps(rec))
+    try:
+        for cmd in (["show", "app"], ["list"], ["status"]):
+            r = volenv("--root", root, *cmd)
+            assert r.returncode in (0, 4), (cmd, r.returncode, r.stderr)
+            assert "internal error" not in r.stderr and "Traceback" not in r.stderr, (cmd, r.stderr)
+        hist.write_text(
+            hist.read_text() + f'{{"schema": 1, "time": {bad}, "snapshot": "{sid}", "action": "sync"}}\n'
+        )
+        r = volenv("--root", root, "history", "app")
+        assert r.returncode == 4 and str(hist) in r.stderr and "line 2" in r.stderr, r.stderr
+    finally:
+        seal.write_bytes(good_seal)
+        hist.write_bytes(good_hist)

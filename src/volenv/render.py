@@ -20,6 +20,7 @@ from rich.table import Table
 from . import ui
 from .errors import shq
 from .redact import redact_obj, redact_text
+from .sealcheck import is_record_time
 from .ui import _unit_of as _unit_of  # the size format is ui's (low modules print sizes too)
 from .ui import human_bytes as human_bytes
 
@@ -102,8 +103,11 @@ def emit_json(command: str, result: Any) -> None:
 
 
 def human_time(ts: float | None) -> str:
+    """A record's timestamp; one a damaged record holds (1e300, NaN, a bool) shows as '?'."""
     if ts is None:
         return "-"
+    if not is_record_time(ts):
+        return "?"
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
 
 

@@ -29,8 +29,8 @@ from .fsutil import (
 from .paths import FORMAT_VERSION, VolumePaths
 from .redact import redact_obj
 from .rootfind import root_exists
+from .sealcheck import is_record_time, rollback_problem
 from .sealcheck import is_snapshot_id as is_snapshot_id  # re-exported for the commands
-from .sealcheck import rollback_problem
 
 POINTER_SCHEMA = 1
 HISTORY_SCHEMA = 1
@@ -251,6 +251,8 @@ def read_history(paths: VolumePaths, env: str) -> list[Generation]:
         for key, typ in _HISTORY_FIELDS.items():
             if not has_type(rec.get(key), typ):
                 raise DamagedRecord(f"history {path}: line {n}: field {key!r} missing or of the wrong type")
+        if not is_record_time(rec["time"]) or not is_snapshot_id(rec["snapshot"], env):
+            raise DamagedRecord(f"history {path}: line {n}: its time or snapshot is not one")
         out.append(
             Generation(
                 len(out) + 1, float(rec["time"]), rec["snapshot"], rec.get("manifest_digest"), rec["action"]
