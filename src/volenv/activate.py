@@ -35,6 +35,7 @@ from .sealcheck import (
     is_snapshot_id,
     plain_name,
     read_seal,
+    rollback_problem,
 )
 
 TYPE_CHECKING = False
@@ -114,19 +115,22 @@ def _pointer(path: str, env: str, hint: str) -> str | None:
 def rolled_back(root: str, env: str) -> tuple[str, float, float] | None:
     """(snapshot, its seal time, when) if `volenv rollback` set the env's current pointer and no
     switch has happened since (store.write_current). A damaged pointer is no rollback here."""
+    path = os.path.join(root, "envs", env, "current")
     try:
-        data = _read_json(os.path.join(root, "envs", env, "current"))
+        data = _read_json(path)
     except DamagedRecord:
         return None
     rb = data.get("rollback") if isinstance(data, dict) else None
     if not isinstance(rb, dict):
         return None
-    snap, created, when = data.get("snapshot"), rb.get("created"), rb.get("time")
+    snap = data.get("snapshot")
     if not isinstance(snap, str) or not is_snapshot_id(snap, env):
         return None
-    if not isinstance(created, int | float) or not isinstance(when, int | float):
-        return None
-    return snap, float(created), float(when)
+    problem = rollback_problem(rb, env)
+    if problem is not None:  # a rollback the pointer cannot vouch for: never guessed either way
+        hint = f"point it at a snapshot again: volenv rollback {shq(env)} --to SNAPSHOT"
+        raise DamagedRecord(f"{path} is damaged: {problem}", hint=hint)
+    return snap, float(rb["created"]), float(rb["time"])
 
 
 def _newer_than(root: str, env: str, sid: str | None, created: float) -> bool:

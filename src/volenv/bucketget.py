@@ -70,6 +70,7 @@ class _Object:
         self.lock = lock  # shared: progress and part counters
         self.tmp = want.dest.with_name(f".{want.dest.name}.{unique_suffix()}")
         self.fd: int | None = None
+        self.size = 0
         self.left = 0
 
     def parts(self) -> list[Part]:
@@ -82,8 +83,8 @@ class _Object:
             raise self.want.fail(f"{size} bytes, more than the {limit} it may have")
         if size == 0:
             return [self._whole]
-        self.fd = os.open(self.tmp, _TMP_FLAGS, 0o644)
-        os.ftruncate(self.fd, size)
+        self.size = size  # the temp file is opened by the first part that runs, not here:
+        # one descriptor per object in flight, not per object pulled (80 big objects, ulimit 64)
         ranges = [(a, min(a + RANGE_PART, size)) for a in range(0, size, RANGE_PART)]
         self.left = len(ranges)
         return [self._range_part(a, b) for a, b in ranges]
@@ -125,8 +126,11 @@ class _Object:
     def _range_part(self, start: int, end: int) -> Part:
         def part(stop: threading.Event) -> tuple[int, float]:
             t0 = time.perf_counter()
-            fd = self.fd
-            assert fd is not None
+            with self.lock:
+                if self.fd is None:
+                    self.fd = os.open(self.tmp, _TMP_FLAGS, 0o644)
+                    os.ftruncate(self.fd, self.size)
+                fd = self.fd
             off = start
             for attempt in range(ATTEMPTS):
                 try:  # a broken answer resumes where it stopped
@@ -149,6 +153,9 @@ class _Object:
                 last = self.left == 0
             if last:
                 os.fsync(fd)
+                with self.lock:
+                    self.fd = None
+                os.close(fd)
                 self._publish()
             return end - start, seconds
 

@@ -199,13 +199,44 @@ def orphan_env(paths: VolumePaths, env: str) -> bool:
             continue
         except OSError:
             return False
-    if _listdir(paths.snapshots(env), paths.root) or _listdir(env_dir / "pins", paths.root):
-        return False
+    for sub in ("snapshots", "pins"):
+        try:
+            if _listdir_strict(env_dir / sub, paths.root):
+                return False
+        except (OSError, VolenvError):
+            return False  # cannot tell what it holds (EIO, EACCES): kept, never guessed empty
     return not os.path.lexists(paths.current(env)) and _real_dir(env_dir)
+
+
+def _listdir_strict(path: Path, root: Path) -> list[str]:
+    """Names in a directory below root (no symlinked component); only a missing directory
+    lists as empty: any other failure is raised, so nothing is removed on a guess."""
+    rel = Path(os.path.normpath(path)).relative_to(os.path.normpath(root)).parts
+    try:
+        fd = open_dir_nofollow(root, rel)
+    except FileNotFoundError:
+        return []
+    try:
+        return sorted(os.listdir(fd))
+    finally:
+        os.close(fd)
+
+
+def unreadable_env(paths: VolumePaths, env: str) -> str | None:
+    """Why an env's snapshots/ or pins/ cannot be listed (gc keeps it and says so), or None."""
+    for sub in ("snapshots", "pins"):
+        try:
+            _listdir_strict(paths.env_dir(env) / sub, paths.root)
+        except (OSError, VolenvError) as exc:
+            return f"cannot read {sub}/ ({getattr(exc, 'strerror', None) or exc}): kept"
+    return None
 
 
 def _plan_orphan_env(paths: VolumePaths, env: str, busy: str | None) -> list[GcItem]:
     if not orphan_env(paths, env):
+        why_kept = unreadable_env(paths, env)
+        if why_kept and not os.path.lexists(paths.current(env)):
+            return [GcItem("env", str(paths.env_dir(env)), env, "keep", (why_kept,), 0)]
         return []
     path = paths.env_dir(env)
     if busy:

@@ -23,6 +23,7 @@ import http.client
 import json
 import os
 import re
+import stat
 import threading
 import time
 import urllib.error
@@ -54,6 +55,11 @@ class HTTPRefused(Exception):
     def __init__(self, code: int) -> None:
         super().__init__(f"HTTP {code}")
         self.code = code
+
+
+class TooLarge(Exception):
+    """The server offers (or sends) more bytes than the manifest pins or the volume has free: a
+    hostile or wrong server must not fill the volume, so this is never retried."""
 
 
 class RetriesExhausted(Exception):
@@ -107,7 +113,8 @@ def _content_range(resp: Any) -> tuple[int, int, int | None] | None:
 def _retryable(exc: BaseException) -> bool:
     """Network trouble is retried; a refusal (4xx but 416) and a full disk are not."""
     if isinstance(exc, urllib.error.HTTPError):
-        return not (400 <= exc.code < 500 and exc.code != 416)
+        # a redirect urllib refused (to file:// and the like) is a 3xx error: as final as a 4xx
+        return not (300 <= exc.code < 500 and exc.code != 416)
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):
         return False
     return isinstance(exc, (urllib.error.URLError, http.client.HTTPException, OSError, ValueError))
@@ -182,7 +189,15 @@ def _open_in(path: Path, root: Path, extra: int = 0) -> int:
     link at the file itself."""
     flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | extra
     with contained(path, root) as (dfd, name):
-        return os.open(name, flags, 0o644, dir_fd=dfd)
+        fd = os.open(name, flags, 0o644, dir_fd=dfd)
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+            return fd
+        # a hard link planted at our name (truncating it would truncate the other name's
+        # file) or not a plain file: drop the name and start a fresh file of our own
+        os.close(fd)
+        os.unlink(name, dir_fd=dfd)
+        return os.open(name, flags | os.O_EXCL, 0o644, dir_fd=dfd)
 
 
 def discard(part: Path, journal: Path, root: Path) -> None:
@@ -265,6 +280,9 @@ class _Fetch:
                 resp = None
             return self._single_stream(resp)
         real_total = rng[2]
+        if real_total > self._cap():
+            resp.close()
+            raise TooLarge(self._too_large(f"the server says the file is {real_total} bytes"))
         if plan is None or plan.total != real_total:
             plan = Plan(real_total, chunk_size(real_total))
             done = {}
@@ -287,6 +305,19 @@ class _Fetch:
             resp.close()
         streams, digest = self._parallel(plan, done, jr, handover)
         return FetchResult(plan.total, digest, True, streams, self.resumed, self.received)
+
+    def _cap(self) -> int:
+        """The most bytes the .part may hold: the pinned size, else what the volume has free
+        (plus what the .part already holds)."""
+        if self.size is not None:
+            return self.size
+        st = os.fstatvfs(self.pfd)
+        return st.f_bavail * st.f_frsize + os.fstat(self.pfd).st_size
+
+    def _too_large(self, what: str) -> str:
+        if self.size is not None:
+            return f"{what}, more than the {self.size} the manifest pins; nothing kept"
+        return f"{what}, more than the volume has free ({self._cap()} bytes); nothing kept"
 
     def _open(self, start: int, end: int | None) -> Any:
         """The first request, retried like any chunk."""
@@ -350,6 +381,7 @@ class _Fetch:
         connection is resumed with Range when the server honours it, else started over."""
         os.ftruncate(self.jfd, 0)
         os.ftruncate(self.pfd, 0)
+        cap = self._cap()
         have = 0
         h = hashlib.sha256()
         delay = 0.5
@@ -367,8 +399,12 @@ class _Fetch:
                         os.ftruncate(self.pfd, 0)
                         self.opts.progress.reset(0)
                     expected = resp.headers.get("Content-Length")
+                    if expected is not None and expected.strip().isdigit() and have + int(expected) > cap:
+                        raise TooLarge(self._too_large(f"the server offers {have + int(expected)} bytes"))
                     got = 0
-                    while data := resp.read(READ):
+                    while data := resp.read(min(READ, cap + 1 - have)):
+                        if have + len(data) > cap:
+                            raise TooLarge(self._too_large(f"the server sent more than {cap} bytes"))
                         _pwrite_all(self.pfd, data, have)
                         h.update(data)
                         have += len(data)
@@ -671,7 +707,7 @@ class OrderedHasher:
 
 def _give_up(exc: BaseException, what: str, attempts: int) -> None:
     """Raise the final error: a refusal as HTTPRefused, network trouble as RetriesExhausted."""
-    if isinstance(exc, urllib.error.HTTPError) and 400 <= exc.code < 500 and exc.code != 416:
+    if isinstance(exc, urllib.error.HTTPError) and 300 <= exc.code < 500 and exc.code != 416:
         raise HTTPRefused(exc.code) from None
     if _retryable(exc):
         raise RetriesExhausted(f"{what} failed after {attempts} attempts: {exc}") from None

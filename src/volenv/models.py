@@ -240,6 +240,9 @@ def _fetch_url(paths: VolumePaths, spec: ModelSpec, dest: Path) -> list[dict[str
             raise ModelError(
                 f"model '{spec.name}': {redact_url(spec.url)} answered HTTP {exc.code}"
             ) from None
+        except httpfetch.TooLarge as exc:
+            httpfetch.discard(part, journal, paths.root)
+            raise ModelError(f"model '{spec.name}': {redact_url(spec.url)}: {exc}") from None
         except httpfetch.RetriesExhausted as exc:
             raise ModelError(
                 f"model '{spec.name}': {exc}",

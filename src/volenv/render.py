@@ -20,6 +20,7 @@ from rich.table import Table
 from . import ui
 from .errors import error_document, shq
 from .redact import redact_obj, redact_text
+from .sealcheck import is_record_time
 from .ui import _unit_of as _unit_of  # the size format is ui's (low modules print sizes too)
 from .ui import human_bytes as human_bytes
 from .ui import sync_summary
@@ -72,12 +73,27 @@ def _o() -> Console:
 
 def out_line(text: str) -> None:
     """A plain line of data on stdout (paths, versions, keys): silenced by -qq like the tables."""
-    out_console.print(text, markup=False, highlight=False, soft_wrap=True)
+    out_console.print(controls_escaped(text), markup=False, highlight=False, soft_wrap=True)
+
+
+# C0 but newline and tab, DEL, C1 and the bidi overrides: text read from the volume (a seal, a
+# history line, an index entry) must not drive the terminal (ESC sequences, OSC 8, CR)
+_CONTROLS = {
+    c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+    for c in [*range(0x20), *range(0x7F, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+    if c not in (0x0A, 0x09)
+}
+
+
+def controls_escaped(text: str) -> str:
+    """`text` with terminal control characters shown as `\\x1b` and the like."""
+    return text.translate(_CONTROLS)
 
 
 def esc(value: object) -> str:
-    """Text from the user or the volume, printed through rich: `[/x]` is text, not markup."""
-    return escape(str(value))
+    """Text from the user or the volume, printed through rich: `[/x]` is text, not markup, and
+    a control character (ESC, CR, ...) is shown escaped, never sent to the terminal."""
+    return escape(controls_escaped(str(value)))
 
 
 def to_data(obj: Any) -> Any:
@@ -103,8 +119,11 @@ def emit_json(command: str, result: Any) -> None:
 
 
 def human_time(ts: float | None) -> str:
+    """A record's timestamp; one a damaged record holds (1e300, NaN, a bool) shows as '?'."""
     if ts is None:
         return "-"
+    if not is_record_time(ts):
+        return "?"
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
 
 

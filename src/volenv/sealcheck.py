@@ -114,6 +114,24 @@ def is_snapshot_id(name: str, env: str) -> bool:
     return name.startswith(env + "-") and len(digest) == 12 and all(c in "0123456789abcdef" for c in digest)
 
 
+TIME_MAX = 253402300799  # 9999-12-31 23:59:59 UTC: time.localtime fails past it (1e300, inf)
+
+
+def is_record_time(value: object) -> bool:
+    """A timestamp a record may hold: seconds from 0 to year 9999, not a bool, not NaN."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= TIME_MAX
+
+
+def rollback_problem(rb: dict[str, object], env: str) -> str | None:
+    """What is wrong with a current pointer's rollback mark ({"from", "created", "time"})."""
+    prev = rb.get("from")
+    if prev is not None and not (isinstance(prev, str) and is_snapshot_id(prev, env)):
+        return "its rollback names no snapshot it came from"
+    if not is_record_time(rb.get("created")) or not is_record_time(rb.get("time")):
+        return "its rollback times are not times"
+    return None
+
+
 def plain_name(name: object) -> bool:
     """A name used as one path component: no separator, no NUL, not '.', '..' or hidden."""
     return isinstance(name, str) and bool(name) and "/" not in name and "\0" not in name and name[0] != "."

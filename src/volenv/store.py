@@ -29,6 +29,7 @@ from .fsutil import (
 from .paths import FORMAT_VERSION, VolumePaths
 from .redact import redact_obj
 from .rootfind import root_exists
+from .sealcheck import is_record_time, rollback_problem
 from .sealcheck import is_snapshot_id as is_snapshot_id  # re-exported for the commands
 
 POINTER_SCHEMA = 1
@@ -203,8 +204,12 @@ def read_rollback(paths: VolumePaths, env: str) -> Rollback | None:
     if not isinstance(rb, dict) or not is_snapshot_id(rec["snapshot"], env):
         return None
     created, when, prev = rb.get("created"), rb.get("time"), rb.get("from")
-    if not isinstance(created, int | float) or not isinstance(when, int | float):
-        return None
+    problem = rollback_problem(rb, env)
+    if problem is not None:
+        path = paths.current(env)
+        hint = f"point it at a snapshot again: volenv rollback {shq(env)} --to SNAPSHOT"
+        raise DamagedRecord(f"{path} is damaged: {problem}", hint=hint)
+    assert isinstance(created, int | float) and isinstance(when, int | float)
     return Rollback(rec["snapshot"], prev if isinstance(prev, str) else None, float(created), float(when))
 
 
@@ -246,6 +251,8 @@ def read_history(paths: VolumePaths, env: str) -> list[Generation]:
         for key, typ in _HISTORY_FIELDS.items():
             if not has_type(rec.get(key), typ):
                 raise DamagedRecord(f"history {path}: line {n}: field {key!r} missing or of the wrong type")
+        if not is_record_time(rec["time"]) or not is_snapshot_id(rec["snapshot"], env):
+            raise DamagedRecord(f"history {path}: line {n}: its time or snapshot is not one")
         out.append(
             Generation(
                 len(out) + 1, float(rec["time"]), rec["snapshot"], rec.get("manifest_digest"), rec["action"]
