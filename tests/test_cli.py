@@ -54,13 +54,15 @@ def test_data_on_stdout_narrative_on_stderr(built: tuple[Path, Path]) -> None:
         (["gc", "--dry-run"], "gc plan"),
         (["doctor"], "no problems found"),
         (["verify", "web"], sid),
-        (["models", "list"], "models"),
         (["version"], "0."),
     ]:
         r = volenv("--root", root, *args)
         assert r.returncode == 0, (args, r.stderr)
         assert expect in r.stdout, (args, r.stdout)
         assert expect not in r.stderr, (args, r.stderr)
+    # no models on the volume: no data rows on stdout, the fact said on stderr
+    r = volenv("--root", root, "models", "list")
+    assert r.returncode == 0 and r.stdout == "" and "no models" in r.stderr, (r.stdout, r.stderr)
     # narrative: a sync that reuses says so on stderr and prints no data
     r = volenv("--root", root, "sync", manifest)
     assert r.returncode == 0 and "reused" in r.stderr and r.stdout == "", (r.stdout, r.stderr)
