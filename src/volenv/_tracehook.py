@@ -11,6 +11,10 @@ file event: the module's __file__ is recorded as soon as it is in sys.modules. A
 /proc/self/maps adds any shared library a C extension pulled in by itself. Modules imported
 before this file ran (by .pth files) are recorded first.
 
+Directories the start lists (`os.listdir`, `os.scandir`: the import system's directory cache,
+os.walk, glob, pkgutil) are recorded too, as lines `L` + absolute path: a scan stats every entry
+it finds without opening it, and a stat the start needs must not be a volume round trip.
+
 Standard library only, no volenv import: it runs inside the snapshot's interpreter.
 """
 
@@ -34,6 +38,7 @@ def _install() -> None:
     roots = tuple(prefixes)
     fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     seen: set[str] = set()
+    listed: set[str] = set()
     pending: list[str] = []
 
     def note(path: object) -> None:
@@ -49,6 +54,26 @@ def _install() -> None:
         if p.startswith(roots):
             os.write(fd, p.encode("utf-8", "surrogateescape") + b"\n")
 
+    def note_dir(path: object) -> None:
+        if isinstance(path, int):  # os.scandir(fd) / os.listdir(fd)
+            try:
+                path = os.readlink(f"/proc/self/fd/{path}")
+            except OSError:
+                return
+        if path is None:
+            path = "."
+        if not isinstance(path, (str, bytes)):
+            return
+        try:
+            p = os.path.abspath(os.fsdecode(path))
+        except (ValueError, OSError):
+            return
+        if p in listed:
+            return
+        listed.add(p)
+        if os.path.join(p, "").startswith(roots):
+            os.write(fd, b"L" + p.encode("utf-8", "surrogateescape") + b"\n")
+
     def flush_imports() -> None:
         for name in list(pending):
             mod = sys.modules.get(name)
@@ -63,6 +88,8 @@ def _install() -> None:
             note(args[0])
         elif event == "import":
             pending.append(str(args[0]))
+        elif event in ("os.listdir", "os.scandir"):
+            note_dir(args[0] if args else None)
         elif event == "mmap.__new__":
             fileno = args[0]
             if isinstance(fileno, int) and fileno >= 0:

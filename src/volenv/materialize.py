@@ -19,12 +19,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from . import faults
-from .errors import VerifyError, VolenvError, shq
+from .errors import DamagedRecord, VerifyError, VolenvError, shq
 from .fsutil import atomic_write_json, unique_suffix
 from .integrity import Entry
 from .packs import (
@@ -651,6 +651,21 @@ def _ancestors(rel: str) -> Iterator[str]:
         yield rel
 
 
+def _listed(tree: Path, sid: str) -> tuple[str, ...]:
+    """The directories the snapshot's start trace listed (it came in the checked metadata
+    pack); none when there is no usable trace. It only shapes the skeleton: every path still
+    resolves to the recorded bytes."""
+    import json
+
+    from .trace import parse_trace, trace_path
+
+    try:
+        trace = parse_trace(json.loads(trace_path(tree).read_bytes()), "in the metadata pack")
+    except (OSError, ValueError, DamagedRecord):
+        return ()
+    return trace.listed if trace.snapshot == sid else ()
+
+
 def _volume_dir(root: str, snapshot_dir: str) -> str:
     """The snapshot on the volume, resolved, and checked to lie inside the volume root: what
     the skeleton's links point into."""
@@ -661,15 +676,23 @@ def _volume_dir(root: str, snapshot_dir: str) -> str:
     return vol
 
 
-def _build_skeleton(tree: _Tree, record: dict[str, Entry], done: set[str], volume: str) -> dict[str, str]:
+def _build_skeleton(
+    tree: _Tree, record: dict[str, Entry], done: set[str], volume: str, listed: Iterable[str] = ()
+) -> dict[str, str]:
     """Every recorded path not extracted yet (`done`), as a link: a file to the volume's file,
     a directory holding nothing local to the volume's directory, a recorded symlink as itself.
+    A directory the start listed stays a real one, whose files the startup pack holds (a scan
+    stats each entry: through a directory link every stat is a walk down the volume).
     Returns the links to replace, path -> record type ('f' or 'd')."""
     real = {""}
     for rel in done:
         real.update(_ancestors(rel))
         if rel in record and record[rel].type == "d":
             real.add(rel)
+    for d in listed:
+        if d in record and record[d].type == "d":
+            real.add(d)
+            real.update(_ancestors(d))
     if "bin" in record and record["bin"].type == "d":
         real.add("bin")  # the interpreter's own directory stays local: sys.prefix is the local tree
     pending: dict[str, str] = {}
@@ -777,7 +800,7 @@ def _extract_startup_first(
         assert u.record is not None
         done = {r for r in u.seen if r in u.record}
         t1 = time.perf_counter()
-        pending = _build_skeleton(u.tree, u.record, done, volume)
+        pending = _build_skeleton(u.tree, u.record, done, volume, _listed(staged, sid))
         t_skel = time.perf_counter() - t1
         lock = _lock_progress(u.tree.dir_fd(META_DIR, create=False), os.getpid())
         assert lock is not None  # a tree of our own
@@ -904,6 +927,10 @@ def _spawn(job: _Job, lock: int) -> bool:
             os.close(r)
             if os.fork() == 0:
                 os.setsid()
+                try:  # the started program comes first: this only has to finish eventually
+                    os.nice(10)
+                except OSError:
+                    pass
                 null = os.open(os.devnull, os.O_RDWR)
                 for fd in (0, 1, 2):  # never hold the program's output pipes open
                     os.dup2(null, fd)

@@ -40,6 +40,14 @@ LEVEL = int(os.environ.get("VOLENV_ZSTD_LEVEL", "3"))
 META_GROUP = "_meta"
 VENV_GROUP = "_venv"
 STARTUP_GROUP = "_startup"  # a start trace's files, in trace order (trace.py)
+PREFETCH_GROUP = "_prefetch"  # traced files too big for the startup pack, in trace order
+# Traced files up to STARTUP_FILE_MAX always go into the startup pack; bigger ones, smallest
+# first, while the pack stays within STARTUP_SHARE of the snapshot's bytes. The rest wait in the
+# prefetch pack, which the background extracts first: meanwhile the start reads them through the
+# skeleton's links, where their cost is bandwidth, not round trips (a few big libraries, such as
+# libtorch, are most of a snapshot's bytes and few of its files).
+STARTUP_FILE_MAX = 1 << 20
+STARTUP_SHARE = 0.24
 _PYC = re.compile(r"^(?P<dir>.*)/__pycache__/(?P<stem>[^/.]+)\.[^/]+\.pyc$")
 
 
@@ -162,11 +170,12 @@ def manifest_path(paths: VolumePaths, snapshot: str) -> Path:
 # ---------------------------------------------------------------- grouping
 
 
-def startup_paths(record: dict[str, Entry], traced: Iterable[str]) -> list[str]:
+def startup_paths(record: dict[str, Entry], traced: Iterable[str], listed: Iterable[str] = ()) -> list[str]:
     """The startup pack's members, in order: what the interpreter reads before any hook can see
     it (top-level files such as pyvenv.cfg, every symlink, site-packages' .pth files), then the
     traced files in trace order, each with its bytecode/source partner (an import stats the
-    source and reads the .pyc)."""
+    source and reads the .pyc), then the files directly inside each directory the start listed
+    (a scan stats every entry it finds: transformers stats each model's modular_*.py)."""
     partners: dict[str, list[str]] = {}
     for path, e in record.items():
         m = _PYC.match(path) if e.type == "f" else None
@@ -191,19 +200,44 @@ def startup_paths(record: dict[str, Entry], traced: Iterable[str]) -> list[str]:
         add(path)
         for partner in sorted(partners.get(path, ())):
             add(partner)
+    dirs = set(listed)
+    if dirs:  # their small files: a scan stats each entry; a big one costs one walk, its bytes more
+        for path, e in sorted(record.items()):
+            if e.type == "f" and e.size <= STARTUP_FILE_MAX and path.rpartition("/")[0] in dirs:
+                add(path)
     return out
+
+
+def startup_cap(record: dict[str, Entry], first: list[str]) -> int:
+    """The largest file size the startup pack takes (see STARTUP_SHARE)."""
+    budget = STARTUP_SHARE * sum(e.size for e in record.values() if e.type == "f")
+    sizes = sorted(record[p].size for p in first)
+    used = sum(s for s in sizes if s <= STARTUP_FILE_MAX)
+    cap = STARTUP_FILE_MAX
+    for size in (s for s in sizes if s > STARTUP_FILE_MAX):
+        if used + size > budget:
+            break
+        used += size
+        cap = size
+    return cap
 
 
 def group_entries(
     snapshot_dir: Path, record: dict[str, Entry], startup: Iterable[str] = ()
 ) -> dict[str, list[Entry]]:
     """Entries by pack: each distribution's files, the rest of the venv, and (with a start
-    trace) the startup pack, whose files leave their distribution's pack and keep their order."""
+    trace) the startup pack, whose files leave their distribution's pack and keep their order;
+    its files above startup_cap go, in the same order, to the prefetch pack."""
     owners = owner_distributions(snapshot_dir)
     groups: dict[str, list[Entry]] = {}
     first = list(startup)
-    if first:
-        groups[STARTUP_GROUP] = [record[p] for p in first]
+    cap = startup_cap(record, first)
+    small = [record[p] for p in first if record[p].size <= cap]
+    big = [record[p] for p in first if record[p].size > cap]
+    if small:
+        groups[STARTUP_GROUP] = small
+    if big:
+        groups[PREFETCH_GROUP] = big
     taken = set(first)
     for path, e in record.items():
         if path in taken:
@@ -335,7 +369,7 @@ def pack_snapshot(paths: VolumePaths, snapshot_dir: Path) -> PackManifest:
     from .trace import load_trace
 
     trace = load_trace(snapshot_dir, seal)
-    startup = startup_paths(record, trace.files) if trace is not None else []
+    startup = startup_paths(record, trace.files, trace.listed) if trace is not None else []
     groups = group_entries(snapshot_dir, record, startup)
     groups[META_GROUP] = meta_entries(snapshot_dir)
     blobs = packs_dir(paths) / "blobs"
@@ -353,7 +387,7 @@ def pack_snapshot(paths: VolumePaths, snapshot_dir: Path) -> PackManifest:
     for group, entries in sorted(groups.items()):
         progress.advance(0)  # draws the bar before the first (maybe long) group
         sink = _HashSink()
-        ordered = group == STARTUP_GROUP
+        ordered = group in (STARTUP_GROUP, PREFETCH_GROUP)
         _tar_stream(snapshot_dir, entries, sink, ordered=ordered)  # pass 1: the content address
         pack_id = sink.h.hexdigest()
         dest = blob_path(paths, pack_id)
@@ -554,9 +588,16 @@ class _Tree:
         os.close(self.root_fd)
 
 
-def pack_order(p: PackInfo) -> tuple[bool, bool, bool, str]:
-    """Extraction order: metadata, the startup pack, the rest of the venv, distributions."""
-    return (p.group != META_GROUP, p.group != STARTUP_GROUP, p.group != VENV_GROUP, p.group)
+def pack_order(p: PackInfo) -> tuple[bool, bool, bool, bool, str]:
+    """Extraction order: metadata, the startup pack, the prefetch pack, the rest of the venv,
+    distributions."""
+    return (
+        p.group != META_GROUP,
+        p.group != STARTUP_GROUP,
+        p.group != PREFETCH_GROUP,
+        p.group != VENV_GROUP,
+        p.group,
+    )
 
 
 def unpack(

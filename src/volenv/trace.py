@@ -1,7 +1,7 @@
 """Start traces: `volenv trace (--manifest M | --env E) -- CMD` runs CMD once inside the snapshot
 and stores, as metadata of the snapshot, the files of the snapshot (and of the volume's models)
-that the start opened, in first-use order. Packing puts those files first, in a startup pack
-of their own (packs.group_entries).
+that the start opened, in first-use order, and the snapshot's directories it listed. Packing
+puts those files first, in a startup pack of their own (packs.group_entries).
 
 The snapshot is never modified to trace it: the hook is a `sitecustomize.py` in a private temp
 dir put first on PYTHONPATH (volenv/_tracehook.py, audit hooks). The trace is stored as
@@ -27,12 +27,14 @@ from .fsutil import has_type
 from .sealcheck import META_DIR
 
 TRACE_NAME = "trace.json"
-TRACE_SCHEMA = 1
+TRACE_SCHEMA = 2  # 2: `listed` (schema 1 traces are read with none)
 
 
 @dataclass(frozen=True)
 class Trace:
-    """A stored start trace: snapshot-relative files and models-relative files, in use order."""
+    """A stored start trace: snapshot-relative files and models-relative files, in use order,
+    and the snapshot-relative directories the start listed (each entry of those is statted by
+    the scan, so packing makes them local before exec too)."""
 
     snapshot: str
     record_sha256: str
@@ -40,6 +42,7 @@ class Trace:
     files: tuple[str, ...]
     models: tuple[str, ...]
     created: float
+    listed: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -49,6 +52,7 @@ class Trace:
             "command": list(self.command),
             "files": list(self.files),
             "models": list(self.models),
+            "listed": list(self.listed),
             "created": self.created,
         }
 
@@ -86,12 +90,12 @@ def parse_trace(data: Any, where: str) -> Trace:
         if not isinstance(data.get(key), str):
             raise bad(f"{key!r} is not a string")
     lists: dict[str, tuple[str, ...]] = {}
-    for key in ("command", "files", "models"):
-        v = data.get(key)
+    for key in ("command", "files", "models", "listed"):
+        v = data.get(key, [] if key == "listed" and schema < 2 else None)
         if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
             raise bad(f"{key!r} is not a list of strings")
         lists[key] = tuple(v)
-    for key in ("files", "models"):
+    for key in ("files", "models", "listed"):
         for rel in lists[key]:
             if not rel_ok(rel):
                 raise bad(f"{key} holds {rel!r}, not a relative path")
@@ -107,6 +111,7 @@ def parse_trace(data: Any, where: str) -> Trace:
         lists["files"],
         lists["models"],
         float(created),
+        lists["listed"],
     )
 
 

@@ -55,24 +55,43 @@ def trace_env(env: dict[str, str], hook: Path, out: Path, roots: list[str]) -> d
 
 def relativize(
     lines: list[str], snapshot_dir: Path, models_dir: Path, record: dict[str, Entry]
-) -> tuple[list[str], list[str]]:
-    """Opened paths -> (recorded snapshot files, model files), first use first, each once."""
+) -> tuple[list[str], list[str], list[str]]:
+    """The hook's lines -> (recorded snapshot files, model files, recorded snapshot
+    directories the start listed or searched: opened a name that is not there, as
+    importlib.metadata does for each distribution's entry_points.txt), first use first, each
+    once."""
     snap_prefixes = {os.path.join(str(snapshot_dir), ""), os.path.join(os.path.realpath(snapshot_dir), "")}
     model_prefixes = {os.path.join(str(models_dir), ""), os.path.join(os.path.realpath(models_dir), "")}
     files: list[str] = []
     models: list[str] = []
+    listed: list[str] = []
     seen: set[str] = set()
     for line in lines:
         p = line.rstrip("\n")
         if not p or p in seen:
             continue
         seen.add(p)
+        if p.startswith("L/"):
+            d = os.path.join(p[1:], "")
+            for pre in snap_prefixes:
+                if d.startswith(pre):
+                    rel = d[len(pre) :].rstrip("/")
+                    e = record.get(rel)
+                    if e is not None and e.type == "d" and rel not in listed:
+                        listed.append(rel)
+                    break
+            continue
         for pre in snap_prefixes:
             if p.startswith(pre):
                 rel = p[len(pre) :]
                 e = record.get(rel)
                 if e is not None and e.type == "f" and rel not in files:
                     files.append(rel)
+                elif e is None:  # looked for and not there: its directory was searched
+                    d = rel.rpartition("/")[0]
+                    parent = record.get(d)
+                    if parent is not None and parent.type == "d" and d not in listed:
+                        listed.append(d)
                 break
         else:
             for pre in model_prefixes:
@@ -81,7 +100,7 @@ def relativize(
                     if rel_ok(rel) and os.path.isfile(p) and rel not in models:
                         models.append(rel)
                     break
-    return files, models
+    return files, models, listed
 
 
 def take_trace(root: str, argv: list[str]) -> tuple[Path, dict[str, Any], Trace]:
@@ -118,7 +137,7 @@ def take_trace(root: str, argv: list[str]) -> tuple[Path, dict[str, Any], Trace]
         lines = out.read_text("utf-8", "surrogateescape").splitlines() if out.exists() else []
     finally:
         shutil.rmtree(hook, ignore_errors=True)
-    files, models = relativize(lines, snap_dir, models_dir, record)
+    files, models, listed = relativize(lines, snap_dir, models_dir, record)
     from ..redact import redact_text
 
     trace = Trace(
@@ -128,6 +147,7 @@ def take_trace(root: str, argv: list[str]) -> tuple[Path, dict[str, Any], Trace]
         tuple(files),
         tuple(models),
         time.time(),
+        tuple(listed),
     )
     return snap_dir, seal, trace
 
