@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import snapshot_of, volenv, volenv_popen, write_manifest
+from test_trace import startup_names
 from volenv.integrity import verify_snapshot
 from volenv.packs import STARTUP_FILE_MAX, PackInfo, pack_order
 from wheelfactory import make_wheel
@@ -75,7 +76,7 @@ def test_listed_directories_and_big_files_shape_the_packs(scanned: tuple[Path, P
     assert not any("/plugins/" in f for f in trace["files"])
     man = json.loads((root / "packs" / "snapshots" / f"{sid}.json").read_text())
     groups = {p["group"]: p for p in man["packs"]}
-    startup = _pack_names(root, groups["_startup"])
+    startup = startup_names(root, man["packs"])
     assert sorted(n.rpartition("/")[2] for n in startup if "/plugins/" in n) == [
         f"p{i}.txt" for i in range(5)
     ]
@@ -89,7 +90,14 @@ def test_pack_order_puts_the_prefetch_pack_right_after_the_startup_pack() -> Non
 
     groups = ["numpy-2.0", "_venv", "_prefetch", "_meta", "_startup", "aaa-1.0"]
     got = [i.group for i in sorted(map(p, groups), key=pack_order)]
-    assert got == ["_meta", "_startup", "_prefetch", "_venv", "aaa-1.0", "numpy-2.0"]
+    assert got == [
+        "_meta",
+        "_startup",
+        "_prefetch",
+        "_venv",
+        "aaa-1.0",
+        "numpy-2.0",
+    ]
 
 
 def test_before_exec_the_listed_directory_is_local_and_the_big_file_a_link(

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -159,17 +160,12 @@ def _traced_and_packed(m: Path, root: Path) -> dict[str, object]:
     return data
 
 
-def test_startup_pack_holds_the_traced_files_first_in_trace_order(traced_env: tuple[Path, Path]) -> None:
+def startup_names(root: Path, packs: list[dict[str, Any]]) -> list[str]:
+    """The members of the startup pack, in order."""
     import tarfile
 
     import zstandard
 
-    m, root = traced_env
-    man = _traced_and_packed(m, root)
-    sid = snapshot_of(root, "app")
-    trace = json.loads((root / "envs" / "app" / "snapshots" / sid / ".volenv" / "trace.json").read_text())
-    packs = man["packs"]
-    assert isinstance(packs, list)
     startup = [p for p in packs if p["group"] == "_startup"]
     assert len(startup) == 1
     blob = root / "packs" / "blobs" / f"{startup[0]['id']}.tar.zst"
@@ -178,7 +174,17 @@ def test_startup_pack_holds_the_traced_files_first_in_trace_order(traced_env: tu
         zstandard.ZstdDecompressor().stream_reader(raw) as zr,
         tarfile.open(fileobj=zr, mode="r|") as tar,
     ):
-        names = [t.name for t in tar]
+        return [t.name for t in tar]
+
+
+def test_startup_pack_holds_the_traced_files_first_in_trace_order(traced_env: tuple[Path, Path]) -> None:
+    m, root = traced_env
+    man = _traced_and_packed(m, root)
+    sid = snapshot_of(root, "app")
+    trace = json.loads((root / "envs" / "app" / "snapshots" / sid / ".volenv" / "trace.json").read_text())
+    packs = man["packs"]
+    assert isinstance(packs, list)
+    names = startup_names(root, packs)
     traced = [n for n in names if n in trace["files"]]
     assert traced == trace["files"]  # every traced file, in trace order
     assert names.index(trace["files"][0]) > names.index("pyvenv.cfg")  # what starts python comes first

@@ -685,10 +685,12 @@ def _build_skeleton(
     stats each entry: through a directory link every stat is a walk down the volume).
     Returns the links to replace, path -> record type ('f' or 'd')."""
     real = {""}
-    for rel in done:
-        real.update(_ancestors(rel))
-        if rel in record and record[rel].type == "d":
-            real.add(rel)
+    parents = {rel.rpartition("/")[0] for rel in done}
+    parents.update(rel for rel in done if rel in record and record[rel].type == "d")
+    for d in parents:
+        if d not in real:
+            real.add(d)
+            real.update(_ancestors(d))
     for d in listed:
         if d in record and record[d].type == "d":
             real.add(d)

@@ -730,9 +730,8 @@ def _extract_pack(
     need_zstandard()
     import zstandard
 
-    hr = _HashReader(raw)
     try:
-        with zstandard.ZstdDecompressor().stream_reader(hr) as zr:  # type: ignore[arg-type]
+        with zstandard.ZstdDecompressor().stream_reader(raw, closefd=False) as zr:
             tar_hash = _HashReader(zr, info.tar_size, _pack_name(info))
             with tarfile.open(fileobj=tar_hash, mode="r|") as tar:
                 for count, member in enumerate(tar, start=1):
@@ -744,7 +743,8 @@ def _extract_pack(
             tar_hash.drain()
     except (zstandard.ZstdError, tarfile.TarError, EOFError) as exc:
         raise VerifyError(f"{_pack_name(info)} is damaged: {exc}") from None
-    hr.drain()  # read any trailing bytes too
+    while raw.read(1 << 16):  # read any trailing bytes too
+        pass
     # the tar's sha256 is the (signed) id: a blob compressed otherwise than the one the pack
     # list describes (another zstd level or version) is the same pack; its blob_sha256 is not
     # checked here, the id is
@@ -830,14 +830,22 @@ def _extract_member(
         fd = os.open(part, _FILE_FLAGS, 0o600, dir_fd=pfd)
     except (FileExistsError, IsADirectoryError, NotADirectoryError):
         raise collides from None
-    src = tar.extractfile(m)
-    assert src is not None
-    with open(fd, "wb", closefd=True) as out:
-        while chunk := src.read(1 << 20):
-            out.write(chunk)
-        out.flush()
+    try:  # straight from the tar stream (which hashes it): no file object per member
+        stream = tar.fileobj
+        assert stream is not None
+        left = m.size
+        while left:
+            chunk = stream.read(min(left, 1 << 20))
+            if not chunk:
+                raise VerifyError(f"{_pack_name(info)}: member {name!r} is cut short")
+            left -= len(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
         os.fchmod(fd, mode)
         os.utime(fd, (m.mtime, m.mtime))
+    finally:
+        os.close(fd)
     if part != base:
         try:  # a link, not a rename: an existing name is a collision, never replaced
             os.link(part, base, src_dir_fd=pfd, dst_dir_fd=pfd, follow_symlinks=False)
