@@ -29,6 +29,10 @@ import hashlib, os, scanner
 d = os.path.join(os.path.dirname(scanner.__file__), "plugins")
 with os.scandir(d) as it:
     names = sorted(e.name for e in it if e.is_file())
+try:  # looked for and absent, as importlib.metadata looks for entry_points.txt
+    open(os.path.join(os.path.dirname(scanner.__file__), "data", "absent.txt"))
+except FileNotFoundError:
+    pass
 with open(os.path.join(os.path.dirname(scanner.__file__), "big.bin"), "rb") as fh:
     digest = hashlib.sha256(fh.read()).hexdigest()
 print(" ".join(names), digest, flush=True)
@@ -40,7 +44,8 @@ def scanned(tmp_path: Path) -> tuple[Path, Path, str]:
     wheels = tmp_path / "wheels"
     big = bytes(range(256)) * (BIG // 256)
     plugins = {f"scanner/plugins/p{i}.txt": f"plugin {i}\n" for i in range(5)}
-    make_wheel(wheels, "scanner", "1.0", files={"scanner/__init__.py": "", "scanner/big.bin": big, **plugins})
+    files = {"scanner/__init__.py": "", "scanner/big.bin": big, "scanner/data/present.txt": "here\n"}
+    make_wheel(wheels, "scanner", "1.0", files={**files, **plugins})
     m = write_manifest(tmp_path, "app", ["scanner==1.0"], find_links=wheels)
     root = tmp_path / "volume" / "volenv"
     assert volenv("--root", root, "sync", m).returncode == 0
@@ -72,14 +77,17 @@ def test_listed_directories_and_big_files_shape_the_packs(scanned: tuple[Path, P
     trace = json.loads((snap / ".volenv" / "trace.json").read_text())
     assert trace["schema"] == 2
     assert any(d.endswith("site-packages/scanner/plugins") for d in trace["listed"]), trace["listed"]
+    # a directory where the start looked for a name that is not there counts as searched
+    assert any(d.endswith("site-packages/scanner/data") for d in trace["listed"]), trace["listed"]
     # no plugin file was opened: they are in the startup pack because their directory was listed
-    assert not any("/plugins/" in f for f in trace["files"])
+    assert not any("/plugins/" in f or "/data/" in f for f in trace["files"])
     man = json.loads((root / "packs" / "snapshots" / f"{sid}.json").read_text())
     groups = {p["group"]: p for p in man["packs"]}
     startup = startup_names(root, man["packs"])
     assert sorted(n.rpartition("/")[2] for n in startup if "/plugins/" in n) == [
         f"p{i}.txt" for i in range(5)
     ]
+    assert any(n.endswith("scanner/data/present.txt") for n in startup)
     assert not any(n.endswith("big.bin") for n in startup)
     assert [n.rpartition("/")[2] for n in _pack_names(root, groups["_prefetch"])] == ["big.bin"]
 
