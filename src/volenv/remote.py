@@ -233,7 +233,7 @@ class S3Remote:
             raise RemoteError(f"{self.url}: HEAD {key} failed: {exc}") from None
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data)
+        _S3Upload(self, key, multipart=False).send(1, data)
 
     def begin_upload(self, key: str, size: int, part_size: int) -> Upload:
         """One PUT for an object of one part, else a multipart upload (parts numbered from 1)."""

@@ -73,6 +73,7 @@ def _select_local(paths: VolumePaths, target: str) -> Path:
 
 def push(paths: VolumePaths, remote: Remote, target: str, key: SigningKey | None = None) -> TransferResult:
     t0 = time.perf_counter()
+    streams = AdaptiveStreams()  # a bad VOLENV_STREAMS is exit 2 before anything is packed
     snap = _select_local(paths, target)
     sid = snap.name
     try:
@@ -92,7 +93,6 @@ def push(paths: VolumePaths, remote: Remote, target: str, key: SigningKey | None
     except (FileNotFoundError, VerifyError):
         with reporter.step(f"packing {sid}"):
             manifest = pack_snapshot(paths, snap)
-    streams = AdaptiveStreams()
     outgoing = _packs_outgoing(paths, remote, manifest)
     model_files, records = _models_outgoing(paths, remote, seal)
     todo = outgoing + model_files
