@@ -325,3 +325,11 @@ def test_a_file_changed_after_its_check_is_never_uploaded(tmp_path: Path) -> Non
     with pytest.raises(VerifyError, match="changed after it was checked"):
         put_all(FileRemote("file://x", tmp_path / "bucket"), [checked], AdaptiveStreams(pinned=2))
     assert not (tmp_path / "bucket" / "o" / "f").exists()
+
+
+def test_a_bad_stream_count_is_a_usage_error_before_anything_is_sent(tmp_path: Path, origin: Origin) -> None:
+    bucket = tmp_path / "bucket"
+    env = {**origin.env, "VOLENV_STREAMS": "lots"}
+    r = volenv("--root", origin.root, "push", "app", "--to", f"file://{bucket}", env=env)
+    assert r.returncode == 2 and "VOLENV_STREAMS" in r.stderr, r.stderr
+    assert not bucket.exists() or not os.listdir(bucket)
