@@ -1,6 +1,8 @@
 """A loopback TCP proxy that limits EACH connection's download direction to a fixed rate (what
 an S3 endpoint or CDN does per connection), and counts connections, bytes and how many
-connections were sending at once. Used by tests/test_pull_parallel.py and bench/pull.py."""
+connections were sending at once; with `up_rate`, the upload direction too (counted the same
+way). Used by tests/test_pull_parallel.py, tests/test_push_parallel.py, bench/pull.py and
+bench/push.py."""
 
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ from types import TracebackType
 
 
 class ThrottledProxy:
-    def __init__(self, upstream: str, rate: float, *, cut: int = 0, cut_after: int = 1 << 20) -> None:
+    def __init__(
+        self, upstream: str, rate: float, *, cut: int = 0, cut_after: int = 1 << 20, up_rate: float = 0
+    ) -> None:
         host, _, port = upstream.removeprefix("http://").rstrip("/").partition(":")
         self.upstream = (host, int(port))
         self.rate = rate  # bytes per second, per connection, server -> client
@@ -24,6 +28,11 @@ class ThrottledProxy:
         self.sending = 0  # connections inside a throttled send right now
         self.max_sending = 0
         self.first_down = self.last_down = 0.0  # monotonic times of the first and last byte sent
+        self.up_rate = up_rate  # bytes per second, per connection, client -> server (0: no limit)
+        self.up_bytes = 0
+        self.receiving = 0  # connections inside a throttled upload send right now
+        self.max_receiving = 0
+        self.first_up = self.last_up = 0.0
         self._stop = False
         self.server = socket.create_server(("127.0.0.1", 0))
         self.server.settimeout(0.2)
@@ -45,6 +54,8 @@ class ThrottledProxy:
         with self.lock:
             self.connections = self.down_bytes = self.range_requests = self.max_sending = 0
             self.first_down = self.last_down = 0.0
+            self.up_bytes = self.max_receiving = 0
+            self.first_up = self.last_up = 0.0
 
     def _accept(self) -> None:
         while not self._stop:
@@ -65,12 +76,33 @@ class ThrottledProxy:
             threading.Thread(target=self._down, args=(up, client), daemon=True).start()
 
     def _up(self, src: socket.socket, dst: socket.socket) -> None:
+        t0 = time.monotonic()
+        sent = 0
         try:
             while data := src.recv(1 << 16):
                 if b"\r\nrange: bytes=" in data.lower():
                     with self.lock:
                         self.range_requests += 1
-                dst.sendall(data)
+                if not self.up_rate:
+                    dst.sendall(data)
+                    continue
+                with self.lock:
+                    self.receiving += 1
+                    self.max_receiving = max(self.max_receiving, self.receiving)
+                try:
+                    ahead = sent / self.up_rate - (time.monotonic() - t0)
+                    if ahead > 0:
+                        time.sleep(ahead)
+                    elif ahead < -0.05:  # idle between requests: no credit carried over
+                        t0, sent = time.monotonic(), 0
+                    dst.sendall(data)
+                    sent += len(data)
+                finally:
+                    with self.lock:
+                        self.receiving -= 1
+                        self.up_bytes += len(data)
+                        self.last_up = time.monotonic()
+                        self.first_up = self.first_up or self.last_up
         except OSError:
             pass
         finally:

@@ -1,7 +1,8 @@
 """Where snapshots and models travel: `s3://BUCKET/PREFIX` (any S3 API: RunPod's per-datacenter
 volume endpoint, AWS, R2, MinIO) or `file://DIR`. Few, large, content-addressed objects:
 RunPod's S3 API has no DeleteObjects, takes parts of at most 500 MB and lists unreliably past
-~10k objects, so nothing here deletes in bulk, parts are 64 MiB and presence is asked per key.
+~10k objects, so nothing here deletes in bulk, uploads go in parts (bucketput.py: 8 MiB, or more
+for objects past 80 GB) and presence is asked per key.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ import contextlib
 import io
 import json
 import os
-import shutil
 import stat
+import threading
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
 from urllib.parse import urlparse
@@ -20,7 +21,6 @@ from .errors import UsageError, VerifyError, VolenvError, missing_extra
 from .fsutil import atomic_write_bytes, unique_suffix
 from .streams import CAP, pinned_streams
 
-PART = 64 * 1024 * 1024
 # C0, DEL, C1 and the bidi overrides: a key name from the bucket must not drive the terminal
 _UNPRINTABLE = {
     c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
@@ -37,13 +37,21 @@ class RemoteError(VolenvError):
     exit_code = 8
 
 
+class Upload(Protocol):
+    """One object being uploaded in numbered parts (1..N, any order, from several threads);
+    it becomes visible under its key only at `complete()`, never if `abort()`ed or killed."""
+
+    def send(self, number: int, data: bytes) -> None: ...
+    def complete(self) -> None: ...
+    def abort(self) -> None: ...
+
+
 class Remote(Protocol):
     url: str
 
     def exists(self, key: str) -> bool: ...
-    def put_file(self, key: str, path: Path, progress: Any = None) -> None: ...
-    def put_fileobj(self, key: str, fh: BinaryIO) -> None: ...
     def put_bytes(self, key: str, data: bytes) -> None: ...
+    def begin_upload(self, key: str, size: int, part_size: int) -> Upload: ...
     def open(self, key: str) -> BinaryIO: ...
     def size(self, key: str) -> int: ...
     def open_range(self, key: str, start: int, end: int) -> BinaryIO: ...
@@ -64,31 +72,16 @@ class FileRemote:
     def exists(self, key: str) -> bool:
         return self._p(key).is_file()
 
-    def put_file(self, key: str, path: Path, progress: Any = None) -> None:
-        dest = self._p(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{unique_suffix()}")
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, dest)
-        if progress is not None:
-            progress.update(path.stat().st_size)
-
-    def put_fileobj(self, key: str, fh: BinaryIO) -> None:
-        """Upload from an open (already checked) file: the path is never opened again."""
-        dest = self._p(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{unique_suffix()}")
-        try:
-            with open(tmp, "xb") as out:
-                shutil.copyfileobj(fh, out, 1 << 20)
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
-
     def put_bytes(self, key: str, data: bytes) -> None:
         dest = self._p(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(dest, data)
+
+    def begin_upload(self, key: str, size: int, part_size: int) -> Upload:
+        """Parts written at their offsets into a dot-named temp file, renamed onto the key whole."""
+        dest = self._p(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        return _FileUpload(dest, size, part_size)
 
     def _open_regular(self, key: str) -> BinaryIO:
         """Only a regular file is an object: opening a FIFO planted in the bucket would hang
@@ -131,6 +124,43 @@ class FileRemote:
         return sorted(f"{prefix.rstrip('/')}/{p.name}" for p in d.iterdir() if not p.name.startswith("."))
 
 
+class _FileUpload:
+    def __init__(self, dest: Path, size: int, part_size: int) -> None:
+        self.dest = dest
+        self.part_size = part_size
+        self.tmp = dest.with_name(f".{dest.name}.{unique_suffix()}")
+        self.fd: int | None = os.open(
+            self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644
+        )
+        os.ftruncate(self.fd, size)
+
+    def send(self, number: int, data: bytes) -> None:
+        fd = self.fd
+        if fd is None:
+            raise RemoteError(f"upload of {self.dest} already ended")
+        off = (number - 1) * self.part_size
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(fd, view, off)
+            view, off = view[n:], off + n
+
+    def complete(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is None:
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(self.tmp, self.dest)
+
+    def abort(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
+        self.tmp.unlink(missing_ok=True)
+
+
 class _Limited(io.RawIOBase):
     """At most n bytes of an open object, then EOF; closing it closes the object."""
 
@@ -164,7 +194,6 @@ class S3Remote:
     def __init__(self, url: str, bucket: str, prefix: str, endpoint: str | None, region: str | None) -> None:
         try:
             import boto3
-            from boto3.s3.transfer import TransferConfig
             from botocore.config import Config
         except ImportError:
             raise missing_extra("boto3", "s3") from None
@@ -186,13 +215,12 @@ class S3Remote:
                 max_pool_connections=max(CAP, pinned_streams() or 0) + 4,
             ),
         )
-        self.transfer = TransferConfig(multipart_threshold=PART, multipart_chunksize=PART, max_concurrency=4)
 
     def _k(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def exists(self, key: str) -> bool:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             self.client.head_object(Bucket=self.bucket, Key=self._k(key))
@@ -201,16 +229,15 @@ class S3Remote:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return False
             raise RemoteError(f"{self.url}: HEAD {key} failed: {exc}") from None
-
-    def put_file(self, key: str, path: Path, progress: Any = None) -> None:
-        callback = progress.update if progress is not None else None
-        self.client.upload_file(str(path), self.bucket, self._k(key), Config=self.transfer, Callback=callback)
-
-    def put_fileobj(self, key: str, fh: BinaryIO) -> None:
-        self.client.upload_fileobj(fh, self.bucket, self._k(key), Config=self.transfer)
+        except BotoCoreError as exc:  # no answer at all (connection refused, timeout)
+            raise RemoteError(f"{self.url}: HEAD {key} failed: {exc}") from None
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data)
+        _S3Upload(self, key, multipart=False).send(1, data)
+
+    def begin_upload(self, key: str, size: int, part_size: int) -> Upload:
+        """One PUT for an object of one part, else a multipart upload (parts numbered from 1)."""
+        return _S3Upload(self, key, multipart=size > part_size)
 
     def open(self, key: str) -> BinaryIO:
         from botocore.exceptions import ClientError
@@ -264,6 +291,74 @@ class S3Remote:
         ):
             keys += [o["Key"][strip:] for o in page.get("Contents", [])]
         return sorted(keys)
+
+
+class _S3Upload:
+    """The S3 calls behind boto3's own multipart upload (s3transfer), here so that each part is
+    one unit of the push's adaptive pool: CreateMultipartUpload, UploadPart, then
+    CompleteMultipartUpload, or AbortMultipartUpload. Checksums as s3transfer sends them."""
+
+    def __init__(self, remote: S3Remote, key: str, *, multipart: bool) -> None:
+        self.r = remote
+        self.key = key
+        self.upload_id: str | None = None
+        self.parts: dict[int, dict[str, Any]] = {}
+        self.lock = threading.Lock()
+        self.extra: dict[str, str] = {}
+        if remote.client.meta.config.request_checksum_calculation == "when_supported":
+            self.extra["ChecksumAlgorithm"] = "CRC32"
+        if multipart:
+            resp = self._call("start", remote.client.create_multipart_upload, **self.extra)
+            self.upload_id = str(resp["UploadId"])
+
+    def _call(self, doing: str, fn: Any, **kw: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return fn(Bucket=self.r.bucket, Key=self.r._k(self.key), **kw)
+        except (ClientError, BotoCoreError) as exc:
+            msg = f"{self.r.url}: upload of {self.key} failed ({doing}): {exc}"
+            raise RemoteError(printable(msg)) from None
+
+    def send(self, number: int, data: bytes) -> None:
+        if self.upload_id is None:
+            self._call("PUT", self.r.client.put_object, Body=data)
+            return
+        resp = self._call(
+            f"part {number}",
+            self.r.client.upload_part,
+            UploadId=self.upload_id,
+            PartNumber=number,
+            Body=data,
+            **self.extra,
+        )
+        part = {"PartNumber": number, "ETag": resp["ETag"]}
+        if "ChecksumCRC32" in resp:
+            part["ChecksumCRC32"] = resp["ChecksumCRC32"]
+        with self.lock:
+            self.parts[number] = part
+
+    def complete(self) -> None:
+        if self.upload_id is None:
+            return
+        with self.lock:
+            parts = [self.parts[n] for n in sorted(self.parts)]
+        self._call(
+            "complete",
+            self.r.client.complete_multipart_upload,
+            UploadId=self.upload_id,
+            MultipartUpload={"Parts": parts},
+        )
+        self.upload_id = None
+
+    def abort(self) -> None:
+        """Best effort: an upload left unfinished is invisible (a bucket lifecycle rule reaps it)."""
+        upload_id, self.upload_id = self.upload_id, None
+        if upload_id is not None:
+            with contextlib.suppress(Exception):
+                self.r.client.abort_multipart_upload(
+                    Bucket=self.r.bucket, Key=self.r._k(self.key), UploadId=upload_id
+                )
 
 
 def open_remote(url: str, *, endpoint: str | None = None, region: str | None = None) -> Remote:

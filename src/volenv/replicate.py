@@ -14,20 +14,20 @@ verifies every file at `full` against the record, and only then renames the snap
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from . import faults, store
 from .bucketget import RANGED_FROM, Wanted, fetch_all
+from .bucketput import Outgoing, check_all, put_all, stamp_of
 from .errors import UsageError, VerifyError
 from .fsutil import atomic_write_json, fsync_dir, remove_tree, safe_mkdirs, unique_suffix
 from .integrity import hash_file, verify_snapshot
@@ -73,6 +73,7 @@ def _select_local(paths: VolumePaths, target: str) -> Path:
 
 def push(paths: VolumePaths, remote: Remote, target: str, key: SigningKey | None = None) -> TransferResult:
     t0 = time.perf_counter()
+    streams = AdaptiveStreams()  # a bad VOLENV_STREAMS is exit 2 before anything is packed
     snap = _select_local(paths, target)
     sid = snap.name
     try:
@@ -92,22 +93,14 @@ def push(paths: VolumePaths, remote: Remote, target: str, key: SigningKey | None
     except (FileNotFoundError, VerifyError):
         with reporter.step(f"packing {sid}"):
             manifest = pack_snapshot(paths, snap)
-    sent = sent_bytes = 0
-    total = sum(p.blob_size for p in manifest.packs)
-    progress = reporter.progress(f"push {sid}", total)
-    try:
-        for info in manifest.packs:
-            key_name = f"packs/{info.id}.tar.zst"
-            if remote.exists(key_name):
-                progress.update(info.blob_size)
-                continue
-            verify_blob(blob_path(paths, info.id), info)  # never upload a blob that is not its id
-            remote.put_file(key_name, blob_path(paths, info.id), progress)
-            sent += 1
-            sent_bytes += info.blob_size
-    finally:
-        progress.close()
-    models = _push_models(paths, remote, seal)
+    outgoing = _packs_outgoing(paths, remote, manifest)
+    model_files, records = _models_outgoing(paths, remote, seal)
+    todo = outgoing + model_files
+    with reporter.progress(f"push {sid}", sum(o.size for o in todo)) as progress:
+        sent_bytes = put_all(remote, todo, streams, progress)
+    reporter.detail(f"push: {len(todo)} objects, {sent_bytes} bytes, {streams.current} streams at the end")
+    sent = len(outgoing)
+    models = _put_model_records(remote, records)
     doc = manifest.to_json()
     doc["models"] = sorted(models)
     doc["model_records"] = models
@@ -118,6 +111,7 @@ def push(paths: VolumePaths, remote: Remote, target: str, key: SigningKey | None
             f"pushing {sid} unsigned (no --signing-key or VOLENV_SIGNING_KEY):"
             " pulls will refuse it unless given --trust-unsigned"
         )
+    faults.point("push-manifest")  # every pack and model object is complete: now the document
     remote.put_bytes(f"snapshots/{sid}.json", json.dumps(doc, sort_keys=True).encode())
     remote.put_bytes(
         f"refs/{manifest.env}.json",
@@ -138,16 +132,56 @@ def push(paths: VolumePaths, remote: Remote, target: str, key: SigningKey | None
     )
 
 
-def _push_models(paths: VolumePaths, remote: Remote, seal: dict[str, Any]) -> dict[str, str]:
-    """Records (and their files, content-addressed) of the models the snapshot's manifest
-    names; returns record name -> sha256 of its bytes (signed with the pack manifest)."""
-    import hashlib
+def _packs_outgoing(paths: VolumePaths, remote: Remote, manifest: PackManifest) -> list[Outgoing]:
+    """The packs the bucket lacks (presence is what push asks: an id's object may be another
+    compression of the same tar), each checked to be its id first: never upload a blob that is
+    not its id. Asked and checked several at a time."""
+    found: dict[str, Outgoing] = {}
+    lock = threading.Lock()
 
+    def check(info: PackInfo) -> Callable[[], None]:
+        def run() -> None:
+            key = f"packs/{info.id}.tar.zst"
+            if remote.exists(key):
+                return
+            path = blob_path(paths, info.id)
+            st = os.stat(path, follow_symlinks=False)
+            verify_blob(path, info)
+            with lock:
+                found[info.id] = Outgoing(key, path, stamp_of(st), f"pack {info.id[:16]}… ({info.group})")
+
+        return run
+
+    check_all([check(i) for i in manifest.packs])
+    return [found[i.id] for i in manifest.packs if i.id in found]
+
+
+def _models_outgoing(
+    paths: VolumePaths, remote: Remote, seal: dict[str, Any]
+) -> tuple[list[Outgoing], list[Path]]:
+    """The files (content-addressed) of the models the snapshot's manifest names that the
+    bucket lacks, each checked against its recorded sha256; and those models' records."""
     from .modelpaths import model_files_dir, model_record_path
     from .models import read_model_record
 
-    names: dict[str, str] = {}
     root = str(paths.root)
+    records: list[Path] = []
+    checks: list[Callable[[], None]] = []
+    found: dict[str, Outgoing] = {}
+    lock = threading.Lock()
+
+    def check(path: Path, f: dict[str, Any], record: str) -> Callable[[], None]:
+        def run() -> None:
+            key = f"model-files/{f['sha256']}"
+            if key in found or remote.exists(key):
+                return
+            real, st = _check_model_file(paths, path, f, record)
+            with lock:
+                found[key] = Outgoing(key, real, stamp_of(st), f"model file {path.name} ({record})")
+
+        return run
+
+    order: list[str] = []
     for m in seal.get("manifest", {}).get("models", []):
         rec_path = Path(model_record_path(root, m))
         rec = read_model_record(rec_path)
@@ -156,21 +190,33 @@ def _push_models(paths: VolumePaths, remote: Remote, seal: dict[str, Any]) -> di
         base_dir = Path(model_files_dir(root, m))
         for f in rec["files"]:
             key = f"model-files/{f['sha256']}"
-            if not remote.exists(key):
-                with _open_model_file(paths, base_dir / f["path"], f, rec_path.name) as fh:
-                    remote.put_fileobj(key, fh)
+            if key not in order:
+                order.append(key)
+                checks.append(check(base_dir / f["path"], f, rec_path.name))
+        records.append(rec_path)
+    check_all(checks)
+    return [found[k] for k in order if k in found], records
+
+
+def _put_model_records(remote: Remote, records: list[Path]) -> dict[str, str]:
+    """Each model record, after all its files are in the bucket (a record there means its
+    model is); returns record name -> sha256 of its bytes (signed with the pack manifest)."""
+    names: dict[str, str] = {}
+    for rec_path in records:
         raw = rec_path.read_bytes()
         remote.put_bytes(f"models/{rec_path.name}", raw)
         names[rec_path.name] = hashlib.sha256(raw).hexdigest()
     return names
 
 
-@contextlib.contextmanager
-def _open_model_file(paths: VolumePaths, path: Path, f: dict[str, Any], record: str) -> Iterator[BinaryIO]:
-    """A recorded model file opened for upload: inside the volume's models directory (a Hub
+def _check_model_file(
+    paths: VolumePaths, path: Path, f: dict[str, Any], record: str
+) -> tuple[Path, os.stat_result]:
+    """A recorded model file checked for upload: inside the volume's models directory (a Hub
     snapshot's links into its blobs are fine, a link out of the root is not), a regular file,
-    and hashing to its recorded sha256. Push skips keys the bucket has, so one wrong object
-    under a sha256 key would poison every later pull: nothing unverified is uploaded."""
+    and hashing to its recorded sha256; returns its real path and its identity then (the upload
+    refuses it if it is not that same unchanged file). Push skips keys the bucket has, so one
+    wrong object under a sha256 key would poison every later pull: nothing unverified is uploaded."""
 
     def damaged(why: str) -> VerifyError:
         return VerifyError(
@@ -195,8 +241,7 @@ def _open_model_file(paths: VolumePaths, path: Path, f: dict[str, Any], record: 
             h.update(chunk)
         if h.hexdigest() != f["sha256"]:
             raise damaged("does not match its recorded sha256")
-        fh.seek(0)
-        yield fh
+    return Path(real), st
 
 
 def _resolve_remote(remote: Remote, target: str | None) -> tuple[str, str]:
