@@ -426,7 +426,11 @@ def rollback_cmd(
     env: Annotated[str, typer.Argument(metavar="ENV", help="Env name.")],
     to: Annotated[
         str | None,
-        typer.Option("--to", metavar="URL", help="Snapshot id (default: the previous generation)."),
+        typer.Option(
+            "--to",
+            metavar="SNAPSHOT",
+            help="Snapshot id or unique prefix (`volenv history ENV`; default: the previous generation).",
+        ),
     ] = None,
     lock_timeout: Annotated[
         float, typer.Option("--lock-timeout", metavar="SECONDS", help="Seconds to wait for the env's lock.")
