@@ -131,3 +131,49 @@ def test_a_sync_on_a_terminal_shows_the_bytes_while_uv_downloads(
     logs = list((root / "logs").rglob("build-*.log")) or list(root.rglob("build-*.log"))
     text = logs[0].read_text()
     assert "\x1b" not in text and "\r" not in text and "+ padded==1.0" in text, text
+
+
+# what uv 0.x wrote on a 200-column terminal (recorded): a spinner left drawn, padded to the
+# width, then its error on the row the terminal wraps to; a bar redraw; its summary lines
+PAD = " " * 173
+RECORDED = (
+    "Using Python 3.11.7 environment at: /v\n"
+    f"\u280b Resolving dependencies...{PAD}\r\x1b[2K\u2819 Preparing packages... (0/1){PAD[:-2]}"
+    f"  padded               ------------------------------ 1.03 MiB/4.00 MiB{' ' * 130}"
+    "\x1b[1A\r\x1b[2K\x1b[1B\r\x1b[2K\x1b[1APrepared 1 package in 1.98s\n"
+    "\r\x1b[2KInstalled 1 package in 1ms\r\n + padded==1.0\n"
+    f"\u2819 Resolving dependencies...{PAD}error: Failed to fetch: http://127.0.0.1:9/simple/zzzq/\n"
+    "  cause: Connection refused (os error 111)\n"
+)
+
+
+def test_the_terminal_stream_in_any_cut(tmp_path: Path) -> None:
+    """Read in 7-byte pieces (escapes, CR LF and UTF-8 cut anywhere): the same lines kept."""
+    from volenv.uvtool import PTY_COLUMNS, _open_pty, _run_on_pty
+
+    assert PTY_COLUMNS == 200 and len(f"\u280b Resolving dependencies...{PAD}") == 200
+    script = tmp_path / "fake_uv.py"
+    script.write_text(
+        "import sys, time\n"
+        f"data = {RECORDED.encode()!r}\n"
+        "for i in range(0, len(data), 7):\n"
+        "    sys.stderr.buffer.write(data[i:i + 7]); sys.stderr.flush(); time.sleep(0.001)\n"
+        "sys.exit(2)\n"
+    )
+    fds = _open_pty()
+    assert fds is not None
+    lines: list[str] = []
+    proc = _run_on_pty([sys.executable, str(script)], dict(os.environ), None, lines.append, fds)
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        "Using Python 3.11.7 environment at: /v\nPrepared 1 package in 1.98s\nInstalled 1 package in 1ms\n"
+        " + padded==1.0\nerror: Failed to fetch: http://127.0.0.1:9/simple/zzzq/\n"
+        "  cause: Connection refused (os error 111)\n"
+    ), repr(proc.stderr)
+    assert any("padded" in ln and "1.03 MiB/4.00 MiB" in ln for ln in lines), lines
+    p = Recording()
+    feed = install_progress(p)
+    for ln in lines:
+        feed(ln)
+    assert (p.items, p.done) == (1, 4 << 20), p.seen  # `Prepared`: every download at its size
+    assert (1, 0) not in p.seen and (0, int(1.03 * (1 << 20))) in p.seen, p.seen

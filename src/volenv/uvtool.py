@@ -260,8 +260,11 @@ def _run_on_pty(
                     data = os.read(master, 65536)
                 except OSError:  # EIO: every writer closed the terminal
                     data = b""
-                pending = (pending + decoder.decode(data, final=not data)).replace("\r\n", "\n")
-                *parts, pending = re.split("([\r\n])", pending)
+                buf = pending + decoder.decode(data, final=not data)
+                held = "\r" if data and buf.endswith("\r") else ""  # a CR LF cut between reads
+                buf = buf.removesuffix(held).replace("\r\n", "\n")
+                *parts, pending = re.split("([\r\n])", buf)
+                pending += held
                 for text, sep in zip(parts[0::2], parts[1::2], strict=True):
                     piece = escapes.sub("", text.rsplit(ERASE_LINE, 1)[-1])
                     if sep == "\n":  # the piece before a newline is what stays of its line
