@@ -305,3 +305,18 @@ def test_messages_that_are_true(tmp_path: Path, root: Path, wheelhouse: Path) ->
     )
     assert r.returncode == 0 and r.stdout.strip() == "bar", r.stderr
     assert "no usable snapshot" not in r.stderr and f"reused {sid}" in r.stderr, r.stderr
+
+
+def test_one_hoisting_function_serves_run_and_the_other_commands() -> None:
+    """globalargs.hoist_globals is the one loop: the CLI's and run's entry point both use it."""
+    from volenv.activate import RUN_VALUED
+    from volenv.cli import hoist_globals
+    from volenv.globalargs import hoist_run_globals
+
+    assert hoist_globals(["status", "web", "--json", "--root", "/r", "--", "-q"]) == [
+        "--json", "--root", "/r", "status", "web", "--", "-q"
+    ]  # fmt: skip
+    assert hoist_globals(["run", "--json", "x"]) == ["run", "--json", "x"]  # run hoists its own
+    assert hoist_run_globals(["run", "--env", "-q", "-v", "cmd", "--json"], set(RUN_VALUED)) == [
+        "-v", "run", "--env", "-q", "cmd", "--json"
+    ]  # fmt: skip

@@ -600,9 +600,15 @@ class _Build:
             fh.write(redact_text(text.rstrip("\n")) + "\n")
 
     def uv(
-        self, args: list[str], step: str, on_line: Callable[[str], None] | None = None
+        self,
+        args: list[str],
+        step: str,
+        on_line: Callable[[str], None] | None = None,
+        terminal: bool = False,
     ) -> subprocess.CompletedProcess[str]:
-        proc = run_uv(args, self.paths, self.log, cwd=self.manifest.path.parent, on_line=on_line)
+        proc = run_uv(
+            args, self.paths, self.log, cwd=self.manifest.path.parent, on_line=on_line, terminal=terminal
+        )
         if proc.returncode != 0:
             _raise_if_disk_full(proc, str(self.log))
             raise BuildError(last_error_line(proc), step=step, log_path=str(self.log))
@@ -653,7 +659,8 @@ class _Build:
         args = self._sync_args([])
         total = _count_requirements(Path(args[2]))  # the resolved set: what uv installs
         with reporter.progress("installing", total, unit="packages") as progress:
-            self.uv(args, "install", on_line=install_progress(progress))
+            # a drawn bar: uv on a terminal, so that its download bars move the bytes
+            self.uv(args, "install", on_line=install_progress(progress), terminal=progress.live)
             self.link_mode = detect_link_mode(self.staging)
             if self.link_mode != "hardlink":
                 reporter.warn(

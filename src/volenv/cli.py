@@ -16,7 +16,8 @@ import typer
 
 from . import __version__, render, ui
 from .errors import EXIT_INTERNAL, UsageError, VolenvError
-from .globalargs import GLOBAL_FLAGS, GLOBAL_VALUED, split_globals
+from .globalargs import hoist_globals as _hoist
+from .globalargs import split_globals
 from .paths import RootChoice, VolumePaths, choose_root
 from .render import render_error
 
@@ -425,7 +426,11 @@ def rollback_cmd(
     env: Annotated[str, typer.Argument(metavar="ENV", help="Env name.")],
     to: Annotated[
         str | None,
-        typer.Option("--to", metavar="URL", help="Snapshot id (default: the previous generation)."),
+        typer.Option(
+            "--to",
+            metavar="SNAPSHOT",
+            help="Snapshot id or unique prefix (`volenv history ENV`; default: the previous generation).",
+        ),
     ] = None,
     lock_timeout: Annotated[
         float, typer.Option("--lock-timeout", metavar="SECONDS", help="Seconds to wait for the env's lock.")
@@ -875,33 +880,12 @@ def _log_traceback(root: Path | None) -> str | None:
 
 
 def hoist_globals(args: list[str]) -> list[str]:
-    """Global options written after the command word (`volenv status --json`, as uv allows) move
-    before it, where the typer callback reads them; `--` and everything after it stay put, and
-    `run` is left alone (its arguments are the command's)."""
+    """Global options after the command word move before it (globalargs.hoist_globals); `run`
+    is left alone here (its arguments are the command's: the entry point hoists its own)."""
     rest, _root, _v = split_globals(args)
-    head = args[: len(args) - len(rest)]
     if not rest or rest[0] == "run":
         return list(args)
-    moved: list[str] = []
-    kept: list[str] = []
-    i = 0
-    while i < len(rest):
-        a = rest[i]
-        if a == "--":
-            kept += rest[i:]
-            break
-        key, eq, _val = a.partition("=")
-        if key in GLOBAL_VALUED:
-            moved.append(a)
-            if not eq and i + 1 < len(rest):
-                i += 1
-                moved.append(rest[i])
-        elif a in GLOBAL_FLAGS:
-            moved.append(a)
-        else:
-            kept.append(a)
-        i += 1
-    return head + moved + kept
+    return _hoist(args)
 
 
 def _wants_json(args: list[str]) -> bool:

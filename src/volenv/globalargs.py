@@ -36,21 +36,25 @@ def split_globals(argv: list[str]) -> tuple[list[str], str | None, int]:
     return argv[i:], root, verbosity
 
 
-def hoist_run_globals(args: list[str], valued: set[str]) -> list[str]:
-    """`volenv run --json -m M -- CMD`: global options written after `run`, before `--` or the
-    command, move before `run` (as for every other command). `valued` names run's own options
-    that take a value, so that a value (`--env -q`) is never taken for a global option."""
+def hoist_globals(
+    args: list[str], *, valued: frozenset[str] | set[str] = frozenset(), stop_at_positional: bool = False
+) -> list[str]:
+    """Global options written after the command word (`volenv status --json`, as uv allows) move
+    before it, where they are read; `--` and everything after it stay put. `valued` names the
+    command's own options that take a value, so that a value (`--env -q`) is never taken for a
+    global option; `stop_at_positional` leaves everything from the first positional on alone
+    (`run`'s command)."""
     rest, _root, _v = split_globals(args)
-    if not rest or rest[0] != "run":
+    if not rest:
         return list(args)
     head = args[: len(args) - len(rest)]
     moved: list[str] = []
-    kept: list[str] = []
+    kept: list[str] = [rest[0]]
     i = 1
     while i < len(rest):
         a = rest[i]
         key, eq, _val = a.partition("=")
-        if a == "--" or not a.startswith("-"):
+        if a == "--" or (stop_at_positional and not a.startswith("-")):
             kept += rest[i:]
             break
         if key in GLOBAL_VALUED:
@@ -66,4 +70,13 @@ def hoist_run_globals(args: list[str], valued: set[str]) -> list[str]:
                 i += 1
                 kept.append(rest[i])
         i += 1
-    return head + moved + ["run"] + kept
+    return head + moved + kept
+
+
+def hoist_run_globals(args: list[str], valued: set[str]) -> list[str]:
+    """`volenv run --json -m M -- CMD`: global options written after `run`, before `--` or the
+    command, move before `run` (as for every other command)."""
+    rest, _root, _v = split_globals(args)
+    if not rest or rest[0] != "run":
+        return list(args)
+    return hoist_globals(args, valued=valued, stop_at_positional=True)

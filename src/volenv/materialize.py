@@ -422,10 +422,10 @@ def _choose(
         )
         return None
     except VolenvError as exc:
-        _damaged(mode, f"pack manifest unusable: {exc}")
+        _damaged(mode, f"pack manifest unusable: {exc}", paths, sid)
         return None
     if manifest.record_sha256 != seal["record_sha256"]:
-        _damaged(mode, "the packs do not belong to this snapshot's record")
+        _damaged(mode, "the packs do not belong to this snapshot's record", paths, sid)
         return None
     try:
         need_zstandard()
@@ -458,16 +458,15 @@ def _choose(
     try:
         volume = _volume_dir(root, snapshot_dir)
     except VerifyError as exc:
-        _damaged(mode, str(exc))
+        _damaged(mode, str(exc), paths, sid)
         return None
     return _extract(paths, manifest, base, dest, seal, mode, level, volume)
 
 
-def _damaged(mode: str, why: str) -> None:
+def _damaged(mode: str, why: str, paths: VolumePaths, sid: str) -> None:
     if mode == "always":
-        raise VerifyError(
-            f"materialize: {why}", hint="`volenv pack SNAPSHOT` again, or run without --materialize"
-        )
+        again = f"volenv --root {shq(str(paths.root))} pack {shq(sid)}"
+        raise VerifyError(f"materialize: {why}", hint=f"`{again}` again, or run without --materialize")
     _say(f"warning: materialize: {why}; running in place")
     return None
 
@@ -529,7 +528,7 @@ def _extract(
                 tree = staged
     except (VerifyError, SealProblem) as exc:
         shutil.rmtree(partial, ignore_errors=True)
-        _damaged(mode, f"a pack is damaged: {exc}")
+        _damaged(mode, f"a pack is damaged: {exc}", paths, manifest.snapshot)
         return None
     except OSError as exc:
         shutil.rmtree(partial, ignore_errors=True)
@@ -810,7 +809,7 @@ def _extract_startup_first(
         if u is not None:
             u.close()
         shutil.rmtree(partial, ignore_errors=True)
-        _damaged(mode, f"a pack is damaged: {exc}")
+        _damaged(mode, f"a pack is damaged: {exc}", paths, sid)
         return None
     except OSError as exc:
         if u is not None:
@@ -825,7 +824,7 @@ def _extract_startup_first(
     u.close()
     if not started:
         shutil.rmtree(partial, ignore_errors=True)
-        _damaged(mode, "the background extraction did not start")
+        _damaged(mode, "the background extraction did not start", paths, sid)
         return None
     tree = staged
     try:

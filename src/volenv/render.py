@@ -688,6 +688,8 @@ def _Bar(**kw: Any) -> Any:
 class RichProgress(ui.Progress):
     """A row of the live display: label, bar, and the counts with the rate."""
 
+    live = True
+
     def __init__(self, reporter: RichReporter, label: str, total: int | None, **kw: Any) -> None:
         super().__init__(reporter, label, total, **kw)
         self._owner = reporter

@@ -38,6 +38,7 @@ from .packs import (
     PackInfo,
     PackManifest,
     Unpacker,
+    _Seen,
     blob_path,
     manifest_path,
     pack_order,
@@ -50,7 +51,7 @@ from .remote import Remote, RemoteError, get_json, printable
 from .sealcheck import META_DIR, SEAL_NAME, SealProblem, check_seal, interpreter_problem
 from .signing import SigningKey, Trust
 from .streams import AdaptiveStreams
-from .ui import reporter
+from .ui import Progress, reporter
 
 
 @dataclass(frozen=True)
@@ -414,18 +415,46 @@ def _fetch_and_unpack(
     need = [p for p in ordered if p not in here]
     u = Unpacker(manifest, staging)
     progress = reporter.progress(f"pull {manifest.snapshot}", sum(p.blob_size for p in need))
+    unpacking = reporter.progress(f"unpacking {manifest.snapshot}", None, unit="files", done_label="unpacked")
+    u.seen = _UnpackCount(u, unpacking)
     try:
         fetched_bytes = 0
         for first in (True, False):  # the metadata pack, then the rest
             wanted = [_pack_wanted(paths, i, u) for i in need if (i.group == META_GROUP) == first]
             local = [_extract_local(paths, u, i) for i in here if (i.group == META_GROUP) == first]
             fetched_bytes += fetch_all(remote, wanted, paths.root, streams, progress, also=local)
+            if first and u.record is not None:  # the record came with the metadata pack
+                unpacking.set_total(sum(1 for e in u.record.values() if e.type == "f"))
         u.finish()
+    except BaseException:
+        unpacking.close(ok=False)
+        raise
     finally:
         progress.close()
+        unpacking.close()
         u.close()
     reporter.detail(f"pull: {len(need)} packs, {fetched_bytes} bytes, {streams.current} streams at the end")
     return len(need), fetched_bytes
+
+
+class _UnpackCount(_Seen):
+    """The unpack's progress, fed as members arrive (from every extracting thread): each
+    recorded file counts with its recorded size, so the step ends at the snapshot's files and
+    bytes; the metadata pack's own files (the record itself) are not in the record."""
+
+    def __init__(self, u: Unpacker, progress: Progress) -> None:
+        super().__init__()
+        self.u = u
+        self.progress = progress
+        self.lock = threading.Lock()
+
+    def add_new(self, name: str) -> bool:
+        new = super().add_new(name)
+        entry = self.u.record.get(name) if new and self.u.record is not None else None
+        if entry is not None and entry.type == "f":
+            with self.lock:
+                self.progress.advance(1, entry.size)
+        return new
 
 
 def _extract_local(paths: VolumePaths, u: Unpacker, info: PackInfo) -> Part:

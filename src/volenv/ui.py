@@ -90,6 +90,8 @@ class Progress:
     draws a bar on a terminal. close() leaves one line: at the info level when `summary`
     (it stays on screen, even without a terminal), else only at -v."""
 
+    live = False  # a backend that draws it as it runs says so (uv then gets a terminal: its bars)
+
     def __init__(
         self,
         reporter: Reporter,

@@ -80,16 +80,24 @@ def run_uv(
     cwd: Path | None = None,
     offline: bool = False,
     on_line: Callable[[str], None] | None = None,
+    terminal: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """Run uv; its output goes to the build log (and is returned for error messages).
     `on_line` sees each line of uv's stderr as it comes (its `Downloading X` and summary
-    lines drive the install progress)."""
+    lines drive the install progress). With `terminal` (someone watches a bar) uv's stderr is a
+    pseudo-terminal, so that uv draws its byte bars and `on_line` sees their redraws too
+    (VOLENV_NO_PTY=1, or no pty to be had: a pipe, as without a terminal)."""
     cmd = [uv_bin(), *args]
     env = uv_env(paths, offline=offline)
     if on_line is None:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=cwd, check=False)
     else:
-        proc = _run_streaming(cmd, env, cwd, on_line)
+        pty_fds = _open_pty() if terminal and os.environ.get("VOLENV_NO_PTY") != "1" else None
+        if pty_fds is None:
+            proc = _run_streaming(cmd, env, cwd, on_line)
+        else:
+            env.pop("UV_NO_PROGRESS", None)
+            proc = _run_on_pty(cmd, env, cwd, on_line, pty_fds)
     if log is not None:
         with open(log, "a", encoding="utf-8") as fh:
             # uv echoes index URLs (with their userinfo) in its own messages: filter everything
@@ -98,17 +106,39 @@ def run_uv(
     return proc
 
 
+_BAR_UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+
+
+def _bar_bytes(text: str) -> int:
+    """`12.34 MiB` as uv's bars print it (indicatif's binary_bytes)."""
+    number, _, unit = text.partition(" ")
+    return int(float(number) * _BAR_UNITS.get(unit, 1))
+
+
 def install_progress(progress: Progress) -> Callable[[str], None]:
     """A line reader for uv's stderr during an install: `Resolved N packages` sets the total,
     `Downloading X (5.0MiB)` / ` Downloaded X` and `Prepared N packages` say the phase, each
-    ` + name==1.0` counts one installed (uv prints its summary without a terminal too)."""
+    ` + name==1.0` counts one installed (uv prints its summary without a terminal too). On a
+    terminal uv draws a bar per download instead (`torch  ---------  1.2 GiB/2.4 GiB`, many on
+    one redraw): their byte counts are the step's bytes, so they move while a wheel downloads."""
     import re
 
     resolved = re.compile(r"^Resolved (\d+) packages?")
+    bar = re.compile(r"(\S+) +-+ +(\d+(?:\.\d+)? [KMGT]?i?B)/(\d+(?:\.\d+)? [KMGT]?i?B)")
     downloading: list[str] = []
+    fetched: dict[str, tuple[int, int]] = {}  # per download on a bar: bytes so far, its size
+
+    def on_bars(found: list[tuple[str, str, str]]) -> None:
+        for name, done, size in found:
+            had = fetched.get(name, (0, 0))[0]
+            fetched[name] = (max(had, _bar_bytes(done)), _bar_bytes(size))
+        progress.reset(sum(d for d, _ in fetched.values()))
+        progress.note(f"downloading {', '.join(name for name, _, _ in found[-2:])}")
 
     def on_line(line: str) -> None:
-        if m := resolved.match(line):
+        if found := bar.findall(line):
+            on_bars(found)
+        elif m := resolved.match(line):
             progress.set_total(int(m.group(1)))
         elif line.startswith("Downloading "):
             downloading.append(line.removeprefix("Downloading ").strip())
@@ -118,6 +148,10 @@ def install_progress(progress: Progress) -> Callable[[str], None]:
             downloading[:] = [d for d in downloading if d.split(" (")[0] != name]
             progress.note(f"downloading {', '.join(downloading[-2:])}" if downloading else "preparing")
         elif line.startswith("Prepared "):
+            if fetched:  # a bar's last redraw may be short of its end: they are all done now
+                for name, (_, size) in fetched.items():
+                    fetched[name] = (size, size)
+                progress.reset(sum(size for _, size in fetched.values()))
             progress.note("linking")
         elif line.startswith(("Installed ", "Uninstalled ")):
             progress.note("")
@@ -146,6 +180,110 @@ def _run_streaming(
         reader.join()
         code = popen.wait()
     return subprocess.CompletedProcess(cmd, code, "".join(out), "".join(err))
+
+
+def _open_pty() -> tuple[int, int] | None:
+    """A pseudo-terminal wide enough that uv's bars are never cut, and without output
+    processing (a newline stays a newline); None where the system has none to give."""
+    try:
+        import fcntl
+        import pty
+        import struct
+        import termios
+
+        master, slave = pty.openpty()
+    except (OSError, ImportError):
+        return None
+    try:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, PTY_COLUMNS, 0, 0))
+        attrs = termios.tcgetattr(slave)
+        attrs[1] &= ~termios.OPOST
+        termios.tcsetattr(slave, termios.TCSANOW, attrs)
+    except OSError:
+        os.close(master)
+        os.close(slave)
+        return None
+    return master, slave
+
+
+PTY_COLUMNS = 200
+ERASE_LINE = "\x1b[2K"  # what a line held before it is gone (a spinner before uv's `error:`)
+# CSI (`ESC [ ... m`, cursor moves, line clears), OSC (`ESC ] 8 ;; url BEL` links), two-byte escapes
+_ESCAPES = r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]"
+
+
+def _settled(piece: str) -> tuple[str, bool]:
+    """A line without the bar rows a failing uv left drawn before it: indicatif pads each row
+    of its frame with spaces to the terminal's width, and uv's `error:` then follows on the
+    next row (the terminal wraps). Whether rows were dropped comes back too."""
+    frame = False
+    while len(piece) >= PTY_COLUMNS and piece[:PTY_COLUMNS].endswith("  "):
+        piece, frame = piece[PTY_COLUMNS:], True
+    return piece, frame
+
+
+def _run_on_pty(
+    cmd: list[str],
+    env: dict[str, str],
+    cwd: Path | None,
+    on_line: Callable[[str], None],
+    fds: tuple[int, int],
+) -> subprocess.CompletedProcess[str]:
+    """uv with its stderr on a pseudo-terminal: every redraw (pieces between carriage returns
+    and newlines, escapes removed) goes to `on_line`; the returned stderr holds only the lines
+    that stay on a terminal (what is left of each line after its last redraw or erase), i.e.
+    uv's own messages as a pipe gets them, without bars or escape codes."""
+    import codecs
+    import re
+    import threading
+
+    escapes = re.compile(_ESCAPES)
+    master, slave = fds
+    try:
+        popen = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=slave, text=True)
+    except BaseException:
+        os.close(master)
+        raise
+    finally:
+        os.close(slave)  # uv holds it now: the terminal reads EOF (EIO) when uv and its children end
+    with popen:
+        assert popen.stdout is not None
+        out: list[str] = []
+        reader = threading.Thread(target=lambda: out.append(popen.stdout.read()), daemon=True)  # type: ignore[union-attr]
+        reader.start()
+        kept: list[str] = []  # lines as they stay on screen
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        pending = ""
+        try:
+            while True:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: every writer closed the terminal
+                    data = b""
+                buf = pending + decoder.decode(data, final=not data)
+                held = "\r" if data and buf.endswith("\r") else ""  # a CR LF cut between reads
+                buf = buf.removesuffix(held).replace("\r\n", "\n")
+                *parts, pending = re.split("([\r\n])", buf)
+                pending += held
+                for text, sep in zip(parts[0::2], parts[1::2], strict=True):
+                    piece = escapes.sub("", text.rsplit(ERASE_LINE, 1)[-1])
+                    if sep == "\n":  # the piece before a newline is what stays of its line
+                        piece, frame = _settled(piece)
+                        if piece or not frame:
+                            kept.append(piece + "\n")
+                    if piece.strip():
+                        on_line(piece.rstrip())
+                if not data:
+                    break
+        finally:
+            os.close(master)
+        if last := _settled(escapes.sub("", pending.rsplit(ERASE_LINE, 1)[-1]))[0]:
+            kept.append(last)
+            if last.strip():
+                on_line(last.rstrip())
+        reader.join()
+        code = popen.wait()
+    return subprocess.CompletedProcess(cmd, code, "".join(out), "".join(kept))
 
 
 CAUSE_PREFIXES = ("cause:", "Caused by:", "╰─▶")

@@ -11,7 +11,7 @@ from ..errors import DamagedRecord, UsageError, VerifyError, shq
 from ..fsutil import atomic_write_json, contained, safe_mkdirs
 from ..locks import BuildLease
 from ..paths import VolumePaths, env_from_snapshot_id
-from ..sealcheck import SealProblem, check_seal, read_seal
+from ..sealcheck import SealProblem, check_seal, plain_name, read_seal
 from ..ui import reporter
 
 
@@ -172,8 +172,14 @@ def _resolve_in(paths: VolumePaths, env: str, text: str) -> str:
     of `show`/`diff`: a unique prefix (`web-3f2`) or its hex part alone (`3f2a`)."""
     from .show import resolve
 
-    if store.is_snapshot_id(text, env) or text == env:
+    if store.is_snapshot_id(text, env):
         return text
+    if text == env or (plain_name(text) and (paths.env_dir(text) / "snapshots").is_dir()):
+        raise UsageError(
+            f"{text!r} is an env name, and --to takes a snapshot of '{env}'",
+            hint=f"`volenv rollback {shq(env)}` alone goes back one generation; --to takes a snapshot"
+            f" id or prefix that `volenv history {shq(env)}` lists",
+        )
     found_env, sid = resolve(paths, text)
     if found_env != env:
         raise UsageError(f"{text!r} is a snapshot of '{found_env}', not of '{env}'")

@@ -1,0 +1,96 @@
+"""Issue 16 leftovers, messages: materialize's damaged-pack hint is a complete command, an env
+name given to `rollback --to` says what to type instead, `sync --dry-run --json` is the plan
+and the diff as one document on stdout (and -qq leaves nothing)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from conftest import snapshot_of, volenv, write_manifest
+
+
+@pytest.fixture
+def spaced_root(tmp_path: Path) -> Path:
+    return tmp_path / "my volume" / "volenv"  # a root the shell must quote
+
+
+def test_damaged_pack_hint_is_a_command_that_repacks(
+    tmp_path: Path, spaced_root: Path, wheelhouse: Path
+) -> None:
+    root = spaced_root
+    m = write_manifest(tmp_path, "app", ["beta==1.0"], find_links=wheelhouse)
+    assert volenv("--root", root, "sync", "--pack", m).returncode == 0
+    sid = snapshot_of(root, "app")
+    doc = json.loads((root / "packs" / "snapshots" / f"{sid}.json").read_text())
+    victim = next(p for p in doc["packs"] if p["group"].startswith("beta"))
+    blob = root / "packs" / "blobs" / f"{victim['id']}.tar.zst"
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    run = (
+        "run",
+        "--materialize",
+        "always",
+        "--materialize-dir",
+        tmp_path / "l",
+        "--manifest",
+        m,
+        "--",
+        "true",
+    )
+    r = volenv("--root", root, *run)
+    assert r.returncode == 4, r.stderr
+    hint = re.search(r"hint: `([^`]+)` again, or run without --materialize", r.stderr)
+    assert hint, r.stderr
+    assert hint.group(1) == f"volenv --root {shlex.quote(str(root))} pack {sid}", hint.group(1)
+    # pasted into a shell, it is the repair
+    argv = shlex.split(hint.group(1))
+    assert argv[:3] == ["volenv", "--root", str(root)]
+    repaired = volenv(*argv[1:])
+    assert repaired.returncode == 0, repaired.stderr
+    r = volenv("--root", root, *run)
+    assert r.returncode == 0, r.stderr
+
+
+def test_rollback_to_an_env_name_says_what_to_type(tmp_path: Path, root: Path, wheelhouse: Path) -> None:
+    for name in ("app", "other"):
+        m = write_manifest(tmp_path / name, name, ["alpha==1.0"], find_links=wheelhouse)
+        assert volenv("--root", root, "sync", m).returncode == 0
+    for target in ("app", "other"):  # its own name, another env's
+        r = volenv("--root", root, "rollback", "app", "--to", target, "--lock-timeout", "5")
+        assert r.returncode == 2, r.stderr
+        assert f"error: {target!r} is an env name, and --to takes a snapshot of 'app'" in r.stderr, r.stderr
+        assert "`volenv rollback app` alone goes back one generation" in r.stderr, r.stderr
+        assert "`volenv history app`" in r.stderr and "not a snapshot id" not in r.stderr, r.stderr
+    assert volenv("--root", root, "rollback", "--help").stdout.count("--to SNAPSHOT") == 1
+
+
+def test_sync_dry_run_json_is_one_document_with_the_plan_and_the_diff(
+    tmp_path: Path, root: Path, wheelhouse: Path
+) -> None:
+    m = write_manifest(tmp_path, "app", ["alpha==1.0", "beta==1.0"], find_links=wheelhouse)
+    assert volenv("--root", root, "sync", m).returncode == 0
+    current = snapshot_of(root, "app")
+    m = write_manifest(tmp_path, "app", ["alpha==2.0", "gamma==1.0"], find_links=wheelhouse)
+    r = volenv("--root", root, "--json", "sync", "--dry-run", m)
+    assert r.returncode == 0, r.stderr
+    doc = r.json()  # one document: json.loads refuses anything before or after it
+    assert doc["version"] == 1 and doc["command"] == "sync" and doc["action"] == "would-build", doc
+    assert doc["previous"] == current and doc["snapshot"].startswith("app-"), doc
+    changes = doc["changes"]
+    assert isinstance(changes, dict), doc
+    assert [(c["name"], c["new"]) for c in changes["added"]] == [("gamma", "1.0")], changes
+    assert [(c["name"], c["old"], c["new"]) for c in changes["changed"]] == [("alpha", "1.0", "2.0")], changes
+    assert [(c["name"], c["old"]) for c in changes["removed"]] == [("beta", "1.0")], changes
+    assert "\n  changes against" not in r.stderr  # the plan is in the document, not repeated
+    # without --json the plan is narrative on stderr (uv's split), and -qq prints nothing at all
+    r = volenv("--root", root, "sync", "--dry-run", m)
+    assert r.returncode == 0 and r.stdout == "" and "alpha 1.0 -> 2.0" in r.stderr, r.stderr
+    r = volenv("--root", root, "-qq", "sync", "--dry-run", m)
+    assert r.returncode == 0 and r.stdout == "" and r.stderr == "", (r.stdout, r.stderr)
+    assert snapshot_of(root, "app") == current  # nothing changed
