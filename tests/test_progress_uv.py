@@ -19,7 +19,7 @@ from ptyrun import run_pty
 from throttle import ThrottledProxy
 from volenv import ui
 from volenv.paths import VolumePaths
-from volenv.uvtool import install_progress, last_error_line, run_uv
+from volenv.uvtool import install_progress, last_error_line, run_uv, uv_bin
 from wheelfactory import make_wheel
 
 SIZE = 4 << 20
@@ -57,7 +57,7 @@ class Recording(ui.Progress):
 
 def _venv(tmp_path: Path) -> Path:
     venv = tmp_path / "venv"
-    subprocess.run(["uv", "venv", "-q", "--python", sys.executable, str(venv)], check=True)
+    subprocess.run([uv_bin(), "venv", "-q", "--python", sys.executable, str(venv)], check=True)
     return venv
 
 
