@@ -950,3 +950,66 @@ def test_checked_model_files_still_travel_through_s3(tmp_path: Path, modeled: Mo
         r = volenv("--root", b, "pull", "ml", "--from", url, "--trust-unsigned", env=env)
         assert r.returncode == 0, r.stderr
     assert (b / modeled.weights.relative_to(modeled.a)).read_bytes() == MODEL
+
+
+# ---------------------------------------------------------------- header values tarfile cannot take
+
+
+def _mutated_first_file(blob: Path, pax: dict[str, str]) -> bytes:
+    """The pack's own members, the first file's pax headers replaced: its size and name still
+    match the record, so extraction reaches the values (the digest is checked only at the end)."""
+    import io
+
+    import zstandard
+
+    with open(blob, "rb") as fh:
+        tar_bytes = zstandard.ZstdDecompressor().stream_reader(fh).read()
+    out = io.BytesIO()
+    done = False
+    with (
+        tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:") as src,
+        tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as dst,
+    ):
+        for m in src.getmembers():
+            fh2 = src.extractfile(m) if m.isfile() else None
+            if m.isfile() and not done:
+                m.pax_headers = dict(pax)
+                done = True
+            dst.addfile(m, fh2)
+    return zstandard.ZstdCompressor().compress(out.getvalue())
+
+
+PAX = [{"GNU.sparse.realsize": "abc"}, {"mtime": "1e300"}, {"GNU.sparse.size": "x"}]
+
+
+@pytest.mark.parametrize("pax", PAX)
+def test_header_values_tarfile_cannot_take_are_damaged_not_a_crash(case: Case, pax: dict[str, str]) -> None:
+    """A pax value tarfile rejects with ValueError, or an mtime os.utime rejects with
+    OverflowError, in a blob swapped under a signed pack's id, was exit 1 with a traceback
+    (the attacker's finding): exit 4, nothing left."""
+    doc = case.doc()
+    venv = next(p for p in doc["packs"] if p["group"] == "_venv")
+    blob = case.bucket / "packs" / f"{venv['id']}.tar.zst"
+    blob.write_bytes(_mutated_first_file(blob, pax))
+    case.refused(case.pull(), 4, "damaged")
+
+
+@pytest.mark.parametrize("pax", PAX[:2])
+def test_materialize_of_a_pack_with_impossible_header_values_is_exit_4(
+    case: Case, tmp_path: Path, pax: dict[str, str]
+) -> None:
+    """The same in a volume's pack: `run --materialize always` exits 4 and the program never
+    runs (it was exit 1 on every start)."""
+    a2 = tmp_path / "a2"
+    shutil.copytree(case.origin.a, a2, symlinks=True)
+    doc = json.loads((a2 / "packs" / "snapshots" / f"{case.sid}.json").read_text())
+    victim = next(p for p in doc["packs"] if p["group"].startswith("beta"))
+    blob = a2 / "packs" / "blobs" / f"{victim['id']}.tar.zst"
+    blob.write_bytes(_mutated_first_file(blob, pax))
+    mat = tmp_path / "mat"
+    r = volenv(
+        "--root", a2, "run", "--env", ENV, "--materialize", "always", "--materialize-dir", mat,
+        "--", "python", "-c", "print('RAN')",
+    )  # fmt: skip
+    assert r.returncode == 4 and "Traceback" not in r.stderr and "RAN" not in r.stdout, r.stderr
+    assert not (mat.exists() and [p for p in mat.iterdir() if ".partial" in p.name])

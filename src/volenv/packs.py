@@ -741,7 +741,9 @@ def _extract_pack(
                         raise Stopped
                     _extract_member(tar, member, tree, record, info, seen, dir_modes)
             tar_hash.drain()
-    except (zstandard.ZstdError, tarfile.TarError, EOFError) as exc:
+    except (zstandard.ZstdError, tarfile.TarError, EOFError, ValueError, OverflowError) as exc:
+        # ValueError/OverflowError: header values tarfile or os.utime cannot take (a pax
+        # `GNU.sparse.realsize=abc`, `mtime=1e300`): a damaged pack like any other
         raise VerifyError(f"{_pack_name(info)} is damaged: {exc}") from None
     while raw.read(1 << 16):  # read any trailing bytes too
         pass
