@@ -137,6 +137,25 @@ def test_damaged_trace_is_an_error_when_packing(traced_env: tuple[Path, Path]) -
     assert r.returncode == 4 and "trace" in r.stderr
 
 
+@pytest.mark.parametrize("kind", ["fifo", "symlink"])
+def test_a_trace_that_is_not_a_regular_file_is_damaged_and_never_blocks(
+    tmp_path: Path, traced_env: tuple[Path, Path], kind: str
+) -> None:
+    """A FIFO planted as trace.json made `pack` wait forever; a link was followed out of the
+    snapshot. Both: exit 4 at once."""
+    _m, root = traced_env
+    sid = snapshot_of(root, "app")
+    t = root / "envs" / "app" / "snapshots" / sid / ".volenv" / "trace.json"
+    if kind == "fifo":
+        os.mkfifo(t)
+    else:
+        outside = tmp_path / "elsewhere.json"
+        outside.write_text('{"schema": 1}')
+        t.symlink_to(outside)
+    r = volenv("--root", root, "pack", "app", timeout=60)
+    assert r.returncode == 4 and "trace" in r.stderr, r.stderr
+
+
 # the traced start, a line, then an import outside the trace; prints the snapshot modules it used
 LATER = """
 import os, sys

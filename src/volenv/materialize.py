@@ -651,9 +651,11 @@ def _ancestors(rel: str) -> Iterator[str]:
 
 
 def _listed(tree: Path, sid: str) -> tuple[str, ...]:
-    """The directories the snapshot's start trace listed (it came in the checked metadata
-    pack); none when there is no usable trace. It only shapes the skeleton: every path still
-    resolves to the recorded bytes."""
+    """The directories the snapshot's start trace listed or searched, and those of its traced
+    files (so a big one in the prefetch pack is a file link, swapped in as soon as that pack is
+    checked, not behind a directory link waiting for its whole distribution). From the trace in
+    the checked metadata pack; none without a usable trace. It only shapes the skeleton: every
+    path still resolves to the recorded bytes."""
     import json
 
     from .trace import parse_trace, trace_path
@@ -662,7 +664,9 @@ def _listed(tree: Path, sid: str) -> tuple[str, ...]:
         trace = parse_trace(json.loads(trace_path(tree).read_bytes()), "in the metadata pack")
     except (OSError, ValueError, DamagedRecord):
         return ()
-    return trace.listed if trace.snapshot == sid else ()
+    if trace.snapshot != sid:
+        return ()
+    return (*trace.listed, *dict.fromkeys(f.rpartition("/")[0] for f in trace.files if "/" in f))
 
 
 def _volume_dir(root: str, snapshot_dir: str) -> str:

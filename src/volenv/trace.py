@@ -27,7 +27,7 @@ from .fsutil import has_type
 from .sealcheck import META_DIR
 
 TRACE_NAME = "trace.json"
-TRACE_SCHEMA = 2  # 2: `listed` (schema 1 traces are read with none)
+TRACE_SCHEMA = 1  # `listed` is an optional key: older readers ignore it
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def parse_trace(data: Any, where: str) -> Trace:
             raise bad(f"{key!r} is not a string")
     lists: dict[str, tuple[str, ...]] = {}
     for key in ("command", "files", "models", "listed"):
-        v = data.get(key, [] if key == "listed" and schema < 2 else None)
+        v = data.get(key, [] if key == "listed" else None)
         if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
             raise bad(f"{key!r} is not a list of strings")
         lists[key] = tuple(v)
@@ -118,12 +118,24 @@ def parse_trace(data: Any, where: str) -> Trace:
 def load_trace(snapshot_dir: Path, seal: dict[str, Any]) -> Trace | None:
     """The snapshot's trace, or None when it has none or it was taken against another record."""
     import json
+    import os
+    import stat
 
     path = trace_path(snapshot_dir)
-    try:
-        raw = path.read_bytes()
+    try:  # never through a link, never blocking on a FIFO planted there
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise DamagedRecord(
+            f"start trace {path} is damaged: {exc.strerror}", hint="run `volenv trace` again"
+        ) from None
+    with open(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DamagedRecord(
+                f"start trace {path} is damaged: not a regular file", hint="run `volenv trace` again"
+            )
+        raw = fh.read()
     try:
         data = json.loads(raw)
     except ValueError as exc:

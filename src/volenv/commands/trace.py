@@ -62,9 +62,9 @@ def relativize(
     once."""
     snap_prefixes = {os.path.join(str(snapshot_dir), ""), os.path.join(os.path.realpath(snapshot_dir), "")}
     model_prefixes = {os.path.join(str(models_dir), ""), os.path.join(os.path.realpath(models_dir), "")}
-    files: list[str] = []
-    models: list[str] = []
-    listed: list[str] = []
+    files: dict[str, None] = {}  # ordered sets: a trace can hold many thousands of paths
+    models: dict[str, None] = {}
+    listed: dict[str, None] = {}
     seen: set[str] = set()
     for line in lines:
         p = line.rstrip("\n")
@@ -77,30 +77,30 @@ def relativize(
                 if d.startswith(pre):
                     rel = d[len(pre) :].rstrip("/")
                     e = record.get(rel)
-                    if e is not None and e.type == "d" and rel not in listed:
-                        listed.append(rel)
+                    if e is not None and e.type == "d":
+                        listed.setdefault(rel)
                     break
             continue
         for pre in snap_prefixes:
             if p.startswith(pre):
                 rel = p[len(pre) :]
                 e = record.get(rel)
-                if e is not None and e.type == "f" and rel not in files:
-                    files.append(rel)
+                if e is not None and e.type == "f":
+                    files.setdefault(rel)
                 elif e is None:  # looked for and not there: its directory was searched
                     d = rel.rpartition("/")[0]
                     parent = record.get(d)
-                    if parent is not None and parent.type == "d" and d not in listed:
-                        listed.append(d)
+                    if parent is not None and parent.type == "d":
+                        listed.setdefault(d)
                 break
         else:
             for pre in model_prefixes:
                 if p.startswith(pre):
                     rel = p[len(pre) :]
-                    if rel_ok(rel) and os.path.isfile(p) and rel not in models:
-                        models.append(rel)
+                    if rel_ok(rel) and os.path.isfile(p):
+                        models.setdefault(rel)
                     break
-    return files, models, listed
+    return list(files), list(models), list(listed)
 
 
 def take_trace(root: str, argv: list[str]) -> tuple[Path, dict[str, Any], Trace]:
