@@ -11,9 +11,11 @@ file event: the module's __file__ is recorded as soon as it is in sys.modules. A
 /proc/self/maps adds any shared library a C extension pulled in by itself. Modules imported
 before this file ran (by .pth files) are recorded first.
 
-Directories the start lists (`os.listdir`, `os.scandir`: the import system's directory cache,
-os.walk, glob, pkgutil) are recorded too, as lines `L` + absolute path: a scan stats every entry
-it finds without opening it, and a stat the start needs must not be a volume round trip.
+Directories the start lists (`os.listdir`, `os.scandir`: os.walk, glob, pkgutil, transformers
+scanning its models) are recorded too, as lines `L` + absolute path: a scan stats every entry it
+finds without opening it, and a stat the start needs must not be a volume round trip. The
+import system's own directory cache (`FileFinder._fill_cache`) is not: it stats only the
+modules it then opens, which are recorded anyway.
 
 Standard library only, no volenv import: it runs inside the snapshot's interpreter.
 """
@@ -89,7 +91,12 @@ def _install() -> None:
         elif event == "import":
             pending.append(str(args[0]))
         elif event in ("os.listdir", "os.scandir"):
-            note_dir(args[0] if args else None)
+            try:  # the import system's directory cache stats only what it then opens: skipped
+                caller = sys._getframe(1).f_code.co_name
+            except (AttributeError, ValueError):
+                caller = ""
+            if caller != "_fill_cache":
+                note_dir(args[0] if args else None)
         elif event == "mmap.__new__":
             fileno = args[0]
             if isinstance(fileno, int) and fileno >= 0:
