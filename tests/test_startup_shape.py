@@ -102,11 +102,13 @@ def test_pack_order_puts_the_prefetch_pack_right_after_the_startup_pack() -> Non
     def p(group: str) -> PackInfo:
         return PackInfo(group, group, "", 0, 0, 0)
 
-    groups = ["numpy-2.0", "_venv", "_prefetch", "_meta", "_startup", "aaa-1.0"]
+    groups = ["numpy-2.0", "_venv", "_startup.10", "_prefetch", "_startup.2", "_meta", "_startup", "aaa-1.0"]
     got = [i.group for i in sorted(map(p, groups), key=pack_order)]
     assert got == [
         "_meta",
         "_startup",
+        "_startup.2",
+        "_startup.10",
         "_prefetch",
         "_venv",
         "aaa-1.0",
@@ -163,3 +165,26 @@ def test_before_exec_the_listed_directory_is_local_and_the_big_file_a_link(
     finally:
         if pid is not None:
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("chunk", ["_startup", "_startup.2"])
+def test_a_damaged_startup_chunk_is_exit_4_whichever_process_extracts_it(
+    tmp_path: Path, scanned: tuple[Path, Path, str], chunk: str
+) -> None:
+    """The startup packs are extracted by several processes at once (packs.STARTUP_CHUNKS,
+    materialize._processes): a damaged one, in the parent's share or a child's, stops the start
+    with exit 4 and the program never runs."""
+    m, root, _digest = scanned
+    sid = snapshot_of(root, "app")
+    man = json.loads((root / "packs" / "snapshots" / f"{sid}.json").read_text())
+    groups = {p["group"]: p for p in man["packs"]}
+    assert {"_startup", "_startup.2"} <= set(groups), sorted(groups)
+    blob = root / "packs" / "blobs" / f"{groups[chunk]['id']}.tar.zst"
+    blob.write_bytes(blob.read_bytes()[:-40])  # cut short
+    local = tmp_path / "local"
+    r = volenv(
+        "--root", root, "run", "--materialize", "always", "--materialize-dir", local, "--manifest", m,
+        "--", "python", "-c", "print('RAN')",
+    )  # fmt: skip
+    assert r.returncode == 4 and "RAN" not in r.stdout and "Traceback" not in r.stderr, r.stderr
+    assert not (local.exists() and [p for p in local.iterdir() if ".partial" in p.name])

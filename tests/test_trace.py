@@ -180,20 +180,25 @@ def _traced_and_packed(m: Path, root: Path) -> dict[str, object]:
 
 
 def startup_names(root: Path, packs: list[dict[str, Any]]) -> list[str]:
-    """The members of the startup pack, in order."""
+    """The members of the startup packs (`_startup`, `_startup.2`, ...), in extraction order."""
     import tarfile
 
     import zstandard
 
-    startup = [p for p in packs if p["group"] == "_startup"]
-    assert len(startup) == 1
-    blob = root / "packs" / "blobs" / f"{startup[0]['id']}.tar.zst"
-    with (
-        open(blob, "rb") as raw,
-        zstandard.ZstdDecompressor().stream_reader(raw) as zr,
-        tarfile.open(fileobj=zr, mode="r|") as tar,
-    ):
-        return [t.name for t in tar]
+    from volenv.packs import startup_chunk
+
+    chunks = sorted((n, p["id"]) for p in packs if (n := startup_chunk(p["group"])) is not None)
+    assert [n for n, _ in chunks] == list(range(1, len(chunks) + 1)), chunks
+    names: list[str] = []
+    for _n, pack_id in chunks:
+        blob = root / "packs" / "blobs" / f"{pack_id}.tar.zst"
+        with (
+            open(blob, "rb") as raw,
+            zstandard.ZstdDecompressor().stream_reader(raw) as zr,
+            tarfile.open(fileobj=zr, mode="r|") as tar,
+        ):
+            names += [t.name for t in tar]
+    return names
 
 
 def test_startup_pack_holds_the_traced_files_first_in_trace_order(traced_env: tuple[Path, Path]) -> None:

@@ -29,7 +29,6 @@ from .fsutil import atomic_write_json, unique_suffix
 from .integrity import Entry
 from .packs import (
     META_GROUP,
-    STARTUP_GROUP,
     PackInfo,
     PackManifest,
     Unpacker,
@@ -39,6 +38,7 @@ from .packs import (
     need_zstandard,
     pack_order,
     read_manifest,
+    startup_chunk,
     unpack,
 )
 from .paths import VolumePaths
@@ -483,7 +483,7 @@ def _extract(
 ) -> str | None:
     sid = manifest.snapshot
     _clean_partials(base, sid)
-    exchange = level == "seal" and any(p.group == STARTUP_GROUP for p in manifest.packs)
+    exchange = level == "seal" and any(startup_chunk(p.group) is not None for p in manifest.packs)
     if exchange and not _can_exchange(base):
         exchange = False
         _say(
@@ -650,6 +650,15 @@ def _ancestors(rel: str) -> Iterator[str]:
         yield rel
 
 
+def _processes() -> int:
+    """Extraction processes before exec: one per CPU this process may use, at most 4."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(4, cpus))
+
+
 def _listed(tree: Path, sid: str) -> tuple[str, ...]:
     """The directories the snapshot's start trace listed or searched, and those of its traced
     files (so a big one in the prefetch pack is a file link, swapped in as soon as that pack is
@@ -795,12 +804,14 @@ def _extract_startup_first(
     staged = partial / sid
     t0 = time.perf_counter()
     order = sorted(manifest.packs, key=pack_order)
-    first = [p for p in order if p.group in (META_GROUP, STARTUP_GROUP)]
-    rest = [p for p in order if p.group not in (META_GROUP, STARTUP_GROUP)]
+    first = [p for p in order if p.group == META_GROUP or startup_chunk(p.group) is not None]
+    rest = [p for p in order if p not in first]
     u: Unpacker | None = None
     try:
         u = Unpacker(manifest, staged)
-        u.extract(first, lambda i: open(blob_path(paths, i.id), "rb"))  # noqa: SIM115
+        opener = lambda i: open(blob_path(paths, i.id), "rb")  # noqa: E731, SIM115
+        u.extract([p for p in first if p.group == META_GROUP], opener)
+        u.extract_forked([p for p in first if p.group != META_GROUP], opener, _processes())
         check_seal(str(staged), sid)
         assert u.record is not None
         done = {r for r in u.seen if r in u.record}

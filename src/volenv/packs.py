@@ -48,6 +48,23 @@ PREFETCH_GROUP = "_prefetch"  # traced files too big for the startup pack, in tr
 # libtorch, are most of a snapshot's bytes and few of its files).
 STARTUP_FILE_MAX = 1 << 20
 STARTUP_SHARE = 0.24
+# The startup pack is cut, in trace order, into this many packs (`_startup`, `_startup.2`, ...)
+# of about equal extraction cost, so that materialize extracts them in several processes at
+# once (tarfile's work holds the GIL: threads do not help; creating files is most of the cost).
+STARTUP_CHUNKS = 4
+_FILE_COST = 64 << 10  # what creating one file costs, as bytes written
+
+
+def startup_chunk(group: str) -> int | None:
+    """1 for `_startup`, n for `_startup.n`; None for any other group."""
+    if group == STARTUP_GROUP:
+        return 1
+    head, dot, n = group.partition(".")
+    if head == STARTUP_GROUP and dot and n.isdigit() and n[0] != "0" and int(n) > 1:
+        return int(n)
+    return None
+
+
 _PYC = re.compile(r"^(?P<dir>.*)/__pycache__/(?P<stem>[^/.]+)\.[^/]+\.pyc$")
 
 
@@ -235,7 +252,14 @@ def group_entries(
     small = [record[p] for p in first if record[p].size <= cap]
     big = [record[p] for p in first if record[p].size > cap]
     if small:
-        groups[STARTUP_GROUP] = small
+        weight = [e.size + _FILE_COST for e in small]
+        share = sum(weight) / STARTUP_CHUNKS
+        chunk, acc = 1, 0
+        for e, w in zip(small, weight, strict=True):
+            if acc >= share * chunk and chunk < STARTUP_CHUNKS:
+                chunk += 1
+            acc += w
+            groups.setdefault(STARTUP_GROUP if chunk == 1 else f"{STARTUP_GROUP}.{chunk}", []).append(e)
     if big:
         groups[PREFETCH_GROUP] = big
     taken = set(first)
@@ -387,7 +411,7 @@ def pack_snapshot(paths: VolumePaths, snapshot_dir: Path) -> PackManifest:
     for group, entries in sorted(groups.items()):
         progress.advance(0)  # draws the bar before the first (maybe long) group
         sink = _HashSink()
-        ordered = group in (STARTUP_GROUP, PREFETCH_GROUP)
+        ordered = group == PREFETCH_GROUP or startup_chunk(group) is not None
         _tar_stream(snapshot_dir, entries, sink, ordered=ordered)  # pass 1: the content address
         pack_id = sink.h.hexdigest()
         dest = blob_path(paths, pack_id)
@@ -588,12 +612,13 @@ class _Tree:
         os.close(self.root_fd)
 
 
-def pack_order(p: PackInfo) -> tuple[bool, bool, bool, bool, str]:
-    """Extraction order: metadata, the startup pack, the prefetch pack, the rest of the venv,
-    distributions."""
+def pack_order(p: PackInfo) -> tuple[bool, int, bool, bool, str]:
+    """Extraction order: metadata, the startup packs in order, the prefetch pack, the rest of
+    the venv, distributions."""
+    n = startup_chunk(p.group)
     return (
         p.group != META_GROUP,
-        p.group != STARTUP_GROUP,
+        n if n is not None else 1 << 30,
         p.group != PREFETCH_GROUP,
         p.group != VENV_GROUP,
         p.group,
@@ -664,6 +689,78 @@ class Unpacker:
 
         run_parts([part(i) for i in todo if i.group != META_GROUP], streams, name="volenv-unpack")
 
+    def extract_forked(
+        self, infos: list[PackInfo], open_blob: Callable[[PackInfo], BinaryIO], procs: int
+    ) -> None:
+        """Extract packs (not the metadata pack, which must be extracted already) in up to
+        `procs` processes at once: children are forked, extract their share into the same
+        tree and report the names and directory modes they extracted, or why they failed
+        (a damaged pack stays a VerifyError, a full disk an OSError with its errno)."""
+        import json
+
+        shares = [infos[i::procs] for i in range(max(1, min(procs, len(infos))))]
+        children: list[tuple[int, int]] = []
+        try:
+            for share in shares[1:]:
+                r, w = os.pipe()
+                try:
+                    pid = os.fork()
+                except OSError:
+                    os.close(r)
+                    os.close(w)
+                    shares[0] += share  # no process to spare: this one does it
+                    continue
+                if pid == 0:  # pragma: no cover - runs in the child
+                    code = 0
+                    try:
+                        os.close(r)
+                        before = len(self.dir_modes)
+                        mine: list[str] = []
+                        self.seen = _Seen(record_into=mine)
+                        msg: dict[str, Any]
+                        try:
+                            for info in share:
+                                self.extract_one(info, open_blob)
+                            msg = {"seen": mine, "dir_modes": self.dir_modes[before:]}
+                        except VerifyError as exc:
+                            msg = {"verify": str(exc)}
+                        except OSError as exc:
+                            msg = {"errno": exc.errno or 0, "strerror": exc.strerror or str(exc)}
+                        except BaseException as exc:
+                            msg = {"verify": f"extraction failed: {exc!r}"}
+                        data = json.dumps(msg).encode()
+                        view = memoryview(data)
+                        while view:
+                            view = view[os.write(w, view) :]
+                    finally:
+                        os._exit(code)
+                os.close(w)
+                children.append((pid, r))
+            for info in shares[0]:
+                self.extract_one(info, open_blob)
+        finally:
+            reports = []
+            for pid, r in children:
+                chunks = []
+                while chunk := os.read(r, 1 << 20):
+                    chunks.append(chunk)
+                os.close(r)
+                os.waitpid(pid, 0)
+                reports.append(b"".join(chunks))
+        for raw in reports:
+            try:
+                msg = json.loads(raw)
+            except ValueError:
+                raise VerifyError("an extraction process stopped without a report") from None
+            if "errno" in msg:
+                raise OSError(int(msg["errno"]), str(msg["strerror"]))
+            if "verify" in msg:
+                raise VerifyError(str(msg["verify"]))
+            for name in msg["seen"]:
+                if not self.seen.add_new(name):
+                    raise VerifyError(f"member {name!r} appears twice")
+            self.dir_modes += [(str(rel), int(mode)) for rel, mode in msg["dir_modes"]]
+
     def extract_one(
         self, info: PackInfo, open_blob: Callable[[PackInfo], BinaryIO], stop: threading.Event | None = None
     ) -> None:
@@ -694,11 +791,13 @@ class Unpacker:
 
 
 class _Seen:
-    """Members extracted so far, across the threads extracting into one tree."""
+    """Members extracted so far, across the threads extracting into one tree (and, in a
+    forked extraction process, the names it adds, in `record_into`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, record_into: list[str] | None = None) -> None:
         self._names: set[str] = set()
         self._lock = threading.Lock()
+        self._record = record_into
 
     def add_new(self, name: str) -> bool:
         """Record name; False when it was already there."""
@@ -706,6 +805,8 @@ class _Seen:
             if name in self._names:
                 return False
             self._names.add(name)
+            if self._record is not None:
+                self._record.append(name)
             return True
 
     def __contains__(self, name: object) -> bool:
