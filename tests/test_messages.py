@@ -88,9 +88,13 @@ def test_sync_dry_run_json_is_one_document_with_the_plan_and_the_diff(
     assert [(c["name"], c["old"], c["new"]) for c in changes["changed"]] == [("alpha", "1.0", "2.0")], changes
     assert [(c["name"], c["old"]) for c in changes["removed"]] == [("beta", "1.0")], changes
     assert "\n  changes against" not in r.stderr  # the plan is in the document, not repeated
-    # without --json the plan is narrative on stderr (uv's split), and -qq prints nothing at all
+    # without --json the plan is data on stdout, as gc's is (two new users expected it there):
+    # -q keeps it, -qq prints nothing at all
     r = volenv("--root", root, "sync", "--dry-run", m)
-    assert r.returncode == 0 and r.stdout == "" and "alpha 1.0 -> 2.0" in r.stderr, r.stderr
+    assert r.returncode == 0 and "alpha 1.0 -> 2.0" in r.stdout and "alpha" not in r.stderr, r
+    assert r.stdout.startswith("would build "), r.stdout
+    r = volenv("--root", root, "-q", "sync", "--dry-run", m)
+    assert r.returncode == 0 and "alpha 1.0 -> 2.0" in r.stdout, r.stdout
     r = volenv("--root", root, "-qq", "sync", "--dry-run", m)
     assert r.returncode == 0 and r.stdout == "" and r.stderr == "", (r.stdout, r.stderr)
     assert snapshot_of(root, "app") == current  # nothing changed

@@ -101,9 +101,9 @@ def test_sync_dry_run_prints_the_diff_against_current(
     m = write_manifest(tmp_path, "web", ["alpha==1.0", "beta", "gamma"], find_links=wheelhouse)
     before = sorted(os.listdir(root / "envs" / "web" / "snapshots"))
     r = _ok(volenv("--root", root, "sync", "--dry-run", m))
-    assert "would build" in r.stderr and f"changes against current {s2}:" in r.stderr, r.stderr
+    assert "would build" in r.stdout and f"changes against current {s2}:" in r.stdout, r.stdout
     for line in ("alpha 2.0 -> 1.0", "group -extra", "group -more"):
-        assert f"    {line}\n" in r.stderr, (line, r.stderr)
+        assert f"    {line}\n" in r.stdout, (line, r.stdout)
     assert sorted(os.listdir(root / "envs" / "web" / "snapshots")) == before  # nothing built
     doc = _ok(volenv("--root", root, "--json", "sync", "--dry-run", m)).json()
     assert doc["changes"]["changed"] == [{"name": "alpha", "old": "2.0", "new": "1.0"}]  # type: ignore[index]
@@ -165,7 +165,7 @@ def test_rollback_and_run_manifest_agree(tmp_path: Path, root: Path, wheelhouse:
     # sync: dry run says it would end the rollback; sync does, loudly; m3 runs S3 again
     r = _ok(volenv("--root", root, "sync", "--dry-run", ms[2]))
     assert "this sync would make" in r.stderr and "end the rollback" in r.stderr, r.stderr
-    assert "+gamma 1.0" in r.stderr
+    assert "+gamma 1.0" in r.stdout
     r = _ok(volenv("--root", root, "sync", ms[2]))
     assert f"was rolled back to {s2}" in r.stderr and f"makes {s3} current and ends the rollback" in r.stderr
     r = _ok(_run(root, ms[2]))

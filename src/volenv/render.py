@@ -128,6 +128,9 @@ def human_time(ts: float | None) -> str:
 
 
 def render_sync(r: Any, quiet: int) -> None:
+    if r.action.startswith("would-"):  # a dry run's plan is data, as gc's is: stdout, -qq only
+        _render_plan(r)
+        return
     if quiet > 0:
         return
     # the summary line that stays on screen after the spinners are gone, its verb in bold
@@ -146,22 +149,22 @@ def render_sync(r: Any, quiet: int) -> None:
             f" reused hashes {s.get('hash_reused', 0)},"
             f" reused bytecode {s.get('bytecode_reused', 0)}, link mode {r.link_mode}"
         )
-    if r.action.startswith("would-"):
-        _render_plan_changes(r)
 
 
-def _render_plan_changes(r: Any) -> None:
-    """sync --dry-run: the package diff against the env's current snapshot, one line each."""
+def _render_plan(r: Any) -> None:
+    """sync --dry-run: what it would do, then the package diff against the env's current
+    snapshot, one line each."""
+    out_line(f"{r.action.replace('-', ' ')} {r.snapshot}")  # would build X / would reuse X
     if r.changes is None:
-        _c().print("  no current snapshot to compare with: every package is new", highlight=False)
+        out_line("  no current snapshot to compare with: every package is new")
         return
     against = f"against current {r.previous}" if r.previous else "against current"
     if r.changes.empty:
-        _c().print(esc(f"  no package changes {against}"), highlight=False)
+        out_line(f"  no package changes {against}")
         return
-    _c().print(esc(f"  changes {against}:"), highlight=False)
+    out_line(f"  changes {against}:")
     for item in r.changes.items():
-        _c().print(esc(f"    {item}"), highlight=False)
+        out_line(f"    {item}")
 
 
 def render_status(r: Any, quiet: int) -> None:
