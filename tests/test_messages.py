@@ -98,3 +98,31 @@ def test_sync_dry_run_json_is_one_document_with_the_plan_and_the_diff(
     r = volenv("--root", root, "-qq", "sync", "--dry-run", m)
     assert r.returncode == 0 and r.stdout == "" and r.stderr == "", (r.stdout, r.stderr)
     assert snapshot_of(root, "app") == current  # nothing changed
+
+
+def test_pack_push_and_pull_results_read_in_units_and_words(tmp_path: Path, wheelhouse: Path) -> None:
+    """`bytes_sent : 39526949`, `seconds : 0.5897934349995921`, `signed_by : None` and a pull
+    that "sent" were what a new user read: sizes in units, seconds as `0.6 s`, none as `-`,
+    and a pull fetches (the exact numbers stay in --json)."""
+    root = tmp_path / "volume" / "volenv"
+    m = write_manifest(tmp_path, "app", ["alpha==1.0"], find_links=wheelhouse)
+    assert volenv("--root", root, "sync", m).returncode == 0
+    units = re.compile(r"^\d[\d,]*(\.\d)? (B|KiB|MiB|GiB)$")
+    r = volenv("--root", root, "pack", "app")
+    assert r.returncode == 0, r.stderr
+    fields = dict(line.split(": ", 1) for line in r.stdout.splitlines())
+    assert units.match(fields["bytes               "]), fields
+    bucket = f"file://{tmp_path / 'bucket'}"
+    r = volenv("--root", root, "push", "app", "--to", bucket)
+    assert r.returncode == 0, r.stderr
+    fields = {k.strip(): v for k, v in (line.split(": ", 1) for line in r.stdout.splitlines())}
+    assert units.match(fields["bytes sent"]) and re.match(r"^[\d.]+ m?s$", fields["seconds"]), fields
+    assert fields.get("signed by", "-") == "-" and "None" not in r.stdout, r.stdout
+    other = tmp_path / "other" / "volenv"
+    r = volenv("--root", other, "pull", "app", "--from", bucket, "--trust-unsigned")
+    assert r.returncode == 0, r.stderr
+    fields = {k.strip(): v for k, v in (line.split(": ", 1) for line in r.stdout.splitlines())}
+    assert "bytes fetched" in fields and "bytes sent" not in fields, fields
+    assert units.match(fields["bytes fetched"]), fields
+    doc = volenv("--root", other, "--json", "pull", "app", "--from", bucket, "--trust-unsigned").json()
+    assert isinstance(doc["bytes_sent"], int)  # the data keeps its exact numbers and names

@@ -23,7 +23,7 @@ from .redact import redact_obj, redact_text
 from .sealcheck import is_record_time
 from .ui import _unit_of as _unit_of  # the size format is ui's (low modules print sizes too)
 from .ui import human_bytes as human_bytes
-from .ui import sync_summary
+from .ui import human_seconds, sync_summary
 
 JSON_VERSION = 1
 
@@ -497,10 +497,10 @@ def render_init(r: Any, quiet: int) -> None:
 def render_transfer(r: Any, quiet: int) -> None:
     """push/pull: the result's fields on stdout, and on stderr the line that stays:
     `pulled SID in 3.1 s: 2/4 packs, 1.2 GiB fetched (400.0 MiB/s)`."""
-    render_switch_generic(r)
+    moved = "sent" if r.action == "pushed" else "fetched"
+    render_switch_generic(r, {"packs_sent": f"packs_{moved}", "bytes_sent": f"bytes_{moved}"})
     if quiet > 0:
         return
-    moved = "sent" if r.action == "pushed" else "fetched"
     rate = human_bytes(r.bytes_sent / max(r.seconds, 1e-6))
     line = (
         f"{r.action} {r.snapshot} in {r.seconds:.1f} s: {r.packs_sent}/{r.packs_total} packs,"
@@ -509,10 +509,29 @@ def render_transfer(r: Any, quiet: int) -> None:
     _c().print(esc(line), highlight=False)
 
 
-def render_switch_generic(r: Any) -> None:
-    """Any result as aligned `key: value` lines on stderr."""
+def render_switch_generic(r: Any, labels: dict[str, str] | None = None) -> None:
+    """Any result as aligned `key: value` lines of data on stdout, in words and units (the
+    exact numbers are in `--json`): sizes in KiB/MiB/GiB, seconds as `0.6 s`, counts with
+    thousands separators, none as `-`."""
     for key, value in to_data(r).items():
-        _o().print(esc(f"{key:20s}: {value}"), highlight=False)
+        label = (labels or {}).get(key, key).replace("_", " ")
+        out_line(f"{label:20s}: {_human_value(key, value)}")
+
+
+def _human_value(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int) and (key == "bytes" or key.startswith("bytes_") or key.endswith("_bytes")):
+        return human_bytes(value)
+    if isinstance(value, (int, float)) and key in ("seconds", "took", "elapsed"):
+        return human_seconds(float(value))
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value) if value else "-"
+    return str(value)
 
 
 def render_show(r: Any) -> None:
