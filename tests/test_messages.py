@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,39 @@ def test_pack_push_and_pull_results_read_in_units_and_words(tmp_path: Path, whee
     assert units.match(fields["bytes fetched"]), fields
     doc = volenv("--root", other, "--json", "pull", "app", "--from", bucket, "--trust-unsigned").json()
     assert isinstance(doc["bytes_sent"], int)  # the data keeps its exact numbers and names
+
+
+def test_ctrl_c_says_interrupted_and_how_to_finish(tmp_path: Path, wheelhouse: Path) -> None:
+    """Ctrl-C was a silent exit 130 (typer answers it without a word): one error line and the
+    way on."""
+    import signal
+    import time
+
+    from conftest import volenv_popen
+
+    root = tmp_path / "volume" / "volenv"
+    m = write_manifest(tmp_path, "app", ["alpha==1.0"], find_links=wheelhouse)
+    assert volenv("--root", root, "sync", "--pack", m).returncode == 0
+    p = volenv_popen(
+        "--root", root, "push", "app", "--to", f"file://{tmp_path / 'bucket'}",
+        env={"VOLENV_FAULT": "push-part:pause"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not _stopped(p.pid):
+            assert time.monotonic() < deadline and p.poll() is None, "push never reached its pause"
+            time.sleep(0.05)
+        p.send_signal(signal.SIGINT)
+        p.send_signal(signal.SIGCONT)
+        _out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 130, err
+    assert "error: interrupted" in err and "run the same command again" in err, err
+
+
+def _stopped(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()[0] == "T"

@@ -893,6 +893,10 @@ def _wants_json(args: list[str]) -> bool:
     return "--json" in args[: len(args) - len(rest)]
 
 
+# every step is crash-safe: what finished stays, and the same command picks up from there
+INTERRUPTED_HINT = "nothing half-done was kept; run the same command again to finish"
+
+
 class _Failure:
     """Renders an error once: on stderr always, and as a JSON document on stdout under --json."""
 
@@ -928,12 +932,16 @@ def main(argv: list[str] | None = None) -> int:
     fail = _Failure(_wants_json(args))
     try:
         code = app(args=args, prog_name="volenv", standalone_mode=False)
+        if code == 130:  # typer's own answer to Ctrl-C: silent, so say it
+            return fail(130, "interrupted", None, INTERRUPTED_HINT)
         return code if isinstance(code, int) else 0
     except SystemExit as exc:
         code = exc.code
+        if code == 130:
+            return fail(130, "interrupted", None, INTERRUPTED_HINT)
         return code if isinstance(code, int) else (0 if code is None else 1)
     except typer.Abort:
-        return fail(130, "interrupted", None, None)
+        return fail(130, "interrupted", None, INTERRUPTED_HINT)
     except VolenvError as exc:
         fail(exc.exit_code, exc.message, exc.cause, exc.hint)
         if debug:
@@ -949,7 +957,7 @@ def main(argv: list[str] | None = None) -> int:
             return fail(EXIT_INTERNAL, f"internal error: {exc}", None, hint)
         return fail(mapped.exit_code, mapped.message, mapped.cause, mapped.hint)
     except KeyboardInterrupt:
-        return fail(130, "interrupted", None, None)
+        return fail(130, "interrupted", None, INTERRUPTED_HINT)
     except Exception as exc:
         usage = _usage_error(exc)
         if usage is not None and type(exc).__name__ == "NoArgsIsHelpError":
