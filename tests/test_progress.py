@@ -45,8 +45,8 @@ def test_build_on_a_terminal_shows_counts_then_one_summary(tmp_path: Path, root:
     assert re.search(r"installing .*2/2 packages", shown), shown
     assert re.search(r"hashing files .*[\d,]+/[\d,]+ files, [\d.]+ \w+, [\d.]+ \w+/s", shown), shown
     assert SUMMARY.search(shown), shown
-    # the bars are transient: the last line standing is the summary's block
-    tail = [ln for ln in shown.splitlines() if ln.strip()][-3:]
+    # the bars are transient: the last line standing is the summary
+    tail = [ln for ln in shown.splitlines() if ln.strip()][-1:]
     assert SUMMARY.search(tail[0]), tail
 
 
@@ -59,6 +59,11 @@ def test_without_a_terminal_stderr_has_only_the_summary(tmp_path: Path, root: Pa
     assert "\r" not in r.stderr and "\x1b" not in r.stderr and BAR not in r.stderr, repr(r.stderr)
     assert SUMMARY.search(r.stderr), r.stderr
     assert not re.search(r"\d+/\d+ (packages|files)", r.stderr), r.stderr
+    # one line stays: where the snapshot is and how it was hashed are -v's (a new user counted three)
+    assert SUMMARY.search(r.stderr.strip().splitlines()[-1]), r.stderr
+    assert "path:" not in r.stderr and "  files: " not in r.stderr, r.stderr
+    r = volenv("--root", root, "-v", "sync", _manifest(tmp_path, wheels), env=env)
+    assert "  path: " in r.stderr, r.stderr  # (a reuse: no build statistics to show)
     # -q: not even the summary
     r = volenv("--root", root, "-q", "sync", _manifest(tmp_path, wheels, "other"), env=env)
     assert r.returncode == 0 and r.stderr == "", r.stderr

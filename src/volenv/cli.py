@@ -234,7 +234,7 @@ def sync(
     if g.json:
         emit_json("sync", outcome)
     else:
-        render_sync(outcome, g.quiet)
+        render_sync(outcome, g.quiet, g.verbosity > 0)
 
 
 @app.command(

@@ -127,7 +127,7 @@ def human_time(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
 
 
-def render_sync(r: Any, quiet: int) -> None:
+def render_sync(r: Any, quiet: int, verbose: bool = False) -> None:
     if r.action.startswith("would-"):  # a dry run's plan is data, as gc's is: stdout, -qq only
         _render_plan(r)
         return
@@ -137,12 +137,13 @@ def render_sync(r: Any, quiet: int) -> None:
     line = sync_summary(r.action, r.snapshot, r.seconds, r.stats)
     verb, _, tail = line.partition(f" {r.snapshot} ")
     _c().print(f"[bold]{esc(verb)}[/bold] {esc(r.snapshot)} {esc(tail)}")
-    _c().print(f"  path: {esc(r.path)}")
+    if verbose:  # one summary line stays (-v: where it is and how it was built)
+        _c().print(f"  path: {esc(r.path)}")
     for g in r.groups:
         mark = "[green]installed[/green]" if g.state == "installed" else f"[yellow]{esc(g.state)}[/yellow]"
         extra = f": {esc(g.error)}" if g.error else ""
         _c().print(f"  optional group {esc(g.name)}: {mark}{extra}")
-    if r.stats:
+    if r.stats and verbose:
         s = r.stats
         _c().print(
             f"  files: {s.get('files', 0)}, hashed {s.get('hashed', 0)},"
