@@ -162,6 +162,9 @@ def test_rollback_and_run_manifest_agree(tmp_path: Path, root: Path, wheelhouse:
     hist = _ok(volenv("--root", root, "history", "app")).stdout
     assert hist.count("*") == 1 and hist.splitlines()[-1].split()[:2] == ["5", "*"], hist
 
+    # -qq: nothing but errors, not even that warning
+    r = _ok(volenv("--root", root, "sync", "--dry-run", "-qq", ms[2]))
+    assert r.stdout == "" and r.stderr == "", (r.stdout, r.stderr)
     # sync: dry run says it would end the rollback; sync does, loudly; m3 runs S3 again
     r = _ok(volenv("--root", root, "sync", "--dry-run", ms[2]))
     assert "this sync would make" in r.stderr and "end the rollback" in r.stderr, r.stderr
