@@ -163,3 +163,11 @@ def test_ctrl_c_says_interrupted_and_how_to_finish(tmp_path: Path, wheelhouse: P
 def _stopped(pid: int) -> bool:
     with open(f"/proc/{pid}/stat") as fh:
         return fh.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def test_pull_without_a_target_or_a_bucket_says_what_to_type(tmp_path: Path) -> None:
+    root = tmp_path / "volume" / "volenv"
+    r = volenv("--root", root, "pull", "--from", f"file://{tmp_path}/bucket", "--trust-unsigned")
+    assert r.returncode == 2 and "hint: `volenv list --remote URL`" in r.stderr, r.stderr
+    r = volenv("--root", root, "pull", "web", "--trust-unsigned")
+    assert r.returncode == 2 and "hint: `volenv pull ENV --from s3://" in r.stderr, r.stderr

@@ -251,7 +251,10 @@ def _resolve_remote(remote: Remote, target: str | None) -> tuple[str, str]:
     from .manifest import is_env_name, is_snapshot_id
 
     if target is None:
-        raise UsageError("pull: name an ENV or a SNAPSHOT to pull")
+        raise UsageError(
+            "pull: name an ENV or a SNAPSHOT to pull",
+            hint="`volenv list --remote URL` shows what the bucket holds; see `volenv pull --help`",
+        )
     if is_snapshot_id(target):
         return target, env_from_snapshot_id(target)
     if not is_env_name(target):

@@ -42,7 +42,10 @@ def pull(
     from ..signing import Trust
 
     if not from_:
-        raise UsageError("pull: --from URL is required")
+        raise UsageError(
+            "pull: --from URL is required",
+            hint="`volenv pull ENV --from s3://bucket/prefix` (or file:///path); see `volenv pull --help`",
+        )
     trust = Trust.from_env(trust_unsigned)
     return do_pull(
         paths,
