@@ -1261,11 +1261,19 @@ def compile_bytecode(venv: Path) -> tuple[bool, str]:
             cmd = [str(venv / "bin" / "python"), "-c", _COMPILE_DRIVER, str(venv), listing]
             procs.append((subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env), out))
         failed, output = False, []
-        for proc, out in procs:
-            failed = proc.wait() != 0 or failed
-            out.seek(0)
-            output.append(out.read().decode("utf-8", "replace"))
-            out.close()
+        try:
+            for proc, out in procs:
+                failed = proc.wait() != 0 or failed
+                out.seek(0)
+                output.append(out.read().decode("utf-8", "replace"))
+        except BaseException:  # Ctrl-C: no worker may still write while staging is removed
+            for proc, _out in procs:
+                proc.kill()
+                proc.wait()
+            raise
+        finally:
+            for _proc, out in procs:
+                out.close()
     return failed, "".join(output)
 
 
