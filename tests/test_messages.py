@@ -171,3 +171,11 @@ def test_pull_without_a_target_or_a_bucket_says_what_to_type(tmp_path: Path) -> 
     assert r.returncode == 2 and "hint: `volenv list --remote URL`" in r.stderr, r.stderr
     r = volenv("--root", root, "pull", "web", "--trust-unsigned")
     assert r.returncode == 2 and "hint: `volenv pull ENV --from s3://" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("command", ["history", "diff", "show", "rollback", "pack"])
+def test_usage_lines_name_required_arguments_in_words(command: str) -> None:
+    """typer writes a required argument `{ENV}`; the usage line says `ENV`, as click/uv do."""
+    r = volenv(command, "--help", env={"COLUMNS": "120"})
+    usage = next(line for line in r.stdout.splitlines() if line.startswith("Usage:"))
+    assert "{" not in usage and "}" not in usage, usage

@@ -21,6 +21,26 @@ from .globalargs import split_globals
 from .paths import RootChoice, VolumePaths, choose_root
 from .render import render_error
 
+
+def _plain_required_metavars() -> None:
+    """Usage lines say `volenv history [OPTIONS] ENV`, as click, uv and pipx do: typer >= 0.20
+    writes a required argument as `{ENV}`, which reads like a placeholder to fill with braces."""
+    from typer.core import TyperArgument
+
+    shown = TyperArgument.make_metavar
+
+    def make_metavar(self: TyperArgument, ctx: typer.Context, *, usage: bool = False) -> str:
+        var = shown(self, ctx, usage=usage)
+        if usage and var.startswith("{") and "}" in var:
+            head, _, tail = var[1:].partition("}")
+            return head + tail
+        return var
+
+    TyperArgument.make_metavar = make_metavar  # type: ignore[method-assign, assignment]
+
+
+_plain_required_metavars()
+
 app = typer.Typer(
     name="volenv",
     help="Sealed, versioned Python environments and model caches on a shared network volume.",
