@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import snapshot_of, volenv
+from conftest import snapshot_of, volenv, write_manifest
 from test_trace import START, traced_env
 
 __all__ = ["traced_env"]  # the fixture, shared with test_trace
@@ -64,3 +64,34 @@ def test_a_much_smaller_trace_is_stored_with_a_warning(traced_env: tuple[Path, P
     assert "warning" not in err, err
     _, err = trace(START)  # larger
     assert "warning" not in err, err
+
+
+def test_rollback_to_the_current_snapshot_changes_nothing(
+    tmp_path: Path, root: Path, wheelhouse: Path
+) -> None:
+    m = write_manifest(tmp_path, "app", ["alpha==1.0"], find_links=wheelhouse)
+    assert volenv("--root", root, "sync", m).returncode == 0
+    sid = snapshot_of(root, "app")
+    env_dir = root / "envs" / "app"
+
+    def state() -> dict[str, bytes]:
+        """Every file of the env outside its snapshots (pointer, history, index, events)."""
+        return {
+            str(p.relative_to(env_dir)): p.read_bytes()
+            for p in sorted(env_dir.rglob("*"))
+            if p.is_file() and "snapshots" not in p.relative_to(env_dir).parts
+        }
+
+    before = state()
+    generations = len(volenv("--root", root, "--json", "history", "app").json()["generations"])
+    for to in (sid, sid[: len("app-") + 6]):  # the id, and a prefix of it
+        r = volenv("--root", root, "rollback", "app", "--to", to, "--lock-timeout", "5")
+        assert r.returncode == 0, r.stderr
+        assert r.stderr.strip() == f"app is already at {sid}; nothing changed", r.stderr
+        assert r.stdout == ""
+    r = volenv("--root", root, "--json", "rollback", "app", "--to", sid)
+    assert r.returncode == 0, r.stderr
+    doc = r.json()
+    assert doc["changed"] is False and doc["snapshot"] == sid == doc["previous"], doc
+    assert len(volenv("--root", root, "--json", "history", "app").json()["generations"]) == generations
+    assert state() == before

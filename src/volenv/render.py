@@ -277,6 +277,9 @@ def render_switch(r: Any) -> None:
     if r.action == "not pinned":
         _c().print(esc(f"{r.snapshot} was not pinned; nothing changed"))
         return
+    if not r.changed:
+        _c().print(esc(f"{r.env} is already at {r.snapshot}; nothing changed"))
+        return
     before = f" (was {r.previous})" if r.previous else ""
     _c().print(esc(f"{r.action}: {r.env} -> {r.snapshot}{before}"))
     for f in r.manifests:  # rollback: what `run --manifest` runs for each indexed manifest

@@ -42,6 +42,7 @@ class SwitchResult:
     previous: str | None
     action: str
     manifests: tuple[ManifestFate, ...] = ()  # rollback: what `run --manifest` runs for each
+    changed: bool = True  # False: the volume already was so (rollback --to current, unpin unpinned)
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,8 @@ def rollback(paths: VolumePaths, env: str, to: str | None, *, lock_timeout: floa
         target = to or _previous_generation(paths, env, current)
         if target is None:
             raise _nothing_earlier(paths, env, current)
+        if target == current:  # a generation saying "no changes" would be noise in history
+            return SwitchResult(env, target, current, "rollback", changed=False)
         if not store.is_snapshot_id(target, env):
             raise UsageError(f"{target!r} is not a snapshot id of '{env}' (expected {env}-<12 hex>)")
         snap = paths.snapshot(env, target)
@@ -236,6 +239,6 @@ def pin(paths: VolumePaths, snapshot: str, *, on: bool) -> SwitchResult:
             try:
                 os.unlink(name, dir_fd=fd)
             except FileNotFoundError:  # say so: "unpinned" would claim a change that did not happen
-                return SwitchResult(env, snapshot, None, "not pinned")
+                return SwitchResult(env, snapshot, None, "not pinned", changed=False)
     store.log_event(paths, env, "pin" if on else "unpin", snapshot=snapshot)
     return SwitchResult(env, snapshot, None, "pinned" if on else "unpinned")
