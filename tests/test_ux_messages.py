@@ -95,3 +95,15 @@ def test_rollback_to_the_current_snapshot_changes_nothing(
     assert doc["changed"] is False and doc["snapshot"] == sid == doc["previous"], doc
     assert len(volenv("--root", root, "--json", "history", "app").json()["generations"]) == generations
     assert state() == before
+    # a damaged rollback mark: `--to` the current snapshot is the repair its hint names, so it writes
+    cur = env_dir / "current"
+    cur.write_text(
+        json.dumps(
+            {"schema": 1, "snapshot": sid, "time": 0, "rollback": {"from": "x", "created": 0, "time": 0}}
+        )
+    )
+    assert volenv("--root", root, "run", "--manifest", m, "--", "true").returncode == 4
+    r = volenv("--root", root, "rollback", "app", "--to", sid, "--lock-timeout", "5")
+    assert r.returncode == 0 and f"rollback: app -> {sid}" in r.stderr, r.stderr
+    r = volenv("--root", root, "run", "--manifest", m, "--", "true")
+    assert r.returncode == 0, r.stderr
