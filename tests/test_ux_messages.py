@@ -66,6 +66,26 @@ def test_a_much_smaller_trace_is_stored_with_a_warning(traced_env: tuple[Path, P
     assert "warning" not in err, err
 
 
+def test_trace_ignores_volenv_materialize_and_refuses_the_option(traced_env: tuple[Path, Path]) -> None:
+    """VOLENV_MATERIALIZE is set for the workers' `run`; it is no `--materialize` given to trace."""
+    m, root = traced_env
+    r = volenv(
+        "--root",
+        root,
+        "trace",
+        "--manifest",
+        m,
+        "--",
+        "python",
+        "-c",
+        START,
+        env={"VOLENV_MATERIALIZE": "auto"},
+    )
+    assert r.returncode == 0, r.stderr
+    r = volenv("--root", root, "trace", "--materialize", "always", "--manifest", m, "--", "true")
+    assert r.returncode == 2 and "trace: --materialize does not apply" in r.stderr, r.stderr
+
+
 def test_rollback_to_the_current_snapshot_changes_nothing(
     tmp_path: Path, root: Path, wheelhouse: Path
 ) -> None:

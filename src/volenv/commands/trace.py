@@ -109,7 +109,8 @@ def take_trace(root: str, argv: list[str]) -> tuple[Path, dict[str, Any], Trace]
     from ..activate import compute_env, parse_run_args, prepare
 
     o = parse_run_args(argv, "trace")
-    if o.materialize != "never":
+    # refused when given: VOLENV_MATERIALIZE, set for the workers' `run`, is no reason to fail
+    if o.materialize not in ("never", os.environ.get("VOLENV_MATERIALIZE", "never")):
         raise UsageError("trace: --materialize does not apply (a trace runs the snapshot in place)")
     target, snap, seal = prepare(root, o)
     snap_dir = Path(snap)
