@@ -143,7 +143,9 @@ def test_rollback_and_run_manifest_agree(tmp_path: Path, root: Path, wheelhouse:
     assert f"run --manifest {ms[0]}: runs {s1} (keeps its snapshot: older" in r.stderr, r.stderr
     assert f"run --manifest {ms[1]}: runs {s2} (built it: the rollback target)" in r.stderr, r.stderr
     assert f"run --manifest {ms[2]}: runs {s2} ({s3} is newer than the rollback target)" in r.stderr
-    fates = _ok(volenv("--root", root, "--json", "rollback", "app", "--to", s2)).json()["manifests"]
+    doc = _ok(volenv("--root", root, "--json", "rollback", "app", "--to", s2)).json()
+    assert doc["changed"] is False  # already there: nothing written, the standing rollback's fates
+    fates = doc["manifests"]
     assert {f["manifest"]: f["runs"] for f in fates} == {str(ms[0]): s1, str(ms[1]): s2, str(ms[2]): s2}  # type: ignore[union-attr]
 
     for m, expect, says in ((ms[0], s1, False), (ms[1], s2, False), (ms[2], s2, True)):
@@ -158,9 +160,10 @@ def test_rollback_and_run_manifest_agree(tmp_path: Path, root: Path, wheelhouse:
     assert len(os.listdir(root / "envs" / "app" / "snapshots")) == 3
     assert _ok(volenv("--root", root, "run", "--env", "app", "--", *PRINT_SNAPSHOT)).stdout.strip() == s2
 
-    # history: the current snapshot appears twice (gen 2 and the rollbacks), one '*'
+    # history: the current snapshot appears twice (gen 2 and the rollback: the second one, to
+    # the current snapshot, wrote nothing), one '*'
     hist = _ok(volenv("--root", root, "history", "app")).stdout
-    assert hist.count("*") == 1 and hist.splitlines()[-1].split()[:2] == ["5", "*"], hist
+    assert hist.count("*") == 1 and hist.splitlines()[-1].split()[:2] == ["4", "*"], hist
 
     # -qq: nothing but errors, not even that warning
     r = _ok(volenv("--root", root, "sync", "--dry-run", "-qq", ms[2]))

@@ -265,7 +265,27 @@ Set in CMD's environment: VIRTUAL_ENV, PATH, VOLENV_ENV, VOLENV_SNAPSHOT, VOLENV
 VOLENV_MODEL_<NAME> (an hf model's snapshot directory, a url model's file path), and the
 manifest's [activate] variables."""
 )
-RUN_HINT = "see `volenv run --help`"
+TRACE_HELP = """\
+usage: volenv [--root DIR] trace (--manifest M | --env NAME) [--on-missing build|wait|fail]
+                 [--verify seal|stat|full] [--lock-timeout SECONDS] -- CMD [ARGS...]
+
+  Run CMD once in the snapshot and store the files its start opened, in order, as
+  .volenv/trace.json (startup pack order); a packed snapshot is re-packed with its startup pack.
+  CMD's stdout goes to stderr; stdout carries only volenv's result (--json for a document).
+
+Options:
+  -m, --manifest FILE     Manifest TOML: its snapshot (by digest), built if missing.
+  -e, --env NAME          An env's current snapshot (nothing to build from).
+  --on-missing POLICY     build (default), wait (for another builder) or fail (exit 3).
+  --verify LEVEL          seal (default), stat or full before CMD runs; a failure is exit 4.
+  --lock-timeout SECONDS  How long to wait for another build's lease (default 900).
+  -h, --help              Show this message and exit.
+
+--materialize does not apply: a trace runs the snapshot in place. The environment defaults
+are run's (VOLENV_ROOT, VOLENV_ON_MISSING, VOLENV_VERIFY, VOLENV_LOCK_TIMEOUT)."""
+
+#: each command that parses run's arguments, and its help
+RUN_LIKE_HELP = {"run": RUN_HELP, "trace": TRACE_HELP}
 
 
 #: run's options that take a value (globalargs skips their values when it moves global options)
@@ -282,7 +302,9 @@ RUN_VALUED = {
 }
 
 
-def parse_run_args(argv: list[str]) -> RunOptions:
+def parse_run_args(argv: list[str], command: str = "run") -> RunOptions:
+    """run's arguments; `command` (run or trace, which shares them) names the help and the errors."""
+    hint = f"see `volenv {command} --help`"
     o = RunOptions()
     i = 0
     while i < len(argv):
@@ -291,14 +313,14 @@ def parse_run_args(argv: list[str]) -> RunOptions:
             o.command = argv[i + 1 :]
             break
         if a in ("-h", "--help"):
-            print(RUN_HELP)
+            print(RUN_LIKE_HELP[command])
             raise SystemExit(0)
         key, eq, val = a.partition("=")
         if key in RUN_VALUED:
             if not eq:
                 i += 1
                 if i >= len(argv):
-                    raise UsageError(f"{key} needs a value", hint=RUN_HINT)
+                    raise UsageError(f"{key} needs a value", hint=hint)
                 val = argv[i]
             if key in ("--manifest", "-m"):
                 o.manifest = val
@@ -320,7 +342,7 @@ def parse_run_args(argv: list[str]) -> RunOptions:
         elif a == "--diagnose":
             o.diagnose = True
         elif a.startswith("-"):
-            raise UsageError(f"run: unknown option {a!r}", hint=RUN_HINT)
+            raise UsageError(f"{command}: unknown option {a!r}", hint=hint)
         else:
             o.command = argv[i:]
             break
@@ -332,9 +354,9 @@ def parse_run_args(argv: list[str]) -> RunOptions:
     if o.verify not in VERIFY_LEVELS:
         raise UsageError(f"--verify: {o.verify!r} is not one of {', '.join(VERIFY_LEVELS)}")
     if (o.manifest is None) == (o.env is None):
-        raise UsageError("run: give exactly one of --manifest M or --env NAME", hint=RUN_HINT)
+        raise UsageError(f"{command}: give exactly one of --manifest M or --env NAME", hint=hint)
     if not o.command:
-        raise UsageError("run: no command given after --", hint=RUN_HINT)
+        raise UsageError(f"{command}: no command given after --", hint=hint)
     return o
 
 

@@ -868,6 +868,7 @@ def init_cmd(
         "ignore_unknown_options": True,
         "allow_interspersed_args": False,
     },
+    add_help_option=False,  # -h/--help reach parse_run_args, which prints trace's options as run's
 )
 def trace_cmd(ctx: typer.Context) -> None:
     """Run CMD once in the snapshot and store the files its start opened (startup pack order):

@@ -282,10 +282,13 @@ def render_switch(r: Any) -> None:
         _c().print(esc(f"{r.snapshot} was not pinned; nothing changed"))
         return
     before = f" (was {r.previous})" if r.previous else ""
-    _c().print(esc(f"{r.action}: {r.env} -> {r.snapshot}{before}"))
+    if r.changed:
+        _c().print(esc(f"{r.action}: {r.env} -> {r.snapshot}{before}"))
+    else:  # rollback --to the current snapshot; a standing rollback still lists its manifests
+        _c().print(esc(f"{r.env} is already at {r.snapshot}; nothing changed"))
     for f in r.manifests:  # rollback: what `run --manifest` runs for each indexed manifest
         _c().print(esc(f"  run --manifest {f.manifest}: runs {f.runs} ({f.why})"), highlight=False)
-    if r.action == "rollback":
+    if r.action == "rollback" and (r.changed or r.manifests):
         known = sorted({f.manifest for f in r.manifests if not f.manifest.startswith("digest ")})
         name = shq(known[0]) if len(known) == 1 else "MANIFEST"  # several: any of them does
         _c().print(esc(f"  `volenv sync {name}` moves current on and ends the rollback"), highlight=False)

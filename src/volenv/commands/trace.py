@@ -17,7 +17,8 @@ from ..errors import BuildError, DamagedRecord, UsageError
 from ..fsutil import atomic_write_json
 from ..integrity import Entry, load_record
 from ..sealcheck import SealProblem, check_seal
-from ..trace import Trace, rel_ok, trace_path
+from ..trace import Trace, load_trace, rel_ok, trace_path
+from ..ui import reporter
 
 _HOOK = Path(__file__).parent.parent / "_tracehook.py"
 
@@ -107,8 +108,9 @@ def take_trace(root: str, argv: list[str]) -> tuple[Path, dict[str, Any], Trace]
     """Run the command in the snapshot with the hook; return the snapshot, its seal, the trace."""
     from ..activate import compute_env, parse_run_args, prepare
 
-    o = parse_run_args(argv)
-    if o.materialize != "never":
+    o = parse_run_args(argv, "trace")
+    # refused when given: VOLENV_MATERIALIZE, set for the workers' `run`, is no reason to fail
+    if o.materialize not in ("never", os.environ.get("VOLENV_MATERIALIZE", "never")):
         raise UsageError("trace: --materialize does not apply (a trace runs the snapshot in place)")
     target, snap, seal = prepare(root, o)
     snap_dir = Path(snap)
@@ -164,13 +166,30 @@ def store_trace(snapshot_dir: Path, trace: Trace) -> None:
     atomic_write_json(trace_path(snapshot_dir), trace.to_json())
 
 
+def _stored_files(snapshot_dir: Path, seal: dict[str, Any]) -> int | None:
+    """How many files the trace a new one replaces recorded (None: none usable is stored)."""
+    try:
+        old = load_trace(snapshot_dir, seal)
+    except DamagedRecord:
+        return None  # a damaged trace is what a new one repairs
+    return None if old is None else len(old.files)
+
+
 def run_trace(root: str, argv: list[str]) -> TraceResult:
     """`volenv trace`: take, store, and (when the snapshot is packed) re-pack with its startup pack."""
     from ..packs import manifest_path, pack_snapshot
     from ..paths import VolumePaths
 
-    snap_dir, _seal, trace = take_trace(root, argv)
+    snap_dir, seal, trace = take_trace(root, argv)
+    replaced = _stored_files(snap_dir, seal)
     store_trace(snap_dir, trace)
+    if replaced is not None and len(trace.files) < replaced / 2:
+        # stored all the same (the user asked for it), but a `python -c pass` by mistake would
+        # quietly empty the startup pack of a snapshot whose real start was traced
+        reporter.warn(
+            f"this trace recorded {len(trace.files)} files, the one it replaces {replaced}: the startup "
+            "pack shrinks accordingly; trace the real start again if this was not it"
+        )
     paths = VolumePaths(Path(root))
     repacked = False
     if manifest_path(paths, snap_dir.name).exists():

@@ -42,6 +42,7 @@ class SwitchResult:
     previous: str | None
     action: str
     manifests: tuple[ManifestFate, ...] = ()  # rollback: what `run --manifest` runs for each
+    changed: bool = True  # False: the volume already was so (rollback --to current, unpin unpinned)
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,10 @@ def rollback(paths: VolumePaths, env: str, to: str | None, *, lock_timeout: floa
         target = to or _previous_generation(paths, env, current)
         if target is None:
             raise _nothing_earlier(paths, env, current)
+        if target == current:
+            unchanged = _already_at(paths, env, target)
+            if unchanged is not None:
+                return unchanged
         if not store.is_snapshot_id(target, env):
             raise UsageError(f"{target!r} is not a snapshot id of '{env}' (expected {env}-<12 hex>)")
         snap = paths.snapshot(env, target)
@@ -121,6 +126,18 @@ def rollback(paths: VolumePaths, env: str, to: str | None, *, lock_timeout: floa
         store.switch_current(paths, env, target, None, "rollback", rollback=mark)
         store.log_event(paths, env, "rollback", snapshot=target, previous=current)
     return SwitchResult(env, target, current, "rollback", manifest_fates(paths, env, target, created))
+
+
+def _already_at(paths: VolumePaths, env: str, target: str) -> SwitchResult | None:
+    """`rollback --to` the current snapshot writes nothing (a "no changes" generation is noise
+    in history) and says what `run --manifest` runs while a rollback stands; None: the pointer's
+    rollback mark is damaged, and rewriting the pointer is the repair its hint names."""
+    try:
+        rb = store.read_rollback(paths, env)
+    except DamagedRecord:
+        return None
+    fates = () if rb is None else manifest_fates(paths, env, target, rb.created)
+    return SwitchResult(env, target, target, "rollback", fates, changed=False)
 
 
 def manifest_fates(paths: VolumePaths, env: str, target: str, created: float) -> tuple[ManifestFate, ...]:
@@ -236,6 +253,6 @@ def pin(paths: VolumePaths, snapshot: str, *, on: bool) -> SwitchResult:
             try:
                 os.unlink(name, dir_fd=fd)
             except FileNotFoundError:  # say so: "unpinned" would claim a change that did not happen
-                return SwitchResult(env, snapshot, None, "not pinned")
+                return SwitchResult(env, snapshot, None, "not pinned", changed=False)
     store.log_event(paths, env, "pin" if on else "unpin", snapshot=snapshot)
     return SwitchResult(env, snapshot, None, "pinned" if on else "unpinned")
