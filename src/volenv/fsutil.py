@@ -44,15 +44,20 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """os.write until every byte is out (a write may take fewer)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def _write_temp(path: Path, data: bytes, *, durable: bool) -> Path:
     """A complete sibling temp of `path` with a name no other writer picks; removed on failure."""
     tmp = path.with_name(f".{path.name}.tmp-{unique_suffix()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
             if durable:
                 os.fsync(fd)
         finally:

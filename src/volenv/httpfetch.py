@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
-from .fsutil import contained
+from .fsutil import contained, write_all
 from .streams import AdaptiveStreams, from_env
 
 JOURNAL_SCHEMA = 1
@@ -178,9 +178,7 @@ class _Journal:
         # one O_APPEND write per batch: even a second writer (a lease taken over from a frozen
         # fetcher) cannot overwrite a line, and the same bytes land in the .part either way
         data = b"".join(json.dumps(o, sort_keys=True).encode() + b"\n" for o in objs)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view) :]
+        write_all(self.fd, data)
         os.fsync(self.fd)
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .errors import DamagedRecord, VerifyError, missing_extra
-from .fsutil import atomic_write_json, safe_mkdirs, unique_suffix
+from .fsutil import atomic_write_json, safe_mkdirs, unique_suffix, write_all
 from .integrity import Entry, load_record, owner_distributions
 from .iopool import Part, Stopped, run_parts
 from .paths import VolumePaths
@@ -711,7 +711,6 @@ class Unpacker:
                     shares[0] += share  # no process to spare: this one does it
                     continue
                 if pid == 0:  # pragma: no cover - runs in the child
-                    code = 0
                     try:
                         os.close(r)
                         before = len(self.dir_modes)
@@ -728,12 +727,9 @@ class Unpacker:
                             msg = {"errno": exc.errno or 0, "strerror": exc.strerror or str(exc)}
                         except BaseException as exc:
                             msg = {"verify": f"extraction failed: {exc!r}"}
-                        data = json.dumps(msg).encode()
-                        view = memoryview(data)
-                        while view:
-                            view = view[os.write(w, view) :]
+                        write_all(w, json.dumps(msg).encode())
                     finally:
-                        os._exit(code)
+                        os._exit(0)  # the report says how it went
                 os.close(w)
                 children.append((pid, r))
             for info in shares[0]:
@@ -942,9 +938,7 @@ def _extract_member(
             if not chunk:
                 raise VerifyError(f"{_pack_name(info)}: member {name!r} is cut short")
             left -= len(chunk)
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, chunk)
         os.fchmod(fd, mode)
         os.utime(fd, (m.mtime, m.mtime))
     finally:
