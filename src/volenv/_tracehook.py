@@ -43,17 +43,22 @@ def _install() -> None:
     listed: set[str] = set()
     pending: list[str] = []
 
-    def note(path: object) -> None:
+    def first_time(path: object, done: set[str]) -> str | None:
+        """The absolute path, the first time it is seen; None after, or for a non-path."""
         if not isinstance(path, (str, bytes)):
-            return
+            return None
         try:
             p = os.path.abspath(os.fsdecode(path))
         except (ValueError, OSError):
-            return
-        if p in seen:
-            return
-        seen.add(p)
-        if p.startswith(roots):
+            return None
+        if p in done:
+            return None
+        done.add(p)
+        return p
+
+    def note(path: object) -> None:
+        p = first_time(path, seen)
+        if p is not None and p.startswith(roots):
             os.write(fd, p.encode("utf-8", "surrogateescape") + b"\n")
 
     def note_dir(path: object) -> None:
@@ -62,18 +67,8 @@ def _install() -> None:
                 path = os.readlink(f"/proc/self/fd/{path}")
             except OSError:
                 return
-        if path is None:
-            path = "."
-        if not isinstance(path, (str, bytes)):
-            return
-        try:
-            p = os.path.abspath(os.fsdecode(path))
-        except (ValueError, OSError):
-            return
-        if p in listed:
-            return
-        listed.add(p)
-        if os.path.join(p, "").startswith(roots):
+        p = first_time("." if path is None else path, listed)
+        if p is not None and os.path.join(p, "").startswith(roots):
             os.write(fd, b"L" + p.encode("utf-8", "surrogateescape") + b"\n")
 
     def flush_imports() -> None:

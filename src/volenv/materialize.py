@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -804,8 +805,10 @@ def _extract_startup_first(
     staged = partial / sid
     t0 = time.perf_counter()
     order = sorted(manifest.packs, key=pack_order)
-    first = [p for p in order if p.group == META_GROUP or startup_chunk(p.group) is not None]
-    rest = [p for p in order if p not in first]
+    first: list[PackInfo] = []
+    rest: list[PackInfo] = []
+    for p in order:
+        (first if p.group == META_GROUP or startup_chunk(p.group) is not None else rest).append(p)
     u: Unpacker | None = None
     try:
         u = Unpacker(manifest, staged)
@@ -906,31 +909,20 @@ def _resume(
     return str(dest)
 
 
+@dataclass
 class _Job:
     """What a background extraction needs: the live tree, the record, what is local already,
     the links to replace, and the packs to extract."""
 
-    def __init__(
-        self,
-        paths: VolumePaths,
-        manifest: PackManifest,
-        live: _Tree,
-        record: dict[str, Entry],
-        done: set[str],
-        pending: dict[str, str],
-        packs: list[PackInfo],
-        base: Path,
-        dir_modes: list[tuple[str, int]],
-    ) -> None:
-        self.paths = paths
-        self.manifest = manifest
-        self.live = live
-        self.record = record
-        self.done = done
-        self.pending = pending
-        self.packs = packs
-        self.base = base
-        self.dir_modes = dir_modes
+    paths: VolumePaths
+    manifest: PackManifest
+    live: _Tree
+    record: dict[str, Entry]
+    done: set[str]
+    pending: dict[str, str]
+    packs: list[PackInfo]
+    base: Path
+    dir_modes: list[tuple[str, int]]
 
 
 def _spawn(job: _Job, lock: int) -> bool:
