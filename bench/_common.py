@@ -67,3 +67,43 @@ def drop_caches() -> bool:
         return True
     except OSError:
         return False
+
+
+def transfer_volume(
+    tmp: Path, mib: int, files: int, small: int, *, pack: bool
+) -> tuple[dict[str, str], Path]:
+    """The bucket benches' source volume (bench/pull.py, bench/push.py): `files` packages of
+    random bytes (`mib` MiB in all) and `small` small ones, synced (`pack`: and packed) with a
+    signing key. Returns the environment to run volenv with (dummy AWS credentials, the key,
+    no progress, no pinned stream count) and the volume root."""
+    import os
+
+    v = volenv_cmd()
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_REGION": "us-east-1"}
+    env["VOLENV_NO_PROGRESS"] = "1"
+    env.pop("VOLENV_STREAMS", None)
+    wheels = tmp / "wheels"
+    reqs = []
+    each = mib * 1024 * 1024 // max(files, 1)
+    for i in range(files):
+        make_wheel(
+            wheels, f"big{i}", "1.0", files={f"big{i}/__init__.py": "", f"big{i}/w.bin": os.urandom(each)}
+        )
+        reqs.append(f"big{i}==1.0")
+    for i in range(small):
+        mods = {f"small{i}/m{j}.py": f"V = {j}\n" * 40 for j in range(30)}
+        make_wheel(wheels, f"small{i}", "1.0", files={f"small{i}/__init__.py": "", **mods})
+        reqs.append(f"small{i}==1.0")
+    m = manifest(tmp / "m.toml", "bench", reqs, wheels)
+    key = tmp / "bench.key"
+    pub = subprocess.run(
+        [*v, "key", "generate", "--name", "bench", "--out", str(key)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    env.update(VOLENV_SIGNING_KEY=str(key), VOLENV_TRUSTED_KEYS=pub)
+    root = tmp / "a" / "volenv"
+    sync = [*v, "--root", str(root), "-q", "sync", *(["--pack"] if pack else []), str(m)]
+    subprocess.run(sync, check=True, env=env)
+    return env, root

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -21,11 +20,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import manifest, volenv_cmd
+from _common import transfer_volume, volenv_cmd
 
 from conftest import moto_s3  # tests/ is on sys.path via _common
 from throttle import ThrottledProxy
-from wheelfactory import make_wheel
 
 
 def main() -> int:
@@ -37,33 +35,8 @@ def main() -> int:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="volenv-bench-pull-"))
     v = volenv_cmd()
-    base = {**os.environ, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_REGION": "us-east-1"}
-    base["VOLENV_NO_PROGRESS"] = "1"
-    base.pop("VOLENV_STREAMS", None)
     try:
-        wheels = tmp / "wheels"
-        reqs = []
-        each = args.mib * 1024 * 1024 // max(args.files, 1)
-        for i in range(args.files):
-            make_wheel(
-                wheels, f"big{i}", "1.0", files={f"big{i}/__init__.py": "", f"big{i}/w.bin": os.urandom(each)}
-            )
-            reqs.append(f"big{i}==1.0")
-        for i in range(args.small):
-            files = {f"small{i}/m{j}.py": f"V = {j}\n" * 40 for j in range(30)}
-            make_wheel(wheels, f"small{i}", "1.0", files={f"small{i}/__init__.py": "", **files})
-            reqs.append(f"small{i}==1.0")
-        m = manifest(tmp / "m.toml", "bench", reqs, wheels)
-        key = tmp / "bench.key"
-        pub = subprocess.run(
-            [*v, "key", "generate", "--name", "bench", "--out", str(key)],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        base.update(VOLENV_SIGNING_KEY=str(key), VOLENV_TRUSTED_KEYS=pub)
-        a = tmp / "a" / "volenv"
-        subprocess.run([*v, "--root", str(a), "-q", "sync", str(m)], check=True, env=base)
+        base, a = transfer_volume(tmp, args.mib, args.files, args.small, pack=False)
         with moto_s3() as moto:
             import boto3
 
