@@ -76,8 +76,7 @@ class ThrottledProxy:
             threading.Thread(target=self._down, args=(up, client), daemon=True).start()
 
     def _up(self, src: socket.socket, dst: socket.socket) -> None:
-        t0 = time.monotonic()
-        sent = 0
+        pace = _Pace(self.up_rate)
         try:
             while data := src.recv(1 << 16):
                 if b"\r\nrange: bytes=" in data.lower():
@@ -90,13 +89,7 @@ class ThrottledProxy:
                     self.receiving += 1
                     self.max_receiving = max(self.max_receiving, self.receiving)
                 try:
-                    ahead = sent / self.up_rate - (time.monotonic() - t0)
-                    if ahead > 0:
-                        time.sleep(ahead)
-                    elif ahead < -0.05:  # idle between requests: no credit carried over
-                        t0, sent = time.monotonic(), 0
-                    dst.sendall(data)
-                    sent += len(data)
+                    pace.send(dst, data)
                 finally:
                     with self.lock:
                         self.receiving -= 1
@@ -110,23 +103,16 @@ class ThrottledProxy:
 
     def _down(self, src: socket.socket, dst: socket.socket) -> None:
         """Sends in 64 KiB slices, sleeping so that this connection never beats `rate`."""
-        t0 = time.monotonic()
-        sent = 0
+        pace = _Pace(self.rate)
         try:
             while data := src.recv(1 << 16):
                 with self.lock:
                     self.sending += 1
                     self.max_sending = max(self.max_sending, self.sending)
                 try:
-                    ahead = sent / self.rate - (time.monotonic() - t0)
-                    if ahead > 0:
-                        time.sleep(ahead)
-                    elif ahead < -0.05:  # idle between requests: no credit carried over
-                        t0, sent = time.monotonic(), 0
-                    dst.sendall(data)
-                    sent += len(data)
+                    pace.send(dst, data)
                     with self.lock:
-                        broken = self.cut > 0 and sent > self.cut_after
+                        broken = self.cut > 0 and pace.sent > self.cut_after
                         self.cut -= broken
                     if broken:
                         _shut(src)
@@ -141,6 +127,25 @@ class ThrottledProxy:
             pass
         finally:
             _shut(dst)
+
+
+class _Pace:
+    """One connection's direction held to `rate` bytes/s: each send waits until the bytes
+    before it are due; an idle gap between requests carries no credit over."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.t0 = time.monotonic()
+        self.sent = 0
+
+    def send(self, dst: socket.socket, data: bytes) -> None:
+        ahead = self.sent / self.rate - (time.monotonic() - self.t0)
+        if ahead > 0:
+            time.sleep(ahead)
+        elif ahead < -0.05:
+            self.t0, self.sent = time.monotonic(), 0
+        dst.sendall(data)
+        self.sent += len(data)
 
 
 def _shut(s: socket.socket) -> None:
