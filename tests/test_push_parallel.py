@@ -7,7 +7,6 @@ each connection's upload rate (tests/throttle.py), and real file:// buckets."""
 from __future__ import annotations
 
 import hashlib
-import http.client
 import os
 import signal
 import subprocess
@@ -22,7 +21,7 @@ from typing import Any
 import pytest
 
 from conftest import moto_s3, serve_bytes, snapshot_of, volenv, volenv_popen, write_manifest
-from throttle import ThrottledProxy
+from throttle import ThrottledProxy, relay
 from wheelfactory import make_wheel
 
 MB = 1_000_000
@@ -240,20 +239,7 @@ def refusing(moto: str) -> Iterator[str]:
                 self.end_headers()
                 self.wfile.write(data)
                 return
-            conn = http.client.HTTPConnection(upstream, timeout=60)
-            headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
-            conn.request(self.command, self.path, body=body, headers=headers)
-            resp = conn.getresponse()
-            data = resp.read()
-            self.send_response(resp.status)
-            for k, v in resp.getheaders():
-                if k.lower() not in ("transfer-encoding", "connection", "content-length"):
-                    self.send_header(k, v)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(data)
-            conn.close()
+            relay(self, upstream, body)
 
         do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
 

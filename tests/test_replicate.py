@@ -5,7 +5,6 @@ every pull trusts that key (issue 14); tests/test_hostile_bucket.py covers the r
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import moto_s3, snapshot_of, staging_left, volenv, write_manifest
+from throttle import relay
 
 S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"}
 
@@ -66,20 +66,7 @@ def _counting_proxy(state: S3) -> Iterator[S3]:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else None
             state.calls[f"{self.command} {self.path.split('?')[0]}"] += 1
-            conn = http.client.HTTPConnection(state.upstream, timeout=60)
-            headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
-            conn.request(self.command, self.path, body=body, headers=headers)
-            resp = conn.getresponse()
-            data = resp.read()
-            self.send_response(resp.status)
-            for k, v in resp.getheaders():
-                if k.lower() not in ("transfer-encoding", "connection", "content-length"):
-                    self.send_header(k, v)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(data)
-            conn.close()
+            relay(self, state.upstream, body)
 
         do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
 

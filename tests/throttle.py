@@ -6,9 +6,11 @@ bench/push.py."""
 
 from __future__ import annotations
 
+import http.client
 import socket
 import threading
 import time
+from http.server import BaseHTTPRequestHandler
 from types import TracebackType
 
 
@@ -154,3 +156,22 @@ def _shut(s: socket.socket) -> None:
     except OSError:
         pass
     s.close()
+
+
+def relay(handler: BaseHTTPRequestHandler, upstream: str, body: bytes | None) -> None:
+    """Forward the request a test's reverse proxy (an http.server handler) received to
+    `upstream` (host:port) and send the whole answer back, headers and status as they came."""
+    conn = http.client.HTTPConnection(upstream, timeout=60)
+    headers = {k: v for k, v in handler.headers.items() if k.lower() != "connection"}
+    conn.request(handler.command, handler.path, body=body, headers=headers)
+    resp = conn.getresponse()
+    data = resp.read()
+    handler.send_response(resp.status)
+    for k, v in resp.getheaders():
+        if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+            handler.send_header(k, v)
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    if handler.command != "HEAD":
+        handler.wfile.write(data)
+    conn.close()
