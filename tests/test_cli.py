@@ -6,10 +6,7 @@ terminal), -qq, help texts, sizes with units, and messages that say what is true
 from __future__ import annotations
 
 import json
-import os
-import pty
 import re
-import select
 import shlex
 import subprocess
 import sys
@@ -18,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Result, base_env, snapshot_of, volenv, write_manifest
+from ptyrun import run_pty
 
 ESC = "\x1b"
 
@@ -138,35 +136,16 @@ def test_one_error_style_and_quoted_hints(tmp_path: Path, wheelhouse: Path) -> N
 
 
 def _pty_run(args: list[str], env: dict[str, str]) -> str:
-    """Run volenv with stdout and stderr on a pseudo terminal (rich sees a tty): all output."""
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "volenv", *args], stdin=slave, stdout=slave, stderr=slave, env=env
-    )
-    os.close(slave)
-    chunks: list[bytes] = []
-    while True:
-        ready, _, _ = select.select([master], [], [], 60)
-        if not ready:
-            break
-        try:
-            data = os.read(master, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
-    proc.wait(timeout=60)
-    os.close(master)
-    return b"".join(chunks).decode(errors="replace")
+    """Run volenv with stdout and stderr on a 200-column pseudo terminal (rich sees a tty),
+    progress bars off: all output."""
+    return run_pty(
+        *args, columns=200, stdout_on_tty=True, env={"VOLENV_NO_PROGRESS": "1", **env}, timeout=60
+    ).tty
 
 
 def test_color_never_and_no_color_emit_no_escapes_on_a_tty(built: tuple[Path, Path]) -> None:
     root, _ = built
-    env = base_env()
-    env.pop("NO_COLOR", None)
-    env["TERM"] = "xterm-256color"
-    env["COLUMNS"] = "200"
+    env: dict[str, str] = {}  # run_pty: TERM=xterm-256color, no NO_COLOR
     # the control: on a terminal, colour is on by default (the check below can fail)
     assert ESC in _pty_run(["--root", str(root), "--color", "always", "status"], env)
     for args, extra in [
