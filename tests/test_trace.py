@@ -256,3 +256,95 @@ def test_sync_traces_the_manifest_trace_cmd_and_packs_its_startup_pack(
     )
     r = volenv("--root", root, "sync", bad)
     assert r.returncode == 2 and "trace-cmd" in r.stderr
+
+
+NATIVE_START = """\
+import ctypes, os, native
+here = os.path.dirname(native.__file__)
+lib = ctypes.CDLL(os.path.join(here, "libs", "libfront.so"))  # brings libdep.so by itself
+assert lib.front() == 42
+with open(os.path.join(here, "later.txt")) as fh:
+    fh.read()
+with open(os.path.join(here, "text_only.py")) as fh:  # read as text, never imported
+    fh.read()
+from native import mod
+print("started")
+"""
+
+
+def _shared_libs(out: Path) -> dict[str, bytes]:
+    """libfront.so, which needs libdep.so (found next to it through $ORIGIN): the dynamic
+    linker loads libdep.so without any audit event, like libtorch_cpu.so for torch._C."""
+    import shutil
+    import subprocess
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("needs a C compiler (apt install gcc) to build two shared libraries")
+    (out / "dep.c").write_text("int dep(void) { return 41; }\n")
+    (out / "front.c").write_text("int dep(void);\nint front(void) { return dep() + 1; }\n")
+    subprocess.run([cc, "-shared", "-fPIC", "-o", out / "libdep.so", out / "dep.c"], check=True)
+    subprocess.run(
+        [
+            cc,
+            "-shared",
+            "-fPIC",
+            "-o",
+            out / "libfront.so",
+            out / "front.c",
+            f"-L{out}",
+            "-ldep",
+            "-Wl,-rpath,$ORIGIN",
+        ],
+        check=True,
+    )
+    return {f"native/libs/{n}": (out / n).read_bytes() for n in ("libfront.so", "libdep.so")}
+
+
+def test_libraries_the_dynamic_linker_loads_keep_their_place_and_text_reads_bring_no_bytecode(
+    tmp_path: Path,
+) -> None:
+    """A library loaded as a dependency is recorded where it was loaded, not at exit (packing
+    picks the startup pack's big files by size and the prefetch order by trace order: at the
+    end, libtorch_cpu.so came last). A source read as text brings no bytecode into the startup
+    pack; an imported module brings both its bytecode and its source (which the import stats)."""
+    libs = tmp_path / "libs"
+    libs.mkdir()
+    wheels = tmp_path / "wheels"
+    make_wheel(
+        wheels,
+        "native",
+        "1.0",
+        files={
+            "native/__init__.py": "",
+            "native/mod.py": "M = 1\n",
+            "native/text_only.py": "T = 1\n",
+            "native/later.txt": "later",
+            **_shared_libs(libs),
+        },
+    )
+    m = write_manifest(tmp_path, "app", ["native==1.0"], find_links=wheels)
+    root = tmp_path / "volume" / "volenv"
+    assert volenv("--root", root, "sync", m).returncode == 0
+    r = volenv("--root", root, "trace", "--manifest", m, "--", "python", "-c", NATIVE_START)
+    assert r.returncode == 0 and "started" in r.stderr, r.stderr
+    sid = snapshot_of(root, "app")
+    files = json.loads((root / "envs" / "app" / "snapshots" / sid / ".volenv" / "trace.json").read_text())[
+        "files"
+    ]
+
+    def at(suffix: str) -> int:
+        hits = [i for i, f in enumerate(files) if f.endswith(suffix)]
+        assert hits, f"{suffix} missing from the trace: {files}"
+        return hits[0]
+
+    assert at("/libfront.so") < at("/libdep.so") < at("/later.txt"), files
+    assert not any("text_only" in f and f.endswith(".pyc") for f in files)
+    r = volenv("--root", root, "pack", "app")
+    assert r.returncode == 0, r.stderr
+    man = json.loads((root / "packs" / "snapshots" / f"{sid}.json").read_text())
+    names = startup_names(root, man["packs"])
+    assert any(n.endswith("native/text_only.py") for n in names)
+    assert not any("text_only" in n and n.endswith(".pyc") for n in names), names
+    mod_pyc = [n for n in names if "native/__pycache__/mod." in n]
+    assert mod_pyc and any(n.endswith("native/mod.py") for n in names), names

@@ -7,9 +7,12 @@ start still leaves what it used.
 Audit events (PEP 578) cover: `open` (open(), io.open_code for .py/.pyc reads, os.open, the
 main script), `mmap.__new__` (weights mapped with mmap: the fd is resolved through
 /proc/self/fd), `ctypes.dlopen`, and `import` for extension modules, whose dlopen raises no
-file event: the module's __file__ is recorded as soon as it is in sys.modules. At exit,
-/proc/self/maps adds any shared library a C extension pulled in by itself. Modules imported
-before this file ran (by .pth files) are recorded first.
+file event: the module's __file__ is recorded as soon as it is in sys.modules. The shared
+libraries the dynamic linker loaded with an extension or a dlopen (torch._C brings the 434 MB
+libtorch_cpu.so) raise no event either: /proc/self/maps is read right after each, so they
+keep their place in the order (read only at exit, they came last, and packing left the
+library the start maps first behind). Modules imported before this file ran (by .pth files)
+are recorded first, with their bytecode (read before any hook could see it).
 
 Directories the start lists (`os.listdir`, `os.scandir`: os.walk, glob, pkgutil, transformers
 scanning its models) are recorded too, as lines `L` + absolute path: a scan stats every entry it
@@ -23,6 +26,7 @@ Standard library only, no volenv import: it runs inside the snapshot's interpret
 from __future__ import annotations
 
 import atexit
+import importlib.machinery
 import os
 import sys
 
@@ -39,6 +43,7 @@ def _install() -> None:
             prefixes.append(os.path.join(os.path.realpath(r), ""))
     roots = tuple(prefixes)
     fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    extensions = tuple(importlib.machinery.EXTENSION_SUFFIXES)
     seen: set[str] = set()
     listed: set[str] = set()
     pending: list[str] = []
@@ -71,15 +76,35 @@ def _install() -> None:
         if p is not None and os.path.join(p, "").startswith(roots):
             os.write(fd, b"L" + p.encode("utf-8", "surrogateescape") + b"\n")
 
+    maps_due = [False]
+
+    def note_maps() -> None:
+        """Shared libraries mapped so far: what the dynamic linker loaded for an extension or
+        a dlopen (libtorch_cpu.so for torch._C) raises no event of its own."""
+        maps_due[0] = False
+        try:
+            with open("/proc/self/maps", encoding="utf-8", errors="surrogateescape") as maps:
+                for line in maps:
+                    fields = line.split(None, 5)
+                    if len(fields) == 6 and fields[5].startswith("/"):
+                        note(fields[5].rstrip("\n"))
+        except OSError:
+            pass
+
     def flush_imports() -> None:
         for name in list(pending):
             mod = sys.modules.get(name)
             if mod is not None:
                 pending.remove(name)
-                note(getattr(mod, "__file__", None))
+                path = getattr(mod, "__file__", None)
+                note(path)
+                if isinstance(path, str) and path.endswith(extensions):
+                    maps_due[0] = True
+        if maps_due[0]:
+            note_maps()
 
     def hook(event: str, args: tuple[object, ...]) -> None:
-        if pending and event != "import":
+        if (pending and event != "import") or maps_due[0]:
             flush_imports()
         if event == "open":
             note(args[0])
@@ -103,22 +128,18 @@ def _install() -> None:
             name = args[0]
             if isinstance(name, str) and os.sep in name:
                 note(name)
+            maps_due[0] = True  # its own dependencies: mapped by the time the next event comes
 
     def at_exit() -> None:
         flush_imports()
         for mod in list(sys.modules.values()):
             note(getattr(mod, "__file__", None))
-        try:
-            with open("/proc/self/maps", encoding="utf-8", errors="surrogateescape") as maps:
-                for line in maps:
-                    fields = line.split(None, 5)
-                    if len(fields) == 6 and fields[5].startswith("/"):
-                        note(fields[5].rstrip("\n"))
-        except OSError:
-            pass
+        note_maps()
 
-    for mod in list(sys.modules.values()):
+    for mod in list(sys.modules.values()):  # imported before this ran: their bytecode too
         note(getattr(mod, "__file__", None))
+        note(getattr(mod, "__cached__", None))
+    note_maps()
     sys.addaudithook(hook)
     atexit.register(at_exit)
 

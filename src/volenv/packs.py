@@ -190,16 +190,12 @@ def manifest_path(paths: VolumePaths, snapshot: str) -> Path:
 def startup_paths(record: dict[str, Entry], traced: Iterable[str], listed: Iterable[str] = ()) -> list[str]:
     """The startup pack's members, in order: what the interpreter reads before any hook can see
     it (top-level files such as pyvenv.cfg, every symlink, site-packages' .pth files), then the
-    traced files in trace order, each with its bytecode/source partner (an import stats the
+    traced files in trace order, each bytecode file with its source (an import stats the
     source and reads the .pyc), then the files directly inside each directory the start listed
     (a scan stats every entry it finds: transformers stats each model's modular_*.py)."""
-    partners: dict[str, list[str]] = {}
-    for path, e in record.items():
-        m = _PYC.match(path) if e.type == "f" else None
-        if m:
-            src = f"{m['dir']}/{m['stem']}.py"
-            partners.setdefault(src, []).append(path)
-            partners.setdefault(path, []).append(src)
+    # a traced .pyc brings its source, which the import stats; not the other way: a traced .py
+    # whose bytecode the start never read was read as text (transformers reads ~1,700 model
+    # sources that way), and the trace records the bytecode of what it imported
     out: list[str] = []
     seen: set[str] = set()
 
@@ -215,8 +211,9 @@ def startup_paths(record: dict[str, Entry], traced: Iterable[str], listed: Itera
             add(path)
     for path in traced:
         add(path)
-        for partner in sorted(partners.get(path, ())):
-            add(partner)
+        m = _PYC.match(path)
+        if m:
+            add(f"{m['dir']}/{m['stem']}.py")
     dirs = set(listed)
     if dirs:  # their small files: a scan stats each entry; a big one costs one walk, its bytes more
         for path, e in sorted(record.items()):
