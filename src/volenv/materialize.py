@@ -19,8 +19,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -288,9 +288,10 @@ def _complete(dest: Path, seal: dict[str, Any], level: str = "seal") -> bool:
     return report.ok
 
 
-def _discard(dest: Path) -> bool:
-    """Move a stale or edited copy aside (one rename, so no start sees half of it), then delete;
-    False, and the copy left alone, while a program runs from it (its IN_USE lock is held)."""
+def _discard(dest: Path, garbage: list[Path]) -> bool:
+    """Move a stale or edited copy aside (one rename, so no start sees half of it) into
+    `garbage`, deleted once this start's own files exist (see `_delete_detached`); False, and
+    the copy left alone, while a program runs from it (its IN_USE lock is held)."""
     import fcntl
 
     try:
@@ -305,31 +306,74 @@ def _discard(dest: Path) -> bool:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 return False
-        return _move_aside(dest)
+        aside = dest.with_name(f".{dest.name}.stale-{unique_suffix()}")
+        try:
+            os.rename(dest, aside)
+        except FileNotFoundError:
+            return True
+        if os.path.islink(aside):  # a planted link: the link goes, never what it points to
+            os.unlink(aside)
+        else:
+            garbage.append(aside)
+        return True
     finally:
         if lock is not None:
             os.close(lock)
 
 
-def _move_aside(dest: Path) -> bool:
-    aside = dest.with_name(f".{dest.name}.stale-{unique_suffix()}")
-    try:
-        os.rename(dest, aside)
-    except FileNotFoundError:
-        return True
-    if os.path.islink(aside):  # a planted link: the link goes, never what it points to
-        os.unlink(aside)
-    else:
-        shutil.rmtree(aside, ignore_errors=True)
-    return True
-
-
-def _clean_partials(base: Path, sid: str) -> None:
-    for p in [*base.glob(f".{sid}.partial-*"), *base.glob(f".{sid}.stale-*")]:
+def _leftovers(base: Path, sid: str) -> list[Path]:
+    """Copies set aside by earlier starts, and partial ones whose process is gone: deleted
+    after this start's extraction, not before it (see `_delete_detached`)."""
+    out = [p for p in base.glob(f".{sid}.stale-*") if not p.is_symlink()]
+    for p in base.glob(f".{sid}.partial-*"):
         pid = p.name.rsplit("-", 2)[-2] if p.name.count("-") >= 2 else ""
         if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
             continue  # another process on this disk is extracting it now
-        shutil.rmtree(p, ignore_errors=True)
+        out.append(p)
+    return out
+
+
+def _delete_detached(garbage: list[Path]) -> None:
+    """Delete leftover copies in a detached low-priority process, after this start's own files
+    were created: deleting a 37k-file copy takes seconds, and ext4 then scans past the
+    recently deleted inodes on every creation for minutes (bench/coldstart.py `fresh_disk`),
+    so doing it first made the extraction itself slower too. Where no process can be forked,
+    here and now."""
+    if garbage and not _detached(lambda: _remove_all(garbage), 19):
+        _remove_all(garbage)
+    garbage.clear()
+
+
+def _remove_all(paths: list[Path]) -> int:
+    for p in paths:
+        shutil.rmtree(p, ignore_errors=True)  # a link raises, ignored: never followed
+    return 0
+
+
+def _detached(work: Callable[[], int], niceness: int) -> bool:
+    """Run `work` in a grandchild of its own session, niced, its stdio on /dev/null (it never
+    holds the program's output pipes open); True once it was forked."""
+    try:
+        child = os.fork()
+    except OSError:
+        return False
+    if child == 0:  # pragma: no cover - runs in the forked processes
+        code = 0
+        try:
+            if os.fork() == 0:
+                os.setsid()
+                try:  # the started program comes first: this only has to finish eventually
+                    os.nice(niceness)
+                except OSError:
+                    pass
+                null = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(null, fd)
+                code = work()
+        finally:
+            os._exit(code)
+    os.waitpid(child, 0)
+    return True
 
 
 def _alive(pid: int) -> bool:
@@ -482,8 +526,25 @@ def _extract(
     level: str,
     volume: str,
 ) -> str | None:
+    garbage = _leftovers(base, manifest.snapshot)
+    try:
+        return _extract_here(paths, manifest, base, dest, seal, mode, level, volume, garbage)
+    finally:
+        _delete_detached(garbage)  # what no background extraction took over
+
+
+def _extract_here(
+    paths: VolumePaths,
+    manifest: PackManifest,
+    base: Path,
+    dest: Path,
+    seal: dict[str, Any],
+    mode: str,
+    level: str,
+    volume: str,
+    garbage: list[Path],
+) -> str | None:
     sid = manifest.snapshot
-    _clean_partials(base, sid)
     exchange = level == "seal" and any(startup_chunk(p.group) is not None for p in manifest.packs)
     if exchange and not _can_exchange(base):
         exchange = False
@@ -491,19 +552,19 @@ def _extract(
             f"materialize: {base} cannot swap a directory for a link atomically; extracting everything first"
         )
     if exchange and os.path.lexists(dest):
-        resumed = _resume(paths, manifest, base, dest, seal, volume)
+        resumed = _resume(paths, manifest, base, dest, seal, volume, garbage)
         if resumed is not None:
             return resumed
     if os.path.lexists(dest) and _await_background(dest, seal, level):
         _say(f"materialize: reusing the local copy {dest}, completed by another start")
         return str(dest)
-    if os.path.lexists(dest) and not _discard(dest):  # a killed start's copy, or one that failed
+    if os.path.lexists(dest) and not _discard(dest, garbage):  # a killed start's copy, or one that failed
         _say(f"materialize: {dest} is in use by a running program; extracting a fresh copy beside it")
     partial = base / f".{sid}.partial-{unique_suffix()}"
     partial.mkdir()
     staged = partial / sid
     if exchange:
-        return _extract_startup_first(paths, manifest, base, partial, dest, mode, volume)
+        return _extract_startup_first(paths, manifest, base, partial, dest, mode, volume, garbage)
     t0 = time.perf_counter()
     tree = dest
     try:
@@ -798,9 +859,11 @@ def _extract_startup_first(
     dest: Path,
     mode: str,
     volume: str,
+    garbage: list[Path],
 ) -> str | None:
     """Extract the metadata and startup packs, link everything else to the volume (the
-    skeleton), hand the rest to a background process and exec at once."""
+    skeleton), hand the rest (and the leftover copies to delete) to a background process and
+    exec at once."""
     sid = manifest.snapshot
     staged = partial / sid
     t0 = time.perf_counter()
@@ -837,8 +900,10 @@ def _extract_startup_first(
             _say(f"warning: materialize: local disk full while extracting ({exc.strerror}); running in place")
             return None
         raise
-    job = _Job(paths, manifest, u.tree, u.record, done, pending, rest, base, u.dir_modes)
+    job = _Job(paths, manifest, u.tree, u.record, done, pending, rest, base, u.dir_modes, list(garbage))
     started = _spawn(job, lock)
+    if started:
+        garbage.clear()
     u.close()
     if not started:
         shutil.rmtree(partial, ignore_errors=True)
@@ -865,7 +930,13 @@ def _extract_startup_first(
 
 
 def _resume(
-    paths: VolumePaths, manifest: PackManifest, base: Path, dest: Path, seal: dict[str, Any], volume: str
+    paths: VolumePaths,
+    manifest: PackManifest,
+    base: Path,
+    dest: Path,
+    seal: dict[str, Any],
+    volume: str,
+    garbage: list[Path],
 ) -> str | None:
     """A skeleton whose background extraction stopped (killed, or its container restarted):
     it is still whole, so this start runs from it at once and a new background finishes it.
@@ -900,8 +971,10 @@ def _resume(
         live.close()
         return None
     packs = sorted((p for p in manifest.packs if p.group != META_GROUP), key=pack_order)
-    job = _Job(paths, manifest, live, record, set(), pending, packs, base, [])
+    job = _Job(paths, manifest, live, record, set(), pending, packs, base, [], list(garbage))
     started = _spawn(job, lock)
+    if started:
+        garbage.clear()
     live.close()
     if not started:
         return None
@@ -923,32 +996,21 @@ class _Job:
     packs: list[PackInfo]
     base: Path
     dir_modes: list[tuple[str, int]]
+    garbage: list[Path] = field(default_factory=list)  # deleted once the extraction is done
 
 
 def _spawn(job: _Job, lock: int) -> bool:
     """Start the detached background extraction (it keeps the lock); True once it runs."""
     r, w = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - runs in the forked processes
-        code = 0
-        try:
-            os.close(r)
-            if os.fork() == 0:
-                os.setsid()
-                try:  # the started program comes first: this only has to finish eventually
-                    os.nice(10)
-                except OSError:
-                    pass
-                null = os.open(os.devnull, os.O_RDWR)
-                for fd in (0, 1, 2):  # never hold the program's output pipes open
-                    os.dup2(null, fd)
-                code = _background(job, lock, w)
-        finally:
-            os._exit(code)
+
+    def work() -> int:
+        os.close(r)
+        return _background(job, lock, w)
+
+    forked = _detached(work, 10)
     os.close(w)
     os.close(lock)  # the background holds the lock now
-    os.waitpid(child, 0)
-    started = os.read(r, 32)
+    started = os.read(r, 32) if forked else b""
     os.close(r)
     return bool(started)
 
@@ -1028,6 +1090,7 @@ def _background(job: _Job, lock: int, ready: int) -> int:
         if stage is not None:
             shutil.rmtree(stage, ignore_errors=True)
         live.close()
+        _remove_all(job.garbage)
 
 
 def _swap(su: Unpacker, live: _Tree, rel: str, kind: str) -> None:
