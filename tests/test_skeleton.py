@@ -54,6 +54,19 @@ print(json.dumps({
 """
 
 
+def _packed_start(
+    tmp_path: Path, env: tuple[Path, Path]
+) -> tuple[Path, Path, str, Path, Path, tuple[object, ...]]:
+    """The traced env packed, and the `volenv run --materialize always` arguments into
+    tmp_path/local: (manifest, root, snapshot id, local dir, its tree, run arguments)."""
+    m, root = env
+    _traced_and_packed(m, root)
+    sid = snapshot_of(root, "app")
+    local = tmp_path / "local"
+    args = ("--root", root, "run", "--materialize", "always", "--materialize-dir", local, "--manifest", m)
+    return m, root, sid, local, local / sid, args
+
+
 def _wait_mark(tree: Path, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not (tree / ".volenv" / "materialized.json").exists():
@@ -181,12 +194,7 @@ def test_killed_background_resumes_and_is_never_taken_as_complete(
     tmp_path: Path,
     traced_env: tuple[Path, Path],  # noqa: F811
 ) -> None:
-    m, root = traced_env
-    _traced_and_packed(m, root)
-    sid = snapshot_of(root, "app")
-    local = tmp_path / "local"
-    tree = local / sid
-    args = ("--root", root, "run", "--materialize", "always", "--materialize-dir", local, "--manifest", m)
+    m, root, sid, local, tree, args = _packed_start(tmp_path, traced_env)
     # SIGKILL right after the background's first swap: the program still runs, whole
     r = volenv(*args, "--", "python", "-c", PROGRAM, env={"VOLENV_FAULT": "materialize-swap:kill"})
     assert r.returncode == 0, r.stderr
@@ -318,12 +326,7 @@ def test_a_second_start_never_discards_a_tree_a_program_runs_from(
     """Start A's background fails (its skeleton stays whole, A keeps running from it); start B
     on the same disk used to discard that tree, and A lost `late` mid-run. B now extracts a
     fresh copy beside it; once A is gone, a later start replaces the tree."""
-    m, root = traced_env
-    _traced_and_packed(m, root)
-    sid = snapshot_of(root, "app")
-    local = tmp_path / "local"
-    tree = local / sid
-    args = ("--root", root, "run", "--materialize", "always", "--materialize-dir", local, "--manifest", m)
+    _m, _root, _sid, _local, tree, args = _packed_start(tmp_path, traced_env)
     a = volenv_popen(
         *args, "--", "python", "-c", "import time; time.sleep(4); import late; print(late.LATE)",
         env={"VOLENV_FAULT": "materialize-background:fail"},
@@ -363,12 +366,7 @@ def test_a_leftover_copy_is_deleted_after_the_new_extraction_not_before(
     start's own files exist: by the background after its extraction, or by a detached process
     after a whole extraction. Deleting it first cost the start seconds, and made its own file
     creation slower (ext4 scans past recently deleted inodes)."""
-    m, root = traced_env
-    _traced_and_packed(m, root)
-    sid = snapshot_of(root, "app")
-    local = tmp_path / "local"
-    tree = local / sid
-    args = ("--root", root, "run", "--materialize", "always", "--materialize-dir", local, "--manifest", m)
+    _m, _root, sid, local, tree, args = _packed_start(tmp_path, traced_env)
 
     def leftover() -> None:
         assert volenv(*args, "--", "true").returncode == 0

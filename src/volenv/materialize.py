@@ -505,7 +505,11 @@ def _choose(
     except VerifyError as exc:
         _damaged(mode, str(exc), paths, sid)
         return None
-    return _extract(paths, manifest, base, dest, seal, mode, level, volume)
+    garbage = _leftovers(base, sid)
+    try:
+        return _extract(paths, manifest, base, dest, seal, mode, level, volume, garbage)
+    finally:
+        _delete_detached(garbage)  # what no background extraction took over
 
 
 def _damaged(mode: str, why: str, paths: VolumePaths, sid: str) -> None:
@@ -517,23 +521,6 @@ def _damaged(mode: str, why: str, paths: VolumePaths, sid: str) -> None:
 
 
 def _extract(
-    paths: VolumePaths,
-    manifest: PackManifest,
-    base: Path,
-    dest: Path,
-    seal: dict[str, Any],
-    mode: str,
-    level: str,
-    volume: str,
-) -> str | None:
-    garbage = _leftovers(base, manifest.snapshot)
-    try:
-        return _extract_here(paths, manifest, base, dest, seal, mode, level, volume, garbage)
-    finally:
-        _delete_detached(garbage)  # what no background extraction took over
-
-
-def _extract_here(
     paths: VolumePaths,
     manifest: PackManifest,
     base: Path,
