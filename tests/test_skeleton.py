@@ -394,3 +394,62 @@ def test_a_leftover_copy_is_deleted_after_the_new_extraction_not_before(
     _gone(f".{sid}.stale-*", local)
     assert not list(local.glob(f".{sid}.partial-*"))
     assert verify_snapshot(tree, "full").ok
+
+
+def test_leftover_deletion_survives_an_ignored_sigchld_and_holds_no_caller_descriptor(
+    tmp_path: Path,
+    traced_env: tuple[Path, Path],  # noqa: F811
+) -> None:
+    """Some inits start their children with SIGCHLD ignored: waiting for the forked process
+    then fails with ECHILD, which made a start with a leftover copy exit 1. And the detached
+    deletion keeps no inherited descriptor beyond stdio: a caller waiting for EOF on a pipe it
+    passed is not held up by a slow deletion."""
+    import sys
+
+    from conftest import base_env
+
+    _m, _root, sid, local, tree, args = _packed_start(tmp_path, traced_env)
+    assert volenv(*args, "--", "true").returncode == 0
+    _wait_mark(tree)
+    (tree / ".volenv" / "materialized.json").unlink()
+    r, w = os.pipe()
+    launcher = (
+        "import os, signal, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN);"
+        " os.execv(sys.executable, [sys.executable, '-m', 'volenv', *sys.argv[1:]])"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", launcher, *map(str, args), "--verify", "stat", "--", "python", "-c", "import late"],
+        env=base_env(), capture_output=True, text=True, pass_fds=(w,), timeout=300,
+    )  # fmt: skip
+    os.close(w)
+    try:
+        assert proc.returncode == 0, proc.stderr
+        t0 = time.monotonic()
+        assert os.read(r, 1) == b""  # EOF: nobody else holds the write end
+        assert time.monotonic() - t0 < 5
+    finally:
+        os.close(r)
+    _gone(f".{sid}.stale-*", local)
+    assert verify_snapshot(tree, "full").ok
+
+
+def test_the_background_runs_at_idle_priority(
+    tmp_path: Path,
+    traced_env: tuple[Path, Path],  # noqa: F811
+) -> None:
+    """The started program comes first: the background extraction runs in the idle classes
+    for CPU and disk, at nice 19 (at nice 10 it still slowed the F5-TTS worker's start)."""
+    import psutil
+
+    _m, _root, _sid, _local, tree, args = _packed_start(tmp_path, traced_env)
+    r = volenv(*args, "--", "true", env={"VOLENV_FAULT": "materialize-background:pause"})
+    assert r.returncode == 0, r.stderr
+    pid = int((tree / ".volenv" / "materializing").read_text().split()[0])
+    try:
+        assert os.sched_getscheduler(pid) == os.SCHED_IDLE
+        proc = psutil.Process(pid)
+        assert proc.nice() == 19
+        assert proc.ionice().ioclass == psutil.IOPRIO_CLASS_IDLE
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    _wait_mark(tree)

@@ -348,3 +348,64 @@ def test_libraries_the_dynamic_linker_loads_keep_their_place_and_text_reads_brin
     assert not any("text_only" in n and n.endswith(".pyc") for n in names), names
     mod_pyc = [n for n in names if "native/__pycache__/mod." in n]
     assert mod_pyc and any(n.endswith("native/mod.py") for n in names), names
+
+
+def test_a_first_hook_trace_still_brings_the_bytecode_of_its_sources() -> None:
+    """Traces of the first hook (no `hook` key) listed modules imported by .pth files as their
+    .py only: their bytecode still goes with them. A trace of this hook lists the bytecode it
+    saw read, so a .py read as text brings none."""
+    from volenv.integrity import Entry
+    from volenv.packs import startup_paths
+    from volenv.trace import HOOK_VERSION, Trace, parse_trace
+
+    record = {
+        p: Entry(p, "f", 0o644, 10, "x" * 64)
+        for p in (
+            "sp/early.py",
+            "sp/__pycache__/early.cpython-311.pyc",
+            "sp/text.py",
+            "sp/__pycache__/text.cpython-311.pyc",
+        )
+    }
+    old = parse_trace(
+        {"schema": 1, "snapshot": "s", "record_sha256": "r", "command": [], "files": ["sp/early.py"],
+         "models": [], "created": 1.0},
+        "old",
+    )  # fmt: skip
+    assert old.hook == 1
+    assert "sp/__pycache__/early.cpython-311.pyc" in startup_paths(record, old.files, hook=old.hook)
+    new = Trace("s", "r", (), ("sp/text.py",), (), 1.0, (), HOOK_VERSION)
+    assert parse_trace(json.loads(json.dumps(new.to_json())), "new") == new
+    assert startup_paths(record, new.files, hook=new.hook) == ["sp/text.py"]
+
+
+def test_the_hook_never_fails_the_program_when_its_own_audit_hook_refuses_proc(tmp_path: Path) -> None:
+    """The trace hook reads /proc/self/maps after an extension import; a program whose own
+    audit hook refuses /proc (a sandbox) must not see that refusal in its imports."""
+    import shutil
+    import subprocess
+
+    hookdir = tmp_path / "hook"
+    hookdir.mkdir()
+    shutil.copy(
+        Path(__file__).resolve().parents[1] / "src" / "volenv" / "_tracehook.py", hookdir / "sitecustomize.py"
+    )
+    program = (
+        "import sys\n"
+        "def deny(event, args):\n"
+        "    if event == 'open' and isinstance(args[0], str) and args[0].startswith('/proc/'):\n"
+        "        raise RuntimeError('sandbox: /proc denied')\n"
+        "sys.addaudithook(deny)\n"
+        "import _decimal, json\n"
+        "print('ok')\n"
+    )
+    out = tmp_path / "trace.out"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(hookdir),
+        "VOLENV_TRACE_OUT": str(out),
+        "VOLENV_TRACE_ROOTS": os.path.dirname(os.__file__),
+    }
+    r = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout == "ok\n", r.stderr
+    assert "RuntimeError" not in r.stderr

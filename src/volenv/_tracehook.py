@@ -78,18 +78,29 @@ def _install() -> None:
 
     maps_due = [False]
 
+    mapped: set[bytes] = set()
+
     def note_maps() -> None:
         """Shared libraries mapped so far: what the dynamic linker loaded for an extension or
-        a dlopen (libtorch_cpu.so for torch._C) raises no event of its own."""
+        a dlopen (libtorch_cpu.so for torch._C) raises no event of its own. Read with os.open,
+        not open(), which a program may patch; and never failing the program: a sandboxing
+        audit hook of its own may refuse /proc."""
         maps_due[0] = False
         try:
-            with open("/proc/self/maps", encoding="utf-8", errors="surrogateescape") as maps:
-                for line in maps:
-                    fields = line.split(None, 5)
-                    if len(fields) == 6 and fields[5].startswith("/"):
-                        note(fields[5].rstrip("\n"))
-        except OSError:
-            pass
+            mfd = os.open("/proc/self/maps", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                chunks = []
+                while chunk := os.read(mfd, 1 << 16):
+                    chunks.append(chunk)
+            finally:
+                os.close(mfd)
+        except Exception:
+            return
+        for line in b"".join(chunks).splitlines():
+            fields = line.split(None, 5)
+            if len(fields) == 6 and fields[5].startswith(b"/") and fields[5] not in mapped:
+                mapped.add(fields[5])  # each mapping once: a big process maps thousands
+                note(fields[5].decode("utf-8", "surrogateescape"))
 
     def flush_imports() -> None:
         for name in list(pending):

@@ -187,7 +187,9 @@ def manifest_path(paths: VolumePaths, snapshot: str) -> Path:
 # ---------------------------------------------------------------- grouping
 
 
-def startup_paths(record: dict[str, Entry], traced: Iterable[str], listed: Iterable[str] = ()) -> list[str]:
+def startup_paths(
+    record: dict[str, Entry], traced: Iterable[str], listed: Iterable[str] = (), *, hook: int = 2
+) -> list[str]:
     """The startup pack's members, in order: what the interpreter reads before any hook can see
     it (top-level files such as pyvenv.cfg, every symlink, site-packages' .pth files), then the
     traced files in trace order, each bytecode file with its source (an import stats the
@@ -195,7 +197,15 @@ def startup_paths(record: dict[str, Entry], traced: Iterable[str], listed: Itera
     (a scan stats every entry it finds: transformers stats each model's modular_*.py)."""
     # a traced .pyc brings its source, which the import stats; not the other way: a traced .py
     # whose bytecode the start never read was read as text (transformers reads ~1,700 model
-    # sources that way), and the trace records the bytecode of what it imported
+    # sources that way), and the trace records the bytecode of what it imported. A trace of the
+    # first hook (`hook` 1) did not record the bytecode of modules imported before it ran
+    # (by .pth files): there a traced .py still brings its bytecode.
+    bytecode: dict[str, list[str]] = {}
+    if hook < 2:
+        for path, e in record.items():
+            m = _PYC.match(path) if e.type == "f" else None
+            if m:
+                bytecode.setdefault(f"{m['dir']}/{m['stem']}.py", []).append(path)
     out: list[str] = []
     seen: set[str] = set()
 
@@ -214,6 +224,8 @@ def startup_paths(record: dict[str, Entry], traced: Iterable[str], listed: Itera
         m = _PYC.match(path)
         if m:
             add(f"{m['dir']}/{m['stem']}.py")
+        for pyc in sorted(bytecode.get(path, ())):
+            add(pyc)
     dirs = set(listed)
     if dirs:  # their small files: a scan stats each entry; a big one costs one walk, its bytes more
         for path, e in sorted(record.items()):
@@ -390,7 +402,7 @@ def pack_snapshot(paths: VolumePaths, snapshot_dir: Path) -> PackManifest:
     from .trace import load_trace
 
     trace = load_trace(snapshot_dir, seal)
-    startup = startup_paths(record, trace.files, trace.listed) if trace is not None else []
+    startup = startup_paths(record, trace.files, trace.listed, hook=trace.hook) if trace is not None else []
     groups = group_entries(snapshot_dir, record, startup)
     groups[META_GROUP] = meta_entries(snapshot_dir)
     blobs = packs_dir(paths) / "blobs"
@@ -738,7 +750,10 @@ class Unpacker:
                 while chunk := os.read(r, 1 << 20):
                     chunks.append(chunk)
                 os.close(r)
-                os.waitpid(pid, 0)
+                try:
+                    os.waitpid(pid, 0)
+                except ChildProcessError:  # SIGCHLD ignored: reaped already; the report counts
+                    pass
                 reports.append(b"".join(chunks))
         for raw in reports:
             try:

@@ -27,7 +27,10 @@ from .fsutil import has_type
 from .sealcheck import META_DIR
 
 TRACE_NAME = "trace.json"
-TRACE_SCHEMA = 1  # `listed` is an optional key: older readers ignore it
+TRACE_SCHEMA = 1  # `listed` and `hook` are optional keys: older readers ignore them
+#: the trace hook's version: 2 records the bytecode of modules imported before it ran and the
+#: shared libraries where they were loaded (a traced .py no longer stands for its .pyc)
+HOOK_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class Trace:
     models: tuple[str, ...]
     created: float
     listed: tuple[str, ...] = ()
+    hook: int = 1  # traces without the key came from the first hook
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -53,6 +57,7 @@ class Trace:
             "files": list(self.files),
             "models": list(self.models),
             "listed": list(self.listed),
+            "hook": self.hook,
             "created": self.created,
         }
 
@@ -104,6 +109,9 @@ def parse_trace(data: Any, where: str) -> Trace:
     created: Any = data.get("created")
     if not has_type(created, (int, float)):
         raise bad("'created' is not a number")
+    hook: Any = data.get("hook", 1)
+    if not has_type(hook, int) or hook < 1:
+        raise bad("'hook' is not a positive integer")
     return Trace(
         data["snapshot"],
         data["record_sha256"],
@@ -112,6 +120,7 @@ def parse_trace(data: Any, where: str) -> Trace:
         lists["models"],
         float(created),
         lists["listed"],
+        hook,
     )
 
 

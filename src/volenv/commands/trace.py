@@ -17,7 +17,7 @@ from ..errors import BuildError, DamagedRecord, UsageError
 from ..fsutil import atomic_write_json
 from ..integrity import Entry, load_record
 from ..sealcheck import SealProblem, check_seal
-from ..trace import Trace, load_trace, rel_ok, trace_path
+from ..trace import HOOK_VERSION, Trace, load_trace, rel_ok, trace_path
 from ..ui import reporter
 
 _HOOK = Path(__file__).parent.parent / "_tracehook.py"
@@ -150,6 +150,7 @@ def take_trace(root: str, argv: list[str]) -> tuple[Path, dict[str, Any], Trace]
         tuple(models),
         time.time(),
         tuple(listed),
+        HOOK_VERSION,
     )
     return snap_dir, seal, trace
 
