@@ -207,7 +207,10 @@ def test_a_copy_without_its_mark_is_reextracted(tmp_path: Path, root: Path, pack
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[0] == str(local / packed) and "extracted" in r.stderr
     assert (local / packed / ".volenv" / "materialized.json").is_file()
-    assert [p.name for p in local.iterdir()] == [packed]
+    deadline = time.monotonic() + 60  # the old copy is deleted after the new one, detached
+    while [p.name for p in local.iterdir()] != [packed]:
+        assert time.monotonic() < deadline, sorted(p.name for p in local.iterdir())
+        time.sleep(0.05)
 
 
 def test_default_materialize_dir_is_private(tmp_path: Path, root: Path, packed: str) -> None:
