@@ -69,6 +69,18 @@ def drop_caches() -> bool:
         return False
 
 
+def signing_env(tmp: Path) -> dict[str, str]:
+    """A fresh key pair in tmp: push signs with it and pull trusts it, as in production."""
+    key = tmp / "bench.key"
+    pub = subprocess.run(
+        [*volenv_cmd(), "key", "generate", "--name", "bench", "--out", str(key)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return {"VOLENV_SIGNING_KEY": str(key), "VOLENV_TRUSTED_KEYS": pub}
+
+
 def transfer_volume(
     tmp: Path, mib: int, files: int, small: int, *, pack: bool
 ) -> tuple[dict[str, str], Path]:
@@ -95,14 +107,7 @@ def transfer_volume(
         make_wheel(wheels, f"small{i}", "1.0", files={f"small{i}/__init__.py": "", **mods})
         reqs.append(f"small{i}==1.0")
     m = manifest(tmp / "m.toml", "bench", reqs, wheels)
-    key = tmp / "bench.key"
-    pub = subprocess.run(
-        [*v, "key", "generate", "--name", "bench", "--out", str(key)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    env.update(VOLENV_SIGNING_KEY=str(key), VOLENV_TRUSTED_KEYS=pub)
+    env.update(signing_env(tmp))
     root = tmp / "a" / "volenv"
     sync = [*v, "--root", str(root), "-q", "sync", *(["--pack"] if pack else []), str(m)]
     subprocess.run(sync, check=True, env=env)

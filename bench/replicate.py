@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import generate_wheels, manifest, volenv_cmd
+from _common import generate_wheels, manifest, signing_env, volenv_cmd
 
 
 def main() -> int:
@@ -73,14 +73,7 @@ def main() -> int:
         a = tmp / "a" / "volenv"
         m = manifest(tmp / "m.toml", "bench", reqs, wheels)
         v = volenv_cmd()
-        key = tmp / "bench.key"  # push signs, pull trusts that key (as in production)
-        pub = subprocess.run(
-            [*v, "key", "generate", "--name", "bench", "--out", str(key)],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        env = {**env, "VOLENV_SIGNING_KEY": str(key), "VOLENV_TRUSTED_KEYS": pub}
+        env = {**env, **signing_env(tmp)}
         snap = Path(
             json.loads(
                 subprocess.run(

@@ -374,9 +374,9 @@ def _remove_all(paths: list[Path]) -> int:
 
 
 def _detached(work: Callable[[], int], *, close_others: bool = False) -> bool:
-    """Run `work` in a grandchild of its own session, at idle priority, its stdio on /dev/null (it never
-    holds the program's output pipes open; with close_others, no other inherited descriptor
-    either); True once it was forked."""
+    """Run `work` in a grandchild of its own session, at idle priority, its stdio on /dev/null
+    (it never holds the program's output pipes open; with close_others, no other inherited
+    descriptor either); True once it was forked."""
     try:
         child = os.fork()
     except OSError:
@@ -913,10 +913,8 @@ def _extract_startup_first(
             _say(f"warning: materialize: local disk full while extracting ({exc.strerror}); running in place")
             return None
         raise
-    job = _Job(paths, manifest, u.tree, u.record, done, pending, rest, base, u.dir_modes, list(garbage))
-    started = _spawn(job, lock)
-    if started:
-        garbage.clear()
+    job = _Job(paths, manifest, u.tree, u.record, done, pending, rest, base, u.dir_modes)
+    started = _spawn(job, lock, garbage)
     u.close()
     if not started:
         shutil.rmtree(partial, ignore_errors=True)
@@ -984,10 +982,8 @@ def _resume(
         live.close()
         return None
     packs = sorted((p for p in manifest.packs if p.group != META_GROUP), key=pack_order)
-    job = _Job(paths, manifest, live, record, set(), pending, packs, base, [], list(garbage))
-    started = _spawn(job, lock)
-    if started:
-        garbage.clear()
+    job = _Job(paths, manifest, live, record, set(), pending, packs, base, [])
+    started = _spawn(job, lock, garbage)
     live.close()
     if not started:
         return None
@@ -1012,8 +1008,10 @@ class _Job:
     garbage: list[Path] = field(default_factory=list)  # deleted once the extraction is done
 
 
-def _spawn(job: _Job, lock: int) -> bool:
-    """Start the detached background extraction (it keeps the lock); True once it runs."""
+def _spawn(job: _Job, lock: int, garbage: list[Path]) -> bool:
+    """Start the detached background extraction (it keeps the lock, and deletes `garbage`,
+    which is handed over and emptied here once it runs); True once it runs."""
+    job.garbage = list(garbage)
     r, w = os.pipe()
 
     def work() -> int:
@@ -1025,6 +1023,8 @@ def _spawn(job: _Job, lock: int) -> bool:
     os.close(lock)  # the background holds the lock now
     started = os.read(r, 32) if forked else b""
     os.close(r)
+    if started:
+        garbage.clear()
     return bool(started)
 
 

@@ -33,6 +33,7 @@ from .iopool import Part, Stopped, run_parts
 from .paths import VolumePaths
 from .sealcheck import META_DIR, SealProblem, check_seal
 from .streams import AdaptiveStreams
+from .trace import HOOK_VERSION
 from .ui import reporter
 
 PACK_SCHEMA = 1
@@ -188,7 +189,7 @@ def manifest_path(paths: VolumePaths, snapshot: str) -> Path:
 
 
 def startup_paths(
-    record: dict[str, Entry], traced: Iterable[str], listed: Iterable[str] = (), *, hook: int = 2
+    record: dict[str, Entry], traced: Iterable[str], listed: Iterable[str] = (), *, hook: int = HOOK_VERSION
 ) -> list[str]:
     """The startup pack's members, in order: what the interpreter reads before any hook can see
     it (top-level files such as pyvenv.cfg, every symlink, site-packages' .pth files), then the
