@@ -2,7 +2,8 @@
 (a FUSE passthrough adding a delay to every metadata op, kernel caching off), at each
 `--latencies` ms per op, page cache dropped before every run, median of `--runs`: from local
 disk (the same volume without the FUSE: the baseline), in place, `--materialize always` and
-`auto`, as ratios against local disk. Each materializing run extracts to a fresh ext4
+`auto`, as ratios against local disk. The runs alternate (one of each per round), so the
+machine's drift over minutes weighs on the baseline as on the modes. Each materializing run extracts to a fresh ext4
 filesystem (a loop image, like a new container's disk; see `fresh_disk`). Needs root (FUSE
 mount, loop mount, drop_caches) and libfuse2.
 
@@ -357,12 +358,28 @@ def _start(case: Case, root: Path, mode: str, local: Path, timeout: float) -> St
     return out
 
 
-def measure(case: Case, root: Path, mode: str, runs: int, local: Path, timeout: float) -> list[Start] | str:
-    """The mode's starts, or why one failed (the others are not run)."""
-    try:
-        return [start_once(case, root, mode, local, timeout) for _ in range(runs)]
-    except StartFailed as exc:
-        return f"FAILED: {exc}"
+def interleaved(
+    case: Case, root: Path, modes: list[str], runs: int, local: Path, timeout: float
+) -> dict[str, list[Start] | str]:
+    """`runs` rounds, each one start from local disk (the baseline: the same volume without
+    the FUSE) and one per mode, in turn: this machine's speed drifts by tens of percent over
+    minutes (the local F5-TTS start measured 9.0-11.6 s in separate runs), so a baseline
+    measured before all the modes' runs skewed every ratio. A mode whose start fails is not
+    run again; its entry is why."""
+    out: dict[str, list[Start] | str] = {"local": [], **{m: [] for m in modes}}
+    for _ in range(runs):
+        for m in out:
+            starts = out[m]
+            if isinstance(starts, str):
+                continue
+            try:
+                if m == "local":
+                    starts.append(start_once(case, case.root, "never", local, timeout))
+                else:
+                    starts.append(start_once(case, root, m, local, timeout))
+            except StartFailed as exc:
+                out[m] = f"FAILED: {exc}"
+    return out
 
 
 def _median(starts: list[Start]) -> float:
@@ -419,21 +436,21 @@ def main() -> int:
     try:
         case = f5_case(args) if args.case == "f5tts" else simple_case(args, tmp)
         print(f"{case.name}: `{' '.join(case.command)}`; {args.runs} cold runs each (page cache dropped)")
-        base = measure(case, case.root, "never", args.runs, local, args.start_timeout)
-        if isinstance(base, str):
-            print(f"local disk: {base}")
-            return 1
-        base_s = _median(base)
-        results["local_s"] = base_s
-        results["local_runs_s"] = [s.seconds for s in base]
-        print(f"local disk (in place, no FUSE): {base_s:6.2f} s", flush=True)
         labels = {"never": "in place", "always": "materialize", "auto": "auto"}
+        local_all: list[Start] = []
         for lat in latencies:
             with slow_mount(case.root.parent, mnt, lat):
-                row = {
-                    m: measure(case, mnt / case.root.name, m, args.runs, local, args.start_timeout)
-                    for m in modes
-                }
+                rounds = interleaved(case, mnt / case.root.name, modes, args.runs, local, args.start_timeout)
+            base = rounds.pop("local")
+            if isinstance(base, str):
+                print(f"local disk: {base}")
+                return 1
+            local_all += base
+            base_s = _median(base)
+            results["local_s"] = _median(local_all)
+            results["local_runs_s"] = [s.seconds for s in local_all]
+            print(f"local disk (in place, no FUSE), in the same rounds: {base_s:6.2f} s", flush=True)
+            row = rounds
             figures: dict[str, dict[str, object]] = {}
             parts = [f"{lat:4.1f} ms/op:"]
             for m, starts in row.items():
@@ -467,6 +484,7 @@ def main() -> int:
                         else ""
                     )
                     print(f"      {labels[m]}: {_copied(starts)}{probe}", flush=True)
+            figures["local"] = {"median_s": base_s, "runs_s": [x.seconds for x in base]}
             results["latencies"][str(lat)] = figures  # type: ignore[index]
             if args.json_out:  # after every row: a long run stopped midway keeps what it measured
                 args.json_out.write_text(json.dumps(results, indent=2))

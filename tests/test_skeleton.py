@@ -453,3 +453,94 @@ def test_the_background_runs_at_idle_priority(
     finally:
         os.kill(pid, signal.SIGCONT)
     _wait_mark(tree)
+
+
+def _forge_startup_pack(root: Path, man: dict[str, object], forge: str, marker: Path) -> None:
+    """Replace the first startup pack holding a site-packages file with one that also holds a hostile member, and make the
+    (unsigned) pack list name it, so that its id, sizes and count are all consistent."""
+    import hashlib
+    import io
+    import tarfile
+
+    import zstandard
+
+    packs = man["packs"]
+    assert isinstance(packs, list)
+    if forge == "meta":  # the metadata pack, extracted while the startup packs are
+        meta = next(p for p in packs if p["group"] == "_meta")
+        blob = root / "packs" / "blobs" / f"{meta['id']}.tar.zst"
+        blob.write_bytes(blob.read_bytes()[:-8] + bytes(8))
+        return
+    from volenv.packs import startup_chunk
+
+    for victim in sorted((p for p in packs if startup_chunk(p["group"])), key=lambda p: p["group"]):
+        blob = root / "packs" / "blobs" / f"{victim['id']}.tar.zst"
+        raw = zstandard.ZstdDecompressor().decompress(blob.read_bytes(), max_output_size=1 << 30)
+        members: list[tuple[tarfile.TarInfo, bytes | None]] = []
+        with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+            for m in tar:
+                fh = tar.extractfile(m) if m.isfile() else None
+                members.append((m, fh.read() if fh else None))
+        files = [m.name for m, _ in members if m.isfile() and "/site-packages/" in m.name]
+        if files:
+            break
+    first = files[0]
+    site = first.partition("/site-packages/")[0] + "/site-packages"
+    evil = f"import os; open({str(marker)!r}, 'w')\n".encode()
+    if forge == "unrecorded":  # a .pth runs at interpreter start
+        info = tarfile.TarInfo(f"{site}/zz-evil.pth")
+        members.append((info, evil))
+    elif forge == "metadata":  # a forged completion mark and record
+        info = tarfile.TarInfo(".volenv/materialized.json")
+        members.append((info, b"{}"))
+    else:  # a recorded file with other bytes and another size
+        i = next(i for i, (m, _) in enumerate(members) if m.name == first)
+        info = members[i][0]
+        members[i] = (info, b"import os; open(" + repr(str(marker)).encode() + b", 'w')\n" + b"#" * 7)
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for m, data in members:
+            if data is not None:
+                m.size = len(data)
+            tar.addfile(m, io.BytesIO(data) if data is not None else None)
+    raw = out.getvalue()
+    packed = zstandard.ZstdCompressor().compress(raw)
+    new_id = hashlib.sha256(raw).hexdigest()
+    (root / "packs" / "blobs" / f"{new_id}.tar.zst").write_bytes(packed)
+    victim.update(
+        id=new_id,
+        tar_size=len(raw),
+        blob_sha256=hashlib.sha256(packed).hexdigest(),
+        blob_size=len(packed),
+        files=len(members),
+    )
+    sid = man["snapshot"]
+    (root / "packs" / "snapshots" / f"{sid}.json").write_text(json.dumps(man))
+
+
+@pytest.mark.parametrize("forge", ["unrecorded", "metadata", "resized", "meta"])
+def test_a_forged_startup_pack_never_runs_though_it_extracts_before_the_record_is_read(
+    tmp_path: Path,
+    traced_env: tuple[Path, Path],  # noqa: F811
+    forge: str,
+) -> None:
+    """The startup packs extract in processes forked before the metadata pack brings the record
+    (so both run at once), and their members are checked against it afterwards: a member the
+    record lacks (a .pth that runs at start), one in the metadata directory, or a recorded file
+    of another size fails the start (exit 4) before anything runs, and leaves no tree; so does
+    a damaged metadata pack, whose failure stops the startup packs' processes."""
+    m, root = traced_env
+    man = _traced_and_packed(m, root)
+    marker = tmp_path / "EXECUTED"
+    _forge_startup_pack(root, man, forge, marker)
+    local = tmp_path / "local"
+    args = ("--root", root, "run", "--materialize", "always", "--materialize-dir", local, "--manifest", m)
+    r = volenv(*args, "--", "python", "-c", "print('RAN')")
+    assert r.returncode == 4 and "RAN" not in r.stdout and "Traceback" not in r.stderr, r.stderr
+    assert ("damaged" if forge == "meta" else "does not match the snapshot's record") in r.stderr, r.stderr
+    assert not marker.exists()
+    assert [p.name for p in local.iterdir() if not p.name.startswith(".exchange")] == []
+    r = volenv("--root", root, "run", "--materialize", "auto", "--materialize-dir", local, "--manifest", m,
+               "--", "python", "-c", "print('RAN')", env={"VOLENV_MATERIALIZE_THRESHOLD_MS": "0"})  # fmt: skip
+    assert r.returncode == 0 and r.stdout == "RAN\n" and "running in place" in r.stderr, r.stderr
+    assert not marker.exists()

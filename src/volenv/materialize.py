@@ -11,7 +11,9 @@ behind it (see "the skeleton" below).
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import gc
 import os
 import shutil
 import stat
@@ -577,7 +579,8 @@ def _extract(
     partial.mkdir()
     staged = partial / sid
     if exchange:
-        return _extract_startup_first(paths, manifest, base, partial, dest, mode, volume, garbage)
+        with _gc_paused():
+            return _extract_startup_first(paths, manifest, base, partial, dest, mode, volume, garbage)
     t0 = time.perf_counter()
     tree = dest
     try:
@@ -618,6 +621,20 @@ def _extract(
 
 
 # ---------------------------------------------------------------- startup pack first
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while the startup packs extract: each full collection walks
+    the whole record (65k entries for F5-TTS), and in a forked process it writes to every
+    inherited object's page (copy-on-write). `_background` turns it back on."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _await_background(dest: Path, seal: dict[str, Any], level: str) -> bool:
@@ -886,16 +903,23 @@ def _extract_startup_first(
     for p in order:
         (first if p.group == META_GROUP or startup_chunk(p.group) is not None else rest).append(p)
     u: Unpacker | None = None
+    listed: tuple[str, ...] = ()
     try:
         u = Unpacker(manifest, staged)
         opener = lambda i: open(blob_path(paths, i.id), "rb")  # noqa: E731, SIM115
-        u.extract([p for p in first if p.group == META_GROUP], opener)
-        u.extract_forked([p for p in first if p.group != META_GROUP], opener, _processes())
-        check_seal(str(staged), sid)
+
+        def meta() -> None:  # while the startup packs extract in other processes
+            nonlocal listed
+            assert u is not None
+            u.extract([p for p in first if p.group == META_GROUP], opener)
+            check_seal(str(staged), sid)
+            listed = _listed(staged, sid)
+
+        u.extract_forked([p for p in first if p.group != META_GROUP], opener, _processes(), during=meta)
         assert u.record is not None
         done = {r for r in u.seen if r in u.record}
         t1 = time.perf_counter()
-        pending = _build_skeleton(u.tree, u.record, done, volume, _listed(staged, sid))
+        pending = _build_skeleton(u.tree, u.record, done, volume, listed)
         t_skel = time.perf_counter() - t1
         lock = _lock_progress(u.tree.dir_fd(META_DIR, create=False), os.getpid())
         assert lock is not None  # a tree of our own
@@ -1035,6 +1059,8 @@ def _background(job: _Job, lock: int, ready: int) -> int:
     FAILED with the reason (the skeleton stays whole: programs keep running from it)."""
     import json
 
+    gc.freeze()  # what it inherited stays out of the collections (and its pages shared)
+    gc.enable()
     live = job.live
     meta_fd = os.dup(live.dir_fd(META_DIR, create=False))
     stage: Path | None = None

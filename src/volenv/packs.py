@@ -17,6 +17,7 @@ import hashlib
 import io
 import os
 import re
+import signal
 import stat
 import tarfile
 import threading
@@ -700,50 +701,62 @@ class Unpacker:
         run_parts([part(i) for i in todo if i.group != META_GROUP], streams, name="volenv-unpack")
 
     def extract_forked(
-        self, infos: list[PackInfo], open_blob: Callable[[PackInfo], BinaryIO], procs: int
+        self,
+        infos: list[PackInfo],
+        open_blob: Callable[[PackInfo], BinaryIO],
+        procs: int,
+        during: Callable[[], None] | None = None,
     ) -> None:
-        """Extract packs (not the metadata pack, which must be extracted already) in up to
-        `procs` processes at once: children are forked, extract their share into the same
-        tree and report the names and directory modes they extracted, or why they failed
-        (a damaged pack stays a VerifyError, a full disk an OSError with its errno)."""
+        """Extract packs (not the metadata pack) in up to `procs` processes at once: children
+        are forked, extract their share into the same tree and report what they extracted, or
+        why they failed (a damaged pack stays a VerifyError, a full disk an OSError with its
+        errno). With `during`, every share goes to a child and this process runs `during`
+        meanwhile: the metadata pack's extraction, which brings the record. Children forked
+        before the record exists check their members against it only here, after they end:
+        the tree is private and nothing runs from it before this returns, and a member that is
+        not recorded fails the whole extraction as it would have before it was written."""
         import json
 
-        shares = [infos[i::procs] for i in range(max(1, min(procs, len(infos))))]
+        n = max(1, min(procs, len(infos)))
+        shares = [infos[i::n] for i in range(n)]
+        mine_first = during is None
         children: list[tuple[int, int]] = []
         try:
-            for share in shares[1:]:
+            for share in shares[1:] if mine_first else shares:
                 r, w = os.pipe()
                 try:
                     pid = os.fork()
                 except OSError:
                     os.close(r)
                     os.close(w)
-                    shares[0] += share  # no process to spare: this one does it
+                    if mine_first:
+                        shares[0] += share  # no process to spare: this one does it
+                    else:
+                        shares.append(share)  # done here, after `during`
                     continue
                 if pid == 0:  # pragma: no cover - runs in the child
                     try:
                         os.close(r)
-                        before = len(self.dir_modes)
-                        mine: list[str] = []
-                        self.seen = _Seen(record_into=mine)
-                        msg: dict[str, Any]
-                        try:
-                            for info in share:
-                                self.extract_one(info, open_blob)
-                            msg = {"seen": mine, "dir_modes": self.dir_modes[before:]}
-                        except VerifyError as exc:
-                            msg = {"verify": str(exc)}
-                        except OSError as exc:
-                            msg = {"errno": exc.errno or 0, "strerror": exc.strerror or str(exc)}
-                        except BaseException as exc:
-                            msg = {"verify": f"extraction failed: {exc!r}"}
-                        write_all(w, json.dumps(msg).encode())
+                        write_all(w, json.dumps(self._child_extract(share, open_blob)).encode())
                     finally:
                         os._exit(0)  # the report says how it went
                 os.close(w)
                 children.append((pid, r))
-            for info in shares[0]:
-                self.extract_one(info, open_blob)
+            if during is not None:
+                during()
+                if self.record is None:
+                    raise VerifyError("the pack list has no metadata pack")
+                spared = shares[n:]  # shares no child could be forked for
+            else:
+                spared = shares[:1]
+            for share in spared:
+                for info in share:
+                    self.extract_one(info, open_blob)
+        except BaseException:
+            for pid, _ in children:  # stop them now: the tree is discarded
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            raise
         finally:
             reports = []
             for pid, r in children:
@@ -765,10 +778,45 @@ class Unpacker:
                 raise OSError(int(msg["errno"]), str(msg["strerror"]))
             if "verify" in msg:
                 raise VerifyError(str(msg["verify"]))
+            for pack, members in msg["unchecked"].items():
+                for name, kind, size, link in members:
+                    _check_member(self.record, str(pack), str(name), str(kind), int(size), str(link))
             for name in msg["seen"]:
                 if not self.seen.add_new(name):
                     raise VerifyError(f"member {name!r} appears twice")
             self.dir_modes += [(str(rel), int(mode)) for rel, mode in msg["dir_modes"]]
+
+    def _child_extract(
+        self, share: list[PackInfo], open_blob: Callable[[PackInfo], BinaryIO]
+    ) -> dict[str, Any]:
+        """A forked child's work and report: names and directory modes it extracted, with each
+        member's type, size and link target while the record was not there to check them."""
+        before = len(self.dir_modes)
+        mine: list[str] = []
+        self.seen = _Seen(record_into=mine)
+        unchecked: dict[str, list[tuple[str, str, int, str]]] = {}
+        try:
+            for info in share:
+                if self.record is None:
+                    with open_blob(info) as raw:
+                        _extract_pack(
+                            raw,
+                            info,
+                            self.tree,
+                            None,
+                            self.seen,
+                            self.dir_modes,
+                            unchecked=unchecked.setdefault(_pack_name(info), []),
+                        )
+                else:
+                    self.extract_one(info, open_blob)
+            return {"seen": mine, "dir_modes": self.dir_modes[before:], "unchecked": unchecked}
+        except VerifyError as exc:
+            return {"verify": str(exc)}
+        except OSError as exc:
+            return {"errno": exc.errno or 0, "strerror": exc.strerror or str(exc)}
+        except BaseException as exc:
+            return {"verify": f"extraction failed: {exc!r}"}
 
     def extract_one(
         self, info: PackInfo, open_blob: Callable[[PackInfo], BinaryIO], stop: threading.Event | None = None
@@ -835,8 +883,11 @@ def _extract_pack(
     seen: _Seen,
     dir_modes: list[tuple[str, int]],
     stop: threading.Event | None = None,
+    unchecked: list[tuple[str, str, int, str]] | None = None,
 ) -> None:
-    """One pack: blob hash, tar hash and declared sizes checked while it streams."""
+    """One pack: blob hash, tar hash and declared sizes checked while it streams. With
+    `unchecked` (no record yet: see `Unpacker.extract_forked`), each member's type, size and
+    link target are listed there to be checked against the record afterwards."""
     need_zstandard()
     import zstandard
 
@@ -849,7 +900,7 @@ def _extract_pack(
                         raise VerifyError(f"{_pack_name(info)} holds more than {info.files} files")
                     if stop is not None and stop.is_set():
                         raise Stopped
-                    _extract_member(tar, member, tree, record, info, seen, dir_modes)
+                    _extract_member(tar, member, tree, record, info, seen, dir_modes, unchecked)
             tar_hash.drain()
     except (zstandard.ZstdError, tarfile.TarError, EOFError, ValueError, OverflowError) as exc:
         # ValueError/OverflowError: header values tarfile or os.utime cannot take (a pax
@@ -899,6 +950,16 @@ def _member_name(m: tarfile.TarInfo, info: PackInfo) -> str:
     return name
 
 
+def _check_member(
+    record: dict[str, Entry] | None, pack: str, name: str, kind: str, size: int, link: str
+) -> None:
+    """A member of a snapshot pack must be a recorded entry of the same type, size (files) and
+    target (links)."""
+    e = record.get(name) if record is not None else None
+    if e is None or e.type != kind or (kind == "l" and link != e.digest) or (kind == "f" and size != e.size):
+        raise VerifyError(f"{pack}: member {name!r} does not match the snapshot's record")
+
+
 def _extract_member(
     tar: tarfile.TarFile,
     m: tarfile.TarInfo,
@@ -907,18 +968,16 @@ def _extract_member(
     info: PackInfo,
     seen: _Seen,
     dir_modes: list[tuple[str, int]],
+    unchecked: list[tuple[str, str, int, str]] | None = None,
 ) -> None:
     name = _member_name(m, info)
-    if record is not None:
-        e = record.get(name)
-        kind = "d" if m.isdir() else "l" if m.issym() else "f"
-        if (
-            e is None
-            or e.type != kind
-            or (kind == "l" and m.linkname != e.digest)
-            or (kind == "f" and m.size != e.size)
-        ):
+    kind = "d" if m.isdir() else "l" if m.issym() else "f"
+    if unchecked is not None:  # checked against the record once it is there
+        if name == META_DIR or name.startswith(META_DIR + "/"):
             raise VerifyError(f"{_pack_name(info)}: member {name!r} does not match the snapshot's record")
+        unchecked.append((name, kind, m.size, m.linkname))
+    elif record is not None:
+        _check_member(record, _pack_name(info), name, kind, m.size, m.linkname)
     elif not (
         (name == META_DIR and m.isdir())
         or (name.startswith(META_DIR + "/") and name.count("/") == 1 and m.isfile())
