@@ -138,8 +138,11 @@ def simple_case(args: argparse.Namespace, tmp: Path) -> Case:
     return Case(args.case, root, m, ["python", "-c", code])
 
 
-def f5_manifest(dest: Path) -> Path:
-    """The e2e test's manifest (same build inputs, so the same snapshot) with its three models."""
+def f5_manifest(dest: Path, local: str | None = "auto") -> Path:
+    """The e2e test's manifest (same build inputs, so the same snapshot) with its three models,
+    each `local = "auto"` as manifests/f5-tts.toml has them (copied to the container's disk
+    when the volume is slow: loading them from the volume walked its HF cache ~1,100 times at
+    1 ms each); `local=None`: the e2e test's manifest exactly, to find its snapshot."""
     from test_worker_e2e import POST_INSTALL, REV
 
     wheels = local_torch_wheels("2.13.0")
@@ -147,6 +150,7 @@ def f5_manifest(dest: Path) -> Path:
         raise SystemExit("no local CPU torch 2.13.0 wheel (pip config find-links): the e2e volume needs it")
     models = "".join(
         f'[[models]]\nname = "{name}"\nhf = {{ repo = "acme/{d}", revision = "{REV}", allow-patterns = ["*"] }}\n'
+        + (f'local = "{local}"\n' if local else "")
         for name, d in (("f5tts-v1-base", "f5"), ("vocos-mel-24khz", "vocos"), ("ctc-aligner", "ctc"))
     )
     dest.write_text(
@@ -167,7 +171,8 @@ def f5_case(args: argparse.Namespace) -> Case:
     work: Path = args.work or (F5_WORK.with_name(F5_WORK.name + "-untraced") if args.untraced else F5_WORK)
     work.mkdir(parents=True, exist_ok=True)
     m = f5_manifest(work / "worker.toml")
-    sid = find_snapshot(str(source), target_from_manifest(str(source), str(m)))
+    e2e = f5_manifest(work / "worker-e2e.toml", local=None)
+    sid = find_snapshot(str(source), target_from_manifest(str(source), str(e2e)))
     if sid is None:
         raise SystemExit(f"{source} has no snapshot of the e2e manifest: run tests/test_worker_e2e.py first")
     root = work / "volume" / "volenv"
@@ -183,6 +188,8 @@ def f5_case(args: argparse.Namespace) -> Case:
     if prepared.exists() and root.is_dir():
         done = json.loads(prepared.read_text())
         if {k: done.get(k) for k in want} == want:
+            if find_snapshot(str(root), target_from_manifest(str(root), str(m))) is None:
+                _volenv(root, "-q", "sync", str(m), stdout=subprocess.DEVNULL)  # a copy from before
             return Case("f5tts", root, m, start, READY_F5, env, FAILED_F5)
         raise SystemExit(f"{work} was prepared differently ({done}): remove it or pass another --work")
     if not root.is_dir():
@@ -193,6 +200,7 @@ def f5_case(args: argparse.Namespace) -> Case:
         subprocess.run(["cp", "-a", str(source), str(partial)], check=True)
         os.rename(partial, root)
     t0 = time.perf_counter()
+    _volenv(root, "-q", "sync", str(m), stdout=subprocess.DEVNULL)  # the same snapshot, indexed for m
     if not args.untraced:
         print("tracing a worker start that answers one job (once)", flush=True)
         _trace_worker(root, m, start, env)

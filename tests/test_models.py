@@ -318,6 +318,55 @@ def test_hf_model_from_fake_hub_used_offline_inside_snapshot(
     assert exported == str(snap)
 
 
+def test_hf_model_local_copy_walks_from_the_models_dir_and_never_leaves_it(
+    tmp_path: Path,
+    root: Path,
+    fake_hub: tuple[str, dict[str, bytes], Counter[str]],
+    hub_wheels: tuple[Path, list[str]],
+) -> None:
+    """`local = "always"` on an HF model: its snapshot files (links into the repo's blobs/) are
+    copied as regular files, several at a time, each reached from the models directory one
+    component at a time. A snapshot link planted to climb out of the models directory, or to
+    an absolute path outside it, is never copied, even with the recorded bytes there: a warning,
+    and the worker reads the volume's own path."""
+    endpoint, files, _hits = fake_hub
+    wheels, pins = hub_wheels
+    extra = (
+        "[[models]]\n"
+        'name = "tiny-hub"\n'
+        f'hf = {{ repo = "acme/tiny-model", revision = "{REV}", allow-patterns = ["*"] }}\n'
+        'local = "always"\n'
+    )
+    m = write_manifest(tmp_path, "hub", pins, find_links=wheels, extra=extra)
+    r = volenv(
+        "--root", root, "sync", m, env={"HF_ENDPOINT": endpoint, "HF_HUB_DISABLE_XET": "1"}, timeout=600
+    )
+    assert r.returncode == 0, r.stderr
+    snap = root / "models" / "hf" / "hub" / "models--acme--tiny-model" / "snapshots" / REV
+    assert all((snap / n).is_symlink() for n in files)
+    code = "import os; print(os.environ['VOLENV_MODEL_TINY_HUB'])"
+    run = ("--root", root, "run", "--manifest", m, "--", "python", "-c", code)
+    r = volenv(*run, env={"VOLENV_LOCAL_DIR": str(tmp_path / "local")})
+    assert r.returncode == 0, r.stderr
+    copy = Path(r.stdout.strip())
+    assert copy.is_relative_to(tmp_path / "local") and "copied" in r.stderr, r.stderr
+    for name, data in files.items():
+        assert not (copy / name).is_symlink() and (copy / name).read_bytes() == data
+
+    outside = tmp_path / "outside" / "config.json"
+    outside.parent.mkdir()
+    outside.write_bytes(files["config.json"])  # the recorded bytes, outside the models directory
+    climb = os.path.relpath(outside, snap)
+    for n, target in enumerate([climb, str(outside)]):
+        (snap / "config.json").unlink()
+        (snap / "config.json").symlink_to(target)
+        r = volenv(*run, env={"VOLENV_LOCAL_DIR": str(tmp_path / f"local{n}")})
+        assert r.returncode == 0, r.stderr
+        assert Path(r.stdout.strip()) == snap, r.stderr
+        assert "resolves outside the volume's models directory" in r.stderr, r.stderr
+        assert not [p for p in (tmp_path / f"local{n}").rglob("*") if p.is_file()]
+
+
 def test_models_verify_and_gc(tmp_path: Path, root: Path, wheelhouse: Path, file_server: FileServer) -> None:
     data = os.urandom(1 << 20)
     other = os.urandom(1 << 20)

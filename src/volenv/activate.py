@@ -564,7 +564,7 @@ def run(root: str, argv: list[str]) -> int:
         if any(m.get("local") in ("always", "auto") for m in target.activation.get("models", [])):
             from .localcopy import localize_models  # [[models]] local: copies to this disk
 
-            localize_models(root, volume_snap, target.activation["models"], env)
+            localize_models(root, volume_snap, target.activation["models"], env, o.materialize_dir)
     except Exception as exc:  # every activation failure reaches --diagnose, OSError and bugs too
         if not o.diagnose:
             raise
