@@ -58,6 +58,8 @@ FAILED_F5 = "f5-tts-worker: model unavailable"
 PROBE_LINE = re.compile(r"materialize auto: .*volume (?:metadata op|\(\S*\)) ([\d.]+) ms")
 STARTUP_LINE = re.compile(r"startup pack of \S+ local in ([\d.]+) ?s \((\d+) files, (\d+) of (\d+) bytes[;)]")
 EXTRACTED_LINE = re.compile(r"materialize: extracted \S+ to ")
+MODEL_LINE = re.compile(r"model '[^']+': copied ([\d.]+) ([KMGT]?i?B) to ")
+_UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
 
 
 @dataclass
@@ -82,6 +84,7 @@ class Start:
     extracted_all: bool = False  # materialized without a startup pack: everything before exec
     probe_ms: float | None = None  # what auto's probe measured
     startup_local_s: float | None = None  # when the startup pack was local (exec followed)
+    models_copied_bytes: int = 0  # `[[models]] local`: model files copied to local disk before exec
 
 
 class StartFailed(Exception):
@@ -351,6 +354,8 @@ def _start(case: Case, root: Path, mode: str, local: Path, timeout: float) -> St
             out.before_exec_files, out.before_exec_bytes, out.total_bytes = map(int, hit.groups()[1:])
         elif EXTRACTED_LINE.search(line):
             out.extracted_all = True
+        if hit := MODEL_LINE.search(line):
+            out.models_copied_bytes += int(float(hit.group(1)) * _UNITS.get(hit.group(2), 1))
     if seconds >= timeout:
         code = code or -9
         lines.append(f"timed out after {timeout:.0f}s (--start-timeout)")
@@ -396,13 +401,17 @@ def _median(starts: list[Start]) -> float:
 
 def _copied(starts: list[Start]) -> str:
     s = starts[-1]
+    models = f"; models copied {s.models_copied_bytes / 1e6:.1f} MB" if s.models_copied_bytes else ""
     if s.before_exec_bytes is not None and s.total_bytes:
         share = s.before_exec_bytes / s.total_bytes
         return (
             f"before exec {s.before_exec_files} files, {s.before_exec_bytes / 1e6:.1f} of"
             f" {s.total_bytes / 1e6:.1f} MB ({share:.0%}; target <= 25%), local after {s.startup_local_s}s"
+            + models
         )
-    return "before exec: everything (no startup pack)" if s.extracted_all else "in place (nothing copied)"
+    return (
+        "before exec: everything (no startup pack)" if s.extracted_all else "in place (nothing copied)"
+    ) + models
 
 
 def main() -> int:
@@ -479,6 +488,7 @@ def main() -> int:
                     "packed_bytes": last.total_bytes,
                     "extracted_all": last.extracted_all,
                     "startup_local_s": last.startup_local_s,
+                    "models_copied_bytes": last.models_copied_bytes,
                 }
             a, n = figures.get("auto", {}), figures.get("never", {})
             if "median_s" in a and "median_s" in n:
