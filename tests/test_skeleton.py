@@ -490,6 +490,9 @@ def _forge_startup_pack(root: Path, man: dict[str, object], forge: str, marker: 
     if forge == "unrecorded":  # a .pth runs at interpreter start
         info = tarfile.TarInfo(f"{site}/zz-evil.pth")
         members.append((info, evil))
+    elif forge == "unwritable":  # a name no filesystem takes: the child's error is not the reason
+        info = tarfile.TarInfo(f"{site}/{'x' * 300}.pth")
+        members.append((info, evil))
     elif forge == "metadata":  # a forged completion mark and record
         info = tarfile.TarInfo(".volenv/materialized.json")
         members.append((info, b"{}"))
@@ -518,7 +521,7 @@ def _forge_startup_pack(root: Path, man: dict[str, object], forge: str, marker: 
     (root / "packs" / "snapshots" / f"{sid}.json").write_text(json.dumps(man))
 
 
-@pytest.mark.parametrize("forge", ["unrecorded", "metadata", "resized", "meta"])
+@pytest.mark.parametrize("forge", ["unrecorded", "unwritable", "metadata", "resized", "meta"])
 def test_a_forged_startup_pack_never_runs_though_it_extracts_before_the_record_is_read(
     tmp_path: Path,
     traced_env: tuple[Path, Path],  # noqa: F811
@@ -526,7 +529,8 @@ def test_a_forged_startup_pack_never_runs_though_it_extracts_before_the_record_i
 ) -> None:
     """The startup packs extract in processes forked before the metadata pack brings the record
     (so both run at once), and their members are checked against it afterwards: a member the
-    record lacks (a .pth that runs at start), one in the metadata directory, or a recorded file
+    record lacks (a .pth that runs at start; one whose name no filesystem takes, which made the
+    start exit 1 on the child's ENAMETOOLONG), one in the metadata directory, or a recorded file
     of another size fails the start (exit 4) before anything runs, and leaves no tree; so does
     a damaged metadata pack, whose failure stops the startup packs' processes."""
     m, root = traced_env
@@ -544,3 +548,39 @@ def test_a_forged_startup_pack_never_runs_though_it_extracts_before_the_record_i
                "--", "python", "-c", "print('RAN')", env={"VOLENV_MATERIALIZE_THRESHOLD_MS": "0"})  # fmt: skip
     assert r.returncode == 0 and r.stdout == "RAN\n" and "running in place" in r.stderr, r.stderr
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("mode", ["always", "auto"])
+def test_a_start_that_cannot_fork_ends_instead_of_spinning(
+    tmp_path: Path,
+    traced_env: tuple[Path, Path],  # noqa: F811
+    mode: str,
+) -> None:
+    """fork fails with EAGAIN (a container's pids limit): the startup packs are extracted by the
+    start itself, and with no process for the background it is exit 4 under `always` and in
+    place under `auto`. Each failed fork used to put its share back on the list being walked:
+    the start spun forever."""
+    import sys
+
+    from conftest import base_env
+
+    m, root = traced_env
+    _traced_and_packed(m, root)
+    local = tmp_path / "local"
+    code = (
+        "import errno, os, runpy, sys\n"
+        "def fork():\n"
+        "    raise OSError(errno.EAGAIN, 'Resource temporarily unavailable')\n"
+        "os.fork = fork\n"
+        f"sys.argv = ['volenv', '--root', {str(root)!r}, 'run', '--materialize', {mode!r},"
+        f" '--materialize-dir', {str(local)!r}, '--manifest', {str(m)!r}, '--', 'python', '-c', 'print(1)']\n"
+        "runpy.run_module('volenv', run_name='__main__')\n"
+    )
+    env = {**base_env(), "VOLENV_MATERIALIZE_THRESHOLD_MS": "0"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert "did not start" in r.stderr, r.stderr
+    if mode == "always":
+        assert r.returncode == 4 and r.stdout == "", r.stderr
+    else:
+        assert r.returncode == 0 and r.stdout == "1\n" and "running in place" in r.stderr, r.stderr
+    assert [p.name for p in local.iterdir() if not p.name.startswith(".exchange")] == []

@@ -280,7 +280,8 @@ class _ModelsTree:
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC  # a planted fifo never blocks the start
+# a planted fifo never blocks the start, nor does a tty become its terminal
+_FILE_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
 def _inside(rel: str) -> list[str]:

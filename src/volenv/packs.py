@@ -722,7 +722,7 @@ class Unpacker:
         mine_first = during is None
         children: list[tuple[int, int]] = []
         try:
-            for share in shares[1:] if mine_first else shares:
+            for share in list(shares[1:] if mine_first else shares):  # appended to below
                 r, w = os.pipe()
                 try:
                     pid = os.fork()
@@ -769,11 +769,17 @@ class Unpacker:
                 except ChildProcessError:  # SIGCHLD ignored: reaped already; the report counts
                     pass
                 reports.append(b"".join(chunks))
+        msgs = []
         for raw in reports:
             try:
-                msg = json.loads(raw)
+                msgs.append(json.loads(raw))
             except ValueError:
                 raise VerifyError("an extraction process stopped without a report") from None
+        for msg in msgs:  # a forged member is the reason, whatever else its writing caused
+            for pack, members in msg.get("unchecked", {}).items():
+                for name, kind, size, link in members:
+                    _check_member(self.record, str(pack), str(name), str(kind), int(size), str(link))
+        for msg in msgs:
             if "errno" in msg:
                 raise OSError(int(msg["errno"]), str(msg["strerror"]))
             if "verify" in msg:
@@ -812,11 +818,11 @@ class Unpacker:
                     self.extract_one(info, open_blob)
             return {"seen": mine, "dir_modes": self.dir_modes[before:], "unchecked": unchecked}
         except VerifyError as exc:
-            return {"verify": str(exc)}
+            return {"verify": str(exc), "unchecked": unchecked}
         except OSError as exc:
-            return {"errno": exc.errno or 0, "strerror": exc.strerror or str(exc)}
+            return {"errno": exc.errno or 0, "strerror": exc.strerror or str(exc), "unchecked": unchecked}
         except BaseException as exc:
-            return {"verify": f"extraction failed: {exc!r}"}
+            return {"verify": f"extraction failed: {exc!r}", "unchecked": unchecked}
 
     def extract_one(
         self, info: PackInfo, open_blob: Callable[[PackInfo], BinaryIO], stop: threading.Event | None = None
