@@ -584,3 +584,57 @@ def test_a_start_that_cannot_fork_ends_instead_of_spinning(
     else:
         assert r.returncode == 0 and r.stdout == "1\n" and "running in place" in r.stderr, r.stderr
     assert [p.name for p in local.iterdir() if not p.name.startswith(".exchange")] == []
+
+
+def test_a_copy_beside_an_in_use_tree_is_kept_while_a_child_of_its_program_runs_there(
+    tmp_path: Path,
+    traced_env: tuple[Path, Path],  # noqa: F811
+) -> None:
+    """Start B ran beside A's in-use tree, from a copy named after B's pid; B's program left a
+    child (which kept the inherited in-use descriptor) and exited. A later start used to delete
+    that copy as soon as B's pid was gone, from under the child; it now waits for the copy's
+    in-use lock to be free."""
+    from volenv.materialize import _leftovers
+
+    _m, _root, sid, local, tree, args = _packed_start(tmp_path, traced_env)
+    a = volenv_popen(
+        *args, "--", "python", "-c", "import time; time.sleep(5)",
+        env={"VOLENV_FAULT": "materialize-background:fail"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    child = 0
+    try:
+        deadline = time.monotonic() + 60
+        while not (tree / ".volenv" / "materialize-failed").exists():
+            assert a.poll() is None and time.monotonic() < deadline, "A's background never failed"
+            time.sleep(0.05)
+        err = str(tmp_path / "child.err")
+        spawn = (
+            "import subprocess, sys\n"
+            "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], close_fds=False,"
+            f" start_new_session=True, stdout=subprocess.DEVNULL, stderr=open({err!r}, 'w'))\n"
+            "print(sys.prefix, c.pid)\n"
+        )
+        b = volenv(*args, "--", "python", "-c", spawn)
+        assert b.returncode == 0 and "in use by a running program" in b.stderr, b.stderr
+        prefix, pid = b.stdout.split()
+        child = int(pid)
+        partial = Path(prefix).parent
+        assert partial.name.startswith(f".{sid}.partial-"), prefix
+        assert partial not in _leftovers(local, sid)  # B gone, its child still there
+        a.communicate(timeout=60)
+        c = volenv(*args, "--", "python", "-c", "import late")  # A and B gone: the tree is replaced
+        assert c.returncode == 0, c.stderr
+        _wait_mark(tree)
+        _gone(f".{sid}.stale-*", local)
+        assert partial.is_dir() and Path(prefix, "bin").is_dir()  # the child's copy, kept
+        assert partial not in _leftovers(local, sid)
+    finally:
+        if a.poll() is None:
+            a.kill()
+        if child:
+            os.kill(child, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while partial not in _leftovers(local, sid):  # the child gone: deletable
+        assert time.monotonic() < deadline
+        time.sleep(0.05)

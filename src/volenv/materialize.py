@@ -338,8 +338,28 @@ def _leftovers(base: Path, sid: str) -> list[Path]:
         pid = p.name.rsplit("-", 2)[-2] if p.name.count("-") >= 2 else ""
         if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
             continue  # another process on this disk is extracting it now
+        if not p.is_symlink() and _in_use(p / sid):
+            continue  # the program that started from it is gone, a child it left still runs there
         out.append(p)
     return out
+
+
+def _in_use(tree: Path) -> bool:
+    """Whether a program holds the tree's IN_USE lock (a start ran a program from a copy beside
+    an in-use tree, and its children that kept the descriptor outlive it)."""
+    import fcntl
+
+    try:
+        fd = _in_use_fd(tree)
+    except OSError:
+        return False  # no metadata dir (or a planted link): nothing ever ran from it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _delete_detached(garbage: list[Path]) -> None:
