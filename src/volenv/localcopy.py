@@ -14,7 +14,6 @@ warning: a local copy is an optimisation, never a reason not to start.
 
 from __future__ import annotations
 
-import collections
 import errno
 import json
 import os
@@ -23,13 +22,16 @@ import stat
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .errors import VolenvError
 from .fsutil import unique_suffix
 from .httpfetch import OrderedHasher, Plan
+from .iopool import Part, run_parts
 from .modelpaths import model_env_name, model_files_dir, model_key, model_location, model_record_path
+from .streams import AdaptiveStreams, pinned_streams
 from .ui import human_bytes, human_seconds
 
 MARK = ".volenv-local.json"
@@ -103,45 +105,11 @@ def localize_models(
         except (OSError, ValueError, VolenvError) as exc:  # a damaged record included
             _say(f"warning: model '{m['name']}': no local copy ({exc}); reading it from the volume")
 
-    _each(one, todo)
+    _all_at_once(one, todo)
     for m in todo:  # in manifest order, whichever copy ended first
         path = paths.get(m["name"])
         if path is not None:
             env[model_env_name(m["name"])] = path
-
-
-def _each(work: Any, items: list[Any], width: int = 8) -> None:
-    """work(item) for every item, `width` at a time: on a network volume each file costs round
-    trips (the path walked twice, opened, stat'ed) before its bytes move, and the F5-TTS
-    models' 25 files took 1.5 s one after another at 1 ms per operation. Exceptions that
-    `work` lets through are raised here, the first one."""
-    if len(items) <= 1:
-        for item in items:
-            work(item)
-        return
-    todo = collections.deque(items)
-    lock = threading.Lock()
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        while True:
-            with lock:
-                if errors or not todo:
-                    return
-                item = todo.popleft()
-            try:
-                work(item)
-            except BaseException as exc:
-                with lock:
-                    errors.append(exc)
-
-    threads = [threading.Thread(target=run, daemon=True) for _ in range(min(width, len(items)))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
 
 
 def _local_copy(root: str, m: dict[str, Any], mdir: str | None = None) -> str | None:
@@ -175,7 +143,7 @@ def _local_copy(root: str, m: dict[str, Any], mdir: str | None = None) -> str | 
             _copy_one(src, src_dir / f["path"], tmp / f["path"], int(f["size"]), f["sha256"])
 
         try:
-            _each(copy, files)
+            _all_at_once(copy, files)
         finally:
             tree.close()
         (tmp / MARK).write_text(json.dumps({"files": files}, sort_keys=True))
@@ -335,40 +303,40 @@ def _copy_one(sfd: int, src: Path, dst: Path, size: int, sha256: str) -> None:
         )
 
 
+def _all_at_once(work: Callable[[Any], None], items: list[Any], width: int = 8) -> None:
+    """work(item) for every item, `width` at a time (iopool.run_parts: the first failure stops
+    the rest and is raised): on a network volume each model file costs round trips before its
+    bytes move, and the F5-TTS models' 25 files took 1.5 s one after another at 1 ms per
+    operation."""
+
+    def part(item: Any) -> Part:
+        def run(stop: threading.Event) -> int:
+            work(item)
+            return 0
+
+        return run
+
+    run_parts([part(i) for i in items], AdaptiveStreams(pinned=width), name="volenv-local")
+
+
 def _parallel_copy(sfd: int, dfd: int, plan: Plan, hasher: OrderedHasher) -> None:
-    todo = collections.deque(range(plan.count))
-    lock = threading.Lock()
-    errors: list[BaseException] = []
+    """The file's ranges, several threads each reading large ones (`VOLENV_STREAMS`, else 8)."""
+    local = threading.local()
 
-    def work() -> None:
-        buf = memoryview(bytearray(READ))
-        try:
-            while True:
-                with lock:
-                    if errors or not todo:
-                        return
-                    i = todo.popleft()
-                pos, end = plan.span(i)
-                while pos < end:
-                    n = os.preadv(sfd, [buf[: min(READ, end - pos)]], pos)
-                    if n <= 0:
-                        raise OSError(f"short read at byte {pos}")
-                    view = buf[:n]
-                    while view:
-                        w = os.pwrite(dfd, view, pos)
-                        pos += w
-                        view = view[w:]
-                hasher.add([(i, "")])
-        except BaseException as exc:
-            with lock:
-                errors.append(exc)
+    def copy_range(i: int) -> None:
+        buf: memoryview | None = getattr(local, "buf", None)
+        if buf is None:
+            buf = local.buf = memoryview(bytearray(READ))
+        pos, end = plan.span(i)
+        while pos < end:
+            n = os.preadv(sfd, [buf[: min(READ, end - pos)]], pos)
+            if n <= 0:
+                raise OSError(f"short read at byte {pos}")
+            view = buf[:n]
+            while view:
+                w = os.pwrite(dfd, view, pos)
+                pos += w
+                view = view[w:]
+        hasher.add([(i, "")])
 
-    raw = os.environ.get("VOLENV_STREAMS", "")
-    streams = int(raw) if raw.isdigit() and int(raw) > 0 else 8
-    threads = [threading.Thread(target=work, daemon=True) for _ in range(min(streams, plan.count))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
+    _all_at_once(copy_range, list(range(plan.count)), pinned_streams() or 8)
