@@ -784,9 +784,6 @@ class Unpacker:
                 raise OSError(int(msg["errno"]), str(msg["strerror"]))
             if "verify" in msg:
                 raise VerifyError(str(msg["verify"]))
-            for pack, members in msg["unchecked"].items():
-                for name, kind, size, link in members:
-                    _check_member(self.record, str(pack), str(name), str(kind), int(size), str(link))
             for name in msg["seen"]:
                 if not self.seen.add_new(name):
                     raise VerifyError(f"member {name!r} appears twice")
@@ -803,19 +800,8 @@ class Unpacker:
         unchecked: dict[str, list[tuple[str, str, int, str]]] = {}
         try:
             for info in share:
-                if self.record is None:
-                    with open_blob(info) as raw:
-                        _extract_pack(
-                            raw,
-                            info,
-                            self.tree,
-                            None,
-                            self.seen,
-                            self.dir_modes,
-                            unchecked=unchecked.setdefault(_pack_name(info), []),
-                        )
-                else:
-                    self.extract_one(info, open_blob)
+                deferred = unchecked.setdefault(_pack_name(info), []) if self.record is None else None
+                self.extract_one(info, open_blob, unchecked=deferred)
             return {"seen": mine, "dir_modes": self.dir_modes[before:], "unchecked": unchecked}
         except VerifyError as exc:
             return {"verify": str(exc), "unchecked": unchecked}
@@ -825,14 +811,21 @@ class Unpacker:
             return {"verify": f"extraction failed: {exc!r}", "unchecked": unchecked}
 
     def extract_one(
-        self, info: PackInfo, open_blob: Callable[[PackInfo], BinaryIO], stop: threading.Event | None = None
+        self,
+        info: PackInfo,
+        open_blob: Callable[[PackInfo], BinaryIO],
+        stop: threading.Event | None = None,
+        *,
+        unchecked: list[tuple[str, str, int, str]] | None = None,
     ) -> None:
-        """One pack (any thread; the metadata pack must have been extracted before the others)."""
+        """One pack (any thread; the metadata pack must have been extracted before the others,
+        or, with `unchecked`, its members are listed there to be checked later: see
+        `extract_forked`)."""
         allowed = None if info.group == META_GROUP else self.record
-        if info.group != META_GROUP and allowed is None:
+        if info.group != META_GROUP and allowed is None and unchecked is None:
             raise VerifyError("the pack list has no metadata pack")
         with open_blob(info) as raw:
-            _extract_pack(raw, info, self.tree, allowed, self.seen, self.dir_modes, stop)
+            _extract_pack(raw, info, self.tree, allowed, self.seen, self.dir_modes, stop, unchecked)
         if info.group == META_GROUP and self.record is None:
             self.record = _packed_record(self.manifest, self.dest)
 
