@@ -233,9 +233,10 @@ class _ModelsTree:
                 if target.startswith("/"):
                     break
                 parts = _inside("/".join([*parts[:-1], target]))
-        except (OSError, ValueError) as exc:
-            if isinstance(exc, FileNotFoundError):
-                raise
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError):
+            pass  # a linked directory, a link chain, an absolute target: the old way
         real = os.path.realpath(path)  # the old way, for any other shape
         if not (real == self.top or real.startswith(self.top + os.sep)):
             raise ValueError(f"{path} resolves outside the volume's models directory")
@@ -254,19 +255,10 @@ _FILE_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 def _inside(rel: str) -> list[str]:
     """rel's components, `..` resolved lexically; ValueError when it climbs out."""
-    out: list[str] = []
-    for part in rel.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if not out:
-                raise ValueError(f"{rel!r} leaves the models directory")
-            out.pop()
-        else:
-            out.append(part)
-    if not out:
-        raise ValueError(f"{rel!r} names no file")
-    return out
+    norm = os.path.normpath(rel)
+    if norm in (".", "..") or norm.startswith(("../", "/")):
+        raise ValueError(f"{rel!r} leaves the models directory or names no file")
+    return norm.split("/")
 
 
 def _regular(fd: int, path: Path) -> int:
