@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import drop_caches, generate_wheels, manifest, volenv_cmd
 
-from volenv.integrity import HASH_WORKERS, verify_snapshot
+from volenv.store.integrity import HASH_WORKERS, verify_snapshot
 
 
 def files_of(root: Path) -> list[str]:

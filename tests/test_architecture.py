@@ -14,57 +14,57 @@ PKG_DIR = Path(__file__).resolve().parents[1] / "src" / "volenv"
 # The fast path: what `python -m volenv run` imports before it execs: the entry point, activate
 # and rootfind (which main() and main_fast() import for `run`) and their module-level imports, all the way down.
 FAST_ROOT = "volenv.__main__"
-FAST_ROOTS = (FAST_ROOT, "volenv.activate", "volenv.rootfind")
+FAST_ROOTS = (FAST_ROOT, "volenv.start.activate", "volenv.store.rootfind")
 # Standard modules the fast path must not load: `json` pulls in `re`, `enum` and `functools`, and
 # `typing`/`hashlib` are as slow (the C modules _json and _sha256 do the work instead).
 FAST_FORBIDDEN_STDLIB = {"json", "re", "typing", "hashlib", "enum", "functools", "dataclasses", "pathlib"}
 # The only lazy edges allowed to close a circle: `run --on-missing build` reaches up into the sync
 # command (which builds, then takes the start trace through activation again).
-CYCLE_EXEMPT = {("volenv.activate", "volenv.commands.sync")}
+CYCLE_EXEMPT = {("volenv.start.activate", "volenv.commands.sync")}
 # The fast path's modules (README "Architecture") and the only lazy (function-level) imports each
 # may make, exactly as the README lists them: a new lazy import on the `run` path is a decision
 # the README has to state first.
 FAST_MODULES = (
     "volenv.__main__",
-    "volenv.globalargs",
-    "volenv.activate",
-    "volenv.rootfind",
-    "volenv.alias",
-    "volenv.modelpaths",
-    "volenv.envvars",
-    "volenv.sealcheck",
-    "volenv.leanjson",
-    "volenv.errors",
-    "volenv.redact",
+    "volenv.cli.globalargs",
+    "volenv.start.activate",
+    "volenv.store.rootfind",
+    "volenv.store.alias",
+    "volenv.store.modelpaths",
+    "volenv.base.envvars",
+    "volenv.store.sealcheck",
+    "volenv.base.leanjson",
+    "volenv.base.errors",
+    "volenv.base.redact",
 )
 FAST_LAZY = {
-    "volenv.__main__": {"volenv.activate", "volenv.ui", "volenv.cli"},
-    "volenv.activate": {
-        "volenv.materialize",
-        "volenv.localcopy",
-        "volenv.diagnose",
-        "volenv.integrity",
-        "volenv.manifest",
-        "volenv.paths",
-        "volenv.build",
+    "volenv.__main__": {"volenv.start.activate", "volenv.base.ui", "volenv.cli.app"},
+    "volenv.start.activate": {
+        "volenv.start.materialize",
+        "volenv.start.localcopy",
+        "volenv.runpod.diagnose",
+        "volenv.store.integrity",
+        "volenv.manifest.parse",
+        "volenv.store.paths",
+        "volenv.build.sync",
         "volenv.commands.sync",
-        "volenv.rootfind",
-        "volenv.ui",
-        "volenv.redact",
-        "volenv.errors",
+        "volenv.store.rootfind",
+        "volenv.base.ui",
+        "volenv.base.redact",
+        "volenv.base.errors",
         "json",
         "traceback",
         "dataclasses",
         "pathlib",
     },
-    "volenv.alias": {"volenv.manifest", "volenv.fsutil"},
-    "volenv.rootfind": {"volenv.ui", "volenv.errors", "stat"},
-    "volenv.sealcheck": {"hashlib", "_sha256"},
-    "volenv.leanjson": {"json", "_json"},
-    "volenv.errors": {"volenv.redact"},
+    "volenv.store.alias": {"volenv.manifest.parse", "volenv.store.volio"},
+    "volenv.store.rootfind": {"volenv.base.ui", "volenv.base.errors", "stat"},
+    "volenv.store.sealcheck": {"hashlib", "_sha256"},
+    "volenv.base.leanjson": {"json", "_json"},
+    "volenv.base.errors": {"volenv.base.redact"},
 }
-CLI = "volenv.cli"
-RENDERERS = {"volenv.render", "volenv.ui"}
+CLI = "volenv.cli.app"
+RENDERERS = {"volenv.cli.render", "volenv.base.ui"}
 
 
 @dataclass(frozen=True)
@@ -199,7 +199,7 @@ def test_fast_path_imports_no_third_party_or_slow_module() -> None:
                 continue
             elif top(e.dst) not in sys.stdlib_module_names or top(e.dst) in FAST_FORBIDDEN_STDLIB:
                 bad.append(e)
-    assert {"volenv.sealcheck", "volenv.leanjson"} <= seen
+    assert {"volenv.store.sealcheck", "volenv.base.leanjson"} <= seen
     assert not bad, "the fast path (module-level imports from volenv.__main__) imports:\n  " + shown(
         list(map(str, bad))
     )
@@ -219,9 +219,9 @@ def test_fast_path_lazy_imports_are_the_documented_ones() -> None:
 
 def test_lazy_import_rule_catches_a_new_one(tmp_path: Path) -> None:
     """The checker itself: a function-level import the list lacks is named."""
-    (tmp_path / "rootfind.py").write_text("def f():\n    import hashlib\n    from . import ui\n")
+    (tmp_path / "rootfind.py").write_text("def f():\n    import hashlib\n    from volenv.base import ui\n")
     g = {m: [] for m in FAST_MODULES}
-    g["volenv.rootfind"] = edges("volenv.rootfind", tmp_path / "rootfind.py", {"volenv.ui"})
+    g["volenv.store.rootfind"] = edges("volenv.store.rootfind", tmp_path / "rootfind.py", {"volenv.base.ui"})
     assert [e.dst for e in lazy_outside(g)] == ["hashlib"]
 
 
@@ -246,9 +246,9 @@ def test_layers_import_downwards() -> None:
         src_cmd, dst_cmd = e.src.startswith("volenv.commands"), e.dst.startswith("volenv.commands")
         if e.dst == CLI and e.src != FAST_ROOT:
             bad.append(f"{e}: only the entry point imports the CLI")
-        elif src_cmd and (e.dst == CLI or e.dst in RENDERERS - {"volenv.ui"}):
+        elif src_cmd and (e.dst == CLI or e.dst in RENDERERS - {"volenv.base.ui"}):
             bad.append(f"{e}: commands return data; the CLI renders it")
-        elif not src_cmd and e.src not in (CLI, FAST_ROOT) and (dst_cmd or e.dst == "volenv.render"):
+        elif not src_cmd and e.src not in (CLI, FAST_ROOT) and (dst_cmd or e.dst == "volenv.cli.render"):
             bad.append(f"{e}: the core is below the commands and the renderer")
     assert not bad, "\n  " + shown(bad)
 

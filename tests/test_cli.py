@@ -174,7 +174,7 @@ def test_qq_prints_only_errors(built: tuple[Path, Path]) -> None:
 def test_help_texts_and_metavars() -> None:
     import typer.main
 
-    from volenv.cli import app
+    from volenv.cli.app import app
 
     missing: list[str] = []
 
@@ -208,7 +208,7 @@ def test_help_texts_and_metavars() -> None:
 
 
 def test_min_free_takes_units(tmp_path: Path, root: Path, wheelhouse: Path) -> None:
-    from volenv.cli import parse_size
+    from volenv.cli.app import parse_size
 
     assert parse_size("10G", "x") == 10 * 1024**3 and parse_size("2GB", "x") == 2 * 10**9
     assert parse_size("1.5GiB", "x") == 1536 * 1024**2 and parse_size("4096", "x") == 4096
@@ -288,9 +288,9 @@ def test_messages_that_are_true(tmp_path: Path, root: Path, wheelhouse: Path) ->
 
 def test_one_hoisting_function_serves_run_and_the_other_commands() -> None:
     """globalargs.hoist_globals is the one loop: the CLI's and run's entry point both use it."""
-    from volenv.activate import RUN_VALUED
-    from volenv.cli import hoist_globals
-    from volenv.globalargs import hoist_run_globals
+    from volenv.cli.app import hoist_globals
+    from volenv.cli.globalargs import hoist_run_globals
+    from volenv.start.activate import RUN_VALUED
 
     assert hoist_globals(["status", "web", "--json", "--root", "/r", "--", "-q"]) == [
         "--json", "--root", "/r", "status", "web", "--", "-q"

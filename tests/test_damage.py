@@ -38,10 +38,10 @@ _DRIVER = textwrap.dedent(
     """
     import json, os, signal, sys, traceback
     from volenv.__main__ import main
-    import importlib, pkgutil, volenv, volenv.cli, volenv.commands
+    import importlib, pkgutil, volenv, volenv.cli.app, volenv.commands
     # what the commands import lazily, imported once here instead of in every child
     for mod in pkgutil.walk_packages(volenv.__path__, "volenv."):
-        if mod.name not in ("volenv.provision", "volenv.__main__"):
+        if mod.name not in ("volenv.runpod.provision", "volenv.__main__"):
             importlib.import_module(mod.name)
     import psutil, filelock, packaging.requirements, packaging.specifiers
     for line in sys.stdin:
@@ -502,7 +502,7 @@ def test_markup_in_arguments_and_bad_rollback_target(built: Built, driver: Drive
 
 def _reseal(seal_path: Path, edit: Callable[[dict[str, Any]], None]) -> None:
     """Rewrite a seal with a valid self digest, as a crafted (pulled) seal would have."""
-    from volenv.sealcheck import seal_self_digest
+    from volenv.store.sealcheck import seal_self_digest
 
     seal = json.loads(seal_path.read_text())
     edit(seal)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import volenv, write_manifest
-from volenv.sealcheck import seal_self_digest
+from volenv.store.sealcheck import seal_self_digest
 
 BAD = ["1e300", "NaN", "-Infinity", "true", "-5"]
 

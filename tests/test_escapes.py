@@ -11,7 +11,7 @@ import pytest
 
 from conftest import volenv, write_manifest
 from ptyrun import run_pty
-from volenv.sealcheck import seal_self_digest
+from volenv.store.sealcheck import seal_self_digest
 
 EVIL = "x\x1b]0;PWNED\x07\x1b[2J\r"
 

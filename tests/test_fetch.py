@@ -19,9 +19,9 @@ import pytest
 
 from conftest import volenv, volenv_popen, write_manifest
 from rangeserver import RangeServer, serve
-from volenv.errors import UsageError
-from volenv.httpfetch import chunk_size
-from volenv.streams import AdaptiveStreams, from_env
+from volenv.base.errors import UsageError
+from volenv.base.streams import AdaptiveStreams, from_env
+from volenv.transfer.httpfetch import chunk_size
 
 MB = 1 << 20
 

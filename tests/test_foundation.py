@@ -282,17 +282,17 @@ def test_run_imports_nothing_heavy(tmp_path: Path, root: Path, wheelhouse: Path)
     imported = {
         line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")
     }
-    assert "volenv.activate" in imported
+    assert "volenv.start.activate" in imported
     heavy_ones = ("typer", "rich", "runpod", "huggingface_hub", "click", "packaging", "psutil", "filelock")
     # json (via re, enum, functools) and typing were a third of a start: the fast path avoids them
-    for heavy in (*heavy_ones, "json", "re", "typing", "hashlib", "volenv.ui"):
+    for heavy in (*heavy_ones, "json", "re", "typing", "hashlib", "volenv.base.ui"):
         assert not any(mod == heavy or mod.startswith(heavy + ".") for mod in imported), heavy
 
 
 def test_lean_json_matches_json_on_every_record(tmp_path: Path, root: Path, wheelhouse: Path) -> None:
     """The fast path parses and digests records with `_json` directly; it must agree with
     `json` byte for byte on everything volenv writes, and reject what json rejects."""
-    from volenv import leanjson
+    from volenv.base import leanjson
 
     m = write_manifest(
         tmp_path,
@@ -327,7 +327,7 @@ def test_on_missing_fail_and_build(tmp_path: Path, root: Path, wheelhouse: Path)
     m = write_manifest(tmp_path, "app", ["alpha==1.0"], find_links=wheelhouse)
     r = volenv("--root", root, "run", "--on-missing", "fail", "--manifest", m, "--", "true")
     assert r.returncode == 3
-    from volenv.manifest import load_manifest
+    from volenv.manifest.parse import load_manifest
 
     digest = load_manifest(m).digest
     assert digest[:16] in r.stderr and f"sync {m}" in r.stderr
@@ -387,7 +387,7 @@ def test_interpreter_mismatch_is_named(tmp_path: Path, root: Path, wheelhouse: P
     with open(fake, "ab") as fh:
         fh.write(b"\0")
     seal["fingerprint"]["executable"] = str(fake)
-    from volenv.sealcheck import seal_self_digest
+    from volenv.store.sealcheck import seal_self_digest
 
     seal["self_sha256"] = seal_self_digest(seal)
     seal_path.write_text(json.dumps(seal))
@@ -424,7 +424,7 @@ def test_sync_then_concurrent_noop_is_fast(tmp_path: Path, root: Path, wheelhous
 
 def test_lockfile_manifest_builds_from_the_lock(tmp_path: Path, root: Path, wheelhouse: Path) -> None:
     """A PEP 751 pylock.toml (written by uv itself) replaces resolution."""
-    from volenv.uvtool import uv_bin
+    from volenv.build.uvtool import uv_bin
 
     req = tmp_path / "req.in"
     req.write_text("beta==1.0\n")

@@ -82,8 +82,8 @@ def test_kept_uv_archives_fold_into_one_line(volume: tuple[Path, list[str]]) -> 
 
 
 def test_env_dir_left_by_a_failed_build_is_removed(tmp_path: Path, root: Path, wheelhouse: Path) -> None:
-    from volenv.locks import BuildLease
-    from volenv.paths import VolumePaths
+    from volenv.store.locks import BuildLease
+    from volenv.store.paths import VolumePaths
 
     bad = write_manifest(tmp_path / "bad", "failed", ["nosuchpkg==1.0"], find_links=wheelhouse)
     assert volenv("--root", root, "sync", bad).returncode == 7

@@ -24,9 +24,9 @@ import pytest
 import zstandard
 
 from conftest import Result, serve_bytes, snapshot_of, staging_left, volenv, write_manifest
-from volenv.integrity import Entry, encode_record, load_record
-from volenv.modelpaths import model_key
-from volenv.signing import SigningKey, load_signing_key
+from volenv.remote.signing import SigningKey, load_signing_key
+from volenv.store.integrity import Entry, encode_record, load_record
+from volenv.store.modelpaths import model_key
 
 ENV = "app"
 
@@ -390,7 +390,7 @@ def test_manifest_digest_with_dot_dot_is_refused(case: Case) -> None:
 def test_sealed_activation_variable_names_are_checked(case: Case) -> None:
     """A pulled seal whose activation env holds a shell injection (`env --format sh` output is
     eval'd) is refused like a manifest with that key."""
-    from volenv.sealcheck import seal_self_digest
+    from volenv.store.sealcheck import seal_self_digest
 
     snap = case.origin.a / "envs" / ENV / "snapshots" / case.sid
     seal = json.loads((snap / ".volenv" / "seal.json").read_text())

@@ -152,8 +152,8 @@ def test_local_fallback_root_is_announced_once(tmp_path: Path, wheelhouse: Path)
 
 
 def test_discover_root_rules(monkeypatch: pytest.MonkeyPatch) -> None:
-    from volenv.errors import VolumeError
-    from volenv.rootfind import NO_VOLUME_ROOT, discover_root
+    from volenv.base.errors import VolumeError
+    from volenv.store.rootfind import NO_VOLUME_ROOT, discover_root
 
     monkeypatch.setattr(os.path, "isdir", lambda p: False)
     with pytest.raises(VolumeError, match="no network volume is attached at /runpod-volume"):

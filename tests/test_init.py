@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import Index, snapshot_of, volenv
+from volenv.build.uvtool import uv_bin
 from volenv.commands.init import guess_import
-from volenv.uvtool import uv_bin
 from wheelfactory import make_wheel
 
 CHECK_GAMMA_ABSENT = "import importlib.util as u, sys; sys.exit(u.find_spec('gamma') is not None)"
@@ -309,7 +309,7 @@ def test_guessed_import_names() -> None:
 def test_requirements_file_closure_is_the_digest(tmp_path: Path) -> None:
     """Every spelling of an include is followed (relative to the including file); a change to
     any file of the closure changes the digest, and manifests without the key keep theirs."""
-    from volenv.manifest import load_manifest
+    from volenv.manifest.parse import load_manifest
 
     (tmp_path / "sub").mkdir()
     (tmp_path / "r.txt").write_text(

@@ -95,7 +95,7 @@ def _interpreter(s: Path) -> None:
     p = s / ".volenv/seal.json"
     seal = json.loads(p.read_text())
     seal["fingerprint"]["executable"] = "/nonexistent/python3.11"
-    from volenv.sealcheck import seal_self_digest
+    from volenv.store.sealcheck import seal_self_digest
 
     seal["self_sha256"] = seal_self_digest(seal)
     p.write_text(json.dumps(seal))

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from conftest import volenv
-from volenv.errors import ManifestError
-from volenv.manifest import load_manifest
+from volenv.base.errors import ManifestError
+from volenv.manifest.parse import load_manifest
 
 GOOD = """
 name = "app"

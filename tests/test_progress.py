@@ -124,8 +124,8 @@ def test_verify_pack_push_pull_say_files_bytes_and_rates(
 def test_uv_install_lines_drive_the_package_count() -> None:
     """uv's stderr as it prints it without a terminal (recorded from `uv pip install` over
     HTTP): the total from `Resolved`, the download note, one count per ` + ` line."""
-    from volenv import ui
-    from volenv.uvtool import install_progress
+    from volenv.base import ui
+    from volenv.build.uvtool import install_progress
 
     p = ui.Progress(ui.Reporter(-2), "installing", 7, unit="packages")
     feed = install_progress(p)

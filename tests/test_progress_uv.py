@@ -17,9 +17,9 @@ import pytest
 from conftest import Index, write_manifest
 from ptyrun import run_pty
 from throttle import ThrottledProxy
-from volenv import ui
-from volenv.paths import VolumePaths
-from volenv.uvtool import install_progress, last_error_line, run_uv, uv_bin
+from volenv.base import ui
+from volenv.build.uvtool import install_progress, last_error_line, run_uv, uv_bin
+from volenv.store.paths import VolumePaths
 from wheelfactory import make_wheel
 
 SIZE = 4 << 20
@@ -151,7 +151,7 @@ RECORDED = (
 
 def test_the_terminal_stream_in_any_cut(tmp_path: Path) -> None:
     """Read in 7-byte pieces (escapes, CR LF and UTF-8 cut anywhere): the same lines kept."""
-    from volenv.uvtool import PTY_COLUMNS, _open_pty, _run_on_pty
+    from volenv.build.uvtool import PTY_COLUMNS, _open_pty, _run_on_pty
 
     assert PTY_COLUMNS == 200 and len(f"\u280b Resolving dependencies...{PAD}") == 200
     script = tmp_path / "fake_uv.py"

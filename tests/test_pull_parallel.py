@@ -21,8 +21,8 @@ import zstandard
 
 from conftest import moto_s3, snapshot_of, staging_left, volenv, volenv_popen, write_manifest
 from throttle import ThrottledProxy
-from volenv.errors import UsageError
-from volenv.streams import AdaptiveStreams
+from volenv.base.errors import UsageError
+from volenv.base.streams import AdaptiveStreams
 from wheelfactory import make_wheel
 
 BIG = 40 * 1024 * 1024  # one pack of 40 MiB: five ranged parts of at most 8 MiB
@@ -304,9 +304,9 @@ def test_packs_extract_several_at_a_time_and_a_damaged_one_stops_all(
 ) -> None:
     import threading
 
-    from volenv.errors import VerifyError
-    from volenv.packs import PackInfo, blob_path, read_manifest, unpack
-    from volenv.paths import VolumePaths
+    from volenv.base.errors import VerifyError
+    from volenv.store.packs import PackInfo, blob_path, read_manifest, unpack
+    from volenv.store.paths import VolumePaths
 
     root = tmp_path / "v" / "volenv"
     m = write_manifest(tmp_path, "app", ["alpha==1.0", "beta==1.0", "gamma==1.0"], find_links=wheelhouse)

@@ -11,9 +11,9 @@ import pytest
 
 from conftest import snapshot_of, volenv, write_manifest
 from ptyrun import run_pty
-from volenv import ui
-from volenv.integrity import load_record
-from volenv.paths import VolumePaths
+from volenv.base import ui
+from volenv.store.integrity import load_record
+from volenv.store.paths import VolumePaths
 
 
 class RecordingProgress(ui.Progress):

@@ -278,10 +278,10 @@ def test_a_failing_file_upload_exits_8_and_writes_no_document(tmp_path: Path, or
 
 
 def test_progress_counts_bytes_and_objects(tmp_path: Path) -> None:
-    from volenv.bucketput import Outgoing, put_all, stamp_of
-    from volenv.remote import FileRemote
-    from volenv.streams import AdaptiveStreams
-    from volenv.ui import Progress, Reporter
+    from volenv.base.streams import AdaptiveStreams
+    from volenv.base.ui import Progress, Reporter
+    from volenv.transfer.bucketput import Outgoing, put_all, stamp_of
+    from volenv.transfer.buckets import FileRemote
 
     sizes = [0, 1000, 9 * 1024 * 1024, 17 * 1024 * 1024]
     out = []
@@ -298,10 +298,10 @@ def test_progress_counts_bytes_and_objects(tmp_path: Path) -> None:
 
 
 def test_a_file_changed_after_its_check_is_never_uploaded(tmp_path: Path) -> None:
-    from volenv.bucketput import Outgoing, put_all, stamp_of
-    from volenv.errors import VerifyError
-    from volenv.remote import FileRemote
-    from volenv.streams import AdaptiveStreams
+    from volenv.base.errors import VerifyError
+    from volenv.base.streams import AdaptiveStreams
+    from volenv.transfer.bucketput import Outgoing, put_all, stamp_of
+    from volenv.transfer.buckets import FileRemote
 
     f = tmp_path / "f"
     f.write_bytes(b"checked bytes")

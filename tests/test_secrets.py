@@ -150,7 +150,7 @@ def test_no_secret_anywhere(
 
 
 def test_redaction_function() -> None:
-    from volenv.redact import redact_text, redact_url
+    from volenv.base.redact import redact_text, redact_url
 
     plain = "https://files.example.com/a/b.bin?version=3&download=1"
     assert redact_url(plain) == plain  # nothing secret: unchanged, byte for byte (an identity)

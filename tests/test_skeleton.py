@@ -17,7 +17,7 @@ import pytest
 
 from conftest import snapshot_of, volenv, volenv_popen
 from test_trace import _traced_and_packed, traced_env  # noqa: F401 - the fixture
-from volenv.integrity import load_record, verify_snapshot
+from volenv.store.integrity import load_record, verify_snapshot
 
 # the traced start; then, outside the trace, bare stat/exists/listdir and a read of a file that
 # is not local yet, and an import of it; prints what it used, snapshot-relative
@@ -471,7 +471,7 @@ def _forge_startup_pack(root: Path, man: dict[str, object], forge: str, marker: 
         blob = root / "packs" / "blobs" / f"{meta['id']}.tar.zst"
         blob.write_bytes(blob.read_bytes()[:-8] + bytes(8))
         return
-    from volenv.packs import startup_chunk
+    from volenv.store.packs import startup_chunk
 
     for victim in sorted((p for p in packs if startup_chunk(p["group"])), key=lambda p: p["group"]):
         blob = root / "packs" / "blobs" / f"{victim['id']}.tar.zst"
@@ -594,7 +594,7 @@ def test_a_copy_beside_an_in_use_tree_is_kept_while_a_child_of_its_program_runs_
     child (which kept the inherited in-use descriptor) and exited. A later start used to delete
     that copy as soon as B's pid was gone, from under the child; it now waits for the copy's
     in-use lock to be free."""
-    from volenv.materialize import _leftovers
+    from volenv.start.materialize import _leftovers
 
     _m, _root, sid, local, tree, args = _packed_start(tmp_path, traced_env)
     a = volenv_popen(

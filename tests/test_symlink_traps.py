@@ -154,7 +154,7 @@ def test_gc_checks_links_again_at_execution(tmp_path: Path, template: Path) -> N
     """Links planted between the plan and its execution (gc's prompt): the renames into trash
     and the deletes are refused, not only the final delete."""
     from volenv.commands import gc  # what `volenv gc` calls: plan, then (after its prompt) execute
-    from volenv.paths import VolumePaths
+    from volenv.store.paths import VolumePaths
 
     root = _copy(template, tmp_path)
     paths = VolumePaths(root)

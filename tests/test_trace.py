@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from conftest import snapshot_of, volenv, write_manifest
-from volenv.integrity import verify_snapshot
+from volenv.store.integrity import verify_snapshot
 from wheelfactory import make_wheel
 
 # A start that imports a pure package (and its submodule), a C extension that lives inside the
@@ -185,7 +185,7 @@ def startup_names(root: Path, packs: list[dict[str, Any]]) -> list[str]:
 
     import zstandard
 
-    from volenv.packs import startup_chunk
+    from volenv.store.packs import startup_chunk
 
     chunks = sorted((n, p["id"]) for p in packs if (n := startup_chunk(p["group"])) is not None)
     assert [n for n, _ in chunks] == list(range(1, len(chunks) + 1)), chunks
@@ -354,9 +354,9 @@ def test_a_first_hook_trace_still_brings_the_bytecode_of_its_sources() -> None:
     """Traces of the first hook (no `hook` key) listed modules imported by .pth files as their
     .py only: their bytecode still goes with them. A trace of this hook lists the bytecode it
     saw read, so a .py read as text brings none."""
-    from volenv.integrity import Entry
-    from volenv.packs import startup_paths
-    from volenv.trace import HOOK_VERSION, Trace, parse_trace
+    from volenv.store.integrity import Entry
+    from volenv.store.packs import startup_paths
+    from volenv.store.trace import HOOK_VERSION, Trace, parse_trace
 
     record = {
         p: Entry(p, "f", 0o644, 10, "x" * 64)

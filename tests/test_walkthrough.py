@@ -38,8 +38,8 @@ def test_gc_prompt_totals_and_long_paths(tmp_path: Path, root: Path, wheelhouse:
     import re
 
     from ptyrun import run_pty
-    from volenv.gc import GcItem
-    from volenv.render import _gc_rows
+    from volenv.cli.render import _gc_rows
+    from volenv.gc.plan import GcItem
 
     _edited_in_place(tmp_path, root, wheelhouse)
     r = run_pty("--root", root, "gc", "--keep", "0", "--keep-within", "0s", stdout_on_tty=True, stdin=b"n\n")

@@ -117,7 +117,7 @@ def test_materialize_and_summary_durations_use_the_one_format(tmp_path: Path, wh
 
 
 def test_duration_helpers() -> None:
-    from volenv.ui import fmt_duration, human_seconds
+    from volenv.base.ui import fmt_duration, human_seconds
 
     assert (
         human_seconds(0.5) == "0.5 s"

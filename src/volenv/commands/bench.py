@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import NoSnapshotError, UsageError
+from volenv.base.errors import NoSnapshotError, UsageError
 
 if TYPE_CHECKING:
-    from ..integrity import Entry
-    from ..paths import VolumePaths
+    from volenv.store.integrity import Entry
+    from volenv.store.paths import VolumePaths
 
 #: small files timed per metadata operation (each a different, never-listed path)
 LATENCY_SAMPLES = 100
@@ -94,9 +94,9 @@ def auto_would_choose(paths: VolumePaths, snapshot_dir: str, seal: dict[str, Any
 
     The one place this command calls materialize's decision: when that decision moves into a
     single function, re-point this adapter at it and nothing else changes here."""
-    from .. import materialize
-    from ..errors import VolenvError
-    from ..packs import manifest_path, read_manifest
+    from volenv.base.errors import VolenvError
+    from volenv.start import materialize
+    from volenv.store.packs import manifest_path, read_manifest
 
     sid = os.path.basename(snapshot_dir)
     threshold = _explicit_threshold()
@@ -237,7 +237,7 @@ def measure_reads(path: str, size: int, limit: int, threads: tuple[int, ...] = (
 def _wait_background(local: Path, timeout: float = 600) -> None:
     """A startup-pack start leaves its background extraction running: let it finish before
     the copy is deleted (or timed again)."""
-    from ..materialize import IN_PROGRESS
+    from volenv.start.materialize import IN_PROGRESS
 
     deadline = time.monotonic() + timeout
     while any(local.glob(f"*/.volenv/{IN_PROGRESS}")) and time.monotonic() < deadline:
@@ -245,7 +245,7 @@ def _wait_background(local: Path, timeout: float = 600) -> None:
 
 
 def _drop_pack_cache(paths: VolumePaths, sid: str) -> None:
-    from ..packs import blob_path, manifest_path, read_manifest
+    from volenv.store.packs import blob_path, manifest_path, read_manifest
 
     try:
         for p in read_manifest(manifest_path(paths, sid)).packs:
@@ -316,11 +316,11 @@ def coldstart(
     read_limit: int,
     samples: int = LATENCY_SAMPLES,
 ) -> ColdstartReport:
-    from ..activate import find_snapshot, target_from_manifest
-    from ..integrity import load_record
-    from ..manifest import load_manifest
-    from ..packs import manifest_path
-    from ..sealcheck import SealProblem, check_seal
+    from volenv.manifest.parse import load_manifest
+    from volenv.start.activate import find_snapshot, target_from_manifest
+    from volenv.store.integrity import load_record
+    from volenv.store.packs import manifest_path
+    from volenv.store.sealcheck import SealProblem, check_seal
 
     if runs < 1:
         raise UsageError(f"--runs: {runs} is not a positive number of runs")
@@ -337,7 +337,7 @@ def coldstart(
     try:
         seal = check_seal(snap_dir, sid)
     except SealProblem as exc:
-        from ..errors import VerifyError
+        from volenv.base.errors import VerifyError
 
         raise VerifyError(f"bench: {sid}: {exc.detail}", hint="volenv verify --repair") from None
     cmd = pick_command(m, command)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import contents
-from ..paths import VolumePaths
-from .show import load_seal, resolve
+from volenv.commands.show import load_seal, resolve
+from volenv.store import contents
+from volenv.store.paths import VolumePaths
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import store
-from ..paths import RootChoice, VolumePaths
-from ..sealcheck import SealProblem, check_seal, interpreter_problem
+from volenv.store import pointers as store
+from volenv.store.paths import RootChoice, VolumePaths
+from volenv.store.sealcheck import SealProblem, check_seal, interpreter_problem
 
 
 @dataclass(frozen=True)
@@ -162,8 +162,8 @@ def doctor(paths: VolumePaths, choice: RootChoice) -> DoctorReport:
     tail: tuple[str, ...] = ()
     failure: BuildFailure | None = None
     if exists and reachable:
-        from ..diagnose import _last_build_log
-        from ..gc import lease_holder
+        from volenv.gc.plan import lease_holder
+        from volenv.runpod.diagnose import _last_build_log
 
         for env in store.list_envs(paths):
             holder = lease_holder(paths, env)

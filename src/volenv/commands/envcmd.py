@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ..activate import RunOptions, compute_env, prepare
-from ..errors import DamagedRecord
-from ..sealcheck import is_env_var_name
+from volenv.base.errors import DamagedRecord
+from volenv.start.activate import RunOptions, compute_env, prepare
+from volenv.store.sealcheck import is_env_var_name
 
 
 @dataclass(frozen=True)

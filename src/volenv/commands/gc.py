@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from .. import gc
-from ..errors import UsageError, VolumeError
-from ..gc import GcPlan, GcResult
-from ..paths import VolumePaths
-from ..rootfind import root_exists
+from volenv.base.errors import UsageError, VolumeError
+from volenv.gc import plan as gc
+from volenv.gc.plan import GcPlan, GcResult
+from volenv.store.paths import VolumePaths
+from volenv.store.rootfind import root_exists
 
 
 def plan(paths: VolumePaths, keep: int, keep_within: str) -> GcPlan:

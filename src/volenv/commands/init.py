@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ManifestError, UsageError, shq
-from ..manifest import SLUG, load_manifest
-from ..ui import reporter
+from volenv.base.errors import ManifestError, UsageError, shq
+from volenv.base.ui import reporter
+from volenv.manifest.parse import SLUG, load_manifest
 
 DEFAULT_PYTHON = "3.11"
 
@@ -667,7 +667,7 @@ def _manifest_text(project: _Project, out: Path, imports: Sequence[str], lock: P
 
 def _uv(args: list[str], *, cwd: Path) -> subprocess.CompletedProcess[str]:
     """uv with the user's own cache and settings (init never touches the volume)."""
-    from ..uvtool import uv_bin
+    from volenv.build.uvtool import uv_bin
 
     env = {
         k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "UV_SYSTEM_PYTHON")
@@ -677,6 +677,6 @@ def _uv(args: list[str], *, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def _uv_error(proc: subprocess.CompletedProcess[str]) -> str:
-    from ..uvtool import last_error_line
+    from volenv.build.uvtool import last_error_line
 
     return last_error_line(proc)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..signing import generate as new_key
-from ..signing import write_secret
+from volenv.remote.signing import generate as new_key
+from volenv.remote.signing import write_secret
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ..manifest import load_manifest
-from ..models import ModelState, ModelVerifyReport, fetch_models, list_models, verify_models
-from ..paths import VolumePaths
-from ..store import open_volume
+from volenv.manifest.parse import load_manifest
+from volenv.models.cache import ModelState, ModelVerifyReport, fetch_models, list_models, verify_models
+from volenv.store.paths import VolumePaths
+from volenv.store.pointers import open_volume
 
 
 def fetch(paths: VolumePaths, manifest: str, lock_timeout: float) -> list[ModelState]:

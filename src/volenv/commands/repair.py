@@ -7,16 +7,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..build import Resolution, SyncOptions, SyncPlan, build_snapshot
-from ..errors import VerifyError
-from ..integrity import VerifyReport, verify_snapshot
-from ..interp import fingerprint_key, probe
-from ..locks import BuildLease
-from ..manifest import manifest_from_seal
-from ..paths import VolumePaths
-from ..sealcheck import SealProblem, read_seal
-from ..ui import reporter
-from .verify import VerifyResult
+from volenv.base.errors import VerifyError
+from volenv.base.ui import reporter
+from volenv.build.interp import fingerprint_key, probe
+from volenv.build.sync import Resolution, SyncOptions, SyncPlan, build_snapshot
+from volenv.commands.verify import VerifyResult
+from volenv.manifest.parse import manifest_from_seal
+from volenv.store.integrity import VerifyReport, verify_snapshot
+from volenv.store.locks import BuildLease
+from volenv.store.paths import VolumePaths
+from volenv.store.sealcheck import SealProblem, read_seal
 
 
 def repair_snapshot(paths: VolumePaths, snapshot_dir: Path, *, lock_timeout: float = 900.0) -> VerifyReport:
@@ -65,7 +65,7 @@ def _repack(paths: VolumePaths, snapshot_dir: Path) -> None:
     """A repair re-seals the snapshot (a new record digest under the same id): packs made from
     the old record would make every `run --materialize` refuse them, so they are made again
     (blobs of unchanged groups are reused)."""
-    from ..packs import manifest_path, pack_snapshot
+    from volenv.store.packs import manifest_path, pack_snapshot
 
     if manifest_path(paths, snapshot_dir.name).exists():
         reporter.info(f"re-packing {snapshot_dir.name} (its record changed)")

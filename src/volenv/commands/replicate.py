@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import UsageError
-from ..paths import VolumePaths
+from volenv.base.errors import UsageError
+from volenv.store.paths import VolumePaths
 
 
 def push(
@@ -17,9 +17,9 @@ def push(
     signing_key: str | None,
 ) -> Any:
     """Send a sealed snapshot (and its models) to TO as content-addressed packs."""
-    from ..remote import open_remote
-    from ..replicate import push as do_push
-    from ..signing import signing_key_from
+    from volenv.remote.replicate import push as do_push
+    from volenv.remote.signing import signing_key_from
+    from volenv.transfer.buckets import open_remote
 
     key = signing_key_from(signing_key)
     return do_push(paths, open_remote(to, endpoint=endpoint, region=region), target, key)
@@ -37,9 +37,9 @@ def pull(
     trust_unsigned: bool,
 ) -> Any:
     """Fetch a snapshot into this volume, verified at full before it becomes visible."""
-    from ..remote import open_remote
-    from ..replicate import pull as do_pull
-    from ..signing import Trust
+    from volenv.remote.replicate import pull as do_pull
+    from volenv.remote.signing import Trust
+    from volenv.transfer.buckets import open_remote
 
     if not from_:
         raise UsageError(
@@ -59,8 +59,8 @@ def pull(
 
 def pack(paths: VolumePaths, target: str) -> dict[str, Any]:
     """Store a snapshot as zstd packs beside it; a summary of what was written."""
-    from ..packs import pack_snapshot
-    from ..replicate import _select_local
+    from volenv.remote.replicate import _select_local
+    from volenv.store.packs import pack_snapshot
 
     manifest = pack_snapshot(paths, _select_local(paths, target))
     return {
@@ -73,9 +73,9 @@ def pack(paths: VolumePaths, target: str) -> dict[str, Any]:
 
 def list_remote(remote: str, trust_unsigned: bool) -> Any:
     """What a bucket holds; a file:// bucket that does not exist is an error, not an empty list."""
-    from ..remote import FileRemote, open_remote
-    from ..replicate import list_remote as do_list
-    from ..signing import Trust
+    from volenv.remote.replicate import list_remote as do_list
+    from volenv.remote.signing import Trust
+    from volenv.transfer.buckets import FileRemote, open_remote
 
     bucket = open_remote(remote)
     if isinstance(bucket, FileRemote) and not bucket.base.is_dir():

@@ -7,10 +7,11 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from .. import contents, store
-from ..errors import DamagedRecord, UsageError
-from ..paths import VolumePaths
-from ..sealcheck import SealProblem, check_seal, plain_name, read_seal
+from volenv.base.errors import DamagedRecord, UsageError
+from volenv.store import contents
+from volenv.store import pointers as store
+from volenv.store.paths import VolumePaths
+from volenv.store.sealcheck import SealProblem, check_seal, plain_name, read_seal
 
 HINT = "`volenv list` shows the envs and their snapshot ids"
 
@@ -101,8 +102,8 @@ def load_seal(paths: VolumePaths, env: str, sid: str) -> tuple[dict[str, Any], s
 
 
 def show(paths: VolumePaths, target: str, *, sizes: bool = True) -> ShowResult:
-    from ..modelpaths import model_record_path
-    from .status import _unique_bytes
+    from volenv.commands.status import _unique_bytes
+    from volenv.store.modelpaths import model_record_path
 
     env, sid = resolve(paths, target)
     seal, problem = load_seal(paths, env, sid)

@@ -6,10 +6,10 @@ import os
 import stat
 from dataclasses import dataclass
 
-from .. import store
-from ..errors import UsageError, VolenvError
-from ..paths import VolumePaths
-from ..sealcheck import SealProblem, check_seal
+from volenv.base.errors import UsageError, VolenvError
+from volenv.store import pointers as store
+from volenv.store.paths import VolumePaths
+from volenv.store.sealcheck import SealProblem, check_seal
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class StatusReport:
 def scan(
     paths: VolumePaths, root_source: str, *, env_filter: str | None = None, sizes: bool = False
 ) -> StatusReport:
-    from ..rootfind import root_exists
+    from volenv.store.rootfind import root_exists
 
     if not root_exists(str(paths.root)):
         return StatusReport(str(paths.root), root_source, False, None, (), ())
@@ -108,7 +108,7 @@ def _snapshot_info(paths: VolumePaths, env: str, sid: str, current: str | None, 
         valid, problem = False, f"{sp.kind}: {sp.detail}"
         seal = {}
         try:
-            from ..sealcheck import read_seal
+            from volenv.store.sealcheck import read_seal
 
             seal = read_seal(str(path))
         except SealProblem:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..build import SyncOptions, SyncResult
-from ..build import sync as build_sync
-from ..errors import UsageError, VolenvError
-from ..manifest import Manifest
-from ..paths import VolumePaths
-from ..ui import reporter
+from volenv.base.errors import UsageError, VolenvError
+from volenv.base.ui import reporter
+from volenv.build.sync import SyncOptions, SyncResult
+from volenv.build.sync import sync as build_sync
+from volenv.manifest.parse import Manifest
+from volenv.store.paths import VolumePaths
 
 
 def sync(paths: VolumePaths, manifest: Manifest, opts: SyncOptions) -> SyncResult:
@@ -29,7 +29,7 @@ def manifest_source(manifest: Path | None, from_env: str | None) -> Path:
     if from_env is not None:
         import tempfile
 
-        from ..provision import read_inline_manifest
+        from volenv.runpod.provision import read_inline_manifest
 
         manifest = read_inline_manifest(from_env, Path(tempfile.gettempdir()) / "volenv-inline")
     assert manifest is not None
@@ -49,10 +49,10 @@ def reinstall_names(reinstall: list[str] | None) -> tuple[str, ...]:
 def trace_after_build(paths: VolumePaths, manifest: Manifest, snap: Path) -> None:
     """[activate] trace-cmd: trace the start once per snapshot (again when the command changed);
     the trace re-packs a packed snapshot so its startup pack exists."""
-    from ..redact import redact_text
-    from ..sealcheck import check_seal
-    from ..trace import load_trace
-    from .trace import run_trace
+    from volenv.base.redact import redact_text
+    from volenv.commands.trace import run_trace
+    from volenv.store.sealcheck import check_seal
+    from volenv.store.trace import load_trace
 
     have = load_trace(snap, check_seal(str(snap), snap.name))
     if have is not None and have.command == tuple(redact_text(a) for a in manifest.trace_cmd):

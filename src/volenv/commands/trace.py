@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import BuildError, DamagedRecord, UsageError
-from ..fsutil import atomic_write_json
-from ..integrity import Entry, load_record
-from ..sealcheck import SealProblem, check_seal
-from ..trace import HOOK_VERSION, Trace, load_trace, rel_ok, trace_path
-from ..ui import reporter
+from volenv.base.errors import BuildError, DamagedRecord, UsageError
+from volenv.base.ui import reporter
+from volenv.store.integrity import Entry, load_record
+from volenv.store.sealcheck import SealProblem, check_seal
+from volenv.store.trace import HOOK_VERSION, Trace, load_trace, rel_ok, trace_path
+from volenv.store.volio import atomic_write_json
 
-_HOOK = Path(__file__).parent.parent / "_tracehook.py"
+_HOOK = Path(__file__).parent.parent / "start" / "_tracehook.py"
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def relativize(
 
 def take_trace(root: str, argv: list[str]) -> tuple[Path, dict[str, Any], Trace]:
     """Run the command in the snapshot with the hook; return the snapshot, its seal, the trace."""
-    from ..activate import compute_env, parse_run_args, prepare
+    from volenv.start.activate import compute_env, parse_run_args, prepare
 
     o = parse_run_args(argv, "trace")
     # refused when given: VOLENV_MATERIALIZE, set for the workers' `run`, is no reason to fail
@@ -140,7 +140,7 @@ def take_trace(root: str, argv: list[str]) -> tuple[Path, dict[str, Any], Trace]
     finally:
         shutil.rmtree(hook, ignore_errors=True)
     files, models, listed = relativize(lines, snap_dir, models_dir, record)
-    from ..redact import redact_text
+    from volenv.base.redact import redact_text
 
     trace = Trace(
         snap_dir.name,
@@ -178,8 +178,8 @@ def _stored_files(snapshot_dir: Path, seal: dict[str, Any]) -> int | None:
 
 def run_trace(root: str, argv: list[str]) -> TraceResult:
     """`volenv trace`: take, store, and (when the snapshot is packed) re-pack with its startup pack."""
-    from ..packs import manifest_path, pack_snapshot
-    from ..paths import VolumePaths
+    from volenv.store.packs import manifest_path, pack_snapshot
+    from volenv.store.paths import VolumePaths
 
     snap_dir, seal, trace = take_trace(root, argv)
     replaced = _stored_files(snap_dir, seal)

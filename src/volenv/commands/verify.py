@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import store
-from ..errors import UsageError
-from ..integrity import VerifyReport, verify_snapshot
-from ..paths import VolumePaths
+from volenv.base.errors import UsageError
+from volenv.store import pointers as store
+from volenv.store.integrity import VerifyReport, verify_snapshot
+from volenv.store.paths import VolumePaths
 
 
 @dataclass(frozen=True)
@@ -31,8 +31,8 @@ def select_snapshots(paths: VolumePaths, target: str | None, all_: bool) -> list
 
 
 def verify(paths: VolumePaths, target: str | None, *, all_: bool, level: str) -> VerifyResult:
-    from ..errors import VolumeError
-    from ..rootfind import root_exists
+    from volenv.base.errors import VolumeError
+    from volenv.store.rootfind import root_exists
 
     if not root_exists(str(paths.root)):
         raise VolumeError(f"volume root {paths.root} does not exist")

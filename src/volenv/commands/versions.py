@@ -6,13 +6,14 @@ import os
 import time
 from dataclasses import dataclass
 
-from .. import contents, store
-from ..errors import DamagedRecord, UsageError, VerifyError, shq
-from ..fsutil import atomic_write_json, contained, safe_mkdirs
-from ..locks import BuildLease
-from ..paths import VolumePaths, env_from_snapshot_id
-from ..sealcheck import SealProblem, check_seal, plain_name, read_seal
-from ..ui import reporter
+from volenv.base.errors import DamagedRecord, UsageError, VerifyError, shq
+from volenv.base.ui import reporter
+from volenv.store import contents
+from volenv.store import pointers as store
+from volenv.store.locks import BuildLease
+from volenv.store.paths import VolumePaths, env_from_snapshot_id
+from volenv.store.sealcheck import SealProblem, check_seal, plain_name, read_seal
+from volenv.store.volio import atomic_write_json, contained, safe_mkdirs
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,7 @@ def _newest_per_path(paths: VolumePaths, env: str) -> list[store.IndexEntry]:
 def _resolve_in(paths: VolumePaths, env: str, text: str) -> str:
     """`--to`: a full id as given (a gone one gets its own message below), else the resolver
     of `show`/`diff`: a unique prefix (`web-3f2`) or its hex part alone (`3f2a`)."""
-    from .show import resolve
+    from volenv.commands.show import resolve
 
     if store.is_snapshot_id(text, env):
         return text
@@ -234,7 +235,7 @@ def pin(paths: VolumePaths, snapshot: str, *, on: bool) -> SwitchResult:
     try:
         env_from_snapshot_id(snapshot)
     except ValueError:  # not a whole id: a unique prefix, as `show` takes
-        from .show import resolve
+        from volenv.commands.show import resolve
 
         if not (paths.envs / snapshot / "snapshots").is_dir():  # an env name is no snapshot
             snapshot = resolve(paths, snapshot)[1]

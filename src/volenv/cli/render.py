@@ -1,0 +1,745 @@
+"""One renderer: data (tables, reports) on stdout, narrative (progress, hints, warnings, errors)
+on stderr, or one versioned JSON document on stdout."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shlex
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from volenv.base import ui
+from volenv.base.errors import error_document, shq
+from volenv.base.redact import redact_obj, redact_text
+from volenv.base.ui import _unit_of as _unit_of  # the size format is ui's (low modules print sizes too)
+from volenv.base.ui import human_bytes as human_bytes
+from volenv.base.ui import human_seconds, sync_summary
+from volenv.store.sealcheck import is_record_time
+
+JSON_VERSION = 1
+
+# wide when not a terminal: a table piped to grep keeps one row per line
+_PIPE_WIDTH = 250
+
+
+def _console(stderr: bool, color: str = "auto", silent: bool = False) -> Console:
+    """--color never and NO_COLOR: no escape codes at all (rich's no_color still emits bold and
+    italic; color_system=None emits none). No highlighter: "0.00s" stays one piece of text."""
+    stream = sys.stderr if stderr else sys.stdout
+    force = True if color == "always" else None
+    plain = color == "never" or (color != "always" and bool(os.environ.get("NO_COLOR")))
+    return Console(
+        file=open(os.devnull, "w") if silent else None,
+        stderr=stderr,
+        soft_wrap=stderr,
+        force_terminal=False if plain else force,
+        color_system=None if plain else "auto",
+        highlight=False,
+        emoji=False,  # a path or a package named `:x:` is text
+        width=None if (stream.isatty() or force) else _PIPE_WIDTH,
+    )
+
+
+err_console = _console(stderr=True)
+out_console = _console(stderr=False)
+
+
+def configure_console(color: str, quiet: int = 0) -> None:
+    """--color auto|always|never (NO_COLOR honoured); -qq silences the data on stdout too (only
+    errors remain). Rebinds the shared consoles."""
+    global err_console, out_console
+    err_console = _console(True, color)
+    out_console = _console(False, color, silent=quiet >= 2)
+
+
+def _c() -> Console:
+    """Narrative: stderr."""
+    return err_console
+
+
+def _o() -> Console:
+    """Data: stdout (`volenv list | grep web`)."""
+    return out_console
+
+
+def out_line(text: str) -> None:
+    """A plain line of data on stdout (paths, versions, keys): silenced by -qq like the tables."""
+    out_console.print(controls_escaped(text), markup=False, highlight=False, soft_wrap=True)
+
+
+# C0 but newline and tab, DEL, C1 and the bidi overrides: text read from the volume (a seal, a
+# history line, an index entry) must not drive the terminal (ESC sequences, OSC 8, CR)
+_CONTROLS = {
+    c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+    for c in [*range(0x20), *range(0x7F, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+    if c not in (0x0A, 0x09)
+}
+
+
+def controls_escaped(text: str) -> str:
+    """`text` with terminal control characters shown as `\\x1b` and the like."""
+    return text.translate(_CONTROLS)
+
+
+def esc(value: object) -> str:
+    """Text from the user or the volume, printed through rich: `[/x]` is text, not markup, and
+    a control character (ESC, CR, ...) is shown escaped, never sent to the terminal."""
+    return escape(controls_escaped(str(value)))
+
+
+def to_data(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        fields = [f.name for f in dataclasses.fields(obj) if not f.name.startswith("_")]
+        return {name: to_data(getattr(obj, name)) for name in fields}
+    if isinstance(obj, dict):
+        return {str(k): to_data(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_data(v) for v in obj]
+    return obj
+
+
+def emit_json(command: str, result: Any) -> None:
+    doc = {"version": JSON_VERSION, "command": command}
+    data = redact_obj(to_data(result))
+    if isinstance(data, dict):
+        doc.update(data)
+    else:
+        doc["result"] = data
+    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def human_time(ts: float | None) -> str:
+    """A record's timestamp; one a damaged record holds (1e300, NaN, a bool) shows as '?'."""
+    if ts is None:
+        return "-"
+    if not is_record_time(ts):
+        return "?"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+def render_sync(r: Any, quiet: int, verbose: bool = False) -> None:
+    if r.action.startswith("would-"):  # a dry run's plan is data, as gc's is: stdout, -qq only
+        _render_plan(r)
+        return
+    if quiet > 0:
+        return
+    # the summary line that stays on screen after the spinners are gone, its verb in bold
+    line = sync_summary(r.action, r.snapshot, r.seconds, r.stats)
+    verb, _, tail = line.partition(f" {r.snapshot} ")
+    _c().print(f"[bold]{esc(verb)}[/bold] {esc(r.snapshot)} {esc(tail)}")
+    if verbose:  # one summary line stays (-v: where it is and how it was built)
+        _c().print(f"  path: {esc(r.path)}")
+    for g in r.groups:
+        mark = "[green]installed[/green]" if g.state == "installed" else f"[yellow]{esc(g.state)}[/yellow]"
+        extra = f": {esc(g.error)}" if g.error else ""
+        _c().print(f"  optional group {esc(g.name)}: {mark}{extra}")
+    if r.stats and verbose:
+        s = r.stats
+        _c().print(
+            f"  files: {s.get('files', 0)}, hashed {s.get('hashed', 0)},"
+            f" reused hashes {s.get('hash_reused', 0)},"
+            f" reused bytecode {s.get('bytecode_reused', 0)}, link mode {r.link_mode}"
+        )
+
+
+def _render_plan(r: Any) -> None:
+    """sync --dry-run: what it would do, then the package diff against the env's current
+    snapshot, one line each."""
+    out_line(f"{r.action.replace('-', ' ')} {r.snapshot}")  # would build X / would reuse X
+    if r.changes is None:
+        out_line("  no current snapshot to compare with: every package is new")
+        return
+    against = f"against current {r.previous}" if r.previous else "against current"
+    if r.changes.empty:
+        out_line(f"  no package changes {against}")
+        return
+    out_line(f"  changes {against}:")
+    for item in r.changes.items():
+        out_line(f"    {item}")
+
+
+def render_status(r: Any, quiet: int) -> None:
+    if not r.exists:
+        _o().print(f"volume root {esc(r.root)} (from {r.root_source}) does not exist yet")
+        return
+    _o().print(f"root: {esc(r.root)} (from {r.root_source}), free {human_bytes(r.free_bytes)}")
+    if not r.envs:
+        _o().print("no environments yet")
+    for e in r.envs:
+        table = Table(title=f"env {esc(e.name)} — {e.generations} generation(s)", title_justify="left")
+        for col in ("", "snapshot", "created", "python", "size", "unique", "last used", "groups", "state"):
+            table.add_column(col)
+        for s in e.snapshots:
+            flags = ("*" if s.current else "") + ("P" if s.pinned else "")
+            groups = esc(", ".join(f"{g.name}:{g.state}" for g in s.groups) or "-")
+            state = "valid" if s.valid else f"[red]{esc(s.problem)}[/red]"
+            if s.link_mode == "copy":
+                state += " [yellow](copied)[/yellow]"
+            table.add_row(
+                flags,
+                esc(s.id),
+                human_time(s.created),
+                esc(s.python or "-"),
+                human_bytes(s.apparent_bytes),
+                human_bytes(s.unique_bytes, _unit_of(s.apparent_bytes) if s.apparent_bytes else None),
+                human_time(s.last_used),
+                groups,
+                state,
+            )
+        _o().print(table)
+    for w in r.warnings:
+        _c().print(f"[yellow]warning:[/yellow] {esc(w)}")
+
+
+def render_env(r: Any, fmt: str) -> None:
+    if fmt == "json":
+        emit_json("env", r)
+        return
+    lines = [f"unset {name}" for name in r.unset]
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(r.variables.items())]
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def render_verify(reports: Any, quiet: int) -> None:
+    for rep in reports:
+        style = "green" if rep.ok and not rep.problems else ("yellow" if rep.ok else "red")
+        if quiet > 0 and rep.ok:
+            continue
+        counts = f"{rep.files_checked:,} files"
+        if rep.bytes_hashed:
+            rate = human_bytes(rep.bytes_hashed / max(rep.seconds, 1e-6))
+            counts += f", {human_bytes(rep.bytes_hashed)} hashed at {rate}/s"
+        _o().print(f"[{style}]{esc(rep.summary())}[/{style}] ({counts} in {rep.seconds:.2f} s)")
+        if rep.problems:
+            table = Table(show_header=True)
+            for col in ("severity", "kind", "path", "detail", "package"):
+                table.add_column(col)
+            for p in rep.problems[:200]:
+                table.add_row(*(esc(x) for x in (p.severity, p.kind, p.path, p.detail, p.distribution or "")))
+            _o().print(table)
+            if len(rep.problems) > 200:
+                _o().print(f"… and {len(rep.problems) - 200} more (use --json for all)")
+
+
+def emit_json_error(code: int, message: str, cause: str | None, hint: str | None) -> None:
+    """Under --json an error is a document on stdout too: scripts read one shape either way."""
+    sys.stdout.write(json.dumps(error_document(code, message, cause, hint), indent=2, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def render_error(message: str, cause: str | None, hint: str | None) -> None:
+    """The one error style: `error: WHAT`, then `  cause:` and `  hint: WHAT TO DO` lines."""
+    message = redact_text(message)
+    cause = redact_text(cause) if cause else cause
+    hint = redact_text(hint) if hint else hint
+    # escaped: messages quote what the user wrote (`uvicorn[standard]==0.32.1`) and uv's text
+    _c().print(f"[bold red]error:[/bold red] {esc(message)}", highlight=False)
+    if cause:
+        _c().print(f"  [bold]cause:[/bold] {esc(cause)}", highlight=False)
+    if hint:
+        _c().print(f"  [bold cyan]hint:[/bold cyan] {esc(hint)}", highlight=False)
+
+
+def render_history(r: Any) -> None:
+    """One `*`: the newest generation naming the current snapshot (a rollback repeats an older
+    one). The changes column is cut so that a row fits 80 columns; --json has them whole."""
+    live = next((g.number for g in reversed(r.generations) if g.snapshot == r.current), None)
+    rows = [
+        (f"{g.number}{' *' if g.number == live else ''}", human_time(g.time), g.action, g.snapshot, g)
+        for g in r.generations
+    ]
+    heads = ("gen", "time", "action", "snapshot")
+    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(heads)]
+    room = max(24, 80 - sum(widths) - 2 * len(heads))  # box-less columns, two spaces apart
+    table = Table(title=f"history of {esc(r.env)}", title_justify="left", box=None, pad_edge=False)
+    for col in (*heads, "changes"):
+        table.add_column(col)
+    for *cells, g in rows:
+        summary = g.changes.summary(room) if g.changes is not None else _gone_summary(g.summary, room)
+        table.add_row(*(esc(c) for c in cells), esc(summary))
+    _o().print(table)
+
+
+def _gone_summary(full: str, room: int) -> str:
+    """`? (A, B gone)` names whole snapshot ids: on screen it counts them (--json names them)."""
+    n = full.count(",") + 1 if "gone" in full else 0
+    short = f"? ({n} snapshot{'s' if n != 1 else ''} gone)" if n else full
+    return short if len(short) <= room else short[: max(1, room - 1)] + "…"
+
+
+def render_switch(r: Any) -> None:
+    if r.action == "not pinned":
+        _c().print(esc(f"{r.snapshot} was not pinned; nothing changed"))
+        return
+    before = f" (was {r.previous})" if r.previous else ""
+    if r.changed:
+        _c().print(esc(f"{r.action}: {r.env} -> {r.snapshot}{before}"))
+    else:  # rollback --to the current snapshot; a standing rollback still lists its manifests
+        _c().print(esc(f"{r.env} is already at {r.snapshot}; nothing changed"))
+    for f in r.manifests:  # rollback: what `run --manifest` runs for each indexed manifest
+        _c().print(esc(f"  run --manifest {f.manifest}: runs {f.runs} ({f.why})"), highlight=False)
+    if r.action == "rollback" and (r.changed or r.manifests):
+        known = sorted({f.manifest for f in r.manifests if not f.manifest.startswith("digest ")})
+        name = shq(known[0]) if len(known) == 1 else "MANIFEST"  # several: any of them does
+        _c().print(esc(f"  `volenv sync {name}` moves current on and ends the rollback"), highlight=False)
+
+
+def _gc_label(item: Any, root: str) -> str:
+    """What a plan row names: a snapshot by its id (as `list` shows it), an env by its name,
+    anything else by its path below the root (the full path is in --json)."""
+    if item.kind == "snapshot":
+        return os.path.basename(str(item.path))
+    if item.kind == "env" and item.env:
+        return str(item.env)
+    path = str(item.path)
+    return os.path.relpath(path, root) if path.startswith(root.rstrip("/") + "/") else path
+
+
+def _gc_rows(items: Any, root: str, width: int) -> list[tuple[str, str]]:
+    """(style, line) pairs for plan rows: `ACTION KIND SIZE ITEM` then the reasons indented
+    below, wrapped to `width`; an item too long for the rest of the line goes whole on its own
+    line (a path longer than a line too: a fold mid-name breaks copy and paste), never cut."""
+    import textwrap
+
+    out: list[tuple[str, str]] = []
+    indent = " " * 8
+    for item in items:
+        style = "red" if item.action == "remove" else "green"
+        head = f"{item.action:<6}  {item.kind:<10}  {human_bytes(item.apparent_bytes):>10}  "
+        label = _gc_label(item, root)
+        if len(head) + len(label) <= width:
+            out.append((style, head + label))
+        else:
+            out.append((style, head.rstrip()))
+            pad = " " * max(0, min(len(indent), width - len(label)))  # a whole id fits at 80
+            out.append(("", pad + label))
+        why = "; ".join(item.reasons)
+        for line in textwrap.wrap(why, max(width, 30), initial_indent=indent, subsequent_indent=indent):
+            out.append(("", line))
+    return out
+
+
+def render_gc(
+    r: Any, quiet: int, verbose: bool = False, show_plan: bool = True, asking: bool = False
+) -> None:
+    """The plan in lines that fit the terminal: snapshots by id, the rest by path below the
+    root, reasons wrapped under each row; kept uv cache archives fold into one line unless
+    --verbose. Header and rows share one duration format. Rows are apparent sizes (bytes of
+    the files); the total says both: the rows' sum and the disk space removal frees (hard
+    links shared with kept items free nothing; blocks, not bytes). `asking`: a prompt
+    follows, so "nothing changed" would be premature."""
+    from volenv.base.ui import fmt_duration
+
+    plan = r.plan
+    if quiet <= 0 and show_plan:
+        width = _o().width
+        within = fmt_duration(plan.keep_within)
+        head = f"gc plan for {plan.root}: keep newest {plan.keep}, keep used within {within}"
+        _o().print(esc(head), highlight=False)
+        folded = [i for i in plan.items if i.kind == "uv-archive" and i.action == "keep" and not verbose]
+        shown = [i for i in plan.items if i not in folded]
+        for style, line in _gc_rows(shown, plan.root, width):
+            if style:
+                action, rest = line[:6], line[6:]
+                _o().print(f"[{style}]{esc(action)}[/{style}]{esc(rest)}", soft_wrap=True, highlight=False)
+            else:
+                _o().print(line, soft_wrap=True, markup=False, highlight=False)
+        if folded:
+            n, size = len(folded), sum(i.apparent_bytes for i in folded)
+            plural = "" if n == 1 else "s"
+            line = f"kept {n:,} uv cache archive{plural} ({human_bytes(size)}); --verbose lists them"
+            _o().print(line, highlight=False)
+    if r.executed:
+        for o in r.outcomes:
+            if o.kept:
+                _c().print(f"note: {esc(o.path)}: {esc(o.detail)}")
+            elif not o.done:
+                _c().print(f"[yellow]not removed:[/yellow] {esc(o.path)}: {esc(o.detail)}")
+        done = [o.path for o in r.outcomes if o.done]
+        size = sum(i.apparent_bytes for i in plan.removals if i.path in done)
+        _o().print(f"removed {len(done)}: {human_bytes(size)} apparent (the rows' measure)")
+        _o().print(f"freed {human_bytes(r.freed_bytes)} of disk (blocks)")
+    else:
+        size = sum(i.apparent_bytes for i in plan.removals)
+        _o().print(f"{len(plan.removals)} to remove: {human_bytes(size)} apparent (the rows' measure)")
+        _o().print(
+            f"would free {human_bytes(plan.freed_bytes)} of disk (blocks; links kept elsewhere free none)"
+        )
+        if not asking:
+            _o().print("nothing changed (--dry-run)" if plan.removals else "nothing changed")
+
+
+def render_models(states: Any) -> None:
+    if not states:  # an empty table reads as a rendering fault
+        _c().print("no models", highlight=False)
+        return
+    table = Table(title="models", title_justify="left")
+    for col in ("name", "source", "present", "files", "size", "location"):
+        table.add_column(col)
+    for s in states:
+        mark = (
+            "[green]yes[/green]"
+            if s.present
+            else ("[yellow]no (optional)[/yellow]" if s.optional else "[red]no[/red]")
+        )
+        table.add_row(esc(s.name), esc(s.source), mark, str(s.files), human_bytes(s.bytes), esc(s.location))
+    _o().print(table)
+
+
+def render_model_verify(report: Any) -> None:
+    if report.ok:
+        _o().print(
+            f"[green]models ok at level {report.level}[/green]: {esc(', '.join(report.checked) or 'none')}"
+        )
+        return
+    for p in report.problems:
+        _o().print(f"[red]{esc(p.name)}: {esc(p.kind)}[/red] {esc(p.path)}: {esc(p.detail)}")
+
+
+def render_doctor(r: Any) -> None:
+    ok = "[green]ok[/green]"
+    _o().print(f"root       : {esc(r.root)} (from {r.root_source})")
+    no = "[red]no[/red]"
+    _o().print(f"exists     : {ok if r.exists else no}   reachable: {ok if r.reachable else no}")
+    _o().print(
+        esc(f"filesystem : {r.fs_type or '?'} mounted at {r.mount_point or '?'}; writable: {r.writable}")
+    )
+    _o().print(f"space      : {human_bytes(r.free_bytes)} free of {human_bytes(r.total_bytes)}")
+    _o().print(f"python     : {esc(r.python)}")
+    g = r.gpu
+    gpu = f"{', '.join(g.names)} driver {g.driver} (CUDA <= {g.cuda})" if g.present else g.detail
+    _o().print(f"gpu        : {esc(gpu)}")
+    for env, holder in r.leases.items():
+        _o().print(f"lease      : {esc(env)} held by {esc(holder)}")
+    if r.snapshots:
+        table = Table(title="snapshots", title_justify="left")
+        for col in ("", "snapshot", "seal", "interpreter", "torch CUDA"):
+            table.add_column(col)
+        for s in r.snapshots:
+            table.add_row(
+                "*" if s.current else "",
+                *(esc(x) for x in (s.snapshot, s.seal, s.interpreter, s.torch_cuda or "-")),
+            )
+        _o().print(table)
+    if r.build_log:
+        _o().print(f"last build log: {esc(r.build_log)}")
+        for line in r.build_log_tail:
+            _o().print(f"  | {line}", highlight=False, markup=False)
+    f = r.last_failure
+    if f is not None:
+        where = f" ({esc(f.snapshot)})" if f.snapshot else ""
+        _o().print(
+            f"last failure: {human_time(f.time)} [bold]{esc(f.env)}[/bold]{where}: {esc(f.error)}",
+            highlight=False,
+        )
+        if f.log:
+            _o().print(f"  log: {esc(f.log)}", highlight=False)
+    for p in r.problems:
+        _o().print(f"[red]problem:[/red] {esc(p)}")
+    if not r.problems:
+        _o().print("[green]no problems found[/green]")
+
+
+def render_bench(r: Any) -> None:
+    """`bench coldstart`: one table of measurements, then auto's choice and the notes."""
+    _o().print(
+        f"volume {esc(r.root)}: snapshot {esc(r.snapshot)} ({r.snapshot_files} files,"
+        f" {human_bytes(r.snapshot_bytes)}); start: {esc(shlex.join(r.start_command))}",
+        highlight=False,
+    )
+    table = Table(title="coldstart", title_justify="left")
+    for col in ("measure", "result", "detail"):
+        table.add_column(col)
+    for op in r.latency:
+        table.add_row(
+            esc(f"{op.op} (per op)"), f"{op.median_ms:.3f} ms", f"p90 {op.p90_ms:.3f} ms, {op.samples} files"
+        )
+    for rd in r.reads:
+        what = "sequential read" if rd.threads == 1 else f"parallel read, {rd.threads} threads"
+        table.add_row(
+            what, f"{rd.mb_per_s:.0f} MB/s", esc(f"{human_bytes(rd.bytes)} in {rd.seconds:.2f}s of one file")
+        )
+    for s in r.starts:
+        label = {"never": "start in place", "always": "start materialized"}.get(s.mode, s.mode)
+        if s.skipped:
+            table.add_row(esc(label), "-", esc(s.skipped))
+        else:
+            runs = ", ".join(f"{t:.2f}s" for t in s.runs_s)
+            table.add_row(esc(label), f"{s.median_s:.2f} s", esc(f"median of {len(s.runs_s)}: {runs}"))
+    if r.materialized_vs_in_place is not None:
+        table.add_row("materialized / in place", f"{r.materialized_vs_in_place:.2f}x", "")
+    _o().print(table)
+    choice = "materialize" if r.auto.choice == "materialize" else "run in place"
+    _o().print(f"auto would {choice}: {esc(r.auto.reason)}", highlight=False)
+    for note in r.notes:
+        _o().print(f"note: {esc(note)}", highlight=False)
+
+
+def render_init(r: Any, quiet: int) -> None:
+    """The files written on stdout; where the smoke imports came from, and what next, on stderr."""
+    out_line(str(r.manifest))
+    if r.lockfile:
+        out_line(str(r.lockfile))
+    if quiet > 0:
+        return
+    how = {"wheels": "read from the wheels", "guessed": "guessed from the names", "none": "none found"}
+    imports = ", ".join(r.smoke_imports) or "-"
+    _c().print(f"smoke imports ({how[r.imports_from]}): {esc(imports)}", highlight=False)
+    _c().print(f"next: volenv sync {esc(shq(r.manifest))}", highlight=False)
+
+
+def render_transfer(r: Any, quiet: int) -> None:
+    """push/pull: the result's fields on stdout, and on stderr the line that stays:
+    `pulled SID in 3.1 s: 2/4 packs, 1.2 GiB fetched (400.0 MiB/s)`."""
+    moved = "sent" if r.action == "pushed" else "fetched"
+    render_switch_generic(r, {"packs_sent": f"packs_{moved}", "bytes_sent": f"bytes_{moved}"})
+    if quiet > 0:
+        return
+    rate = human_bytes(r.bytes_sent / max(r.seconds, 1e-6))
+    line = (
+        f"{r.action} {r.snapshot} in {r.seconds:.1f} s: {r.packs_sent}/{r.packs_total} packs,"
+        f" {human_bytes(r.bytes_sent)} {moved} ({rate}/s)"
+    )
+    _c().print(esc(line), highlight=False)
+
+
+def render_switch_generic(r: Any, labels: dict[str, str] | None = None) -> None:
+    """Any result as aligned `key: value` lines of data on stdout, in words and units (the
+    exact numbers are in `--json`): sizes in KiB/MiB/GiB, seconds as `0.6 s`, counts with
+    thousands separators, none as `-`."""
+    for key, value in to_data(r).items():
+        label = (labels or {}).get(key, key).replace("_", " ")
+        out_line(f"{label:20s}: {_human_value(key, value)}")
+
+
+def _human_value(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int) and (key == "bytes" or key.startswith("bytes_") or key.endswith("_bytes")):
+        return human_bytes(value)
+    if isinstance(value, (int, float)) and key in ("seconds", "took", "elapsed"):
+        return human_seconds(float(value))
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value) if value else "-"
+    return str(value)
+
+
+def render_show(r: Any) -> None:
+    """`volenv show`: key lines, then packages, groups and models as tables, on stdout."""
+    marks = ", ".join(m for m, on in (("current", r.current), ("pinned", r.pinned)) if on)
+    unit = _unit_of(r.apparent_bytes) if r.apparent_bytes else None
+    unique = f", {human_bytes(r.unique_bytes, unit)} unique" if r.unique_bytes is not None else ""
+    lines = [
+        ("snapshot", f"{r.snapshot}" + (f" ({marks})" if marks else "")),
+        ("env", r.env),
+        ("path", r.path),
+        ("state", "valid" if r.valid else f"INVALID: {r.problem}"),
+        ("created", human_time(r.created)),
+        ("python", f"{r.python or '-'} ({r.interpreter or '?'})"),
+        ("size", f"{human_bytes(r.apparent_bytes, unit)} apparent{unique}, {r.files:,} files"),
+        ("link mode", r.link_mode or "-"),
+    ]
+    for m in r.manifests:
+        name = m.path or f"(path not recorded; digest {m.digest[:12]})"
+        lines.append(("manifest", f"{name} ({m.how})"))
+    for key, value in lines:
+        _o().print(esc(f"{key:10s}: {value}"), highlight=False)
+    table = Table(title=f"packages ({len(r.packages)})", title_justify="left")
+    for col in ("package", "version", "group"):
+        table.add_column(col)
+    for p in r.packages:
+        table.add_row(esc(p.name), esc(p.version), esc(p.group or "-"))
+    _o().print(table)
+    if r.groups:
+        table = Table(title="optional groups", title_justify="left")
+        for col in ("group", "state", "required", "error"):
+            table.add_column(col)
+        for g in r.groups:
+            error = g.error or ""  # whole in --json; the first 60 characters here
+            error = error if len(error) <= 60 else error[:59] + "…"
+            table.add_row(esc(g.name), esc(g.state), "yes" if g.required else "no", esc(error))
+        _o().print(table)
+    if r.models:
+        table = Table(title="models", title_justify="left")
+        for col in ("model", "source", "present"):
+            table.add_column(col)
+        for m in r.models:
+            present = "yes" if m.present else ("no (optional)" if m.optional else "no")
+            table.add_row(esc(m.name), esc(m.source), present)
+        _o().print(table)
+
+
+def render_diff(r: Any, quiet: int = 0) -> None:
+    """`volenv diff`: one line per change on stdout (`+name ver`, `-name ver`, `~name a -> b`);
+    the `A -> B` header on stderr is information: -q drops it."""
+    for p in r.problems:
+        _c().print(f"[yellow]warning:[/yellow] {esc(p)}", highlight=False)
+    c = r.changes
+    if quiet <= 0:
+        _c().print(esc(f"{r.a} -> {r.b}"), highlight=False)
+    if c.empty:
+        _o().print("no changes", highlight=False)
+        return
+    for x in c.added:
+        out_line(f"+ {x.name} {x.new}")
+    for x in c.removed:
+        out_line(f"- {x.name} {x.old}")
+    for x in c.changed:
+        out_line(f"~ {x.name} {x.old} -> {x.new}")
+    for kind, items in (("group", c.groups), ("model", c.models)):
+        for x in items:
+            if x.old is None:
+                out_line(f"+ {kind} {x.name} ({x.new})")
+            elif x.new is None:
+                out_line(f"- {kind} {x.name} ({x.old})")
+            else:
+                out_line(f"~ {kind} {x.name} {x.old} -> {x.new}")
+
+
+# ---------------------------------------------------------------- progress on a terminal
+
+
+class RichReporter(ui.Reporter):
+    """The CLI's narrative backend: messages through the stderr console, and one live display
+    for every step spinner and progress bar (rich allows one live display at a time). Bars
+    only on a terminal, without --no-progress, -q or --color never."""
+
+    def __init__(self, verbosity: int, progress: bool) -> None:
+        super().__init__(verbosity)
+        self.progress_bars = progress and err_console.is_terminal and verbosity >= 0
+        self._live: Any = None
+        self._tasks = 0
+
+    # messages are plain text (they quote requirements such as `uvicorn[standard]`): escaped
+    def info(self, msg: str) -> None:
+        if self.verbosity >= 0:
+            err_console.print(esc(msg), highlight=False)
+
+    def detail(self, msg: str) -> None:
+        if self.verbosity >= 1:
+            err_console.print(f"[dim]{esc(msg)}[/dim]", highlight=False)
+
+    def warn(self, msg: str) -> None:
+        if self.verbosity >= -1:
+            err_console.print(f"[yellow]warning:[/yellow] {esc(msg)}", highlight=False)
+
+    def progress(
+        self,
+        label: str,
+        total: int | None,
+        *,
+        unit: str = "bytes",
+        summary: bool = False,
+        done_label: str | None = None,
+    ) -> ui.Progress:
+        kind = RichProgress if self.progress_bars else ui.Progress
+        return kind(self, label, total, unit=unit, summary=summary, done_label=done_label)
+
+    @contextlib.contextmanager
+    def step(self, label: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        if not self.progress_bars:
+            self.detail(f"{label}…")
+            yield
+        else:
+            task = self.add_task(f"{esc(label)}…", None)
+            try:
+                yield
+            finally:
+                self.remove_task(task)
+        self.detail(f"{label}: {time.perf_counter() - t0:.2f}s")
+
+    def end(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+            self._tasks = 0
+
+    # -- the one live display
+    def add_task(self, description: str, total: int | None, counts: str = "") -> Any:
+        """A row in the one live display (started with the first row, stopped with the last)."""
+        if self._live is None:
+            from rich.progress import Progress as Bars
+            from rich.progress import SpinnerColumn, TextColumn
+
+            self._live = Bars(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                _Bar(bar_width=24),
+                TextColumn("{task.fields[counts]}"),
+                console=err_console,
+                transient=True,
+            )
+            self._live.start()
+        self._tasks += 1
+        return self._live.add_task(description, total=total, counts=counts)
+
+    def remove_task(self, task: Any) -> None:
+        if self._live is None:
+            return
+        self._live.remove_task(task)
+        self._tasks -= 1
+        if self._tasks <= 0:
+            self._live.stop()
+            self._live = None
+            self._tasks = 0
+
+
+def _Bar(**kw: Any) -> Any:
+    """A bar only where the total is known (a step's spinner row has none)."""
+    from rich.progress import BarColumn
+    from rich.text import Text
+
+    class Bar(BarColumn):
+        def render(self, task: Any) -> Any:
+            return super().render(task) if task.total is not None else Text("")
+
+    return Bar(**kw)
+
+
+class RichProgress(ui.Progress):
+    """A row of the live display: label, bar, and the counts with the rate."""
+
+    live = True
+
+    def __init__(self, reporter: RichReporter, label: str, total: int | None, **kw: Any) -> None:
+        super().__init__(reporter, label, total, **kw)
+        self._owner = reporter
+        self._shown = 0.0
+        self._task = reporter.add_task(esc(label), total, esc(self.counts()))
+
+    def changed(self) -> None:
+        now = time.perf_counter()
+        if self._task is None or (now - self._shown < 0.1 and self.total != self._completed()):
+            return
+        self._shown = now
+        live = self._owner._live
+        if live is not None:
+            live.update(self._task, total=self.total, completed=self._completed(), counts=esc(self.counts()))
+
+    def _completed(self) -> int:
+        return self.done if self.unit == "bytes" else self.items
+
+    def stop(self) -> None:
+        if self._task is None:
+            return
+        live = self._owner._live
+        if live is not None:  # one frame with the final counts before the row goes
+            done = dict(total=self.total, completed=self._completed(), counts=esc(self.counts()))
+            live.update(self._task, refresh=True, **done)
+        self._owner.remove_task(self._task)
+        self._task = None

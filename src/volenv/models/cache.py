@@ -1,0 +1,418 @@
+"""Model caches on the volume: fetch (HTTP with resume, or the Hugging Face Hub), checksum,
+record, verify. One fetcher per model across hosts (a lease); the others wait and find it.
+
+Layout: url models under models/files/<name>/<sha256[:16]>/<file>; hf models in the hub
+cache layout under models/hf/hub (so libraries find them through HF_HUB_CACHE); and for each
+fetched model a record models/records/<name>.<key>.json, written last, listing every file
+with size and sha256: its presence is what "present" means to activation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from volenv.base.errors import (
+    DamagedRecord,
+    ModelError,
+    VolenvError,
+    VolumeError,
+    from_oserror,
+    missing_extra,
+)
+from volenv.base.redact import redact_url
+from volenv.base.ui import reporter
+from volenv.manifest.parse import Manifest, ModelSpec, _model_dict
+from volenv.store.integrity import hash_file
+from volenv.store.locks import BuildLease
+from volenv.store.modelpaths import model_files_dir, model_key, model_location, model_record_path
+from volenv.store.paths import VolumePaths
+from volenv.store.sealcheck import activation_problem
+from volenv.store.volio import atomic_write_json, fsync_dir, safe_mkdirs, safe_rename, safe_unlink
+from volenv.transfer import httpfetch
+
+RECORD_SCHEMA = 1
+CHUNK = 1 << 20
+ATTEMPTS = int(os.environ.get("VOLENV_FETCH_ATTEMPTS", "6"))
+TIMEOUT = float(os.environ.get("VOLENV_FETCH_TIMEOUT", "60"))
+
+
+@dataclass(frozen=True)
+class ModelState:
+    name: str
+    source: str
+    location: str
+    present: bool
+    optional: bool
+    files: int = 0
+    bytes: int = 0
+    action: str = ""  # fetch: fetched | present | failed (optional)
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class ModelProblem:
+    name: str
+    kind: str  # missing | size-changed | content-changed | record-damaged
+    path: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class ModelVerifyReport:
+    level: str
+    checked: tuple[str, ...]
+    problems: tuple[ModelProblem, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _source(m: dict[str, Any]) -> str:
+    if m.get("hf"):
+        return f"hf:{m['hf']['repo']}@{m['hf']['revision'][:12]}"
+    return str(m["url"])
+
+
+# ---------------------------------------------------------------- fetch
+
+
+def fetch_models(paths: VolumePaths, manifest: Manifest, *, lock_timeout: float = 3600) -> list[ModelState]:
+    out = []
+    for spec in manifest.models:
+        m = _model_dict(spec)
+        try:
+            out.append(fetch_model(paths, spec, lock_timeout=lock_timeout))
+        except ModelError as exc:
+            if not spec.optional:
+                raise
+            reporter.warn(f"optional model '{spec.name}' not fetched: {exc.message}")
+            out.append(
+                ModelState(
+                    spec.name,
+                    _source(m),
+                    model_location(str(paths.root), m),
+                    False,
+                    True,
+                    action="failed",
+                    detail=exc.message,
+                )
+            )
+    return out
+
+
+def fetch_model(paths: VolumePaths, spec: ModelSpec, *, lock_timeout: float = 3600) -> ModelState:
+    m = _model_dict(spec)
+    root = str(paths.root)
+    record = Path(model_record_path(root, m))
+    loc = model_location(root, m)
+    if record.exists():
+        return _state(paths, m, "present")
+    safe_mkdirs(record.parent, paths.root)  # no write through a planted link below the root
+    lease = BuildLease(paths, f"model-{spec.name}.{model_key(m)}", timeout=lock_timeout, say=reporter.info)
+    with lease:
+        if record.exists():  # another worker fetched it while we waited
+            return _state(paths, m, "present")
+        files = _fetch_url(paths, spec, Path(loc)) if spec.url else _fetch_hf(paths, spec, Path(loc))
+        atomic_write_json(
+            record,
+            {
+                "schema": RECORD_SCHEMA,
+                "name": spec.name,
+                "key": model_key(m),
+                "spec": m,
+                "location": os.path.relpath(loc, root),
+                "files": files,
+                "fetched": time.time(),
+            },
+        )
+    store_event(paths, spec.name, files)
+    return _state(paths, m, "fetched")
+
+
+def store_event(paths: VolumePaths, name: str, files: list[dict[str, Any]]) -> None:
+    from volenv.store import pointers as store
+
+    store.log_event(
+        paths, "_models", "model-fetched", model=name, files=len(files), bytes=sum(f["size"] for f in files)
+    )
+
+
+def _state(paths: VolumePaths, m: dict[str, Any], action: str) -> ModelState:
+    root = str(paths.root)
+    rec = read_model_record(Path(model_record_path(root, m)))
+    files = rec.get("files", []) if rec else []
+    return ModelState(
+        m["name"],
+        _source(m),
+        model_location(root, m),
+        rec is not None,
+        bool(m.get("optional")),
+        len(files),
+        sum(int(f["size"]) for f in files),
+        action,
+    )
+
+
+def read_model_record(path: Path) -> dict[str, Any] | None:
+    """A model record, validated (spec and file list) before any use; None when absent."""
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (IsADirectoryError, NotADirectoryError):
+        raise DamagedRecord(f"model record {path} is damaged: not a file") from None
+    except OSError as exc:
+        raise from_oserror(exc, f"cannot read model record {path}") from exc
+    except (ValueError, RecursionError) as exc:
+        raise DamagedRecord(f"model record {path} is damaged: not valid JSON ({exc})") from None
+    if isinstance(data, dict) and isinstance(data.get("schema"), int) and data["schema"] > RECORD_SCHEMA:
+        raise VolumeError(f"model record {path} is newer than this volenv", hint="upgrade volenv")
+    problem = _record_problem(data)
+    if problem:
+        raise DamagedRecord(f"model record {path} is damaged: {problem}")
+    return data  # type: ignore[no-any-return]
+
+
+def _record_problem(data: object) -> str | None:
+    if not isinstance(data, dict):
+        return "not a JSON object"
+    spec = data.get("spec")
+    if not isinstance(spec, dict):
+        return "no 'spec'"
+    problem = activation_problem({}, [spec])
+    if problem:
+        return problem
+    files = data.get("files")
+    if not isinstance(files, list):
+        return "no 'files' list"
+    for f in files:
+        if not (
+            isinstance(f, dict) and isinstance(f.get("size"), int) and not isinstance(f.get("size"), bool)
+        ):
+            return f"file entry {f!r:.80} is malformed"
+        problem = file_entry_problem(f)
+        if problem:
+            return problem
+    return None
+
+
+def file_entry_problem(f: object) -> str | None:
+    """A record's file entry, local or from a bucket: a relative path that stays below the
+    model's directory (no '..', no absolute path) and a sha256; None when it is one."""
+    from volenv.manifest.parse import HEX64
+
+    path = f.get("path") if isinstance(f, dict) else None
+    if (
+        not isinstance(f, dict)
+        or not isinstance(path, str)
+        or not path
+        or path.startswith("/")
+        or any(ord(c) < 0x20 or ord(c) == 0x7F for c in path)
+        or any(part in ("", ".", "..") for part in path.split("/"))
+        or not (isinstance(f.get("sha256"), str) and HEX64.fullmatch(f["sha256"]))
+        or not (f.get("size") is None or (isinstance(f["size"], int) and f["size"] >= 0))
+    ):
+        return f"file entry {f!r:.120} is not a relative path with a sha256"
+    return None
+
+
+def _fetch_url(paths: VolumePaths, spec: ModelSpec, dest: Path) -> list[dict[str, Any]]:
+    """Download into the model's `.part` as parallel Range requests with a chunk journal
+    (httpfetch), so a killed fetch resumes from its durable chunks; publish by rename only
+    when the size and sha256 match. Bytes that fail the whole-file check are dropped and
+    fetched once more (a chunk a server garbled once); twice wrong fails, nothing published."""
+    assert spec.url and spec.sha256
+    safe_mkdirs(dest.parent, paths.root)
+    part = dest.with_name(f".{dest.name}.part-chunks")
+    journal = dest.with_name(f".{dest.name}.part-chunks.journal")
+    reporter.info(f"fetching model '{spec.name}' from {redact_url(spec.url)}")
+
+    def say(msg: str) -> None:
+        reporter.warn(f"model '{spec.name}': {msg}")
+
+    for round_ in (1, 2):
+        progress = reporter.progress(spec.name, spec.size)
+        opts = httpfetch.Options(ATTEMPTS, TIMEOUT, say, progress)
+        try:
+            got = httpfetch.fetch(
+                spec.url, part, journal, paths.root, sha256=spec.sha256, size=spec.size, opts=opts
+            )
+        except httpfetch.HTTPRefused as exc:
+            raise ModelError(
+                f"model '{spec.name}': {redact_url(spec.url)} answered HTTP {exc.code}"
+            ) from None
+        except httpfetch.TooLarge as exc:
+            httpfetch.discard(part, journal, paths.root)
+            raise ModelError(f"model '{spec.name}': {redact_url(spec.url)}: {exc}") from None
+        except httpfetch.RetriesExhausted as exc:
+            raise ModelError(
+                f"model '{spec.name}': {exc}",
+                hint="check the URL and the network, then `volenv models fetch MANIFEST` again"
+                " (it resumes from the chunks it has)",
+            ) from None
+        finally:
+            progress.close()
+        if spec.size is not None and got.size != spec.size:
+            httpfetch.discard(part, journal, paths.root)
+            raise ModelError(f"model '{spec.name}': got {got.size} bytes, the manifest says {spec.size}")
+        if got.sha256 == spec.sha256:
+            break
+        httpfetch.discard(part, journal, paths.root)
+        if round_ == 2:
+            raise ModelError(
+                f"model '{spec.name}': sha256 mismatch: expected {spec.sha256}, got {got.sha256};"
+                " nothing was published",
+                hint="the server served other bytes than the manifest pins",
+            )
+        say("sha256 mismatch after the download (a chunk arrived wrong); fetching it again")
+    try:
+        safe_rename(part, dest, paths.root)
+    except FileNotFoundError:  # a fetcher that took our lease over published the same bytes
+        if not dest.is_file() or dest.stat().st_size != got.size:
+            raise
+    fsync_dir(dest.parent)
+    safe_unlink(journal, paths.root)
+    return [{"path": dest.name, "size": got.size, "sha256": got.sha256}]
+
+
+def _fetch_hf(paths: VolumePaths, spec: ModelSpec, snapshot_dir: Path) -> list[dict[str, Any]]:
+    """huggingface_hub downloads into the hub cache layout (its own locks and resume); we then
+    check every LFS file against its sha256 and record sizes and hashes."""
+    assert spec.hf is not None
+    try:
+        import huggingface_hub
+        from huggingface_hub.errors import HfHubHTTPError
+    except ImportError:
+        raise missing_extra("huggingface_hub", "hf", ModelError) from None
+    cache = paths.models / "hf" / "hub"
+    safe_mkdirs(cache, paths.root)
+    reporter.info(f"fetching model '{spec.name}' from the Hub: {spec.hf.repo}@{spec.hf.revision[:12]}")
+    try:
+        if spec.hf.files:
+            for f in spec.hf.files:
+                huggingface_hub.hf_hub_download(
+                    spec.hf.repo, f, revision=spec.hf.revision, cache_dir=str(cache)
+                )
+        else:
+            huggingface_hub.snapshot_download(
+                spec.hf.repo,
+                revision=spec.hf.revision,
+                allow_patterns=list(spec.hf.allow_patterns),
+                cache_dir=str(cache),
+            )
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise ModelError(f"model '{spec.name}': Hub download failed: {str(exc).splitlines()[0]}") from None
+    hf_top = (paths.models / "hf").resolve()
+    files = []
+    for dirpath, _dirs, names in os.walk(snapshot_dir):
+        for n in names:
+            p = Path(dirpath) / n
+            blob = p.resolve()
+            if not blob.is_relative_to(hf_top) or not blob.is_file():
+                # a link planted out of the Hub cache: damage; remove the link, never its target
+                p.unlink(missing_ok=True)
+                raise ModelError(
+                    f"model '{spec.name}': {p.relative_to(snapshot_dir)} points outside {hf_top};"
+                    " the link was removed",
+                    hint="`volenv models fetch` again",
+                )
+            digest = hash_file(str(blob))
+            if len(blob.name) == 64 and blob.name != digest:  # LFS blobs are named by their sha256
+                for victim in (p, blob):
+                    victim.unlink(missing_ok=True)
+                raise ModelError(
+                    f"model '{spec.name}': {p.relative_to(snapshot_dir)} does not match its sha256"
+                    f" ({blob.name}); removed"
+                )
+            files.append(
+                {"path": str(p.relative_to(snapshot_dir)), "size": blob.stat().st_size, "sha256": digest}
+            )
+    if not files:
+        raise ModelError(f"model '{spec.name}': nothing matched in {spec.hf.repo}@{spec.hf.revision}")
+    return sorted(files, key=lambda f: f["path"])
+
+
+# ---------------------------------------------------------------- list / verify
+
+
+def list_models(paths: VolumePaths, manifest: Manifest | None) -> list[ModelState]:
+    root = str(paths.root)
+    if manifest is not None:
+        return [_state(paths, _model_dict(s), "") for s in manifest.models]
+    out = []
+    for rec_path in sorted((paths.models / "records").glob("*.json")):
+        try:
+            rec = read_model_record(rec_path)
+        except DamagedRecord as exc:  # listed as a warning; the intact records still are
+            reporter.warn(exc.message)
+            continue
+        if rec is None:
+            continue
+        m = rec["spec"]
+        files = rec.get("files", [])
+        out.append(
+            ModelState(
+                m["name"],
+                _source(m),
+                model_location(root, m),
+                True,
+                bool(m.get("optional")),
+                len(files),
+                sum(int(f["size"]) for f in files),
+            )
+        )
+    return out
+
+
+def verify_models(paths: VolumePaths, manifest: Manifest | None, level: str) -> ModelVerifyReport:
+    """seal: record and files exist; stat: + sizes; full: + sha256 of every file."""
+    root = str(paths.root)
+    problems: list[ModelProblem] = []
+    if manifest is not None:
+        specs = [_model_dict(s) for s in manifest.models]
+        records = [(m, Path(model_record_path(root, m))) for m in specs]
+    else:
+        records = []
+        for rec_path in sorted((paths.models / "records").glob("*.json")):
+            try:
+                rec = read_model_record(rec_path)
+            except DamagedRecord as exc:
+                problems.append(ModelProblem(rec_path.stem, "record-damaged", str(rec_path), exc.message))
+                continue
+            if rec is not None:
+                records.append((rec["spec"], rec_path))
+    checked = []
+    for m, rec_path in records:
+        checked.append(m["name"])
+        try:
+            rec = read_model_record(rec_path)
+        except VolenvError as exc:
+            problems.append(ModelProblem(m["name"], "record-damaged", str(rec_path), str(exc)))
+            continue
+        if rec is None:
+            if not m.get("optional"):
+                problems.append(ModelProblem(m["name"], "missing", str(rec_path), "never fetched"))
+            continue
+        base_dir = Path(model_files_dir(root, m))
+        for f in rec["files"]:
+            p = base_dir / f["path"]
+            try:
+                size = p.stat().st_size
+            except OSError:
+                problems.append(ModelProblem(m["name"], "missing", str(p), "recorded but not found"))
+                continue
+            if level in ("stat", "full") and size != f["size"]:
+                problems.append(
+                    ModelProblem(m["name"], "size-changed", str(p), f"{size} bytes, recorded {f['size']}")
+                )
+            elif level == "full" and hash_file(str(p)) != f["sha256"]:
+                problems.append(
+                    ModelProblem(m["name"], "content-changed", str(p), "sha256 differs from the record")
+                )
+    return ModelVerifyReport(level, tuple(checked), tuple(problems))

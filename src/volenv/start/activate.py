@@ -1,0 +1,630 @@
+"""Activation: manifest -> index -> snapshot -> seal check -> environment -> exec.
+
+This module is the container entrypoint's fast path. It imports only os, sys, time and
+the C modules _json and _sha256 (plus small volenv modules that do the same; not `json`, whose
+import of `re` alone cost a third of a start) so a start costs milliseconds; it needs
+no network and no writes. Manifest validation (which needs `packaging`) is skipped through an
+alias: the sha256 of the manifest's bytes -> the env and manifest digest that a full parse
+gave when the manifest was synced.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from volenv.base.envvars import apply_manifest_env
+from volenv.base.errors import (
+    DamagedRecord,
+    InterpreterMismatch,
+    LockTimeout,
+    NoSnapshotError,
+    UsageError,
+    VerifyError,
+    VolenvError,
+    VolumeError,
+    shq,
+)
+from volenv.base.leanjson import loads, read_record_bytes
+from volenv.store.alias import activation_settings, alias_ok, alias_path, lock_matches
+from volenv.store.modelpaths import model_env_name, model_location, model_record_path
+from volenv.store.sealcheck import (
+    SealProblem,
+    check_seal,
+    is_snapshot_id,
+    plain_name,
+    read_seal,
+    rollback_problem,
+)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+ON_MISSING = ("build", "wait", "fail")
+VERIFY_LEVELS = ("seal", "stat", "full")
+
+
+class Target:
+    """What to activate: env, manifest digest (None for --env) and the activation settings."""
+
+    def __init__(
+        self, env: str, digest: str | None, activation: dict[str, Any], manifest_path: str | None
+    ) -> None:
+        self.env = env
+        self.digest = digest
+        self.activation = activation
+        self.manifest_path = manifest_path
+
+
+def _read_json(path: str) -> Any:
+    """The parsed record, or None when absent. Bytes that are not JSON, or a directory in the
+    record's place, raise DamagedRecord naming the file; an unreachable volume is VolumeError,
+    never 'absent'."""
+    try:
+        raw = read_record_bytes(path)
+    except FileNotFoundError:
+        return None
+    except (IsADirectoryError, NotADirectoryError):
+        raise DamagedRecord(f"{path} is damaged: not a file", hint=f"remove {path}") from None
+    except OSError as exc:
+        raise VolumeError(
+            f"cannot read {path}: {exc.strerror} (errno {exc.errno}); the volume is unreachable",
+            hint="check the network volume's mount",
+        ) from None
+    try:
+        return loads(raw)
+    except ValueError as exc:
+        raise DamagedRecord(f"{path} is damaged: not valid JSON ({exc})", hint=f"remove {path}") from None
+
+
+def target_from_manifest(root: str, manifest_path: str) -> Target:
+    try:
+        with open(manifest_path, "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        raw = None
+    if raw is not None:
+        try:
+            alias = _read_json(alias_path(root, raw))
+        except DamagedRecord:  # a cache of a full parse: when damaged, parse again
+            alias = None
+        if alias_ok(alias) and lock_matches(alias, manifest_path):
+            return Target(alias["env"], alias["manifest_digest"], alias["activation"], manifest_path)
+    from volenv.manifest.parse import load_manifest  # slow path: full validation
+
+    m = load_manifest(manifest_path)
+    return Target(m.name, m.digest, activation_settings(m), manifest_path)
+
+
+def _pointer(path: str, env: str, hint: str) -> str | None:
+    try:
+        data = _read_json(path)
+    except DamagedRecord as exc:
+        exc.hint = hint
+        raise
+    if data is None:
+        return None
+    snap = data.get("snapshot") if isinstance(data, dict) else None
+    if not isinstance(snap, str) or not is_snapshot_id(snap, env):
+        raise DamagedRecord(f"{path} is damaged: it names no snapshot of '{env}'", hint=hint)
+    return snap
+
+
+def rolled_back(root: str, env: str) -> tuple[str, float, float] | None:
+    """(snapshot, its seal time, when) if `volenv rollback` set the env's current pointer and no
+    switch has happened since (store.write_current). A damaged pointer is no rollback here."""
+    path = os.path.join(root, "envs", env, "current")
+    try:
+        data = _read_json(path)
+    except DamagedRecord:
+        return None
+    rb = data.get("rollback") if isinstance(data, dict) else None
+    if not isinstance(rb, dict):
+        return None
+    snap = data.get("snapshot")
+    if not isinstance(snap, str) or not is_snapshot_id(snap, env):
+        return None
+    problem = rollback_problem(rb, env)
+    if problem is not None:  # a rollback the pointer cannot vouch for: never guessed either way
+        hint = f"point it at a snapshot again: volenv rollback {shq(env)} --to SNAPSHOT"
+        raise DamagedRecord(f"{path} is damaged: {problem}", hint=hint)
+    return snap, float(rb["created"]), float(rb["time"])
+
+
+def _newer_than(root: str, env: str, sid: str | None, created: float) -> bool:
+    """Whether `sid` was sealed after `created`; no snapshot, or an unreadable one, counts as newer
+    (a rollback is the operator's word: nothing unknown overrides it)."""
+    if sid is None:
+        return True
+    try:
+        when = read_seal(os.path.join(root, "envs", env, "snapshots", sid)).get("created")
+    except SealProblem:
+        return True
+    return not isinstance(when, int | float) or when > created
+
+
+def _honour_rollback(root: str, o: RunOptions, target: Target, sid: str | None) -> str | None:
+    """While the env is rolled back to S, `run --manifest M` runs M's own snapshot only when
+    that is S or older; otherwise S, saying so on stderr (README, Decisions)."""
+    rb = rolled_back(root, target.env) if target.digest is not None else None
+    if rb is None or sid == rb[0] or not _newer_than(root, target.env, sid, rb[1]):
+        return None
+    what = f"instead of {sid}" if sid is not None else "(it has no snapshot yet)"
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(rb[2]))
+    print(
+        f"volenv: '{target.env}' is rolled back to {rb[0]} (at {when}): {o.verb} it for {o.manifest}"
+        f" {what}; `volenv sync {shq(o.manifest)}` ends the rollback",
+        file=sys.stderr,
+    )
+    return rb[0]
+
+
+def find_snapshot(root: str, target: Target) -> str | None:
+    env_dir = os.path.join(root, "envs", target.env)
+    if target.digest is not None:
+        path = os.path.join(env_dir, "index", target.digest)
+        return _pointer(path, target.env, f"the next `volenv sync` of its manifest writes {path} again")
+    hint = f"point it at a valid snapshot: volenv rollback {shq(target.env)} --to SNAPSHOT"
+    return _pointer(os.path.join(env_dir, "current"), target.env, hint)
+
+
+# ---------------------------------------------------------------- environment
+
+
+def compute_env(
+    root: str,
+    snapshot_dir: str,
+    env_name: str,
+    activation: dict[str, Any],
+    base: dict[str, str] | None = None,
+) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    env.pop("PYTHONHOME", None)
+    env.pop("__PYVENV_LAUNCHER__", None)
+    bindir = os.path.join(snapshot_dir, "bin")
+    old_venv = env.get("VIRTUAL_ENV")
+    parts = [p for p in env.get("PATH", os.defpath).split(os.pathsep) if p]
+    if old_venv:
+        parts = [p for p in parts if p != os.path.join(old_venv, "bin")]
+    env["PATH"] = os.pathsep.join([bindir, *parts])
+    env["VIRTUAL_ENV"] = snapshot_dir
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env["PYTHONNOUSERSITE"] = "1"
+    env["VOLENV_ROOT"] = root
+    env["VOLENV_ENV"] = env_name
+    env["VOLENV_SNAPSHOT"] = os.path.basename(snapshot_dir)
+    models_dir = os.path.join(root, "models")
+    env["HF_HOME"] = os.path.join(models_dir, "hf")
+    env["HF_HUB_CACHE"] = os.path.join(models_dir, "hf", "hub")
+    env["TORCH_HOME"] = os.path.join(models_dir, "torch")
+    env["NLTK_DATA"] = os.path.join(models_dir, "nltk")
+    models = activation.get("models", [])
+    all_present = True
+    for m in models:
+        if os.path.exists(model_record_path(root, m)):
+            env[model_env_name(m["name"])] = model_location(root, m)
+        elif not m.get("optional"):
+            all_present = False
+    if models and all_present:
+        env["HF_HUB_OFFLINE"] = "1"
+    return apply_manifest_env(env, activation.get("env", {}))
+
+
+# ---------------------------------------------------------------- run
+
+
+class RunOptions:
+    def __init__(self) -> None:
+        self.manifest: str | None = None
+        self.env: str | None = None
+        self.on_missing = os.environ.get("VOLENV_ON_MISSING", "build")
+        self.verify = os.environ.get("VOLENV_VERIFY", "seal")
+        self.lock_timeout = float(os.environ.get("VOLENV_LOCK_TIMEOUT", "900"))
+        self.diagnose = False
+        self.materialize = os.environ.get("VOLENV_MATERIALIZE", "never")
+        self.materialize_dir: str | None = os.environ.get("VOLENV_MATERIALIZE_DIR") or None
+        self.command: list[str] = []
+        self.verb = "running"  # `volenv env` runs nothing: it says "using"
+
+
+RUN_USAGE = (
+    "usage: volenv [--root DIR] run (--manifest M | --env NAME) [--on-missing build|wait|fail]\n"
+    "                 [--verify seal|stat|full] [--lock-timeout SECONDS] [--diagnose]\n"
+    "                 [--materialize auto|always|never] [--materialize-dir DIR] -- CMD [ARGS...]"
+)
+RUN_HELP = (
+    RUN_USAGE
+    + """
+
+  Activate a verified snapshot and exec CMD in it (no shell, the process is replaced).
+
+Options:
+  -m, --manifest FILE     Manifest TOML: its snapshot (by digest), built if missing.
+  -e, --env NAME          An env's current snapshot (nothing to build from).
+  --on-missing POLICY     build (default), wait (for another builder) or fail (exit 3).
+  --verify LEVEL          seal (default), stat or full before exec; a failure is exit 4.
+  --lock-timeout SECONDS  How long to wait for another build's lease (default 900).
+  --materialize WHEN      auto, always or never (default): copy a packed snapshot to local disk.
+  --materialize-dir DIR   Where materialized snapshots go.
+  --diagnose              If activation fails, serve the reason to RunPod jobs instead of exiting.
+  -h, --help              Show this message and exit.
+
+Environment (options win over these):
+  VOLENV_ROOT                      volume root (like --root before `run`)
+  VOLENV_ON_MISSING                default for --on-missing
+  VOLENV_VERIFY                    default for --verify
+  VOLENV_LOCK_TIMEOUT              default for --lock-timeout
+  VOLENV_MATERIALIZE               default for --materialize
+  VOLENV_MATERIALIZE_DIR           default for --materialize-dir
+  VOLENV_MATERIALIZE_THRESHOLD_MS  if set, auto materializes when a volume metadata op takes this many ms
+  VOLENV_LOCAL_DIR                 where [[models]] local = always|auto copies go
+
+Set in CMD's environment: VIRTUAL_ENV, PATH, VOLENV_ENV, VOLENV_SNAPSHOT, VOLENV_ROOT,
+VOLENV_MODEL_<NAME> (an hf model's snapshot directory, a url model's file path), and the
+manifest's [activate] variables."""
+)
+TRACE_HELP = """\
+usage: volenv [--root DIR] trace (--manifest M | --env NAME) [--on-missing build|wait|fail]
+                 [--verify seal|stat|full] [--lock-timeout SECONDS] -- CMD [ARGS...]
+
+  Run CMD once in the snapshot and store the files its start opened, in order, as
+  .volenv/trace.json (startup pack order); a packed snapshot is re-packed with its startup pack.
+  CMD's stdout goes to stderr; stdout carries only volenv's result (--json for a document).
+
+Options:
+  -m, --manifest FILE     Manifest TOML: its snapshot (by digest), built if missing.
+  -e, --env NAME          An env's current snapshot (nothing to build from).
+  --on-missing POLICY     build (default), wait (for another builder) or fail (exit 3).
+  --verify LEVEL          seal (default), stat or full before CMD runs; a failure is exit 4.
+  --lock-timeout SECONDS  How long to wait for another build's lease (default 900).
+  -h, --help              Show this message and exit.
+
+--materialize does not apply: a trace runs the snapshot in place. The environment defaults
+are run's (VOLENV_ROOT, VOLENV_ON_MISSING, VOLENV_VERIFY, VOLENV_LOCK_TIMEOUT)."""
+
+#: each command that parses run's arguments, and its help
+RUN_LIKE_HELP = {"run": RUN_HELP, "trace": TRACE_HELP}
+
+
+#: run's options that take a value (globalargs skips their values when it moves global options)
+RUN_VALUED = {
+    "--manifest",
+    "-m",
+    "--env",
+    "-e",
+    "--on-missing",
+    "--verify",
+    "--lock-timeout",
+    "--materialize",
+    "--materialize-dir",
+}
+
+
+def parse_run_args(argv: list[str], command: str = "run") -> RunOptions:
+    """run's arguments; `command` (run or trace, which shares them) names the help and the errors."""
+    hint = f"see `volenv {command} --help`"
+    o = RunOptions()
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            o.command = argv[i + 1 :]
+            break
+        if a in ("-h", "--help"):
+            print(RUN_LIKE_HELP[command])
+            raise SystemExit(0)
+        key, eq, val = a.partition("=")
+        if key in RUN_VALUED:
+            if not eq:
+                i += 1
+                if i >= len(argv):
+                    raise UsageError(f"{key} needs a value", hint=hint)
+                val = argv[i]
+            if key in ("--manifest", "-m"):
+                o.manifest = val
+            elif key in ("--env", "-e"):
+                o.env = val
+            elif key == "--on-missing":
+                o.on_missing = val
+            elif key == "--verify":
+                o.verify = val
+            elif key == "--materialize":
+                o.materialize = val
+            elif key == "--materialize-dir":
+                o.materialize_dir = val
+            else:
+                try:
+                    o.lock_timeout = float(val)
+                except ValueError:
+                    raise UsageError(f"--lock-timeout: {val!r} is not a number of seconds") from None
+        elif a == "--diagnose":
+            o.diagnose = True
+        elif a.startswith("-"):
+            raise UsageError(f"{command}: unknown option {a!r}", hint=hint)
+        else:
+            o.command = argv[i:]
+            break
+        i += 1
+    if o.on_missing not in ON_MISSING:
+        raise UsageError(f"--on-missing: {o.on_missing!r} is not one of {', '.join(ON_MISSING)}")
+    if o.materialize not in ("auto", "always", "never"):
+        raise UsageError(f"--materialize: {o.materialize!r} is not one of auto, always, never")
+    if o.verify not in VERIFY_LEVELS:
+        raise UsageError(f"--verify: {o.verify!r} is not one of {', '.join(VERIFY_LEVELS)}")
+    if (o.manifest is None) == (o.env is None):
+        raise UsageError(f"{command}: give exactly one of --manifest M or --env NAME", hint=hint)
+    if not o.command:
+        raise UsageError(f"{command}: no command given after --", hint=hint)
+    return o
+
+
+def resolve_target(root: str, o: RunOptions) -> Target:
+    if o.manifest is not None:
+        return target_from_manifest(root, o.manifest)
+    assert o.env is not None
+    if not plain_name(o.env):
+        raise UsageError(f"--env: {o.env!r} is not an env name")
+    return Target(o.env, None, {}, None)
+
+
+def prepare(root: str, o: RunOptions) -> tuple[Target, str, dict[str, Any]]:
+    """Find and verify the snapshot, applying the on-missing policy. Returns target, dir, seal."""
+    from volenv.store.rootfind import root_exists
+
+    present = root_exists(root)
+    if not present and (o.on_missing != "build" or o.manifest is None):
+        raise VolumeError(
+            f"volume root {root} does not exist",
+            hint="mount the volume, or pass --root / VOLENV_ROOT",
+        )
+    target = resolve_target(root, o)
+    deadline = time.monotonic() + o.lock_timeout
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            sid = find_snapshot(root, target) if root_exists(root) else None
+        except DamagedRecord:
+            # an index entry only caches a resolution: with a manifest to build from, the sync
+            # below writes it again (a damaged `current` has no such source: it is the error)
+            if not (o.on_missing == "build" and target.digest is not None and attempts <= 2):
+                raise
+            sid = None
+        pinned = _honour_rollback(root, o, target, sid)
+        sid = pinned or sid
+        problem: SealProblem | VerifyError | None = None
+        if sid is not None:
+            snap_dir = os.path.join(root, "envs", target.env, "snapshots", sid)
+            _contained_snapshot(root, snap_dir)
+            # in-flight guard: GC keeps snapshots whose use mark is fresh, so mark before checking
+            mark_used(root, target.env, sid)
+            try:
+                seal = check_seal(snap_dir, sid)
+                if o.verify != "seal":
+                    _verify_deep(snap_dir, o.verify)
+                if target.digest is None or pinned:  # a rollback runs as it was built
+                    target.activation = _activation_from_seal(seal)
+                return target, snap_dir, seal
+            except SealProblem as sp:
+                problem = sp
+            except VerifyError as ve:
+                problem = ve
+            if pinned:  # never rebuild past a rollback: its target is what must run
+                detail = problem.detail if isinstance(problem, SealProblem) else problem.message
+                raise VerifyError(
+                    f"'{target.env}' is rolled back to {sid}, which is not usable: {detail}",
+                    hint=f"volenv rollback {shq(target.env)} --to SNAPSHOT, or `volenv sync"
+                    f" {shq(o.manifest)}` to end the rollback",
+                )
+        if o.on_missing == "build" and attempts <= 2:
+            _build_for(root, o, target, sid, problem)
+            continue
+        if o.on_missing == "wait" and problem is None:
+            if time.monotonic() >= deadline:
+                raise LockTimeout(
+                    f"timed out after {o.lock_timeout:.0f}s waiting for a snapshot of '{target.env}'"
+                )
+            time.sleep(0.5)
+            continue
+        raise _missing_error(root, o, target, sid, problem)
+
+
+def _contained_snapshot(root: str, snap_dir: str) -> None:
+    """volenv only ever writes a snapshot as a real directory inside the root: a link there (or
+    a linked envs/ENV) would exec code from outside the volume, so it is refused (exit 4)."""
+    top = os.path.realpath(root)
+    real = os.path.realpath(snap_dir)
+    if os.path.islink(snap_dir) or not real.startswith(top.rstrip("/") + "/"):
+        raise VerifyError(
+            f"snapshot directory {snap_dir} is a symlink or resolves outside the volume root"
+            f" ({real}): unsafe, not run",
+            hint="remove the link (volenv never makes one there), then `volenv sync` again",
+        )
+
+
+def _verify_deep(snap_dir: str, level: str) -> None:
+    from pathlib import Path
+
+    from volenv.store.integrity import verify_snapshot
+
+    report = verify_snapshot(Path(snap_dir), level)
+    if not report.ok:
+        err = VerifyError(report.summary(), hint="volenv verify --repair, or run with --on-missing build")
+        err.report = report  # type: ignore[attr-defined]
+        raise err
+
+
+def _activation_from_seal(seal: dict[str, Any]) -> dict[str, Any]:
+    m = seal.get("manifest", {})
+    return {"env": m.get("env", {}), "models": m.get("models", [])}
+
+
+def _missing_error(
+    root: str, o: RunOptions, target: Target, sid: str | None, problem: SealProblem | VerifyError | None
+) -> VolenvError:
+    build_cmd = (
+        f"volenv --root {shq(root)} sync {shq(o.manifest)}"
+        if o.manifest
+        else f"volenv --root {shq(root)} sync MANIFEST"
+    )
+    if problem is None:
+        what = (
+            f"manifest {o.manifest} (digest {target.digest[:16]}…)"
+            if target.digest
+            else f"env '{target.env}'"
+        )
+        return NoSnapshotError(f"no snapshot for {what} under {root}", hint=f"build it: {build_cmd}")
+    if isinstance(problem, SealProblem) and problem.kind == "interpreter":
+        return InterpreterMismatch(
+            f"snapshot {sid}: {problem.detail}", hint=f"rebuild for this image: {build_cmd}"
+        )
+    if isinstance(problem, VerifyError):
+        return problem
+    return VerifyError(f"snapshot {sid} failed verification: {problem.detail}", hint=f"rebuild: {build_cmd}")
+
+
+def _build_for(
+    root: str, o: RunOptions, target: Target, sid: str | None, problem: SealProblem | VerifyError | None
+) -> None:
+    """--on-missing build: quarantine a damaged snapshot, then sync (others wait on the lease)."""
+    from pathlib import Path
+
+    from volenv.base.ui import reporter
+    from volenv.build.sync import SyncOptions, quarantine
+    from volenv.commands.sync import sync
+    from volenv.manifest.parse import load_manifest
+    from volenv.store.paths import VolumePaths
+
+    if o.manifest is None and problem is not None:  # nothing to build from: say what is damaged
+        raise _missing_error(root, o, target, sid, problem)
+    if o.manifest is None:
+        raise NoSnapshotError(
+            f"env '{target.env}' has no usable snapshot and --env gives nothing to build from",
+            hint="use --manifest M so volenv can build it",
+        )
+    paths = VolumePaths(Path(root))
+    if (
+        problem is not None
+        and sid is not None
+        and not (isinstance(problem, SealProblem) and problem.kind == "interpreter")
+    ):
+        snap = paths.snapshot(target.env, sid)
+        report = getattr(problem, "report", None)
+        if snap.exists():
+            from dataclasses import asdict
+
+            quarantine(paths, snap, str(problem), asdict(report) if report is not None else None)
+    if problem is None:  # not indexed yet: often an existing snapshot is reused (only [activate] changed)
+        reporter.info(f"no snapshot indexed for {o.manifest}; syncing it")
+    else:
+        reporter.info(f"snapshot {sid} of '{target.env}' is not usable; building it again")
+    manifest = load_manifest(o.manifest)
+    outcome = sync(paths, manifest, SyncOptions(lock_timeout=o.lock_timeout, refresh=problem is not None))
+    from volenv.base.ui import sync_summary
+
+    reporter.info(sync_summary(outcome.action, outcome.snapshot, outcome.seconds, outcome.stats))
+    target.digest = manifest.digest
+
+
+def mark_used(root: str, env: str, sid: str) -> None:
+    """Best effort (a read-only volume still activates). Reached from the root one directory at
+    a time with O_NOFOLLOW, and the mark itself opened with O_NOFOLLOW: a planted link at any
+    of them is left alone, never written or touched through."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    fds: list[int] = []
+    try:
+        fds.append(os.open(root, os.O_RDONLY | os.O_DIRECTORY))
+        for part in ("envs", env, "used"):
+            fds.append(os.open(part, flags, dir_fd=fds[-1]))
+        fd = os.open(sid, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644, dir_fd=fds[-1])
+        try:
+            os.utime(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    finally:
+        for d in fds:
+            os.close(d)
+
+
+def run(root: str, argv: list[str]) -> int:
+    """`volenv run`: never returns on success (exec); returns an exit code on failure."""
+    o = parse_run_args(argv)
+    try:
+        target, snap_dir, _seal = prepare(root, o)
+        volume_snap = snap_dir
+        if o.materialize != "never":
+            from volenv.start.materialize import choose
+
+            snap_dir = choose(root, snap_dir, _seal, o.materialize, o.materialize_dir, o.verify) or snap_dir
+        env = compute_env(root, snap_dir, target.env, target.activation)
+        if any(m.get("local") in ("always", "auto") for m in target.activation.get("models", [])):
+            from volenv.start.localcopy import localize_models  # [[models]] local: copies to this disk
+
+            localize_models(root, volume_snap, target.activation["models"], env, o.materialize_dir)
+    except Exception as exc:  # every activation failure reaches --diagnose, OSError and bugs too
+        if not o.diagnose:
+            raise
+        from volenv.runpod.diagnose import serve_diagnosis
+
+        return serve_diagnosis(root, o, _as_volenv_error(exc))
+    cmd = list(o.command)
+    # A program the snapshot provides runs by absolute path: if the snapshot vanished between
+    # the check and the exec, that fails loudly instead of falling back to another PATH entry.
+    own = os.path.join(snap_dir, "bin", cmd[0])
+    if os.sep not in cmd[0] and os.path.exists(own):
+        cmd[0] = own
+    try:
+        if os.sep in cmd[0]:
+            os.execve(cmd[0], cmd, env)
+        else:
+            os.execvpe(cmd[0], cmd, env)
+    except OSError as exc:
+        raise UsageError(f"cannot run {cmd[0]!r}: {exc.strerror}") from exc
+
+
+def _as_volenv_error(exc: Exception) -> VolenvError:
+    if isinstance(exc, VolenvError):
+        return exc
+    if isinstance(exc, OSError):
+        from volenv.base.errors import from_oserror
+
+        return from_oserror(exc, "volume access failed")
+    import traceback  # a genuine bug: the container log is the only log there is
+
+    traceback.print_exc()
+    return VolenvError(f"internal error: {type(exc).__name__}: {exc}")
+
+
+def main_fast(root_opt: str | None, argv: list[str], json_out: bool = False) -> int:
+    from volenv.store.rootfind import discover_root
+
+    try:
+        try:
+            parse_run_args(argv)  # `run --help` and bad options first: they need no root
+            root, _source = discover_root(root_opt, defer=True)
+            return run(root, argv)
+        except OSError as exc:
+            from volenv.base.errors import from_oserror
+
+            raise from_oserror(exc, "volume access failed") from exc
+    except VolenvError as exc:
+        from volenv.base.redact import redact_text
+
+        print(f"error: {redact_text(exc.message)}", file=sys.stderr)
+        if exc.cause:
+            print(f"  cause: {redact_text(exc.cause)}", file=sys.stderr)
+        if exc.hint:
+            print(f"  hint: {redact_text(exc.hint)}", file=sys.stderr)
+        if json_out:  # the CLI's --json error document; `json` only on this error path
+            import json
+
+            from volenv.base.errors import error_document
+
+            doc = error_document(exc.exit_code, exc.message, exc.cause, exc.hint)
+            sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+            sys.stdout.flush()
+        return exc.exit_code

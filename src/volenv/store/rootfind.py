@@ -1,0 +1,93 @@
+"""Root discovery (DESIGN.md): --root > VOLENV_ROOT > /runpod-volume > /workspace > XDG.
+
+Inside a RunPod container (RUNPOD_POD_ID or RUNPOD_ENDPOINT_ID set) there is no XDG fallback:
+with no network volume attached, a build there would fill the container disk (the seed's
+failure), so discovery raises VolumeError instead. os-only on purpose: it runs on the
+entrypoint's fast path.
+"""
+
+from __future__ import annotations
+
+import os
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from volenv.base.errors import VolumeError
+
+
+MOUNTS = ("/runpod-volume", "/workspace")
+NO_VOLUME_ROOT = "/runpod-volume/volenv"  # what `run` reports as its root when there is none
+_told_fallback = False
+
+
+def in_runpod(environ: Mapping[str, str]) -> bool:
+    return bool(environ.get("RUNPOD_POD_ID") or environ.get("RUNPOD_ENDPOINT_ID"))
+
+
+def no_volume_error() -> VolumeError:
+    from volenv.base.errors import VolumeError
+
+    return VolumeError(
+        "no network volume is attached at /runpod-volume (nor at /workspace); "
+        "volenv does not build on the container disk",
+        hint="attach a network volume to this endpoint or pod, "
+        "or set VOLENV_ROOT to choose a root on the container disk",
+    )
+
+
+def discover_root(
+    explicit: str | None, environ: Mapping[str, str] | None = None, *, defer: bool = False
+) -> tuple[str, str]:
+    """(absolute root, the rule that picked it). In a RunPod container with no volume this
+    raises no_volume_error(); with defer=True (the `run` fast path, whose --diagnose must
+    answer jobs with that error) it returns (NO_VOLUME_ROOT, "no-volume") and root_exists
+    raises it instead, inside `run`'s error handling."""
+    env = os.environ if environ is None else environ
+    if explicit:
+        return os.path.abspath(explicit), "--root"
+    if env.get("VOLENV_ROOT"):
+        return os.path.abspath(env["VOLENV_ROOT"]), "VOLENV_ROOT"
+    for mount in MOUNTS:
+        if os.path.isdir(mount):
+            return os.path.join(mount, "volenv"), mount
+    if in_runpod(env):
+        if defer:
+            return NO_VOLUME_ROOT, "no-volume"
+        raise no_volume_error()
+    data_home = env.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    root = os.path.join(data_home, "volenv")
+    global _told_fallback
+    if not _told_fallback:  # once per process: the fallback is never silent, but -qq is
+        _told_fallback = True
+        from volenv.base.ui import reporter
+
+        reporter.warn(
+            f"no --root, VOLENV_ROOT or network volume (/runpod-volume, /workspace): "
+            f"using the local fallback root {root}"
+        )
+    return root, "xdg"
+
+
+def root_exists(path: str) -> bool:
+    """True/False for present/absent; an unreachable volume (ENOTCONN, EIO, ESTALE, EACCES)
+    raises VolumeError (exit 8) instead of passing for 'missing'."""
+    import stat as _stat
+
+    from volenv.base.errors import VolumeError
+
+    if path == NO_VOLUME_ROOT and in_runpod(os.environ) and not any(os.path.isdir(m) for m in MOUNTS):
+        raise no_volume_error()
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise VolumeError(
+            f"volume root {path} is unreachable: {exc.strerror} (errno {exc.errno})",
+            hint="the network volume is not mounted or its connection is gone; check the mount",
+        ) from None
+    if not _stat.S_ISDIR(st.st_mode):
+        raise VolumeError(f"volume root {path} is not a directory")
+    return True
