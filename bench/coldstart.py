@@ -168,7 +168,7 @@ def f5_manifest(dest: Path, local: str | None = "auto") -> Path:
 def f5_case(args: argparse.Namespace) -> Case:
     """The e2e volume, copied (never touched), traced (unless --untraced) and packed once in
     --work (default F5_WORK, or F5_WORK-untraced)."""
-    from volenv.start.activate import find_snapshot, target_from_manifest
+    from volenv.start.activation import find_snapshot, target_from_manifest
 
     source: Path = args.source
     work: Path = args.work or (F5_WORK.with_name(F5_WORK.name + "-untraced") if args.untraced else F5_WORK)

@@ -290,7 +290,7 @@ def test_one_hoisting_function_serves_run_and_the_other_commands() -> None:
     """globalargs.hoist_globals is the one loop: the CLI's and run's entry point both use it."""
     from volenv.cli.app import hoist_globals
     from volenv.cli.globalargs import hoist_run_globals
-    from volenv.start.activate import RUN_VALUED
+    from volenv.start.runargs import RUN_VALUED
 
     assert hoist_globals(["status", "web", "--json", "--root", "/r", "--", "-q"]) == [
         "--json", "--root", "/r", "status", "web", "--", "-q"

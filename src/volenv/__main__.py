@@ -11,7 +11,8 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     rest, root, verbosity = split_globals(args)
     if rest and rest[0] == "run":
-        from volenv.start.activate import RUN_VALUED, main_fast
+        from volenv.start.run import main_fast
+        from volenv.start.runargs import RUN_VALUED
 
         args = hoist_run_globals(args, RUN_VALUED)
         rest, root, verbosity = split_globals(args)

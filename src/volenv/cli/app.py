@@ -268,7 +268,7 @@ def sync(
 )
 def run(ctx: typer.Context) -> None:
     """Activate a verified snapshot and exec CMD in it: run (--manifest M | --env NAME) -- CMD."""
-    from volenv.start.activate import run as do_run
+    from volenv.start.run import run as do_run
 
     g = _globals(ctx)
     raise typer.Exit(do_run(str(g.root.path), list(ctx.args)))

@@ -317,7 +317,7 @@ def coldstart(
     samples: int = LATENCY_SAMPLES,
 ) -> ColdstartReport:
     from volenv.manifest.parse import load_manifest
-    from volenv.start.activate import find_snapshot, target_from_manifest
+    from volenv.start.activation import find_snapshot, target_from_manifest
     from volenv.store.integrity import load_record
     from volenv.store.packs import manifest_path
     from volenv.store.sealcheck import SealProblem, check_seal

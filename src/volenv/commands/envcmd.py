@@ -6,7 +6,9 @@ import os
 from dataclasses import dataclass
 
 from volenv.base.errors import DamagedRecord
-from volenv.start.activate import RunOptions, compute_env, prepare
+from volenv.start.activation import compute_env
+from volenv.start.run import prepare
+from volenv.start.runargs import RunOptions
 from volenv.store.sealcheck import is_env_var_name
 
 

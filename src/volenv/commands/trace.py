@@ -1,26 +1,20 @@
 """`volenv trace (--manifest M | --env E) -- CMD`: run CMD once inside the snapshot under the
-audit-hook sitecustomize (volenv/_tracehook.py) and store the files its start opened (see
-volenv.trace for the stored form); a packed snapshot is re-packed with its startup pack."""
+audit-hook sitecustomize and store the files its start opened (`start.tracing`); a packed
+snapshot is re-packed with its startup pack."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from volenv.base.errors import BuildError, DamagedRecord, UsageError
-from volenv.base.ui import reporter
-from volenv.store.integrity import Entry, load_record
-from volenv.store.sealcheck import SealProblem, check_seal
-from volenv.store.trace import HOOK_VERSION, Trace, load_trace, rel_ok, trace_path
-from volenv.store.volio import atomic_write_json
-
-_HOOK = Path(__file__).parent.parent / "start" / "_tracehook.py"
+from volenv.base.errors import UsageError
+from volenv.start.activation import compute_env
+from volenv.start.run import prepare
+from volenv.start.runargs import parse_run_args
+from volenv.start.tracing import keep_trace, take_trace
+from volenv.store.integrity import load_record
+from volenv.store.trace import trace_path
 
 
 @dataclass(frozen=True)
@@ -35,167 +29,17 @@ class TraceResult:
     repacked: bool
 
 
-# ---------------------------------------------------------------- taking a trace
-
-
-def hook_dir() -> Path:
-    """A private temp dir holding only the tracing sitecustomize.py."""
-    d = Path(tempfile.mkdtemp(prefix="volenv-trace-"))
-    shutil.copyfile(_HOOK, d / "sitecustomize.py")
-    return d
-
-
-def trace_env(env: dict[str, str], hook: Path, out: Path, roots: list[str]) -> dict[str, str]:
-    env = dict(env)
-    old = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = os.pathsep.join([str(hook), *([old] if old else [])])
-    env["VOLENV_TRACE_OUT"] = str(out)
-    env["VOLENV_TRACE_ROOTS"] = os.pathsep.join(roots)
-    return env
-
-
-def relativize(
-    lines: list[str], snapshot_dir: Path, models_dir: Path, record: dict[str, Entry]
-) -> tuple[list[str], list[str], list[str]]:
-    """The hook's lines -> (recorded snapshot files, model files, recorded snapshot
-    directories the start listed or searched: opened a name that is not there, as
-    importlib.metadata does for each distribution's entry_points.txt), first use first, each
-    once."""
-    snap_prefixes = {os.path.join(str(snapshot_dir), ""), os.path.join(os.path.realpath(snapshot_dir), "")}
-    model_prefixes = {os.path.join(str(models_dir), ""), os.path.join(os.path.realpath(models_dir), "")}
-    files: dict[str, None] = {}  # ordered sets: a trace can hold many thousands of paths
-    models: dict[str, None] = {}
-    listed: dict[str, None] = {}
-    seen: set[str] = set()
-    for line in lines:
-        p = line.rstrip("\n")
-        if not p or p in seen:
-            continue
-        seen.add(p)
-        if p.startswith("L/"):
-            d = os.path.join(p[1:], "")
-            for pre in snap_prefixes:
-                if d.startswith(pre):
-                    rel = d[len(pre) :].rstrip("/")
-                    e = record.get(rel)
-                    if e is not None and e.type == "d":
-                        listed.setdefault(rel)
-                    break
-            continue
-        for pre in snap_prefixes:
-            if p.startswith(pre):
-                rel = p[len(pre) :]
-                e = record.get(rel)
-                if e is not None and e.type == "f":
-                    files.setdefault(rel)
-                elif e is None:  # looked for and not there: its directory was searched
-                    d = rel.rpartition("/")[0]
-                    parent = record.get(d)
-                    if parent is not None and parent.type == "d":
-                        listed.setdefault(d)
-                break
-        else:
-            for pre in model_prefixes:
-                if p.startswith(pre):
-                    rel = p[len(pre) :]
-                    if rel_ok(rel) and os.path.isfile(p):
-                        models.setdefault(rel)
-                    break
-    return list(files), list(models), list(listed)
-
-
-def take_trace(root: str, argv: list[str]) -> tuple[Path, dict[str, Any], Trace]:
-    """Run the command in the snapshot with the hook; return the snapshot, its seal, the trace."""
-    from volenv.start.activate import compute_env, parse_run_args, prepare
-
+def run_trace(root: str, argv: list[str]) -> TraceResult:
+    """`volenv trace`: take, store, and (when the snapshot is packed) re-pack with its startup pack."""
     o = parse_run_args(argv, "trace")
     # refused when given: VOLENV_MATERIALIZE, set for the workers' `run`, is no reason to fail
     if o.materialize not in ("never", os.environ.get("VOLENV_MATERIALIZE", "never")):
         raise UsageError("trace: --materialize does not apply (a trace runs the snapshot in place)")
     target, snap, seal = prepare(root, o)
     snap_dir = Path(snap)
-    models_dir = Path(root) / "models"
-    record = load_record(snap_dir)
     env = compute_env(root, snap, target.env, target.activation)
-    hook = hook_dir()
-    try:
-        out = hook / "trace.txt"
-        env = trace_env(env, hook, out, [snap, str(models_dir)])
-        cmd = list(o.command)
-        own = os.path.join(snap, "bin", cmd[0])
-        if os.sep not in cmd[0] and os.path.exists(own):
-            cmd[0] = own
-        try:
-            # the command's stdout goes to stderr: stdout carries only volenv's result
-            proc = subprocess.run(cmd, env=env, stdout=2, check=False)
-        except OSError as exc:
-            raise UsageError(f"cannot run {cmd[0]!r}: {exc.strerror}") from exc
-        if proc.returncode != 0:
-            raise BuildError(
-                f"the traced command exited with {proc.returncode}; no trace stored",
-                step="trace",
-                hint="a trace records a successful start: fix the command, then trace again",
-            )
-        lines = out.read_text("utf-8", "surrogateescape").splitlines() if out.exists() else []
-    finally:
-        shutil.rmtree(hook, ignore_errors=True)
-    files, models, listed = relativize(lines, snap_dir, models_dir, record)
-    from volenv.base.redact import redact_text
-
-    trace = Trace(
-        snap_dir.name,
-        str(seal["record_sha256"]),
-        tuple(redact_text(a) for a in o.command),
-        tuple(files),
-        tuple(models),
-        time.time(),
-        tuple(listed),
-        HOOK_VERSION,
-    )
-    return snap_dir, seal, trace
-
-
-def store_trace(snapshot_dir: Path, trace: Trace) -> None:
-    """Temp + fsync + rename into .volenv; the seal is re-checked first so a trace is only ever
-    stored beside the record it was taken against."""
-    try:
-        seal = check_seal(str(snapshot_dir), snapshot_dir.name)
-    except SealProblem as sp:
-        raise DamagedRecord(f"cannot store the trace of {snapshot_dir.name}: {sp.detail}") from None
-    if seal["record_sha256"] != trace.record_sha256:
-        raise DamagedRecord(f"{snapshot_dir.name} was re-sealed while it was traced; trace it again")
-    atomic_write_json(trace_path(snapshot_dir), trace.to_json())
-
-
-def _stored_files(snapshot_dir: Path, seal: dict[str, Any]) -> int | None:
-    """How many files the trace a new one replaces recorded (None: none usable is stored)."""
-    try:
-        old = load_trace(snapshot_dir, seal)
-    except DamagedRecord:
-        return None  # a damaged trace is what a new one repairs
-    return None if old is None else len(old.files)
-
-
-def run_trace(root: str, argv: list[str]) -> TraceResult:
-    """`volenv trace`: take, store, and (when the snapshot is packed) re-pack with its startup pack."""
-    from volenv.store.packs import manifest_path, pack_snapshot
-    from volenv.store.paths import VolumePaths
-
-    snap_dir, seal, trace = take_trace(root, argv)
-    replaced = _stored_files(snap_dir, seal)
-    store_trace(snap_dir, trace)
-    if replaced is not None and len(trace.files) < replaced / 2:
-        # stored all the same (the user asked for it), but a `python -c pass` by mistake would
-        # quietly empty the startup pack of a snapshot whose real start was traced
-        reporter.warn(
-            f"this trace recorded {len(trace.files)} files, the one it replaces {replaced}: the startup "
-            "pack shrinks accordingly; trace the real start again if this was not it"
-        )
-    paths = VolumePaths(Path(root))
-    repacked = False
-    if manifest_path(paths, snap_dir.name).exists():
-        pack_snapshot(paths, snap_dir)
-        repacked = True
+    trace = take_trace(root, snap_dir, seal, env, list(o.command))
+    repacked = keep_trace(root, snap_dir, seal, trace)
     record = load_record(snap_dir)
     return TraceResult(
         snapshot=snap_dir.name,

@@ -1,0 +1,247 @@
+"""`volenv run`: the policies around activation (on-missing build, wait or fail; --diagnose) and
+the exec. The container's fast path: module level imports only what activation does; building
+(`start.provide`), materializing, model copies and the diagnosis are imported on their paths."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from volenv.base.errors import (
+    DamagedRecord,
+    InterpreterMismatch,
+    LockTimeout,
+    NoSnapshotError,
+    UsageError,
+    VerifyError,
+    VolenvError,
+    VolumeError,
+    shq,
+)
+from volenv.start.activation import (
+    Target,
+    _activation_from_seal,
+    _contained_snapshot,
+    _honour_rollback,
+    _verify_deep,
+    compute_env,
+    find_snapshot,
+    mark_used,
+    resolve_target,
+)
+from volenv.start.runargs import RunOptions, parse_run_args
+from volenv.store.sealcheck import SealProblem, check_seal
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+
+def prepare(root: str, o: RunOptions) -> tuple[Target, str, dict[str, Any]]:
+    """Find and verify the snapshot, applying the on-missing policy. Returns target, dir, seal."""
+    from volenv.store.rootfind import root_exists
+
+    present = root_exists(root)
+    if not present and (o.on_missing != "build" or o.manifest is None):
+        raise VolumeError(
+            f"volume root {root} does not exist",
+            hint="mount the volume, or pass --root / VOLENV_ROOT",
+        )
+    target = resolve_target(root, o)
+    deadline = time.monotonic() + o.lock_timeout
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            sid = find_snapshot(root, target) if root_exists(root) else None
+        except DamagedRecord:
+            # an index entry only caches a resolution: with a manifest to build from, the sync
+            # below writes it again (a damaged `current` has no such source: it is the error)
+            if not (o.on_missing == "build" and target.digest is not None and attempts <= 2):
+                raise
+            sid = None
+        pinned = _honour_rollback(root, o, target, sid)
+        sid = pinned or sid
+        problem: SealProblem | VerifyError | None = None
+        if sid is not None:
+            snap_dir = os.path.join(root, "envs", target.env, "snapshots", sid)
+            _contained_snapshot(root, snap_dir)
+            # in-flight guard: GC keeps snapshots whose use mark is fresh, so mark before checking
+            mark_used(root, target.env, sid)
+            try:
+                seal = check_seal(snap_dir, sid)
+                if o.verify != "seal":
+                    _verify_deep(snap_dir, o.verify)
+                if target.digest is None or pinned:  # a rollback runs as it was built
+                    target.activation = _activation_from_seal(seal)
+                return target, snap_dir, seal
+            except SealProblem as sp:
+                problem = sp
+            except VerifyError as ve:
+                problem = ve
+            if pinned:  # never rebuild past a rollback: its target is what must run
+                detail = problem.detail if isinstance(problem, SealProblem) else problem.message
+                raise VerifyError(
+                    f"'{target.env}' is rolled back to {sid}, which is not usable: {detail}",
+                    hint=f"volenv rollback {shq(target.env)} --to SNAPSHOT, or `volenv sync"
+                    f" {shq(o.manifest)}` to end the rollback",
+                )
+        if o.on_missing == "build" and attempts <= 2:
+            _build_for(root, o, target, sid, problem)
+            continue
+        if o.on_missing == "wait" and problem is None:
+            if time.monotonic() >= deadline:
+                raise LockTimeout(
+                    f"timed out after {o.lock_timeout:.0f}s waiting for a snapshot of '{target.env}'"
+                )
+            time.sleep(0.5)
+            continue
+        raise _missing_error(root, o, target, sid, problem)
+
+
+def _missing_error(
+    root: str, o: RunOptions, target: Target, sid: str | None, problem: SealProblem | VerifyError | None
+) -> VolenvError:
+    build_cmd = (
+        f"volenv --root {shq(root)} sync {shq(o.manifest)}"
+        if o.manifest
+        else f"volenv --root {shq(root)} sync MANIFEST"
+    )
+    if problem is None:
+        what = (
+            f"manifest {o.manifest} (digest {target.digest[:16]}…)"
+            if target.digest
+            else f"env '{target.env}'"
+        )
+        return NoSnapshotError(f"no snapshot for {what} under {root}", hint=f"build it: {build_cmd}")
+    if isinstance(problem, SealProblem) and problem.kind == "interpreter":
+        return InterpreterMismatch(
+            f"snapshot {sid}: {problem.detail}", hint=f"rebuild for this image: {build_cmd}"
+        )
+    if isinstance(problem, VerifyError):
+        return problem
+    return VerifyError(f"snapshot {sid} failed verification: {problem.detail}", hint=f"rebuild: {build_cmd}")
+
+
+def _build_for(
+    root: str, o: RunOptions, target: Target, sid: str | None, problem: SealProblem | VerifyError | None
+) -> None:
+    """--on-missing build: quarantine a damaged snapshot, then sync (others wait on the lease)."""
+    from pathlib import Path
+
+    from volenv.base.ui import reporter
+    from volenv.build.sync import SyncOptions, quarantine
+    from volenv.manifest.parse import load_manifest
+    from volenv.start.provide import provide
+    from volenv.store.paths import VolumePaths
+
+    if o.manifest is None and problem is not None:  # nothing to build from: say what is damaged
+        raise _missing_error(root, o, target, sid, problem)
+    if o.manifest is None:
+        raise NoSnapshotError(
+            f"env '{target.env}' has no usable snapshot and --env gives nothing to build from",
+            hint="use --manifest M so volenv can build it",
+        )
+    paths = VolumePaths(Path(root))
+    if (
+        problem is not None
+        and sid is not None
+        and not (isinstance(problem, SealProblem) and problem.kind == "interpreter")
+    ):
+        snap = paths.snapshot(target.env, sid)
+        report = getattr(problem, "report", None)
+        if snap.exists():
+            from dataclasses import asdict
+
+            quarantine(paths, snap, str(problem), asdict(report) if report is not None else None)
+    if problem is None:  # not indexed yet: often an existing snapshot is reused (only [activate] changed)
+        reporter.info(f"no snapshot indexed for {o.manifest}; syncing it")
+    else:
+        reporter.info(f"snapshot {sid} of '{target.env}' is not usable; building it again")
+    manifest = load_manifest(o.manifest)
+    outcome = provide(paths, manifest, SyncOptions(lock_timeout=o.lock_timeout, refresh=problem is not None))
+    from volenv.base.ui import sync_summary
+
+    reporter.info(sync_summary(outcome.action, outcome.snapshot, outcome.seconds, outcome.stats))
+    target.digest = manifest.digest
+
+
+def run(root: str, argv: list[str]) -> int:
+    """`volenv run`: never returns on success (exec); returns an exit code on failure."""
+    o = parse_run_args(argv)
+    try:
+        target, snap_dir, _seal = prepare(root, o)
+        volume_snap = snap_dir
+        if o.materialize != "never":
+            from volenv.start.materialize import choose
+
+            snap_dir = choose(root, snap_dir, _seal, o.materialize, o.materialize_dir, o.verify) or snap_dir
+        env = compute_env(root, snap_dir, target.env, target.activation)
+        if any(m.get("local") in ("always", "auto") for m in target.activation.get("models", [])):
+            from volenv.start.localcopy import localize_models  # [[models]] local: copies to this disk
+
+            localize_models(root, volume_snap, target.activation["models"], env, o.materialize_dir)
+    except Exception as exc:  # every activation failure reaches --diagnose, OSError and bugs too
+        if not o.diagnose:
+            raise
+        from volenv.runpod.diagnose import serve_diagnosis
+
+        return serve_diagnosis(root, o, _as_volenv_error(exc))
+    cmd = list(o.command)
+    # A program the snapshot provides runs by absolute path: if the snapshot vanished between
+    # the check and the exec, that fails loudly instead of falling back to another PATH entry.
+    own = os.path.join(snap_dir, "bin", cmd[0])
+    if os.sep not in cmd[0] and os.path.exists(own):
+        cmd[0] = own
+    try:
+        if os.sep in cmd[0]:
+            os.execve(cmd[0], cmd, env)
+        else:
+            os.execvpe(cmd[0], cmd, env)
+    except OSError as exc:
+        raise UsageError(f"cannot run {cmd[0]!r}: {exc.strerror}") from exc
+
+
+def _as_volenv_error(exc: Exception) -> VolenvError:
+    if isinstance(exc, VolenvError):
+        return exc
+    if isinstance(exc, OSError):
+        from volenv.base.errors import from_oserror
+
+        return from_oserror(exc, "volume access failed")
+    import traceback  # a genuine bug: the container log is the only log there is
+
+    traceback.print_exc()
+    return VolenvError(f"internal error: {type(exc).__name__}: {exc}")
+
+
+def main_fast(root_opt: str | None, argv: list[str], json_out: bool = False) -> int:
+    from volenv.store.rootfind import discover_root
+
+    try:
+        try:
+            parse_run_args(argv)  # `run --help` and bad options first: they need no root
+            root, _source = discover_root(root_opt, defer=True)
+            return run(root, argv)
+        except OSError as exc:
+            from volenv.base.errors import from_oserror
+
+            raise from_oserror(exc, "volume access failed") from exc
+    except VolenvError as exc:
+        from volenv.base.redact import redact_text
+
+        print(f"error: {redact_text(exc.message)}", file=sys.stderr)
+        if exc.cause:
+            print(f"  cause: {redact_text(exc.cause)}", file=sys.stderr)
+        if exc.hint:
+            print(f"  hint: {redact_text(exc.hint)}", file=sys.stderr)
+        if json_out:  # the CLI's --json error document; `json` only on this error path
+            import json
+
+            from volenv.base.errors import error_document
+
+            doc = error_document(exc.exit_code, exc.message, exc.cause, exc.hint)
+            sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+            sys.stdout.flush()
+        return exc.exit_code
