@@ -388,7 +388,8 @@ def test_the_hook_never_fails_the_program_when_its_own_audit_hook_refuses_proc(t
     hookdir = tmp_path / "hook"
     hookdir.mkdir()
     shutil.copy(
-        Path(__file__).resolve().parents[1] / "src" / "volenv" / "start" / "_tracehook.py", hookdir / "sitecustomize.py"
+        Path(__file__).resolve().parents[1] / "src" / "volenv" / "start" / "_tracehook.py",
+        hookdir / "sitecustomize.py",
     )
     program = (
         "import sys\n"
