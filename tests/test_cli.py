@@ -208,7 +208,7 @@ def test_help_texts_and_metavars() -> None:
 
 
 def test_min_free_takes_units(tmp_path: Path, root: Path, wheelhouse: Path) -> None:
-    from volenv.cli.app import parse_size
+    from volenv.cli.common import parse_size
 
     assert parse_size("10G", "x") == 10 * 1024**3 and parse_size("2GB", "x") == 2 * 10**9
     assert parse_size("1.5GiB", "x") == 1536 * 1024**2 and parse_size("4096", "x") == 4096

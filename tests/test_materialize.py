@@ -201,7 +201,7 @@ def test_auto_runs_in_place_on_a_local_disk_even_with_a_cold_cache(
 ) -> None:
     """Issue 17: a cold page cache made a local disk measure 0.10-0.19 ms per stat, over the old
     absolute threshold, and auto extracted (2.6x slower than in place)."""
-    from volenv.start.materialize import decide_auto
+    from volenv.start.auto import decide_auto
 
     m, root = packed
     snap = root / "envs" / "app" / "snapshots" / snapshot_of(root, "app")
@@ -222,7 +222,7 @@ def test_auto_runs_in_place_on_a_local_disk_even_with_a_cold_cache(
 
 
 def test_auto_materializes_behind_a_1ms_volume(tmp_path: Path, packed: tuple[Path, Path]) -> None:
-    from volenv.start.materialize import decide_auto
+    from volenv.start.auto import decide_auto
 
     m, root = packed
     sid = snapshot_of(root, "app")

@@ -594,7 +594,7 @@ def test_a_copy_beside_an_in_use_tree_is_kept_while_a_child_of_its_program_runs_
     child (which kept the inherited in-use descriptor) and exited. A later start used to delete
     that copy as soon as B's pid was gone, from under the child; it now waits for the copy's
     in-use lock to be free."""
-    from volenv.start.materialize import _leftovers
+    from volenv.start.localdisk import leftovers
 
     _m, _root, sid, local, tree, args = _packed_start(tmp_path, traced_env)
     a = volenv_popen(
@@ -621,20 +621,20 @@ def test_a_copy_beside_an_in_use_tree_is_kept_while_a_child_of_its_program_runs_
         child = int(pid)
         partial = Path(prefix).parent
         assert partial.name.startswith(f".{sid}.partial-"), prefix
-        assert partial not in _leftovers(local, sid)  # B gone, its child still there
+        assert partial not in leftovers(local, sid)  # B gone, its child still there
         a.communicate(timeout=60)
         c = volenv(*args, "--", "python", "-c", "import late")  # A and B gone: the tree is replaced
         assert c.returncode == 0, c.stderr
         _wait_mark(tree)
         _gone(f".{sid}.stale-*", local)
         assert partial.is_dir() and Path(prefix, "bin").is_dir()  # the child's copy, kept
-        assert partial not in _leftovers(local, sid)
+        assert partial not in leftovers(local, sid)
     finally:
         if a.poll() is None:
             a.kill()
         if child:
             os.kill(child, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while partial not in _leftovers(local, sid):  # the child gone: deletable
+    while partial not in leftovers(local, sid):  # the child gone: deletable
         assert time.monotonic() < deadline
         time.sleep(0.05)

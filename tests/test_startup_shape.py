@@ -172,7 +172,7 @@ def test_a_damaged_startup_chunk_is_exit_4_whichever_process_extracts_it(
     tmp_path: Path, scanned: tuple[Path, Path, str], chunk: str
 ) -> None:
     """The startup packs are extracted by several processes at once (packs.STARTUP_CHUNKS,
-    materialize._processes): a damaged one, in the parent's share or a child's, stops the start
+    materialize.processes): a damaged one, in the parent's share or a child's, stops the start
     with exit 4 and the program never runs."""
     m, root, _digest = scanned
     sid = snapshot_of(root, "app")

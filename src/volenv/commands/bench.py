@@ -95,7 +95,8 @@ def auto_would_choose(paths: VolumePaths, snapshot_dir: str, seal: dict[str, Any
     The one place this command calls materialize's decision: when that decision moves into a
     single function, re-point this adapter at it and nothing else changes here."""
     from volenv.base.errors import VolenvError
-    from volenv.start import materialize
+    from volenv.start.auto import decide_auto
+    from volenv.start.localdisk import default_dir
     from volenv.store.packs import manifest_path, read_manifest
 
     sid = os.path.basename(snapshot_dir)
@@ -108,9 +109,9 @@ def auto_would_choose(paths: VolumePaths, snapshot_dir: str, seal: dict[str, Any
         return AutoChoice("in-place", f"pack manifest unusable: {exc}", None, threshold)
     if packs.record_sha256 != seal["record_sha256"]:
         return AutoChoice("in-place", "the packs do not belong to this snapshot's record", None, threshold)
-    base = materialize.default_dir()
+    base = default_dir()
     probe_at = next((p for p in (base, *base.parents) if p.exists()), Path("/"))
-    d = materialize.decide_auto(str(paths.root), str(probe_at), snapshot_dir)
+    d = decide_auto(str(paths.root), str(probe_at), snapshot_dir)
     if not d.materialize:
         return AutoChoice("in-place", d.reason, d.volume_ms, threshold)
     need = int(sum(p.tar_size for p in packs.packs) * 1.05)
@@ -237,7 +238,7 @@ def measure_reads(path: str, size: int, limit: int, threads: tuple[int, ...] = (
 def _wait_background(local: Path, timeout: float = 600) -> None:
     """A startup-pack start leaves its background extraction running: let it finish before
     the copy is deleted (or timed again)."""
-    from volenv.start.materialize import IN_PROGRESS
+    from volenv.start.background import IN_PROGRESS
 
     deadline = time.monotonic() + timeout
     while any(local.glob(f"*/.volenv/{IN_PROGRESS}")) and time.monotonic() < deadline:

@@ -4,7 +4,7 @@ to the container's own disk and point VOLENV_MODEL_<NAME> there.
 Weights are read with mmap or small reads, and on a network volume each uncached read is a
 round trip; a copy made with a few threads each reading large ranges (os.pread) moves the same
 bytes at the volume's streaming rate, once per container. `auto` copies only when the volume is
-slow, as `run --materialize auto` decides (materialize.decide_auto against
+slow, as `run --materialize auto` decides (auto.decide_auto against
 VOLENV_MATERIALIZE_THRESHOLD_MS). The copy is checked against the model's record (size and
 sha256, hashed in file order while it is written) and published by one directory rename with a
 completion mark; a later start reuses a complete copy and never a partial one. Anything that
@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import stat
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from volenv.base.errors import VolenvError
 from volenv.base.iopool import Part, run_parts
 from volenv.base.streams import AdaptiveStreams, pinned_streams
 from volenv.base.ui import human_bytes, human_seconds
+from volenv.start.localdisk import checked_base, default_dir, free_bytes, owned_alone, say
 from volenv.store.modelpaths import (
     model_env_name,
     model_files_dir,
@@ -45,15 +45,10 @@ RANGE = 16 << 20  # one thread's share of a file at a time
 READ = 4 << 20
 
 
-def _say(msg: str) -> None:
-    print(f"volenv: {msg}", file=sys.stderr, flush=True)
-
-
 def local_base(mdir: str | None = None) -> Path:
     """$VOLENV_LOCAL_DIR, else `_models` in the directory `run --materialize` uses (its
     --materialize-dir when given); either must be this user's alone (OSError otherwise):
     weights in another user's directory could be a planted pickle, which is code."""
-    from volenv.start.materialize import checked_base, default_dir
 
     explicit = os.environ.get("VOLENV_LOCAL_DIR")
     if explicit:
@@ -87,16 +82,16 @@ def localize_models(
     for m in wanted:
         if m["local"] == "auto":
             if slow is None:
-                from volenv.start.materialize import decide_auto
+                from volenv.start.auto import decide_auto
 
                 try:
                     where = str(local_base(mdir))
                 except OSError as exc:
-                    _say(f"warning: models local: no local copies ({exc}); reading from the volume")
+                    say(f"warning: models local: no local copies ({exc}); reading from the volume")
                     return
                 decision = decide_auto(root, where, volume_snapshot)
                 slow = decision.materialize
-                _say(
+                say(
                     f"models local auto: {decision.reason}:"
                     f" {'copying to local disk' if slow else 'reading from the volume'}"
                 )
@@ -109,7 +104,7 @@ def localize_models(
         try:
             paths[m["name"]] = _local_copy(root, m, mdir)
         except (OSError, ValueError, VolenvError) as exc:  # a damaged record included
-            _say(f"warning: model '{m['name']}': no local copy ({exc}); reading it from the volume")
+            say(f"warning: model '{m['name']}': no local copy ({exc}); reading it from the volume")
 
     _all_at_once(one, todo)
     for m in todo:  # in manifest order, whichever copy ended first
@@ -131,10 +126,10 @@ def _local_copy(root: str, m: dict[str, Any], mdir: str | None = None) -> str | 
     base = local_base(mdir)
     dest = base / f"{m['name']}.{model_key(m)}"
     if _complete(dest, files):
-        _say(f"model '{m['name']}': reusing the local copy {dest}")
+        say(f"model '{m['name']}': reusing the local copy {dest}")
         return str(dest / rel)
     need = sum(int(f["size"]) for f in files)
-    free = shutil.disk_usage(base).free
+    free = free_bytes(base)
     if free < need * 1.05:
         raise OSError(f"{base} has {free} bytes free, {need} needed")
     tmp = base / f".{dest.name}.partial-{unique_suffix()}"
@@ -164,14 +159,13 @@ def _local_copy(root: str, m: dict[str, Any], mdir: str | None = None) -> str | 
         shutil.rmtree(tmp, ignore_errors=True)
     secs = max(time.perf_counter() - t0, 1e-6)
     rate = human_bytes(need / secs)
-    _say(f"model '{m['name']}': copied {human_bytes(need)} to {dest} in {human_seconds(secs)} ({rate}/s)")
+    say(f"model '{m['name']}': copied {human_bytes(need)} to {dest} in {human_seconds(secs)} ({rate}/s)")
     return str(dest / rel)
 
 
 def _complete(dest: Path, files: list[dict[str, Any]]) -> bool:
     """A copy counts only with its mark naming exactly these files, each of the recorded size,
     and all of it (directories, mark, files) this user's alone: never another user's plant."""
-    from volenv.start.materialize import owned_alone
 
     try:
         if not owned_alone(dest) or not owned_alone(dest / MARK, stat.S_IFREG):
