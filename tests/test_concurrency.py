@@ -92,7 +92,7 @@ def test_stampede_across_two_bindfs_mounts(tmp_path: Path, wheelhouse: Path) -> 
 _CREATE_ONCE = """
 import sys, time
 from pathlib import Path
-from volenv.fsutil import create_once_bytes
+from volenv.store.volio import create_once_bytes
 path, me, start = Path(sys.argv[1]), sys.argv[2].encode(), float(sys.argv[3])
 while time.time() < start:
     pass

@@ -322,7 +322,7 @@ def test_damage_fuzz(target: str, damage: str, built: Built, driver: Driver, tmp
 _FUZZ = textwrap.dedent(
     """
     import random, sys
-    from volenv import leanjson
+    from volenv.base import leanjson
     assert "json" not in sys.modules, "the fuzz must run where the fast path runs: without json"
     samples = [open(p, "rb").read() for p in sys.argv[2:]]
     rng = random.Random(int(sys.argv[1]))

@@ -13,9 +13,9 @@ SCRIPT = textwrap.dedent(
     """
     import hashlib, os, sys
     from pathlib import Path
-    from volenv import bucketget
-    from volenv.remote import FileRemote
-    from volenv.streams import AdaptiveStreams
+    from volenv.transfer import bucketget
+    from volenv.transfer.buckets import FileRemote
+    from volenv.base.streams import AdaptiveStreams
 
     bucketget.RANGE_PART = 4096  # small ranges: 80 "large" objects in a few MB
     bucketget.RANGED_FROM = 4097

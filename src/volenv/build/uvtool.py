@@ -8,6 +8,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from volenv.base.errors import DiskSpaceError
 from volenv.base.redact import redact_text
 from volenv.manifest.parse import IndexSettings, Manifest
 from volenv.store.paths import VolumePaths
@@ -312,3 +313,10 @@ def last_error_line(proc: subprocess.CompletedProcess[str]) -> str:
         else:
             parts[-1] += " " + ln
     return redact_text("; ".join(parts))
+
+
+def raise_if_disk_full(proc: subprocess.CompletedProcess[str], log: str | None = None) -> None:
+    text = (proc.stderr or "") + (proc.stdout or "")
+    if "No space left on device" in text or "Disk quota exceeded" in text:
+        where = f" (build log: {log})" if log else ""
+        raise DiskSpaceError(f"the volume filled up while uv was writing{where}")

@@ -69,7 +69,7 @@ def sync(
     ] = False,
 ) -> None:
     """Build (or reuse) the snapshot for MANIFEST, make it current, fetch its models."""
-    from volenv.build.sync import SyncOptions
+    from volenv.build.plan import SyncOptions
     from volenv.cli.render import emit_json, render_sync
     from volenv.commands.sync import manifest_source, reinstall_names
     from volenv.commands.sync import sync as do_sync

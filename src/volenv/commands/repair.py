@@ -10,7 +10,8 @@ from pathlib import Path
 from volenv.base.errors import VerifyError
 from volenv.base.ui import reporter
 from volenv.build.interp import fingerprint_key, probe
-from volenv.build.sync import Resolution, SyncOptions, SyncPlan, build_snapshot
+from volenv.build.plan import Resolution, SyncOptions, SyncPlan
+from volenv.build.steps import build_snapshot
 from volenv.commands.verify import VerifyResult
 from volenv.manifest.parse import manifest_from_seal
 from volenv.store.integrity import VerifyReport, verify_snapshot

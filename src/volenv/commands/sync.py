@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from volenv.base.errors import UsageError
-from volenv.build.sync import SyncOptions, SyncResult
+from volenv.build.plan import SyncOptions, SyncResult
 from volenv.manifest.parse import Manifest
 from volenv.start.provide import provide
 from volenv.store.paths import VolumePaths

@@ -246,16 +246,16 @@ def _plan_orphan_env(paths: VolumePaths, env: str, busy: str | None) -> list[GcI
 
 
 def _plan_staging(paths: VolumePaths, busy: list[str]) -> list[GcItem]:
-    from volenv.build.sync import _staging_env
+    from volenv.build.staging import staging_env
 
     out = []
     for name in _listdir(paths.staging, paths.root):
         if name == "CACHEDIR.TAG" or name.startswith(".probe-"):
             continue
         path = paths.staging / name
-        env = _staging_env(name)
+        env = staging_env(name)
         if env is None and name.startswith(".verify-"):
-            env = next((e for e in map(_staging_env, _listdir(path)) if e), None)
+            env = next((e for e in map(staging_env, _listdir(path)) if e), None)
         if env is not None and env in busy:
             out.append(
                 GcItem("staging", str(path), env, "keep", ("being built (lease held)",), _apparent(path))

@@ -344,7 +344,7 @@ def pull(
     store.ensure_env_dirs(paths, env)
     target_dir = paths.snapshot(env, sid)
     with BuildLease(paths, env, timeout=lock_timeout, say=reporter.info) as lease:
-        from volenv.build.sync import clean_stale_staging
+        from volenv.build.staging import clean_stale_staging
 
         clean_stale_staging(paths, env)
         if target_dir.exists():

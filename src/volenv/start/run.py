@@ -131,7 +131,8 @@ def _build_for(
     from pathlib import Path
 
     from volenv.base.ui import reporter
-    from volenv.build.sync import SyncOptions, quarantine
+    from volenv.build.plan import SyncOptions
+    from volenv.build.staging import quarantine
     from volenv.manifest.parse import load_manifest
     from volenv.start.provide import provide
     from volenv.store.paths import VolumePaths

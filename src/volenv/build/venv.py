@@ -1,0 +1,168 @@
+"""Helpers on a venv being built: site-packages, link mode, bytecode (compiled at build time,
+reusing the previous snapshot's where the source is the same), sizes, the build-time env."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # filelock (and psutil, in _free_bytes) load only when a build really
+    pass  # starts: a no-op sync is one process start, they a tenth of it
+
+
+def count_requirements(lock: Path) -> int | None:
+    """Pinned requirement lines of a lock (`name==1.0`, `name @ url`): the package count."""
+    try:
+        lines = lock.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    return sum(1 for ln in lines if ln[:1].isalnum() and ("==" in ln or " @ " in ln))
+
+
+def _installed_count(venv: Path) -> int:
+    """Distributions installed so far (uv writes each one's .dist-info as it installs)."""
+    return sum(1 for sp in site_packages_dirs(venv) for name in os.listdir(sp) if name.endswith(".dist-info"))
+
+
+def site_packages_dirs(venv: Path) -> list[str]:
+    lib = venv / "lib"
+    return [str(p) for p in sorted(lib.glob("python*/site-packages"))]
+
+
+def detect_link_mode(venv: Path) -> str:
+    for sp in site_packages_dirs(venv):
+        for dirpath, _dirs, files in os.walk(sp):
+            for name in files:
+                if name.endswith(".py"):
+                    return "hardlink" if os.lstat(os.path.join(dirpath, name)).st_nlink > 1 else "copy"
+    return "hardlink"
+
+
+def link_previous_bytecode(staging: Path, previous: list[Path]) -> int:
+    """Hard-link __pycache__/*.pyc from a previous snapshot for every source file that is the
+    very same inode there (uv hard-links both from one cache entry)."""
+    if not previous:
+        return 0
+    prev = previous[0]
+    linked = 0
+    tag = f".{sys.implementation.cache_tag}"
+    for sp in site_packages_dirs(staging):
+        rel_sp = os.path.relpath(sp, staging)
+        for dirpath, _dirs, files in os.walk(sp):
+            rel_dir = os.path.relpath(dirpath, staging)
+            for name in files:
+                if not name.endswith(".py"):
+                    continue
+                src = os.path.join(dirpath, name)
+                old_src = os.path.join(prev, rel_dir, name)
+                try:
+                    if os.lstat(src).st_ino != os.lstat(old_src).st_ino:
+                        continue
+                except OSError:
+                    continue
+                pyc_name = name[:-3] + _cache_tag(prev, rel_sp, tag) + ".pyc"
+                old_pyc = os.path.join(prev, rel_dir, "__pycache__", pyc_name)
+                new_pyc = os.path.join(dirpath, "__pycache__", pyc_name)
+                try:
+                    os.makedirs(os.path.join(dirpath, "__pycache__"), exist_ok=True)
+                    os.link(old_pyc, new_pyc)
+                    linked += 1
+                except FileExistsError:
+                    continue
+                except OSError as exc:
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                        raise
+                    continue
+    return linked
+
+
+# Runs in the snapshot's interpreter (its magic number, its cache tag): compiles the NUL-separated
+# paths on stdin. The embedded source path is made relative to the snapshot (stripdir), so the
+# bytes do not depend on where the build staged; imports replace it with the real path anyway.
+_COMPILE_DRIVER = """
+import compileall, os, sys
+ok = True
+with open(sys.argv[2], "rb") as fh:
+    names = fh.read().split(b"\\0")
+for f in names:
+    if f:
+        ok = bool(compileall.compile_file(os.fsdecode(f), quiet=1, stripdir=sys.argv[1])) and ok
+sys.exit(0 if ok else 1)
+"""
+
+
+def compile_bytecode(venv: Path) -> tuple[bool, str]:
+    """Byte-compile every module of the venv's site-packages in one worker process per core,
+    each given its share of the files at once: `compileall -j` sends files to its pool one at a
+    time, and that round trip cost a third of a cold build of a real stack. (failed, output)"""
+    files: list[str] = []
+    for sp in site_packages_dirs(venv):
+        for dirpath, _dirs, names in os.walk(sp):
+            files.extend(os.path.join(dirpath, n) for n in names if n.endswith(".py"))
+    if not files:
+        return False, ""
+    workers = max(1, min(os.cpu_count() or 1, len(files) // 200 + 1))
+    env = activation_env_for_build(venv)
+    with tempfile.TemporaryDirectory(prefix="volenv-compile-") as tmp:
+        procs = []
+        for i in range(workers):
+            listing = os.path.join(tmp, f"files-{i}")
+            with open(listing, "wb") as fh:
+                fh.write("\0".join(files[i::workers]).encode("utf-8", "surrogateescape"))
+            out = open(os.path.join(tmp, f"out-{i}"), "w+b")  # noqa: SIM115 - closed below
+            cmd = [str(venv / "bin" / "python"), "-c", _COMPILE_DRIVER, str(venv), listing]
+            procs.append((subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env), out))
+        failed, output = False, []
+        try:
+            for proc, out in procs:
+                failed = proc.wait() != 0 or failed
+                out.seek(0)
+                output.append(out.read().decode("utf-8", "replace"))
+        except BaseException:  # Ctrl-C: no worker may still write while staging is removed
+            for proc, _out in procs:
+                proc.kill()
+                proc.wait()
+            raise
+        finally:
+            for _proc, out in procs:
+                out.close()
+    return failed, "".join(output)
+
+
+def _cache_tag(prev: Path, rel_sp: str, default: str) -> str:
+    # lib/pythonX.Y/site-packages -> .cpython-XY (the snapshot's interpreter, not ours)
+    ver = rel_sp.split(os.sep)[1].removeprefix("python").replace(".", "")
+    return f".cpython-{ver}" if ver.isdigit() else default
+
+
+def unique_size(snapshot_dir: Path) -> int:
+    """Bytes held only by this snapshot (files with one link): the space a rebuild may need."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(snapshot_dir):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            if st.st_nlink == 1:
+                total += st.st_size
+    return total
+
+
+def activation_env_for_build(venv: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("PYTHONHOME", None)
+    env["VIRTUAL_ENV"] = str(venv)
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env["PYTHONNOUSERSITE"] = "1"
+    return env
+
+
+def mib(n: int) -> str:
+    return f"{n / 1024 / 1024:.1f} MiB ({n} bytes)"
