@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import snapshot_of, volenv, write_manifest
-from volenv.manifest.parse import source_digest
+from volenv.manifest.sources import source_digest
 from wheelfactory import make_wheel
 
 # A PEP 517 backend kept inside the source tree (`backend-path`), so a local package builds with

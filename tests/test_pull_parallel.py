@@ -305,7 +305,8 @@ def test_packs_extract_several_at_a_time_and_a_damaged_one_stops_all(
     import threading
 
     from volenv.base.errors import VerifyError
-    from volenv.store.packs import PackInfo, blob_path, read_manifest, unpack
+    from volenv.store.packformat import PackInfo, blob_path, read_manifest
+    from volenv.store.packread import unpack
     from volenv.store.paths import VolumePaths
 
     root = tmp_path / "v" / "volenv"

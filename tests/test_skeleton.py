@@ -471,7 +471,7 @@ def _forge_startup_pack(root: Path, man: dict[str, object], forge: str, marker: 
         blob = root / "packs" / "blobs" / f"{meta['id']}.tar.zst"
         blob.write_bytes(blob.read_bytes()[:-8] + bytes(8))
         return
-    from volenv.store.packs import startup_chunk
+    from volenv.store.packformat import startup_chunk
 
     for victim in sorted((p for p in packs if startup_chunk(p["group"])), key=lambda p: p["group"]):
         blob = root / "packs" / "blobs" / f"{victim['id']}.tar.zst"

@@ -18,7 +18,7 @@ import pytest
 from conftest import snapshot_of, volenv, volenv_popen, write_manifest
 from test_trace import startup_names
 from volenv.store.integrity import verify_snapshot
-from volenv.store.packs import STARTUP_FILE_MAX, PackInfo, pack_order
+from volenv.store.packformat import STARTUP_FILE_MAX, PackInfo, pack_order
 from wheelfactory import make_wheel
 
 BIG = STARTUP_FILE_MAX + (1 << 20)

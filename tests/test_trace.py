@@ -185,7 +185,7 @@ def startup_names(root: Path, packs: list[dict[str, Any]]) -> list[str]:
 
     import zstandard
 
-    from volenv.store.packs import startup_chunk
+    from volenv.store.packformat import startup_chunk
 
     chunks = sorted((n, p["id"]) for p in packs if (n := startup_chunk(p["group"])) is not None)
     assert [n for n, _ in chunks] == list(range(1, len(chunks) + 1)), chunks
@@ -355,7 +355,7 @@ def test_a_first_hook_trace_still_brings_the_bytecode_of_its_sources() -> None:
     .py only: their bytecode still goes with them. A trace of this hook lists the bytecode it
     saw read, so a .py read as text brings none."""
     from volenv.store.integrity import Entry
-    from volenv.store.packs import startup_paths
+    from volenv.store.packwrite import startup_paths
     from volenv.store.trace import HOOK_VERSION, Trace, parse_trace
 
     record = {

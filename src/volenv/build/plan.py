@@ -18,7 +18,7 @@ from volenv.base.errors import (
 from volenv.base.ui import reporter
 from volenv.build.interp import fingerprint_key, probe
 from volenv.build.uvtool import index_args, last_error_line, raise_if_disk_full, run_uv
-from volenv.manifest.parse import Manifest, canonical_json
+from volenv.manifest.schema import Manifest, canonical_json
 from volenv.store import pointers as store
 from volenv.store.paths import VolumePaths
 from volenv.store.sealcheck import (

@@ -38,7 +38,7 @@ from volenv.build.venv import (
     mib,
     unique_size,
 )
-from volenv.manifest.parse import Manifest
+from volenv.manifest.schema import Manifest
 from volenv.store import pointers as store
 from volenv.store.integrity import (
     Entry,

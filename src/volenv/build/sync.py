@@ -24,7 +24,7 @@ from volenv.base.ui import reporter
 from volenv.build.plan import GroupState, Resolution, ResolveLog, SyncOptions, SyncResult, make_plan
 from volenv.build.staging import check_filesystem
 from volenv.build.steps import build_snapshot, publish_pointers
-from volenv.manifest.parse import Manifest
+from volenv.manifest.schema import Manifest
 from volenv.store import pointers as store
 from volenv.store.paths import VolumePaths
 from volenv.store.sealcheck import (
@@ -42,12 +42,13 @@ def sync(paths: VolumePaths, manifest: Manifest, opts: SyncOptions) -> SyncResul
     """The snapshot, then (unless --no-models) the manifest's models; the start trace of
     `[activate] trace-cmd` is the sync command's (commands/sync.py), above activation."""
     if opts.pack:  # a missing 'packs' extra is said before anything is built
-        from volenv.store.packs import need_zstandard
+        from volenv.store.packformat import need_zstandard
 
         need_zstandard()
     result = sync_snapshot(paths, manifest, opts)
     if opts.pack and not opts.dry_run:
-        from volenv.store.packs import manifest_path, pack_snapshot
+        from volenv.store.packformat import manifest_path
+        from volenv.store.packwrite import pack_snapshot
 
         if not manifest_path(paths, result.snapshot).exists():
             pack_snapshot(paths, Path(result.path))  # its own progress and summary line
@@ -227,13 +228,13 @@ def _note_rollback_end(paths: VolumePaths, env: str, sid: str, *, dry_run: bool 
 
 
 def _planned_contents(manifest: Manifest, res: Resolution | None) -> Any:
-    from volenv.manifest.parse import _model_dict
+    from volenv.manifest.schema import model_dict
     from volenv.store import contents
 
     if res is None:
         return None
     states = {g: "installed" for g in res.groups} | {g: "unresolvable" for g in res.unresolvable}
-    return contents.contents_of(res.base, res.groups, states, [_model_dict(m) for m in manifest.models])
+    return contents.contents_of(res.base, res.groups, states, [model_dict(m) for m in manifest.models])
 
 
 def _changes_from_current(paths: VolumePaths, env: str, new: Any) -> Any:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from volenv.base.errors import DiskSpaceError
 from volenv.base.redact import redact_text
-from volenv.manifest.parse import IndexSettings, Manifest
+from volenv.manifest.schema import IndexSettings, Manifest
 from volenv.store.paths import VolumePaths
 
 TYPE_CHECKING = False

@@ -97,7 +97,7 @@ def auto_would_choose(paths: VolumePaths, snapshot_dir: str, seal: dict[str, Any
     from volenv.base.errors import VolenvError
     from volenv.start.auto import decide_auto
     from volenv.start.localdisk import default_dir
-    from volenv.store.packs import manifest_path, read_manifest
+    from volenv.store.packformat import manifest_path, read_manifest
 
     sid = os.path.basename(snapshot_dir)
     threshold = _explicit_threshold()
@@ -246,7 +246,7 @@ def _wait_background(local: Path, timeout: float = 600) -> None:
 
 
 def _drop_pack_cache(paths: VolumePaths, sid: str) -> None:
-    from volenv.store.packs import blob_path, manifest_path, read_manifest
+    from volenv.store.packformat import blob_path, manifest_path, read_manifest
 
     try:
         for p in read_manifest(manifest_path(paths, sid)).packs:
@@ -320,7 +320,7 @@ def coldstart(
     from volenv.manifest.parse import load_manifest
     from volenv.start.activation import find_snapshot, target_from_manifest
     from volenv.store.integrity import load_record
-    from volenv.store.packs import manifest_path
+    from volenv.store.packformat import manifest_path
     from volenv.store.sealcheck import SealProblem, check_seal
 
     if runs < 1:

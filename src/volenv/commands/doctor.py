@@ -162,7 +162,7 @@ def doctor(paths: VolumePaths, choice: RootChoice) -> DoctorReport:
     tail: tuple[str, ...] = ()
     failure: BuildFailure | None = None
     if exists and reachable:
-        from volenv.gc.plan import lease_holder
+        from volenv.gc.leases import lease_holder
         from volenv.runpod.diagnose import _last_build_log
 
         for env in store.list_envs(paths):

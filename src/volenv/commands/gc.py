@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from volenv.base.errors import UsageError, VolumeError
+from volenv.gc import execute as gc_execute
 from volenv.gc import plan as gc
 from volenv.gc.plan import GcPlan, GcResult
 from volenv.store.paths import VolumePaths
@@ -35,4 +36,4 @@ def unchanged(plan: GcPlan) -> GcResult:
 
 def execute(paths: VolumePaths, plan: GcPlan) -> GcResult:
     """Remove what the plan lists (re-checked under the locks)."""
-    return gc.execute(paths, plan)
+    return gc_execute.execute(paths, plan)

@@ -23,7 +23,8 @@ from typing import Any
 
 from volenv.base.errors import ManifestError, UsageError, shq
 from volenv.base.ui import reporter
-from volenv.manifest.parse import SLUG, load_manifest
+from volenv.manifest.parse import load_manifest
+from volenv.manifest.schema import SLUG
 
 DEFAULT_PYTHON = "3.11"
 

@@ -66,7 +66,8 @@ def _repack(paths: VolumePaths, snapshot_dir: Path) -> None:
     """A repair re-seals the snapshot (a new record digest under the same id): packs made from
     the old record would make every `run --materialize` refuse them, so they are made again
     (blobs of unchanged groups are reused)."""
-    from volenv.store.packs import manifest_path, pack_snapshot
+    from volenv.store.packformat import manifest_path
+    from volenv.store.packwrite import pack_snapshot
 
     if manifest_path(paths, snapshot_dir.name).exists():
         reporter.info(f"re-packing {snapshot_dir.name} (its record changed)")

@@ -60,7 +60,7 @@ def pull(
 def pack(paths: VolumePaths, target: str) -> dict[str, Any]:
     """Store a snapshot as zstd packs beside it; a summary of what was written."""
     from volenv.remote.replicate import _select_local
-    from volenv.store.packs import pack_snapshot
+    from volenv.store.packwrite import pack_snapshot
 
     manifest = pack_snapshot(paths, _select_local(paths, target))
     return {

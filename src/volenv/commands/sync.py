@@ -8,7 +8,7 @@ from pathlib import Path
 
 from volenv.base.errors import UsageError
 from volenv.build.plan import SyncOptions, SyncResult
-from volenv.manifest.parse import Manifest
+from volenv.manifest.schema import Manifest
 from volenv.start.provide import provide
 from volenv.store.paths import VolumePaths
 

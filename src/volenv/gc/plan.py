@@ -9,28 +9,22 @@ hard-link aware: "freed" counts the blocks of inodes whose every link is removed
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from volenv.base.errors import LockTimeout, UsageError, VolenvError
+from volenv.base.errors import UsageError, VolenvError
 from volenv.base.ui import fmt_duration, reporter
+from volenv.gc.leases import lease_holder
+from volenv.gc.sizes import apparent, freed_from, inode_table, isdir, real_dir, walk_stats
 from volenv.store import pointers as store
 from volenv.store.paths import VolumePaths
 from volenv.store.sealcheck import SealProblem, read_seal
 from volenv.store.volio import (
-    ContainmentError,
     open_dir_nofollow,
-    remove_tree,
-    safe_mkdirs,
-    safe_rename,
-    safe_unlink,
-    unique_suffix,
 )
 
 #: an activation touches its snapshot's use mark before checking and exec'ing it; GC never
@@ -114,7 +108,7 @@ def make_plan(paths: VolumePaths, *, keep: int, keep_within: float, now: float |
     now = time.time() if now is None else now
     items: list[GcItem] = list(_plan_traps(paths))
     busy: list[str] = []
-    for env in _envs(paths):
+    for env in env_names(paths):
         held = lease_holder(paths, env)
         if held:
             busy.append(env)
@@ -145,11 +139,11 @@ def _plan_env(
     except VolenvError:  # damaged: any snapshot may be the current one, so none is collected
         current, unknown_current = None, True
     infos = []
-    for sid in _listdir(paths.snapshots(env), paths.root):
+    for sid in listdir(paths.snapshots(env), paths.root):
         if sid.startswith("."):
             continue
         path = paths.snapshot(env, sid)
-        if not (store.is_snapshot_id(sid, env) and _real_dir(path)):
+        if not (store.is_snapshot_id(sid, env) and real_dir(path)):
             # a stray file, a link or a foreign name: volenv did not make it, gc never touches it
             reporter.warn(f"{path}: not a snapshot (skipped; volenv did not create it)")
             continue
@@ -159,7 +153,7 @@ def _plan_env(
             size = int(seal.get("apparent_bytes", 0))  # the record's sum: no walk needed
         except SealProblem:
             created = path.stat().st_mtime
-            size = _apparent(path)
+            size = apparent(path)
         infos.append((sid, path, created, store.last_used(paths, env, sid), size))
     newest = {sid for sid, *_ in sorted(infos, key=lambda x: x[2], reverse=True)[:keep]}
     out = []
@@ -193,7 +187,7 @@ def orphan_env(paths: VolumePaths, env: str) -> bool:
     env_dir = paths.env_dir(env)
     for sub in ("snapshots", "pins", "index", "used"):
         try:
-            if not _isdir(os.lstat(env_dir / sub)):
+            if not isdir(os.lstat(env_dir / sub)):
                 return False
         except FileNotFoundError:
             continue
@@ -205,7 +199,7 @@ def orphan_env(paths: VolumePaths, env: str) -> bool:
                 return False
         except (OSError, VolenvError):
             return False  # cannot tell what it holds (EIO, EACCES): kept, never guessed empty
-    return not os.path.lexists(paths.current(env)) and _real_dir(env_dir)
+    return not os.path.lexists(paths.current(env)) and real_dir(env_dir)
 
 
 def _listdir_strict(path: Path, root: Path) -> list[str]:
@@ -240,36 +234,36 @@ def _plan_orphan_env(paths: VolumePaths, env: str, busy: str | None) -> list[GcI
         return []
     path = paths.env_dir(env)
     if busy:
-        return [GcItem("env", str(path), env, "keep", (f"being built ({busy})",), _apparent(path))]
+        return [GcItem("env", str(path), env, "keep", (f"being built ({busy})",), apparent(path))]
     why = "no snapshot and no current pointer (left by a failed build)"
-    return [GcItem("env", str(path), env, "remove", (why,), _apparent(path))]
+    return [GcItem("env", str(path), env, "remove", (why,), apparent(path))]
 
 
 def _plan_staging(paths: VolumePaths, busy: list[str]) -> list[GcItem]:
     from volenv.build.staging import staging_env
 
     out = []
-    for name in _listdir(paths.staging, paths.root):
+    for name in listdir(paths.staging, paths.root):
         if name == "CACHEDIR.TAG" or name.startswith(".probe-"):
             continue
         path = paths.staging / name
         env = staging_env(name)
         if env is None and name.startswith(".verify-"):
-            env = next((e for e in map(staging_env, _listdir(path)) if e), None)
+            env = next((e for e in map(staging_env, listdir(path)) if e), None)
         if env is not None and env in busy:
             out.append(
-                GcItem("staging", str(path), env, "keep", ("being built (lease held)",), _apparent(path))
+                GcItem("staging", str(path), env, "keep", ("being built (lease held)",), apparent(path))
             )
         else:
             out.append(
-                GcItem("staging", str(path), env, "remove", ("dead builder (no lease)",), _apparent(path))
+                GcItem("staging", str(path), env, "remove", ("dead builder (no lease)",), apparent(path))
             )
     return out
 
 
 def _plan_dir(paths: VolumePaths, directory: Path, kind: str, keep_within: float, now: float) -> list[GcItem]:
     out = []
-    for name in _listdir(directory, paths.root):
+    for name in listdir(directory, paths.root):
         if name == "CACHEDIR.TAG":
             continue
         path = directory / name
@@ -278,7 +272,7 @@ def _plan_dir(paths: VolumePaths, directory: Path, kind: str, keep_within: float
             why = (
                 "left by an interrupted gc" if kind == "trash" else f"older than {fmt_duration(keep_within)}"
             )
-            out.append(GcItem(kind, str(path), None, "remove", (why,), _apparent(path)))
+            out.append(GcItem(kind, str(path), None, "remove", (why,), apparent(path)))
         else:
             out.append(
                 GcItem(
@@ -287,13 +281,13 @@ def _plan_dir(paths: VolumePaths, directory: Path, kind: str, keep_within: float
                     None,
                     "keep",
                     (f"newer than {fmt_duration(keep_within)}",),
-                    _apparent(path),
+                    apparent(path),
                 )
             )
     return out
 
 
-def _referenced_models(paths: VolumePaths, kept: list[Path]) -> dict[str, dict[str, object]]:
+def referenced_models(paths: VolumePaths, kept: list[Path]) -> dict[str, dict[str, object]]:
     """model record file name -> spec, for every model a kept snapshot's manifest names: the
     manifest sealed into it, and every manifest whose index entry points at it (aliases)."""
     import json as _json
@@ -309,7 +303,7 @@ def _referenced_models(paths: VolumePaths, kept: list[Path]) -> dict[str, dict[s
             specs.extend(read_seal(str(snap)).get("manifest", {}).get("models", []))
         except SealProblem:
             continue
-    for alias in _listdir(paths.root / "aliases", paths.root):
+    for alias in listdir(paths.root / "aliases", paths.root):
         try:
             data = _json.loads((paths.root / "aliases" / alias).read_bytes())
             if not alias_ok(data):
@@ -325,7 +319,7 @@ def _referenced_models(paths: VolumePaths, kept: list[Path]) -> dict[str, dict[s
 def _valid_model(m: object) -> bool:
     """A model spec read from the volume (a record, a seal, an alias: any of them may have been
     pulled or planted) obeys the manifest's own rules before it names a path to delete."""
-    from volenv.manifest.parse import HEX40, HEX64, SLUG
+    from volenv.manifest.schema import HEX40, HEX64, SLUG
 
     if not isinstance(m, dict) or not isinstance(m.get("name"), str) or not SLUG.match(m["name"]):
         return False
@@ -352,10 +346,10 @@ def _plan_models(paths: VolumePaths, kept: list[Path]) -> list[GcItem]:
     from volenv.store.modelpaths import model_location
 
     records = paths.models / "records"
-    names = [n for n in _listdir(records, paths.root) if n.endswith(".json") and not n.startswith(".")]
+    names = [n for n in listdir(records, paths.root) if n.endswith(".json") and not n.startswith(".")]
     if not names:
         return []
-    referenced = _referenced_models(paths, kept)
+    referenced = referenced_models(paths, kept)
     kept_repos = {
         "models--" + str(m["hf"]["repo"]).replace("/", "--")  # type: ignore[index]
         for m in referenced.values()
@@ -384,7 +378,7 @@ def _plan_models(paths: VolumePaths, kept: list[Path]) -> list[GcItem]:
             repo_dir = loc.parent.parent
             if repo_dir.name not in kept_repos:
                 payload = repo_dir
-        size = _apparent(payload)
+        size = apparent(payload)
         if name in referenced or str(loc) in kept_locations:
             why = (
                 "referenced by a kept snapshot" if name in referenced else "its files are a kept model's too"
@@ -411,9 +405,9 @@ def _plan_traps(paths: VolumePaths) -> Iterator[GcItem]:
     dirs = [*paths.top_dirs(), paths.root / "cache", paths.root / "aliases", paths.root / "packs"]
     dirs += [paths.root / "packs" / d for d in ("blobs", "snapshots")] + [paths.uv_cache / "archive-v0"]
     dirs += [paths.models / d for d in ("records", "files", "hf", "hf/hub")]
-    dirs += [paths.models / "files" / n for n in _listdir(paths.models / "files", paths.root)]
-    dirs += [paths.models / "hf" / "hub" / n for n in _listdir(paths.models / "hf" / "hub", paths.root)]
-    for env in _listdir(paths.envs, paths.root):
+    dirs += [paths.models / "files" / n for n in listdir(paths.models / "files", paths.root)]
+    dirs += [paths.models / "hf" / "hub" / n for n in listdir(paths.models / "hf" / "hub", paths.root)]
+    for env in listdir(paths.envs, paths.root):
         if env.startswith("."):
             continue
         dirs += [paths.env_dir(env), paths.env_logs(env)]
@@ -423,18 +417,18 @@ def _plan_traps(paths: VolumePaths) -> Iterator[GcItem]:
             st = os.lstat(d)
         except OSError:
             continue
-        if not _isdir(st):
+        if not isdir(st):
             why = "a symlink inside the volume root: left alone (volenv never follows one)"
             if not os.path.islink(d):
                 why = "not a directory: left alone"
             yield GcItem("trap", str(d), None, "keep", (why,), 0)
 
 
-def _envs(paths: VolumePaths) -> list[str]:
+def env_names(paths: VolumePaths) -> list[str]:
     return [
         e
-        for e in _listdir(paths.envs, paths.root)
-        if not e.startswith(".") and _isdir(os.lstat(paths.env_dir(e)))
+        for e in listdir(paths.envs, paths.root)
+        if not e.startswith(".") and isdir(os.lstat(paths.env_dir(e)))
     ]
 
 
@@ -442,9 +436,9 @@ def _plan_parts(paths: VolumePaths, now: float) -> list[GcItem]:
     """`.part` files a killed model fetch left (the fetcher removes its own on any error)."""
     out = []
     files = paths.models / "files"
-    for name in _listdir(files, paths.root):
-        for key in _listdir(files / name, paths.root):
-            for entry in _listdir(files / name / key, paths.root):
+    for name in listdir(files, paths.root):
+        for key in listdir(files / name, paths.root):
+            for entry in listdir(files / name / key, paths.root):
                 if entry.startswith(".") and ".part-" in entry:
                     out.append(_temp_item(files / name / key / entry, "part", now))
     return out
@@ -458,15 +452,15 @@ def _temp_item(path: Path, kind: str, now: float) -> GcItem:
     return GcItem(kind, str(path), None, "keep", ("may be being written",), st.st_size)
 
 
-def _pack_refs(paths: VolumePaths, dropped: set[str]) -> tuple[set[str] | None, list[Path]]:
+def pack_refs(paths: VolumePaths, dropped: set[str]) -> tuple[set[str] | None, list[Path]]:
     """Blob ids the pack manifests of surviving snapshots name (None: one is unreadable, so
     no blob is provably unused), and the manifests of snapshots that no longer exist."""
-    from volenv.store.packs import packs_dir, read_manifest
+    from volenv.store.packformat import packs_dir, read_manifest
 
     pdir = packs_dir(paths) / "snapshots"
     refs: set[str] | None = set()
     stale = []
-    for name in _listdir(pdir, paths.root):
+    for name in listdir(pdir, paths.root):
         if name.startswith(".") or not name.endswith(".json"):
             continue
         sid = name[: -len(".json")]
@@ -493,14 +487,14 @@ def _pack_refs(paths: VolumePaths, dropped: set[str]) -> tuple[set[str] | None, 
 def _plan_packs(paths: VolumePaths, dropped: set[str], now: float) -> list[GcItem]:
     """Pack manifests of snapshots that are gone (or go now), blobs no surviving manifest
     names (a failed pull's, an old pack's), and blob temps of killed packs and pulls."""
-    from volenv.store.packs import packs_dir
+    from volenv.store.packformat import packs_dir
 
     out = []
-    refs, stale = _pack_refs(paths, dropped)
+    refs, stale = pack_refs(paths, dropped)
     for m in stale:
         out.append(GcItem("pack", str(m), None, "remove", ("its snapshot is gone",), os.lstat(m).st_size))
     blobs = packs_dir(paths) / "blobs"
-    for name in _listdir(blobs, paths.root):
+    for name in listdir(blobs, paths.root):
         path = blobs / name
         if name.startswith("."):
             out.append(_temp_item(path, "part", now))
@@ -530,7 +524,7 @@ def _plan_uv_archives(
     uv's pointers with the archives), so an archive is only removed when every archive of its
     package is unused; otherwise it is left to uv."""
     archive_root = paths.uv_cache / "archive-v0"
-    names = _listdir(archive_root, paths.root)
+    names = listdir(archive_root, paths.root)
     if not names:
         return []
     in_removed: dict[tuple[int, int], int] = {}
@@ -542,7 +536,7 @@ def _plan_uv_archives(
         path = archive_root / name
         used = False
         size = 0
-        for st in _walk_stats(path):
+        for st in walk_stats(path):
             size += st.st_size
             if st.st_nlink - 1 - in_removed.get((st.st_dev, st.st_ino), 0) > 0:
                 used = True
@@ -565,84 +559,14 @@ def _plan_uv_archives(
 
 
 def _archive_package(path: Path) -> str | None:
-    for name in _listdir(path):
+    for name in listdir(path):
         if name.endswith(".dist-info"):
             dist = name[: -len(".dist-info")].rsplit("-", 1)[0]
             return re.sub(r"[-_.]+", "-", dist).lower()
     return None
 
 
-def inode_table(targets: list[Path]) -> dict[str, list[tuple[tuple[int, int], int, int]]]:
-    """target -> [(inode key, link count, bytes in blocks)] for every file and dir under it."""
-    table: dict[str, list[tuple[tuple[int, int], int, int]]] = {}
-    for t in targets:
-        table[str(t)] = [
-            ((st.st_dev, st.st_ino), 1 if _isdir(st) else st.st_nlink, st.st_blocks * 512)
-            for st in _walk_stats(t, include_dirs=True)
-        ]
-    return table
-
-
-def freed_from(table: dict[str, list[tuple[tuple[int, int], int, int]]], removed: set[str]) -> int:
-    """Blocks of every inode whose links all lie inside the removed targets."""
-    seen: dict[tuple[int, int], list[int]] = {}
-    for target, rows in table.items():
-        if target not in removed:
-            continue
-        for key, nlink, blocks in rows:
-            entry = seen.setdefault(key, [0, nlink, blocks])
-            entry[0] += 1
-    return sum(blocks for count, nlink, blocks in seen.values() if count >= nlink)
-
-
-def freed_bytes(targets: list[Path]) -> int:
-    table = inode_table(targets)
-    return freed_from(table, set(table))
-
-
-def _isdir(st: os.stat_result) -> bool:
-    import stat as _stat
-
-    return _stat.S_ISDIR(st.st_mode)
-
-
-def _walk_stats(path: Path, include_dirs: bool = False) -> Iterator[os.stat_result]:
-    try:
-        top = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not _isdir(top):
-        yield top
-        return
-    if include_dirs:
-        yield top
-    for dirpath, dirs, files in os.walk(path):
-        for name in files + ([d for d in dirs] if include_dirs else []):
-            try:
-                st = os.lstat(os.path.join(dirpath, name))
-            except FileNotFoundError:
-                continue
-            if _isdir(st) and not include_dirs:
-                continue
-            yield st
-        # symlinked dirs appear in `dirs` but os.walk does not follow them
-        for d in dirs:
-            if os.path.islink(os.path.join(dirpath, d)) and not include_dirs:
-                yield os.lstat(os.path.join(dirpath, d))
-
-
-def _apparent(path: Path) -> int:
-    return sum(st.st_size for st in _walk_stats(path))
-
-
-def _real_dir(path: Path) -> bool:
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except OSError:
-        return False
-
-
-def _listdir(path: Path, root: Path | None = None) -> list[str]:
+def listdir(path: Path, root: Path | None = None) -> list[str]:
     """Names in a directory; below `root`, reached without following a symlinked component
     (a linked layout directory lists as empty: `_plan_traps` reports it)."""
     if root is None:
@@ -659,258 +583,3 @@ def _listdir(path: Path, root: Path | None = None) -> list[str]:
         return sorted(os.listdir(fd))
     finally:
         os.close(fd)
-
-
-# ---------------------------------------------------------------- leases
-
-
-def lease_holder(paths: VolumePaths, env: str) -> str | None:
-    """Who holds an env's build lease, if anyone live does."""
-    from volenv.store.locks import describe_holder
-
-    marker = paths.build_lease(env)
-    if not marker.exists():
-        return None
-    try:
-        from filelock import SoftFileLease
-
-        probe = SoftFileLease(str(marker), lease_duration=_lease_seconds(), is_singleton=False)
-        probe.acquire(timeout=0)
-    except Exception:
-        return describe_holder(marker) or "another process"
-    probe.release(force=True)
-    return None
-
-
-def _lease_seconds() -> float:
-    from volenv.store.locks import lease_seconds
-
-    return lease_seconds()
-
-
-@contextlib.contextmanager
-def env_lease(paths: VolumePaths, env: str) -> Iterator[VolenvError | None]:
-    """Hold the env's build lease without waiting: None when held, else why not (LockTimeout
-    when a build holds it)."""
-    from volenv.store.locks import BuildLease
-
-    lease = BuildLease(paths, env, timeout=0, say=lambda _m: None)
-    try:
-        lease.acquire()
-    except VolenvError as exc:
-        yield exc
-        return
-    try:
-        yield None
-    finally:
-        lease.release()
-
-
-# ---------------------------------------------------------------- execute
-
-
-def execute(paths: VolumePaths, plan: GcPlan) -> GcResult:
-    """Carry out exactly the plan's removals; report every item; never swallow a failure."""
-    from volenv.base import faults
-    from volenv.store.volio import fsync_dir
-
-    faults.point("gc-execute")  # tests: a sync runs while gc waits here (its prompt)
-    try:
-        safe_mkdirs(paths.trash, paths.root)
-    except ContainmentError as exc:
-        failed = tuple(GcOutcome(i.path, i.kind, False, str(exc)) for i in plan.removals)
-        return GcResult(plan, failed, 0, True)
-    outcomes: list[GcOutcome] = []
-    table = plan._inodes or inode_table([Path(i.path) for i in plan.removals])
-    by_env: dict[str | None, list[GcItem]] = {}
-    for item in plan.removals:
-        by_env.setdefault(item.env if item.kind in ("snapshot", "staging", "env") else None, []).append(item)
-    for env, items in by_env.items():
-        if env is None:
-            continue
-        with env_lease(paths, env) as refused:
-            if refused is not None:
-                # a build in progress is a root: kept on purpose (exit 0, a note); a lease that
-                # cannot be taken at all (a linked locks/, I/O) is a failure
-                building = isinstance(refused, LockTimeout)
-                why = "kept: a build holds the env's lease" if building else f"not removed: {refused}"
-                for item in items:
-                    outcomes.append(GcOutcome(item.path, item.kind, False, why, kept=building))
-                continue
-            for item in items:
-                outcomes.append(_remove_env_item(paths, plan, item))
-    others = [i for i in by_env.get(None, []) if i.kind not in ("uv-archive", "model", "pack")]
-    for item in others:
-        outcomes.append(_trash_and_delete(paths, Path(item.path), item.kind))
-    outcomes.extend(_remove_models(paths, [i for i in by_env.get(None, []) if i.kind == "model"]))
-    outcomes.extend(_remove_packs(paths, [i for i in by_env.get(None, []) if i.kind == "pack"]))
-    archives = [i for i in by_env.get(None, []) if i.kind == "uv-archive"]
-    if archives:
-        outcomes.extend(_remove_archives(paths, archives))
-    fsync_dir(paths.trash)
-    done = {o.path for o in outcomes if o.done}
-    return GcResult(plan, tuple(outcomes), freed_from(table, done), True)
-
-
-def _remove_env_item(paths: VolumePaths, plan: GcPlan, item: GcItem) -> GcOutcome:
-    path = Path(item.path)
-    env = item.env
-    assert env is not None
-    if item.kind == "staging":
-        return _trash_and_delete(paths, path, "staging")
-    if item.kind == "env":  # re-checked under the env's lease: a build may have committed since
-        if not orphan_env(paths, env):
-            return GcOutcome(item.path, item.kind, False, "kept: holds a snapshot now", kept=True)
-        return _trash_and_delete(paths, path, "env")
-    sid = path.name
-    # the roots again, now under the lease: current, pins, and in-flight activations
-    if store.read_current(paths, env) == sid:
-        return GcOutcome(item.path, item.kind, False, "kept: became current after the plan", kept=True)
-    if store.is_pinned(paths, env, sid):
-        return GcOutcome(item.path, item.kind, False, "kept: pinned after the plan", kept=True)
-    if _recently_used(paths, env, sid, plan):
-        return GcOutcome(item.path, item.kind, False, "kept: activated after the plan", kept=True)
-    # references before payload: index entries, then the use mark
-    try:
-        with _contained_dirs(paths, path.parent, paths.trash):
-            pass
-    except (ContainmentError, OSError) as exc:
-        return GcOutcome(item.path, item.kind, False, f"not removed: {exc}")
-    for digest in _listdir(paths.env_dir(env) / "index", paths.root):
-        entry = paths.index_entry(env, digest)
-        try:
-            if store.read_index(paths, env, digest) == sid:
-                safe_unlink(entry, paths.root)
-        except (OSError, VolenvError):
-            continue
-    dest = paths.trash / f"{sid}.{unique_suffix()}"
-    try:
-        safe_rename(path, dest, paths.root)
-    except (OSError, VolenvError) as exc:
-        return GcOutcome(item.path, item.kind, False, f"rename to trash failed: {_why(exc)}")
-    if _recently_used(paths, env, sid, plan):
-        # an activation slipped in between the check and the rename: give it back
-        safe_rename(dest, path, paths.root)
-        return GcOutcome(item.path, item.kind, False, "kept: activated while being removed", kept=True)
-    try:
-        safe_unlink(paths.used_marker(env, sid), paths.root)
-    except (OSError, VolenvError):
-        pass
-    store.log_event(paths, env, "gc-remove", snapshot=sid)
-    return _delete(paths, dest, item)
-
-
-def _recently_used(paths: VolumePaths, env: str, sid: str, plan: GcPlan) -> bool:
-    used = store.last_used(paths, env, sid)
-    if used is None:
-        return False
-    return time.time() - used <= max(IN_FLIGHT_GRACE, plan.keep_within) or used > plan.created
-
-
-def _trash_and_delete(paths: VolumePaths, path: Path, kind: str) -> GcOutcome:
-    if path.parent == paths.trash:
-        dest = path
-    else:
-        dest = paths.trash / f"{path.name}.{unique_suffix()}"
-        try:
-            safe_rename(path, dest, paths.root)  # neither side through a planted symlink
-        except FileNotFoundError:
-            return GcOutcome(str(path), kind, True, "already gone")
-        except (OSError, VolenvError) as exc:
-            return GcOutcome(str(path), kind, False, f"rename to trash failed: {_why(exc)}")
-    return _delete(paths, dest, GcItem(kind, str(path), None, "remove", (), 0))
-
-
-def _why(exc: BaseException) -> str:
-    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-
-
-@contextlib.contextmanager
-def _contained_dirs(paths: VolumePaths, *dirs: Path) -> Iterator[None]:
-    """Raise ContainmentError unless every dir's own chain below the root is link-free."""
-    for d in dirs:
-        rel = Path(os.path.normpath(d)).relative_to(os.path.normpath(paths.root)).parts
-        os.close(open_dir_nofollow(paths.root, rel))
-    yield
-
-
-def _remove_models(paths: VolumePaths, items: list[GcItem]) -> list[GcOutcome]:
-    """Model roots again, at execution: a sync that ran during the prompt may reference a model
-    the plan called unused (kept, with a note); while any env's build holds its lease, a model
-    it may be about to reference is kept too. Record before payload."""
-    if not items:
-        return []
-    busy = [e for e in _envs(paths) if lease_holder(paths, e)]
-    snaps = [
-        paths.snapshot(env, sid)
-        for env in _envs(paths)
-        for sid in _listdir(paths.snapshots(env), paths.root)
-        if not sid.startswith(".")
-    ]
-    referenced = _referenced_models(paths, snaps)
-    out = []
-    for item in items:
-        assert item.package is not None
-        if item.package in referenced:
-            out.append(GcOutcome(item.path, item.kind, False, "kept: referenced after the plan", kept=True))
-            continue
-        if busy:
-            why = f"kept: a build of {', '.join(busy)} is running and may reference it"
-            out.append(GcOutcome(item.path, item.kind, False, why, kept=True))
-            continue
-        try:
-            with _contained_dirs(paths, Path(item.path).parent, paths.trash):
-                pass
-            # reference before payload: without its record the model is "absent" to activation
-            safe_unlink(paths.models / "records" / item.package, paths.root)
-        except (OSError, VolenvError) as exc:
-            out.append(GcOutcome(item.path, item.kind, False, f"record not removed: {_why(exc)}"))
-            continue
-        out.append(_trash_and_delete(paths, Path(item.path), item.kind))
-    return out
-
-
-def _remove_packs(paths: VolumePaths, items: list[GcItem]) -> list[GcOutcome]:
-    """Stale pack manifests first, then blobs no manifest names now (re-read at execution: a
-    pack or pull that finished meanwhile keeps its blobs)."""
-    if not items:
-        return []
-    out = [_trash_and_delete(paths, Path(i.path), i.kind) for i in items if i.path.endswith(".json")]
-    refs, _stale = _pack_refs(paths, set())
-    for item in items:
-        if item.path.endswith(".json"):
-            continue
-        if refs is None or Path(item.path).name.split(".", 1)[0] in refs:
-            out.append(GcOutcome(item.path, item.kind, False, "kept: a pack names it now", kept=True))
-            continue
-        out.append(_trash_and_delete(paths, Path(item.path), item.kind))
-    return out
-
-
-def _delete(paths: VolumePaths, dest: Path, item: GcItem) -> GcOutcome:
-    try:
-        remove_tree(dest, paths.root)
-    except (OSError, VolenvError) as exc:
-        return GcOutcome(item.path, item.kind, False, f"in trash, delete failed: {exc}")
-    return GcOutcome(item.path, item.kind, True, "removed")
-
-
-def _remove_archives(paths: VolumePaths, archives: list[GcItem]) -> list[GcOutcome]:
-    """`uv cache clean PACKAGE` for each package whose archives are all unused."""
-    from volenv.build.uvtool import run_uv
-
-    out = []
-    packages = sorted({i.package for i in archives if i.package})
-    if not packages:
-        return []
-    proc = run_uv(["cache", "clean", *packages], paths, None)
-    for item in archives:
-        if proc.returncode == 0 and not Path(item.path).exists():
-            done = f"removed by uv cache clean {item.package}"
-            out.append(GcOutcome(item.path, item.kind, True, done))
-        else:
-            detail = "still present after uv cache clean"
-            if proc.returncode:
-                detail = (proc.stderr.strip().splitlines() or [f"uv exited {proc.returncode}"])[-1]
-            out.append(GcOutcome(item.path, item.kind, False, detail))
-    return out

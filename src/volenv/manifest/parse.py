@@ -1,4 +1,5 @@
-"""The manifest: what an environment is, parsed strictly (unknown keys are errors).
+"""The manifest: what an environment is, parsed strictly (unknown keys are errors); its shape is
+in `schema`, the local sources it names in `sources`.
 
 Kept cheap to import: `volenv run` parses the manifest on every container start.
 """
@@ -6,271 +7,29 @@ Kept cheap to import: `volenv run` parses the manifest on every container start.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import re
 import shlex
-import stat
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from volenv.base.errors import ManifestError, shq
-from volenv.base.redact import redact_url
-
-SCHEMA = 1
-SLUG = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_-]|\.(?!\.)){0,62}$")
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-HEX40 = re.compile(r"^[0-9a-f]{40}$")
-HEX64 = re.compile(r"^[0-9a-f]{64}$")
-PYTHON_REQUEST = re.compile(r"^(?:(?:cpython|pypy|graalpy)[@-]?)?[0-9]+(?:\.[0-9]+){0,2}t?$")
-TORCH_BACKEND = re.compile(r"^(?:auto|cpu|cu[0-9]{2,3}|rocm[0-9.]+|xpu)$")
-
-
-def is_env_name(text: Any) -> bool:
-    """An env name from anywhere (a manifest, a record, a bucket): the manifest's name rule."""
-    return isinstance(text, str) and SLUG.fullmatch(text) is not None
-
-
-def is_snapshot_id(text: Any) -> bool:
-    """`<env>-<12 hex>` with a valid env name: safe as one path component."""
-    if not isinstance(text, str):
-        return False
-    env, sep, digest = text.rpartition("-")
-    hex12 = len(digest) == 12 and all(c in "0123456789abcdef" for c in digest)
-    return bool(sep) and hex12 and is_env_name(env)
-
-
-RESERVED_ENV = {"VIRTUAL_ENV", "PYTHONHOME", "VOLENV_SNAPSHOT", "VOLENV_ROOT"}
-
-
-@dataclass(frozen=True)
-class IndexSettings:
-    url: str | None = None
-    extra_urls: tuple[str, ...] = ()
-    find_links: tuple[str, ...] = ()
-    no_index: bool = False
-    torch_backend: str | None = None
-
-
-@dataclass(frozen=True)
-class OptionalGroup:
-    name: str
-    requirements: tuple[str, ...]
-    required: bool = False
-
-
-@dataclass(frozen=True)
-class HfSource:
-    repo: str
-    revision: str
-    files: tuple[str, ...] = ()
-    allow_patterns: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    hf: HfSource | None = None
-    url: str | None = None
-    sha256: str | None = None
-    size: int | None = None
-    optional: bool = False
-    # never | always | auto: copy to the container's disk at `run` (auto: when the volume is slow)
-    local: str = "never"
-
-
-@dataclass(frozen=True)
-class Manifest:
-    path: Path
-    name: str
-    python: str
-    requirements: tuple[str, ...]
-    lockfile: Path | None = None
-    lockfile_sha256: str | None = None
-    requirements_file: Path | None = None
-    # every file of the requirements file's -r/-c closure, with its sha256: build inputs
-    requirements_file_inputs: tuple[tuple[Path, str], ...] = ()
-    index: IndexSettings = field(default_factory=IndexSettings)
-    optional: tuple[OptionalGroup, ...] = ()
-    post_install: tuple[tuple[str, ...] | str, ...] = ()
-    env: tuple[tuple[str, str], ...] = ()
-    smoke_imports: tuple[str, ...] = ()
-    models: tuple[ModelSpec, ...] = ()
-    # [activate] trace-cmd: a start that sync traces (trace.py); not a build input, not in the digest
-    trace_cmd: tuple[str, ...] = ()
-    # requirement -> digest of its local source tree or file (`name @ ./path`): a build input
-    local_sources: tuple[tuple[str, str], ...] = ()
-
-    def build_inputs(self) -> dict[str, Any]:
-        """Everything that determines the snapshot's content (not activation env, not models)."""
-        data: dict[str, Any] = {
-            "name": self.name,
-            "python": self.python,
-            "requirements": sorted(self.requirements),
-            "lockfile_sha256": self.lockfile_sha256,
-            # without credentials: the seal, the digest and every record only ever see these
-            "index": {
-                "url": redact_url(self.index.url) if self.index.url else None,
-                "extra_urls": [redact_url(u) for u in self.index.extra_urls],
-                "find_links": [redact_url(u) for u in self.index.find_links],
-                "no_index": self.index.no_index,
-                "torch_backend": self.index.torch_backend,
-            },
-            "optional": {
-                g.name: {"requirements": sorted(g.requirements), "required": g.required}
-                for g in self.optional
-            },
-            "post_install": [list(c) if isinstance(c, tuple) else c for c in self.post_install],
-            "smoke_imports": list(self.smoke_imports),
-            **self._requirements_file_input(),
-        }
-        if self.local_sources:  # only when present: other manifests keep their digests and ids
-            data["local_sources"] = dict(self.local_sources)
-        return data
-
-    def _requirements_file_input(self) -> dict[str, Any]:
-        """The requirements file's closure by path (relative to the manifest) and content
-        digest; absent for manifests without one, so their digests stay what they were."""
-        if self.requirements_file is None:
-            return {}
-        import os
-
-        base = self.path.parent
-        return {
-            "requirements_file": {
-                "path": os.path.relpath(self.requirements_file, base),
-                "files": {os.path.relpath(f, base): sha for f, sha in self.requirements_file_inputs},
-            }
-        }
-
-    def normalized(self) -> dict[str, Any]:
-        """The whole manifest as plain data, stable across formatting and key order."""
-        data = self.build_inputs()
-        data["schema"] = SCHEMA
-        data["env"] = dict(self.env)
-        data["models"] = [_model_dict(m) for m in self.models]
-        return data
-
-    @property
-    def digest(self) -> str:
-        """The index key: any change to the manifest (or its lockfile) gives a new digest."""
-        return hashlib.sha256(canonical_json(self.normalized())).hexdigest()
-
-    def find_links_paths(self) -> list[str]:
-        """find-links entries with local paths made absolute against the manifest's folder."""
-        out = []
-        for entry in self.index.find_links:
-            if "://" in entry:
-                out.append(entry)
-            else:
-                out.append(str((self.path.parent / entry).resolve()))
-        return out
-
-
-def _model_dict(m: ModelSpec) -> dict[str, Any]:
-    d: dict[str, Any] = {"name": m.name, "optional": m.optional}
-    if m.hf is not None:
-        d["hf"] = {
-            "repo": m.hf.repo,
-            "revision": m.hf.revision,
-            "files": list(m.hf.files),
-            "allow_patterns": list(m.hf.allow_patterns),
-        }
-    else:
-        d["url"] = redact_url(m.url) if m.url else m.url  # identity: sha256 + URL without credentials
-        d["sha256"] = m.sha256
-        d["size"] = m.size
-    if m.local != "never":  # absent when never: manifests without it keep their digests
-        d["local"] = m.local
-    return d
-
-
-def canonical_json(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
-
-
-class _Checker:
-    """Walks a TOML table, naming file and dotted key in every error."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-
-    def fail(self, key: str, problem: str, hint: str | None = None) -> ManifestError:
-        return ManifestError(self.path, key, problem, hint=hint)
-
-    def keys(self, table: dict[str, Any], allowed: set[str], prefix: str) -> None:
-        for key in table:
-            if key not in allowed:
-                dotted = f"{prefix}{key}"
-                raise self.fail(
-                    dotted, f"unknown key {key!r}", hint=f"allowed here: {', '.join(sorted(allowed))}"
-                )
-
-    def string(self, value: Any, key: str) -> str:
-        if not isinstance(value, str):
-            raise self.fail(key, f"expected a string, got {_type(value)} {value!r}")
-        return value
-
-    def boolean(self, value: Any, key: str) -> bool:
-        if not isinstance(value, bool):
-            raise self.fail(key, f"expected true or false, got {_type(value)} {value!r}")
-        return value
-
-    def table(self, value: Any, key: str) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise self.fail(key, f"expected a table, got {_type(value)} {value!r}")
-        return value
-
-    def strings(self, value: Any, key: str) -> tuple[str, ...]:
-        if not isinstance(value, list):
-            raise self.fail(key, f"expected a list of strings, got {_type(value)} {value!r}")
-        for i, item in enumerate(value):
-            self.string(item, f"{key}[{i}]")
-        return tuple(value)
-
-    def slug(self, value: Any, key: str) -> str:
-        text = self.string(value, key)
-        if not SLUG.match(text):
-            raise self.fail(
-                key,
-                f"{text!r} is not a plain name (letters, digits, '.', '_', '-'; no '/', '..' or spaces;"
-                " at most 63 characters)",
-            )
-        return text
-
-    def requirements(self, value: Any, key: str) -> tuple[str, ...]:
-        from packaging.requirements import InvalidRequirement, Requirement
-
-        items = self.strings(value, key)
-        out = []
-        for i, item in enumerate(items):
-            if item.lstrip().startswith(("-e ", "-e.", "-e/", "--editable")):
-                raise self.fail(
-                    f"{key}[{i}]",
-                    f"editable requirement {item!r}: a sealed snapshot cannot point into a source tree",
-                    hint="write 'NAME @ ./path' instead: volenv rebuilds the snapshot when that tree changes",
-                )
-            try:
-                req = Requirement(item)
-            except InvalidRequirement as exc:
-                first = str(exc).splitlines()[0]
-                raise self.fail(f"{key}[{i}]", f"invalid requirement {item!r}: {first}") from None
-            out.append(str(req))
-        return tuple(out)
-
-
-def _type(value: Any) -> str:
-    return {
-        str: "string",
-        int: "integer",
-        float: "float",
-        bool: "boolean",
-        list: "array",
-        dict: "table",
-    }.get(type(value), type(value).__name__)
-
+from volenv.manifest.schema import (
+    ENV_NAME,
+    HEX40,
+    HEX64,
+    PYTHON_REQUEST,
+    RESERVED_ENV,
+    TORCH_BACKEND,
+    Checker,
+    HfSource,
+    IndexSettings,
+    Manifest,
+    ModelSpec,
+    OptionalGroup,
+    type_name,
+)
+from volenv.manifest.sources import local_sources, parse_requirements_file
 
 TOP_KEYS = {
     "name",
@@ -289,7 +48,7 @@ TOP_KEYS = {
 def load_manifest(path: str | Path) -> Manifest:
     """Parse and validate; raises ManifestError (exit 2) naming file, key and value."""
     p = Path(path)
-    c = _Checker(p)
+    c = Checker(p)
     try:
         raw = p.read_bytes()
     except FileNotFoundError:
@@ -336,7 +95,7 @@ def _foreign_kind(p: Path, data: dict[str, Any]) -> str | None:
     return None
 
 
-def _refuse_foreign(c: _Checker, p: Path, kind: str) -> None:
+def _refuse_foreign(c: Checker, p: Path, kind: str) -> None:
     what = {
         "requirements": "a requirements file",
         "pyproject": "a pyproject.toml",
@@ -361,7 +120,7 @@ def _looks_like_requirements(raw: bytes) -> bool:
     return False
 
 
-def _parse(p: Path, data: dict[str, Any], c: _Checker) -> Manifest:
+def _parse(p: Path, data: dict[str, Any], c: Checker) -> Manifest:
     c.keys(data, TOP_KEYS, "")
     if "name" not in data:
         raise c.fail("name", "missing (every manifest names its environment)")
@@ -377,7 +136,7 @@ def _parse(p: Path, data: dict[str, Any], c: _Checker) -> Manifest:
             hint="add them to the lockfile (`uv pip compile --format pylock.toml`), or drop `lockfile`",
         )
     requirements = c.requirements(data.get("requirements", []), "requirements")
-    req_file, req_inputs, req_local = _parse_requirements_file(c, p, data)
+    req_file, req_inputs, req_local = parse_requirements_file(c, p, data)
 
     lockfile: Path | None = None
     lock_sha: str | None = None
@@ -399,9 +158,9 @@ def _parse(p: Path, data: dict[str, Any], c: _Checker) -> Manifest:
     index = _parse_index(c, data.get("index", {}))
     optional = _parse_optional(c, data.get("optional", {}))
     post_install = _parse_build(c, data.get("build", {}))
-    env, smoke = _parse_activate(c, data.get("activate", {}))
+    env, smoke = parse_activate(c, data.get("activate", {}))
     trace_cmd = _parse_trace_cmd(c, data.get("activate", {}))
-    models = _parse_models(c, data.get("models", []))
+    models = parse_models(c, data.get("models", []))
     return Manifest(
         path=p,
         name=name,
@@ -419,223 +178,12 @@ def _parse(p: Path, data: dict[str, Any], c: _Checker) -> Manifest:
         trace_cmd=trace_cmd,
         models=models,
         local_sources=tuple(
-            sorted({**dict(_local_sources(c, p.parent, requirements, optional)), **req_local}.items())
+            sorted({**dict(local_sources(c, p.parent, requirements, optional)), **req_local}.items())
         ),
     )
 
 
-def _parse_requirements_file(
-    c: _Checker, p: Path, data: dict[str, Any]
-) -> tuple[Path | None, tuple[tuple[Path, str], ...], dict[str, str]]:
-    """A pip requirements file (uv parses it at resolve time); here only its -r/-c closure is
-    read, so that editing any file of it changes the digest, and its local packages, whose
-    trees are build inputs as in `requirements` (editable ones are refused)."""
-    if "requirements-file" not in data:
-        return None, (), {}
-    key = "requirements-file"
-    if "lockfile" in data:
-        raise c.fail(
-            key,
-            "cannot be combined with `lockfile` (a lockfile is the whole package set)",
-            hint="drop one of `requirements-file` and `lockfile`",
-        )
-    rel = c.string(data[key], key)
-    if not rel.strip():
-        raise c.fail(key, "empty")
-    top = (p.parent / rel).resolve()
-    inputs: dict[Path, str] = {}
-    local: dict[str, str] = {}
-    pending = [(top, rel)]
-    while pending:
-        path, shown = pending.pop()
-        if path in inputs:
-            continue
-        try:
-            content = path.read_bytes()
-        except FileNotFoundError:
-            raise c.fail(key, f"{shown!r}: no such file ({path})") from None
-        except IsADirectoryError:
-            raise c.fail(key, f"{shown!r}: is a directory, expected a requirements file") from None
-        except OSError as exc:
-            raise c.fail(key, f"{shown!r}: cannot read ({exc.strerror})") from None
-        inputs[path] = hashlib.sha256(content).hexdigest()
-        for inc in _included_files(content):
-            if "://" not in inc:
-                pending.append(((path.parent / inc).resolve(), f"{inc} (included by {path.name})"))
-        local.update(_file_local_sources(c, key, path, content, p.parent))
-    return top, tuple(sorted(inputs.items())), local
-
-
-_PATH_START = ("./", "../", "/", "file:")
-
-
-def _file_local_sources(c: _Checker, key: str, path: Path, content: bytes, folder: Path) -> dict[str, str]:
-    """`NAME @ path`, `file:` and bare-path lines of a requirements file -> `NAME @ ./path`
-    (relative to the manifest's folder) and the digest of what they name; `-e` lines refused.
-    Paths are relative to the requirements file's folder; other lines are uv's to read."""
-    from packaging.requirements import InvalidRequirement, Requirement
-
-    out: dict[str, str] = {}
-    for line in _logical_lines(content):
-        where = f"{path.name}: {line!r}"
-        if re.match(r"^(-e|--editable)(\s|=|\.|/|$)", line):
-            raise c.fail(
-                key,
-                f"{where}: editable requirements are refused"
-                " (a sealed snapshot cannot point into a source tree)",
-                hint="drop `-e`: `NAME @ ./path` installs a copy that volenv rebuilds when the tree changes",
-            )
-        if not line or line.startswith("-"):
-            continue
-        if line.startswith(_PATH_START) or line == ".":
-            target = local_path(path.parent, line.split(";")[0].strip())
-            name = _local_project_name(target) if target is not None else None
-            if name is None:
-                raise c.fail(
-                    key, f"{where}: a local package needs a name here", hint=f"write `NAME @ {line}`"
-                )
-        elif "@" in line:
-            try:
-                req = Requirement(line)
-            except InvalidRequirement:
-                continue  # uv will say what is wrong with it
-            target, name = local_path(path.parent, req.url), req.name
-        else:
-            continue
-        if target is None:
-            continue
-        if not target.exists():
-            raise c.fail(key, f"{where}: {target} does not exist (paths start at the file's folder)")
-        try:
-            digest = source_digest(target)
-        except OSError as exc:
-            raise c.fail(key, f"{where}: cannot read {exc.filename or target}: {exc.strerror}") from None
-        rel = os.path.relpath(target, folder)
-        out[f"{name} @ {rel if rel.startswith('..') else './' + rel}"] = digest
-    return out
-
-
-def _local_project_name(target: Path) -> str | None:
-    """The distribution name of a local project folder (its pyproject) or wheel/sdist file."""
-    from packaging.utils import (
-        InvalidSdistFilename,
-        InvalidWheelFilename,
-        parse_sdist_filename,
-        parse_wheel_filename,
-    )
-
-    try:
-        if target.is_dir():
-            name = tomllib.loads((target / "pyproject.toml").read_text(encoding="utf-8"))["project"]["name"]
-            return name if isinstance(name, str) else None
-        if target.name.endswith(".whl"):
-            return str(parse_wheel_filename(target.name)[0])
-        return str(parse_sdist_filename(target.name)[0])
-    except (OSError, KeyError, TypeError, ValueError, InvalidWheelFilename, InvalidSdistFilename):
-        return None
-
-
-_INCLUDE = re.compile(r"^(?:-r|-c|--requirement|--constraint)(?:\s*=\s*|\s+|(?<=-[rc]))(\S+)")
-
-
-def _logical_lines(content: bytes) -> list[str]:
-    """A requirements file's lines as pip reads them: continuations joined, comments dropped."""
-    text = content.decode("utf-8", "replace").replace("\\\n", "")
-    return [re.sub(r"(^|\s)#.*$", "", line).strip() for line in text.splitlines()]
-
-
-def _included_files(content: bytes) -> list[str]:
-    """The paths a requirements file names with -r/-c (pip's line continuation and comment
-    rules); everything else in it is uv's to read."""
-    out = []
-    for line in _logical_lines(content):
-        m = _INCLUDE.match(line)
-        if m:
-            out.append(m.group(1).strip("'\""))
-    return out
-
-
-SOURCE_SKIP_DIRS = {".git", ".hg", ".svn", "__pycache__"}  # anywhere in a source tree
-SOURCE_SKIP_TOP = {"build", "dist", ".venv", ".tox", ".nox"}  # at its top only (a subpackage may be `build`)
-
-
-def _local_sources(
-    c: _Checker, folder: Path, requirements: tuple[str, ...], optional: tuple[OptionalGroup, ...]
-) -> tuple[tuple[str, str], ...]:
-    """Each `name @ path` / `file:` requirement -> digest of what it points at: uv caches a
-    local build by path, so without this an edited tree would be 'reused' with the old code."""
-    from packaging.requirements import Requirement
-
-    keyed = [("requirements", i, r) for i, r in enumerate(requirements)]
-    for g in optional:
-        keyed += [(f"optional.{g.name}.requirements", i, r) for i, r in enumerate(g.requirements)]
-    out: dict[str, str] = {}
-    for key, i, text in keyed:
-        if "@" not in text:  # only direct references name a path
-            continue
-        target = local_path(folder, Requirement(text).url)
-        if target is None:
-            continue
-        if not target.exists():
-            raise c.fail(
-                f"{key}[{i}]",
-                f"{text!r}: {target} does not exist (relative paths start at the manifest's folder)",
-            )
-        try:
-            out[text] = source_digest(target)
-        except OSError as exc:
-            raise c.fail(
-                f"{key}[{i}]", f"{text!r}: cannot read {exc.filename or target}: {exc.strerror}"
-            ) from None
-    return tuple(sorted(out.items()))
-
-
-def local_path(folder: Path, url: str | None) -> Path | None:
-    """The local file or directory a requirement's URL names (relative to `folder`), else None."""
-    if url is None:
-        return None
-    if url.startswith("file:"):
-        from urllib.parse import unquote, urlsplit
-
-        parts = urlsplit(url)
-        if parts.netloc not in ("", "localhost"):
-            return None
-        return (folder / unquote(parts.path)).resolve()
-    if "://" in url or re.match(r"^[A-Za-z][A-Za-z0-9+.-]*\+", url):  # http(s), git+..., etc.
-        return None
-    return (folder / url).resolve()
-
-
-def source_digest(path: Path) -> str:
-    """sha256 over a source tree's paths, exec bits, link targets and contents (VCS metadata,
-    caches and build outputs skipped), or over a wheel/sdist file's bytes."""
-    h = hashlib.sha256()
-    if path.is_file():
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
-    for dirpath, dirs, files in os.walk(path):
-        skip = SOURCE_SKIP_DIRS | SOURCE_SKIP_TOP if dirpath == str(path) else SOURCE_SKIP_DIRS
-        dirs[:] = sorted(d for d in dirs if d not in skip and not d.endswith(".egg-info"))
-        links = [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]  # not walked: hashed
-        dirs[:] = [d for d in dirs if d not in links]
-        for name in sorted([*files, *links]):
-            if name.endswith((".pyc", ".pyo")):
-                continue
-            full = os.path.join(dirpath, name)
-            rel = os.path.relpath(full, path).encode("utf-8", "surrogateescape")
-            st = os.lstat(full)
-            if stat.S_ISLNK(st.st_mode):
-                h.update(b"L\0" + rel + b"\0" + os.readlink(full).encode("utf-8", "surrogateescape") + b"\0")
-                continue
-            h.update(b"F\0" + rel + b"\0" + (b"x" if st.st_mode & 0o111 else b"-") + b"\0")
-            with open(full, "rb") as fh:
-                h.update(hashlib.sha256(fh.read()).digest())
-    return h.hexdigest()
-
-
-def _check_python(c: _Checker, python: str) -> None:
+def _check_python(c: Checker, python: str) -> None:
     if PYTHON_REQUEST.match(python):
         return
     from packaging.specifiers import InvalidSpecifier, SpecifierSet
@@ -650,7 +198,7 @@ def _check_python(c: _Checker, python: str) -> None:
         raise c.fail("python", "empty")
 
 
-def _parse_index(c: _Checker, value: Any) -> IndexSettings:
+def _parse_index(c: Checker, value: Any) -> IndexSettings:
     t = c.table(value, "index")
     c.keys(t, {"url", "extra-urls", "find-links", "no-index", "torch-backend"}, "index.")
     url = c.string(t["url"], "index.url") if "url" in t else None
@@ -671,7 +219,7 @@ def _parse_index(c: _Checker, value: Any) -> IndexSettings:
     return IndexSettings(url, extra, find_links, no_index, backend)
 
 
-def _parse_optional(c: _Checker, value: Any) -> tuple[OptionalGroup, ...]:
+def _parse_optional(c: Checker, value: Any) -> tuple[OptionalGroup, ...]:
     t = c.table(value, "optional")
     groups = []
     for gname, gval in t.items():
@@ -689,12 +237,12 @@ def _parse_optional(c: _Checker, value: Any) -> tuple[OptionalGroup, ...]:
     return tuple(groups)
 
 
-def _parse_build(c: _Checker, value: Any) -> tuple[tuple[str, ...] | str, ...]:
+def _parse_build(c: Checker, value: Any) -> tuple[tuple[str, ...] | str, ...]:
     t = c.table(value, "build")
     c.keys(t, {"post-install"}, "build.")
     cmds = t.get("post-install", [])
     if not isinstance(cmds, list):
-        raise c.fail("build.post-install", f"expected a list of commands, got {_type(cmds)} {cmds!r}")
+        raise c.fail("build.post-install", f"expected a list of commands, got {type_name(cmds)} {cmds!r}")
     out: list[tuple[str, ...] | str] = []
     for i, cmd in enumerate(cmds):
         key = f"build.post-install[{i}]"
@@ -709,7 +257,7 @@ def _parse_build(c: _Checker, value: Any) -> tuple[tuple[str, ...] | str, ...]:
     return tuple(out)
 
 
-def _parse_activate(c: _Checker, value: Any) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+def parse_activate(c: Checker, value: Any) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
     t = c.table(value, "activate")
     c.keys(t, {"env", "smoke-imports", "trace-cmd"}, "activate.")
     env_t = c.table(t.get("env", {}), "activate.env")
@@ -739,7 +287,7 @@ def _parse_activate(c: _Checker, value: Any) -> tuple[tuple[tuple[str, str], ...
     return tuple(sorted(env)), smoke
 
 
-def _parse_trace_cmd(c: _Checker, value: Any) -> tuple[str, ...]:
+def _parse_trace_cmd(c: Checker, value: Any) -> tuple[str, ...]:
     """A command line (split as a shell would, nothing expanded) or a list of arguments."""
     import shlex
 
@@ -759,9 +307,9 @@ def _parse_trace_cmd(c: _Checker, value: Any) -> tuple[str, ...]:
     return tuple(argv)
 
 
-def _parse_models(c: _Checker, value: Any) -> tuple[ModelSpec, ...]:
+def parse_models(c: Checker, value: Any) -> tuple[ModelSpec, ...]:
     if not isinstance(value, list):
-        raise c.fail("models", f"expected an array of tables ([[models]]), got {_type(value)}")
+        raise c.fail("models", f"expected an array of tables ([[models]]), got {type_name(value)}")
     seen: set[str] = set()
     out = []
     for i, item in enumerate(value):
@@ -801,7 +349,7 @@ def _parse_models(c: _Checker, value: Any) -> tuple[ModelSpec, ...]:
     return tuple(out)
 
 
-def _parse_hf(c: _Checker, value: Any, key: str) -> HfSource:
+def _parse_hf(c: Checker, value: Any, key: str) -> HfSource:
     t = c.table(value, key)
     c.keys(t, {"repo", "revision", "files", "allow-patterns"}, f"{key}.")
     if "repo" not in t:
@@ -827,7 +375,7 @@ def _parse_hf(c: _Checker, value: Any, key: str) -> HfSource:
 def manifest_from_seal(data: dict[str, Any], path: str) -> Manifest:
     """Rebuild a Manifest from the normalized copy a seal carries (for repair): the build
     inputs are exact; relative find-links resolve against the original manifest's folder."""
-    c = _Checker(Path(path))
+    c = Checker(Path(path))
     idx = data.get("index", {})
     raw: dict[str, Any] = {
         "name": data["name"],

@@ -26,7 +26,7 @@ from volenv.base.errors import (
 )
 from volenv.base.redact import redact_url
 from volenv.base.ui import reporter
-from volenv.manifest.parse import Manifest, ModelSpec, _model_dict
+from volenv.manifest.schema import Manifest, ModelSpec, model_dict
 from volenv.store.integrity import hash_file
 from volenv.store.locks import BuildLease
 from volenv.store.modelpaths import model_files_dir, model_key, model_location, model_record_path
@@ -85,7 +85,7 @@ def _source(m: dict[str, Any]) -> str:
 def fetch_models(paths: VolumePaths, manifest: Manifest, *, lock_timeout: float = 3600) -> list[ModelState]:
     out = []
     for spec in manifest.models:
-        m = _model_dict(spec)
+        m = model_dict(spec)
         try:
             out.append(fetch_model(paths, spec, lock_timeout=lock_timeout))
         except ModelError as exc:
@@ -107,7 +107,7 @@ def fetch_models(paths: VolumePaths, manifest: Manifest, *, lock_timeout: float 
 
 
 def fetch_model(paths: VolumePaths, spec: ModelSpec, *, lock_timeout: float = 3600) -> ModelState:
-    m = _model_dict(spec)
+    m = model_dict(spec)
     root = str(paths.root)
     record = Path(model_record_path(root, m))
     loc = model_location(root, m)
@@ -205,7 +205,7 @@ def _record_problem(data: object) -> str | None:
 def file_entry_problem(f: object) -> str | None:
     """A record's file entry, local or from a bucket: a relative path that stays below the
     model's directory (no '..', no absolute path) and a sha256; None when it is one."""
-    from volenv.manifest.parse import HEX64
+    from volenv.manifest.schema import HEX64
 
     path = f.get("path") if isinstance(f, dict) else None
     if (
@@ -344,7 +344,7 @@ def _fetch_hf(paths: VolumePaths, spec: ModelSpec, snapshot_dir: Path) -> list[d
 def list_models(paths: VolumePaths, manifest: Manifest | None) -> list[ModelState]:
     root = str(paths.root)
     if manifest is not None:
-        return [_state(paths, _model_dict(s), "") for s in manifest.models]
+        return [_state(paths, model_dict(s), "") for s in manifest.models]
     out = []
     for rec_path in sorted((paths.models / "records").glob("*.json")):
         try:
@@ -375,7 +375,7 @@ def verify_models(paths: VolumePaths, manifest: Manifest | None, level: str) -> 
     root = str(paths.root)
     problems: list[ModelProblem] = []
     if manifest is not None:
-        specs = [_model_dict(s) for s in manifest.models]
+        specs = [model_dict(s) for s in manifest.models]
         records = [(m, Path(model_record_path(root, m))) for m in specs]
     else:
         records = []

@@ -34,19 +34,18 @@ from volenv.remote.signing import SigningKey, Trust
 from volenv.store import pointers as store
 from volenv.store.integrity import hash_file, verify_snapshot
 from volenv.store.locks import BuildLease
-from volenv.store.packs import (
+from volenv.store.packformat import (
     META_GROUP,
     PackInfo,
     PackManifest,
-    Unpacker,
-    _Seen,
     blob_path,
     manifest_path,
     pack_order,
-    pack_snapshot,
     read_manifest,
     verify_blob,
 )
+from volenv.store.packread import Unpacker, _Seen
+from volenv.store.packwrite import pack_snapshot
 from volenv.store.paths import VolumePaths, env_from_snapshot_id
 from volenv.store.sealcheck import META_DIR, SEAL_NAME, SealProblem, check_seal, interpreter_problem
 from volenv.store.volio import atomic_write_json, fsync_dir, remove_tree, safe_mkdirs, unique_suffix
@@ -249,7 +248,7 @@ def _check_model_file(
 def _resolve_remote(remote: Remote, target: str | None) -> tuple[str, str]:
     """ENV or SNAPSHOT -> (snapshot id, the env it must belong to); a ref from the bucket
     obeys the local name rules and must name a snapshot of its own env."""
-    from volenv.manifest.parse import is_env_name, is_snapshot_id
+    from volenv.manifest.schema import is_env_name, is_snapshot_id
 
     if target is None:
         raise UsageError(
@@ -291,7 +290,7 @@ def _believe(doc: dict[str, Any], sid: str, env: str, trust: Trust) -> tuple[Pac
 
 def _model_names(doc: dict[str, Any]) -> dict[str, str | None]:
     """Model record names (`<model>.<16 hex>.json`) -> the sha256 the signed manifest gives."""
-    from volenv.manifest.parse import HEX64, SLUG
+    from volenv.manifest.schema import HEX64, SLUG
 
     names = doc.get("models", [])
     digests = doc.get("model_records", {})
@@ -528,19 +527,20 @@ def _check_sealed_manifest(seal: dict[str, Any], sid: str) -> None:
     """What activation and `env --format sh` take from a pulled seal (variable names, model
     names and sources) obeys the manifest's own rules."""
     from volenv.base.errors import ManifestError
-    from volenv.manifest.parse import ENV_NAME, _Checker, _parse_activate, _parse_models
+    from volenv.manifest.parse import parse_activate, parse_models
+    from volenv.manifest.schema import ENV_NAME, Checker
 
     man = seal.get("manifest", {})
     try:
         if not isinstance(man, dict) or not isinstance(man.get("models", []), list):
             raise VerifyError("no manifest object with a models list")
-        c = _Checker(Path(f"{sid}/.volenv/seal.json"))
-        env, _smoke = _parse_activate(
+        c = Checker(Path(f"{sid}/.volenv/seal.json"))
+        env, _smoke = parse_activate(
             c, {"env": man.get("env", {}), "smoke-imports": man.get("smoke_imports", [])}
         )
         if not all(ENV_NAME.fullmatch(k) for k, _v in env):
             raise VerifyError("an activation variable name is not a plain name")
-        _parse_models(c, [_model_table(m) for m in man.get("models", [])])
+        parse_models(c, [_model_table(m) for m in man.get("models", [])])
     except (ManifestError, VerifyError) as exc:
         raise VerifyError(printable(f"pulled {sid}: its sealed manifest is invalid: {exc.message}")) from None
 
@@ -635,7 +635,8 @@ def _check_model_record(raw: bytes, name: str) -> dict[str, Any]:
     """A model record from the bucket: its spec obeys the manifest's model rules, its name is
     the one that spec gives, and every file path stays below the model's directory."""
     from volenv.base.errors import ManifestError
-    from volenv.manifest.parse import _Checker, _parse_models
+    from volenv.manifest.parse import parse_models
+    from volenv.manifest.schema import Checker
     from volenv.models.cache import file_entry_problem
     from volenv.store.modelpaths import model_key
 
@@ -652,7 +653,7 @@ def _check_model_record(raw: bytes, name: str) -> dict[str, Any]:
         raise bad("no 'spec' object or 'files' list")
     spec = rec["spec"]
     try:
-        _parse_models(_Checker(Path(f"bucket:models/{name}")), [_model_table(spec)])
+        parse_models(Checker(Path(f"bucket:models/{name}")), [_model_table(spec)])
     except (ManifestError, VerifyError) as exc:
         raise bad(exc.message) from None
     if name != f"{spec['name']}.{model_key(spec)}.json":
@@ -689,7 +690,7 @@ def list_remote(remote: Remote, trust: Trust) -> RemoteListing:
     """What the bucket holds that this volume would believe: snapshots whose manifest is valid
     and signed by a trusted key (any valid one with --trust-unsigned), and the refs naming
     them; everything else is left out, with one warning per document."""
-    from volenv.manifest.parse import is_env_name
+    from volenv.manifest.schema import is_env_name
 
     snaps = []
     believed: dict[str, str] = {}

@@ -34,7 +34,7 @@ def _need_crypto() -> None:
 
 
 def _split(text: str, what: str) -> tuple[str, bytes]:
-    from volenv.manifest.parse import is_env_name
+    from volenv.manifest.schema import is_env_name
 
     name, sep, b64 = text.strip().partition(":")
     if not sep or not is_env_name(name):
@@ -78,7 +78,7 @@ def generate(name: str) -> SigningKey:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-    from volenv.manifest.parse import is_env_name
+    from volenv.manifest.schema import is_env_name
 
     if not is_env_name(name):
         raise UsageError(f"key name {name!r} is not a plain name (letters, digits, '.', '_', '-')")

@@ -28,16 +28,8 @@ from volenv.start.skeleton import (
     write_at,
 )
 from volenv.store.integrity import Entry
-from volenv.store.packs import (
-    META_GROUP,
-    PackInfo,
-    PackManifest,
-    Unpacker,
-    _Tree,
-    blob_path,
-    pack_order,
-    startup_chunk,
-)
+from volenv.store.packformat import META_GROUP, PackInfo, PackManifest, blob_path, pack_order, startup_chunk
+from volenv.store.packread import Unpacker, _Tree
 from volenv.store.paths import VolumePaths
 from volenv.store.sealcheck import META_DIR, SealProblem, check_seal
 from volenv.store.volio import unique_suffix

@@ -50,15 +50,15 @@ from volenv.start.skeleton import (
     can_exchange,
     volume_dir,
 )
-from volenv.store.packs import (
+from volenv.store.packformat import (
     PackManifest,
     blob_path,
     manifest_path,
     need_zstandard,
     read_manifest,
     startup_chunk,
-    unpack,
 )
+from volenv.store.packread import unpack
 from volenv.store.paths import VolumePaths
 from volenv.store.sealcheck import META_DIR, SealProblem, check_seal
 from volenv.store.volio import atomic_write_json, unique_suffix

@@ -11,7 +11,7 @@ from volenv.base.errors import VolenvError
 from volenv.base.ui import reporter
 from volenv.build.plan import SyncOptions, SyncResult
 from volenv.build.sync import sync as build_sync
-from volenv.manifest.parse import Manifest
+from volenv.manifest.schema import Manifest
 from volenv.store.paths import VolumePaths
 
 

@@ -19,10 +19,7 @@ from pathlib import Path
 
 from volenv.base.errors import DamagedRecord, VerifyError
 from volenv.store.integrity import Entry
-from volenv.store.packs import (
-    Unpacker,
-    _Tree,
-)
+from volenv.store.packread import Unpacker, _Tree
 from volenv.store.volio import unique_suffix
 
 

@@ -156,7 +156,8 @@ def _stored_files(snapshot_dir: Path, seal: dict[str, Any]) -> int | None:
 def keep_trace(root: str, snapshot_dir: Path, seal: dict[str, Any], trace: Trace) -> bool:
     """Store the trace, and re-pack a packed snapshot so that its startup pack follows it.
     Returns whether it re-packed."""
-    from volenv.store.packs import manifest_path, pack_snapshot
+    from volenv.store.packformat import manifest_path
+    from volenv.store.packwrite import pack_snapshot
     from volenv.store.paths import VolumePaths
 
     replaced = _stored_files(snapshot_dir, seal)

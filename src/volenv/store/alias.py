@@ -21,9 +21,9 @@ def alias_path(root: str, manifest_bytes: bytes) -> str:
 
 def activation_settings(manifest: Any) -> dict[str, Any]:
     """What activation needs from a parsed Manifest, as plain data."""
-    from volenv.manifest.parse import _model_dict
+    from volenv.manifest.schema import model_dict
 
-    return {"env": dict(manifest.env), "models": [_model_dict(m) for m in manifest.models]}
+    return {"env": dict(manifest.env), "models": [model_dict(m) for m in manifest.models]}
 
 
 def write_alias(paths: Any, manifest: Any) -> None:

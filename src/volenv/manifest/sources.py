@@ -1,0 +1,228 @@
+"""The local sources a manifest names (a requirements file and its `-r`/`-c` includes, local
+package trees, wheel and sdist paths, `file:` URLs), read and digested: what they hold is part
+of the manifest's digest, so a changed local package is a new snapshot."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import stat
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from volenv.manifest.schema import Checker, OptionalGroup
+
+
+def parse_requirements_file(
+    c: Checker, p: Path, data: dict[str, Any]
+) -> tuple[Path | None, tuple[tuple[Path, str], ...], dict[str, str]]:
+    """A pip requirements file (uv parses it at resolve time); here only its -r/-c closure is
+    read, so that editing any file of it changes the digest, and its local packages, whose
+    trees are build inputs as in `requirements` (editable ones are refused)."""
+    if "requirements-file" not in data:
+        return None, (), {}
+    key = "requirements-file"
+    if "lockfile" in data:
+        raise c.fail(
+            key,
+            "cannot be combined with `lockfile` (a lockfile is the whole package set)",
+            hint="drop one of `requirements-file` and `lockfile`",
+        )
+    rel = c.string(data[key], key)
+    if not rel.strip():
+        raise c.fail(key, "empty")
+    top = (p.parent / rel).resolve()
+    inputs: dict[Path, str] = {}
+    local: dict[str, str] = {}
+    pending = [(top, rel)]
+    while pending:
+        path, shown = pending.pop()
+        if path in inputs:
+            continue
+        try:
+            content = path.read_bytes()
+        except FileNotFoundError:
+            raise c.fail(key, f"{shown!r}: no such file ({path})") from None
+        except IsADirectoryError:
+            raise c.fail(key, f"{shown!r}: is a directory, expected a requirements file") from None
+        except OSError as exc:
+            raise c.fail(key, f"{shown!r}: cannot read ({exc.strerror})") from None
+        inputs[path] = hashlib.sha256(content).hexdigest()
+        for inc in _included_files(content):
+            if "://" not in inc:
+                pending.append(((path.parent / inc).resolve(), f"{inc} (included by {path.name})"))
+        local.update(_file_local_sources(c, key, path, content, p.parent))
+    return top, tuple(sorted(inputs.items())), local
+
+
+_PATH_START = ("./", "../", "/", "file:")
+
+
+def _file_local_sources(c: Checker, key: str, path: Path, content: bytes, folder: Path) -> dict[str, str]:
+    """`NAME @ path`, `file:` and bare-path lines of a requirements file -> `NAME @ ./path`
+    (relative to the manifest's folder) and the digest of what they name; `-e` lines refused.
+    Paths are relative to the requirements file's folder; other lines are uv's to read."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    out: dict[str, str] = {}
+    for line in _logical_lines(content):
+        where = f"{path.name}: {line!r}"
+        if re.match(r"^(-e|--editable)(\s|=|\.|/|$)", line):
+            raise c.fail(
+                key,
+                f"{where}: editable requirements are refused"
+                " (a sealed snapshot cannot point into a source tree)",
+                hint="drop `-e`: `NAME @ ./path` installs a copy that volenv rebuilds when the tree changes",
+            )
+        if not line or line.startswith("-"):
+            continue
+        if line.startswith(_PATH_START) or line == ".":
+            target = local_path(path.parent, line.split(";")[0].strip())
+            name = _local_project_name(target) if target is not None else None
+            if name is None:
+                raise c.fail(
+                    key, f"{where}: a local package needs a name here", hint=f"write `NAME @ {line}`"
+                )
+        elif "@" in line:
+            try:
+                req = Requirement(line)
+            except InvalidRequirement:
+                continue  # uv will say what is wrong with it
+            target, name = local_path(path.parent, req.url), req.name
+        else:
+            continue
+        if target is None:
+            continue
+        if not target.exists():
+            raise c.fail(key, f"{where}: {target} does not exist (paths start at the file's folder)")
+        try:
+            digest = source_digest(target)
+        except OSError as exc:
+            raise c.fail(key, f"{where}: cannot read {exc.filename or target}: {exc.strerror}") from None
+        rel = os.path.relpath(target, folder)
+        out[f"{name} @ {rel if rel.startswith('..') else './' + rel}"] = digest
+    return out
+
+
+def _local_project_name(target: Path) -> str | None:
+    """The distribution name of a local project folder (its pyproject) or wheel/sdist file."""
+    from packaging.utils import (
+        InvalidSdistFilename,
+        InvalidWheelFilename,
+        parse_sdist_filename,
+        parse_wheel_filename,
+    )
+
+    try:
+        if target.is_dir():
+            name = tomllib.loads((target / "pyproject.toml").read_text(encoding="utf-8"))["project"]["name"]
+            return name if isinstance(name, str) else None
+        if target.name.endswith(".whl"):
+            return str(parse_wheel_filename(target.name)[0])
+        return str(parse_sdist_filename(target.name)[0])
+    except (OSError, KeyError, TypeError, ValueError, InvalidWheelFilename, InvalidSdistFilename):
+        return None
+
+
+_INCLUDE = re.compile(r"^(?:-r|-c|--requirement|--constraint)(?:\s*=\s*|\s+|(?<=-[rc]))(\S+)")
+
+
+def _logical_lines(content: bytes) -> list[str]:
+    """A requirements file's lines as pip reads them: continuations joined, comments dropped."""
+    text = content.decode("utf-8", "replace").replace("\\\n", "")
+    return [re.sub(r"(^|\s)#.*$", "", line).strip() for line in text.splitlines()]
+
+
+def _included_files(content: bytes) -> list[str]:
+    """The paths a requirements file names with -r/-c (pip's line continuation and comment
+    rules); everything else in it is uv's to read."""
+    out = []
+    for line in _logical_lines(content):
+        m = _INCLUDE.match(line)
+        if m:
+            out.append(m.group(1).strip("'\""))
+    return out
+
+
+SOURCE_SKIP_DIRS = {".git", ".hg", ".svn", "__pycache__"}  # anywhere in a source tree
+
+
+SOURCE_SKIP_TOP = {"build", "dist", ".venv", ".tox", ".nox"}  # at its top only (a subpackage may be `build`)
+
+
+def local_sources(
+    c: Checker, folder: Path, requirements: tuple[str, ...], optional: tuple[OptionalGroup, ...]
+) -> tuple[tuple[str, str], ...]:
+    """Each `name @ path` / `file:` requirement -> digest of what it points at: uv caches a
+    local build by path, so without this an edited tree would be 'reused' with the old code."""
+    from packaging.requirements import Requirement
+
+    keyed = [("requirements", i, r) for i, r in enumerate(requirements)]
+    for g in optional:
+        keyed += [(f"optional.{g.name}.requirements", i, r) for i, r in enumerate(g.requirements)]
+    out: dict[str, str] = {}
+    for key, i, text in keyed:
+        if "@" not in text:  # only direct references name a path
+            continue
+        target = local_path(folder, Requirement(text).url)
+        if target is None:
+            continue
+        if not target.exists():
+            raise c.fail(
+                f"{key}[{i}]",
+                f"{text!r}: {target} does not exist (relative paths start at the manifest's folder)",
+            )
+        try:
+            out[text] = source_digest(target)
+        except OSError as exc:
+            raise c.fail(
+                f"{key}[{i}]", f"{text!r}: cannot read {exc.filename or target}: {exc.strerror}"
+            ) from None
+    return tuple(sorted(out.items()))
+
+
+def local_path(folder: Path, url: str | None) -> Path | None:
+    """The local file or directory a requirement's URL names (relative to `folder`), else None."""
+    if url is None:
+        return None
+    if url.startswith("file:"):
+        from urllib.parse import unquote, urlsplit
+
+        parts = urlsplit(url)
+        if parts.netloc not in ("", "localhost"):
+            return None
+        return (folder / unquote(parts.path)).resolve()
+    if "://" in url or re.match(r"^[A-Za-z][A-Za-z0-9+.-]*\+", url):  # http(s), git+..., etc.
+        return None
+    return (folder / url).resolve()
+
+
+def source_digest(path: Path) -> str:
+    """sha256 over a source tree's paths, exec bits, link targets and contents (VCS metadata,
+    caches and build outputs skipped), or over a wheel/sdist file's bytes."""
+    h = hashlib.sha256()
+    if path.is_file():
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+    for dirpath, dirs, files in os.walk(path):
+        skip = SOURCE_SKIP_DIRS | SOURCE_SKIP_TOP if dirpath == str(path) else SOURCE_SKIP_DIRS
+        dirs[:] = sorted(d for d in dirs if d not in skip and not d.endswith(".egg-info"))
+        links = [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]  # not walked: hashed
+        dirs[:] = [d for d in dirs if d not in links]
+        for name in sorted([*files, *links]):
+            if name.endswith((".pyc", ".pyo")):
+                continue
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, path).encode("utf-8", "surrogateescape")
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                h.update(b"L\0" + rel + b"\0" + os.readlink(full).encode("utf-8", "surrogateescape") + b"\0")
+                continue
+            h.update(b"F\0" + rel + b"\0" + (b"x" if st.st_mode & 0o111 else b"-") + b"\0")
+            with open(full, "rb") as fh:
+                h.update(hashlib.sha256(fh.read()).digest())
+    return h.hexdigest()
