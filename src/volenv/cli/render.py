@@ -1,5 +1,9 @@
 """One renderer: data (tables, reports) on stdout, narrative (progress, hints, warnings, errors)
-on stderr, or one versioned JSON document on stdout."""
+on stderr, or one versioned JSON document on stdout.
+
+Long: it is the only module that imports rich (tests/test_architecture.py holds that), so every
+command's table and report lives here, each a short function; splitting it by command family
+would spread rich across the CLI's folder or make a second renderer."""
 
 from __future__ import annotations
 

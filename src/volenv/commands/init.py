@@ -4,6 +4,10 @@ user already has: a requirements.txt, a pyproject.toml project or a uv.lock.
 uv does all the parsing of requirements and lockfiles; this module only reads TOML tables
 (tomllib) and the RECORD files of the wheels it installs into a throwaway folder to learn the
 import names for the smoke test.
+
+Long: one command over three source kinds (requirements, pyproject, uv.lock) that all end in the
+same manifest text; the reading of each kind is a few short functions, kept beside the one
+writer they feed.
 """
 
 from __future__ import annotations

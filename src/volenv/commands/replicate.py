@@ -17,7 +17,7 @@ def push(
     signing_key: str | None,
 ) -> Any:
     """Send a sealed snapshot (and its models) to TO as content-addressed packs."""
-    from volenv.remote.replicate import push as do_push
+    from volenv.remote.push import push as do_push
     from volenv.remote.signing import signing_key_from
     from volenv.transfer.buckets import open_remote
 
@@ -37,7 +37,7 @@ def pull(
     trust_unsigned: bool,
 ) -> Any:
     """Fetch a snapshot into this volume, verified at full before it becomes visible."""
-    from volenv.remote.replicate import pull as do_pull
+    from volenv.remote.pull import pull as do_pull
     from volenv.remote.signing import Trust
     from volenv.transfer.buckets import open_remote
 
@@ -59,7 +59,7 @@ def pull(
 
 def pack(paths: VolumePaths, target: str) -> dict[str, Any]:
     """Store a snapshot as zstd packs beside it; a summary of what was written."""
-    from volenv.remote.replicate import _select_local
+    from volenv.remote.push import _select_local
     from volenv.store.packwrite import pack_snapshot
 
     manifest = pack_snapshot(paths, _select_local(paths, target))

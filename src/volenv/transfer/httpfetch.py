@@ -12,6 +12,9 @@ it with the pinned sha256 before anything is published.
 A server that answers a Range request with 200 (no range support) gets one stream, as before;
 a dropped connection inside a chunk resumes inside that chunk. How many streams run adapts
 (streams.AdaptiveStreams); VOLENV_STREAMS pins it, VOLENV_FETCH_CHUNK sets the chunk size.
+
+Long: one protocol (plan, journal, workers, ordered hash, resume) whose parts share the `.part`
+file's invariants; split, each piece would have to restate them.
 """
 
 from __future__ import annotations
