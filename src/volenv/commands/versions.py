@@ -122,7 +122,7 @@ def rollback(paths: VolumePaths, env: str, to: str | None, *, lock_timeout: floa
             raise VerifyError(f"refusing to roll back to {target}: {sp.detail}") from None
         created = seal.get("created")
         created = float(created) if isinstance(created, int | float) else 0.0
-        # the pointer records the rollback: `run --manifest` honours it (activate.rolled_back)
+        # the pointer records the rollback: `run --manifest` honours it (start/activation.py's rolled_back)
         mark = {"from": current, "created": created, "time": time.time()}
         store.switch_current(paths, env, target, None, "rollback", rollback=mark)
         store.log_event(paths, env, "rollback", snapshot=target, previous=current)
@@ -142,7 +142,7 @@ def _already_at(paths: VolumePaths, env: str, target: str) -> SwitchResult | Non
 
 
 def manifest_fates(paths: VolumePaths, env: str, target: str, created: float) -> tuple[ManifestFate, ...]:
-    """The rule `run --manifest` follows while ENV is rolled back to `target` (activate.prepare):
+    """The rule `run --manifest` follows while ENV is rolled back to `target` (start/run.py's prepare):
     a manifest whose snapshot is the target or older keeps it; newer, gone or unusable ones run
     the target."""
     out = []

@@ -165,7 +165,7 @@ def write_current(
     paths: VolumePaths, env: str, snapshot_id: str, rollback: dict[str, Any] | None = None
 ) -> None:
     """`rollback` ({"from", "created", "time"}) marks a pointer set by `volenv rollback`: while
-    it stands, `run --manifest` runs no snapshot newer than this one (activate.rolled_back);
+    it stands, `run --manifest` runs no snapshot newer than this one (start/activation.py's rolled_back);
     any other switch writes the pointer without it, which ends the rollback."""
     rec: dict[str, Any] = {"schema": POINTER_SCHEMA, "snapshot": snapshot_id, "time": time.time()}
     if rollback is not None:

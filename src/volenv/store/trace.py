@@ -4,7 +4,7 @@ that the start opened, in first-use order, and the snapshot's directories it lis
 puts those files first, in a startup pack of their own (packs.group_entries).
 
 The snapshot is never modified to trace it: the hook is a `sitecustomize.py` in a private temp
-dir put first on PYTHONPATH (volenv/_tracehook.py, audit hooks). The trace is stored as
+dir put first on PYTHONPATH (volenv/start/_tracehook.py, audit hooks). The trace is stored as
 `.volenv/trace.json`, outside the record like the seal and the build log, written temp + fsync +
 rename (never edited in place), and bound to the seal: it names the record digest it was taken
 against, and a trace whose record digest is not the seal's is ignored as stale. It decides only
@@ -13,7 +13,7 @@ checked against the record, so a damaged or edited trace can slow a start, never
 runs. It travels in the metadata pack (whose id the signed pack list names).
 
 This module is the stored trace (read by packs and build); taking one is the `trace` command
-(commands/trace.py), which sits above activation.
+(start/tracing.py), which sits above activation.
 """
 
 from __future__ import annotations
