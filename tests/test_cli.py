@@ -289,8 +289,8 @@ def test_messages_that_are_true(tmp_path: Path, root: Path, wheelhouse: Path) ->
 def test_one_hoisting_function_serves_run_and_the_other_commands() -> None:
     """globalargs.hoist_globals is the one loop: the CLI's and run's entry point both use it."""
     from volenv.cli.app import hoist_globals
-    from volenv.cli.globalargs import hoist_run_globals
-    from volenv.start.runargs import RUN_VALUED
+    from volenv.globalargs import hoist_run_globals
+    from volenv.start.run import RUN_VALUED
 
     assert hoist_globals(["status", "web", "--json", "--root", "/r", "--", "-q"]) == [
         "--json", "--root", "/r", "status", "web", "--", "-q"

@@ -653,6 +653,58 @@ def test_read_only_volume_serves_and_diagnoses_a_manifest_change(
     assert c.proc.poll() is None and c2.proc.poll() is None, c2.text()
 
 
+def _handler_image(tmp_path: Path, tag: str, value: int) -> None:
+    """A worker image as a user builds one: volenv's image plus their handler, a package whose
+    manifest says `worker @ ./` (what `volenv init` writes for a package project)."""
+    from test_inputs import BACKEND
+
+    ctx = tmp_path / f"ctx{value}"
+    pkg = ctx / "app"
+    (pkg / "worker").mkdir(parents=True)
+    (pkg / "pyproject.toml").write_text(
+        '[project]\nname = "worker"\nversion = "1.0"\n\n'
+        '[build-system]\nrequires = []\nbuild-backend = "tinybackend"\nbackend-path = ["."]\n'
+    )
+    (pkg / "tinybackend.py").write_text(BACKEND)
+    (pkg / "worker" / "__init__.py").write_text(f"VALUE = {value}\n")
+    (pkg / "volenv.toml").write_text(
+        'name = "handler"\npython = "3.11"\nrequirements = ["worker @ ./"]\n[index]\nno-index = true\n'
+    )
+    (ctx / "Containerfile").write_text(f"FROM {IMAGE}\nCOPY app /app/handler\n")
+    _podman("build", *RUN_FLAGS, "-f", str(ctx / "Containerfile"), "-t", tag, str(ctx), timeout=300)
+
+
+@pytest.mark.container
+def test_a_rebuilt_handler_image_runs_its_new_code_from_the_same_volume(image: str, tmp_path: Path) -> None:
+    """Issue 31's real case: the worker's image is rebuilt with new handler code and started on
+    the volume its previous image synced; it must run the new code (it ran the old one)."""
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    probe = "import os, worker; print(worker.VALUE, os.environ['VOLENV_SNAPSHOT'])"
+    cmd = ["run", "--manifest", "/app/handler/volenv.toml", "--", "python", "-c", probe]
+    env_args = ["-e", "RUNPOD_POD_ID=pod-h", "-e", "VOLENV_NO_PROGRESS=1"]
+    seen = []
+    try:
+        for value in (1, 2, 1):
+            tag = f"localhost/volenv-test-handler:v{value}"
+            _handler_image(tmp_path / f"round{len(seen)}", tag, value)
+            r = subprocess.run(
+                ["podman", "run", "--rm", *RUN_FLAGS, *env_args, "-v", f"{vol}:/runpod-volume", tag, *cmd],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert r.returncode == 0, r.stdout + r.stderr
+            got, sid = r.stdout.split()
+            assert got == str(value), f"image v{value} ran VALUE={got}: {r.stderr}"
+            seen.append(sid)
+    finally:
+        for value in (1, 2):
+            _podman("rmi", f"localhost/volenv-test-handler:v{value}", check=False)
+    assert seen[0] != seen[1] and seen[2] == seen[0], seen  # v1 again: its snapshot, no third build
+    FIGURES.append("rebuilt handler image: new code ran from the same volume; the old image's snapshot again")
+
+
 @pytest.mark.container
 def test_stampede_four_workers_one_build(
     image: str, job_queue: FakeQueue, containers: Callable[..., Container], tmp_path: Path

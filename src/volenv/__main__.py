@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from volenv.cli.globalargs import hoist_run_globals, split_globals
+from volenv.globalargs import hoist_run_globals, split_globals
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     rest, root, verbosity = split_globals(args)
     if rest and rest[0] == "run":
-        from volenv.start.run import main_fast
-        from volenv.start.runargs import RUN_VALUED
+        from volenv.start.run import RUN_VALUED, main_fast
 
         args = hoist_run_globals(args, RUN_VALUED)
         rest, root, verbosity = split_globals(args)

@@ -571,4 +571,4 @@ def publish_pointers(paths: VolumePaths, manifest: Manifest, sid: str, action: s
         store.switch_current(paths, manifest.name, sid, manifest.digest, action)
     from volenv.store.alias import write_alias
 
-    write_alias(paths, manifest)
+    write_alias(paths.root, manifest)

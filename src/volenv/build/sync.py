@@ -26,6 +26,7 @@ from volenv.build.staging import check_filesystem
 from volenv.build.steps import build_snapshot, publish_pointers
 from volenv.manifest.schema import Manifest
 from volenv.store import pointers as store
+from volenv.store.alias import write_alias
 from volenv.store.paths import VolumePaths
 from volenv.store.sealcheck import (
     SealProblem,
@@ -197,6 +198,8 @@ def _reuse(
                 raise from_oserror(exc, "cannot switch the current pointer") from exc
     if not opts.dry_run:
         store.log_event(paths, env, "sync", action="reused", snapshot=sid, manifest_digest=manifest.digest)
+        # the alias names the digest just reused: a reverted local package runs its earlier snapshot
+        write_alias(paths.root, manifest)
     if seal is None:
         seal = check_seal(str(paths.snapshot(env, sid)), sid)
     changes = None

@@ -20,9 +20,9 @@ from volenv.base import ui
 from volenv.base.errors import EXIT_INTERNAL, VolenvError
 from volenv.cli import author, envs, generations, inspect, models, pod, remote, render
 from volenv.cli.common import GlobalOptions, global_options
-from volenv.cli.globalargs import hoist_globals as _hoist
-from volenv.cli.globalargs import split_globals
 from volenv.cli.render import render_error
+from volenv.globalargs import hoist_globals as _hoist
+from volenv.globalargs import split_globals
 from volenv.store.paths import choose_root
 
 

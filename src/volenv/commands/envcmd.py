@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 from volenv.base.errors import DamagedRecord
 from volenv.start.activation import compute_env
-from volenv.start.run import prepare
-from volenv.start.runargs import RunOptions
+from volenv.start.run import RunOptions, prepare
 from volenv.store.sealcheck import is_env_var_name
 
 

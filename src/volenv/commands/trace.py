@@ -10,8 +10,7 @@ from pathlib import Path
 
 from volenv.base.errors import UsageError
 from volenv.start.activation import compute_env
-from volenv.start.run import prepare
-from volenv.start.runargs import parse_run_args
+from volenv.start.run import parse_run_args, prepare
 from volenv.start.tracing import keep_trace, take_trace
 from volenv.store.integrity import load_record
 from volenv.store.trace import trace_path

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from volenv.manifest.schema import Checker, OptionalGroup
+from volenv.manifest.tree import walk
 
 
 def parse_requirements_file(
@@ -63,7 +64,9 @@ _PATH_START = ("./", "../", "/", "file:")
 def _file_local_sources(c: Checker, key: str, path: Path, content: bytes, folder: Path) -> dict[str, str]:
     """`NAME @ path`, `file:` and bare-path lines of a requirements file -> `NAME @ ./path`
     (relative to the manifest's folder) and the digest of what they name; `-e` lines refused.
-    Paths are relative to the requirements file's folder; other lines are uv's to read."""
+    A relative path starts where uv (like pip) reads it from: the directory it runs in, which
+    for volenv is the manifest's folder, whichever file of the `-r` closure the line is in
+    (only `-r`/`-c` paths start at the including file's folder). Other lines are uv's."""
     from packaging.requirements import InvalidRequirement, Requirement
 
     out: dict[str, str] = {}
@@ -79,7 +82,7 @@ def _file_local_sources(c: Checker, key: str, path: Path, content: bytes, folder
         if not line or line.startswith("-"):
             continue
         if line.startswith(_PATH_START) or line == ".":
-            target = local_path(path.parent, line.split(";")[0].strip())
+            target = local_path(folder, line.split(";")[0].strip())
             name = _local_project_name(target) if target is not None else None
             if name is None:
                 raise c.fail(
@@ -90,13 +93,13 @@ def _file_local_sources(c: Checker, key: str, path: Path, content: bytes, folder
                 req = Requirement(line)
             except InvalidRequirement:
                 continue  # uv will say what is wrong with it
-            target, name = local_path(path.parent, req.url), req.name
+            target, name = local_path(folder, req.url), req.name
         else:
             continue
         if target is None:
             continue
         if not target.exists():
-            raise c.fail(key, f"{where}: {target} does not exist (paths start at the file's folder)")
+            raise c.fail(key, f"{where}: {target} does not exist (paths start at the manifest's folder)")
         try:
             digest = source_digest(target)
         except OSError as exc:
@@ -144,12 +147,6 @@ def _included_files(content: bytes) -> list[str]:
         if m:
             out.append(m.group(1).strip("'\""))
     return out
-
-
-SOURCE_SKIP_DIRS = {".git", ".hg", ".svn", "__pycache__"}  # anywhere in a source tree
-
-
-SOURCE_SKIP_TOP = {"build", "dist", ".venv", ".tox", ".nox"}  # at its top only (a subpackage may be `build`)
 
 
 def local_sources(
@@ -201,28 +198,31 @@ def local_path(folder: Path, url: str | None) -> Path | None:
 
 def source_digest(path: Path) -> str:
     """sha256 over a source tree's paths, exec bits, link targets and contents (VCS metadata,
-    caches and build outputs skipped), or over a wheel/sdist file's bytes."""
+    caches and build outputs skipped: `tree.walk`), or over a wheel/sdist file's bytes."""
     h = hashlib.sha256()
     if path.is_file():
         with open(path, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
         return h.hexdigest()
-    for dirpath, dirs, files in os.walk(path):
-        skip = SOURCE_SKIP_DIRS | SOURCE_SKIP_TOP if dirpath == str(path) else SOURCE_SKIP_DIRS
-        dirs[:] = sorted(d for d in dirs if d not in skip and not d.endswith(".egg-info"))
-        links = [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]  # not walked: hashed
-        dirs[:] = [d for d in dirs if d not in links]
-        for name in sorted([*files, *links]):
-            if name.endswith((".pyc", ".pyo")):
-                continue
-            full = os.path.join(dirpath, name)
-            rel = os.path.relpath(full, path).encode("utf-8", "surrogateescape")
-            st = os.lstat(full)
-            if stat.S_ISLNK(st.st_mode):
-                h.update(b"L\0" + rel + b"\0" + os.readlink(full).encode("utf-8", "surrogateescape") + b"\0")
-                continue
-            h.update(b"F\0" + rel + b"\0" + (b"x" if st.st_mode & 0o111 else b"-") + b"\0")
-            with open(full, "rb") as fh:
-                h.update(hashlib.sha256(fh.read()).digest())
+    for rel, full, st in walk(str(path)):
+        if stat.S_ISLNK(st.st_mode):
+            h.update(b"L\0" + rel + b"\0" + os.readlink(full).encode("utf-8", "surrogateescape") + b"\0")
+            continue
+        h.update(b"F\0" + rel + b"\0" + (b"x" if st.st_mode & 0o111 else b"-") + b"\0")
+        with open(full, "rb") as fh:
+            h.update(hashlib.sha256(fh.read()).digest())
     return h.hexdigest()
+
+
+def local_source_paths(manifest: Any) -> list[tuple[Path, str]]:
+    """(path, digest) of each local source whose digest is part of the manifest's: the keys of
+    `local_sources` are requirements (`NAME @ ./path`, `file:` URLs), relative to its folder."""
+    from packaging.requirements import Requirement
+
+    out = []
+    for text, digest in manifest.local_sources:
+        target = local_path(manifest.path.parent, Requirement(text).url)
+        if target is not None:
+            out.append((target, digest))
+    return out

@@ -24,7 +24,7 @@ from volenv.base.errors import (
     shq,
 )
 from volenv.base.leanjson import loads, read_record_bytes
-from volenv.store.alias import activation_settings, alias_ok, alias_path, lock_matches
+from volenv.store.alias import activation_settings, alias_current, alias_path, inputs_match, write_alias
 from volenv.store.modelpaths import model_env_name, model_location, model_record_path
 from volenv.store.sealcheck import (
     SealProblem,
@@ -38,7 +38,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from volenv.start.runargs import RunOptions
+    from volenv.start.run import RunOptions
 
 
 class Target:
@@ -85,11 +85,13 @@ def target_from_manifest(root: str, manifest_path: str) -> Target:
             alias = _read_json(alias_path(root, raw))
         except DamagedRecord:  # a cache of a full parse: when damaged, parse again
             alias = None
-        if alias_ok(alias) and lock_matches(alias, manifest_path):
+        if alias_current(alias) and inputs_match(root, raw, alias, manifest_path):
             return Target(alias["env"], alias["manifest_digest"], alias["activation"], manifest_path)
     from volenv.manifest.parse import load_manifest  # slow path: full validation
 
     m = load_manifest(manifest_path)
+    if raw is not None and os.path.isfile(os.path.join(root, "volenv.json")):
+        write_alias(root, m)  # the next start takes the fast path (best effort: may be read-only)
     return Target(m.name, m.digest, activation_settings(m), manifest_path)
 
 

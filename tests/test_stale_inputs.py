@@ -1,0 +1,190 @@
+"""Issue 31: `run --manifest` never starts a stale snapshot. Whatever the manifest's digest covers
+(local package trees, wheel and sdist paths, `file:` URLs, requirements files and their
+includes, lockfiles) the alias that lets `run` skip validation covers too: an edit makes the
+next start rebuild and run the new code; a revert plus `sync` runs the earlier snapshot again.
+Each start is the container's: `run --manifest M` with the default `--on-missing build`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import snapshot_of, volenv, write_manifest
+from test_inputs import source_tree
+from wheelfactory import make_wheel
+
+CODE = "import mypkg; print(mypkg.CODE)"
+
+
+def start(root: Path, manifest: Path, code: str = CODE) -> tuple[str, str]:
+    """(what the program printed, the snapshot it ran in), started as a container starts."""
+    r = volenv(
+        "--root",
+        root,
+        "run",
+        "--manifest",
+        manifest,
+        "--",
+        "python",
+        "-c",
+        code + "; import os; print(os.environ['VOLENV_SNAPSHOT'])",
+    )
+    assert r.returncode == 0, r.stderr
+    out, sid = r.stdout.strip().splitlines()
+    return out, sid
+
+
+def aliases(root: Path) -> list[dict[str, object]]:
+    return [json.loads(p.read_text()) for p in sorted((root / "aliases").glob("*.json"))]
+
+
+def _edit_revert(root: Path, manifest: Path, init_py: Path, env: str) -> None:
+    """edit -> start rebuilds and runs the new code; revert -> sync (reuses) -> start runs the
+    earlier snapshot; each start's snapshot is the one the index names for the tree it saw."""
+    assert volenv("--root", root, "sync", manifest).returncode == 0
+    first = snapshot_of(root, env)
+    assert start(root, manifest) == ("1", first)
+    init_py.write_text("CODE = 2\n")
+    out, second = start(root, manifest)
+    assert (out, second != first) == ("2", True), "the edited package must rebuild, not run the old code"
+    assert start(root, manifest) == ("2", second)  # and the next start takes the fast path to it
+    init_py.write_text("CODE = 1\n")
+    r = volenv("--root", root, "--json", "sync", manifest)
+    assert r.returncode == 0, r.stderr
+    assert r.json()["action"] == "reused" and r.json()["snapshot"] == first
+    assert start(root, manifest) == ("1", first), "after the revert the earlier snapshot runs"
+
+
+def test_local_tree_edit_rebuilds_and_revert_runs_the_earlier_snapshot(tmp_path: Path, root: Path) -> None:
+    proj = tmp_path / "proj"
+    source_tree(proj / "mypkg")
+    m = write_manifest(proj, "loc", ["mypkg @ ./mypkg"])
+    _edit_revert(root, m, proj / "mypkg/mypkg/__init__.py", "loc")
+    (alias,) = [a for a in aliases(root) if a["env"] == "loc"]  # one manifest, one alias
+    (source,) = alias["sources"]
+    assert source[0] == "mypkg" and len(source[1]) == len(source[2]) == 64
+
+
+@pytest.mark.parametrize("line", ["mypkg @ ./mypkg", "./mypkg"])
+def test_requirements_file_include_and_bare_path(tmp_path: Path, root: Path, line: str) -> None:
+    """The package named in a `-r` include (in a subfolder) of the manifest's requirements file, by
+    name or as a bare path: the same edit/revert cycle. Its path starts at the manifest's folder,
+    where uv reads it from (as pip does from its working directory), not at the include's."""
+    proj = tmp_path / "proj"
+    source_tree(proj / "mypkg")
+    (proj / "reqs").mkdir()
+    (proj / "reqs" / "local.txt").write_text(f"{line}\n")
+    (proj / "requirements.txt").write_text("# the app\n-r reqs/local.txt\n")
+    m = proj / "rf.toml"
+    m.write_text(
+        'name = "rf"\npython = "3.11"\nrequirements-file = "requirements.txt"\n[index]\nno-index = true\n'
+    )
+    _edit_revert(root, m, proj / "mypkg/mypkg/__init__.py", "rf")
+
+
+def test_wheel_path_and_file_url(tmp_path: Path, root: Path) -> None:
+    """A wheel replaced by one of the same name, and a tree named by a `file:` URL."""
+    proj = tmp_path / "proj"
+    tree = source_tree(tmp_path / "abs" / "mypkg")
+    wheel = make_wheel(proj / "dist", "wpkg", "1.0", files={"wpkg/__init__.py": "W = 1\n"})
+    m = write_manifest(proj, "urls", [f"mypkg @ {tree.as_uri()}", f"wpkg @ ./dist/{wheel.name}"])
+    assert volenv("--root", root, "sync", m).returncode == 0
+    first = snapshot_of(root, "urls")
+    both = "import mypkg, wpkg; print(mypkg.CODE * 10 + wpkg.W)"
+    assert start(root, m, both) == ("11", first)
+    make_wheel(proj / "dist", "wpkg", "1.0", files={"wpkg/__init__.py": "W = 2\n"})  # same name, new bytes
+    out, sid = start(root, m, both)
+    assert out == "12" and sid != first
+    (tree / "mypkg/__init__.py").write_text("CODE = 3\n")
+    out, third = start(root, m, both)
+    assert out == "32" and third not in (first, sid)
+
+
+def test_lockfile_and_requirements_file_edits_are_seen(tmp_path: Path, root: Path, wheelhouse: Path) -> None:
+    """The files beside the manifest: a requirements file edited in place is a new snapshot."""
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "requirements.txt").write_text("alpha==1.0\n")
+    m = proj / "rq.toml"
+    m.write_text(
+        'name = "rq"\npython = "3.11"\nrequirements-file = "requirements.txt"\n'
+        f'[index]\nno-index = true\nfind-links = ["{wheelhouse}"]\n'
+    )
+    assert volenv("--root", root, "sync", m).returncode == 0
+    first = snapshot_of(root, "rq")
+    (proj / "requirements.txt").write_text("alpha==1.0\nbeta==1.0\n")
+    out, sid = start(root, m, "import beta; print('b')")
+    assert out == "b" and sid != first
+
+
+def test_mtime_kept_edit_is_caught_by_size_and_a_same_size_one_by_sync(tmp_path: Path, root: Path) -> None:
+    """`touch -r` after an edit keeps the mtime: the fingerprint still sees a size change. An edit
+    that keeps size and mtime is what a stat fingerprint cannot see (manifest/tree.py, README):
+    `run` keeps the snapshot it has, and `sync`, which always digests, builds the new one."""
+    proj = tmp_path / "proj"
+    source_tree(proj / "mypkg")
+    m = write_manifest(proj, "mt", ["mypkg @ ./mypkg"])
+    init = proj / "mypkg/mypkg/__init__.py"
+    assert volenv("--root", root, "sync", m).returncode == 0
+    first = snapshot_of(root, "mt")
+    st = init.stat()
+    init.write_text("CODE = 22\n")  # one byte longer
+    os.utime(init, ns=(st.st_atime_ns, st.st_mtime_ns))
+    out, second = start(root, m)
+    assert out == "22" and second != first
+    st = init.stat()
+    init.write_text("CODE = 33\n")  # the same size
+    os.utime(init, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert start(root, m) == ("22", second)  # the documented blind spot of a stat fingerprint
+    r = volenv("--root", root, "--json", "sync", m)
+    assert r.returncode == 0 and r.json()["action"] == "built", r.stderr
+    assert start(root, m)[0] == "33"
+
+
+def test_a_copied_tree_with_new_mtimes_reuses_the_snapshot_and_refreshes_the_alias(
+    tmp_path: Path, root: Path
+) -> None:
+    """A new checkout (or image layer) of the same code: the fingerprint moved, the digest did not.
+    The start runs the same snapshot without a build, and writes the new fingerprint so the next
+    start is fast again."""
+    proj = tmp_path / "proj"
+    source_tree(proj / "mypkg")
+    m = write_manifest(proj, "cp", ["mypkg @ ./mypkg"])
+    assert volenv("--root", root, "sync", m).returncode == 0
+    first = snapshot_of(root, "cp")
+    (old,) = [a for a in aliases(root) if a["env"] == "cp"]
+    shutil.copytree(proj / "mypkg", tmp_path / "copy")
+    shutil.rmtree(proj / "mypkg")
+    shutil.copytree(tmp_path / "copy", proj / "mypkg", copy_function=shutil.copy)  # new mtimes
+    for p in (proj / "mypkg").rglob("*"):
+        os.utime(p, (1_000_000_000, 1_000_000_000))
+    r = volenv("--root", root, "run", "--manifest", m, "--", "python", "-c", CODE)
+    assert r.returncode == 0 and r.stdout.strip() == "1", r.stderr
+    assert "syncing" not in r.stderr and "building" not in r.stderr, r.stderr
+    assert snapshot_of(root, "cp") == first
+    (new,) = [a for a in aliases(root) if a["env"] == "cp"]
+    assert new["sources"][0][1] == old["sources"][0][1]  # same digest
+    assert new["sources"][0][2] != old["sources"][0][2]  # refreshed fingerprint
+
+
+def test_an_alias_of_the_previous_schema_is_not_trusted_by_run(tmp_path: Path, root: Path) -> None:
+    """A volume upgraded from a volenv whose aliases did not cover local sources: its alias is
+    parsed past (full validation), so an edit made before the upgrade is still seen."""
+    proj = tmp_path / "proj"
+    source_tree(proj / "mypkg")
+    m = write_manifest(proj, "old", ["mypkg @ ./mypkg"])
+    assert volenv("--root", root, "sync", m).returncode == 0
+    first = snapshot_of(root, "old")
+    (path,) = [p for p in (root / "aliases").glob("*.json") if json.loads(p.read_text())["env"] == "old"]
+    doc = json.loads(path.read_text())
+    doc["schema"] = 1
+    del doc["sources"]
+    path.write_text(json.dumps(doc))
+    (proj / "mypkg/mypkg/__init__.py").write_text("CODE = 2\n")
+    out, sid = start(root, m)
+    assert out == "2" and sid != first
+    assert json.loads(path.read_text())["schema"] == 2  # the start wrote it again, whole
