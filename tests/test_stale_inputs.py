@@ -188,3 +188,125 @@ def test_an_alias_of_the_previous_schema_is_not_trusted_by_run(tmp_path: Path, r
     out, sid = start(root, m)
     assert out == "2" and sid != first
     assert json.loads(path.read_text())["schema"] == 2  # the start wrote it again, whole
+
+
+# ---------------------------------------------------------------- found by an attacker's pass
+
+
+def test_a_retargeted_symlink_is_followed_again(tmp_path: Path, root: Path) -> None:
+    """`proj/mypkg -> releases/v1` then `-> releases/v2` (a current -> release deploy), and the
+    same for the requirements file: the alias names the link, never where it pointed once."""
+    rel = tmp_path / "releases"
+    source_tree(rel / "v1")
+    source_tree(rel / "v2", code=2)
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "mypkg").symlink_to(rel / "v1")
+    (proj / "r1.txt").write_text("mypkg @ ./mypkg\n")
+    (proj / "r2.txt").write_text("mypkg @ ./mypkg\n# v2\n")
+    (proj / "requirements.txt").symlink_to(proj / "r1.txt")
+    m = proj / "sl.toml"
+    m.write_text(
+        'name = "sl"\npython = "3.11"\nrequirements-file = "requirements.txt"\n[index]\nno-index = true\n'
+    )
+    assert volenv("--root", root, "sync", m).returncode == 0
+    out, first = start(root, m)
+    assert out == "1"
+    (proj / "mypkg").unlink()
+    (proj / "mypkg").symlink_to(rel / "v2")
+    out, second = start(root, m)
+    assert out == "2" and second != first
+    (proj / "requirements.txt").unlink()
+    (proj / "requirements.txt").symlink_to(proj / "r2.txt")
+    out, third = start(root, m)
+    assert out == "2" and third not in (first, second)  # a new requirements file: a new digest
+
+
+def test_an_absolute_file_url_names_the_same_tree_from_a_copied_project(tmp_path: Path, root: Path) -> None:
+    tree = source_tree(tmp_path / "abs" / "mypkg")
+    a = tmp_path / "a"
+    write_manifest(a, "ab", [f"mypkg @ {tree.as_uri()}"])
+    shutil.copytree(a, tmp_path / "b")
+    m = tmp_path / "b" / "ab.toml"
+    assert volenv("--root", root, "sync", m).returncode == 0
+    assert start(root, m)[0] == "1"
+    (tree / "mypkg/__init__.py").write_text("CODE = 5\n")
+    assert start(root, m)[0] == "5"
+
+
+def test_a_local_package_inside_a_pylock_is_a_build_input(tmp_path: Path, root: Path) -> None:
+    """`lockfile = "pylock.toml"` whose package is `directory = { path = "mypkg" }`: the lock's
+    bytes stay the same when the tree changes, so the tree counts by itself (sync and run)."""
+    proj = tmp_path / "proj"
+    source_tree(proj / "mypkg")
+    (proj / "pylock.toml").write_text(
+        'lock-version = "1.0"\ncreated-by = "test"\nrequires-python = ">=3.11"\n\n'
+        '[[packages]]\nname = "mypkg"\nversion = "1.0"\ndirectory = { path = "mypkg" }\n'
+    )
+    m = proj / "pl.toml"
+    m.write_text('name = "pl"\npython = "3.11"\nlockfile = "pylock.toml"\n[index]\nno-index = true\n')
+    r = volenv("--root", root, "sync", m)
+    assert r.returncode == 0, r.stderr
+    first = snapshot_of(root, "pl")
+    assert start(root, m) == ("1", first)
+    (proj / "mypkg/mypkg/__init__.py").write_text("CODE = 2\n")
+    out, sid = start(root, m)
+    assert out == "2" and sid != first
+
+
+def test_a_link_to_a_file_outside_the_package_counts_with_its_content(tmp_path: Path, root: Path) -> None:
+    proj = tmp_path / "proj"
+    source_tree(proj / "mypkg")
+    (proj / "shared.py").write_text("V = 1\n")
+    (proj / "mypkg/mypkg/shared.py").symlink_to(proj / "shared.py")
+    m = write_manifest(proj, "ln", ["mypkg @ ./mypkg"])
+    assert volenv("--root", root, "sync", m).returncode == 0
+    probe = "import mypkg.shared as s; print(s.V)"
+    first = start(root, m, probe)
+    (proj / "shared.py").write_text("V = 22\n")
+    r = volenv("--root", root, "--json", "sync", m)
+    assert r.returncode == 0 and r.json()["action"] == "built", r.stderr
+    assert start(root, m, probe)[0] == "22" and start(root, m, probe)[1] != first[1]
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        ("inputs", 5),
+        ("inputs", [[1, 2]]),
+        ("inputs", [["a"]]),
+        ("inputs", [["a\u0000b", "0" * 64]]),
+        ("inputs", [["\ud800", "0" * 64]]),
+        ("lockfile", ["x\u0000", "0" * 64]),
+        ("sources", [["\ud800", "0" * 64, "0" * 64]]),
+    ],
+    ids=["int", "ints", "short", "nul", "surrogate", "lock-nul", "source-surrogate"],
+)
+def test_a_planted_alias_of_any_shape_is_parsed_past(
+    tmp_path: Path, root: Path, field: tuple[str, object]
+) -> None:
+    proj = tmp_path / "proj"
+    source_tree(proj / "mypkg")
+    m = write_manifest(proj, "pa", ["mypkg @ ./mypkg"])
+    assert volenv("--root", root, "sync", m).returncode == 0
+    (path,) = list((root / "aliases").glob("*.json"))
+    doc = json.loads(path.read_text())
+    doc[field[0]] = field[1]
+    path.write_text(json.dumps(doc))
+    r = volenv("--root", root, "run", "--manifest", m, "--", "python", "-c", CODE)
+    assert r.returncode == 0 and r.stdout.strip() == "1" and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_fifo_in_the_package_never_hangs_and_caches_never_rebuild(tmp_path: Path, root: Path) -> None:
+    proj = tmp_path / "proj"
+    source_tree(proj / "mypkg")
+    m = write_manifest(proj, "ff", ["mypkg @ ./mypkg"])
+    os.mkfifo(proj / "mypkg" / "a-fifo")
+    r = volenv("--root", root, "sync", m, timeout=120)
+    assert r.returncode == 0, r.stderr
+    first = snapshot_of(root, "ff")
+    for cache in (".pytest_cache", ".mypy_cache", ".ruff_cache", "mypkg/__pycache__"):
+        (proj / "mypkg" / cache).mkdir(parents=True, exist_ok=True)
+        (proj / "mypkg" / cache / "x").write_text(str(cache))
+    (proj / "mypkg" / "mypkg" / ".module.py.swp").write_text("editor")
+    assert start(root, m) == ("1", first)

@@ -29,7 +29,7 @@ from volenv.manifest.schema import (
     OptionalGroup,
     type_name,
 )
-from volenv.manifest.sources import local_sources, parse_requirements_file
+from volenv.manifest.sources import lexical, local_sources, lockfile_local_sources, parse_requirements_file
 
 TOP_KEYS = {
     "name",
@@ -142,7 +142,7 @@ def _parse(p: Path, data: dict[str, Any], c: Checker) -> Manifest:
     lock_sha: str | None = None
     if "lockfile" in data:
         rel = c.string(data["lockfile"], "lockfile")
-        lockfile = (p.parent / rel).resolve()
+        lockfile = lexical(p.parent / rel)
         if not re.match(r"^pylock\.([^.]+\.)?toml$", lockfile.name):
             raise c.fail("lockfile", f"{rel!r}: expected a pylock.toml or pylock.<name>.toml file (PEP 751)")
         try:
@@ -150,10 +150,11 @@ def _parse(p: Path, data: dict[str, Any], c: Checker) -> Manifest:
         except OSError as exc:
             raise c.fail("lockfile", f"{rel!r}: cannot read ({exc.strerror})") from None
         try:
-            tomllib.loads(lock_bytes.decode())
+            lock_data = tomllib.loads(lock_bytes.decode())
         except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise c.fail("lockfile", f"{rel!r}: not a valid TOML lockfile ({exc})") from None
         lock_sha = hashlib.sha256(lock_bytes).hexdigest()
+        req_local = {**req_local, **lockfile_local_sources(c, lockfile, lock_data, p.parent)}
 
     index = _parse_index(c, data.get("index", {}))
     optional = _parse_optional(c, data.get("optional", {}))

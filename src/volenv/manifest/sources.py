@@ -4,6 +4,7 @@ of the manifest's digest, so a changed local package is a new snapshot."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -34,7 +35,7 @@ def parse_requirements_file(
     rel = c.string(data[key], key)
     if not rel.strip():
         raise c.fail(key, "empty")
-    top = (p.parent / rel).resolve()
+    top = lexical(p.parent / rel)
     inputs: dict[Path, str] = {}
     local: dict[str, str] = {}
     pending = [(top, rel)]
@@ -53,7 +54,7 @@ def parse_requirements_file(
         inputs[path] = hashlib.sha256(content).hexdigest()
         for inc in _included_files(content):
             if "://" not in inc:
-                pending.append(((path.parent / inc).resolve(), f"{inc} (included by {path.name})"))
+                pending.append((lexical(path.parent / inc), f"{inc} (included by {path.name})"))
         local.update(_file_local_sources(c, key, path, content, p.parent))
     return top, tuple(sorted(inputs.items())), local
 
@@ -180,6 +181,42 @@ def local_sources(
     return tuple(sorted(out.items()))
 
 
+def lockfile_local_sources(c: Checker, lockfile: Path, data: dict[str, Any], folder: Path) -> dict[str, str]:
+    """The local trees and archives a pylock.toml installs (`directory = { path = ... }`,
+    `archive = { path = ... }`, relative to the lockfile's folder) -> `NAME @ ./path` (relative
+    to the manifest's folder) and their digests: the lockfile's own bytes do not change when
+    such a tree does, so the tree is a build input by itself, as in `requirements`."""
+    out: dict[str, str] = {}
+    packages = data.get("packages", [])
+    for i, pkg in enumerate(packages if isinstance(packages, list) else []):
+        if not isinstance(pkg, dict) or not isinstance(pkg.get("name"), str):
+            continue
+        for kind in ("directory", "archive"):
+            entry = pkg.get(kind)
+            if not (isinstance(entry, dict) and isinstance(entry.get("path"), str)):
+                continue
+            target = lexical(lockfile.parent / entry["path"])
+            where = f"lockfile: packages[{i}].{kind}.path"
+            if not target.exists():
+                raise c.fail("lockfile", f"{where}: {target} does not exist")
+            try:
+                digest = source_digest(target)
+            except OSError as exc:
+                raise c.fail(
+                    "lockfile", f"{where}: cannot read {exc.filename or target}: {exc.strerror}"
+                ) from None
+            rel = os.path.relpath(target, folder)
+            out[f"{pkg['name']} @ {rel if rel.startswith('..') else './' + rel}"] = digest
+    return out
+
+
+def lexical(path: Path) -> Path:
+    """An absolute path with `.`/`..` folded, symlinks kept: the path as the manifest names it,
+    so that a link retargeted later (a `current -> release-N` deploy) is followed again on every
+    check, never remembered as where it pointed once."""
+    return Path(os.path.normpath(os.path.abspath(path)))
+
+
 def local_path(folder: Path, url: str | None) -> Path | None:
     """The local file or directory a requirement's URL names (relative to `folder`), else None."""
     if url is None:
@@ -190,10 +227,10 @@ def local_path(folder: Path, url: str | None) -> Path | None:
         parts = urlsplit(url)
         if parts.netloc not in ("", "localhost"):
             return None
-        return (folder / unquote(parts.path)).resolve()
+        return lexical(folder / unquote(parts.path))
     if "://" in url or re.match(r"^[A-Za-z][A-Za-z0-9+.-]*\+", url):  # http(s), git+..., etc.
         return None
-    return (folder / url).resolve()
+    return lexical(folder / url)
 
 
 def source_digest(path: Path) -> str:
@@ -208,21 +245,45 @@ def source_digest(path: Path) -> str:
     for rel, full, st in walk(str(path)):
         if stat.S_ISLNK(st.st_mode):
             h.update(b"L\0" + rel + b"\0" + os.readlink(full).encode("utf-8", "surrogateescape") + b"\0")
+            if os.path.isfile(full):  # what a build copies is the file behind the link: its bytes count
+                h.update(_file_sha256(full))
+            continue
+        if not stat.S_ISREG(st.st_mode):  # a FIFO, socket or device: never opened (it could block)
+            h.update(b"O\0" + rel + b"\0")
             continue
         h.update(b"F\0" + rel + b"\0" + (b"x" if st.st_mode & 0o111 else b"-") + b"\0")
-        with open(full, "rb") as fh:
-            h.update(hashlib.sha256(fh.read()).digest())
+        h.update(_file_sha256(full))
     return h.hexdigest()
 
 
-def local_source_paths(manifest: Any) -> list[tuple[Path, str]]:
-    """(path, digest) of each local source whose digest is part of the manifest's: the keys of
-    `local_sources` are requirements (`NAME @ ./path`, `file:` URLs), relative to its folder."""
+def _file_sha256(path: str) -> bytes:
+    """A regular file's sha256, opened without blocking (a FIFO swapped in is refused)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, f"{path} is not a regular file")
+        h = hashlib.sha256()
+        while block := os.read(fd, 1 << 20):
+            h.update(block)
+        return h.digest()
+    finally:
+        os.close(fd)
+
+
+def local_source_paths(manifest: Any) -> list[tuple[Path, str, bool]]:
+    """(path, digest, written absolute) of each local source whose digest is part of the
+    manifest's: the keys of `local_sources` are requirements (`NAME @ ./path`, `file:` URLs),
+    relative to its folder unless written absolute."""
+    from urllib.parse import unquote, urlsplit
+
     from packaging.requirements import Requirement
 
     out = []
     for text, digest in manifest.local_sources:
-        target = local_path(manifest.path.parent, Requirement(text).url)
-        if target is not None:
-            out.append((target, digest))
+        url = Requirement(text).url
+        target = local_path(manifest.path.parent, url)
+        if target is None or url is None:
+            continue
+        written = unquote(urlsplit(url).path) if url.startswith("file:") else url
+        out.append((target, digest, os.path.isabs(written)))
     return out

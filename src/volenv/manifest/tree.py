@@ -19,8 +19,20 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-SOURCE_SKIP_DIRS = {".git", ".hg", ".svn", "__pycache__"}  # anywhere in a source tree
-SOURCE_SKIP_TOP = {"build", "dist", ".venv", ".tox", ".nox"}  # at its top only (a subpackage may be `build`)
+# What a build neither reads nor writes as source: VCS metadata and tool caches anywhere, build
+# outputs and editor settings at the tree's top only (a subpackage may be called `build`).
+SOURCE_SKIP_DIRS = {
+    ".git",
+    ".hg",
+    ".svn",
+    "__pycache__",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".ipynb_checkpoints",
+}
+SOURCE_SKIP_TOP = {"build", "dist", ".venv", ".tox", ".nox", "target", ".idea", ".vscode"}
+SOURCE_SKIP_FILES = (".pyc", ".pyo", ".swp", ".swo", "~", ".DS_Store")  # name endings, anywhere
 
 
 def walk(top: str) -> Iterator[tuple[bytes, str, os.stat_result]]:
@@ -49,7 +61,7 @@ def _walk(path: str, prefix: bytes, is_top: bool) -> Iterator[tuple[bytes, str, 
                 else:
                     dirs.append((e.name, e))
     for name, e in sorted(others):
-        if name.endswith((".pyc", ".pyo")):
+        if name.endswith(SOURCE_SKIP_FILES):
             continue
         yield prefix + os.fsencode(name), e.path, e.stat(follow_symlinks=False)
     for name, e in sorted(dirs):

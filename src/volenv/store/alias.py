@@ -58,11 +58,21 @@ def write_alias(root: Any, manifest: Any) -> None:
             [os.path.relpath(f, manifest.path.parent), sha] for f, sha in manifest.requirements_file_inputs
         ]
         sources = []
-        for target, digest in local_source_paths(manifest):
+        for target, digest, absolute in local_source_paths(manifest):
             fp = fingerprint(str(target))  # before the digest: an edit in between shows as a change
             if source_digest(target) != digest:
-                return  # edited since the manifest was parsed: whatever was built, no alias for it
-            sources.append([os.path.relpath(target, manifest.path.parent), digest, fp])
+                from volenv.base.ui import reporter
+
+                reporter.warn(
+                    f"local package {target} changed while this ran (does its build write into the"
+                    " tree?): no alias is kept for it, so each start digests it again"
+                )
+                return
+            # as the manifest names it: relative stays relative (the project may move), absolute
+            # stays absolute (a copied project still names the same tree)
+            sources.append(
+                [str(target) if absolute else os.path.relpath(target, manifest.path.parent), digest, fp]
+            )
         safe_mkdirs(Path(root) / "aliases", Path(root))  # a linked aliases/ is skipped, not used
         doc = {
             "schema": ALIAS_SCHEMA,
@@ -100,22 +110,24 @@ def alias_ok(alias: Any) -> bool:
     )
 
 
+def _path_ok(p: Any) -> bool:
+    return isinstance(p, str) and 0 < len(p) < 4096 and "\0" not in p and p.isprintable()
+
+
 def alias_current(alias: Any) -> bool:
-    """What `run` trusts: this schema, with the list of local sources (possibly empty)."""
-    sources = alias.get("sources") if isinstance(alias, dict) else None
+    """What `run` trusts: this schema, every input and local source of the right shape."""
+    if not alias_ok(alias) or alias.get("schema") != ALIAS_SCHEMA:
+        return False
+    sources, inputs, lock = alias.get("sources"), alias.get("inputs"), alias.get("lockfile")
     return (
-        alias_ok(alias)
-        and alias.get("schema") == ALIAS_SCHEMA
-        and isinstance(sources, list)
+        isinstance(sources, list)
         and all(
-            isinstance(s, list)
-            and len(s) == 3
-            and isinstance(s[0], str)
-            and "\0" not in s[0]
-            and _hex64(s[1])
-            and _hex64(s[2])
+            isinstance(s, list) and len(s) == 3 and _path_ok(s[0]) and _hex64(s[1]) and _hex64(s[2])
             for s in sources
         )
+        and isinstance(inputs, list)
+        and all(isinstance(i, list) and len(i) == 2 and _path_ok(i[0]) and _hex64(i[1]) for i in inputs)
+        and (lock is None or (_path_ok(lock[0]) and _hex64(lock[1])))
     )
 
 
@@ -130,16 +142,16 @@ def inputs_match(root: str, manifest_raw: bytes, alias: dict[str, Any], manifest
     files += alias.get("inputs") or []
     for rel, sha in files:
         try:
-            with open(os.path.join(folder, rel), "rb") as fh:
-                if sha256_hex(fh.read()) != sha:
-                    return False
-        except OSError:
+            if sha256_hex(_read_regular(os.path.join(folder, rel))) != sha:
+                return False
+        except (OSError, ValueError):
             return False
     moved = []
+    strict = os.environ.get("VOLENV_LOCAL_CHECK") == "digest"
     for i, (rel, digest, fp) in enumerate(alias.get("sources") or []):
         path = os.path.join(folder, rel)
         try:
-            if fingerprint(path) == fp:
+            if not strict and fingerprint(path) == fp:
                 continue
             from pathlib import Path
 
@@ -148,12 +160,29 @@ def inputs_match(root: str, manifest_raw: bytes, alias: dict[str, Any], manifest
             now = fingerprint(path)
             if source_digest(Path(path)) != digest:
                 return False
-        except OSError:
+        except (OSError, ValueError):
             return False
-        moved.append((i, now))
+        if now != fp:
+            moved.append((i, now))
     if moved:
         _refresh(root, manifest_raw, alias, moved)
     return True
+
+
+def _read_regular(path: str) -> bytes:
+    """A small input file's bytes, opened without blocking: a FIFO in its place is an error,
+    never a hang (and the start takes the full parse, which says what is wrong)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if (st.st_mode & 0o170000) != 0o100000 or st.st_size > 64 << 20:
+            raise OSError(f"{path} is not a regular file of a sane size")
+        chunks = []
+        while block := os.read(fd, 1 << 20):
+            chunks.append(block)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _refresh(root: str, manifest_raw: bytes, alias: dict[str, Any], moved: list[tuple[int, str]]) -> None:
