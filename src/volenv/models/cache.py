@@ -111,13 +111,16 @@ def fetch_model(paths: VolumePaths, spec: ModelSpec, *, lock_timeout: float = 36
     root = str(paths.root)
     record = Path(model_record_path(root, m))
     loc = model_location(root, m)
-    if record.exists():
+    if record.exists() and not _damaged_files(paths, m):
         return _state(paths, m, "present")
     safe_mkdirs(record.parent, paths.root)  # no write through a planted link below the root
     lease = BuildLease(paths, f"model-{spec.name}.{model_key(m)}", timeout=lock_timeout, say=reporter.info)
     with lease:
-        if record.exists():  # another worker fetched it while we waited
+        damaged = _damaged_files(paths, m) if record.exists() else []
+        if record.exists() and not damaged:  # another worker fetched (or repaired) it meanwhile
             return _state(paths, m, "present")
+        if damaged:
+            _set_aside(paths, m, record, damaged)
         files = _fetch_url(paths, spec, Path(loc)) if spec.url else _fetch_hf(paths, spec, Path(loc))
         atomic_write_json(
             record,
@@ -133,6 +136,50 @@ def fetch_model(paths: VolumePaths, spec: ModelSpec, *, lock_timeout: float = 36
         )
     store_event(paths, spec.name, files)
     return _state(paths, m, "fetched")
+
+
+def _damaged_files(paths: VolumePaths, m: dict[str, Any]) -> list[Path]:
+    """The recorded files of a fetched model that are missing, not regular files or not of
+    their recorded size (what `run`'s start check finds): a fetch repairs them."""
+    try:
+        rec = read_model_record(Path(model_record_path(str(paths.root), m)))
+    except DamagedRecord:
+        return [Path(model_record_path(str(paths.root), m))]
+    if rec is None:
+        return []
+    base = Path(model_files_dir(str(paths.root), m))
+    out = []
+    for f in rec["files"]:
+        p = base / f["path"]
+        try:
+            st = p.stat()
+        except OSError:
+            out.append(p)
+            continue
+        if not (os.path.isfile(p) and st.st_size == f["size"]):
+            out.append(p)
+    return out
+
+
+def _set_aside(paths: VolumePaths, m: dict[str, Any], record: Path, damaged: list[Path]) -> None:
+    """Before fetching a damaged model again: its record goes first (a crash in between leaves a
+    model that is simply absent), then each damaged file and, for a Hub file, the blob its
+    snapshot link names inside the repo, so that the download writes them afresh."""
+    reporter.warn(
+        f"model '{m['name']}': {len(damaged)} recorded file(s) damaged on the volume"
+        f" ({', '.join(str(p) for p in damaged[:3])}{', ...' if len(damaged) > 3 else ''}); fetching again"
+    )
+    safe_unlink(record, paths.root)
+    for p in damaged:
+        if p == record:
+            continue
+        target = None
+        if p.is_symlink():  # lexically: the link's text, never where the file system says it goes
+            target = Path(os.path.normpath(os.path.join(p.parent, os.readlink(p))))
+        safe_unlink(p, paths.root)
+        repo = Path(model_location(str(paths.root), m)).parent.parent  # models--ORG--NAME for a Hub model
+        if target is not None and m.get("hf") and target.parent == repo / "blobs":
+            safe_unlink(target, paths.root)
 
 
 def store_event(paths: VolumePaths, name: str, files: list[dict[str, Any]]) -> None:

@@ -31,6 +31,7 @@ from volenv.start.activation import (
     mark_used,
     resolve_target,
 )
+from volenv.store.rootfind import fix_command
 from volenv.store.sealcheck import SealProblem, check_seal
 
 TYPE_CHECKING = False
@@ -41,7 +42,8 @@ if TYPE_CHECKING:
 ON_MISSING = ("build", "wait", "fail")
 
 
-VERIFY_LEVELS = ("seal", "stat", "full")
+#: start (the default): the seal, then the files this start reads at stat (start/startcheck.py)
+VERIFY_LEVELS = ("seal", "start", "stat", "full")
 
 
 class RunOptions:
@@ -49,7 +51,7 @@ class RunOptions:
         self.manifest: str | None = None
         self.env: str | None = None
         self.on_missing = os.environ.get("VOLENV_ON_MISSING", "build")
-        self.verify = os.environ.get("VOLENV_VERIFY", "seal")
+        self.verify = os.environ.get("VOLENV_VERIFY", "start")
         self.lock_timeout = float(os.environ.get("VOLENV_LOCK_TIMEOUT", "900"))
         self.diagnose = False
         self.materialize = os.environ.get("VOLENV_MATERIALIZE", "never")
@@ -60,7 +62,7 @@ class RunOptions:
 
 RUN_USAGE = (
     "usage: volenv [--root DIR] run (--manifest M | --env NAME) [--on-missing build|wait|fail]\n"
-    "                 [--verify seal|stat|full] [--lock-timeout SECONDS] [--diagnose]\n"
+    "                 [--verify seal|start|stat|full] [--lock-timeout SECONDS] [--diagnose]\n"
     "                 [--materialize auto|always|never] [--materialize-dir DIR] -- CMD [ARGS...]"
 )
 
@@ -75,7 +77,9 @@ Options:
   -m, --manifest FILE     Manifest TOML: its snapshot (by digest), built if missing.
   -e, --env NAME          An env's current snapshot (nothing to build from).
   --on-missing POLICY     build (default), wait (for another builder) or fail (exit 3).
-  --verify LEVEL          seal (default), stat or full before exec; a failure is exit 4.
+  --verify LEVEL          before exec: seal; start (default: the seal, then the files this start
+                          reads and the required models' files, at stat); stat; or full.
+                          Damage is rebuilt (or refetched) with --on-missing build, else exit 4.
   --lock-timeout SECONDS  How long to wait for another build's lease (default 900).
   --materialize WHEN      auto, always or never (default): copy a packed snapshot to local disk.
   --materialize-dir DIR   Where materialized snapshots go.
@@ -100,7 +104,7 @@ manifest's [activate] variables."""
 
 TRACE_HELP = """\
 usage: volenv [--root DIR] trace (--manifest M | --env NAME) [--on-missing build|wait|fail]
-                 [--verify seal|stat|full] [--lock-timeout SECONDS] -- CMD [ARGS...]
+                 [--verify seal|start|stat|full] [--lock-timeout SECONDS] -- CMD [ARGS...]
 
   Run CMD once in the snapshot and store the files its start opened, in order, as
   .volenv/trace.json (startup pack order); a packed snapshot is re-packed with its startup pack.
@@ -110,7 +114,7 @@ Options:
   -m, --manifest FILE     Manifest TOML: its snapshot (by digest), built if missing.
   -e, --env NAME          An env's current snapshot (nothing to build from).
   --on-missing POLICY     build (default), wait (for another builder) or fail (exit 3).
-  --verify LEVEL          seal (default), stat or full before CMD runs; a failure is exit 4.
+  --verify LEVEL          seal, start (default), stat or full before CMD runs; a failure is exit 4.
   --lock-timeout SECONDS  How long to wait for another build's lease (default 900).
   -h, --help              Show this message and exit.
 
@@ -226,11 +230,21 @@ def prepare(root: str, o: RunOptions) -> tuple[Target, str, dict[str, Any]]:
             # in-flight guard: GC keeps snapshots whose use mark is fresh, so mark before checking
             mark_used(root, target.env, sid)
             try:
-                seal = check_seal(snap_dir, sid)
-                if o.verify != "seal":
+                record: list[bytes] = []
+                seal = check_seal(snap_dir, sid, keep_record=record)
+                if o.verify == "start":
+                    _verify_start(snap_dir, seal, record[0], o.command)
+                elif o.verify != "seal":
                     _verify_deep(snap_dir, o.verify)
                 if target.digest is None or pinned:  # a rollback runs as it was built
                     target.activation = _activation_from_seal(seal)
+                if o.verify != "seal":
+                    damaged = _damaged_models(root, target, o, sid, seal)
+                    if damaged is not None and o.on_missing == "build" and o.manifest and attempts <= 2:
+                        _build_for(root, o, target, sid, None, models=damaged)
+                        continue
+                    if damaged is not None:
+                        raise damaged
                 return target, snap_dir, seal
             except SealProblem as sp:
                 problem = sp
@@ -254,6 +268,65 @@ def prepare(root: str, o: RunOptions) -> tuple[Target, str, dict[str, Any]]:
             time.sleep(0.5)
             continue
         raise _missing_error(root, o, target, sid, problem)
+
+
+def _verify_start(snap_dir: str, seal: dict[str, Any], record: bytes, command: list[str]) -> None:
+    """`--verify start`: the files this start reads, at stat (start/startcheck.py); a difference
+    is a VerifyError naming them, which the on-missing policy handles like any damage."""
+    from volenv.start.startcheck import snapshot_problems
+
+    what, checked, problems = snapshot_problems(snap_dir, seal, record, command)
+    if problems:
+        shown = ", ".join(str(p) for p in problems[:8])
+        more = f" and {len(problems) - 8} more" if len(problems) > 8 else ""
+        err = VerifyError(
+            f"snapshot {os.path.basename(snap_dir)}: {len(problems)} of the {checked} files this start"
+            f" reads ({what}) differ from the record: {shown}{more}",
+            hint=fix_command(_root_of(snap_dir), "verify", _env_of(snap_dir), "--repair"),
+        )
+        err.damaged = [p.path for p in problems]  # type: ignore[attr-defined]
+        raise err
+
+
+def _root_of(snap_dir: str) -> str:
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(snap_dir))))
+
+
+def _env_of(snap_dir: str) -> str:
+    return os.path.basename(os.path.dirname(os.path.dirname(snap_dir)))
+
+
+def _damaged_models(
+    root: str, target: Target, o: RunOptions, sid: str, seal: dict[str, Any]
+) -> VolenvError | None:
+    """The required models' files, present, regular and of their recorded size; a difference
+    is a ModelError (exit 9) naming them, unless the policy fetches them again."""
+    models = target.activation.get("models", [])
+    if not models:
+        return None
+    from volenv.start.startcheck import model_problems
+
+    problems = model_problems(root, models)
+    if not problems:
+        return None
+    from volenv.base.errors import ModelError
+
+    names = sorted({p.model or "?" for p in problems})
+    manifest = o.manifest or seal.get("manifest_path")
+    how = fix_command(root, "models", "fetch", manifest) if manifest else None
+    absent = [p for p in problems if p.kind == "missing" and p.path.endswith(".json")]
+    damaged = [p for p in problems if p not in absent]
+    parts = [f"{p.model} was never fetched (no record at {p.path})" for p in absent]
+    if damaged:
+        parts.append(
+            f"{len(damaged)} recorded file(s) damaged on the volume: "
+            + ", ".join(str(p) for p in damaged[:5])
+            + (f" and {len(damaged) - 5} more" if len(damaged) > 5 else "")
+        )
+    return ModelError(
+        f"required model {', '.join(names)}: " + "; ".join(parts),
+        hint=f"fetch it: {how}" if how else None,
+    )
 
 
 def _missing_error(
@@ -281,9 +354,16 @@ def _missing_error(
 
 
 def _build_for(
-    root: str, o: RunOptions, target: Target, sid: str | None, problem: SealProblem | VerifyError | None
+    root: str,
+    o: RunOptions,
+    target: Target,
+    sid: str | None,
+    problem: SealProblem | VerifyError | None,
+    *,
+    models: VolenvError | None = None,
 ) -> None:
-    """--on-missing build: quarantine a damaged snapshot, then sync (others wait on the lease)."""
+    """--on-missing build: quarantine a damaged snapshot, then sync (others wait on the lease);
+    damaged model files (`models`) are fetched again by that sync (models/cache.py)."""
     from pathlib import Path
 
     from volenv.base.ui import reporter
@@ -312,7 +392,9 @@ def _build_for(
             from dataclasses import asdict
 
             quarantine(paths, snap, str(problem), asdict(report) if report is not None else None)
-    if problem is None:  # not indexed yet: often an existing snapshot is reused (only [activate] changed)
+    if models is not None:
+        reporter.info(f"{models.message}; fetching again")
+    elif problem is None:  # not indexed yet: often an existing snapshot is reused (only [activate] changed)
         reporter.info(f"no snapshot indexed for {o.manifest}; syncing it")
     else:
         reporter.info(f"snapshot {sid} of '{target.env}' is not usable; building it again")
@@ -333,7 +415,8 @@ def run(root: str, argv: list[str]) -> int:
         if o.materialize != "never":
             from volenv.start.materialize import choose
 
-            snap_dir = choose(root, snap_dir, _seal, o.materialize, o.materialize_dir, o.verify) or snap_dir
+            level = o.verify if o.verify in ("stat", "full") else "seal"  # start: checked on the volume
+            snap_dir = choose(root, snap_dir, _seal, o.materialize, o.materialize_dir, level) or snap_dir
         env = compute_env(root, snap_dir, target.env, target.activation)
         if any(m.get("local") in ("always", "auto") for m in target.activation.get("models", [])):
             from volenv.start.localcopy import localize_models  # [[models]] local: copies to this disk

@@ -91,3 +91,30 @@ def root_exists(path: str) -> bool:
     if not _stat.S_ISDIR(st.st_mode):
         raise VolumeError(f"volume root {path} is not a directory")
     return True
+
+
+def default_root(environ: Mapping[str, str] | None = None) -> str | None:
+    """The root a plain `volenv` command would use here (discover_root without --root), or None
+    in a RunPod container with no volume; says nothing (no fallback warning)."""
+    env = os.environ if environ is None else environ
+    if env.get("VOLENV_ROOT"):
+        return os.path.abspath(env["VOLENV_ROOT"])
+    for mount in MOUNTS:
+        if os.path.isdir(mount):
+            return os.path.join(mount, "volenv")
+    if in_runpod(env):
+        return None
+    data_home = env.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(data_home, "volenv")
+
+
+def fix_command(root: str | None, *args: str) -> str:
+    """A volenv command line to paste: each argument shell-quoted, with `--root ROOT` when the
+    root in use is not the one a plain `volenv` would find here (every hint and fix line that
+    names a command is built here, so it works as printed)."""
+    from volenv.base.errors import shq
+
+    words = ["volenv"]
+    if root is not None and os.path.abspath(root) != default_root():
+        words += ["--root", shq(root)]
+    return " ".join([*words, *(shq(a) for a in args)])

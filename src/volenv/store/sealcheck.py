@@ -177,24 +177,32 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def record_sha256(snapshot_dir: str) -> str:
+def record_sha256(snapshot_dir: str, keep: list[bytes] | None = None) -> str:
+    """The record's digest; `keep` receives the bytes hashed (a caller that reads the record next
+    uses exactly the bytes the seal vouched for, and reads them once)."""
     path = os.path.join(snapshot_dir, META_DIR, RECORD_NAME)
     try:
         with open(path, "rb") as fh:
-            return sha256_hex(fh.read())
+            data = fh.read()
+            if keep is not None:
+                keep.append(data)
+            return sha256_hex(data)
     except FileNotFoundError:
         raise SealProblem("record-missing", f"no record at {path}") from None
     except (IsADirectoryError, NotADirectoryError):
         raise SealProblem("record-damaged", f"{path} is not a file") from None
 
 
-def check_seal(snapshot_dir: str, snapshot_id: str | None = None) -> dict[str, Any]:
-    """Return the seal if the snapshot is valid at level `seal`; raise SealProblem otherwise."""
+def check_seal(
+    snapshot_dir: str, snapshot_id: str | None = None, *, keep_record: list[bytes] | None = None
+) -> dict[str, Any]:
+    """Return the seal if the snapshot is valid at level `seal`; raise SealProblem otherwise.
+    `keep_record` receives the record's bytes the seal's digest was checked against."""
     seal = read_seal(snapshot_dir)
     expected = snapshot_id or os.path.basename(os.path.normpath(snapshot_dir))
     if seal["snapshot"] != expected:
         raise SealProblem("seal-mismatch", f"seal names {seal['snapshot']!r}, the directory is {expected!r}")
-    actual = record_sha256(snapshot_dir)
+    actual = record_sha256(snapshot_dir, keep_record)
     if actual != seal["record_sha256"]:
         raise SealProblem(
             "record-mismatch",
