@@ -46,6 +46,7 @@ FAST_LAZY = {
         "volenv.start.localcopy",
         "volenv.start.provide",
         "volenv.start.startcheck",
+        "volenv.start.supervise",
         "volenv.runpod.diagnose",
         "volenv.manifest.parse",
         "volenv.store.paths",

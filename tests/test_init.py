@@ -364,8 +364,9 @@ def test_init_package_project_with_a_path_source(tmp_path: Path, root: Path, pac
 def test_damaged_requirements_file_snapshot_points_to_a_repair_that_works(
     tmp_path: Path, root: Path, wheelhouse: Path
 ) -> None:
-    """`verify --repair` cannot rebuild a requirements-file snapshot in place (the file may have
-    changed): its hint is a command that does repair it (a plain `sync` would reuse it)."""
+    """`verify --repair` rebuilds a requirements-file snapshot in place while the file is as it
+    was built from (issue 25); once the file changed it cannot, and its hint is a command that
+    does repair the env (a plain `sync` would reuse the damaged snapshot)."""
     (tmp_path / "requirements.txt").write_text(f"--no-index\n--find-links {wheelhouse}\nbeta==1.0\n")
     m = tmp_path / "app.toml"
     m.write_text('name = "rf"\npython = "3.11"\nrequirements-file = "requirements.txt"\n')
@@ -374,6 +375,14 @@ def test_damaged_requirements_file_snapshot_points_to_a_repair_that_works(
     damaged = next(snap.rglob("beta/mod3.py"))
     with open(damaged, "ab") as fh:  # in place: the uv cache's copy too (hard link)
         fh.write(b"# edited\n")
+    r = volenv("--root", root, "verify", snap.name, "--level", "full", "--repair")
+    assert r.returncode == 0, r.stderr
+    assert volenv("--root", root, "verify", "rf", "--level", "full").returncode == 0
+    with open(damaged, "ab") as fh:
+        fh.write(b"# edited again\n")
+    (tmp_path / "requirements.txt").write_text(
+        f"--no-index\n--find-links {wheelhouse}\nbeta==1.0\n# changed\n"
+    )
     r = volenv("--root", root, "verify", snap.name, "--level", "full", "--repair")
     assert r.returncode == 2, r.stderr
     assert f"volenv sync --reinstall-all {m}" in r.stderr

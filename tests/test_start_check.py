@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from conftest import snapshot_of, volenv, write_manifest
+from conftest import base_env, snapshot_of, volenv, write_manifest
 from test_models import FileServer, file_server  # noqa: F401  (a fixture)
 from wheelfactory import make_wheel
 
@@ -130,3 +131,45 @@ def test_a_damaged_required_model_is_fetched_again_or_named(
     assert "404" in r.stderr and "KeyError" not in r.stderr, r.stderr
     r = _start(root, m, "--on-missing", "fail", code=probe)
     assert r.returncode == 9 and "required model weights: weights was never fetched" in r.stderr, r.stderr
+
+
+# ---------------------------------------------------------------- item 3: doctor finds damage
+
+
+@pytest.mark.parametrize("kind", ["requirements", "requirements-file"])
+def test_doctor_finds_a_damaged_current_snapshot_and_its_fix_works_pasted(
+    tmp_path: Path, root: Path, wheelhouse: Path, kind: str
+) -> None:
+    import shlex
+    import sys
+
+    if kind == "requirements":
+        m = _manifest(tmp_path, wheelhouse)
+    else:
+        (tmp_path / "requirements.txt").write_text("beta==1.0\n")
+        m = tmp_path / "sc.toml"
+        m.write_text(
+            'name = "sc"\npython = "3.11"\nrequirements-file = "requirements.txt"\n'
+            f'[index]\nno-index = true\nfind-links = ["{wheelhouse}"]\n'
+        )
+    assert volenv("--root", root, "sync", m).returncode == 0
+    r = volenv("--root", root, "doctor")
+    assert r.returncode == 0 and "no problems found" in r.stdout, r.stdout + r.stderr
+    (_site(root, "sc") / "beta" / "mod7.py").unlink()
+    r = volenv("--root", root, "doctor")
+    assert r.returncode == 4, r.stdout + r.stderr
+    assert "beta/mod7.py (missing)" in r.stdout and "1 damaged" in r.stdout, r.stdout
+    (fix,) = [ln.removeprefix("fix: ") for ln in r.stdout.splitlines() if ln.startswith("fix: ")]
+    argv = shlex.split(fix)
+    assert argv[:3] == ["volenv", "--root", str(root)] and argv[3:] == ["verify", "sc", "--repair"], fix
+    r = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, env=base_env())
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = volenv("--root", root, "doctor")
+    assert r.returncode == 0 and "no problems found" in r.stdout, r.stdout + r.stderr
+
+
+def test_doctor_stays_within_its_time_budget(tmp_path: Path, root: Path, wheelhouse: Path) -> None:
+    m = _manifest(tmp_path, wheelhouse)
+    assert volenv("--root", root, "sync", m).returncode == 0
+    r = volenv("--root", root, "doctor", env={"VOLENV_DOCTOR_BUDGET": "0"})
+    assert r.returncode == 4 and "not checked (time budget spent)" in r.stdout, r.stdout

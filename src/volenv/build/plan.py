@@ -283,6 +283,34 @@ def _requirements_file_index(manifest: Manifest, compiled: Path) -> tuple[str, .
     return tuple(dict.fromkeys(lines))
 
 
+def requirements_file_options(manifest: Manifest) -> tuple[str, ...]:
+    """The index options the requirements file and its includes carry, read from the files
+    themselves (a repair does not resolve again, so there is no compiled file to read them
+    from): --index-url/-i, --extra-index-url, --find-links/-f (a relative one made absolute
+    against its file's folder) and --no-index; with none of them, the manifest's [index] decides."""
+    lines: list[str] = []
+    for path, _sha in manifest.requirements_file_inputs:
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        for raw in text.replace("\\\n", "").splitlines():
+            words = raw.split("#", 1)[0].split()
+            if not words:
+                continue
+            opt, _, value = words[0].partition("=")
+            if not value and len(words) > 1:
+                value = words[1]
+            opt = {"-i": "--index-url", "-f": "--find-links"}.get(opt, opt)
+            if opt == "--find-links" and value and "://" not in value and not Path(value).is_absolute():
+                value = str((path.parent / value).resolve())
+            if opt in ("--index-url", "--extra-index-url", "--find-links") and value:
+                lines.append(f"{opt} {value}")
+            elif opt == "--no-index":
+                lines.insert(0, "--no-index")
+    return tuple(dict.fromkeys(lines))
+
+
 def refresh_args(manifest: Manifest, packages: tuple[str, ...], *, reinstall: bool) -> list[str]:
     """uv flags that rebuild local-path packages (uv caches their builds by path, not content)
     and the packages given to --reinstall."""

@@ -427,12 +427,12 @@ def render_doctor(r: Any) -> None:
         _o().print(f"lease      : {esc(env)} held by {esc(holder)}")
     if r.snapshots:
         table = Table(title="snapshots", title_justify="left")
-        for col in ("", "snapshot", "seal", "interpreter", "torch CUDA"):
+        for col in ("", "snapshot", "seal", "files (stat)", "interpreter", "torch CUDA"):
             table.add_column(col)
         for s in r.snapshots:
             table.add_row(
                 "*" if s.current else "",
-                *(esc(x) for x in (s.snapshot, s.seal, s.interpreter, s.torch_cuda or "-")),
+                *(esc(x) for x in (s.snapshot, s.seal, s.files, s.interpreter, s.torch_cuda or "-")),
             )
         _o().print(table)
     if r.build_log:
@@ -450,6 +450,8 @@ def render_doctor(r: Any) -> None:
             _o().print(f"  log: {esc(f.log)}", highlight=False)
     for p in r.problems:
         _o().print(f"[red]problem:[/red] {esc(p)}")
+    for f in r.fixes:
+        _o().print(f"fix: {esc(f)}", highlight=False)
     if not r.problems:
         _o().print("[green]no problems found[/green]")
 

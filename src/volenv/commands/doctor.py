@@ -1,4 +1,8 @@
-"""`volenv doctor`: what a person asks first when a worker will not start, in one report."""
+"""`volenv doctor`: what a person asks first when a worker will not start, in one report. Each
+env's current snapshot is verified at `stat` (every file's type, size and mode against the
+record: what `run` would trip over), within a time budget (VOLENV_DOCTOR_BUDGET seconds, 120 by
+default, shared by all envs), so a deleted or truncated file is found here, with the command
+that repairs it."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +28,7 @@ class SnapshotHealth:
     seal: str  # "valid" or the problem
     interpreter: str  # "matches" / the problem
     torch_cuda: str | None
+    files: str = "-"  # the current snapshot's files at `stat`: "ok", the differences, or why unknown
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,7 @@ class DoctorReport:
     build_log_tail: tuple[str, ...]
     problems: tuple[str, ...]
     last_failure: BuildFailure | None = None
+    fixes: tuple[str, ...] = ()  # the command that repairs each problem that has one, pasteable
 
     @property
     def exit_code(self) -> int:
@@ -161,6 +168,8 @@ def doctor(paths: VolumePaths, choice: RootChoice) -> DoctorReport:
     log_path: str | None = None
     tail: tuple[str, ...] = ()
     failure: BuildFailure | None = None
+    fixes: list[str] = []
+    deadline = time.monotonic() + float(os.environ.get("VOLENV_DOCTOR_BUDGET", "120"))
     if exists and reachable:
         from volenv.gc.leases import lease_holder
         from volenv.runpod.diagnose import _last_build_log
@@ -187,9 +196,13 @@ def doctor(paths: VolumePaths, choice: RootChoice) -> DoctorReport:
                 if seal:
                     interp = interpreter_problem(seal["fingerprint"]) or _same_python(seal["fingerprint"])
                 tc = torch_cuda_of(snap)
-                snaps.append(SnapshotHealth(env, sid, sid == current, seal_state, interp, tc))
+                files = "-"
+                if sid == current and seal_state == "valid":
+                    files = _files_at_stat(paths, env, snap, deadline, problems, fixes)
+                snaps.append(SnapshotHealth(env, sid, sid == current, seal_state, interp, tc, files))
                 if sid == current and seal_state != "valid":
                     problems.append(f"{env}: current snapshot {sid} is damaged ({seal_state})")
+                    fixes.append(_repair_fix(paths, env))
                 if sid == current and tc and tc != "cpu" and gpu.cuda and _ver(tc) > _ver(gpu.cuda):
                     problems.append(
                         f"{env}: torch in {sid} needs CUDA {tc}, the driver supports up to {gpu.cuda}"
@@ -216,7 +229,49 @@ def doctor(paths: VolumePaths, choice: RootChoice) -> DoctorReport:
         tail,
         tuple(problems),
         failure,
+        tuple(dict.fromkeys(fixes)),
     )
+
+
+def _repair_fix(paths: VolumePaths, env: str) -> str:
+    from volenv.store.rootfind import fix_command
+
+    return fix_command(str(paths.root), "verify", env, "--repair")
+
+
+def _files_at_stat(
+    paths: VolumePaths, env: str, snap: Path, deadline: float, problems: list[str], fixes: list[str]
+) -> str:
+    """The current snapshot verified at `stat`, with a progress line and within the budget."""
+    from volenv.base.ui import reporter
+    from volenv.store.integrity import verify_snapshot
+
+    if time.monotonic() > deadline:
+        from volenv.store.rootfind import fix_command
+
+        problems.append(f"{env}: {snap.name} was not checked at stat (the time budget ran out)")
+        fixes.append(fix_command(str(paths.root), "verify", env, "--level", "stat"))
+        return "not checked (time budget spent)"
+    with reporter.step(f"verifying {snap.name} at stat"):
+        report = verify_snapshot(snap, "stat", deadline=deadline)
+    errors = report.errors
+    if any(p.kind == "incomplete" for p in report.problems):
+        from volenv.store.rootfind import fix_command
+
+        problems.append(f"{env}: {snap.name} was only partly checked (the time budget ran out)")
+        fixes.append(fix_command(str(paths.root), "verify", env, "--level", "stat"))
+        return f"incomplete after {report.seconds:.0f} s"
+    if not errors:
+        return "ok"
+    shown = ", ".join(f"{p.path} ({p.kind})" for p in errors[:5]) + (
+        f" and {len(errors) - 5} more" if len(errors) > 5 else ""
+    )
+    problems.append(
+        f"{env}: current snapshot {snap.name} is damaged: {len(errors)} file(s) differ from the record:"
+        f" {shown}"
+    )
+    fixes.append(_repair_fix(paths, env))
+    return f"{len(errors)} damaged"
 
 
 def last_build_failure(paths: VolumePaths) -> BuildFailure | None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from volenv.base.errors import VerifyError
 from volenv.base.ui import reporter
 from volenv.build.interp import fingerprint_key, probe
-from volenv.build.plan import Resolution, SyncOptions, SyncPlan
+from volenv.build.plan import Resolution, SyncOptions, SyncPlan, requirements_file_options
 from volenv.build.steps import build_snapshot
 from volenv.commands.verify import VerifyResult
 from volenv.manifest.parse import manifest_from_seal
@@ -50,6 +50,7 @@ def repair_snapshot(paths: VolumePaths, snapshot_dir: Path, *, lock_timeout: flo
         groups={k: v for k, v in groups.items() if k not in failed},
         unresolvable=failed,
         snapshot_id=sid,
+        index_lines=requirements_file_options(manifest) if manifest.requirements_file is not None else (),
     )
     plan = SyncPlan(manifest.name, manifest.digest, "build", sid, None, res)
     reporter.info(f"repairing {sid}: rebuilding from its recorded package set")

@@ -401,11 +401,22 @@ def manifest_from_seal(data: dict[str, Any], path: str) -> Manifest:
     # a plain `sync` would reuse the damaged snapshot (its seal is fine): --reinstall-all builds
     # a fresh one, refreshing any damaged file in uv's cache on the way
     hint = f"volenv sync --reinstall-all {shlex.quote(path)}"
+    if data.get("lockfile_sha256") or data.get("requirements_file"):
+        # the files beside the manifest are part of what was built: when the manifest there
+        # still parses to exactly what the seal records, it is the build input, as it was
+        try:
+            same = load_manifest(path)
+        except ManifestError:
+            same = None
+        if same is not None and same.normalized() == data:
+            return same
     if data.get("lockfile_sha256"):
-        problem = "a snapshot built from a lockfile cannot be repaired in place"
+        problem = "a snapshot built from a lockfile cannot be repaired in place once the lockfile changed"
         raise ManifestError(path, "lockfile", problem, hint=hint)
     if data.get("requirements_file"):
-        problem = "a snapshot built from a requirements-file cannot be repaired in place"
+        problem = (
+            "a snapshot built from a requirements-file cannot be repaired in place once that file changed"
+        )
         raise ManifestError(path, "requirements-file", problem, hint=hint)
     if dict(m.local_sources) != data.get("local_sources", {}):
         raise ManifestError(

@@ -109,10 +109,20 @@ def _listdir(path: str) -> list[str]:
 def print_report(report: dict[str, Any]) -> None:
     """The first log lines of the container: human lines, then one JSON line for log search."""
     p = sys.stderr
-    print(f"volenv: DIAGNOSIS: activation failed: {report['failed']}", file=p)
+    phase = "the worker failed at boot" if report.get("phase") == "boot" else "activation failed"
+    print(f"volenv: DIAGNOSIS: {phase}: {report['failed']}", file=p)
     print(f"volenv: exit code {report['exit_code']} ({report['meaning']})", file=p)
     if report.get("fix"):
         print(f"volenv: fix: {report['fix']}", file=p)
+    for line in report.get("stderr_tail", [])[-15:]:
+        print(f"volenv:   worker| {line}", file=p)
+    verify = report.get("verify")
+    if isinstance(verify, dict):
+        print(f"volenv: verify --level stat: {verify.get('summary') or verify.get('error')}", file=p)
+        for line in verify.get("problems", [])[:10]:
+            print(f"volenv:   {line}", file=p)
+        if verify.get("fix"):
+            print(f"volenv: fix the snapshot: {verify['fix']}", file=p)
     free = report.get("volume_free_bytes")
     print(
         f"volenv: root {report['root']} ({'present' if report['root_exists'] else 'MISSING'}),"
@@ -134,12 +144,20 @@ def _sdk_would_run(command: list[str]) -> bool:
     return on_runpod or local_job or os.path.exists("test_input.json")
 
 
-def serve_diagnosis(root: str, opts: Any, exc: VolenvError) -> int:
+def serve_diagnosis(root: str, opts: Any, exc: VolenvError, extra: dict[str, Any] | None = None) -> int:
+    """Print the report, then answer every job with it (or, outside RunPod, exit with its code).
+    `extra` adds to the report what the caller knows (a boot failure: the worker's last stderr
+    lines, the snapshot's verification)."""
     target_env = getattr(opts, "env", None)
     manifest = getattr(opts, "manifest", None)
     if target_env is None and manifest is not None:
         target_env = _env_name_of(manifest)
     report = build_report(root, target_env, manifest, exc)
+    if extra:
+        from volenv.base.redact import redact_obj
+
+        extra_redacted: dict[str, Any] = redact_obj(extra)  # type: ignore[assignment]
+        report.update(extra_redacted)
     print_report(report)
     command: list[str] = list(getattr(opts, "command", []))
     if not _sdk_would_run(command):

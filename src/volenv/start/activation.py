@@ -74,7 +74,10 @@ def _read_json(path: str) -> Any:
         raise DamagedRecord(f"{path} is damaged: not valid JSON ({exc})", hint=f"remove {path}") from None
 
 
-def target_from_manifest(root: str, manifest_path: str) -> Target:
+def target_from_manifest(root: str, manifest_path: str, *, remember: bool = False) -> Target:
+    """The env, digest and activation settings of a manifest: from its alias when every input
+    the alias covers is unchanged, else from a full parse. `remember` (run's, not a read-only
+    command's): write the alias after a full parse, or its refreshed fingerprints."""
     try:
         with open(manifest_path, "rb") as fh:
             raw = fh.read()
@@ -85,12 +88,12 @@ def target_from_manifest(root: str, manifest_path: str) -> Target:
             alias = _read_json(alias_path(root, raw))
         except DamagedRecord:  # a cache of a full parse: when damaged, parse again
             alias = None
-        if alias_current(alias) and inputs_match(root, raw, alias, manifest_path):
+        if alias_current(alias) and inputs_match(root, raw, alias, manifest_path, refresh=remember):
             return Target(alias["env"], alias["manifest_digest"], alias["activation"], manifest_path)
     from volenv.manifest.parse import load_manifest  # slow path: full validation
 
     m = load_manifest(manifest_path)
-    if raw is not None and os.path.isfile(os.path.join(root, "volenv.json")):
+    if remember and raw is not None and os.path.isfile(os.path.join(root, "volenv.json")):
         write_alias(root, m)  # the next start takes the fast path (best effort: may be read-only)
     return Target(m.name, m.digest, activation_settings(m), manifest_path)
 
@@ -212,9 +215,9 @@ def compute_env(
 # ---------------------------------------------------------------- run
 
 
-def resolve_target(root: str, o: RunOptions) -> Target:
+def resolve_target(root: str, o: RunOptions, *, remember: bool = False) -> Target:
     if o.manifest is not None:
-        return target_from_manifest(root, o.manifest)
+        return target_from_manifest(root, o.manifest, remember=remember)
     assert o.env is not None
     if not plain_name(o.env):
         raise UsageError(f"--env: {o.env!r} is not an env name")

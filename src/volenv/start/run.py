@@ -58,12 +58,14 @@ class RunOptions:
         self.materialize_dir: str | None = os.environ.get("VOLENV_MATERIALIZE_DIR") or None
         self.command: list[str] = []
         self.verb = "running"  # `volenv env` runs nothing: it says "using"
+        self.diagnose_grace: str | None = None
 
 
 RUN_USAGE = (
     "usage: volenv [--root DIR] run (--manifest M | --env NAME) [--on-missing build|wait|fail]\n"
     "                 [--verify seal|start|stat|full] [--lock-timeout SECONDS] [--diagnose]\n"
-    "                 [--materialize auto|always|never] [--materialize-dir DIR] -- CMD [ARGS...]"
+    "                 [--materialize auto|always|never] [--materialize-dir DIR]\n"
+    "                 [--diagnose-grace SECONDS] -- CMD [ARGS...]"
 )
 
 
@@ -83,7 +85,11 @@ Options:
   --lock-timeout SECONDS  How long to wait for another build's lease (default 900).
   --materialize WHEN      auto, always or never (default): copy a packed snapshot to local disk.
   --materialize-dir DIR   Where materialized snapshots go.
-  --diagnose              If activation fails, serve the reason to RunPod jobs instead of exiting.
+  --diagnose              Never die silently: if activation fails, or CMD fails to start or exits
+                          non-zero within the grace period, serve the reason (CMD's last stderr
+                          lines, the snapshot's verification) to RunPod jobs instead of exiting.
+                          CMD runs as volenv's child (signals passed on, its exit status kept).
+  --diagnose-grace SECONDS  How long CMD counts as booting under --diagnose (default 60).
   -h, --help              Show this message and exit.
 
 Environment (options win over these):
@@ -93,6 +99,7 @@ Environment (options win over these):
   VOLENV_LOCK_TIMEOUT              default for --lock-timeout
   VOLENV_MATERIALIZE               default for --materialize
   VOLENV_MATERIALIZE_DIR           default for --materialize-dir
+  VOLENV_DIAGNOSE_GRACE            default for --diagnose-grace
   VOLENV_MATERIALIZE_THRESHOLD_MS  if set, auto materializes when a volume metadata op takes this many ms
   VOLENV_LOCAL_DIR                 where [[models]] local = always|auto copies go
 
@@ -137,6 +144,7 @@ RUN_VALUED = {
     "--lock-timeout",
     "--materialize",
     "--materialize-dir",
+    "--diagnose-grace",
 }
 
 
@@ -172,6 +180,8 @@ def parse_run_args(argv: list[str], command: str = "run") -> RunOptions:
                 o.materialize = val
             elif key == "--materialize-dir":
                 o.materialize_dir = val
+            elif key == "--diagnose-grace":
+                o.diagnose_grace = val
             else:
                 try:
                     o.lock_timeout = float(val)
@@ -208,7 +218,7 @@ def prepare(root: str, o: RunOptions) -> tuple[Target, str, dict[str, Any]]:
             f"volume root {root} does not exist",
             hint="mount the volume, or pass --root / VOLENV_ROOT",
         )
-    target = resolve_target(root, o)
+    target = resolve_target(root, o, remember=True)
     deadline = time.monotonic() + o.lock_timeout
     attempts = 0
     while True:
@@ -434,6 +444,10 @@ def run(root: str, argv: list[str]) -> int:
     own = os.path.join(snap_dir, "bin", cmd[0])
     if os.sep not in cmd[0] and os.path.exists(own):
         cmd[0] = own
+    if o.diagnose:  # CMD as a child for its grace period: a death at boot is diagnosed too
+        from volenv.start.supervise import grace_seconds, supervise
+
+        return supervise(root, o, cmd, env, volume_snap, grace_seconds(o.diagnose_grace))
     try:
         if os.sep in cmd[0]:
             os.execve(cmd[0], cmd, env)

@@ -131,7 +131,9 @@ def alias_current(alias: Any) -> bool:
     )
 
 
-def inputs_match(root: str, manifest_raw: bytes, alias: dict[str, Any], manifest_path: str) -> bool:
+def inputs_match(
+    root: str, manifest_raw: bytes, alias: dict[str, Any], manifest_path: str, *, refresh: bool = True
+) -> bool:
     """Everything besides the manifest's bytes that its digest covers is as the alias saw it:
     the lockfile and requirements files (their sha256), and each local source: its stat
     fingerprint, or when that moved (a new checkout, a new image layer, an edit), its digest
@@ -164,7 +166,7 @@ def inputs_match(root: str, manifest_raw: bytes, alias: dict[str, Any], manifest
             return False
         if now != fp:
             moved.append((i, now))
-    if moved:
+    if moved and refresh:
         _refresh(root, manifest_raw, alias, moved)
     return True
 

@@ -357,8 +357,12 @@ def _is_bytecode(rel: str) -> bool:
     return rel.endswith((".pyc", ".pyo")) and ("/__pycache__/" in f"/{rel}" or rel.endswith(".pyc"))
 
 
-def verify_snapshot(snapshot_dir: Path, level: str = "seal", *, workers: int = HASH_WORKERS) -> VerifyReport:
-    """Check a snapshot at a level; problems are data, the caller picks the exit code."""
+def verify_snapshot(
+    snapshot_dir: Path, level: str = "seal", *, workers: int = HASH_WORKERS, deadline: float | None = None
+) -> VerifyReport:
+    """Check a snapshot at a level; problems are data, the caller picks the exit code. With a
+    `deadline` (time.monotonic()), a walk still running then stops with an `incomplete`
+    problem: what was checked stands, the rest is unknown (doctor's bounded check)."""
     if level not in LEVELS:
         raise ValueError(f"unknown verify level {level!r}")
     t0 = time.perf_counter()
@@ -382,7 +386,14 @@ def verify_snapshot(snapshot_dir: Path, level: str = "seal", *, workers: int = H
     seen: set[str] = set()
     to_hash: list[Entry] = []
     checked = 0
-    for rel, st in walk(snapshot_dir):
+    for n, (rel, st) in enumerate(walk(snapshot_dir)):
+        if deadline is not None and n % 256 == 0 and time.monotonic() > deadline:
+            problems.append(
+                Problem("incomplete", "", f"stopped after {n} entries: the time budget ran out", "warning")
+            )
+            return VerifyReport(
+                sid, str(snapshot_dir), level, tuple(problems), checked, seconds=time.perf_counter() - t0
+            )
         e = record.get(rel)
         if e is None:
             if _is_bytecode(rel) and stat.S_ISREG(st.st_mode):
