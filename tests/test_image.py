@@ -653,6 +653,42 @@ def test_read_only_volume_serves_and_diagnoses_a_manifest_change(
     assert c.proc.poll() is None and c2.proc.poll() is None, c2.text()
 
 
+@pytest.mark.container
+def test_a_handler_that_dies_at_import_is_diagnosed_and_jobs_are_answered(
+    provisioned: tuple[Path, subprocess.CompletedProcess[str]],
+    job_queue: FakeQueue,
+    containers: Callable[..., Container],
+    tmp_path: Path,
+) -> None:
+    """Issue 25: the image's CMD pattern (`run --diagnose -- python -u handler.py`) with a handler
+    that raises at import (the production env's torchcodec: a missing CUDA library). Before,
+    the container exited 1 and no job was answered; now both jobs get the diagnosis, with the
+    handler's traceback tail, and the container keeps polling."""
+    vol, _ = provisioned
+    crash = tmp_path / "crash.py"
+    crash.write_text(
+        "raise OSError('libnvrtc.so.13: cannot open shared object file: No such file or directory')\n"
+    )
+    opts = [
+        "-v",
+        f"{vol}:/runpod-volume",
+        "-v",
+        f"{_manifest_dir(tmp_path)}:/m:ro",
+        "-v",
+        f"{crash}:/t/handler.py:ro",
+    ]
+    first, second = job_queue.put(pod="pod-crash", text="a"), job_queue.put(pod="pod-crash", text="b")
+    c = containers("crash", opts, SERVE, job_queue.env("pod-crash"))
+    for jid in (first, second):
+        report = _diagnosis(job_queue.result(jid, timeout=90))
+        assert report["phase"] == "boot" and report["exit_code"] == 1, report
+        assert any("libnvrtc.so.13" in ln for ln in report["stderr_tail"]), report
+        assert report["verify"]["ok"] is True, report
+    time.sleep(2)
+    assert c.proc.poll() is None, c.text()
+    FIGURES.append("handler crash at import: both jobs answered with the diagnosis; still polling")
+
+
 def _handler_image(tmp_path: Path, tag: str, value: int) -> None:
     """A worker image as a user builds one: volenv's image plus their handler, a package whose
     manifest says `worker @ ./` (what `volenv init` writes for a package project)."""
