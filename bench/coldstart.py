@@ -24,8 +24,12 @@ Cases (`--case`):
 Targets (issue 17): auto <= 1.3x local disk at 1 ms/op; auto never worse than in place by
 more than 10% at 0 ms/op; bytes copied before exec <= 25% of the snapshot's packed bytes.
 
+A mode may name the verify level of its starts (`never@seal`, `auto@seal`): the default level
+(`start`: the files the start reads, at stat) against `seal` alone is what the default check
+costs (issue 25).
+
 Usage: sudo python bench/coldstart.py [--case heavy|torch|sympy|f5tts] [--latencies 0,0.2,1]
-           [--runs 3] [--modes never,always,auto] [--modules 3000] [--trace] [--json-out FILE]
+           [--runs 3] [--modes never,always,auto,never@seal] [--modules 3000] [--trace] [--json-out FILE]
            [--start-timeout 900] [--untraced (f5tts: no startup pack)] [--work DIR] [--source ROOT]
 """
 
@@ -297,7 +301,7 @@ def start_once(case: Case, root: Path, mode: str, local: Path, timeout: float = 
     """One cold start: caches dropped, `volenv run --materialize MODE`, timed to exit or to the
     ready line (stopped, and a failure, after `timeout` s); what materialize copied before exec
     parsed from its own narrative."""
-    if mode == "never":
+    if mode.partition("@")[0] == "never":
         return _start(case, root, mode, local, timeout)
     with fresh_disk(local.parent / "disk") as disk:
         return _start(case, root, mode, disk / "local", timeout)
@@ -309,7 +313,9 @@ def _start(case: Case, root: Path, mode: str, local: Path, timeout: float) -> St
     _wait_background(local)
     shutil.rmtree(local, ignore_errors=True)
     drop_caches()
+    mode, _, level = mode.partition("@")  # `never@seal`: the same start, verified at `seal` only
     cmd = [*volenv_cmd(), "--root", str(root), "run", "--materialize", mode, "--materialize-dir", str(local)]
+    cmd += ["--verify", level] if level else []
     cmd += ["--on-missing", "fail", "--manifest", str(case.manifest), "--", *case.command]
     env = {**os.environ, **case.env}
     lines: list[str] = []
@@ -440,7 +446,9 @@ def main() -> int:
     if args.torch:
         args.case = "torch"
     modes = (args.modes or ("never,auto" if args.case == "f5tts" else "never,always,auto")).split(",")
-    if not set(modes) <= {"never", "always", "auto"}:
+    if not {m.partition("@")[0] for m in modes} <= {"never", "always", "auto"} or not {
+        m.partition("@")[2] for m in modes
+    } <= {"", "seal", "start", "stat", "full"}:
         ap.error(f"--modes: {args.modes!r}")
     latencies = [float(x) for x in args.latencies.split(",")]
     if os.geteuid() != 0:
@@ -453,7 +461,11 @@ def main() -> int:
     try:
         case = f5_case(args) if args.case == "f5tts" else simple_case(args, tmp)
         print(f"{case.name}: `{' '.join(case.command)}`; {args.runs} cold runs each (page cache dropped)")
-        labels = {"never": "in place", "always": "materialize", "auto": "auto"}
+        base_labels = {"never": "in place", "always": "materialize", "auto": "auto"}
+        labels = {
+            m: base_labels[m.partition("@")[0]] + (f" --verify {m.partition('@')[2]}" if "@" in m else "")
+            for m in modes
+        }
         local_all: list[Start] = []
         for lat in latencies:
             with slow_mount(case.root.parent, mnt, lat):
@@ -493,6 +505,11 @@ def main() -> int:
             a, n = figures.get("auto", {}), figures.get("never", {})
             if "median_s" in a and "median_s" in n:
                 parts.append(f"auto/in place {float(a['median_s']) / float(n['median_s']):.2f}x")  # type: ignore[arg-type]
+            for m in modes:  # the default check's cost: MODE against MODE@seal, same rounds
+                plain, _, level = m.partition("@")
+                if level == "seal" and "median_s" in figures.get(plain, {}) and "median_s" in figures[m]:
+                    cost = float(figures[plain]["median_s"]) - float(figures[m]["median_s"])  # type: ignore[arg-type]
+                    parts.append(f"{base_labels[plain]}: --verify start costs {cost:+.2f} s over seal")
             print(parts[0], " | ".join(parts[1:]), flush=True)
             for m, starts in row.items():
                 if m != "never" and not isinstance(starts, str):

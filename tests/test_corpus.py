@@ -34,6 +34,18 @@ STACKS: dict[str, tuple[list[str], str]] = {
         assert np.__version__ == "1.26.4"
         """,
     ),
+    "fastapi-clash": (
+        # both wheels declare a `fastapi` console script: uv keeps the last installer's, and the
+        # other RECORD's hash for bin/fastapi is not damage (issue 27); with numpy 1.26.4's
+        # shipped bytecode, whose check a refresh once tripped over
+        ["fastapi==0.115.14", "fastapi-cli==0.0.7", "numpy==1.26.4"],
+        """
+        import os, shutil, sys
+        import fastapi, fastapi_cli, numpy
+        assert fastapi.__version__ == "0.115.14"
+        assert os.path.exists(os.path.join(sys.prefix, "bin", "fastapi"))
+        """,
+    ),
     "numpy22": (
         ["numpy==2.2.6"],
         """

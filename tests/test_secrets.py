@@ -166,3 +166,58 @@ def test_redaction_function() -> None:
     line = "error: Failed to fetch `https://user:pw123@host/simple/alpha/` (see 'https://x/y?X-Amz-Signature=s1')"
     out = redact_text(line)
     assert "pw123" not in out and "s1'" not in out and "https://host/simple/alpha/" in out
+
+
+# 30 settings ML workers really set: none is a secret, none may be warned about (issue 29)
+ML_SETTINGS = {
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_ENABLE_HF_TRANSFER": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HOME": "/runpod-volume/hf",
+    "CUDA_VISIBLE_DEVICES": "0",
+    "CUDA_LAUNCH_BLOCKING": "1",
+    "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
+    "OMP_NUM_THREADS": "4",
+    "MKL_NUM_THREADS": "4",
+    "NCCL_DEBUG": "INFO",
+    "TORCH_CUDNN_V8_API_ENABLED": "1",
+    "MAX_TOKENS": "4096",
+    "MAX_NEW_TOKENS": "512",
+    "TOKENIZER_NAME": "openai/whisper-large-v3",
+    "KEY_FRAMES_DIR": "/data/keyframes",
+    "API_KEY_FILE": "/run/secrets/api_key",
+    "PASSWORD_MIN_LENGTH": "12",
+    "AUTH_ENABLED": "false",
+    "TOKEN_CACHE_DIR": "./cache/tokens",
+    "WANDB_MODE": "offline",
+    "WANDB_PROJECT": "f5-tts-finetune",
+    "MODEL_ID": "SWivid/F5-TTS",
+    "VOCODER_NAME": "vocos",
+    "SAMPLE_RATE": "24000",
+    "LOG_LEVEL": "DEBUG",
+    "PYTHONUNBUFFERED": "1",
+    "GRADIO_SERVER_NAME": "0.0.0.0",
+    "RUNPOD_DEBUG_LEVEL": "INFO",
+    "HF_TOKEN": "${HF_TOKEN}",  # a reference: the value comes from the container
+}
+# 10 real secret shapes: each must be warned about
+SECRET_SHAPES = {
+    "HF_TOKEN": "hf_aBcDeFgHiJkLmNoPqRsTuVwXyZ012345",
+    "WANDB_API_KEY": "0123456789abcdef0123456789abcdef01234567",
+    "OPENAI_API_KEY": "sk-proj-aBcDeFgHiJkLmNoPqRsT",
+    "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
+    "GITHUB_TOKEN": "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789",
+    "DB_PASSWORD": "correct-horse-battery",
+    "RUNPOD_APIKEY": "rpa_ABCDEFGHIJKLMNOPQRSTUVWX",
+    "DATABASE_URL": "postgres://app:s3cr3t@db.internal:5432/app",
+    "WEIGHTS_URL": "https://bucket.s3.amazonaws.com/w.bin?X-Amz-Signature=abcdef0123456789&X-Amz-Expires=60",
+}
+
+
+def test_the_secret_heuristic_judges_names_and_values_together() -> None:
+    from volenv.base.redact import secret_like_env
+
+    assert secret_like_env(ML_SETTINGS) == []
+    assert sorted(secret_like_env(SECRET_SHAPES)) == sorted(SECRET_SHAPES)

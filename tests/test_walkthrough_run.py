@@ -71,7 +71,7 @@ def test_missing_manifest_says_so_plainly_with_an_init_hint(
     assert r.returncode == 2, r.stderr
     assert "error: nosuch.toml: no such file\n" in r.stderr
     assert "(file)" not in r.stderr
-    assert "hint: write one: volenv init SOURCE -o nosuch.toml" in r.stderr
+    assert "hint: write one with `init` from a requirements.txt, pyproject.toml or uv.lock" in r.stderr
     (tmp_path / "requirements.txt").write_text("six\n")
     r = volenv("--root", root, *args, cwd=tmp_path)
     assert "hint: write it from requirements.txt: volenv init requirements.txt -o nosuch.toml" in r.stderr

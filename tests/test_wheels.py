@@ -111,3 +111,26 @@ def test_bytecode_does_not_depend_on_where_the_build_staged(tmp_path: Path, root
     assert one.read_bytes() == two.read_bytes()
     code = marshal.loads(one.read_bytes()[16:])
     assert code.co_filename == f"{SP}/shipsbc/__init__.py"
+
+
+def test_a_file_two_wheels_ship_is_what_uv_left_never_damage(tmp_path: Path, root: Path) -> None:
+    """Issue 27: fastapi and fastapi-cli both declare a `fastapi` console script. uv lets the last
+    installer's stay; its RECORD vouches for it, the other's does not, and that is not damage:
+    the build seals, `show` names the clash once, `verify --level full` passes."""
+    wheels = tmp_path / "wheels"
+    make_wheel(wheels, "clasha", "1.0", files={"clasha/__init__.py": "def main():\n    print('a')\n"},
+               scripts={"clashtool": "clasha:main"})  # fmt: skip
+    make_wheel(wheels, "clashb", "1.0", files={"clashb/__init__.py": "def main():\n    print('b')\n"},
+               scripts={"clashtool": "clashb:main"})  # fmt: skip
+    m = write_manifest(tmp_path, "cl", ["clasha==1.0", "clashb==1.0"], find_links=wheels)
+    r = volenv("--root", root, "sync", m)
+    assert r.returncode == 0, r.stderr
+    assert "differ from their wheels" not in r.stderr, r.stderr
+    r = volenv("--root", root, "show", "cl")
+    assert (
+        r.returncode == 0
+        and "shipped by several distributions: bin/clashtool (clasha-1.0, clashb-1.0; kept clash" in r.stdout
+    ), r.stdout
+    assert volenv("--root", root, "verify", "cl", "--level", "full").returncode == 0
+    log = next((root / "logs" / "cl").glob("build-*.log")).read_text()
+    assert log.count("files shipped by several distributions") == 1

@@ -152,7 +152,9 @@ def from_oserror(exc: OSError, doing: str) -> VolenvError:
     where = f" ({exc.filename})" if exc.filename else ""
     text = f"{doing}: {exc.strerror or exc}{where}"
     if exc.errno in _SPACE_ERRNOS:
-        return DiskSpaceError(text, hint="free space on the volume (`volenv gc`) or grow it")
+        return DiskSpaceError(
+            text, hint="free space on the volume (gc removes what no root keeps) or grow it"
+        )
     if exc.errno in _VOLUME_ERRNOS:
         hint = None
         if exc.errno == errno.EROFS:

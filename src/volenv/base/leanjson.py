@@ -10,6 +10,9 @@ It also holds the one way records are read off the volume (`read_record_bytes`).
 
 from __future__ import annotations
 
+import errno
+import os
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # `typing` costs more at runtime than everything this module saves
     from os import PathLike
@@ -102,13 +105,33 @@ def dumps_canonical(obj: Any) -> str:
     return "".join(_canonical_encoder()(obj, 0))
 
 
-def read_record_bytes(path: str | PathLike[str]) -> bytes:
-    """A record's bytes. FileNotFoundError is retried once with a fresh lookup: on FUSE and
-    network views an open can race a replace-rename of that very file (the name's node is gone
-    for a moment); the retry sees the new file, or that there really is none."""
+def read_record_bytes(path: str | PathLike[str], limit: int = 256 << 20) -> bytes:
+    """A record's bytes: a regular file, never through a link at `path` (ELOOP) and never
+    blocking (a FIFO or device there is EINVAL: refused, not waited on), at most `limit` bytes
+    (EFBIG beyond). FileNotFoundError is retried once with a fresh lookup: on FUSE and network
+    views an open can race a replace-rename of that very file (the name's node is gone for a
+    moment); the retry sees the new file, or that there really is none."""
     try:
-        with open(path, "rb") as fh:
-            return fh.read()
+        return _read_regular(path, limit)
     except FileNotFoundError:
-        with open(path, "rb") as fh:
-            return fh.read()
+        return _read_regular(path, limit)
+
+
+def _read_regular(path: str | PathLike[str], limit: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if (st.st_mode & 0o170000) != 0o100000:
+            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
+        if st.st_size > limit:
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes", os.fspath(path))
+        chunks = []
+        while block := os.read(fd, 1 << 20):
+            chunks.append(block)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+#: what read_record_bytes raises for something that is not a plain file where a record belongs
+NOT_A_RECORD = (errno.ELOOP, errno.EINVAL, errno.EFBIG)

@@ -151,16 +151,53 @@ def redact_obj(obj: object) -> object:
 
 
 def secret_like_env(env: dict[str, str]) -> list[str]:
-    """Names of `[activate] env` entries that look like secrets: a secret-sounding name with a
-    literal value (not only `${...}` references), or a value carrying URL credentials or signed
-    query parameters. Such values are stored in the seal and travel with `push`."""
+    """Names of `[activate] env` entries that look like secrets: a secret-sounding name (a word
+    of it is KEY, TOKEN, SECRET, PASSWORD, ... or ends so: `HF_TOKEN`, `OPENAI_APIKEY`; not
+    `TOKENIZERS_PARALLELISM`) with a literal value that could be one (8+ characters, not a
+    number, a boolean, a path or a plain URL; `${...}` references do not count), or a value
+    carrying URL credentials or signed query parameters. Such values are stored in the seal and
+    travel with `push`: a false warning on `TOKENIZERS_PARALLELISM = "false"` teaches users to
+    ignore the real one."""
     out = []
     for name, value in env.items():
         literal = value.replace("$$", "")
         while "${" in literal and "}" in literal[literal.index("${") :]:
             start = literal.index("${")
             literal = literal[:start] + literal[literal.index("}", start) + 1 :]
-        named = any(part in name.upper() for part in SECRET_NAME_PARTS) and literal.strip() != ""
-        if named or redact_text(value) != value:
+        if (_secret_name(name) and _secret_value(literal)) or redact_text(value) != value:
             out.append(name)
     return out
+
+
+_SECRET_WORDS = frozenset(
+    {
+        "KEY",
+        "KEYS",
+        "TOKEN",
+        "SECRET",
+        "SECRETS",
+        "PASSWORD",
+        "PASSWD",
+        "PASS",
+        "CREDENTIAL",
+        "CREDENTIALS",
+        "SIGNATURE",
+        "AUTH",
+        "APIKEY",
+        "PAT",
+    }
+)
+
+
+def _secret_name(name: str) -> bool:
+    words = name.upper().replace("-", "_").replace(".", "_").split("_")
+    return any(w in _SECRET_WORDS or w.endswith(("KEY", "TOKEN", "SECRET", "PASSWORD")) for w in words)
+
+
+def _secret_value(value: str) -> bool:
+    v = value.strip()
+    if len(v) < 8 or " " in v or "://" in v:  # a plain URL is not one (credentials in it are)
+        return False
+    if v.lower() in ("true", "false", "none", "null", "auto", "enabled", "disabled"):
+        return False
+    return not (v.replace(".", "", 1).lstrip("-").isdigit() or v.startswith(("/", "./", "../", "~")))

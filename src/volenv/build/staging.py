@@ -10,11 +10,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from volenv.base.errors import (
+    DiskSpaceError,
     VolenvError,
     VolumeError,
 )
 from volenv.base.ui import reporter
+from volenv.build.venv import mib
 from volenv.store.paths import VolumePaths
+from volenv.store.rootfind import fix_command
 from volenv.store.volio import (
     atomic_write_json,
     remove_tree,
@@ -23,7 +26,7 @@ from volenv.store.volio import (
     unique_suffix,
 )
 
-if TYPE_CHECKING:  # filelock (and psutil, in _free_bytes) load only when a build really
+if TYPE_CHECKING:  # filelock (and psutil, in free_bytes) load only when a build really
     pass  # starts: a no-op sync is one process start, they a tenth of it
 
 
@@ -130,3 +133,21 @@ def quarantine(
     )
     reporter.warn(f"quarantined {snapshot_dir.name} -> {dest} ({reason})")
     return dest
+
+
+def free_bytes(paths: VolumePaths) -> int:
+    """Free bytes on the volume; psutil is imported here, so a no-op sync never loads it."""
+    import psutil
+
+    return int(psutil.disk_usage(str(paths.root)).free)
+
+
+def with_space_figures(exc: VolenvError, paths: VolumePaths, need: int) -> DiskSpaceError:
+    try:
+        free = free_bytes(paths)
+    except OSError:
+        free = -1
+    return DiskSpaceError(
+        f"{exc.message}; free now {mib(free)}, needed at least {mib(need)}",
+        hint=f"free space with `{fix_command(str(paths.root), 'gc')}`, or grow the volume",
+    )

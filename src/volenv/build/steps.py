@@ -27,7 +27,13 @@ from volenv.base.errors import (
 from volenv.base.redact import redact_text
 from volenv.base.ui import reporter
 from volenv.build.plan import DEFAULT_MIN_FREE, GroupState, SyncOptions, SyncPlan, SyncResult, refresh_args
-from volenv.build.staging import BUILDING_NAME, clean_stale_staging, quarantine
+from volenv.build.staging import (
+    BUILDING_NAME,
+    clean_stale_staging,
+    free_bytes,
+    quarantine,
+    with_space_figures,
+)
 from volenv.build.uvtool import index_args, install_progress, last_error_line, raise_if_disk_full, run_uv
 from volenv.build.venv import (
     activation_env_for_build,
@@ -45,10 +51,12 @@ from volenv.store.integrity import (
     WheelMismatch,
     build_record,
     check_shipped_bytecode,
+    clashes,
     encode_record,
     load_record,
 )
 from volenv.store.paths import VolumePaths
+from volenv.store.rootfind import fix_command
 from volenv.store.sealcheck import (
     META_DIR,
     RECORD_NAME,
@@ -62,13 +70,15 @@ from volenv.store.volio import (
     atomic_write_bytes,
     atomic_write_json,
     fsync_dir,
+    open_append,
+    read_regular,
     remove_tree,
     safe_mkdirs,
     safe_rename,
     unique_suffix,
 )
 
-if TYPE_CHECKING:  # filelock (and psutil, in _free_bytes) load only when a build really
+if TYPE_CHECKING:  # filelock (and psutil, in free_bytes) load only when a build really
     from volenv.store.locks import BuildLease  # starts: a no-op sync is one process start, they a tenth of it
 
 
@@ -87,6 +97,7 @@ class _Build:
         stamp = time.strftime("%Y%m%dT%H%M%S")
         self.staging = paths.staging / f"{self.sid}.{unique_suffix()}"
         self.log = paths.env_logs(self.env) / f"build-{stamp}-{self.sid}.log"
+        self._log_made = False
         self.python = self.staging / "bin" / "python"
         self.groups: list[GroupState] = []
         self.stats: dict[str, int] = {}
@@ -94,6 +105,7 @@ class _Build:
         self.need = DEFAULT_MIN_FREE
         self.previous = self._previous_snapshots()
         self.shipped_bytecode_damage: list[WheelMismatch] = []
+        self.clashes: list[dict[str, Any]] = []
 
     def _previous_snapshots(self) -> list[Path]:
         """Current first, then the newest others: sources of reusable hashes and bytecode."""
@@ -116,8 +128,23 @@ class _Build:
                 valid.append(p)
         return valid
 
+    def log_file(self) -> Any:
+        """The build log, appended to without following a link (its name is predictable: a
+        damaged snapshot makes the next start build the same id): created exclusively the first
+        time, under a new name when something already sits at the planned one."""
+        if not self._log_made:
+            try:
+                fd = open_append(self.log, self.paths.root, exclusive=True)
+            except FileExistsError:
+                self.log = self.log.with_name(f"{self.log.stem}.{unique_suffix()}.log")
+                fd = open_append(self.log, self.paths.root, exclusive=True)
+            self._log_made = True
+        else:
+            fd = open_append(self.log, self.paths.root)
+        return os.fdopen(fd, "a", encoding="utf-8")
+
     def logline(self, text: str) -> None:
-        with open(self.log, "a", encoding="utf-8") as fh:
+        with self.log_file() as fh:
             fh.write(redact_text(text.rstrip("\n")) + "\n")
 
     def uv(
@@ -143,7 +170,7 @@ class _Build:
         need = DEFAULT_MIN_FREE if min_free is None else min_free
         if self.previous:
             need = max(need, unique_size(self.previous[0]))
-        free = _free_bytes(self.paths)
+        free = free_bytes(self.paths)
         self.stats["free_bytes"] = free
         self.stats["needed_bytes"] = need
         self.need = need
@@ -151,7 +178,8 @@ class _Build:
             raise DiskSpaceError(
                 f"not enough space on {self.paths.root} for a build: free now {mib(free)},"
                 f" needed at least {mib(need)}",
-                hint="free space with `volenv gc`, or pass --min-free to change the estimate",
+                hint=f"free space with `{fix_command(str(self.paths.root), 'gc')}`, or pass --min-free"
+                " to change the estimate",
             )
 
     def stage(self) -> None:
@@ -260,7 +288,7 @@ class _Build:
             argv = ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
             shown = cmd if isinstance(cmd, str) else shlex.join(cmd)
             self.logline(f"$ [post-install {i}] {shown}")
-            with reporter.step(f"post-install: {shown}"), open(self.log, "a", encoding="utf-8") as fh:
+            with reporter.step(f"post-install: {shown}"), self.log_file() as fh:
                 try:
                     proc = subprocess.run(
                         argv,
@@ -351,6 +379,13 @@ class _Build:
         mismatches = self.shipped_bytecode_damage + mismatches
         if mismatches:
             entries, stats = self._refresh_damaged(mismatches)
+        self.clashes = [
+            {"path": rel, "distributions": dists, "kept": kept} for rel, dists, kept in clashes(self.staging)
+        ]
+        if self.clashes:  # what uv accepts: the last installer's file stays; said once, never damage
+            self.logline(
+                f"# files shipped by several distributions (uv kept the last installer's): {self.clashes}"
+            )
         self.stats.update(files=stats.files, hashed=stats.hashed, hash_reused=stats.reused)
         self.stats["bytes_hashed"] = stats.bytes_hashed
         self.stats["bytes_new"] = stats.bytes_new
@@ -376,7 +411,10 @@ class _Build:
         for d in dists:
             args += ["--reinstall-package", d, "--refresh-package", d]
         self.uv(args, "record")
-        shipped = check_shipped_bytecode(self.staging)
+        # only the reinstalled distributions ship fresh bytecode now: the others' was compiled
+        # by volenv already (numpy's shipped .pyc is volenv's own by this point)
+        reinstalled = {m.distribution for m in mismatches}
+        shipped = check_shipped_bytecode(self.staging, only=reinstalled)
         self._compile_bytecode()
         entries, stats, again = build_record(self.staging, [])
         again = shipped + again
@@ -419,9 +457,12 @@ class _Build:
             "stats": self.stats,
         }
         try:
-            (meta / "build.log").write_bytes(self.log.read_bytes())
+            # our own log, read back without following a link (a planted one is never copied)
+            atomic_write_bytes(meta / "build.log", read_regular(self.log, 8 << 20, tail=True))
         except OSError:
             pass
+        if self.clashes:  # files two distributions ship: `show` lists them (only when there are)
+            seal["clashes"] = self.clashes
         if self.res.reinstall:  # what `sync --reinstall` forced (its id carries a nonce)
             seal["reinstall"] = list(self.res.reinstall)
         seal["self_sha256"] = seal_self_digest(seal)
@@ -508,7 +549,7 @@ def build_snapshot(
             raise from_oserror(exc, f"build of {b.sid} failed (build log: {b.log})") from exc
     except DiskSpaceError as exc:
         b.abort()
-        err = exc if "free now" in exc.message else _with_space_figures(exc, paths, b.need)
+        err = exc if "free now" in exc.message else with_space_figures(exc, paths, b.need)
         _log_failure(paths, b, err)
         raise err from exc
     except BaseException as exc:
@@ -544,24 +585,6 @@ def _log_failure(paths: VolumePaths, b: _Build, exc: BaseException) -> None:
         )
     except OSError:
         pass
-
-
-def _free_bytes(paths: VolumePaths) -> int:
-    """Free bytes on the volume; psutil is imported here, so a no-op sync never loads it."""
-    import psutil
-
-    return int(psutil.disk_usage(str(paths.root)).free)
-
-
-def _with_space_figures(exc: VolenvError, paths: VolumePaths, need: int) -> DiskSpaceError:
-    try:
-        free = _free_bytes(paths)
-    except OSError:
-        free = -1
-    return DiskSpaceError(
-        f"{exc.message}; free now {mib(free)}, needed at least {mib(need)}",
-        hint=exc.hint or "free space with `volenv gc`, or grow the volume",
-    )
 
 
 def publish_pointers(paths: VolumePaths, manifest: Manifest, sid: str, action: str) -> None:

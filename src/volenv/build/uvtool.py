@@ -100,7 +100,10 @@ def run_uv(
             env.pop("UV_NO_PROGRESS", None)
             proc = _run_on_pty(cmd, env, cwd, on_line, pty_fds)
     if log is not None:
-        with open(log, "a", encoding="utf-8") as fh:
+        from volenv.store.volio import is_within, open_append
+
+        inside = paths.root if is_within(log, paths.root) else None  # the resolve log is in a temp dir
+        with os.fdopen(open_append(log, inside), "a", encoding="utf-8") as fh:
             # uv echoes index URLs (with their userinfo) in its own messages: filter everything
             text = f"$ uv {' '.join(args)}\n{proc.stdout}{proc.stderr}[exit {proc.returncode}]\n"
             fh.write(redact_text(text))

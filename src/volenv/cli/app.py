@@ -130,19 +130,21 @@ for _family in (envs, inspect, generations, models, pod, remote, author):
 
 def _log_traceback(root: Path | None) -> str | None:
     """Tracebacks always go to a log file: the root's logs/ when writable, else the temp dir."""
-    text = traceback.format_exc()
-    candidates = []
-    if root is not None and (root / "logs").is_dir():
-        candidates.append(root / "logs" / "volenv-errors.log")
-    candidates.append(Path(os.environ.get("TMPDIR", "/tmp")) / "volenv-errors.log")
-    for path in candidates:
-        try:
-            with open(path, "a", encoding="utf-8") as fh:
-                from volenv.base.redact import redact_text
+    from volenv.base.redact import redact_text
+    from volenv.store.volio import open_append
 
+    text = traceback.format_exc()
+    candidates: list[tuple[Path, Path | None]] = []
+    if root is not None and (root / "logs").is_dir():
+        candidates.append((root / "logs" / "volenv-errors.log", root))
+    # the temp dir is shared: a per-user name, and never through a link someone planted there
+    candidates.append((Path(os.environ.get("TMPDIR", "/tmp")) / f"volenv-errors-{os.geteuid()}.log", None))
+    for path, inside in candidates:
+        try:
+            with os.fdopen(open_append(path, inside), "a", encoding="utf-8") as fh:
                 fh.write(redact_text(f"--- {time.ctime()} pid {os.getpid()} argv {sys.argv}\n{text}\n"))
             return str(path)
-        except OSError:
+        except (OSError, VolenvError):
             continue
     return None
 

@@ -587,6 +587,8 @@ def render_show(r: Any) -> None:
             present = "yes" if m.present else ("no (optional)" if m.optional else "no")
             table.add_row(esc(m.name), esc(m.source), present)
         _o().print(table)
+    for c in r.clashes:
+        _o().print(f"shipped by several distributions: {esc(c)}", highlight=False)
 
 
 def render_diff(r: Any, quiet: int = 0) -> None:

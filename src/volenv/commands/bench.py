@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from volenv.base.errors import NoSnapshotError, UsageError
+from volenv.store.rootfind import fix_command
 
 if TYPE_CHECKING:
     from volenv.store.integrity import Entry
@@ -332,7 +333,7 @@ def coldstart(
     if sid is None:
         raise NoSnapshotError(
             f"bench: no snapshot of {manifest_file} on {root}",
-            hint=f"build it first: volenv --root {shlex.quote(root)} sync {shlex.quote(manifest_file)}",
+            hint=f"build it first: {fix_command(root, 'sync', manifest_file)}",
         )
     snap_dir = os.path.join(root, "envs", target.env, "snapshots", sid)
     try:
@@ -340,7 +341,9 @@ def coldstart(
     except SealProblem as exc:
         from volenv.base.errors import VerifyError
 
-        raise VerifyError(f"bench: {sid}: {exc.detail}", hint="volenv verify --repair") from None
+        raise VerifyError(
+            f"bench: {sid}: {exc.detail}", hint=fix_command(root, "verify", target.env, "--repair")
+        ) from None
     cmd = pick_command(m, command)
     notes: list[str] = []
     # auto's probe first: it is the first thing a real start does on a cold volume

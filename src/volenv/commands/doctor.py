@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from volenv.base.leanjson import loads as json_loads  # RecursionError is ValueError there
 from volenv.store import pointers as store
 from volenv.store.paths import RootChoice, VolumePaths
 from volenv.store.sealcheck import SealProblem, check_seal, interpreter_problem
@@ -96,10 +97,15 @@ def _mount_of(path: str) -> tuple[str | None, str | None]:
 
 
 def _writable(root: Path) -> bool:
-    probe = root / f".doctor-{os.getpid()}"
+    """A new file of its own, created exclusively and never through a link (a planted
+    `.doctor-PID` link must not truncate what it points to), then removed."""
+    from volenv.store.volio import unique_suffix
+
+    probe = root / f".doctor-{unique_suffix()}"
     try:
-        probe.write_bytes(b"")
-        probe.unlink()
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        os.close(fd)
+        os.unlink(probe)
         return True
     except OSError:
         return False
@@ -277,7 +283,6 @@ def _files_at_stat(
 def last_build_failure(paths: VolumePaths) -> BuildFailure | None:
     """The newest `build-failed` event of any env (resolve failures included); unreadable
     lines are skipped: events are a diagnostic aid, not a record anything depends on."""
-    import json
 
     newest: BuildFailure | None = None
     for env in store.list_envs(paths):
@@ -289,7 +294,7 @@ def last_build_failure(paths: VolumePaths) -> BuildFailure | None:
             if '"build-failed"' not in line:
                 continue
             try:
-                ev = json.loads(line)
+                ev = json_loads(line)
             except ValueError:
                 continue
             if not isinstance(ev, dict) or ev.get("event") != "build-failed":

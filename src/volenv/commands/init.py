@@ -420,7 +420,7 @@ def _name(given: str | None, project_name: Any, source: Path) -> str:
         return given  # validated (exit 2) by the manifest parser like any manifest
     raw = project_name if isinstance(project_name, str) and project_name else source.parent.name
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip(".-_")[:63].replace("..", ".")
-    return slug if slug and SLUG.match(slug) else "env"
+    return slug if slug and SLUG.fullmatch(slug) else "env"
 
 
 # ---------------------------------------------------------------- smoke imports

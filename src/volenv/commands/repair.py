@@ -7,7 +7,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from volenv.base.errors import VerifyError
+from volenv.base.errors import ManifestError, VerifyError
 from volenv.base.ui import reporter
 from volenv.build.interp import fingerprint_key, probe
 from volenv.build.plan import Resolution, SyncOptions, SyncPlan, requirements_file_options
@@ -17,6 +17,7 @@ from volenv.manifest.parse import manifest_from_seal
 from volenv.store.integrity import VerifyReport, verify_snapshot
 from volenv.store.locks import BuildLease
 from volenv.store.paths import VolumePaths
+from volenv.store.rootfind import fix_command
 from volenv.store.sealcheck import SealProblem, read_seal
 
 
@@ -27,11 +28,18 @@ def repair_snapshot(paths: VolumePaths, snapshot_dir: Path, *, lock_timeout: flo
     except SealProblem as sp:
         raise VerifyError(
             f"cannot repair {sid}: its seal is unusable ({sp.detail})",
-            hint="re-run `volenv sync MANIFEST` to build it again",
+            hint="sync its manifest again to build it again",
         ) from None
-    manifest = manifest_from_seal(
-        seal["manifest"], str(seal.get("manifest_path", snapshot_dir / "manifest.toml"))
-    )
+    where = str(seal.get("manifest_path", snapshot_dir / "manifest.toml"))
+    try:
+        manifest = manifest_from_seal(seal["manifest"], where)
+    except ManifestError as exc:  # the hint it names, with this root
+        changed = exc.key in ("lockfile", "requirements-file")
+        args = ("sync", "--reinstall-all", where) if changed else ("sync", where)
+        exc.hint = fix_command(str(paths.root), *args)
+        if not changed:
+            exc.hint = f"`{exc.hint}` builds a new snapshot from the tree as it is now"
+        raise
     fp = probe(seal["fingerprint"]["executable"])
     if fingerprint_key(fp) != fingerprint_key(seal["fingerprint"]):
         raise VerifyError(

@@ -6,6 +6,7 @@ from typing import Any
 
 from volenv.base.errors import UsageError
 from volenv.store.paths import VolumePaths
+from volenv.store.rootfind import fix_command
 
 
 def push(
@@ -44,7 +45,8 @@ def pull(
     if not from_:
         raise UsageError(
             "pull: --from URL is required",
-            hint="`volenv pull ENV --from s3://bucket/prefix` (or file:///path); see `volenv pull --help`",
+            hint=f"`{fix_command(str(paths.root), 'pull', target or 'ENV', '--from', 's3://bucket/prefix')}`"
+            " (or file:///path); see `volenv pull --help`",
         )
     trust = Trust.from_env(trust_unsigned)
     return do_pull(

@@ -59,6 +59,7 @@ class ShowResult:
     groups: tuple[GroupView, ...]
     models: tuple[ModelView, ...]
     manifests: tuple[ManifestRef, ...]
+    clashes: tuple[str, ...] = ()  # files several distributions ship: "path (a, b; kept b)"
 
 
 def resolve(paths: VolumePaths, text: str) -> tuple[str, str]:
@@ -156,6 +157,13 @@ def show(paths: VolumePaths, target: str, *, sizes: bool = True) -> ShowResult:
         groups=groups,
         models=tuple(models),
         manifests=tuple(refs),
+        clashes=tuple(
+            f"{c['path']} ({', '.join(map(str, c['distributions']))}; kept {c.get('kept') or '?'})"
+            for c in seal.get("clashes") or []
+            if isinstance(c, dict)
+            and isinstance(c.get("path"), str)
+            and isinstance(c.get("distributions"), list)
+        ),
     )
 
 

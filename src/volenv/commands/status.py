@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from volenv.base.errors import UsageError, VolenvError
 from volenv.store import pointers as store
 from volenv.store.paths import VolumePaths
+from volenv.store.rootfind import fix_command
 from volenv.store.sealcheck import SealProblem, check_seal
 
 
@@ -94,7 +95,8 @@ def scan(
         envs.append(EnvInfo(env, current, tuple(snaps), generations))
     if env_filter and not envs:  # a typo is not "no environments yet"
         raise UsageError(
-            f"no env named {env_filter!r} under {paths.root}", hint="`volenv list` shows the envs"
+            f"no env named {env_filter!r} under {paths.root}",
+            hint=f"`{fix_command(str(paths.root), 'list')}` shows the envs",
         )
     return StatusReport(str(paths.root), root_source, True, free, tuple(envs), tuple(warnings))
 

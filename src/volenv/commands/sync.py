@@ -27,7 +27,7 @@ def manifest_source(manifest: Path | None, from_env: str | None) -> Path:
 
         from volenv.runpod.provision import read_inline_manifest
 
-        manifest = read_inline_manifest(from_env, Path(tempfile.gettempdir()) / "volenv-inline")
+        manifest = read_inline_manifest(from_env, Path(tempfile.gettempdir()))
     assert manifest is not None
     return manifest
 

@@ -6,12 +6,13 @@ import os
 import time
 from dataclasses import dataclass
 
-from volenv.base.errors import DamagedRecord, UsageError, VerifyError, shq
+from volenv.base.errors import DamagedRecord, UsageError, VerifyError
 from volenv.base.ui import reporter
 from volenv.store import contents
 from volenv.store import pointers as store
 from volenv.store.locks import BuildLease
 from volenv.store.paths import VolumePaths, env_from_snapshot_id
+from volenv.store.rootfind import fix_command
 from volenv.store.sealcheck import SealProblem, check_seal, plain_name, read_seal
 from volenv.store.volio import atomic_write_json, contained, safe_mkdirs
 
@@ -195,8 +196,8 @@ def _resolve_in(paths: VolumePaths, env: str, text: str) -> str:
     if text == env or (plain_name(text) and (paths.env_dir(text) / "snapshots").is_dir()):
         raise UsageError(
             f"{text!r} is an env name, and --to takes a snapshot of '{env}'",
-            hint=f"`volenv rollback {shq(env)}` alone goes back one generation; --to takes a snapshot"
-            f" id or prefix that `volenv history {shq(env)}` lists",
+            hint=f"`{fix_command(str(paths.root), 'rollback', env)}` alone goes back one generation; --to"
+            f" takes a snapshot id or prefix that `{fix_command(str(paths.root), 'history', env)}` lists",
         )
     found_env, sid = resolve(paths, text)
     if found_env != env:
@@ -213,8 +214,8 @@ def _nothing_earlier(paths: VolumePaths, env: str, current: str | None) -> Usage
     return UsageError(
         f"'{env}' has no earlier snapshot to roll back to: gc removed the {n} snapshot"
         f"{'s' if n != 1 else ''} of its earlier generations",
-        hint="rebuild an older version: restore its manifest and `volenv sync` it "
-        f"(`volenv history {shq(env)}` lists what each generation changed)",
+        hint="rebuild an older version: restore its manifest and sync it "
+        f"(`{fix_command(str(paths.root), 'history', env)}` lists what each generation changed)",
     )
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from volenv.base.errors import UsageError, VolenvError
+from volenv.base.leanjson import loads as json_loads  # RecursionError is ValueError there
 from volenv.base.ui import fmt_duration, reporter
 from volenv.gc.leases import lease_holder
 from volenv.gc.sizes import apparent, freed_from, inode_table, isdir, real_dir, walk_stats
@@ -290,7 +291,6 @@ def _plan_dir(paths: VolumePaths, directory: Path, kind: str, keep_within: float
 def referenced_models(paths: VolumePaths, kept: list[Path]) -> dict[str, dict[str, object]]:
     """model record file name -> spec, for every model a kept snapshot's manifest names: the
     manifest sealed into it, and every manifest whose index entry points at it (aliases)."""
-    import json as _json
 
     from volenv.store.alias import alias_ok
     from volenv.store.modelpaths import model_record_path
@@ -305,7 +305,7 @@ def referenced_models(paths: VolumePaths, kept: list[Path]) -> dict[str, dict[st
             continue
     for alias in listdir(paths.root / "aliases", paths.root):
         try:
-            data = _json.loads((paths.root / "aliases" / alias).read_bytes())
+            data = json_loads((paths.root / "aliases" / alias).read_bytes())
             if not alias_ok(data):
                 continue
             sid = store.read_index(paths, data["env"], data["manifest_digest"])
@@ -321,7 +321,7 @@ def _valid_model(m: object) -> bool:
     pulled or planted) obeys the manifest's own rules before it names a path to delete."""
     from volenv.manifest.schema import HEX40, HEX64, SLUG
 
-    if not isinstance(m, dict) or not isinstance(m.get("name"), str) or not SLUG.match(m["name"]):
+    if not isinstance(m, dict) or not isinstance(m.get("name"), str) or not SLUG.fullmatch(m["name"]):
         return False
     hf = m.get("hf")
     if hf:
@@ -331,10 +331,10 @@ def _valid_model(m: object) -> bool:
             and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*", repo) is not None
             and ".." not in repo
             and isinstance(rev, str)
-            and HEX40.match(rev) is not None
+            and HEX40.fullmatch(rev) is not None
         )
     url, sha = m.get("url"), m.get("sha256")
-    if not (isinstance(url, str) and isinstance(sha, str) and HEX64.match(sha)):
+    if not (isinstance(url, str) and isinstance(sha, str) and HEX64.fullmatch(sha)):
         return False
     filename = url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or "model.bin"
     return filename not in (".", "..")

@@ -78,9 +78,7 @@ def _init_hint(p: Path) -> str:
     for source in ("uv.lock", "pyproject.toml", "requirements.txt"):
         if (p.parent / source).is_file():
             return f"write it from {source}: volenv init {shq(p.parent / source)} -o {shq(p)}"
-    return (
-        f"write one: volenv init SOURCE -o {shq(p)} (SOURCE: a requirements.txt, pyproject.toml or uv.lock)"
-    )
+    return "write one with `init` from a requirements.txt, pyproject.toml or uv.lock"
 
 
 def _foreign_kind(p: Path, data: dict[str, Any]) -> str | None:
@@ -185,7 +183,7 @@ def _parse(p: Path, data: dict[str, Any], c: Checker) -> Manifest:
 
 
 def _check_python(c: Checker, python: str) -> None:
-    if PYTHON_REQUEST.match(python):
+    if PYTHON_REQUEST.fullmatch(python):
         return
     from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
@@ -213,7 +211,7 @@ def _parse_index(c: Checker, value: Any) -> IndexSettings:
     backend = None
     if "torch-backend" in t:
         backend = c.string(t["torch-backend"], "index.torch-backend")
-        if not TORCH_BACKEND.match(backend):
+        if not TORCH_BACKEND.fullmatch(backend):
             raise c.fail(
                 "index.torch-backend", f"{backend!r} is not a uv torch backend (auto, cpu, cu126, ...)"
             )
@@ -265,7 +263,7 @@ def parse_activate(c: Checker, value: Any) -> tuple[tuple[tuple[str, str], ...],
     env = []
     for k, v in env_t.items():
         key = f"activate.env.{k}"
-        if not ENV_NAME.match(k):
+        if not ENV_NAME.fullmatch(k):
             raise c.fail(key, f"{k!r} is not a valid environment variable name")
         if k in RESERVED_ENV:
             raise c.fail(key, f"{k} is set by volenv itself and cannot be overridden")
@@ -341,7 +339,7 @@ def parse_models(c: Checker, value: Any) -> tuple[ModelSpec, ...]:
         if "sha256" not in m:
             raise c.fail(f"{key}.sha256", "missing (a url model must be pinned by its checksum)")
         sha = c.string(m["sha256"], f"{key}.sha256").lower()
-        if not HEX64.match(sha):
+        if not HEX64.fullmatch(sha):
             raise c.fail(f"{key}.sha256", f"{m['sha256']!r} is not 64 hex digits")
         size = m.get("size")
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
@@ -361,7 +359,7 @@ def _parse_hf(c: Checker, value: Any, key: str) -> HfSource:
     if "revision" not in t:
         raise c.fail(f"{key}.revision", "missing (pin a 40-hex commit for reproducible snapshots)")
     rev = c.string(t["revision"], f"{key}.revision")
-    if not HEX40.match(rev):
+    if not HEX40.fullmatch(rev):
         raise c.fail(f"{key}.revision", f"{rev!r} is not a 40-hex commit id (branches and tags move)")
     files = c.strings(t.get("files", []), f"{key}.files")
     patterns = c.strings(t.get("allow-patterns", []), f"{key}.allow-patterns")
@@ -423,6 +421,6 @@ def manifest_from_seal(data: dict[str, Any], path: str) -> Manifest:
             path,
             "requirements",
             "a local source tree changed since this snapshot was built: it cannot be rebuilt as it was",
-            hint="`volenv sync MANIFEST` builds a new snapshot from the tree as it is now",
+            hint=f"`volenv sync {shlex.quote(path)}` builds a new snapshot from the tree as it is now",
         )
     return m

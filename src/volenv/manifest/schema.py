@@ -238,7 +238,7 @@ class Checker:
 
     def slug(self, value: Any, key: str) -> str:
         text = self.string(value, key)
-        if not SLUG.match(text):
+        if not SLUG.fullmatch(text):
             raise self.fail(
                 key,
                 f"{text!r} is not a plain name (letters, digits, '.', '_', '-'; no '/', '..' or spaces;"

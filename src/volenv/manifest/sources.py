@@ -43,14 +43,16 @@ def parse_requirements_file(
         path, shown = pending.pop()
         if path in inputs:
             continue
-        try:
-            content = path.read_bytes()
+        try:  # a FIFO there is refused, never waited on; a link is followed (a user's own file)
+            content = _read_input(path)
         except FileNotFoundError:
             raise c.fail(key, f"{shown!r}: no such file ({path})") from None
         except IsADirectoryError:
             raise c.fail(key, f"{shown!r}: is a directory, expected a requirements file") from None
         except OSError as exc:
             raise c.fail(key, f"{shown!r}: cannot read ({exc.strerror})") from None
+        if b"\0" in content:
+            raise c.fail(key, f"{shown!r}: holds a NUL byte; a requirements file is text")
         inputs[path] = hashlib.sha256(content).hexdigest()
         for inc in _included_files(content):
             if "://" not in inc:
@@ -179,6 +181,25 @@ def local_sources(
                 f"{key}[{i}]", f"{text!r}: cannot read {exc.filename or target}: {exc.strerror}"
             ) from None
     return tuple(sorted(out.items()))
+
+
+def _read_input(path: Path, limit: int = 16 << 20) -> bytes:
+    """A requirements file's bytes: a regular file (links followed), opened without blocking."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory", str(path))
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        if st.st_size > limit:
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
+        chunks = []
+        while block := os.read(fd, 1 << 20):
+            chunks.append(block)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def lockfile_local_sources(c: Checker, lockfile: Path, data: dict[str, Any], folder: Path) -> dict[str, str]:

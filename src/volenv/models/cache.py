@@ -300,8 +300,8 @@ def _fetch_url(paths: VolumePaths, spec: ModelSpec, dest: Path) -> list[dict[str
         except httpfetch.RetriesExhausted as exc:
             raise ModelError(
                 f"model '{spec.name}': {exc}",
-                hint="check the URL and the network, then `volenv models fetch MANIFEST` again"
-                " (it resumes from the chunks it has)",
+                hint="check the URL and the network, then fetch again (a `sync` or `models fetch` of the"
+                " manifest resumes from the chunks it has)",
             ) from None
         finally:
             progress.close()
@@ -367,7 +367,7 @@ def _fetch_hf(paths: VolumePaths, spec: ModelSpec, snapshot_dir: Path) -> list[d
                 raise ModelError(
                     f"model '{spec.name}': {p.relative_to(snapshot_dir)} points outside {hf_top};"
                     " the link was removed",
-                    hint="`volenv models fetch` again",
+                    hint="fetch it again (a `sync` or `models fetch` of the manifest)",
                 )
             digest = hash_file(str(blob))
             if len(blob.name) == 64 and blob.name != digest:  # LFS blobs are named by their sha256

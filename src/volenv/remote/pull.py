@@ -5,7 +5,6 @@ the signed record, and only then the snapshot renamed into place; its models lik
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import threading
 import time
@@ -15,6 +14,7 @@ from typing import Any
 from volenv.base import faults
 from volenv.base.errors import UsageError, VerifyError
 from volenv.base.iopool import Part
+from volenv.base.leanjson import loads as json_loads  # RecursionError is ValueError there
 from volenv.base.streams import AdaptiveStreams
 from volenv.base.ui import Progress, reporter
 from volenv.remote.replicate import TransferResult, believe, model_names, resolve_remote
@@ -32,6 +32,7 @@ from volenv.store.packformat import (
 )
 from volenv.store.packread import Unpacker, _Seen
 from volenv.store.paths import VolumePaths
+from volenv.store.rootfind import fix_command
 from volenv.store.sealcheck import SealProblem, check_seal, interpreter_problem
 from volenv.store.volio import atomic_write_json, fsync_dir, remove_tree, safe_mkdirs, unique_suffix
 from volenv.transfer.bucketget import RANGED_FROM, Wanted, fetch_all
@@ -325,7 +326,8 @@ def _pull_models(
                 raise VerifyError(
                     f"model record {name} from {remote.url} names {dest}, which holds other bytes;"
                     " nothing was replaced",
-                    hint="`volenv models verify --level full`; remove the file if it is damaged",
+                    hint=f"`{fix_command(str(paths.root), 'models', 'verify', '--level', 'full')}`;"
+                    " remove the file if it is damaged",
                 )
             files[dest] = _model_file_wanted(remote, name, f, dest)
         todo.append((name, raw))
@@ -366,7 +368,7 @@ def _check_model_record(raw: bytes, name: str) -> dict[str, Any]:
         return VerifyError(printable(f"model record {name} from the bucket is invalid: {why}"))
 
     try:
-        rec = json.loads(raw)
+        rec = json_loads(raw)
     except ValueError as exc:
         raise bad(str(exc)) from None
     if not isinstance(rec, dict) or not isinstance(rec.get("spec"), dict):

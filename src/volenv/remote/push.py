@@ -32,6 +32,7 @@ from volenv.store.packformat import (
 )
 from volenv.store.packwrite import pack_snapshot
 from volenv.store.paths import VolumePaths
+from volenv.store.rootfind import fix_command
 from volenv.store.sealcheck import META_DIR, SEAL_NAME, SealProblem, check_seal
 from volenv.transfer.bucketput import Outgoing, check_all, put_all, stamp_of
 from volenv.transfer.buckets import Remote
@@ -191,7 +192,8 @@ def _check_model_file(
     def damaged(why: str) -> VerifyError:
         return VerifyError(
             f"model file {path} ({record}) {why}; nothing of it was pushed",
-            hint="run `volenv models verify --level full` and fetch the model again",
+            hint=f"run `{fix_command(str(paths.root), 'models', 'verify', '--level', 'full')}` and fetch the"
+            " model again",
         )
 
     top = os.path.realpath(paths.models)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from volenv.base.errors import UsageError, VerifyError
+from volenv.base.errors import UsageError, VerifyError, shq
 from volenv.base.ui import reporter
 from volenv.remote.signing import Trust
 from volenv.store.packformat import (
@@ -50,7 +50,8 @@ def resolve_remote(remote: Remote, target: str | None) -> tuple[str, str]:
     if target is None:
         raise UsageError(
             "pull: name an ENV or a SNAPSHOT to pull",
-            hint="`volenv list --remote URL` shows what the bucket holds; see `volenv pull --help`",
+            hint=f"`volenv list --remote {shq(remote.url)}` shows what the bucket holds;"
+            " see `volenv pull --help`",
         )
     if is_snapshot_id(target):
         return target, env_from_snapshot_id(target)

@@ -172,6 +172,6 @@ class Trust:
             return None
         raise VerifyError(
             f"refusing {what} from the bucket: {why}",
-            hint=f"add the pusher's public key to {TRUSTED_KEYS_ENV} (`volenv key generate` prints it),"
+            hint=f"add the pusher's public key to {TRUSTED_KEYS_ENV} (`volenv key generate` printed it),"
             " or pass --trust-unsigned to accept what anyone who can write the bucket put there",
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import sys
 import time
 from typing import Any
@@ -85,12 +86,23 @@ def _last_build_log(root: str, env: str | None) -> tuple[list[str], str | None]:
         candidates += [
             os.path.join(d, n) for n in _listdir(d) if n.startswith("build-") and n.endswith(".log")
         ]
-    if not candidates:
+    logs_of: list[tuple[float, str]] = []
+    for p in candidates:  # lstat: a link planted as the newest log is neither followed nor shown
+        try:
+            st = os.lstat(p)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            logs_of.append((st.st_mtime, p))
+    if not logs_of:
         return [], None
-    newest = max(candidates, key=lambda p: os.stat(p).st_mtime)
-    try:
-        with open(newest, encoding="utf-8", errors="replace") as fh:
-            lines = fh.read().splitlines()[-TAIL_LINES:]
+    newest = max(logs_of)[1]
+    from volenv.store.volio import read_regular
+
+    try:  # never blocking, never through a link, the tail only
+        lines = (
+            read_regular(newest, 256 << 10, tail=True).decode("utf-8", "replace").splitlines()[-TAIL_LINES:]
+        )
     except OSError:
         return [], newest
     from volenv.base.redact import redact_text

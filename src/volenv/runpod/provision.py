@@ -201,7 +201,16 @@ def read_inline_manifest(var: str, workdir: Path) -> Path:
     text = os.environ.get(var)
     if not text:
         raise UsageError(f"--from-env: ${var} is empty or unset")
-    workdir.mkdir(parents=True, exist_ok=True)
-    path = workdir / f"inline-{os.getpid()}.toml"
-    path.write_text(text, encoding="utf-8")
+    import atexit
+    import shutil
+    import tempfile
+
+    # a private directory (0700, a fresh name: nothing planted in the shared temp dir is used),
+    # the file 0600 (it may carry index credentials), both gone when this process ends
+    private = Path(tempfile.mkdtemp(prefix="volenv-inline-", dir=workdir))
+    atexit.register(shutil.rmtree, private, True)
+    path = private / "manifest.toml"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
     return path

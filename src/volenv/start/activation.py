@@ -23,14 +23,16 @@ from volenv.base.errors import (
     VolumeError,
     shq,
 )
-from volenv.base.leanjson import loads, read_record_bytes
+from volenv.base.leanjson import NOT_A_RECORD, loads, read_record_bytes
 from volenv.store.alias import activation_settings, alias_current, alias_path, inputs_match, write_alias
 from volenv.store.modelpaths import model_env_name, model_location, model_record_path
+from volenv.store.rootfind import fix_command
 from volenv.store.sealcheck import (
     SealProblem,
     is_snapshot_id,
     plain_name,
     read_seal,
+    rollback_hint,
     rollback_problem,
 )
 
@@ -64,6 +66,8 @@ def _read_json(path: str) -> Any:
     except (IsADirectoryError, NotADirectoryError):
         raise DamagedRecord(f"{path} is damaged: not a file", hint=f"remove {path}") from None
     except OSError as exc:
+        if exc.errno in NOT_A_RECORD:  # a link, a FIFO, a device: volenv never writes one there
+            raise DamagedRecord(f"{path} is damaged: not a regular file", hint=f"remove {path}") from None
         raise VolumeError(
             f"cannot read {path}: {exc.strerror} (errno {exc.errno}); the volume is unreachable",
             hint="check the network volume's mount",
@@ -128,8 +132,7 @@ def rolled_back(root: str, env: str) -> tuple[str, float, float] | None:
         return None
     problem = rollback_problem(rb, env)
     if problem is not None:  # a rollback the pointer cannot vouch for: never guessed either way
-        hint = f"point it at a snapshot again: volenv rollback {shq(env)} --to SNAPSHOT"
-        raise DamagedRecord(f"{path} is damaged: {problem}", hint=hint)
+        raise DamagedRecord(f"{path} is damaged: {problem}", hint=rollback_hint(root, env))
     return snap, float(rb["created"]), float(rb["time"])
 
 
@@ -165,9 +168,14 @@ def find_snapshot(root: str, target: Target) -> str | None:
     env_dir = os.path.join(root, "envs", target.env)
     if target.digest is not None:
         path = os.path.join(env_dir, "index", target.digest)
-        return _pointer(path, target.env, f"the next `volenv sync` of its manifest writes {path} again")
-    hint = f"point it at a valid snapshot: volenv rollback {shq(target.env)} --to SNAPSHOT"
-    return _pointer(os.path.join(env_dir, "current"), target.env, hint)
+        how = fix_command(root, "sync", target.manifest_path) if target.manifest_path else "sync its manifest"
+        return _pointer(path, target.env, f"{how} writes {path} again")
+    current = os.path.join(env_dir, "current")
+    try:
+        return _pointer(current, target.env, "")
+    except DamagedRecord as exc:
+        exc.hint = rollback_hint(root, target.env)  # only now: it reads every snapshot's seal
+        raise
 
 
 # ---------------------------------------------------------------- environment
@@ -209,7 +217,13 @@ def compute_env(
             all_present = False
     if models and all_present:
         env["HF_HUB_OFFLINE"] = "1"
-    return apply_manifest_env(env, activation.get("env", {}))
+    try:
+        return apply_manifest_env(env, activation.get("env", {}))
+    except ValueError as exc:  # settings from the volume (a seal, an alias) that no parse allowed
+        raise DamagedRecord(
+            f"the activation settings of {os.path.basename(snapshot_dir)} are damaged: {exc}",
+            hint="sync the manifest again (its seal or alias was changed on the volume)",
+        ) from None
 
 
 # ---------------------------------------------------------------- run
@@ -233,7 +247,7 @@ def _contained_snapshot(root: str, snap_dir: str) -> None:
         raise VerifyError(
             f"snapshot directory {snap_dir} is a symlink or resolves outside the volume root"
             f" ({real}): unsafe, not run",
-            hint="remove the link (volenv never makes one there), then `volenv sync` again",
+            hint="remove the link (volenv never makes one there), then sync the manifest again",
         )
 
 
@@ -244,7 +258,10 @@ def _verify_deep(snap_dir: str, level: str) -> None:
 
     report = verify_snapshot(Path(snap_dir), level)
     if not report.ok:
-        err = VerifyError(report.summary(), hint="volenv verify --repair, or run with --on-missing build")
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(snap_dir))))
+        env = os.path.basename(os.path.dirname(os.path.dirname(snap_dir)))
+        repair = fix_command(root, "verify", env, "--repair")
+        err = VerifyError(report.summary(), hint=f"{repair}, or run with --on-missing build")
         err.report = report  # type: ignore[attr-defined]
         raise err
 

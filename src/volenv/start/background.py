@@ -15,6 +15,7 @@ from typing import Any
 
 from volenv.base import faults
 from volenv.base.errors import VerifyError, shq
+from volenv.base.leanjson import loads as json_loads  # RecursionError is ValueError there
 from volenv.base.ui import human_seconds
 from volenv.start.localdisk import detached, owned_alone, remove_all, say
 from volenv.start.skeleton import (
@@ -303,7 +304,7 @@ def _background(job: _Job, lock: int, ready: int) -> int:
         stage = None
         seal_fd = os.open("seal.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=meta_fd)
         with open(seal_fd, "rb") as fh:
-            rec = json.loads(fh.read())["record_sha256"]
+            rec = json_loads(fh.read())["record_sha256"]
         mark = {"schema": 1, "snapshot": job.manifest.snapshot, "record_sha256": rec, "time": time.time()}
         write_at(meta_fd, MARKER, json.dumps(mark).encode())
         os.unlink(IN_PROGRESS, dir_fd=meta_fd)

@@ -27,6 +27,7 @@ from typing import Any
 
 from volenv.base.errors import VolenvError
 from volenv.base.iopool import Part, run_parts
+from volenv.base.leanjson import loads as json_loads  # RecursionError is ValueError there
 from volenv.base.streams import AdaptiveStreams, pinned_streams
 from volenv.base.ui import human_bytes, human_seconds
 from volenv.start.localdisk import checked_base, default_dir, free_bytes, owned_alone, say
@@ -170,7 +171,7 @@ def _complete(dest: Path, files: list[dict[str, Any]]) -> bool:
     try:
         if not owned_alone(dest) or not owned_alone(dest / MARK, stat.S_IFREG):
             return False
-        mark = json.loads((dest / MARK).read_bytes())
+        mark = json_loads((dest / MARK).read_bytes())
         if mark.get("files") != files:
             return False
         dirs: set[str] = set()

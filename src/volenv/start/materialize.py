@@ -24,6 +24,7 @@ from typing import Any
 
 from volenv.base import faults
 from volenv.base.errors import VerifyError, VolenvError, shq
+from volenv.base.leanjson import loads as json_loads  # RecursionError is ValueError there
 from volenv.base.ui import human_seconds
 from volenv.start.auto import decide_auto
 from volenv.start.background import (
@@ -74,10 +75,9 @@ def _complete(dest: Path, seal: dict[str, Any], level: str = "seal") -> bool:
         own = check_seal(str(dest), dest.name)
     except SealProblem:
         return False
-    import json
 
     try:
-        if json.loads(marker.read_bytes()).get("record_sha256") != seal["record_sha256"]:
+        if json_loads(marker.read_bytes()).get("record_sha256") != seal["record_sha256"]:
             return False
     except (OSError, ValueError, AttributeError):  # a damaged marker: not complete
         return False

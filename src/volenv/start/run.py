@@ -18,7 +18,6 @@ from volenv.base.errors import (
     VerifyError,
     VolenvError,
     VolumeError,
-    shq,
 )
 from volenv.start.activation import (
     Target,
@@ -32,7 +31,7 @@ from volenv.start.activation import (
     resolve_target,
 )
 from volenv.store.rootfind import fix_command
-from volenv.store.sealcheck import SealProblem, check_seal
+from volenv.store.sealcheck import SealProblem, check_seal, newest_valid_snapshot, read_seal, rollback_hint
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -264,8 +263,8 @@ def prepare(root: str, o: RunOptions) -> tuple[Target, str, dict[str, Any]]:
                 detail = problem.detail if isinstance(problem, SealProblem) else problem.message
                 raise VerifyError(
                     f"'{target.env}' is rolled back to {sid}, which is not usable: {detail}",
-                    hint=f"volenv rollback {shq(target.env)} --to SNAPSHOT, or `volenv sync"
-                    f" {shq(o.manifest)}` to end the rollback",
+                    hint=f"{rollback_hint(root, target.env, exclude=sid)}; or end the rollback:"
+                    f" {fix_command(root, 'sync', o.manifest or '')}",
                 )
         if o.on_missing == "build" and attempts <= 2:
             _build_for(root, o, target, sid, problem)
@@ -296,6 +295,21 @@ def _verify_start(snap_dir: str, seal: dict[str, Any], record: bytes, command: l
         )
         err.damaged = [p.path for p in problems]  # type: ignore[attr-defined]
         raise err
+
+
+def _manifest_of(root: str, env: str, sid: str | None) -> str | None:
+    """The manifest a snapshot of the env was built from, when it is still where it was (a
+    `run --env` has none of its own to name in a hint)."""
+    for candidate in (sid, newest_valid_snapshot(root, env)):
+        if candidate is None:
+            continue
+        try:
+            path = read_seal(os.path.join(root, "envs", env, "snapshots", candidate)).get("manifest_path")
+        except SealProblem:
+            continue
+        if isinstance(path, str) and os.path.isfile(path):
+            return path
+    return None
 
 
 def _root_of(snap_dir: str) -> str:
@@ -342,11 +356,8 @@ def _damaged_models(
 def _missing_error(
     root: str, o: RunOptions, target: Target, sid: str | None, problem: SealProblem | VerifyError | None
 ) -> VolenvError:
-    build_cmd = (
-        f"volenv --root {shq(root)} sync {shq(o.manifest)}"
-        if o.manifest
-        else f"volenv --root {shq(root)} sync MANIFEST"
-    )
+    manifest = o.manifest or _manifest_of(root, target.env, sid)
+    build_cmd = fix_command(root, "sync", manifest) if manifest else "sync the env's manifest"
     if problem is None:
         what = (
             f"manifest {o.manifest} (digest {target.digest[:16]}…)"

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from volenv.base.errors import DamagedRecord, VerifyError
+from volenv.base.leanjson import loads as json_loads  # RecursionError is ValueError there
 from volenv.store.integrity import Entry
 from volenv.store.packread import Unpacker, _Tree
 from volenv.store.volio import unique_suffix
@@ -118,12 +119,11 @@ def listed_dirs(tree: Path, sid: str) -> tuple[str, ...]:
     checked, not behind a directory link waiting for its whole distribution). From the trace in
     the checked metadata pack; none without a usable trace. It only shapes the skeleton: every
     path still resolves to the recorded bytes."""
-    import json
 
     from volenv.store.trace import parse_trace, trace_path
 
     try:
-        trace = parse_trace(json.loads(trace_path(tree).read_bytes()), "in the metadata pack")
+        trace = parse_trace(json_loads(trace_path(tree).read_bytes()), "in the metadata pack")
     except (OSError, ValueError, DamagedRecord):
         return ()
     if trace.snapshot != sid:

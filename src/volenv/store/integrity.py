@@ -229,22 +229,51 @@ def check_wheel_records(root: Path, entries: dict[str, Entry]) -> list[WheelMism
     Bytecode a wheel ships is left out: the compile step may have replaced it with volenv's
     own (see `check_shipped_bytecode`, which checks it before that step)."""
     found: list[WheelMismatch] = []
-    for dist, rel, expected in _wheel_rows(root):
+    for rel, claims in _claims(root).items():
         if _is_bytecode(rel):
             continue
         e = entries.get(rel)
-        if e is not None and e.type == "f" and e.digest != expected:
-            found.append(WheelMismatch(e.path, dist))
+        # a file two wheels ship (fastapi and fastapi-cli's bin/fastapi): uv keeps the last
+        # installer's, which is what any one of their RECORDs may vouch for
+        if e is not None and e.type == "f" and e.digest not in {h for _d, h in claims}:
+            found.append(WheelMismatch(e.path, claims[-1][0]))
     return found
 
 
-def check_shipped_bytecode(root: Path) -> list[WheelMismatch]:
+def clashes(root: Path) -> list[tuple[str, list[str], str | None]]:
+    """Files that several installed distributions ship: (path, the distributions, the one whose
+    bytes uv left there, or None when none's RECORD matches): reported once, never damage."""
+    out = []
+    for rel, claims in _claims(root).items():
+        if len({d for d, _h in claims}) < 2:
+            continue
+        path = root / rel
+        try:
+            digest = hash_file(str(path)) if path.is_file() and not path.is_symlink() else None
+        except OSError:
+            digest = None
+        kept = next((d for d, h in reversed(claims) if h == digest), None)
+        out.append((rel, sorted({d for d, _h in claims}), kept))
+    return out
+
+
+def _claims(root: Path) -> dict[str, list[tuple[str, str]]]:
+    """path -> [(distribution, sha256 its RECORD gives)] for every hashed RECORD row."""
+    claims: dict[str, list[tuple[str, str]]] = {}
+    for dist, rel, expected in _wheel_rows(root):
+        claims.setdefault(rel, []).append((dist, expected))
+    return claims
+
+
+def check_shipped_bytecode(root: Path, only: set[str] | None = None) -> list[WheelMismatch]:
     """Bytecode files as the wheels shipped them, checked against their RECORDs before volenv
     compiles: what a wheel ships is inherited (and can be damaged in the shared cache), what
-    the compile step writes afterwards is volenv's own and is only recorded."""
+    the compile step writes afterwards is volenv's own and is only recorded. `only`: just these
+    distributions' (`name-version`), as after a refresh that reinstalled them, when the others'
+    bytecode is already volenv's own."""
     found: list[WheelMismatch] = []
-    for dist, rel, expected in _wheel_rows(root):
-        if not _is_bytecode(rel):
+    for rel, claims in _claims(root).items():
+        if not _is_bytecode(rel) or (only is not None and not {d for d, _h in claims} & only):
             continue
         path = os.path.join(root, rel)
         try:
@@ -254,8 +283,8 @@ def check_shipped_bytecode(root: Path) -> list[WheelMismatch]:
             digest = hash_file(path)
         except FileNotFoundError:
             continue
-        if digest != expected:
-            found.append(WheelMismatch(rel, dist))
+        if digest not in {h for _d, h in claims}:
+            found.append(WheelMismatch(rel, claims[-1][0]))
     return found
 
 

@@ -191,10 +191,16 @@ def file_sha256(path: Path) -> str:
 def read_manifest(path: Path) -> PackManifest:
     import json
 
+    from volenv.base.leanjson import NOT_A_RECORD, read_record_bytes
+
     try:
-        return PackManifest.from_json(json.loads(path.read_bytes()))
+        return PackManifest.from_json(json.loads(read_record_bytes(path, 64 << 20)))
     except FileNotFoundError:
         raise
+    except OSError as exc:
+        if exc.errno not in NOT_A_RECORD:
+            raise
+        raise DamagedRecord(f"pack manifest {path} is damaged: not a regular file") from None
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise DamagedRecord(f"pack manifest {path} is damaged: {exc}") from None
 

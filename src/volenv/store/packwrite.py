@@ -42,6 +42,7 @@ from volenv.store.packformat import (
     verify_blob,
 )
 from volenv.store.paths import VolumePaths
+from volenv.store.rootfind import fix_command
 from volenv.store.sealcheck import META_DIR, SealProblem, check_seal
 from volenv.store.trace import HOOK_VERSION
 from volenv.store.volio import atomic_write_json, safe_mkdirs, unique_suffix
@@ -202,10 +203,9 @@ def _open_recorded(
 
 
 def _damaged(snapshot_dir: Path, e: Entry, what: str) -> VerifyError:
-    return VerifyError(
-        f"{snapshot_dir.name}: {e.path} {what}; nothing was packed",
-        hint=f"run `volenv verify {snapshot_dir.parent.parent.name} --level full --repair`",
-    )
+    root, env = str(snapshot_dir.parents[3]), snapshot_dir.parent.parent.name
+    repair = fix_command(root, "verify", env, "--level", "full", "--repair")
+    return VerifyError(f"{snapshot_dir.name}: {e.path} {what}; nothing was packed", hint=f"run `{repair}`")
 
 
 class _HashSink(io.RawIOBase):

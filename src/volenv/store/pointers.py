@@ -15,6 +15,7 @@ from typing import Any
 
 from volenv import __version__
 from volenv.base.errors import DamagedRecord, VolumeError, from_oserror, shq
+from volenv.base.leanjson import loads as json_loads  # RecursionError is ValueError there
 from volenv.base.redact import redact_obj
 from volenv.store.paths import FORMAT_VERSION, VolumePaths
 from volenv.store.rootfind import root_exists
@@ -113,9 +114,7 @@ def _read_pointer(path: Path, kind: str, env: str, hint: str) -> str | None:
 
 def read_index(paths: VolumePaths, env: str, manifest_digest: str) -> str | None:
     path = paths.index_entry(env, manifest_digest)
-    return _read_pointer(
-        path, "index entry", env, f"the next `volenv sync` of its manifest writes {path} again"
-    )
+    return _read_pointer(path, "index entry", env, f"syncing its manifest again writes {path} again")
 
 
 def write_index(
@@ -157,8 +156,13 @@ def list_index(paths: VolumePaths, env: str) -> list[IndexEntry]:
 
 
 def read_current(paths: VolumePaths, env: str) -> str | None:
-    hint = f"point it at a valid snapshot: volenv rollback {shq(env)} --to SNAPSHOT"
-    return _read_pointer(paths.current(env), "current pointer", env, hint)
+    try:
+        return _read_pointer(paths.current(env), "current pointer", env, "")
+    except DamagedRecord as exc:
+        from volenv.store.sealcheck import rollback_hint
+
+        exc.hint = rollback_hint(str(paths.root), env)  # only now: it reads every snapshot's seal
+        raise
 
 
 def write_current(
@@ -207,8 +211,9 @@ def read_rollback(paths: VolumePaths, env: str) -> Rollback | None:
     problem = rollback_problem(rb, env)
     if problem is not None:
         path = paths.current(env)
-        hint = f"point it at a snapshot again: volenv rollback {shq(env)} --to SNAPSHOT"
-        raise DamagedRecord(f"{path} is damaged: {problem}", hint=hint)
+        from volenv.store.sealcheck import rollback_hint
+
+        raise DamagedRecord(f"{path} is damaged: {problem}", hint=rollback_hint(str(paths.root), env))
     assert isinstance(created, int | float) and isinstance(when, int | float)
     return Rollback(rec["snapshot"], prev if isinstance(prev, str) else None, float(created), float(when))
 
@@ -238,7 +243,7 @@ def read_history(paths: VolumePaths, env: str) -> list[Generation]:
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
+            rec = json_loads(line)
         except (ValueError, RecursionError):
             # A torn final line (crash mid-append) is skipped; anything else is damage.
             if n == len(lines):

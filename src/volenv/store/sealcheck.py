@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 
-from volenv.base.leanjson import dumps_canonical, loads
+from volenv.base.envvars import expand_env_value
+from volenv.base.leanjson import NOT_A_RECORD, dumps_canonical, loads, read_record_bytes
+from volenv.store.rootfind import fix_command
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -38,12 +40,15 @@ def seal_self_digest(seal: dict[str, Any]) -> str:
 def read_seal(snapshot_dir: str) -> dict[str, Any]:
     path = os.path.join(snapshot_dir, META_DIR, SEAL_NAME)
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
+        raw = read_record_bytes(path, 64 << 20)
     except FileNotFoundError:
         raise SealProblem("seal-missing", f"no seal at {path}: the snapshot was never completed") from None
     except (IsADirectoryError, NotADirectoryError):
         raise SealProblem("seal-damaged", f"{path} is not a file") from None
+    except OSError as exc:
+        if exc.errno not in NOT_A_RECORD:
+            raise
+        raise SealProblem("seal-damaged", f"{path} is not a regular file ({exc.strerror})") from None
     try:
         seal = loads(raw)
     except ValueError as exc:
@@ -147,6 +152,10 @@ def activation_problem(env: object, models: object) -> str | None:
             return f"activation env sets {k!r}, which is not a valid variable name"
         if not isinstance(v, str) or "\0" in v:
             return f"activation env {k}: the value is not a string"
+        try:
+            expand_env_value(v, {})  # an unclosed `${` would fail every start that applies it
+        except ValueError as exc:
+            return f"activation env {k}: {exc}"
     if not isinstance(models, list):
         return "activation models is not a list"
     for m in models:
@@ -182,15 +191,18 @@ def record_sha256(snapshot_dir: str, keep: list[bytes] | None = None) -> str:
     uses exactly the bytes the seal vouched for, and reads them once)."""
     path = os.path.join(snapshot_dir, META_DIR, RECORD_NAME)
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-            if keep is not None:
-                keep.append(data)
-            return sha256_hex(data)
+        data = read_record_bytes(path, 1 << 30)
+        if keep is not None:
+            keep.append(data)
+        return sha256_hex(data)
     except FileNotFoundError:
         raise SealProblem("record-missing", f"no record at {path}") from None
     except (IsADirectoryError, NotADirectoryError):
         raise SealProblem("record-damaged", f"{path} is not a file") from None
+    except OSError as exc:
+        if exc.errno not in NOT_A_RECORD:
+            raise
+        raise SealProblem("record-damaged", f"{path} is not a regular file ({exc.strerror})") from None
 
 
 def check_seal(
@@ -228,3 +240,36 @@ def interpreter_problem(fp: dict[str, Any]) -> str | None:
             f"but {exe} here is a different build ({st.st_size} bytes)"
         )
     return None
+
+
+def newest_valid_snapshot(root: str, env: str, exclude: str | None = None) -> str | None:
+    """The env's most recently sealed snapshot whose seal checks (other than `exclude`): what a
+    hint can name for `rollback --to` when a pointer is damaged. An error path only: it reads
+    every snapshot's seal."""
+    snaps = os.path.join(root, "envs", env, "snapshots")
+    try:
+        names = os.listdir(snaps)
+    except OSError:
+        return None
+    best: tuple[float, str] | None = None
+    for sid in names:
+        if sid == exclude or not is_snapshot_id(sid, env):
+            continue
+        try:
+            seal = check_seal(os.path.join(snaps, sid), sid)
+        except (SealProblem, OSError):
+            continue
+        created = seal.get("created")
+        when = float(created) if isinstance(created, int | float) else 0.0
+        if best is None or when > best[0]:
+            best = (when, sid)
+    return best[1] if best else None
+
+
+def rollback_hint(root: str, env: str, exclude: str | None = None) -> str:
+    """A damaged `current` (or rollback) pointer: the command that points it at a snapshot that
+    is there and valid, or what to do when none is left."""
+    sid = newest_valid_snapshot(root, env, exclude)
+    if sid is None:
+        return f"no valid snapshot of '{env}' is left to point at: sync its manifest again"
+    return f"point it at a valid snapshot: {fix_command(root, 'rollback', env, '--to', sid)}"

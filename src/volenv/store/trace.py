@@ -31,6 +31,7 @@ TRACE_SCHEMA = 1  # `listed` and `hook` are optional keys: older readers ignore 
 #: the trace hook's version: 2 records the bytecode of modules imported before it ran and the
 #: shared libraries where they were loaded (a traced .py no longer stands for its .pyc)
 HOOK_VERSION = 2
+RETRACE = "trace the start again (`trace` with the manifest and the start command)"
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,10 @@ def parse_trace(data: Any, where: str) -> Trace:
     """Strict: every field checked; a bad trace is an error (exit 4), never a default."""
 
     def bad(why: str) -> DamagedRecord:
-        return DamagedRecord(f"start trace {where} is damaged: {why}", hint="run `volenv trace` again")
+        return DamagedRecord(
+            f"start trace {where} is damaged: {why}",
+            hint=RETRACE,
+        )
 
     if not isinstance(data, dict):
         raise bad("not a JSON object")
@@ -137,19 +141,22 @@ def load_trace(snapshot_dir: Path, seal: dict[str, Any]) -> Trace | None:
         return None
     except OSError as exc:
         raise DamagedRecord(
-            f"start trace {path} is damaged: {exc.strerror}", hint="run `volenv trace` again"
+            f"start trace {path} is damaged: {exc.strerror}",
+            hint=RETRACE,
         ) from None
     with open(fd, "rb") as fh:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise DamagedRecord(
-                f"start trace {path} is damaged: not a regular file", hint="run `volenv trace` again"
+                f"start trace {path} is damaged: not a regular file",
+                hint=RETRACE,
             )
         raw = fh.read()
     try:
         data = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # deep nesting is damage too, never a traceback
         raise DamagedRecord(
-            f"start trace {path} is damaged: {exc}", hint="run `volenv trace` again"
+            f"start trace {path} is damaged: {exc}",
+            hint=RETRACE,
         ) from None
     trace = parse_trace(data, str(path))
     if trace.snapshot != snapshot_dir.name or trace.record_sha256 != seal.get("record_sha256"):

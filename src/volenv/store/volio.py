@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from volenv.base.errors import DamagedRecord, VolumeError
+from volenv.base.leanjson import loads as json_loads  # RecursionError is ValueError there
 from volenv.base.leanjson import read_record_bytes
 
 CACHEDIR_TAG = (
@@ -148,7 +149,7 @@ def read_record(
     except OSError as exc:
         raise VolumeError(f"cannot read {kind} {path}: {exc.strerror}") from exc
     try:
-        obj = json.loads(raw)
+        obj = json_loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise DamagedRecord(f"{kind} {path} is damaged: not valid JSON ({exc})") from None
     except RecursionError:
@@ -336,3 +337,46 @@ def _writable_retry(top_fd: int) -> Any:
         raise exc_info[1]
 
     return handler
+
+
+def open_append(path: Path, root: Path | None = None, *, exclusive: bool = False) -> int:
+    """A descriptor to append to a log: never through a link (not at `path`, O_NOFOLLOW; nor,
+    with `root`, above it), never blocking (O_NONBLOCK: a FIFO planted there is refused, not
+    waited on), and only ever a regular file. `exclusive`: the file must not exist yet (a
+    predictable name someone could have planted)."""
+    if root is not None:
+        assert_real_parents(path, root)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags | (os.O_EXCL if exclusive else 0), 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ContainmentError(
+                f"refusing to write {path}: it is a symlink", hint="remove the link"
+            ) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ContainmentError(f"refusing to write {path}: not a regular file", hint=f"remove {path}")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def read_regular(path: Path | str, limit: int = 1 << 20, *, tail: bool = False) -> bytes:
+    """A file's bytes (at most `limit`: its first, or with `tail` its last), read without
+    following a link at `path` and without blocking: a FIFO, a device, a directory or a link in
+    its place raises OSError (ELOOP, EINVAL), never hangs and never reads something elsewhere."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        if tail and st.st_size > limit:
+            os.lseek(fd, st.st_size - limit, os.SEEK_SET)
+        chunks, left = [], limit
+        while left > 0 and (block := os.read(fd, min(left, 1 << 20))):
+            chunks.append(block)
+            left -= len(block)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import stat
 import threading
@@ -18,6 +17,7 @@ from typing import Any, BinaryIO, Protocol, cast
 from urllib.parse import urlparse
 
 from volenv.base.errors import UsageError, VerifyError, VolenvError, missing_extra
+from volenv.base.leanjson import loads as json_loads  # RecursionError is ValueError there
 from volenv.base.streams import CAP, pinned_streams
 from volenv.store.volio import atomic_write_bytes, unique_suffix
 
@@ -381,7 +381,7 @@ def get_json(remote: Remote, key: str) -> dict[str, Any] | None:
     if data is None:
         return None
     try:
-        obj = json.loads(data)
+        obj = json_loads(data)
     except (ValueError, RecursionError) as exc:
         raise VerifyError(f"{remote.url}/{key} is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):

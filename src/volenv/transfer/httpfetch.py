@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from volenv.base.errors import UsageError
+from volenv.base.leanjson import loads as json_loads  # RecursionError is ValueError there
 from volenv.base.streams import AdaptiveStreams, from_env
 from volenv.store.volio import contained, write_all
 
@@ -154,7 +155,7 @@ class _Journal:
         if not lines:
             return None, {}
         try:
-            header = json.loads(lines[0])
+            header = json_loads(lines[0])
         except ValueError:
             return None, {}
         if not isinstance(header, dict) or header.get("kind") != "volenv-fetch-journal":
@@ -162,7 +163,7 @@ class _Journal:
         claims: dict[int, str] = {}
         for line in lines[1:]:
             try:
-                entry = json.loads(line)
+                entry = json_loads(line)
                 i, sha = entry["i"], entry["sha256"]
             except (ValueError, KeyError, TypeError):
                 continue  # a damaged claim is just not believed: that chunk is fetched again
