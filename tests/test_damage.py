@@ -554,7 +554,8 @@ def test_rollback_to_repairs_a_damaged_current_pointer(built: Built, driver: Dri
     code, _, err = driver.run(
         "--root", root, "run", "--on-missing", "fail", "--env", "app", "--", "true", fresh=True
     )
-    assert code == 4 and "volenv rollback app --to" in err, err
+    # the hint names the snapshot that is there, with the root used: pasted, it repairs
+    assert code == 4 and f"volenv --root {root} rollback app --to {built.current}" in err, err
     code, _, err = driver.run("--root", root, "rollback", "app", "--to", built.current, "--lock-timeout", "5")
     assert code == 0, err
     assert json.loads(current.read_text())["snapshot"] == built.current

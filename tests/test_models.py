@@ -31,6 +31,7 @@ class FileServer:
     drop_first: set[str] = field(default_factory=set)
     lie: set[str] = field(default_factory=set)
     delay: float = 0.0
+    auth: str | None = None  # the Authorization header every GET must carry, when set
 
 
 @pytest.fixture
@@ -45,6 +46,9 @@ def file_server() -> Iterator[FileServer]:
 
         def do_GET(self) -> None:
             name = self.path.lstrip("/")
+            if state.auth is not None and self.headers.get("Authorization") != state.auth:
+                self.send_error(401)
+                return
             state.gets[name] += 1
             data = state.files.get(name)
             if data is None:

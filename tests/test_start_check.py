@@ -173,3 +173,79 @@ def test_doctor_stays_within_its_time_budget(tmp_path: Path, root: Path, wheelho
     assert volenv("--root", root, "sync", m).returncode == 0
     r = volenv("--root", root, "doctor", env={"VOLENV_DOCTOR_BUDGET": "0"})
     assert r.returncode == 4 and "not checked (time budget spent)" in r.stdout, r.stdout
+
+
+# ---------------------------------------------------------------- issue 26: models' local copies
+
+
+def test_a_local_model_copy_keeps_its_mark_out_of_sight_and_collects_dead_partials(
+    tmp_path: Path,
+    root: Path,
+    wheelhouse: Path,
+    file_server: FileServer,  # noqa: F811
+) -> None:
+    import time
+
+    data = os.urandom(1 << 16)
+    file_server.files["w/model.bin"] = data
+    sha = hashlib.sha256(data).hexdigest()
+    extra = (
+        f'[[models]]\nname = "weights"\nurl = "{file_server.base}/w/model.bin"\nsha256 = "{sha}"\n'
+        f'size = {len(data)}\nlocal = "always"\n'
+    )
+    m = _manifest(tmp_path, wheelhouse, extra=extra)
+    assert volenv("--root", root, "sync", m).returncode == 0
+    local = tmp_path / "local"
+    local.mkdir(mode=0o700)
+    key = next((root / "models" / "records").glob("weights.*.json")).name.split(".")[1]
+    dead = local / f".weights.{key}.partial-somehost-999999-abcd"  # a start killed mid-copy
+    dead.mkdir(mode=0o700)
+    (dead / "junk").write_bytes(b"x" * 1000)
+    probe = (
+        "import os; p = os.environ['VOLENV_MODEL_WEIGHTS']; "
+        "print(sorted(os.listdir(os.path.dirname(p))), len(open(p, 'rb').read()))"
+    )
+    r = volenv(
+        "--root",
+        root,
+        "run",
+        "--manifest",
+        m,
+        "--",
+        "python",
+        "-c",
+        probe,
+        env={"VOLENV_LOCAL_DIR": str(local)},
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"['model.bin'] {len(data)}", r.stdout  # no volenv mark beside the model
+    deadline = time.monotonic() + 10
+    while dead.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not dead.exists(), "the dead start's partial copy was never collected"
+
+
+def test_a_url_model_with_userinfo_is_fetched_with_basic_auth_and_stored_without_it(
+    tmp_path: Path,
+    root: Path,
+    wheelhouse: Path,
+    file_server: FileServer,  # noqa: F811
+) -> None:
+    """Issue 26: `https://user:token@host/...` could not be fetched at all (urllib takes no
+    userinfo); it goes as an Authorization header, and the secret is never written."""
+    import base64
+
+    data = os.urandom(1 << 15)
+    file_server.files["w/model.bin"] = data
+    file_server.auth = "Basic " + base64.b64encode(b"bob:s3cr3t-t0ken").decode()
+    url = file_server.base.replace("http://", "http://bob:s3cr3t-t0ken@") + "/w/model.bin"
+    sha = hashlib.sha256(data).hexdigest()
+    extra = f'[[models]]\nname = "weights"\nurl = "{url}"\nsha256 = "{sha}"\nsize = {len(data)}\n'
+    m = _manifest(tmp_path, wheelhouse, extra=extra)
+    r = volenv("--root", root, "sync", m)
+    assert r.returncode == 0, r.stderr
+    assert "s3cr3t-t0ken" not in r.stdout + r.stderr
+    for p in root.rglob("*"):
+        if p.is_file() and not p.is_symlink() and p.stat().st_size < 1 << 20:
+            assert b"s3cr3t-t0ken" not in p.read_bytes(), p
+    assert next((root / "models" / "files" / "weights").rglob("model.bin")).read_bytes() == data

@@ -13,7 +13,11 @@ from volenv.store import pointers as store
 from volenv.store.paths import VolumePaths
 from volenv.store.sealcheck import SealProblem, check_seal, plain_name, read_seal
 
-HINT = "`volenv list` shows the envs and their snapshot ids"
+
+def _hint(paths: VolumePaths) -> str:
+    from volenv.store.rootfind import fix_command
+
+    return f"`{fix_command(str(paths.root), 'list')}` shows the envs and their snapshot ids"
 
 
 @dataclass(frozen=True)
@@ -67,11 +71,11 @@ def resolve(paths: VolumePaths, text: str) -> tuple[str, str]:
     hex part alone, `3f2a`) -> (env, snapshot id). Unknown or ambiguous: exit 2 with a hint."""
     store.open_volume(paths, create=False)
     if not plain_name(text):
-        raise UsageError(f"{text!r} is neither an env name nor a snapshot id", hint=HINT)
+        raise UsageError(f"{text!r} is neither an env name nor a snapshot id", hint=_hint(paths))
     if (paths.env_dir(text) / "snapshots").is_dir():
         cur = store.read_current(paths, text)
         if cur is None:
-            raise UsageError(f"env '{text}' has no current snapshot", hint=f"name a snapshot; {HINT}")
+            raise UsageError(f"env '{text}' has no current snapshot", hint=f"name a snapshot; {_hint(paths)}")
         return text, cur
     hex_only = len(text) >= 4 and all(c in "0123456789abcdef" for c in text)
     found: list[tuple[str, str]] = []
@@ -86,7 +90,7 @@ def resolve(paths: VolumePaths, text: str) -> tuple[str, str]:
     if found:
         names = ", ".join(sid for _env, sid in found[:5]) + (", …" if len(found) > 5 else "")
         raise UsageError(f"{text!r} matches {len(found)} snapshots: {names}", hint="give more of the id")
-    raise UsageError(f"no env or snapshot matches {text!r} under {paths.root}", hint=HINT)
+    raise UsageError(f"no env or snapshot matches {text!r} under {paths.root}", hint=_hint(paths))
 
 
 def load_seal(paths: VolumePaths, env: str, sid: str) -> tuple[dict[str, Any], str | None]:

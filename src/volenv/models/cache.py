@@ -338,7 +338,11 @@ def _fetch_hf(paths: VolumePaths, spec: ModelSpec, snapshot_dir: Path) -> list[d
     except ImportError:
         raise missing_extra("huggingface_hub", "hf", ModelError) from None
     cache = paths.models / "hf" / "hub"
-    safe_mkdirs(cache, paths.root)
+    # the repo's own directories made (or found) real before huggingface_hub writes a byte: a
+    # link planted at models--ORG--NAME (or its blobs/, snapshots/) is refused, never written through
+    repo_dir = cache / ("models--" + spec.hf.repo.replace("/", "--"))
+    for sub_dir in (repo_dir / "blobs", repo_dir / "snapshots", repo_dir / "refs"):
+        safe_mkdirs(sub_dir, paths.root)
     reporter.info(f"fetching model '{spec.name}' from the Hub: {spec.hf.repo}@{spec.hf.revision[:12]}")
     try:
         if spec.hf.files:

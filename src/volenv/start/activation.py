@@ -169,7 +169,7 @@ def find_snapshot(root: str, target: Target) -> str | None:
     if target.digest is not None:
         path = os.path.join(env_dir, "index", target.digest)
         how = fix_command(root, "sync", target.manifest_path) if target.manifest_path else "sync its manifest"
-        return _pointer(path, target.env, f"{how} writes {path} again")
+        return _pointer(path, target.env, f"`{how}` writes {path} again")
     current = os.path.join(env_dir, "current")
     try:
         return _pointer(current, target.env, "")

@@ -30,7 +30,15 @@ from volenv.base.iopool import Part, run_parts
 from volenv.base.leanjson import loads as json_loads  # RecursionError is ValueError there
 from volenv.base.streams import AdaptiveStreams, pinned_streams
 from volenv.base.ui import human_bytes, human_seconds
-from volenv.start.localdisk import checked_base, default_dir, free_bytes, owned_alone, say
+from volenv.start.localdisk import (
+    alive,
+    checked_base,
+    default_dir,
+    delete_detached,
+    free_bytes,
+    owned_alone,
+    say,
+)
 from volenv.store.modelpaths import (
     model_env_name,
     model_files_dir,
@@ -42,6 +50,9 @@ from volenv.store.volio import unique_suffix
 from volenv.transfer.httpfetch import OrderedHasher, Plan
 
 MARK = ".volenv-local.json"
+# the copy's files live here, below the mark: VOLENV_MODEL_<NAME> points into it, so the program
+# listing its model directory never sees volenv's mark (a Hub snapshot is listed by loaders)
+FILES = "files"
 RANGE = 16 << 20  # one thread's share of a file at a time
 READ = 4 << 20
 
@@ -126,9 +137,12 @@ def _local_copy(root: str, m: dict[str, Any], mdir: str | None = None) -> str | 
     rel = os.path.relpath(loc, src_dir)  # "." for an hf snapshot dir, the file name for a url model
     base = local_base(mdir)
     dest = base / f"{m['name']}.{model_key(m)}"
+    garbage = model_leftovers(base, dest.name)
+    if garbage:  # partial copies of starts killed mid-copy: they would hold the disk for good
+        delete_detached(garbage)
     if _complete(dest, files):
         say(f"model '{m['name']}': reusing the local copy {dest}")
-        return str(dest / rel)
+        return str(dest / FILES / rel)
     need = sum(int(f["size"]) for f in files)
     free = free_bytes(base)
     if free < need * 1.05:
@@ -137,12 +151,13 @@ def _local_copy(root: str, m: dict[str, Any], mdir: str | None = None) -> str | 
     t0 = time.perf_counter()
     try:
         os.mkdir(tmp, 0o700)
+        os.mkdir(tmp / FILES, 0o700)
         tree = _ModelsTree(root)
         where = os.path.relpath(src_dir, os.path.join(root, "models"))
 
         def copy(f: dict[str, Any]) -> None:
             src = tree.open(f"{where}/{f['path']}", src_dir / f["path"])
-            _copy_one(src, src_dir / f["path"], tmp / f["path"], int(f["size"]), f["sha256"])
+            _copy_one(src, src_dir / f["path"], tmp / FILES / f["path"], int(f["size"]), f["sha256"])
 
         try:
             _all_at_once(copy, files)
@@ -161,7 +176,20 @@ def _local_copy(root: str, m: dict[str, Any], mdir: str | None = None) -> str | 
     secs = max(time.perf_counter() - t0, 1e-6)
     rate = human_bytes(need / secs)
     say(f"model '{m['name']}': copied {human_bytes(need)} to {dest} in {human_seconds(secs)} ({rate}/s)")
-    return str(dest / rel)
+    return str(dest / FILES / rel)
+
+
+def model_leftovers(base: Path, name: str) -> list[Path]:
+    """`.NAME.partial-HOST-PID-RAND` copies whose process is gone (a start killed mid-copy):
+    collected by the next start, in the background, never one a live process is writing."""
+    out = []
+    for p in base.glob(f".{name}.partial-*"):
+        pid = p.name.rsplit("-", 2)[-2] if p.name.count("-") >= 2 else ""
+        if pid.isdigit() and int(pid) != os.getpid() and alive(int(pid)):
+            continue
+        if not p.is_symlink():
+            out.append(p)
+    return out
 
 
 def _complete(dest: Path, files: list[dict[str, Any]]) -> bool:
@@ -169,7 +197,11 @@ def _complete(dest: Path, files: list[dict[str, Any]]) -> bool:
     and all of it (directories, mark, files) this user's alone: never another user's plant."""
 
     try:
-        if not owned_alone(dest) or not owned_alone(dest / MARK, stat.S_IFREG):
+        if (
+            not owned_alone(dest)
+            or not owned_alone(dest / MARK, stat.S_IFREG)
+            or not owned_alone(dest / FILES)
+        ):
             return False
         mark = json_loads((dest / MARK).read_bytes())
         if mark.get("files") != files:
@@ -179,12 +211,12 @@ def _complete(dest: Path, files: list[dict[str, Any]]) -> bool:
             rel = str(f["path"])
             parent = os.path.dirname(rel)
             while parent and parent not in dirs:
-                if not owned_alone(dest / parent):
+                if not owned_alone(dest / FILES / parent):
                     return False
                 dirs.add(parent)
                 parent = os.path.dirname(parent)
-            st = os.lstat(dest / rel)
-            if not owned_alone(dest / rel, stat.S_IFREG) or st.st_size != f["size"]:
+            st = os.lstat(dest / FILES / rel)
+            if not owned_alone(dest / FILES / rel, stat.S_IFREG) or st.st_size != f["size"]:
                 return False
         return True
     except (OSError, ValueError, AttributeError, TypeError):

@@ -101,7 +101,23 @@ def chunk_size(total: int) -> int:
 
 
 def _request(url: str, start: int | None = None, end: int | None = None) -> urllib.request.Request:
+    """A GET of `url`; its userinfo (`https://user:token@host/...`, what private model servers
+    take) becomes a Basic Authorization header: urllib cannot send it in the URL."""
+    auth = None
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        import base64
+
+        user = urllib.parse.unquote(parts.username or "")
+        secret = urllib.parse.unquote(parts.password or "")
+        auth = "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()
+        host = parts.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host
+        netloc += f":{parts.port}" if parts.port else ""
+        url = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
     req = urllib.request.Request(url, headers={"User-Agent": "volenv", "Accept-Encoding": "identity"})
+    if auth is not None:  # to this host only: a redirect (to a CDN) never carries it along
+        req.add_unredirected_header("Authorization", auth)
     if start is not None:
         req.add_header("Range", f"bytes={start}-" + ("" if end is None else str(end)))
     return req
