@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from volenv.base.errors import DamagedRecord, VolumeError
+from volenv.base.leanjson import NOT_A_RECORD, read_record_bytes
 from volenv.base.leanjson import loads as json_loads  # RecursionError is ValueError there
-from volenv.base.leanjson import read_record_bytes
 
 CACHEDIR_TAG = (
     b"Signature: 8a477f597d28d172789f06886806bc55\n"
@@ -147,6 +147,11 @@ def read_record(
             hint=f"remove {path} (volenv never writes a directory there)",
         ) from None
     except OSError as exc:
+        if exc.errno in NOT_A_RECORD:  # a link, a FIFO, a directory: volenv never writes one there
+            raise DamagedRecord(
+                f"{kind} {path} is damaged: not a regular file",
+                hint=f"remove {path} (volenv never writes anything but a file there)",
+            ) from None
         raise VolumeError(f"cannot read {kind} {path}: {exc.strerror}") from exc
     try:
         obj = json_loads(raw)
