@@ -165,4 +165,8 @@ def activation_env_for_build(venv: Path) -> dict[str, str]:
 
 
 def mib(n: int) -> str:
-    return f"{n / 1024 / 1024:.1f} MiB ({n} bytes)"
+    """A size in a message: binary units scaled to it (`9.8 TiB`, never `10485760.0 MiB`), as
+    every size volenv prints; exact bytes belong in --json."""
+    from volenv.base.ui import human_bytes
+
+    return human_bytes(n)
