@@ -53,6 +53,8 @@ FAST_LAZY = {
         "volenv.store.rootfind",
         "volenv.build.plan",
         "volenv.build.staging",
+        "volenv.store.locks",
+        "signal",
         "volenv.base.ui",
         "volenv.base.redact",
         "volenv.base.errors",

@@ -178,3 +178,110 @@ def test_without_diagnose_run_still_execs(tmp_path: Path, root: Path, app: Path)
     assert r.returncode == 0 and int(r.stdout.strip()) == os.getpid(), r.stderr
     r = volenv("--root", root, "run", "--diagnose", "--manifest", app, *probe)
     assert r.returncode == 0 and int(r.stdout.strip()) != os.getpid(), r.stderr
+
+
+# ---------------------------------------------------------------- from an attacker's pass
+
+
+def test_a_sigterm_right_at_the_start_reaches_the_worker(tmp_path: Path, root: Path, app: Path) -> None:
+    """Handlers are in place before the child starts and signals never land on the stderr
+    thread: each SIGTERM reaches the worker, whose own exit status comes back."""
+    code = "import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *a: sys.exit(7))\nprint('ready', flush=True)\ntime.sleep(30)\n"
+    for _ in range(5):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "volenv", "--root", str(root), "run", "--diagnose", "--manifest", str(app), "--", "python", "-c", code],
+            env=base_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        for _ in range(3):
+            proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 7
+
+
+def test_the_served_tail_masks_the_workers_secrets(tmp_path: Path, root: Path, wheelhouse: Path) -> None:
+    m = write_manifest(
+        tmp_path, "sec", ["alpha==1.0"], find_links=wheelhouse,
+        extra='[activate]\nenv = { MY_TOKEN = "tok_activate_SECRET123" }\n',
+    )  # fmt: skip
+    assert volenv("--root", root, "sync", m).returncode == 0
+    handler = tmp_path / "h.py"
+    handler.write_text(
+        "import os, sys\n"
+        "print('token', os.environ['MY_TOKEN'], 'pat', os.environ['GITHUB_PAT'], file=sys.stderr)\n"
+        "print('Authorization: Bearer abcdefghijklmnop', file=sys.stderr)\n"
+        "sys.exit(3)\n"
+    )
+    r = volenv(
+        "--root",
+        root,
+        "run",
+        "--diagnose",
+        "--manifest",
+        m,
+        "--",
+        "python",
+        str(handler),
+        env={"GITHUB_PAT": "ghp_0123456789abcdef"},
+    )
+    assert r.returncode == 3
+    report = _report(r.stderr)
+    served = json.dumps(report)
+    for secret in ("tok_activate_SECRET123", "ghp_0123456789abcdef", "abcdefghijklmnop"):
+        assert secret not in served, (secret, report["stderr_tail"])
+
+
+def test_the_grace_period_is_measured_to_the_exit_not_to_a_grandchilds_stderr(
+    tmp_path: Path, root: Path, app: Path
+) -> None:
+    code = "import subprocess, sys\nsubprocess.Popen(['sleep', '30'])\nsys.exit(2)\n"
+    r = volenv(
+        "--root",
+        root,
+        "run",
+        "--diagnose",
+        "--diagnose-grace",
+        "3",
+        "--manifest",
+        app,
+        "--",
+        "python",
+        "-c",
+        code,
+    )
+    assert r.returncode == 2 and "DIAGNOSIS" in r.stderr and "past the" not in r.stderr, r.stderr
+
+
+def test_bad_run_settings_from_the_environment_are_usage_errors(
+    tmp_path: Path, root: Path, app: Path
+) -> None:
+    for var in ("VOLENV_LOCK_TIMEOUT", "VOLENV_DIAGNOSE_GRACE"):
+        r = volenv("--root", root, "run", "--diagnose", "--manifest", app, "--", "true", env={var: "abc"})
+        assert r.returncode == 2 and var in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_an_inherited_ignored_sigchld_does_not_break_a_build(
+    tmp_path: Path, root: Path, wheelhouse: Path
+) -> None:
+    m = write_manifest(tmp_path, "chld", ["alpha==1.0"], find_links=wheelhouse)
+    code = (
+        "import os, signal, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); "
+        f"os.execv(sys.executable, [sys.executable, '-m', 'volenv', '--root', {str(root)!r}, 'run', "
+        f"'--manifest', {str(m)!r}, '--', 'python', '-c', 'import alpha'])"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=base_env(), timeout=300
+    )
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_traced_snapshot_still_checks_what_every_start_reads(tmp_path: Path, root: Path, app: Path) -> None:
+    assert (
+        volenv("--root", root, "trace", "--manifest", app, "--", "python", "-c", "import alpha").returncode
+        == 0
+    )
+    snap = next((root / "envs" / "app" / "snapshots").iterdir())
+    (snap / "pyvenv.cfg").unlink()
+    r = volenv(
+        "--root", root, "run", "--on-missing", "fail", "--manifest", app, "--", "python", "-c", "import alpha"
+    )
+    assert r.returncode == 4 and "pyvenv.cfg" in r.stderr, r.stderr

@@ -175,7 +175,14 @@ def doctor(paths: VolumePaths, choice: RootChoice) -> DoctorReport:
     tail: tuple[str, ...] = ()
     failure: BuildFailure | None = None
     fixes: list[str] = []
-    deadline = time.monotonic() + float(os.environ.get("VOLENV_DOCTOR_BUDGET", "120"))
+    budget_text = os.environ.get("VOLENV_DOCTOR_BUDGET", "120")
+    try:
+        budget = float(budget_text)
+    except ValueError:
+        from volenv.base.errors import UsageError
+
+        raise UsageError(f"VOLENV_DOCTOR_BUDGET: {budget_text!r} is not a number of seconds") from None
+    deadline = time.monotonic() + budget
     if exists and reachable:
         from volenv.gc.leases import lease_holder
         from volenv.runpod.diagnose import _last_build_log
@@ -261,7 +268,8 @@ def _files_at_stat(
     with reporter.step(f"verifying {snap.name} at stat"):
         report = verify_snapshot(snap, "stat", deadline=deadline)
     errors = report.errors
-    if any(p.kind == "incomplete" for p in report.problems):
+    incomplete = any(p.kind == "incomplete" for p in report.problems)
+    if incomplete and not errors:
         from volenv.store.rootfind import fix_command
 
         problems.append(f"{env}: {snap.name} was only partly checked (the time budget ran out)")

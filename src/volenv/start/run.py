@@ -51,13 +51,15 @@ class RunOptions:
         self.env: str | None = None
         self.on_missing = os.environ.get("VOLENV_ON_MISSING", "build")
         self.verify = os.environ.get("VOLENV_VERIFY", "start")
-        self.lock_timeout = float(os.environ.get("VOLENV_LOCK_TIMEOUT", "900"))
+        self.lock_timeout_text = os.environ.get("VOLENV_LOCK_TIMEOUT", "900")  # parsed with the arguments
+        self.lock_timeout = 900.0
         self.diagnose = False
         self.materialize = os.environ.get("VOLENV_MATERIALIZE", "never")
         self.materialize_dir: str | None = os.environ.get("VOLENV_MATERIALIZE_DIR") or None
         self.command: list[str] = []
         self.verb = "running"  # `volenv env` runs nothing: it says "using"
         self.diagnose_grace: str | None = None
+        self.grace = 60.0
 
 
 RUN_USAGE = (
@@ -182,10 +184,7 @@ def parse_run_args(argv: list[str], command: str = "run") -> RunOptions:
             elif key == "--diagnose-grace":
                 o.diagnose_grace = val
             else:
-                try:
-                    o.lock_timeout = float(val)
-                except ValueError:
-                    raise UsageError(f"--lock-timeout: {val!r} is not a number of seconds") from None
+                o.lock_timeout_text = val
         elif a == "--diagnose":
             o.diagnose = True
         elif a.startswith("-"):
@@ -194,6 +193,16 @@ def parse_run_args(argv: list[str], command: str = "run") -> RunOptions:
             o.command = argv[i:]
             break
         i += 1
+    try:
+        o.lock_timeout = float(o.lock_timeout_text)
+    except ValueError:
+        raise UsageError(
+            f"--lock-timeout (or VOLENV_LOCK_TIMEOUT): {o.lock_timeout_text!r} is not a number of seconds"
+        ) from None
+    if o.diagnose or o.diagnose_grace is not None:
+        from volenv.start.supervise import grace_seconds
+
+        o.grace = grace_seconds(o.diagnose_grace)  # a bad value is exit 2 before anything runs
     if o.on_missing not in ON_MISSING:
         raise UsageError(f"--on-missing: {o.on_missing!r} is not one of {', '.join(ON_MISSING)}")
     if o.materialize not in ("auto", "always", "never"):
@@ -207,8 +216,10 @@ def parse_run_args(argv: list[str], command: str = "run") -> RunOptions:
     return o
 
 
-def prepare(root: str, o: RunOptions) -> tuple[Target, str, dict[str, Any]]:
-    """Find and verify the snapshot, applying the on-missing policy. Returns target, dir, seal."""
+def prepare(root: str, o: RunOptions, *, start_check: bool = True) -> tuple[Target, str, dict[str, Any]]:
+    """Find and verify the snapshot, applying the on-missing policy. Returns target, dir, seal.
+    `start_check=False`: the start files are checked by whoever runs them (a materialized copy
+    is checked against the record as it is extracted; `run` checks in place if auto stays)."""
     from volenv.store.rootfind import root_exists
 
     present = root_exists(root)
@@ -242,7 +253,8 @@ def prepare(root: str, o: RunOptions) -> tuple[Target, str, dict[str, Any]]:
                 record: list[bytes] = []
                 seal = check_seal(snap_dir, sid, keep_record=record)
                 if o.verify == "start":
-                    _verify_start(snap_dir, seal, record[0], o.command)
+                    if start_check:
+                        _verify_start(snap_dir, seal, record[0], o.command)
                 elif o.verify != "seal":
                     _verify_deep(snap_dir, o.verify)
                 if target.digest is None or pinned:  # a rollback runs as it was built
@@ -389,7 +401,6 @@ def _build_for(
 
     from volenv.base.ui import reporter
     from volenv.build.plan import SyncOptions
-    from volenv.build.staging import quarantine
     from volenv.manifest.parse import load_manifest
     from volenv.start.provide import provide
     from volenv.store.paths import VolumePaths
@@ -401,18 +412,17 @@ def _build_for(
             f"env '{target.env}' has no usable snapshot and --env gives nothing to build from",
             hint="use --manifest M so volenv can build it",
         )
+    import signal
+
+    # the build waits for its subprocesses: an inherited SIGCHLD=SIG_IGN would reap them first
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     paths = VolumePaths(Path(root))
     if (
         problem is not None
         and sid is not None
         and not (isinstance(problem, SealProblem) and problem.kind == "interpreter")
     ):
-        snap = paths.snapshot(target.env, sid)
-        report = getattr(problem, "report", None)
-        if snap.exists():
-            from dataclasses import asdict
-
-            quarantine(paths, snap, str(problem), asdict(report) if report is not None else None)
+        _quarantine_if_still_damaged(paths, target.env, sid, problem, o)
     if models is not None:
         reporter.info(f"{models.message}; fetching again")
     elif problem is None:  # not indexed yet: often an existing snapshot is reused (only [activate] changed)
@@ -427,17 +437,55 @@ def _build_for(
     target.digest = manifest.digest
 
 
+def _quarantine_if_still_damaged(
+    paths: Any, env: str, sid: str, problem: SealProblem | VerifyError, o: RunOptions
+) -> None:
+    """Under the env's lease, and only if the snapshot is still damaged: another worker may have
+    rebuilt it since this one looked (moving its fresh copy aside would pull the files from
+    under the workers already running from it)."""
+    from dataclasses import asdict
+
+    from volenv.base.ui import reporter
+    from volenv.build.staging import quarantine
+    from volenv.store.locks import BuildLease
+
+    snap = paths.snapshot(env, sid)
+    with BuildLease(paths, env, timeout=o.lock_timeout, say=reporter.info):
+        if not snap.exists():
+            return
+        try:
+            record: list[bytes] = []
+            seal = check_seal(str(snap), sid, keep_record=record)
+            if o.verify == "start":
+                _verify_start(str(snap), seal, record[0], o.command)
+            elif o.verify != "seal":
+                _verify_deep(str(snap), o.verify)
+            return  # whole again: rebuilt by another worker meanwhile
+        except (SealProblem, VerifyError):
+            pass
+        report = getattr(problem, "report", None)
+        quarantine(paths, snap, str(problem), asdict(report) if report is not None else None)
+
+
 def run(root: str, argv: list[str]) -> int:
     """`volenv run`: never returns on success (exec); returns an exit code on failure."""
     o = parse_run_args(argv)
     try:
-        target, snap_dir, _seal = prepare(root, o)
+        materializing = o.materialize != "never"
+        # a materialized copy is checked against the record as it is extracted: the volume's
+        # files are statted for this start only if it runs in place after all
+        target, snap_dir, _seal = prepare(root, o, start_check=not materializing)
         volume_snap = snap_dir
-        if o.materialize != "never":
+        if materializing:
             from volenv.start.materialize import choose
 
-            level = o.verify if o.verify in ("stat", "full") else "seal"  # start: checked on the volume
-            snap_dir = choose(root, snap_dir, _seal, o.materialize, o.materialize_dir, level) or snap_dir
+            level = o.verify if o.verify in ("stat", "full") else "seal"
+            local = choose(root, snap_dir, _seal, o.materialize, o.materialize_dir, level)
+            if local is not None:
+                snap_dir = local
+            elif o.verify == "start":  # in place: check what it reads (and rebuild on damage)
+                target, snap_dir, _seal = prepare(root, o)
+                volume_snap = snap_dir
         env = compute_env(root, snap_dir, target.env, target.activation)
         if any(m.get("local") in ("always", "auto") for m in target.activation.get("models", [])):
             from volenv.start.localcopy import localize_models  # [[models]] local: copies to this disk
@@ -456,9 +504,9 @@ def run(root: str, argv: list[str]) -> int:
     if os.sep not in cmd[0] and os.path.exists(own):
         cmd[0] = own
     if o.diagnose:  # CMD as a child for its grace period: a death at boot is diagnosed too
-        from volenv.start.supervise import grace_seconds, supervise
+        from volenv.start.supervise import supervise
 
-        return supervise(root, o, cmd, env, volume_snap, grace_seconds(o.diagnose_grace))
+        return supervise(root, o, cmd, env, volume_snap, o.grace)
     try:
         if os.sep in cmd[0]:
             os.execve(cmd[0], cmd, env)

@@ -73,15 +73,19 @@ def _site_packages(record_text: str) -> str | None:
 def wanted_paths(
     snapshot_dir: str, seal: dict[str, Any], record_text: str, command: list[str]
 ) -> tuple[str, set[str], tuple[str, ...]]:
-    """(what was chosen, exact paths, path prefixes) for this start."""
-    traced = _trace_files(snapshot_dir, seal)
-    if traced is not None:
-        return "trace", set(traced), ()
+    """(what was chosen, exact paths, path prefixes) for this start: what every start reads
+    (pyvenv.cfg, the .pth files the site module runs, the command's own script), then the
+    trace's files, or without a trace the smoke imports' packages whole."""
     exact = {"pyvenv.cfg"}
     prefixes: list[str] = []
     if command and os.sep not in command[0]:
         exact.add("bin/" + command[0])
     sp = _site_packages(record_text)
+    if sp is not None:
+        prefixes.append(sp + "\0pth")  # marker: every .pth right under site-packages
+    traced = _trace_files(snapshot_dir, seal)
+    if traced is not None:
+        return "trace", exact | set(traced), tuple(prefixes)
     if sp is not None:
         smoke = seal.get("manifest", {}).get("smoke_imports", [])
         for mod in smoke if isinstance(smoke, list) else []:
@@ -90,7 +94,6 @@ def wanted_paths(
                 prefixes.append(sp + top + "/")
                 exact.add(sp + top + ".py")
                 prefixes.append(sp + top + ".cpython-")  # an extension module at the top
-        prefixes.append(sp + "\0pth")  # marker: every .pth right under site-packages
     return "smoke imports and .pth files", exact, tuple(prefixes)
 
 
@@ -183,7 +186,8 @@ def snapshot_problems(
     subset = record_subset(text, exact, prefixes)
     problems = stat_all(snapshot_dir, sorted(subset.items()))
     if what == "trace":
-        for rel in sorted(exact - subset.keys()):  # traced, yet not recorded: the trace is not ours
+        traced = set(_trace_files(snapshot_dir, seal) or [])
+        for rel in sorted(traced - subset.keys()):  # traced, yet not recorded: the trace is not ours
             problems.append(StartProblem("not-recorded", rel, "the trace names a file the record lacks"))
     return what, len(subset), problems
 

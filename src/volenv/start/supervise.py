@@ -53,7 +53,7 @@ def grace_seconds(value: str | None) -> float:
     except ValueError:
         seconds = -1.0
     if not 0 <= seconds < 1e7:
-        raise UsageError(f"--diagnose-grace: {text!r} is not a number of seconds")
+        raise UsageError(f"--diagnose-grace (or VOLENV_DIAGNOSE_GRACE): {text!r} is not a number of seconds")
     return seconds
 
 
@@ -67,6 +67,9 @@ class _Tee(threading.Thread):
         self._partial = b""
 
     def run(self) -> None:
+        # process-directed signals go to the main thread, whose wait they must interrupt to be
+        # handled (a handler only runs there): this thread never takes one
+        signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
         while True:
             try:
                 chunk = os.read(self.fd, 65536)
@@ -86,8 +89,10 @@ class _Tee(threading.Thread):
             self.tail.append(self._partial.decode("utf-8", "replace"))
         os.close(self.fd)
 
-    def lines(self) -> list[str]:
-        return [redact_text(line) for line in self.tail]
+    def lines(self, env: dict[str, str]) -> list[str]:
+        """The tail, with what the worker's environment holds secret masked (its own secrets:
+        an [activate] env value, a token the container was given), and auth headers."""
+        return [_redact_worker(redact_text(line), env) for line in self.tail]
 
 
 def supervise(root: str, o: Any, cmd: list[str], env: dict[str, str], snap_dir: str, grace: float) -> int:
@@ -95,6 +100,19 @@ def supervise(root: str, o: Any, cmd: list[str], env: dict[str, str], snap_dir: 
     from volenv.runpod.diagnose import serve_diagnosis
 
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # an inherited SIG_IGN would reap it for us
+    sent: list[int] = []
+    child: list[subprocess.Popen[bytes]] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        sent.append(signum)  # before the child exists: passed on as soon as it does
+        for p in child:
+            try:
+                p.send_signal(signum)
+            except OSError:
+                pass
+
+    for sig in FORWARDED:  # installed first: a signal in the start window is never lost
+        signal.signal(sig, forward)
     t0 = time.monotonic()
     try:
         proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, close_fds=True)
@@ -107,27 +125,24 @@ def supervise(root: str, o: Any, cmd: list[str], env: dict[str, str], snap_dir: 
             hint="fix the image's CMD (or the path in it): the command runs inside the snapshot, "
             f"whose bin/ comes first on PATH ({os.path.join(snap_dir, 'bin')})",
         )
+        for sig in FORWARDED:
+            signal.signal(sig, signal.SIG_DFL)
         return serve_diagnosis(root, o, err, extra={"phase": "boot", "meaning": what})
-    assert proc.stderr is not None
-    tee = _Tee(os.dup(proc.stderr.fileno()))
-    proc.stderr.close()
-    tee.start()
-    sent: list[int] = []
-
-    def forward(signum: int, _frame: object) -> None:
-        sent.append(signum)
+    child.append(proc)
+    for signum in sent:  # what arrived while it was being started
         try:
             proc.send_signal(signum)
         except OSError:
             pass
-
-    for sig in FORWARDED:
-        signal.signal(sig, forward)
+    assert proc.stderr is not None
+    tee = _Tee(os.dup(proc.stderr.fileno()))
+    proc.stderr.close()
+    tee.start()
     status = _wait(proc.pid)
+    took = time.monotonic() - t0  # before the tee's wait: a grandchild may hold stderr open
     tee.join(timeout=5)
-    for sig in FORWARDED:
-        signal.signal(sig, signal.SIG_DFL)
-    took = time.monotonic() - t0
+    for sig in FORWARDED:  # the worker is gone: a late signal must not kill the exit status
+        signal.signal(sig, signal.SIG_IGN)
     code = os.waitstatus_to_exitcode(status)
     exit_code = code if code >= 0 else 128 - code
     if code == 0 or sent:
@@ -135,7 +150,7 @@ def supervise(root: str, o: Any, cmd: list[str], env: dict[str, str], snap_dir: 
     how = (
         f"exited with {code}" if code > 0 else f"was killed by signal {-code} ({signal.Signals(-code).name})"
     )
-    lines = tee.lines()
+    lines = tee.lines(env)
     if took >= grace:
         print(
             f"volenv: the worker command {how} after {took:.0f} s (past the {grace:g} s grace period:"
@@ -153,6 +168,8 @@ def supervise(root: str, o: Any, cmd: list[str], env: dict[str, str], snap_dir: 
         hint="read the worker's last stderr lines and the snapshot's verification in this report;"
         " damage in the snapshot is repaired with the `fix` command it names",
     )
+    for sig in FORWARDED:  # the diagnostic worker stops as any worker does
+        signal.signal(sig, signal.SIG_DFL)
     return serve_diagnosis(
         root,
         o,
@@ -203,3 +220,20 @@ def _verify_stat(root: str, snap_dir: str) -> dict[str, Any]:
     if not report.ok:
         out["fix"] = fix_command(root, "verify", env, "--repair")
     return out
+
+
+def _redact_worker(line: str, env: dict[str, str]) -> str:
+    """Mask the values of the worker's secret-sounding variables and Authorization headers:
+    the diagnosis answers every job, so nothing the worker printed of its secrets goes out."""
+    from volenv.base.redact import MASK, _secret_name
+
+    for name, value in env.items():
+        if len(value) >= 8 and _secret_name(name) and value in line:
+            line = line.replace(value, MASK)
+    low = line.lower()
+    for head in ("authorization:", "bearer "):
+        i = low.find(head)
+        if i >= 0:
+            line = line[: i + len(head)] + " " + MASK
+            low = line.lower()
+    return line
