@@ -440,6 +440,12 @@ def main() -> int:
     )
     ap.add_argument("--json-out", type=Path, help="also write the figures as JSON here")
     ap.add_argument(
+        "--command",
+        default=None,
+        help="start this instead of the case's command (e.g. `true`: what activation alone costs, "
+        "its checks included; with never,never@seal it isolates the default check's cost)",
+    )
+    ap.add_argument(
         "--start-timeout", type=float, default=900, help="seconds before a start counts as failed"
     )
     args = ap.parse_args()
@@ -460,6 +466,10 @@ def main() -> int:
     results: dict[str, object] = {"case": args.case, "runs": args.runs, "latencies": {}}
     try:
         case = f5_case(args) if args.case == "f5tts" else simple_case(args, tmp)
+        if args.command:
+            import shlex
+
+            case = Case(case.name, case.root, case.manifest, shlex.split(args.command), None, case.env)
         print(f"{case.name}: `{' '.join(case.command)}`; {args.runs} cold runs each (page cache dropped)")
         base_labels = {"never": "in place", "always": "materialize", "auto": "auto"}
         labels = {
