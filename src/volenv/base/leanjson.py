@@ -117,10 +117,20 @@ def read_record_bytes(path: str | PathLike[str], limit: int = 256 << 20) -> byte
         return _read_regular(path, limit)
 
 
-def _read_regular(path: str | PathLike[str], limit: int) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+def _read_regular(path: str | PathLike[str], limit: int, *, follow: bool = False) -> bytes:
+    return read_regular_file(path, limit, follow=follow)
+
+
+def read_regular_file(path: str | PathLike[str], limit: int, *, follow: bool = False) -> bytes:
+    """A regular file's bytes, opened without blocking (a FIFO or device in its place is EINVAL,
+    a directory IsADirectoryError, never a hang), at most `limit` (EFBIG beyond); a link at
+    `path` is ELOOP unless `follow` (a user's own input files, beside the manifest)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
     try:
         st = os.fstat(fd)
+        if (st.st_mode & 0o170000) == 0o040000:
+            raise IsADirectoryError(errno.EISDIR, "is a directory", os.fspath(path))
         if (st.st_mode & 0o170000) != 0o100000:
             raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
         if st.st_size > limit:

@@ -13,6 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from volenv.base.leanjson import read_regular_file
 from volenv.manifest.schema import Checker, OptionalGroup
 from volenv.manifest.tree import walk
 
@@ -185,21 +186,7 @@ def local_sources(
 
 def _read_input(path: Path, limit: int = 16 << 20) -> bytes:
     """A requirements file's bytes: a regular file (links followed), opened without blocking."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise IsADirectoryError(errno.EISDIR, "is a directory", str(path))
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
-        if st.st_size > limit:
-            raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
-        chunks = []
-        while block := os.read(fd, 1 << 20):
-            chunks.append(block)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
+    return read_regular_file(path, limit, follow=True)
 
 
 def lockfile_local_sources(c: Checker, lockfile: Path, data: dict[str, Any], folder: Path) -> dict[str, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from volenv.base.leanjson import read_regular_file
 from volenv.store.sealcheck import activation_problem, plain_name, sha256_hex
 
 TYPE_CHECKING = False
@@ -174,17 +175,7 @@ def inputs_match(
 def _read_regular(path: str) -> bytes:
     """A small input file's bytes, opened without blocking: a FIFO in its place is an error,
     never a hang (and the start takes the full parse, which says what is wrong)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        st = os.fstat(fd)
-        if (st.st_mode & 0o170000) != 0o100000 or st.st_size > 64 << 20:
-            raise OSError(f"{path} is not a regular file of a sane size")
-        chunks = []
-        while block := os.read(fd, 1 << 20):
-            chunks.append(block)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
+    return read_regular_file(path, 64 << 20, follow=True)
 
 
 def _refresh(root: str, manifest_raw: bytes, alias: dict[str, Any], moved: list[tuple[int, str]]) -> None:
