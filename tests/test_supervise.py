@@ -186,7 +186,9 @@ def test_without_diagnose_run_still_execs(tmp_path: Path, root: Path, app: Path)
 def test_a_sigterm_right_at_the_start_reaches_the_worker(tmp_path: Path, root: Path, app: Path) -> None:
     """Handlers are in place before the child starts and signals never land on the stderr
     thread: each SIGTERM reaches the worker, whose own exit status comes back."""
-    code = "import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *a: sys.exit(7))\nprint('ready', flush=True)\ntime.sleep(30)\n"
+    # os._exit, not sys.exit: a second SIGTERM landing while the worker's interpreter shuts
+    # down (its handlers already reset to the default) would kill it with 143 by itself.
+    code = "import os, signal, time\nsignal.signal(signal.SIGTERM, lambda *a: os._exit(7))\nprint('ready', flush=True)\ntime.sleep(30)\n"
     for _ in range(5):
         proc = subprocess.Popen(
             [sys.executable, "-m", "volenv", "--root", str(root), "run", "--diagnose", "--manifest", str(app), "--", "python", "-c", code],
