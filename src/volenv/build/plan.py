@@ -171,28 +171,26 @@ def resolve(
         if manifest.requirements_file is not None:
             index_lines = _requirements_file_index(manifest, tmp / "base.txt")
         constraints = tmp / "base.constraints.txt"
-        constraints.write_text("\n".join(base) + "\n")
+        constraints.write_text("\n".join(constraint_lines(base)) + "\n")
+        direct = direct_references(manifest.requirements)
         groups: dict[str, tuple[str, ...]] = {}
         unresolvable: dict[str, str] = {}
         for g in manifest.optional:
+            group_reqs = [*index_lines, *(with_direct_reference(r, direct) for r in g.requirements)]
             try:
                 groups[g.name] = _compile(
-                    paths,
-                    manifest,
-                    [*index_lines, *g.requirements],
-                    tmp / f"group-{g.name}",
-                    constraints,
-                    python,
-                    opts,
-                    log,
+                    paths, manifest, group_reqs, tmp / f"group-{g.name}", constraints, python, opts, log
                 )
             except BuildError as exc:
+                reason = _group_failure(
+                    paths, manifest, group_reqs, tmp / f"alone-{g.name}", python, opts, exc
+                )
                 if g.required:
                     raise BuildError(
-                        f"required group '{g.name}' does not resolve: {exc.message}", step="resolve"
+                        f"required group '{g.name}' {reason}", step="resolve", log_path=exc.log_path
                     ) from exc
-                unresolvable[g.name] = exc.message
-                reporter.warn(f"optional group '{g.name}' does not resolve; building without it")
+                unresolvable[g.name] = reason
+                reporter.warn(f"optional group '{g.name}' {reason}; building without it")
     key = {
         "format": 1,
         "inputs": manifest.build_inputs(),
@@ -209,6 +207,84 @@ def resolve(
         key["rebuild"] = {"reinstall": list(reinstall), "nonce": secrets.token_hex(8)}
     sid = f"{manifest.name}-{hashlib.sha256(canonical_json(key)).hexdigest()[:12]}"
     return Resolution(python, fp, base, groups, unresolvable, sid, index_lines, reinstall)
+
+
+def constraint_lines(pins: tuple[str, ...]) -> list[str]:
+    """The base's pins as uv takes constraints: named `name==version` lines only. uv writes a
+    local or URL requirement of the base as the bare path or URL (`./`, `file:///...`), and a
+    constraints file cannot hold those (uv: "Unnamed requirements are not allowed as
+    constraints"); the groups get them as requirements instead (with_direct_reference)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    out = []
+    for line in pins:
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            continue  # a bare path or URL
+        if req.url is None:
+            out.append(line)
+    return out
+
+
+def direct_references(requirements: tuple[str, ...]) -> dict[str, str]:
+    """canonical name -> the URL or path the base requirements give it (`NAME @ ./path`)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    out: dict[str, str] = {}
+    for text in requirements:
+        try:
+            req = Requirement(text)
+        except InvalidRequirement:
+            continue
+        if req.url is not None:
+            out[str(canonicalize_name(req.name))] = req.url
+    return out
+
+
+def with_direct_reference(text: str, direct: dict[str, str]) -> str:
+    """A group requirement on a package the base takes from a path or URL (a project's own
+    extra, `tts-worker[audio]`) resolved from that same place, never from an index that may
+    hold a stranger's package under the name."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    try:
+        req = Requirement(text)
+    except InvalidRequirement:
+        return text
+    url = direct.get(str(canonicalize_name(req.name)))
+    if url is None or req.url is not None:
+        return text
+    extras = f"[{','.join(sorted(req.extras))}]" if req.extras else ""
+    marker = f" ; {req.marker}" if req.marker else ""
+    return f"{req.name}{extras} @ {url}{marker}"
+
+
+def _group_failure(
+    paths: VolumePaths,
+    manifest: Manifest,
+    requirements: list[str],
+    stem: Path,
+    python: str,
+    opts: SyncOptions,
+    exc: BuildError,
+) -> str:
+    """Why a group does not resolve against the base, said truly: when it resolves on its own,
+    its pins conflict with the base's; else uv's own reason for the group alone."""
+
+    def cause(err: BuildError) -> str:
+        text = err.message.removeprefix(f"build step '{err.step}' failed: ")
+        if err.log_path:
+            text = text.removesuffix(f" (build log: {err.log_path})")
+        return text.removeprefix("resolution failed: ")
+
+    try:
+        _compile(paths, manifest, requirements, stem, None, python, opts)
+    except BuildError as alone:
+        return f"does not resolve: {cause(alone)}"
+    return f"resolves on its own but not together with the base requirements: {cause(exc)}"
 
 
 def _compile(

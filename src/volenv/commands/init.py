@@ -142,7 +142,7 @@ def init(opts: InitOptions) -> InitResult:
         imports, how = _smoke_imports(project, Path(tmp))
     with _Staged(out, lock) as staged:
         if lock is not None:
-            _write_lock(project, staged.lock_path)
+            _write_lock(project, staged.lock_path, staged.dir)
         text = _manifest_text(project, out, imports, lock)
         staged.write_manifest(text)
     return InitResult(
@@ -219,9 +219,15 @@ def _read_pyproject(source: Path, data: dict[str, Any], opts: InitOptions, cli_i
     }
     tool_uv = (data.get("tool") or {}).get("uv") or {}
     local = _path_sources(source, tool_uv)
+    package = _is_package(data, tool_uv) and isinstance(project.get("name"), str)
+    if package:
+        # an extra that names the project itself (`all = ["tts-worker[audio]"]`) means this tree
+        from packaging.utils import canonicalize_name
+
+        local.setdefault(str(canonicalize_name(project["name"])), source.parent)
     deps = tuple(_with_local(d, local) for d in deps)
     optional = {k: tuple(_with_local(d, local) for d in v) for k, v in optional.items()}
-    if _is_package(data, tool_uv) and isinstance(project.get("name"), str):
+    if package:
         # as `uv sync` does: the project's own code is installed (a copy; its tree is an input)
         deps = (f"{project['name']} @ {source.parent.as_uri()}", *deps)
     index = cli_index if not cli_index.empty() else _uv_indexes(tool_uv, source.parent)
@@ -540,7 +546,8 @@ def _record_import(dist_info: Path) -> str | None:
 
 
 class _Staged:
-    """Files are written into a private folder beside the output, validated there by the real
+    """Files are written beside the output under private names (the lock at its final folder,
+    since uv writes its local paths relative to it), the manifest validated there by the real
     manifest parser, then renamed into place; nothing is left behind on failure."""
 
     def __init__(self, out: Path, lock: Path | None) -> None:
@@ -550,17 +557,22 @@ class _Staged:
             self.dir = Path(tempfile.mkdtemp(prefix=".volenv-init-", dir=out.parent))
         except OSError as exc:
             raise UsageError(f"cannot write in {out.parent}: {exc.strerror}") from None
-        self.lock_path = self.dir / "pylock.toml"
+        # PEP 751's `pylock.NAME.toml`, in the folder the lock ends up in
+        self.lock_path = out.parent / f"pylock.{self.dir.name.lstrip('.')}.toml"
         self.manifest_path: Path | None = None
 
     def __enter__(self) -> _Staged:
         return self
 
     def write_manifest(self, text: str) -> None:
-        # without a lock the manifest is validated at its final folder (requirements-file and
-        # find-links are relative to it); with one, beside the staged lock
-        staged = self.dir / self.out.name if self.lock else self.out.parent / f"{self.dir.name}.toml"
-        staged.write_text(text, encoding="utf-8")
+        # validated at its final folder (requirements-file, find-links and `NAME @ ../path` are
+        # relative to it), naming the staged lock
+        staged = self.out.parent / f"{self.dir.name}.toml"
+        check = text
+        if self.lock is not None:
+            named = f"lockfile = {json.dumps(self.lock.name)}\n"
+            check = text.replace(named, f"lockfile = {json.dumps(self.lock_path.name)}\n", 1)
+        staged.write_text(check, encoding="utf-8")
         self.manifest_path = staged
         try:
             load_manifest(staged)
@@ -569,6 +581,7 @@ class _Staged:
             raise UsageError(
                 f"the manifest written from the source does not validate: {problem}", hint=exc.hint
             ) from None
+        staged.write_text(text, encoding="utf-8")
 
     def __exit__(self, kind: object, exc: object, tb: object) -> None:
         try:
@@ -577,19 +590,20 @@ class _Staged:
                     os.replace(self.lock_path, self.lock)
                 os.replace(self.manifest_path, self.out)
         finally:
-            if self.manifest_path is not None and self.manifest_path.exists():
-                self.manifest_path.unlink()
+            for left in (self.manifest_path, self.lock_path):
+                if left is not None and left.exists():
+                    left.unlink()
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _write_lock(project: _Project, dest: Path) -> None:
+def _write_lock(project: _Project, dest: Path, scratch: Path) -> None:
     """A pylock.toml (PEP 751) made by uv: exported from the uv.lock, else resolved."""
     if project.kind == "uv.lock":
         args = [
             "export",
             "--frozen",
             "--no-dev",
-            "--no-emit-project",
+            "--no-editable",  # the project itself (a package) as a copy, as `NAME @ ./` is
             "--format",
             "pylock.toml",
             "-o",
@@ -599,7 +613,7 @@ def _write_lock(project: _Project, dest: Path) -> None:
         if project.kind == "requirements":
             src = project.source
         else:
-            src = dest.parent / "requirements.in"
+            src = scratch / "requirements.in"
             src.write_text("\n".join(project.requirements) + "\n")
         args = [
             "pip",
