@@ -168,6 +168,50 @@ def plant_env_name_newline(w: World) -> list[str]:
     return ["sync", str(m)]
 
 
+def plant_fifo_history(w: World) -> list[str]:
+    _fifo(w.root / "envs" / "app" / "history.jsonl")
+    return ["history", "app"]
+
+
+def plant_fifo_record_verify(w: World) -> list[str]:
+    _fifo(w.snap / ".volenv" / "record")
+    return ["verify", "app"]
+
+
+def plant_fifo_events_doctor(w: World) -> list[str]:
+    _fifo(w.root / "logs" / "app" / "events.jsonl")
+    return ["doctor"]
+
+
+def plant_linked_packs_dir(w: World) -> list[str]:
+    """`pack` streamed its blob into `packs/blobs/` by path: a link there wrote it outside."""
+    (w.root / "packs").mkdir(exist_ok=True)
+    if (w.root / "packs" / "blobs").exists():
+        import shutil
+
+        shutil.rmtree(w.root / "packs" / "blobs")
+    (w.root / "packs" / "blobs").symlink_to(w.sentinel.parent, target_is_directory=True)
+    return ["pack", "app"]
+
+
+def plant_linked_resolve_log_dir(w: World) -> list[str]:
+    """A failed resolution keeps uv's output as logs/<env>/build-...-resolve.log: a linked
+    logs/<env> received it outside the root."""
+    (w.root / "logs" / "nores").symlink_to(w.sentinel.parent, target_is_directory=True)
+    (w.tmp / "empty").mkdir(exist_ok=True)
+    m = write_manifest(
+        w.tmp / "nores", "nores", ["no-such-package-anywhere==1.0"], find_links=w.tmp / "empty"
+    )
+    return ["sync", str(m)]
+
+
+def plant_fifo_model_record(w: World) -> list[str]:
+    records = w.root / "models" / "records"
+    records.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(records / ("0" * 64 + ".json"))
+    return ["models", "list"]
+
+
 CASES: dict[str, tuple[Callable[[World], list[str]], set[int]]] = {
     "build-log-link": (plant_build_log_links, {0}),
     "diagnose-newest-log-link": (plant_newest_build_log_link, {3, 4}),
@@ -185,6 +229,12 @@ CASES: dict[str, tuple[Callable[[World], list[str]], set[int]]] = {
     "fifo-requirements-include": (plant_fifo_requirements_include, {2}),
     "nul-requirements": (plant_nul_requirements, {2}),
     "env-name-newline": (plant_env_name_newline, {2}),
+    "fifo-history": (plant_fifo_history, {4}),
+    "fifo-record-verify": (plant_fifo_record_verify, {3, 4}),
+    "fifo-events-doctor": (plant_fifo_events_doctor, {0, 3, 4}),
+    "linked-packs-dir": (plant_linked_packs_dir, {8}),
+    "linked-resolve-log-dir": (plant_linked_resolve_log_dir, {7, 8}),
+    "fifo-model-record": (plant_fifo_model_record, {0, 4}),
 }
 
 
@@ -206,6 +256,8 @@ def test_hostile_volume(case: str, world: World) -> None:
         assert SECRET not in sealed.read_text(errors="replace"), f"{case}: copied into a sealed build log"
     if case == "build-log-link":
         assert "building it again" in r.stderr, r.stderr  # the rebuild whose log name was planted
+    if case in ("linked-packs-dir", "linked-resolve-log-dir"):
+        assert list(world.sentinel.parent.iterdir()) == [world.sentinel], "written through the link"
     if case == "inline-manifest-link":
         assert list(world.sentinel.parent.iterdir()) == [world.sentinel], "written through the link"
         left = [p for p in Path(env["TMPDIR"]).iterdir() if p.name != "volenv-inline"]

@@ -27,6 +27,7 @@ from volenv.store.sealcheck import (
 )
 from volenv.store.volio import (
     atomic_write_bytes,
+    safe_mkdirs,
 )
 
 if TYPE_CHECKING:  # filelock (and psutil, in _free_bytes) load only when a build really
@@ -112,11 +113,16 @@ class ResolveLog:
 
     path: Path
     final: Path
+    root: Path
 
     def keep(self) -> None:
-        try:
-            self.final.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(self.final, self.path.read_bytes() if self.path.exists() else b"")
+        try:  # logs/<env>/ reached without links (a planted one is refused, never written through)
+            safe_mkdirs(self.final.parent, self.root)
+            atomic_write_bytes(
+                self.final, self.path.read_bytes() if self.path.exists() else b"", root=self.root
+            )
+        except VolenvError as exc:
+            reporter.warn(f"could not write the resolve log {self.final}: {exc.message}")
         except OSError as exc:
             reporter.warn(f"could not write the resolve log {self.final}: {exc.strerror}")
 

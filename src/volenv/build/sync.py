@@ -129,6 +129,7 @@ def sync_snapshot(paths: VolumePaths, manifest: Manifest, opts: SyncOptions) -> 
             rlog = ResolveLog(
                 Path(tmp) / "resolve.log",
                 paths.env_logs(env) / f"build-{time.strftime('%Y%m%dT%H%M%S')}-{env}-resolve.log",
+                paths.root,
             )
             try:
                 plan = make_plan(paths, manifest, opts, tmp, rlog)

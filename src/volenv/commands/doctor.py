@@ -19,6 +19,7 @@ from volenv.base.leanjson import loads as json_loads  # RecursionError is ValueE
 from volenv.store import pointers as store
 from volenv.store.paths import RootChoice, VolumePaths
 from volenv.store.sealcheck import SealProblem, check_seal, interpreter_problem
+from volenv.store.volio import read_regular
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,8 @@ def gpu_info() -> GpuInfo:
 def torch_cuda_of(snapshot: Path) -> str | None:
     """torch's CUDA build from its version.py, without importing torch."""
     for version_py in snapshot.glob("lib/python*/site-packages/torch/version.py"):
-        m = re.search(r"^cuda(?:: [^=]+)? = ['\"]([^'\"]+)['\"]", version_py.read_text(), re.M)
+        text = read_regular(version_py, 1 << 16).decode("utf-8", errors="replace")
+        m = re.search(r"^cuda(?:: [^=]+)? = ['\"]([^'\"]+)['\"]", text, re.M)
         return m.group(1) if m else "cpu"
     return None
 
@@ -295,7 +297,7 @@ def last_build_failure(paths: VolumePaths) -> BuildFailure | None:
     newest: BuildFailure | None = None
     for env in store.list_envs(paths):
         try:
-            text = paths.events(env).read_text(encoding="utf-8", errors="replace")
+            text = read_regular(paths.events(env), 4 << 20, tail=True).decode("utf-8", errors="replace")
         except OSError:
             continue
         for line in reversed(text.splitlines()):

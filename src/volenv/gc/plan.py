@@ -18,6 +18,7 @@ from pathlib import Path
 
 from volenv.base.errors import UsageError, VolenvError
 from volenv.base.leanjson import loads as json_loads  # RecursionError is ValueError there
+from volenv.base.leanjson import read_record_bytes
 from volenv.base.ui import fmt_duration, reporter
 from volenv.gc.leases import lease_holder
 from volenv.gc.sizes import apparent, freed_from, inode_table, isdir, real_dir, walk_stats
@@ -305,7 +306,7 @@ def referenced_models(paths: VolumePaths, kept: list[Path]) -> dict[str, dict[st
             continue
     for alias in listdir(paths.root / "aliases", paths.root):
         try:
-            data = json_loads((paths.root / "aliases" / alias).read_bytes())
+            data = json_loads(read_record_bytes(paths.root / "aliases" / alias, 16 << 20))
             if not alias_ok(data):
                 continue
             sid = store.read_index(paths, data["env"], data["manifest_digest"])

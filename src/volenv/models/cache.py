@@ -9,7 +9,6 @@ with size and sha256: its presence is what "present" means to activation.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -24,6 +23,8 @@ from volenv.base.errors import (
     from_oserror,
     missing_extra,
 )
+from volenv.base.leanjson import NOT_A_RECORD, read_record_bytes
+from volenv.base.leanjson import loads as json_loads  # RecursionError is ValueError there
 from volenv.base.redact import redact_url
 from volenv.base.ui import reporter
 from volenv.manifest.schema import Manifest, ModelSpec, model_dict
@@ -209,12 +210,14 @@ def _state(paths: VolumePaths, m: dict[str, Any], action: str) -> ModelState:
 def read_model_record(path: Path) -> dict[str, Any] | None:
     """A model record, validated (spec and file list) before any use; None when absent."""
     try:
-        data = json.loads(path.read_bytes())
+        data = json_loads(read_record_bytes(path, 64 << 20))
     except FileNotFoundError:
         return None
     except (IsADirectoryError, NotADirectoryError):
         raise DamagedRecord(f"model record {path} is damaged: not a file") from None
     except OSError as exc:
+        if exc.errno in NOT_A_RECORD:
+            raise DamagedRecord(f"model record {path} is damaged: not a regular file") from None
         raise from_oserror(exc, f"cannot read model record {path}") from exc
     except (ValueError, RecursionError) as exc:
         raise DamagedRecord(f"model record {path} is damaged: not valid JSON ({exc})") from None

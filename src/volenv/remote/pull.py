@@ -34,7 +34,15 @@ from volenv.store.packread import Unpacker, _Seen
 from volenv.store.paths import VolumePaths
 from volenv.store.rootfind import fix_command
 from volenv.store.sealcheck import SealProblem, check_seal, interpreter_problem
-from volenv.store.volio import atomic_write_json, fsync_dir, remove_tree, safe_mkdirs, unique_suffix
+from volenv.store.volio import (
+    atomic_write_json,
+    fsync_dir,
+    open_regular,
+    remove_tree,
+    safe_mkdirs,
+    safe_rename,
+    unique_suffix,
+)
 from volenv.transfer.bucketget import RANGED_FROM, Wanted, fetch_all
 from volenv.transfer.buckets import Remote, RemoteError, get_json, printable
 
@@ -105,7 +113,7 @@ def pull(
                 raise VerifyError(f"pulled {sid} does not verify: {report.summary()}")
             lease.fence()
             faults.point("pull-commit")
-            os.rename(staging, target_dir)
+            safe_rename(staging, target_dir, paths.root)  # a linked snapshots/ dir is refused
             fsync_dir(target_dir.parent)
         finally:
             remove_tree(holder, paths.root)
@@ -189,7 +197,7 @@ def _extract_local(paths: VolumePaths, u: Unpacker, info: PackInfo) -> Part:
     among the downloads; it moved nothing over the network, so it tells the streams nothing."""
 
     def part(stop: threading.Event) -> tuple[int, float]:
-        u.extract_one(info, lambda i: open(blob_path(paths, i.id), "rb"), stop)  # noqa: SIM115
+        u.extract_one(info, lambda i: open_regular(blob_path(paths, i.id)), stop)
         return 0, 0.0
 
     return part

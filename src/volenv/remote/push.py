@@ -16,6 +16,7 @@ from typing import Any
 
 from volenv.base import faults
 from volenv.base.errors import VerifyError
+from volenv.base.leanjson import read_record_bytes
 from volenv.base.streams import AdaptiveStreams
 from volenv.base.ui import reporter
 from volenv.remote.replicate import TransferResult
@@ -174,7 +175,7 @@ def _put_model_records(remote: Remote, records: list[Path]) -> dict[str, str]:
     model is); returns record name -> sha256 of its bytes (signed with the pack manifest)."""
     names: dict[str, str] = {}
     for rec_path in records:
-        raw = rec_path.read_bytes()
+        raw = read_record_bytes(rec_path, 64 << 20)
         remote.put_bytes(f"models/{rec_path.name}", raw)
         names[rec_path.name] = hashlib.sha256(raw).hexdigest()
     return names

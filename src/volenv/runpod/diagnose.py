@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from volenv.base.errors import EXIT_MEANINGS, VolenvError
+from volenv.base.leanjson import read_regular_file
 
 TAIL_LINES = 30
 
@@ -212,8 +213,8 @@ def _env_name_of(manifest: str) -> str | None:
     try:
         import tomllib
 
-        with open(manifest, "rb") as fh:
-            name = tomllib.load(fh).get("name")
+        # the worker's own manifest (beside its code or on the volume): never a FIFO's hang
+        name = tomllib.loads(read_regular_file(manifest, 16 << 20, follow=True).decode()).get("name")
         return name if isinstance(name, str) else None
     except (OSError, ValueError):
         return None

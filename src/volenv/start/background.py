@@ -33,7 +33,7 @@ from volenv.store.packformat import META_GROUP, PackInfo, PackManifest, blob_pat
 from volenv.store.packread import Unpacker, _Tree
 from volenv.store.paths import VolumePaths
 from volenv.store.sealcheck import META_DIR, SealProblem, check_seal
-from volenv.store.volio import unique_suffix
+from volenv.store.volio import open_regular, unique_suffix
 
 MARKER = "materialized.json"
 
@@ -98,7 +98,7 @@ def extract_startup_first(
     listed: tuple[str, ...] = ()
     try:
         u = Unpacker(manifest, staged)
-        opener = lambda i: open(blob_path(paths, i.id), "rb")  # noqa: E731, SIM115
+        opener = lambda i: open_regular(blob_path(paths, i.id))  # noqa: E731
 
         def meta() -> None:  # while the startup packs extract in other processes
             nonlocal listed
@@ -277,7 +277,7 @@ def _background(job: _Job, lock: int, ready: int) -> int:
         swapped = 0
         for info in job.packs:
             before = set(su.seen)
-            su.extract([info], lambda i: open(blob_path(job.paths, i.id), "rb"))  # noqa: SIM115
+            su.extract([info], lambda i: open_regular(blob_path(job.paths, i.id)))
             for rel in set(su.seen) - before:  # the whole pack checked: its files may go live
                 link = cover.get(rel)
                 if link is None:

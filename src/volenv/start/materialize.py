@@ -62,7 +62,7 @@ from volenv.store.packformat import (
 from volenv.store.packread import unpack
 from volenv.store.paths import VolumePaths
 from volenv.store.sealcheck import META_DIR, SealProblem, check_seal
-from volenv.store.volio import atomic_write_json, unique_suffix
+from volenv.store.volio import atomic_write_json, open_regular, unique_suffix
 
 
 def _complete(dest: Path, seal: dict[str, Any], level: str = "seal") -> bool:
@@ -246,7 +246,7 @@ def _extract(
     t0 = time.perf_counter()
     tree = dest
     try:
-        unpack(manifest, lambda i: open(blob_path(paths, i.id), "rb"), staged)  # noqa: SIM115
+        unpack(manifest, lambda i: open_regular(blob_path(paths, i.id)), staged)
         faults.point("materialize")
         check_seal(str(staged), sid)
         if level != "seal":  # the copy is what runs: check it at the level asked for

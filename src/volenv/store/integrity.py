@@ -19,8 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from volenv.base.leanjson import NOT_A_RECORD
 from volenv.base.ui import reporter
 from volenv.store.sealcheck import META_DIR, RECORD_NAME, SealProblem, check_seal
+from volenv.store.volio import open_regular, read_regular
 
 RECORD_HEADER = "#volenv-record 1"
 LEVELS = ("seal", "stat", "full")
@@ -100,14 +102,22 @@ def parse_record(data: bytes, where: str = "record") -> dict[str, Entry]:
     return out
 
 
+#: a snapshot's record (and a wheel's RECORD) past this size is not one volenv or a wheel wrote
+RECORD_LIMIT = 1 << 30
+
+
 def load_record(snapshot_dir: Path) -> dict[str, Entry]:
     path = snapshot_dir / META_DIR / RECORD_NAME
     try:
-        raw = path.read_bytes()
+        raw = read_regular(path, RECORD_LIMIT)
     except FileNotFoundError:
         raise SealProblem("record-missing", f"no record at {path}") from None
     except (IsADirectoryError, NotADirectoryError):
         raise SealProblem("record-damaged", f"{path} is not a file") from None
+    except OSError as exc:
+        if exc.errno not in NOT_A_RECORD:
+            raise
+        raise SealProblem("record-damaged", f"{path} is not a regular file ({exc.strerror})") from None
     return parse_record(raw, str(path))
 
 
@@ -134,7 +144,7 @@ _CHUNK = 1 << 20
 def hash_file(path: str) -> str:
     """sha256 with unbuffered 1 MiB reads: small files in one read, large ones streamed into a
     reused buffer (hashlib releases the GIL, so threads overlap reading and hashing)."""
-    with open(path, "rb", buffering=0) as fh:
+    with open_regular(path, buffering=0) as fh:
         first = fh.read(_CHUNK)
         h = hashlib.sha256(first)
         if len(first) == _CHUNK:
@@ -304,8 +314,8 @@ def _dist_records(root: Path, sp: str) -> Iterator[tuple[str, list[tuple[str, st
             continue
         rec = sp_dir / name / "RECORD"
         try:
-            text = rec.read_text(encoding="utf-8")
-        except OSError:
+            text = read_regular(rec, RECORD_LIMIT).decode("utf-8")
+        except (OSError, UnicodeDecodeError):
             continue
         rows: list[tuple[str, str]] = []
         for row in csv.reader(text.splitlines()):
@@ -330,8 +340,8 @@ def owner_distributions(root: Path) -> dict[str, str]:
                 continue
             dist = name[: -len(".dist-info")]
             try:
-                text = (sp_dir / name / "RECORD").read_text(encoding="utf-8")
-            except OSError:
+                text = read_regular(sp_dir / name / "RECORD", RECORD_LIMIT).decode("utf-8")
+            except (OSError, UnicodeDecodeError):
                 continue
             for row in csv.reader(text.splitlines()):
                 if row:

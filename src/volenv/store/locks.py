@@ -21,7 +21,7 @@ from filelock import SoftFileLease, Timeout
 
 from volenv.base.errors import LeaseLost, LockTimeout, from_oserror
 from volenv.store.paths import VolumePaths
-from volenv.store.volio import atomic_write_json, read_record, unique_suffix
+from volenv.store.volio import atomic_write_json, read_record, read_regular, unique_suffix
 
 DEFAULT_LEASE_SECONDS = 60.0
 
@@ -34,7 +34,7 @@ def lease_seconds() -> float:
 def describe_holder(marker: Path) -> str | None:
     """'host H pid P since T (heartbeat Ns ago)' from the marker and our info file."""
     try:
-        text = marker.read_text(encoding="utf-8", errors="replace")
+        text = read_regular(marker, 1 << 16).decode("utf-8", errors="replace")
         age = time.time() - marker.stat().st_mtime
     except OSError:
         return None
@@ -150,7 +150,7 @@ class BuildLease:
             raise LeaseLost(f"build lease lost ({self._lease.compromise.reason}); another builder took over")
         token = self._lease.token
         try:
-            text = self.path.read_text(encoding="utf-8")
+            text = read_regular(self.path, 1 << 16).decode("utf-8", errors="replace")
         except OSError as exc:
             raise LeaseLost(f"build lease marker unreadable before commit: {exc}") from exc
         if token is None or f"token={token}\n" not in text:

@@ -23,6 +23,7 @@ from typing import Any, BinaryIO
 
 from volenv.base.errors import DamagedRecord, VerifyError, missing_extra
 from volenv.store.paths import VolumePaths
+from volenv.store.volio import open_regular
 
 PACK_SCHEMA = 1
 LEVEL = int(os.environ.get("VOLENV_ZSTD_LEVEL", "3"))
@@ -256,7 +257,7 @@ def verify_blob(path: Path, info: PackInfo) -> None:
     import zstandard
 
     try:
-        with open(path, "rb") as raw:
+        with open_regular(path) as raw:
             zr = zstandard.ZstdDecompressor().stream_reader(raw)
             tar_hash = HashReader(zr, info.tar_size, pack_name(info))
             tar_hash.drain()

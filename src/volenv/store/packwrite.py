@@ -45,7 +45,7 @@ from volenv.store.paths import VolumePaths
 from volenv.store.rootfind import fix_command
 from volenv.store.sealcheck import META_DIR, SealProblem, check_seal
 from volenv.store.trace import HOOK_VERSION
-from volenv.store.volio import atomic_write_json, safe_mkdirs, unique_suffix
+from volenv.store.volio import atomic_write_json, safe_mkdirs, streamed_write
 
 
 def startup_paths(
@@ -273,18 +273,10 @@ def pack_snapshot(paths: VolumePaths, snapshot_dir: Path) -> PackManifest:
         pack_id = sink.h.hexdigest()
         dest = blob_path(paths, pack_id)
         if not _reusable(dest, pack_id, sink.size):
-            tmp = dest.with_name(f".{dest.name}.{unique_suffix()}")
-            try:
-                with open(tmp, "wb") as raw:
-                    cctx = zstandard.ZstdCompressor(level=LEVEL, threads=-1, write_checksum=True)
-                    with cctx.stream_writer(raw, closefd=False) as zw:
-                        _tar_stream(snapshot_dir, entries, zw, ordered=ordered)
-                    raw.flush()
-                    os.fsync(raw.fileno())
-                os.rename(tmp, dest)
-            finally:
-                if tmp.exists():
-                    tmp.unlink()
+            with streamed_write(dest, paths.root) as raw:  # a linked packs/ dir is refused
+                cctx = zstandard.ZstdCompressor(level=LEVEL, threads=-1, write_checksum=True)
+                with cctx.stream_writer(raw, closefd=False) as zw:
+                    _tar_stream(snapshot_dir, entries, zw, ordered=ordered)
         infos.append(
             PackInfo(pack_id, group, file_sha256(dest), dest.stat().st_size, sink.size, len(entries))
         )

@@ -15,6 +15,7 @@ from typing import Any
 
 from volenv import __version__
 from volenv.base.errors import DamagedRecord, VolumeError, from_oserror, shq
+from volenv.base.leanjson import NOT_A_RECORD
 from volenv.base.leanjson import loads as json_loads  # RecursionError is ValueError there
 from volenv.base.redact import redact_obj
 from volenv.store.paths import FORMAT_VERSION, VolumePaths
@@ -29,6 +30,7 @@ from volenv.store.volio import (
     dumps_json,
     has_type,
     read_record,
+    read_regular,
     safe_mkdirs,
     write_cachedir_tag,
 )
@@ -227,14 +229,22 @@ class Generation:
     action: str
 
 
+#: a history of 64 MiB is ~300,000 generations; beyond that it is not ours
+HISTORY_LIMIT = 64 << 20
+
+
 def read_history(paths: VolumePaths, env: str) -> list[Generation]:
     path = paths.history(env)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular(path, HISTORY_LIMIT).decode("utf-8")
     except FileNotFoundError:
         return []
     except (IsADirectoryError, NotADirectoryError):
         raise DamagedRecord(f"history {path} is damaged: a directory where the file should be") from None
+    except OSError as exc:
+        if exc.errno not in NOT_A_RECORD:
+            raise
+        raise DamagedRecord(f"history {path} is damaged: not a regular file ({exc.strerror})") from None
     except UnicodeDecodeError:
         raise DamagedRecord(f"history {path} is damaged: not UTF-8 text") from None
     out: list[Generation] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import os
 import secrets
@@ -12,7 +13,7 @@ import socket
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from volenv.base.errors import DamagedRecord, VolumeError
 from volenv.base.leanjson import NOT_A_RECORD, read_record_bytes
@@ -385,3 +386,40 @@ def read_regular(path: Path | str, limit: int = 1 << 20, *, tail: bool = False) 
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def open_regular(path: Path | str, buffering: int = -1) -> io.BufferedReader | io.FileIO:
+    """A file object for streaming a large file of the volume (a pack blob, a snapshot's file):
+    the same rules as `read_regular` (no link at `path`, no FIFO or device, never blocking on
+    the open), without reading it whole."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)
+        return cast("io.BufferedReader | io.FileIO", os.fdopen(fd, "rb", buffering=buffering))
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+@contextlib.contextmanager
+def streamed_write(dest: Path, root: Path, *, durable: bool = True) -> Iterator[io.BufferedWriter]:
+    """A large file streamed into place (a pack blob): written to a private sibling temp created
+    through real parents (O_EXCL | O_NOFOLLOW, so nothing planted is written through), renamed
+    over `dest` only when the body completed; the temp is removed on any failure."""
+    with contained(dest, root) as (dfd, dname):
+        tmp = f".{dname}.tmp-{unique_suffix()}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(tmp, flags, 0o644, dir_fd=dfd)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                yield fh
+                fh.flush()
+                if durable:
+                    os.fsync(fh.fileno())
+            os.rename(tmp, dname, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dfd)
+            raise
