@@ -258,3 +258,131 @@ def test_init_output_of_three_real_projects_syncs_and_imports_every_dependency(
     )
     assert r.returncode == 0, r.stderr
     _sync_and_import_all(root, asr / "locked.toml", env)
+
+
+DOCKERFILE = """\
+# syntax=docker/dockerfile:1
+FROM runpod/pytorch:2.1.0-py3.10-cuda11.8.0-devel-ubuntu22.04
+WORKDIR /
+COPY builder/requirements.txt /requirements.txt
+RUN python3.10 -m pip install --upgrade pip && \\
+    python3.10 -m pip install -r /requirements.txt --no-cache-dir && \\
+    pip install torch==2.1.0 --index-url https://download.pytorch.org/whl/cu118
+RUN pip install git+https://github.com/m-bain/whisperx.git runpod==1.7.0
+COPY src /src
+CMD ["python", "-u", "/src/handler.py"]
+"""
+
+
+def _worker_repo(tmp_path: Path) -> Path:
+    """A RunPod worker repository as they come: requirements under builder/, the Python named by
+    .python-version and the Dockerfile, a git requirement that cannot be fetched here."""
+    repo = tmp_path / "whisper-worker"
+    (repo / ".git").mkdir(parents=True)
+    (repo / "builder").mkdir()
+    (repo / ".python-version").write_text("3.10\n")
+    (repo / "Dockerfile").write_text(DOCKERFILE)
+    (repo / "builder/requirements.txt").write_text(
+        "# the worker's packages\n"
+        "beta==1.0\n"
+        "gamma==1.0  # pinned\n"
+        "scikit-thing\n"
+        "git+https://127.0.0.1:9/m-bain/whisperx.git#egg=whisperx\n"
+    )
+    return repo
+
+
+def test_init_on_a_worker_repository_guesses_from_its_root(
+    tmp_path: Path, root: Path, wheelhouse: Path
+) -> None:
+    """Issue 29, item 11: `init builder/requirements.txt` names the env after the repository and
+    takes the Python its .python-version and Dockerfile name; the Dockerfile's pip installs
+    that the manifest does not carry are listed as notes (a second index, a git package, other
+    packages), never the requirements file it does carry."""
+    import shutil
+
+    wheels = tmp_path / "wheels"
+    shutil.copytree(wheelhouse, wheels)
+    make_wheel(wheels, "scikit-thing", "1.0", files={"skthing/__init__.py": "X = 1\n"})
+    repo = _worker_repo(tmp_path)
+    index = ["--no-index", "--find-links", str(wheels)]
+
+    r = volenv("--root", root, "init", repo / "builder/requirements.txt", "-o", repo / "a.toml", *index)
+    assert r.returncode == 0, r.stderr
+    data = tomllib.loads((repo / "a.toml").read_text())
+    assert data["name"] == "whisper-worker" and data["python"] == "3.10", data
+    notes = [ln for ln in r.stderr.splitlines() if ln.startswith("note: ")]
+    text = "\n".join(notes)
+    assert "index https://download.pytorch.org/whl/cu118" in text and "torch==2.1.0" in text, r.stderr
+    assert "URL package git+https://github.com/m-bain/whisperx.git" in text and "runpod==1.7.0" in text
+    assert "requirements file" not in text and "upgrade" not in text and len(notes) == 2, notes
+    # the Dockerfile's base alone decides when there is no .python-version
+    (repo / ".python-version").unlink()
+    r = volenv("--root", root, "init", repo / "builder/requirements.txt", "-o", repo / "b.toml", *index)
+    assert r.returncode == 0 and tomllib.loads((repo / "b.toml").read_text())["python"] == "3.10"
+
+    # an interpreter's path, as uv takes one; one unfetchable line costs only itself
+    python = os.path.realpath(shutil.which("python3.11") or "/usr/bin/python3.11")
+    r = volenv(
+        "--root",
+        root,
+        "init",
+        repo / "builder/requirements.txt",
+        "-o",
+        repo / "c.toml",
+        "--python",
+        python,
+        *index,
+    )
+    assert r.returncode == 0, r.stderr
+    data = tomllib.loads((repo / "c.toml").read_text())
+    assert data["python"] == python
+    assert data["activate"]["smoke-imports"] == ["beta", "gamma", "skthing", "whisperx"], r.stderr
+    assert "could not fetch 1 of 4 requirements" in r.stderr and "whisperx" in r.stderr, r.stderr
+
+    # no interpreter for the Python asked: that is the reason given, and the names are guessed
+    r = volenv(
+        "--root",
+        root,
+        "init",
+        repo / "builder/requirements.txt",
+        "-o",
+        repo / "d.toml",
+        "--python",
+        "3.99",
+        *index,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "no Python matching '3.99'" in r.stderr and "could not fetch" not in r.stderr, r.stderr
+    assert tomllib.loads((repo / "d.toml").read_text())["activate"]["smoke-imports"] == [
+        "beta",
+        "gamma",
+        "scikit_thing",
+        "whisperx",
+    ]
+
+
+def test_a_manifest_may_name_an_interpreter_path(tmp_path: Path, root: Path, wheelhouse: Path) -> None:
+    """`python = "/usr/bin/python3.11"`: uv takes an interpreter's path, and so does a manifest."""
+    import shutil
+
+    python = os.path.realpath(shutil.which("python3.11") or "/usr/bin/python3.11")
+    m = tmp_path / "m.toml"
+    m.write_text(
+        f'name = "bypath"\npython = "{python}"\nrequirements = ["beta==1.0"]\n'
+        f'[index]\nno-index = true\nfind-links = ["{wheelhouse}"]\n'
+    )
+    r = volenv("--root", root, "sync", m)
+    assert r.returncode == 0, r.stderr
+    r = volenv(
+        "--root",
+        root,
+        "run",
+        "--manifest",
+        m,
+        "--",
+        "python",
+        "-c",
+        "import beta, sys; print(sys.version_info[:2])",
+    )
+    assert r.returncode == 0 and r.stdout.strip() == "(3, 11)", r.stderr

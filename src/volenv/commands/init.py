@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import tempfile
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,6 +90,7 @@ class InitResult:
     python: str
     smoke_imports: tuple[str, ...]
     imports_from: str  # wheels (their RECORD) | guessed (from the names) | none
+    notes: tuple[str, ...] = ()  # what the project's Dockerfile installs that the manifest does not
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,7 @@ class _Project:
     direct: tuple[str, ...] = ()  # the direct dependencies (smoke imports come from these)
     optional: dict[str, tuple[str, ...]] = field(default_factory=dict)
     index: _Index = _Index()
+    root: Path | None = None  # the project's root folder (.git, pyproject.toml or Dockerfile)
 
 
 def init(opts: InitOptions) -> InitResult:
@@ -140,11 +142,14 @@ def init(opts: InitOptions) -> InitResult:
     project = _read(source, opts)
     with tempfile.TemporaryDirectory(prefix="volenv-init-") as tmp:
         imports, how = _smoke_imports(project, Path(tmp))
+    notes = dockerfile_notes(project)
     with _Staged(out, lock) as staged:
         if lock is not None:
             _write_lock(project, staged.lock_path, staged.dir)
         text = _manifest_text(project, out, imports, lock)
         staged.write_manifest(text)
+    for note in notes:
+        reporter.info(f"note: {note}")
     return InitResult(
         str(out),
         str(lock) if lock else None,
@@ -154,6 +159,7 @@ def init(opts: InitOptions) -> InitResult:
         project.python,
         imports,
         how,
+        notes,
     )
 
 
@@ -187,12 +193,25 @@ def _read(source: Path, opts: InitOptions) -> _Project:
         raise UsageError(
             f"{source}: no [project] table (expected a pyproject.toml, a uv.lock or a requirements file)"
         )
+    root = project_root(source.parent)
+    pyproject: dict[str, Any] = {}
+    if (root / "pyproject.toml").is_file():
+        try:
+            pyproject = _toml(root / "pyproject.toml").get("project") or {}
+        except UsageError:
+            pyproject = {}
+    requires = pyproject.get("requires-python") if isinstance(pyproject, dict) else None
     return _Project(
         kind="requirements",
         source=source,
-        name=_name(opts.name, None, source),
-        python=opts.python or _python_version_file(source.parent) or DEFAULT_PYTHON,
+        name=_name(opts.name, pyproject.get("name") if isinstance(pyproject, dict) else None, root / "x"),
+        python=_interpreter(opts.python)
+        or _python_version_file(source.parent, root)
+        or (requires if isinstance(requires, str) else None)
+        or dockerfile_python(source.parent, root)
+        or DEFAULT_PYTHON,
         index=cli_index,
+        root=root,
     )
 
 
@@ -238,14 +257,16 @@ def _read_pyproject(source: Path, data: dict[str, Any], opts: InitOptions, cli_i
         kind="pyproject",
         source=source,
         name=_name(opts.name, project.get("name"), source),
-        python=opts.python
-        or _python_version_file(source.parent)
+        python=_interpreter(opts.python)
+        or _python_version_file(source.parent, project_root(source.parent))
         or (requires if isinstance(requires, str) else None)
+        or dockerfile_python(source.parent, project_root(source.parent))
         or DEFAULT_PYTHON,
         requirements=deps,
         direct=deps,
         optional=optional,
         index=index,
+        root=project_root(source.parent),
     )
 
 
@@ -295,6 +316,7 @@ def _read_uv_lock(source: Path, opts: InitOptions, cli_index: _Index) -> _Projec
         direct=base.direct,
         optional=base.optional,
         index=base.index,
+        root=base.root,
     )
 
 
@@ -407,17 +429,221 @@ def _string_list(value: Any, source: Path, key: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _python_version_file(folder: Path) -> str | None:
-    """uv's .python-version pin (its first line), if the project has one."""
-    try:
-        text = (folder / ".python-version").read_text(encoding="utf-8")
-    except OSError:
-        return None
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            return line
+def _python_version_file(folder: Path, root: Path | None = None) -> str | None:
+    """uv's .python-version pin (its first line), from the source's folder up to the project's
+    root (uv looks in parent folders too)."""
+    for d in _folders_up(folder, root):
+        try:
+            text = (d / ".python-version").read_text(encoding="utf-8")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                return line
     return None
+
+
+def _folders_up(folder: Path, root: Path | None) -> list[Path]:
+    """folder, its parents, ..., up to root (just folder when root is not above it)."""
+    out = [folder]
+    if root is not None and root != folder and root in folder.parents:
+        for parent in folder.parents:
+            out.append(parent)
+            if parent == root:
+                break
+    return out
+
+
+ROOT_MARKERS = (".git", "pyproject.toml", "Dockerfile")
+
+
+def project_root(folder: Path) -> Path:
+    """The project's root: the nearest folder from `folder` up that holds .git, a
+    pyproject.toml or a Dockerfile (`builder/requirements.txt` belongs to the repository
+    above it); the folder itself when none does."""
+    folder = folder.absolute()
+    for d in (folder, *folder.parents):
+        if any((d / m).exists() for m in ROOT_MARKERS):
+            return d
+    return folder
+
+
+_DOCKER_PY = (
+    re.compile(r"^python:(\d+\.\d+)", re.I),  # FROM python:3.10-slim
+    re.compile(r"[-_:]py(?:thon)?(3\.\d+)(?:\b|[-_.])", re.I),  # runpod/pytorch:2.1.0-py3.10-cuda11.8
+)
+
+
+def dockerfile_python(folder: Path, root: Path | None) -> str | None:
+    """The Python a Dockerfile (from the source's folder up to the root) builds on: its last
+    FROM's python tag (`python:3.10-slim`, `...-py3.10-...`), else the `python3.X` its RUN
+    steps install or call."""
+    for d in _folders_up(folder, root):
+        steps = _dockerfile_steps(d / "Dockerfile")
+        if not steps:
+            continue
+        froms = [args.split()[0] for word, args, _n in steps if word == "FROM" and args.split()]
+        for image in reversed(froms):
+            name = image.rsplit("/", 1)[-1]
+            for pattern in _DOCKER_PY:
+                if m := pattern.search(name):
+                    return m.group(1)
+        for word, args, _n in steps:
+            if word == "RUN" and (m := re.search(r"\bpython(3\.\d+)\b", args)):
+                return m.group(1)
+    return None
+
+
+def _dockerfile_steps(path: Path) -> list[tuple[str, str, int]]:
+    """(INSTRUCTION, arguments, line number) of a Dockerfile, continuation lines joined."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    steps: list[tuple[str, str, int]] = []
+    buf: list[str] = []
+    start = 0
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not buf and (not line or line.startswith("#")):
+            continue
+        if buf and line.startswith("#"):
+            continue
+        if not buf:
+            start = n
+        if line.endswith("\\"):
+            buf.append(line[:-1])
+            continue
+        buf.append(line)
+        joined = " ".join(b.strip() for b in buf)
+        buf = []
+        word, _, args = joined.partition(" ")
+        steps.append((word.upper(), args.strip(), start))
+    return steps
+
+
+_PIP_INSTALL = re.compile(r"(?:^|\s)(?:uv\s+pip|pip3?(?:\.\d+)?|python[\d.]*\s+-m\s+pip)\s+install\s+(.*)$")
+_TOOLS = {"pip", "setuptools", "wheel", "uv", "volenv"}
+
+
+def dockerfile_notes(project: _Project) -> tuple[str, ...]:
+    """The `pip install` steps of the project's Dockerfile that the manifest does not carry
+    over: another requirements file, a second index (torch's), a git or URL package, packages
+    named there and not in the manifest. Said, never guessed into the manifest."""
+    import shlex
+
+    root = project.root or project.source.parent
+    dockerfile = root / "Dockerfile"
+    carried = {_req_name(r) for r in (*project.requirements, *project.direct)}
+    if project.kind == "requirements":
+        carried |= {_req_name(r) or _egg_name(r) for r in requirement_lines(project.source)[1]}
+    for reqs in project.optional.values():
+        carried |= {_req_name(r) for r in reqs}
+    notes: list[str] = []
+    copies: list[tuple[str, Path]] = []  # (path in the image, path in the build context)
+    workdir = "/"
+    for word, args, line in _dockerfile_steps(dockerfile):
+        if word == "WORKDIR" and args:
+            workdir = os.path.normpath(os.path.join(workdir, args.split()[0]))
+        if word in ("COPY", "ADD"):
+            copies += _copied(args, workdir, root)
+        if word != "RUN":
+            continue
+        for part in re.split(r"&&|;|\|\|", args):
+            m = _PIP_INSTALL.search(part.strip())
+            if not m:
+                continue
+            try:
+                words = shlex.split(m.group(1))
+            except ValueError:
+                words = m.group(1).split()
+            in_context = _in_context(copies, workdir, root)
+            missing = _not_carried(words, project, in_context, carried)
+            if missing:
+                shown = os.path.relpath(dockerfile)
+                where = f"{shown if not shown.startswith('..') else dockerfile}:{line}"
+                notes.append(
+                    f"{where} `pip install {' '.join(words)}` not carried over: {'; '.join(missing)}"
+                )
+    return tuple(notes)
+
+
+def _copied(args: str, workdir: str, root: Path) -> list[tuple[str, Path]]:
+    """A COPY/ADD step's (path in the image, path in the build context) pairs."""
+    words = [w for w in args.split() if not w.startswith("--")]
+    if len(words) < 2 or words[0].startswith("["):
+        return []
+    *srcs, dest = words
+    dest = os.path.normpath(os.path.join(workdir, dest))
+    if len(srcs) == 1 and not args.rstrip().endswith("/"):
+        return [(dest, root / srcs[0])]
+    return [(os.path.join(dest, os.path.basename(src.rstrip("/"))), root / src) for src in srcs]
+
+
+def _in_context(copies: list[tuple[str, Path]], workdir: str, root: Path) -> Callable[[str], Path]:
+    """A path a RUN step names, as the file of the build context it is a copy of (the last COPY
+    that covers it), else as a path in the context itself."""
+
+    def find(value: str) -> Path:
+        image = os.path.normpath(os.path.join(workdir, value))
+        for dest, src in reversed(copies):
+            if image == dest:
+                return src.resolve()
+            if image.startswith(dest.rstrip("/") + "/"):
+                return (src / os.path.relpath(image, dest)).resolve()
+        return (root / value.lstrip("/")).resolve()
+
+    return find
+
+
+def _not_carried(
+    words: list[str], project: _Project, in_context: Callable[[str], Path], carried: set[str]
+) -> list[str]:
+    what: list[str] = []
+    packages: list[str] = []
+    it = iter(words)
+    for w in it:
+        opt, eq, value = w.partition("=")
+        if opt in (
+            "-r",
+            "--requirement",
+            "-c",
+            "--constraint",
+            "-i",
+            "--index-url",
+            "--extra-index-url",
+            "-f",
+            "--find-links",
+            "-e",
+            "--editable",
+        ):
+            value = value if eq else next(it, "")
+            if opt in ("-r", "--requirement"):
+                if in_context(value) != project.source.resolve():
+                    what.append(f"requirements file {value}")
+            elif opt in ("-i", "--index-url", "--extra-index-url"):
+                what.append(f"index {value}")
+            elif opt in ("-f", "--find-links"):
+                what.append(f"find-links {value}")
+            elif opt in ("-e", "--editable") and value not in (".", "./"):
+                what.append(f"editable {value}")
+            continue
+        if w.startswith("-"):
+            continue
+        if w in (".", "./") or w.startswith((".[", "./[")):
+            if project.kind == "requirements":
+                what.append(f"the project itself ({w})")
+            continue
+        if "://" in w or w.startswith("git+"):
+            what.append(f"URL package {w}")
+            continue
+        name = _req_name(w)
+        if name and name not in carried and name not in _TOOLS:
+            packages.append(w)
+    if packages:
+        what.insert(0, f"packages {', '.join(packages)}")
+    return what
 
 
 def _name(given: str | None, project_name: Any, source: Path) -> str:
@@ -434,17 +660,49 @@ def _name(given: str | None, project_name: Any, source: Path) -> str:
 
 def _smoke_imports(project: _Project, tmp: Path) -> tuple[tuple[str, ...], str]:
     """Install the direct dependencies alone (no deps) into a throwaway folder and read each
-    wheel's RECORD for its top-level module; where that fails, guess from the names."""
+    wheel's RECORD for its top-level module. When that fails, each requirement is tried on its
+    own (one unfetchable git line does not cost the others), and the rest guessed from names;
+    with no interpreter to install for, all are guessed, and that is the reason given."""
     if project.kind == "requirements":
+        options, lines = requirement_lines(project.source)
         sources = ["-r", str(project.source)]
     else:
-        direct = _direct_pins(project)
-        if not direct:
+        options, lines = [], _direct_pins(project)
+        if not lines:
             return (), "none"
-        (tmp / "direct.in").write_text("\n".join(direct) + "\n")
+        (tmp / "direct.in").write_text("\n".join(lines) + "\n")
         sources = ["-r", str(tmp / "direct.in")]
-    target = tmp / "target"
-    proc = _uv(
+    missing = _missing_interpreter(project)
+    if missing is not None:
+        reporter.warn(f"{missing}; smoke imports are guessed from the requirement names")
+        return _guessed(lines), "guessed"
+    proc = _install_target(project, sources, tmp / "t")
+    if proc.returncode == 0:
+        return _read_imports(tmp / "t"), "wheels"
+    reason = _uv_error(proc)
+    found: set[str] = set()
+    failed: list[str] = []
+    for i, line in enumerate(lines):
+        one = tmp / f"line-{i}.in"
+        one.write_text("\n".join([*options, line]) + "\n")
+        if _install_target(project, ["-r", str(one)], tmp / f"t{i}").returncode == 0:
+            found |= set(_read_imports(tmp / f"t{i}"))
+        else:
+            failed.append(line)
+    guessed = _guessed(failed)
+    if failed:
+        shown = ", ".join(failed[:3]) + (f" and {len(failed) - 3} more" if len(failed) > 3 else "")
+        reporter.warn(
+            f"could not fetch {len(failed)} of {len(lines)} requirements to learn their import names"
+            f" ({shown}: {reason}); those are guessed from their names"
+        )
+    if not found and not guessed:
+        return (), "none"
+    return tuple(sorted(found | set(guessed))), "wheels" if not failed else "guessed"
+
+
+def _install_target(project: _Project, sources: list[str], target: Path) -> subprocess.CompletedProcess[str]:
+    return _uv(
         [
             "pip",
             "install",
@@ -459,17 +717,78 @@ def _smoke_imports(project: _Project, tmp: Path) -> tuple[tuple[str, ...], str]:
         ],
         cwd=project.source.parent,
     )
+
+
+def _read_imports(target: Path) -> tuple[str, ...]:
+    return tuple(sorted({n for d in sorted(target.glob("*.dist-info")) if (n := _record_import(d))}))
+
+
+def _guessed(lines: Sequence[str]) -> tuple[str, ...]:
+    return tuple(sorted({guess_import(n) for r in lines if (n := _req_name(r) or _egg_name(r))}))
+
+
+def _egg_name(line: str) -> str:
+    """The name a bare URL requirement gives in its `#egg=` fragment."""
+    m = re.search(r"[#&]egg=([A-Za-z0-9][A-Za-z0-9._-]*)", line)
+    return m.group(1) if m else ""
+
+
+def _missing_interpreter(project: _Project) -> str | None:
+    """Why no wheel can be installed for the project's Python here (none matches), or None."""
+    proc = _uv(["python", "find", project.python], cwd=project.source.parent)
     if proc.returncode == 0:
-        names = sorted({n for d in sorted(target.glob("*.dist-info")) if (n := _record_import(d))})
-        return tuple(names), "wheels"
-    reason = _uv_error(proc)
-    if project.kind == "requirements":
-        reporter.warn(
-            f"could not fetch the requirements to learn their import names ({reason}); no smoke imports"
-        )
-        return (), "none"
-    reporter.warn(f"could not fetch the dependencies ({reason}); smoke imports are guessed from their names")
-    return tuple(sorted({guess_import(_req_name(r)) for r in project.direct if _req_name(r)})), "guessed"
+        return None
+    why = _uv_error(proc)
+    return f"no Python matching {project.python!r} on this machine to fetch the requirements for ({why})"
+
+
+def requirement_lines(path: Path, seen: set[Path] | None = None) -> tuple[list[str], list[str]]:
+    """A requirements file's index options (--index-url, --extra-index-url, --find-links,
+    --no-index, as written, relative find-links made absolute) and its requirement lines, -r
+    includes followed; comments, hashes and other options dropped."""
+    seen = seen if seen is not None else set()
+    path = path.resolve()
+    if path in seen:
+        return [], []
+    seen.add(path)
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return [], []
+    options: list[str] = []
+    lines: list[str] = []
+    for raw in text.replace("\\\n", " ").splitlines():
+        line = re.split(r"(?:^|\s)#(?!egg=)", raw, maxsplit=1)[0].strip()
+        if not line:
+            continue
+        if not line.startswith("-"):
+            lines.append(re.sub(r"\s--hash[= ]\S+", "", line).strip())
+            continue
+        opt, _, value = line.replace("=", " ", 1).partition(" ")
+        value = value.strip()
+        opt = {"-i": "--index-url", "-f": "--find-links", "-r": "--requirement"}.get(opt, opt)
+        if opt == "--requirement" and value:
+            more_opts, more = requirement_lines(path.parent / value, seen)
+            options += more_opts
+            lines += more
+        elif opt == "--find-links" and value:
+            target = value if "://" in value else str((path.parent / value).resolve())
+            options.append(f"--find-links {target}")
+        elif opt in ("--index-url", "--extra-index-url") and value:
+            options.append(f"{opt} {value}")
+        elif opt == "--no-index":
+            options.append(opt)
+    return list(dict.fromkeys(options)), lines
+
+
+def _interpreter(python: str | None) -> str | None:
+    """--python as uv takes it: a version request, or an interpreter's path (made absolute)."""
+    if python is None or ("/" not in python and not python.startswith(".")):
+        return python
+    path = Path(python).expanduser().absolute()
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise UsageError(f"--python {python}: no executable interpreter there")
+    return str(path)
 
 
 def _direct_pins(project: _Project) -> list[str]:

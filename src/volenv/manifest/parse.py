@@ -185,13 +185,16 @@ def _parse(p: Path, data: dict[str, Any], c: Checker) -> Manifest:
 def _check_python(c: Checker, python: str) -> None:
     if PYTHON_REQUEST.fullmatch(python):
         return
+    if python.startswith("/") and "\0" not in python and "\n" not in python:
+        return  # an interpreter's path, as uv takes one (the image's /usr/bin/python3.10)
     from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
     try:
         SpecifierSet(python)
     except InvalidSpecifier:
         raise c.fail(
-            "python", f"{python!r} is not a Python request (e.g. '3.11', '3.11.7', '>=3.11,<3.12')"
+            "python",
+            f"{python!r} is not a Python request (e.g. '3.11', '>=3.11,<3.12', '/usr/bin/python3.10')",
         ) from None
     if not python.strip():
         raise c.fail("python", "empty")
