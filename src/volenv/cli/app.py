@@ -20,6 +20,7 @@ from volenv.base import ui
 from volenv.base.errors import EXIT_INTERNAL, VolenvError
 from volenv.cli import author, envs, generations, inspect, models, pod, remote, render
 from volenv.cli.common import GlobalOptions, global_options
+from volenv.cli.docs import EPILOG, add_epilogs
 from volenv.cli.render import render_error
 from volenv.globalargs import hoist_globals as _hoist
 from volenv.globalargs import split_globals
@@ -48,6 +49,7 @@ _plain_required_metavars()
 app = typer.Typer(
     name="volenv",
     help="Sealed, versioned Python environments and model caches on a shared network volume.",
+    epilog=EPILOG,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -126,6 +128,7 @@ def version(ctx: typer.Context) -> None:
 # The families, in the order `volenv --help` lists their commands.
 for _family in (envs, inspect, generations, models, pod, remote, author):
     _family.commands.add_to(app)
+add_epilogs(app)  # each `volenv COMMAND --help` ends with its docs page (cli/docs.py)
 
 
 def _log_traceback(root: Path | None) -> str | None:

@@ -106,7 +106,9 @@ Environment (options win over these):
 
 Set in CMD's environment: VIRTUAL_ENV, PATH, VOLENV_ENV, VOLENV_SNAPSHOT, VOLENV_ROOT,
 VOLENV_MODEL_<NAME> (an hf model's snapshot directory, a url model's file path), and the
-manifest's [activate] variables."""
+manifest's [activate] variables.
+
+Docs: docs/cli.md#run (docs/ in volenv's source tree)."""
 )
 
 
@@ -127,7 +129,9 @@ Options:
   -h, --help              Show this message and exit.
 
 --materialize does not apply: a trace runs the snapshot in place. The environment defaults
-are run's (VOLENV_ROOT, VOLENV_ON_MISSING, VOLENV_VERIFY, VOLENV_LOCK_TIMEOUT)."""
+are run's (VOLENV_ROOT, VOLENV_ON_MISSING, VOLENV_VERIFY, VOLENV_LOCK_TIMEOUT).
+
+Docs: docs/cold-start.md#start-traces-and-the-startup-pack (docs/ in volenv's source tree)."""
 
 
 #: each command that parses run's arguments, and its help
