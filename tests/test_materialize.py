@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import mounts
-from conftest import REPO, Result, snapshot_of, volenv, write_manifest
+from conftest import REPO, Result, base_env, snapshot_of, volenv, write_manifest
 from volenv.store.integrity import verify_snapshot
 
 pytestmark = pytest.mark.mounts
@@ -170,6 +170,71 @@ def test_sigkill_mid_extract_leaves_nothing_usable(tmp_path: Path, packed: tuple
         assert time.monotonic() < deadline, "the killed start's partial copy was never deleted"
         time.sleep(0.05)
     assert verify_snapshot(local / sid, "full").ok
+
+
+def test_concurrent_starts_leave_no_partial_copy_behind(tmp_path: Path, packed: tuple[Path, Path]) -> None:
+    """Issue 26: six starts at once (a traced snapshot: startup pack first, the rest in the
+    background) each ran from a partial copy of their own; the next start, which reuses the
+    complete copy, collects them in the background."""
+    m, root = packed
+    r = volenv("--root", root, "trace", "--manifest", m, "--", "python", "-c", "import beta.mod7")
+    assert r.returncode == 0, r.stderr
+    local = tmp_path / "l"
+    argv = [sys.executable, "-m", "volenv", "--root", str(root), "run", "--materialize", "always"]
+    argv += ["--materialize-dir", str(local), "--manifest", str(m), "--", "python", "-c", PROBE]
+    procs = [
+        subprocess.Popen(argv, env=base_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(6)
+    ]
+    for p in procs:
+        _out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    sid = snapshot_of(root, "app")
+    deadline = time.monotonic() + 60  # the background extractions finish
+    while any(local.glob(f".{sid}.partial-*/{sid}/.volenv/in-progress")):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    r = _run(root, "always", local, m, "python", "-c", PROBE)
+    assert r.returncode == 0 and r.stdout.split()[0] == str(local / sid), r.stderr
+    deadline = time.monotonic() + 60
+    while list(local.glob(".*.partial-*")):
+        assert time.monotonic() < deadline, sorted(p.name for p in local.iterdir())
+        time.sleep(0.1)
+    assert verify_snapshot(local / sid, "full").ok
+
+
+def test_partial_copies_of_other_snapshots_are_collected_unless_in_use(
+    tmp_path: Path, packed: tuple[Path, Path]
+) -> None:
+    """A start of a newer snapshot collects what starts of an older one left (dead pid), but
+    never a copy a program still holds (its in-use lock), nor a link planted among them."""
+    import fcntl
+
+    m, root = packed
+    local = tmp_path / "l"
+    assert _run(root, "always", local, m, "true").returncode == 0
+    old = "app-0123456789ab"
+    dead, held = (local / f".{old}.partial-host-{pid}-0000aaaa" for pid in (4194300, 4194301))
+    for copy in (dead, held):
+        (copy / old / ".volenv").mkdir(parents=True)
+        (copy / old / ".volenv" / "in-use").write_bytes(b"")
+    outside = tmp_path / "outside"
+    (outside / old).mkdir(parents=True)
+    (local / f".{old}.partial-host-4194302-0000bbbb").symlink_to(outside, target_is_directory=True)
+    fd = os.open(held / old / ".volenv" / "in-use", os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        r = _run(root, "always", local, m, "true")  # reuses the complete copy, collects the rest
+        assert r.returncode == 0, r.stderr
+        deadline = time.monotonic() + 60
+        while dead.exists():
+            assert time.monotonic() < deadline, "a dead start's partial copy of another snapshot stayed"
+            time.sleep(0.1)
+        time.sleep(1)
+        assert held.exists(), "a copy a program still runs from was deleted"
+        assert (outside / old).is_dir(), "deleted through a planted link"
+    finally:
+        os.close(fd)
 
 
 def test_repair_repacks_so_materialize_keeps_working(tmp_path: Path, packed: tuple[Path, Path]) -> None:

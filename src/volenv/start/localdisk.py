@@ -83,15 +83,29 @@ def private_base(base: Path) -> None:
             )
 
 
-def leftovers(base: Path, sid: str) -> list[Path]:
-    """Copies set aside by earlier starts, and partial ones whose process is gone: deleted
-    after this start's extraction, not before it (see `delete_detached`)."""
-    out = [p for p in base.glob(f".{sid}.stale-*") if not p.is_symlink()]
-    for p in base.glob(f".{sid}.partial-*"):
-        pid = p.name.rsplit("-", 2)[-2] if p.name.count("-") >= 2 else ""
-        if pid.isdigit() and int(pid) != os.getpid() and alive(int(pid)):
+def leftovers(base: Path) -> list[Path]:
+    """Copies set aside by earlier starts, and partial ones whose process is gone, of every
+    snapshot (a start of a newer snapshot collects what starts of the old one left: concurrent
+    starts each keep a partial copy they ran from): deleted after this start's extraction, not
+    before it (see `delete_detached`), and never one a program still runs from."""
+    out: list[Path] = []
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return out
+    for name in names:
+        sid, sep, rest = name[1:].partition(".stale-")
+        if not sep:
+            sid, sep, rest = name[1:].partition(".partial-")
+        if not name.startswith(".") or not sep or not sid:
+            continue
+        p = base / name
+        if not owned_alone(p):
+            continue  # a link or another user's plant: never deleted through
+        pid = rest.rsplit("-", 2)[-2] if rest.count("-") >= 2 else ""
+        if ".partial-" in name and pid.isdigit() and int(pid) != os.getpid() and alive(int(pid)):
             continue  # another process on this disk is extracting it now
-        if not p.is_symlink() and in_use(p / sid):
+        if in_use(p / sid) or in_use(p):
             continue  # the program that started from it is gone, a child it left still runs there
         out.append(p)
     return out

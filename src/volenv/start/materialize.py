@@ -153,6 +153,7 @@ def _choose(
         return None
     if _complete(dest, seal, level):
         say(f"materialize: reusing the complete local copy {dest}")
+        delete_detached(leftovers(base))  # what earlier starts left (their partial copies)
         return str(dest)
     try:
         manifest = read_manifest(manifest_path(paths, sid))
@@ -205,7 +206,7 @@ def _choose(
     except VerifyError as exc:
         damaged(mode, str(exc), paths, sid)
         return None
-    garbage = leftovers(base, sid)
+    garbage = leftovers(base)
     try:
         return _extract(paths, manifest, base, dest, seal, mode, level, volume, garbage)
     finally:
