@@ -157,7 +157,7 @@ def test_dropped_connection_resumes_and_wrong_bytes_publish_nothing(
     m2 = _model_manifest(tmp_path / "b", wheelhouse, f"{file_server.base}/liar.bin", bad, name="liar")
     r = volenv("--root", root, "models", "fetch", m2)
     assert r.returncode == 9, r.stderr
-    assert "sha256 mismatch" in r.stderr
+    assert "does not match the pin" in r.stderr
     assert not list((root / "models" / "records").glob("liar.*"))
     liar_dir = root / "models" / "files" / "liar"
     assert not liar_dir.exists() or not any(p.is_file() for p in liar_dir.rglob("*"))

@@ -26,7 +26,7 @@ from volenv.base.errors import (
 from volenv.base.leanjson import NOT_A_RECORD, read_record_bytes
 from volenv.base.leanjson import loads as json_loads  # RecursionError is ValueError there
 from volenv.base.redact import redact_url
-from volenv.base.ui import reporter
+from volenv.base.ui import human_bytes, reporter
 from volenv.manifest.schema import Manifest, ModelSpec, model_dict
 from volenv.store.integrity import hash_file
 from volenv.store.locks import BuildLease
@@ -40,6 +40,9 @@ RECORD_SCHEMA = 1
 CHUNK = 1 << 20
 ATTEMPTS = int(os.environ.get("VOLENV_FETCH_ATTEMPTS", "6"))
 TIMEOUT = float(os.environ.get("VOLENV_FETCH_TIMEOUT", "60"))
+# a file whose sha256 does not match its pin is fetched once more only up to this size (damage
+# in transit is rare; a wrong pin is not, and a second download of multi-GB weights is costly)
+REFETCH_MAX = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -314,13 +317,20 @@ def _fetch_url(paths: VolumePaths, spec: ModelSpec, dest: Path) -> list[dict[str
         if got.sha256 == spec.sha256:
             break
         httpfetch.discard(part, journal, paths.root)
-        if round_ == 2:
+        if round_ == 2 or got.size > REFETCH_MAX:
+            # a large file is never downloaded twice on a guess: a wrong pin (or a file that
+            # changed at its URL) is far likelier than bytes damaged in transit
+            again = " (fetched twice, the same both times)" if round_ == 2 else ""
             raise ModelError(
-                f"model '{spec.name}': sha256 mismatch: expected {spec.sha256}, got {got.sha256};"
-                " nothing was published",
-                hint="the server served other bytes than the manifest pins",
+                f"model '{spec.name}': the file's sha256 does not match the pin{again}: the manifest"
+                f" pins {spec.sha256}, the {human_bytes(got.size)} at {redact_url(spec.url)} hash to"
+                f" {got.sha256}; nothing was published",
+                hint=f'if that file is the one you want, pin it: sha256 = "{got.sha256}"',
             )
-        say("sha256 mismatch after the download (a chunk arrived wrong); fetching it again")
+        say(
+            f"the file's sha256 does not match the pin ({human_bytes(got.size)}); fetching it once"
+            " more in case bytes arrived damaged"
+        )
     try:
         safe_rename(part, dest, paths.root)
     except FileNotFoundError:  # a fetcher that took our lease over published the same bytes
@@ -441,9 +451,16 @@ def verify_models(paths: VolumePaths, manifest: Manifest | None, level: str) -> 
                 continue
             if rec is not None:
                 records.append((rec["spec"], rec_path))
+        known = {str(p) for _m, p in records}
+        for m, env in _current_models(paths):
+            rec_path = Path(model_record_path(root, m))
+            if str(rec_path) not in known and not m.get("optional"):
+                known.add(str(rec_path))
+                problems.append(
+                    ModelProblem(m["name"], "missing", str(rec_path), f"never fetched (env '{env}' needs it)")
+                )
     checked = []
     for m, rec_path in records:
-        checked.append(m["name"])
         try:
             rec = read_model_record(rec_path)
         except VolenvError as exc:
@@ -452,7 +469,8 @@ def verify_models(paths: VolumePaths, manifest: Manifest | None, level: str) -> 
         if rec is None:
             if not m.get("optional"):
                 problems.append(ModelProblem(m["name"], "missing", str(rec_path), "never fetched"))
-            continue
+            continue  # an optional model never fetched is not checked, so never said to be ok
+        checked.append(m["name"])
         base_dir = Path(model_files_dir(root, m))
         for f in rec["files"]:
             p = base_dir / f["path"]
@@ -470,3 +488,28 @@ def verify_models(paths: VolumePaths, manifest: Manifest | None, level: str) -> 
                     ModelProblem(m["name"], "content-changed", str(p), "sha256 differs from the record")
                 )
     return ModelVerifyReport(level, tuple(checked), tuple(problems))
+
+
+def _current_models(paths: VolumePaths) -> list[tuple[dict[str, Any], str]]:
+    """(model spec, env) for every model the manifest sealed into an env's current snapshot
+    names: what its workers will ask for, fetched or not."""
+    from volenv.store import pointers
+    from volenv.store.sealcheck import SealProblem, read_seal
+
+    out = []
+    for env in pointers.list_envs(paths):
+        try:
+            sid = pointers.read_current(paths, env)
+            if sid is None:
+                continue
+            models = read_seal(str(paths.snapshot(env, sid))).get("manifest", {}).get("models", [])
+        except (VolenvError, SealProblem, OSError, ValueError, AttributeError):
+            continue
+        for m in models if isinstance(models, list) else []:
+            if isinstance(m, dict) and isinstance(m.get("name"), str):
+                try:
+                    model_record_path(str(paths.root), m)
+                except (KeyError, TypeError, ValueError):
+                    continue
+                out.append((m, env))
+    return out
