@@ -139,3 +139,25 @@ def test_uv_install_lines_drive_the_package_count() -> None:
     for line in ("Installed 2 packages in 8ms", " + bigone==1.0", " + small==1.0"):
         feed(line)
     assert p.counts() == "2/2 packages"
+
+
+def test_a_slow_step_without_a_terminal_prints_a_line_every_interval(
+    tmp_path: Path, root: Path, wheels: Path
+) -> None:
+    """Issue 29 item 4: a step that prints nothing for a while (here a post-install command)
+    still leaves a line in a piped log every VOLENV_PROGRESS_INTERVAL seconds; a bad value is
+    a usage error; 0 turns the lines off."""
+    env = base_env()
+    env["VOLENV_NO_PROGRESS"] = "0"  # base_env's 1 would come back
+    extra = '[build]\npost-install = ["sleep 1.6"]\n'
+    m = write_manifest(tmp_path / "s", "slow", ["other==1.0"], find_links=wheels, extra=extra)
+    r = volenv("--root", root, "sync", m, env={**env, "VOLENV_PROGRESS_INTERVAL": "0.4"})
+    assert r.returncode == 0, r.stderr
+    beats = re.findall(r"^post-install: sleep 1\.6: still running \(([\d.]+) s\)$", r.stderr, re.M)
+    assert len(beats) >= 2 and float(beats[-1]) >= float(beats[0]) + 0.3, r.stderr
+    assert SUMMARY.pattern.split()[0] in r.stderr.splitlines()[-1]  # the summary line still ends it
+    r = volenv("--root", root, "sync", m, env={**env, "VOLENV_PROGRESS_INTERVAL": "soon"})
+    assert r.returncode == 2 and "VOLENV_PROGRESS_INTERVAL" in r.stderr, r.stderr
+    m2 = write_manifest(tmp_path / "s2", "slow2", ["other==1.0"], find_links=wheels, extra=extra)
+    r = volenv("--root", root, "sync", m2, env={**env, "VOLENV_PROGRESS_INTERVAL": "0"})
+    assert r.returncode == 0 and "still running" not in r.stderr, r.stderr

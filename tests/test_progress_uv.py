@@ -135,6 +135,35 @@ def test_a_sync_on_a_terminal_shows_the_bytes_while_uv_downloads(
     assert "\x1b" not in text and "\r" not in text and "+ padded==1.0" in text, text
 
 
+def test_a_piped_sync_says_every_interval_what_it_downloads(
+    tmp_path: Path, root: Path, slow_index: str
+) -> None:
+    """Issue 29 item 4: without a terminal (RunPod's log) a long step prints a line every
+    VOLENV_PROGRESS_INTERVAL seconds (10 by default) with its counts, bytes and rate, so the
+    log shows the build is alive while a large wheel downloads."""
+    from conftest import base_env, volenv
+
+    env = base_env()
+    env["VOLENV_NO_PROGRESS"] = "0"  # base_env's 1 would come back
+    env["VOLENV_PROGRESS_INTERVAL"] = "0.3"
+    m = write_manifest(tmp_path / "m", "big", ["padded==1.0"], index_url=slow_index)
+    r = volenv("--root", root, "sync", m, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "\r" not in r.stderr and "\x1b" not in r.stderr, repr(r.stderr)
+    beats = re.findall(
+        r"^installing: 0/1 packages, ([\d.]+) (KiB|MiB), [\d.]+ \w+/s.*\(([\d.]+) s\)$", r.stderr, re.M
+    )
+    moving = {float(n) * (1024 if u == "MiB" else 1) for n, u, _ in beats}
+    assert len(beats) >= 3 and len(moving - {0.0}) >= 2, r.stderr  # the bytes move between lines
+    # --no-progress and -q: none of these lines
+    for flag in ("--no-progress", "-q"):
+        other = write_manifest(
+            tmp_path / flag, f"big{flag.strip('-')}", ["padded==1.0", "small"], index_url=slow_index
+        )
+        r = volenv("--root", root, flag, "sync", other, env=env)
+        assert r.returncode == 0 and "installing:" not in r.stderr, (flag, r.stderr)
+
+
 # what uv 0.x wrote on a 200-column terminal (recorded): a spinner left drawn, padded to the
 # width, then its error on the row the terminal wraps to; a bar redraw; its summary lines
 PAD = " " * 173

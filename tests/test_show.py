@@ -111,9 +111,13 @@ def test_sync_dry_run_prints_the_diff_against_current(
 
 def test_history_shows_changes_in_80_columns(two: tuple[Path, str, str, Path]) -> None:
     root, s1, s2, _m2 = two
-    r = _ok(volenv("--root", root, "history", "web"))
+    from ptyrun import run_pty
+
+    tty = run_pty("--root", root, "history", "web", columns=80, stdout_on_tty=True, env={"NO_COLOR": "1"})
+    assert all(len(line.rstrip()) <= 80 for line in tty.tty.replace("\r", "").splitlines()), tty.tty
+    assert s1 in tty.tty and s2 in tty.tty, tty.tty  # the ids whole
+    r = _ok(volenv("--root", root, "history", "web"))  # piped: one whole row a line
     rows = r.stdout.splitlines()
-    assert all(len(line.rstrip()) <= 80 for line in rows), r.stdout
     assert any(s2 in line and "alpha 1.0 -> 2.0" in line for line in rows), r.stdout
     assert any(s1 in line and "+alpha 1.0" in line for line in rows), r.stdout
     doc = _ok(volenv("--root", root, "--json", "history", "web")).json()

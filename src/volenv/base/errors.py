@@ -107,15 +107,40 @@ class DiskSpaceError(VolenvError):
 
 
 class BuildError(VolenvError):
+    """A failed build step: the step and its log named in the message, the tool's own cause
+    (multi-line: a build backend's traceback stays one) and a hint that names the log."""
+
     exit_code = EXIT_BUILD
 
     def __init__(
-        self, message: str, *, step: str, log_path: str | None = None, hint: str | None = None
+        self,
+        message: str,
+        *,
+        step: str,
+        log_path: str | None = None,
+        hint: str | None = None,
+        cause: str | None = None,
     ) -> None:
         where = f" (build log: {log_path})" if log_path else ""
-        super().__init__(f"build step '{step}' failed: {message}{where}", hint=hint)
+        if log_path:
+            look = f"the whole output is in the build log: `tail -n 60 {shq(log_path)}`"
+            hint = f"{hint}; {look}" if hint else look
+        super().__init__(f"build step '{step}' failed: {message}{where}", hint=hint, cause=cause)
         self.step = step
         self.log_path = log_path
+
+
+def cause_lines(cause: str) -> list[str]:
+    """A cause as printed under its error: `  cause: FIRST`, each further cause on a `cause:`
+    line of its own, and the lines under a cause (a traceback) indented below it, as written."""
+    out = []
+    for i, line in enumerate(cause.splitlines()):
+        if i == 0:
+            line = line if line.startswith("cause:") else f"cause: {line}"
+        elif line and not line.startswith(("cause:", " ")):
+            line = " " * 7 + line
+        out.append(f"  {line}".rstrip())
+    return out
 
 
 class VolumeError(VolenvError):

@@ -15,7 +15,9 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-class _Step:
+class Step:
+    """A named step: -v's lines before and after, and the heartbeat's while it runs."""
+
     def __init__(self, reporter: Reporter, label: str) -> None:
         self.reporter = reporter
         self.label = label
@@ -24,12 +26,88 @@ class _Step:
     def __enter__(self) -> None:
         self.t0 = time.perf_counter()
         self.reporter.detail(f"{self.label}…")
+        self.reporter.beat_start(self)
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self.reporter.beat_stop(self)
         if exc is None:
             self.reporter.detail(f"{self.label}: done in {time.perf_counter() - self.t0:.2f}s")
+
+    def beat_line(self) -> str:
+        return f"{self.label}: still running ({human_seconds(time.perf_counter() - self.t0)})"
+
+
+DEFAULT_PROGRESS_INTERVAL = 10.0
+
+
+def progress_interval() -> float:
+    """VOLENV_PROGRESS_INTERVAL: seconds between the lines a long step prints where no bar is
+    drawn (a pipe, RunPod's log); 0 turns them off. Unset: 10. Anything else is a usage error."""
+    import os
+
+    raw = os.environ.get("VOLENV_PROGRESS_INTERVAL", "").strip()
+    if not raw:
+        return DEFAULT_PROGRESS_INTERVAL
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1e6:
+        from volenv.base.errors import UsageError
+
+        raise UsageError(f"VOLENV_PROGRESS_INTERVAL={raw!r}: expected seconds (0 turns the lines off)")
+    return value
+
+
+class Heartbeat:
+    """Where no bar is drawn, a long step still says it is alive: one line every `interval`
+    seconds while any step or progress runs, naming the innermost one with its counts, bytes
+    and rate (`installing: 3/12 packages, 1.2 GiB, 80.1 MiB/s, downloading torch (40.2 s)`).
+    One daemon thread, started with the first step and gone with the last."""
+
+    def __init__(self, reporter: Reporter, interval: float) -> None:
+        import threading
+
+        self.reporter = reporter
+        self.interval = interval
+        self.active: list[Any] = []  # _Step or Progress, innermost last
+        self.cond = threading.Condition()
+        self.thread: threading.Thread | None = None
+        self.last = 0.0
+
+    def start(self, item: Any) -> None:
+        import threading
+
+        with self.cond:
+            if not self.active:
+                self.last = time.perf_counter()
+            self.active.append(item)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="volenv-heartbeat", daemon=True)
+                self.thread.start()
+            self.cond.notify_all()
+
+    def stop(self, item: Any) -> None:
+        with self.cond:
+            if item in self.active:
+                self.active.remove(item)
+            self.cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                if not self.active:
+                    self.thread = None
+                    return
+                wait = self.last + self.interval - time.perf_counter()
+                if wait > 0:
+                    self.cond.wait(wait)
+                    continue
+                self.last = time.perf_counter()
+                line = self.active[-1].beat_line()
+            self.reporter.info(line)
 
 
 _BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
@@ -148,6 +226,7 @@ class Progress:
         if self.closed:
             return
         self.closed = True
+        self.reporter.beat_stop(self)
         self.stop()
         if not ok:
             return
@@ -167,6 +246,11 @@ class Progress:
     # -- what backends use
     def changed(self) -> None:
         """A backend redraws here."""
+
+    def beat_line(self) -> str:
+        """The heartbeat's line: `installing: 3/12 packages, 1.2 GiB, 80.1 MiB/s (40.2 s)`."""
+        counts = self.counts()
+        return f"{self.label}: {counts + ' ' if counts else ''}({human_seconds(self.seconds)})"
 
     def stop(self) -> None:
         """A backend removes its bar here."""
@@ -203,8 +287,31 @@ class Progress:
 
 
 class Reporter:
-    def __init__(self, verbosity: int = 0) -> None:
+    def __init__(self, verbosity: int = 0, *, heartbeat: bool | None = None) -> None:
+        """`heartbeat`: lines every VOLENV_PROGRESS_INTERVAL seconds on long steps (default:
+        at the info level, where no backend draws bars)."""
         self.verbosity = verbosity
+        self.heartbeat = verbosity >= 0 if heartbeat is None else heartbeat
+        self._beat: Heartbeat | None = None
+
+    @property
+    def beating(self) -> bool:
+        """Whether long steps print heartbeat lines (the interval is read on first use)."""
+        if self.heartbeat and self._beat is None:
+            interval = progress_interval()
+            if interval <= 0:
+                self.heartbeat = False
+                return False
+            self._beat = Heartbeat(self, interval)
+        return self.heartbeat
+
+    def beat_start(self, item: Any) -> None:
+        if self.beating and self._beat is not None:
+            self._beat.start(item)
+
+    def beat_stop(self, item: Any) -> None:
+        if self._beat is not None:
+            self._beat.stop(item)
 
     # the same lines as the CLI's reporter (render.RichReporter), without colour
     def info(self, msg: str) -> None:
@@ -223,7 +330,7 @@ class Reporter:
         """Remove whatever a backend still draws (an error is about to be printed)."""
 
     def step(self, label: str) -> AbstractContextManager[None]:
-        return _Step(self, label)
+        return Step(self, label)
 
     def progress(
         self,
@@ -234,7 +341,17 @@ class Reporter:
         summary: bool = False,
         done_label: str | None = None,
     ) -> Progress:
-        return Progress(self, label, total, unit=unit, summary=summary, done_label=done_label)
+        kind = _BeatingProgress if self.beating else Progress
+        p = kind(self, label, total, unit=unit, summary=summary, done_label=done_label)
+        self.beat_start(p)
+        return p
+
+
+class _BeatingProgress(Progress):
+    """Counted by the heartbeat, not drawn; `live` so that uv runs on a terminal and its byte
+    counts reach the heartbeat's line while a wheel downloads (a pipe gets none from uv)."""
+
+    live = True
 
 
 class _Proxy:

@@ -1,6 +1,9 @@
 """The build's steps, in order, each a named method with a fault point (tests can kill the builder
 at any of them): preflight -> stage -> install -> groups -> post-install -> compile -> smoke ->
-record (+ wheel check) -> seal -> commit."""
+record (+ wheel check) -> seal -> commit.
+
+Long: the steps read top to bottom as one builder (STYLE.md, item 8), each with the error it
+raises (its cause and log named); splitting the class would scatter that one lifecycle."""
 
 from __future__ import annotations
 
@@ -34,7 +37,14 @@ from volenv.build.staging import (
     quarantine,
     with_space_figures,
 )
-from volenv.build.uvtool import index_args, install_progress, last_error_line, raise_if_disk_full, run_uv
+from volenv.build.uvtool import (
+    index_args,
+    install_progress,
+    last_error_line,
+    raise_if_disk_full,
+    run_uv,
+    uv_failure,
+)
 from volenv.build.venv import (
     activation_env_for_build,
     compile_bytecode,
@@ -159,7 +169,8 @@ class _Build:
         )
         if proc.returncode != 0:
             raise_if_disk_full(proc, str(self.log))
-            raise BuildError(last_error_line(proc), step=step, log_path=str(self.log))
+            f = uv_failure(proc)
+            raise BuildError(f.message, step=step, log_path=str(self.log), cause=f.cause, hint=f.hint)
         return proc
 
     # -- steps
@@ -363,8 +374,12 @@ class _Build:
             bad = {"(interpreter)": f"exited {proc.returncode}"}
         if bad:
             first = next(iter(bad.items()))
+            tb = proc.stderr.strip().splitlines()[-20:]  # the import's traceback, its end
             raise BuildError(
-                f"smoke import {first[0]!r} failed: {first[1]}", step="smoke", log_path=str(self.log)
+                f"smoke import {first[0]!r} failed: {first[1]}",
+                step="smoke",
+                log_path=str(self.log),
+                cause="\n".join(["the import's traceback:", *(" " * 7 + ln for ln in tb)]) if tb else None,
             )
 
     def record(self) -> list[Entry]:
@@ -574,14 +589,16 @@ def build_snapshot(
 
 def _log_failure(paths: VolumePaths, b: _Build, exc: BaseException) -> None:
     """The failure goes into the build log (so every failed step has one) and the events."""
-    code = getattr(exc, "exit_code", 1)
+    interrupted = isinstance(exc, KeyboardInterrupt)  # Ctrl-C, SIGTERM: no message of its own
+    code = 130 if interrupted else getattr(exc, "exit_code", 1)
+    error = "interrupted" if interrupted else (str(exc) or type(exc).__name__)
     try:
-        b.logline(f"# build failed (exit {code}): {exc}")
+        b.logline(f"# build failed (exit {code}): {error}")
     except OSError:
         pass
     try:
         store.log_event(
-            paths, b.env, "build-failed", snapshot=b.sid, error=str(exc), exit_code=code, log=str(b.log)
+            paths, b.env, "build-failed", snapshot=b.sid, error=error, exit_code=code, log=str(b.log)
         )
     except OSError:
         pass

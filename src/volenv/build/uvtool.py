@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from volenv.base.errors import DiskSpaceError
@@ -290,32 +291,89 @@ def _run_on_pty(
     return subprocess.CompletedProcess(cmd, code, "".join(out), "".join(kept))
 
 
-CAUSE_PREFIXES = ("cause:", "Caused by:", "╰─▶")
+CAUSE_PREFIXES = ("cause:", "Caused by:", "╰─▶", "├─▶")
+#: a cause longer than this many lines keeps its chain and its last lines (the whole is in the log)
+CAUSE_LINES = 40
+#: the one-line form (a group's reason in a seal, init's warning) is cut past this many characters
+LINE_CHARS = 1000
 
 
-def last_error_line(proc: subprocess.CompletedProcess[str]) -> str:
-    """uv's error line plus every cause line under it (with their continuation lines, e.g. git's
-    "Could not resolve host"), joined on one line: enough to act on without the log."""
-    lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines()]
-    start = next((i for i, ln in enumerate(lines) if ln.startswith(("error:", "×"))), None)
+@dataclass(frozen=True)
+class UvFailure:
+    """uv's error as it wrote it: `message` (its `error:` line), `cause` (the lines under it,
+    dedented, each cause on a line of its own and a build backend's traceback still a
+    traceback; None where uv gave none) and uv's own `hint`."""
+
+    message: str
+    cause: str | None
+    hint: str | None
+
+
+def uv_failure(proc: subprocess.CompletedProcess[str]) -> UvFailure:
+    import textwrap
+
+    lines = [redact_text(ln.rstrip()) for ln in (proc.stderr or proc.stdout or "").splitlines()]
+    start = next((i for i, ln in enumerate(lines) if ln.lstrip().startswith(("error:", "×"))), None)
     if start is None:
         start = next((i for i, ln in enumerate(lines) if "No solution" in ln), None)
     if start is None:
-        rest = [ln for ln in lines if ln]
-        return redact_text(rest[-1]) if rest else f"uv exited {proc.returncode}"
-    parts = [lines[start].lstrip("× ").removeprefix("error: ").strip()]
+        rest = [ln.strip() for ln in lines if ln.strip()]
+        return UvFailure(rest[-1] if rest else f"uv exited {proc.returncode}", None, None)
+    message = lines[start].strip().lstrip("× ").removeprefix("error: ").strip()
+    block: list[str] = []
+    hint = None
     for ln in lines[start + 1 :]:
-        if ln.startswith(("error:", "warning:", "hint:")):
+        if ln.startswith(("error:", "warning:")):
             break
-        if not ln or ln == "--- stderr":
+        if ln.startswith("hint:"):
+            hint = ln.removeprefix("hint:").strip()
+            break
+        block.append(ln)
+    text = textwrap.dedent("\n".join(block))
+    out: list[str] = []
+    for ln in text.splitlines():
+        bare = ln.strip()
+        for prefix in CAUSE_PREFIXES:
+            if bare.startswith(prefix):
+                ln = "cause: " + bare.removeprefix(prefix).strip()
+                break
+        if ln.strip() or (out and out[-1].strip()):  # no blank runs
+            out.append(ln.rstrip())
+    while out and not out[-1].strip():
+        out.pop()
+    if len(out) > CAUSE_LINES:
+        chain = [ln for ln in out[: CAUSE_LINES // 4] if ln.startswith("cause:")]
+        tail = out[-(CAUSE_LINES - len(chain) - 1) :]
+        out = [*chain, f"… {len(out) - len(chain) - len(tail)} lines more in the build log", *tail]
+    if out:  # the first cause is the cause: its prefix is the renderer's
+        out[0] = out[0].removeprefix("cause: ")
+    return UvFailure(message, "\n".join(out) or None, hint)
+
+
+def last_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """uv's error on one line: its error line, each cause line under it, and where a cause
+    goes on for lines (a build backend's traceback) only their last line, the exception; cut
+    past LINE_CHARS characters. Enough to act on without the log (a group's reason, a
+    warning); errors print the whole cause, multi-line (uv_failure)."""
+    f = uv_failure(proc)
+    parts: list[tuple[str, list[str]]] = [(f.message, [])]
+    for i, ln in enumerate((f.cause or "").splitlines()):
+        if ln.startswith("cause:") or i == 0:
+            parts.append((ln if ln.startswith("cause:") else f"cause: {ln}", []))
+        elif ln.strip() and not ln.startswith("…") and ln.strip() not in ("[stderr]", "[stdout]"):
+            parts[-1][1].append(ln.strip())
+    import re
+
+    exception = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception|Exit|Interrupt)\b")
+    joined = []
+    for head, more in parts:  # a wrapped sentence joins; a traceback gives its exception
+        if len(more) <= 3:
+            joined.append(" ".join([head, *more]))
             continue
-        if ln.startswith(CAUSE_PREFIXES):
-            for prefix in CAUSE_PREFIXES:
-                ln = ln.removeprefix(prefix)
-            parts.append("cause: " + ln.strip())
-        else:
-            parts[-1] += " " + ln
-    return redact_text("; ".join(parts))
+        at = max((i for i, ln in enumerate(more) if exception.match(ln)), default=len(more) - 1)
+        joined.append(f"{head} … {' '.join(more[at:])}")
+    line = "; ".join(joined)
+    return line if len(line) <= LINE_CHARS else line[: LINE_CHARS - 1] + "…"
 
 
 def raise_if_disk_full(proc: subprocess.CompletedProcess[str], log: str | None = None) -> None:

@@ -22,7 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from volenv.base import ui
-from volenv.base.errors import error_document, shq
+from volenv.base.errors import cause_lines, error_document, shq
 from volenv.base.redact import redact_obj, redact_text
 from volenv.base.ui import _unit_of as _unit_of  # the size format is ui's (low modules print sizes too)
 from volenv.base.ui import human_bytes as human_bytes
@@ -100,6 +100,105 @@ def esc(value: object) -> str:
     return escape(controls_escaped(str(value)))
 
 
+# ---------------------------------------------------------------- tables
+
+
+@dataclasses.dataclass(frozen=True)
+class Col:
+    """A table column. `whole`: a value users type (a snapshot id, an env or package name):
+    never cut, never dropped. `drop`: where a terminal is too narrow for every column, the
+    columns with the highest `drop` go first (0: never dropped); the others wrap."""
+
+    name: str
+    whole: bool = False
+    drop: int = 0
+    justify: str = "left"
+
+
+def _cell_text(cell: str) -> str:
+    """A cell's text as printed: markup resolved, one line (a piped row is one line)."""
+    from rich.text import Text
+
+    return " ".join(Text.from_markup(cell).plain.split("\n"))
+
+
+def print_table(
+    cols: list[Col], rows: list[list[str]], title: str | None = None, *, boxed: bool = True
+) -> None:
+    """One table on stdout. Piped (not a terminal): plain columns two spaces apart, a header
+    line, one row a line, no borders and no trailing padding (`volenv status | grep web`, awk).
+    On a terminal: a rich table as wide as the terminal, where ids stay whole: while the row
+    does not fit unwrapped, columns go in `drop` order (named under the table; --json has
+    every field); what still does not fit wraps, ids never. Cells are rich markup."""
+    con = _o()
+    if not _on_terminal(con):
+        _plain_table(cols, [[_cell_text(c) for c in row] for row in rows], title)
+        return
+    from rich.cells import cell_len
+
+    texts = [[_cell_text(c) for c in row] for row in rows]
+
+    def need(i: int) -> int:  # the room column i takes unwrapped
+        return max(cell_len(c) for c in [cols[i].name, *(row[i] for row in texts)])
+
+    keep = list(range(len(cols)))
+    width = con.width
+    dropped: list[str] = []
+    droppable = sorted((i for i, c in enumerate(cols) if c.drop > 0), key=lambda i: -cols[i].drop)
+
+    def overhead(n: int) -> int:  # borders and padding: `│ a │ b │`, or two spaces between
+        return 3 * n + 1 if boxed else 2 * (n - 1)
+
+    while sum(need(i) for i in keep) + overhead(len(keep)) > width and droppable:
+        i = droppable.pop(0)
+        keep.remove(i)
+        dropped.append(cols[i].name)
+    table = Table(title=title, title_justify="left")
+    if not boxed:
+        table = Table(title=title, title_justify="left", box=None, pad_edge=False)
+    for i in keep:
+        c = cols[i]
+        table.add_column(
+            c.name,
+            justify=c.justify,  # type: ignore[arg-type]
+            no_wrap=c.whole,
+            min_width=need(i) if c.whole else None,
+            overflow="fold",
+        )
+    for row in rows:
+        table.add_row(*(row[i] for i in keep))
+    con.print(table)
+    if dropped:
+        note = f"not shown at {width} columns: {', '.join(dropped)} (--json has them)"
+        con.print(f"[dim]{esc(note)}[/dim]", soft_wrap=True)
+
+
+def _on_terminal(con: Console) -> bool:
+    """A person reads it (a terminal, or --color always): NO_COLOR makes it plain, not piped."""
+    if con.is_terminal:
+        return True
+    try:
+        return con.file.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def _plain_table(cols: list[Col], rows: list[list[str]], title: str | None) -> None:
+    if title is not None:
+        out_line(_cell_text(title))
+    from rich.cells import cell_len
+
+    heads = [c.name or "-" for c in cols]  # a blank header would shift awk's fields
+    widths = [max([cell_len(h), *(cell_len(r[i] or "-") for r in rows)]) for i, h in enumerate(heads)]
+    for line in [heads, *rows]:
+        cells = []
+        for i, text in enumerate(line):
+            text = text or "-"
+            pad = " " * (widths[i] - cell_len(text))
+            cells.append(pad + text if cols[i].justify == "right" else text + pad)
+        out_line("  ".join(cells).rstrip())
+
+
 def to_data(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         fields = [f.name for f in dataclasses.fields(obj) if not f.name.startswith("_")]
@@ -173,34 +272,46 @@ def _render_plan(r: Any) -> None:
 
 
 def render_status(r: Any, quiet: int) -> None:
-    if not r.exists:
-        _o().print(f"volume root {esc(r.root)} (from {r.root_source}) does not exist yet")
-        return
-    _o().print(f"root: {esc(r.root)} (from {r.root_source}), free {human_bytes(r.free_bytes)}")
+    out_line(f"root: {r.root} (from {r.root_source}), free {human_bytes(r.free_bytes)}")
     if not r.envs:
-        _o().print("no environments yet")
+        out_line("no environments yet")
+    cols = [
+        Col(""),
+        Col("snapshot", whole=True),
+        Col("created", drop=3),
+        Col("python", drop=4),
+        Col("size", justify="right", drop=2),
+        Col("unique", justify="right", drop=6),
+        Col("last used", drop=5),
+        Col("groups", drop=1),
+        Col("state"),
+    ]
     for e in r.envs:
-        table = Table(title=f"env {esc(e.name)} — {e.generations} generation(s)", title_justify="left")
-        for col in ("", "snapshot", "created", "python", "size", "unique", "last used", "groups", "state"):
-            table.add_column(col)
+        title = f"env {esc(e.name)} — {e.generations} generation(s)"
+        if not e.snapshots:  # a first build that failed or was interrupted: no table of headers
+            _o().print(f"{title}: no snapshots (no build has finished)", highlight=False)
+            continue
+        rows = []
         for s in e.snapshots:
             flags = ("*" if s.current else "") + ("P" if s.pinned else "")
             groups = esc(", ".join(f"{g.name}:{g.state}" for g in s.groups) or "-")
             state = "valid" if s.valid else f"[red]{esc(s.problem)}[/red]"
             if s.link_mode == "copy":
                 state += " [yellow](copied)[/yellow]"
-            table.add_row(
-                flags,
-                esc(s.id),
-                human_time(s.created),
-                esc(s.python or "-"),
-                human_bytes(s.apparent_bytes),
-                human_bytes(s.unique_bytes, _unit_of(s.apparent_bytes) if s.apparent_bytes else None),
-                human_time(s.last_used),
-                groups,
-                state,
+            rows.append(
+                [
+                    flags,
+                    esc(s.id),
+                    human_time(s.created),
+                    esc(s.python or "-"),
+                    human_bytes(s.apparent_bytes),
+                    human_bytes(s.unique_bytes, _unit_of(s.apparent_bytes) if s.apparent_bytes else None),
+                    human_time(s.last_used),
+                    groups,
+                    state,
+                ]
             )
-        _o().print(table)
+        print_table(cols, rows, title)
     for w in r.warnings:
         _c().print(f"[yellow]warning:[/yellow] {esc(w)}")
 
@@ -225,12 +336,18 @@ def render_verify(reports: Any, quiet: int) -> None:
             counts += f", {human_bytes(rep.bytes_hashed)} hashed at {rate}/s"
         _o().print(f"[{style}]{esc(rep.summary())}[/{style}] ({counts} in {rep.seconds:.2f} s)")
         if rep.problems:
-            table = Table(show_header=True)
-            for col in ("severity", "kind", "path", "detail", "package"):
-                table.add_column(col)
-            for p in rep.problems[:200]:
-                table.add_row(*(esc(x) for x in (p.severity, p.kind, p.path, p.detail, p.distribution or "")))
-            _o().print(table)
+            cols = [
+                Col("severity"),
+                Col("kind"),
+                Col("path", whole=True),
+                Col("detail"),
+                Col("package", drop=1),
+            ]
+            rows = [
+                [esc(x) for x in (p.severity, p.kind, p.path, p.detail, p.distribution or "")]
+                for p in rep.problems[:200]
+            ]
+            print_table(cols, rows)
             if len(rep.problems) > 200:
                 _o().print(f"… and {len(rep.problems) - 200} more (use --json for all)")
 
@@ -248,42 +365,55 @@ def render_error(message: str, cause: str | None, hint: str | None) -> None:
     hint = redact_text(hint) if hint else hint
     # escaped: messages quote what the user wrote (`uvicorn[standard]==0.32.1`) and uv's text
     _c().print(f"[bold red]error:[/bold red] {esc(message)}", highlight=False)
-    if cause:
-        _c().print(f"  [bold]cause:[/bold] {esc(cause)}", highlight=False)
+    for line in cause_lines(cause) if cause else ():  # a traceback stays multi-line
+        head, sep, rest = line.partition("cause:")
+        if sep and not head.strip():
+            _c().print(f"{head}[bold]cause:[/bold]{esc(rest)}", highlight=False)
+        else:
+            _c().print(esc(line), highlight=False)
     if hint:
         _c().print(f"  [bold cyan]hint:[/bold cyan] {esc(hint)}", highlight=False)
 
 
 def render_history(r: Any) -> None:
     """One `*`: the newest generation naming the current snapshot (a rollback repeats an older
-    one). The changes column is cut so that a row fits 80 columns; --json has them whole."""
+    one). On a terminal the snapshot ids stay whole: the time column goes where the changes
+    would get less than 24 columns, and the changes are cut to what is left of the row; piped,
+    every row is whole on one line. --json has everything."""
     live = next((g.number for g in reversed(r.generations) if g.snapshot == r.current), None)
     rows = [
-        (f"{g.number}{' *' if g.number == live else ''}", human_time(g.time), g.action, g.snapshot, g)
+        [f"{g.number}{' *' if g.number == live else ''}", human_time(g.time), g.action, g.snapshot]
         for g in r.generations
     ]
-    heads = ("gen", "time", "action", "snapshot")
-    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(heads)]
-    room = max(24, 80 - sum(widths) - 2 * len(heads))  # box-less columns, two spaces apart
-    table = Table(title=f"history of {esc(r.env)}", title_justify="left", box=None, pad_edge=False)
-    for col in (*heads, "changes"):
-        table.add_column(col)
-    for *cells, g in rows:
+    cols = [Col("gen", justify="right"), Col("time"), Col("action"), Col("snapshot", whole=True)]
+    room: int | None = None
+    con = _o()
+    if _on_terminal(con):
+        widths = [max([len(c.name), *(len(row[i]) for row in rows)]) for i, c in enumerate(cols)]
+        left = con.width - sum(widths) - 2 * len(widths)  # box-less: two spaces between columns
+        if left < 24:  # the time goes before the changes get unreadable; ids never
+            cols.pop(1)
+            rows = [[row[0], *row[2:]] for row in rows]
+            left += widths[1] + 2
+        room = max(24, left)
+    cells = []
+    for row, g in zip(rows, r.generations, strict=True):
         summary = g.changes.summary(room) if g.changes is not None else _gone_summary(g.summary, room)
-        table.add_row(*(esc(c) for c in cells), esc(summary))
-    _o().print(table)
+        cells.append([*(esc(c) for c in row), esc(summary)])
+    print_table([*cols, Col("changes")], cells, f"history of {esc(r.env)}", boxed=False)
 
 
-def _gone_summary(full: str, room: int) -> str:
+def _gone_summary(full: str, room: int | None) -> str:
     """`? (A, B gone)` names whole snapshot ids: on screen it counts them (--json names them)."""
     n = full.count(",") + 1 if "gone" in full else 0
     short = f"? ({n} snapshot{'s' if n != 1 else ''} gone)" if n else full
-    return short if len(short) <= room else short[: max(1, room - 1)] + "…"
+    return short if room is None or len(short) <= room else short[: max(1, room - 1)] + "…"
 
 
 def render_switch(r: Any) -> None:
-    if r.action == "not pinned":
-        _c().print(esc(f"{r.snapshot} was not pinned; nothing changed"))
+    if r.action in ("not pinned", "already pinned"):
+        was = "was not pinned" if r.action == "not pinned" else "is already pinned"
+        _c().print(esc(f"{r.snapshot} {was}; nothing changed"))
         return
     before = f" (was {r.previous})" if r.previous else ""
     if r.changed:
@@ -387,17 +517,23 @@ def render_models(states: Any) -> None:
     if not states:  # an empty table reads as a rendering fault
         _c().print("no models", highlight=False)
         return
-    table = Table(title="models", title_justify="left")
-    for col in ("name", "source", "present", "files", "size", "location"):
-        table.add_column(col)
+    rows = []
     for s in states:
         mark = (
             "[green]yes[/green]"
             if s.present
             else ("[yellow]no (optional)[/yellow]" if s.optional else "[red]no[/red]")
         )
-        table.add_row(esc(s.name), esc(s.source), mark, str(s.files), human_bytes(s.bytes), esc(s.location))
-    _o().print(table)
+        rows.append([esc(s.name), esc(s.source), mark, f"{s.files:,}", human_bytes(s.bytes), esc(s.location)])
+    cols = [
+        Col("name", whole=True),
+        Col("source"),
+        Col("present"),
+        Col("files", justify="right", drop=2),
+        Col("size", justify="right", drop=1),
+        Col("location", drop=3),
+    ]
+    print_table(cols, rows, "models")
 
 
 def render_model_verify(report: Any) -> None:
@@ -426,15 +562,22 @@ def render_doctor(r: Any) -> None:
     for env, holder in r.leases.items():
         _o().print(f"lease      : {esc(env)} held by {esc(holder)}")
     if r.snapshots:
-        table = Table(title="snapshots", title_justify="left")
-        for col in ("", "snapshot", "seal", "files (stat)", "interpreter", "torch CUDA"):
-            table.add_column(col)
-        for s in r.snapshots:
-            table.add_row(
+        cols = [
+            Col(""),
+            Col("snapshot", whole=True),
+            Col("seal"),
+            Col("files (stat)", drop=1),
+            Col("interpreter", drop=2),
+            Col("torch CUDA", drop=3),
+        ]
+        rows = [
+            [
                 "*" if s.current else "",
                 *(esc(x) for x in (s.snapshot, s.seal, s.files, s.interpreter, s.torch_cuda or "-")),
-            )
-        _o().print(table)
+            ]
+            for s in r.snapshots
+        ]
+        print_table(cols, rows, "snapshots")
     if r.build_log:
         _o().print(f"last build log: {esc(r.build_log)}")
         for line in r.build_log_tail:
@@ -442,8 +585,9 @@ def render_doctor(r: Any) -> None:
     f = r.last_failure
     if f is not None:
         where = f" ({esc(f.snapshot)})" if f.snapshot else ""
+        why = f.error or "interrupted (no reason recorded)"  # an older volenv's Ctrl-C wrote ""
         _o().print(
-            f"last failure: {human_time(f.time)} [bold]{esc(f.env)}[/bold]{where}: {esc(f.error)}",
+            f"last failure: {human_time(f.time)} [bold]{esc(f.env)}[/bold]{where}: {esc(why)}",
             highlight=False,
         )
         if f.log:
@@ -463,28 +607,34 @@ def render_bench(r: Any) -> None:
         f" {human_bytes(r.snapshot_bytes)}); start: {esc(shlex.join(r.start_command))}",
         highlight=False,
     )
-    table = Table(title="coldstart", title_justify="left")
-    for col in ("measure", "result", "detail"):
-        table.add_column(col)
+    rows: list[list[str]] = []
     for op in r.latency:
-        table.add_row(
-            esc(f"{op.op} (per op)"), f"{op.median_ms:.3f} ms", f"p90 {op.p90_ms:.3f} ms, {op.samples} files"
+        rows.append(
+            [
+                esc(f"{op.op} (per op)"),
+                f"{op.median_ms:.3f} ms",
+                f"p90 {op.p90_ms:.3f} ms, {op.samples} files",
+            ]
         )
     for rd in r.reads:
         what = "sequential read" if rd.threads == 1 else f"parallel read, {rd.threads} threads"
-        table.add_row(
-            what, f"{rd.mb_per_s:.0f} MB/s", esc(f"{human_bytes(rd.bytes)} in {rd.seconds:.2f}s of one file")
+        rows.append(
+            [
+                what,
+                f"{rd.mb_per_s:.0f} MB/s",
+                esc(f"{human_bytes(rd.bytes)} in {rd.seconds:.2f}s of one file"),
+            ]
         )
     for s in r.starts:
         label = {"never": "start in place", "always": "start materialized"}.get(s.mode, s.mode)
         if s.skipped:
-            table.add_row(esc(label), "-", esc(s.skipped))
+            rows.append([esc(label), "-", esc(s.skipped)])
         else:
             runs = ", ".join(f"{t:.2f}s" for t in s.runs_s)
-            table.add_row(esc(label), f"{s.median_s:.2f} s", esc(f"median of {len(s.runs_s)}: {runs}"))
+            rows.append([esc(label), f"{s.median_s:.2f} s", esc(f"median of {len(s.runs_s)}: {runs}")])
     if r.materialized_vs_in_place is not None:
-        table.add_row("materialized / in place", f"{r.materialized_vs_in_place:.2f}x", "")
-    _o().print(table)
+        rows.append(["materialized / in place", f"{r.materialized_vs_in_place:.2f}x", ""])
+    print_table([Col("measure"), Col("result"), Col("detail")], rows, "coldstart")
     choice = "materialize" if r.auto.choice == "materialize" else "run in place"
     _o().print(f"auto would {choice}: {esc(r.auto.reason)}", highlight=False)
     for note in r.notes:
@@ -528,12 +678,16 @@ def render_switch_generic(r: Any, labels: dict[str, str] | None = None) -> None:
         out_line(f"{label:20s}: {_human_value(key, value)}")
 
 
+#: keys whose integers are sizes (the one size format; exact bytes only in --json)
+_BYTE_KEYS = {"bytes", "uncompressed", "size", "compressed"}
+
+
 def _human_value(key: str, value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, int) and (key == "bytes" or key.startswith("bytes_") or key.endswith("_bytes")):
+    if isinstance(value, int) and (key in _BYTE_KEYS or key.startswith("bytes_") or key.endswith("_bytes")):
         return human_bytes(value)
     if isinstance(value, (int, float)) and key in ("seconds", "took", "elapsed"):
         return human_seconds(float(value))
@@ -562,31 +716,23 @@ def render_show(r: Any) -> None:
     for m in r.manifests:
         name = m.path or f"(path not recorded; digest {m.digest[:12]})"
         lines.append(("manifest", f"{name} ({m.how})"))
-    for key, value in lines:
-        _o().print(esc(f"{key:10s}: {value}"), highlight=False)
-    table = Table(title=f"packages ({len(r.packages)})", title_justify="left")
-    for col in ("package", "version", "group"):
-        table.add_column(col)
-    for p in r.packages:
-        table.add_row(esc(p.name), esc(p.version), esc(p.group or "-"))
-    _o().print(table)
-    if r.groups:
-        table = Table(title="optional groups", title_justify="left")
-        for col in ("group", "state", "required", "error"):
-            table.add_column(col)
-        for g in r.groups:
-            error = g.error or ""  # whole in --json; the first 60 characters here
-            error = error if len(error) <= 60 else error[:59] + "…"
-            table.add_row(esc(g.name), esc(g.state), "yes" if g.required else "no", esc(error))
-        _o().print(table)
+    for key, value in lines:  # soft-wrapped: a long path stays one piece to copy
+        out_line(f"{key:10s}: {value}")
+    pkg_cols = [Col("package", whole=True), Col("version", whole=True), Col("group")]
+    rows = [[esc(p.name), esc(p.version), esc(p.group or "-")] for p in r.packages]
+    print_table(pkg_cols, rows, f"packages ({len(r.packages)})")
+    if r.groups:  # the error whole: wrapped on a terminal, on its row's one line when piped
+        cols = [Col("group", whole=True), Col("state"), Col("required"), Col("error")]
+        rows = [
+            [esc(g.name), esc(g.state), "yes" if g.required else "no", esc(g.error or "")] for g in r.groups
+        ]
+        print_table(cols, rows, "optional groups")
     if r.models:
-        table = Table(title="models", title_justify="left")
-        for col in ("model", "source", "present"):
-            table.add_column(col)
+        rows = []
         for m in r.models:
             present = "yes" if m.present else ("no (optional)" if m.optional else "no")
-            table.add_row(esc(m.name), esc(m.source), present)
-        _o().print(table)
+            rows.append([esc(m.name), esc(m.source), present])
+        print_table([Col("model", whole=True), Col("source"), Col("present")], rows, "models")
     for c in r.clashes:
         _o().print(f"shipped by several distributions: {esc(c)}", highlight=False)
 
@@ -627,8 +773,10 @@ class RichReporter(ui.Reporter):
     only on a terminal, without --no-progress, -q or --color never."""
 
     def __init__(self, verbosity: int, progress: bool) -> None:
-        super().__init__(verbosity)
         self.progress_bars = progress and err_console.is_terminal and verbosity >= 0
+        # no bars drawn (a pipe, RunPod's log, --color never): a line every ~10 s on long steps
+        super().__init__(verbosity, heartbeat=progress and not self.progress_bars and verbosity >= 0)
+        self.beating  # noqa: B018  # a bad VOLENV_PROGRESS_INTERVAL is a usage error now, not mid-build
         self._live: Any = None
         self._tasks = 0
 
@@ -654,21 +802,22 @@ class RichReporter(ui.Reporter):
         summary: bool = False,
         done_label: str | None = None,
     ) -> ui.Progress:
-        kind = RichProgress if self.progress_bars else ui.Progress
-        return kind(self, label, total, unit=unit, summary=summary, done_label=done_label)
+        if not self.progress_bars:
+            return super().progress(label, total, unit=unit, summary=summary, done_label=done_label)
+        return RichProgress(self, label, total, unit=unit, summary=summary, done_label=done_label)
 
     @contextlib.contextmanager
     def step(self, label: str) -> Iterator[None]:
-        t0 = time.perf_counter()
         if not self.progress_bars:
-            self.detail(f"{label}…")
-            yield
-        else:
-            task = self.add_task(f"{esc(label)}…", None)
-            try:
+            with ui.Step(self, label):  # -v's lines, and the heartbeat's
                 yield
-            finally:
-                self.remove_task(task)
+            return
+        t0 = time.perf_counter()
+        task = self.add_task(f"{esc(label)}…", None)
+        try:
+            yield
+        finally:
+            self.remove_task(task)
         self.detail(f"{label}: {time.perf_counter() - t0:.2f}s")
 
     def end(self) -> None:

@@ -62,8 +62,14 @@ def scan(
 ) -> StatusReport:
     from volenv.store.rootfind import root_exists
 
-    if not root_exists(str(paths.root)):
-        return StatusReport(str(paths.root), root_source, False, None, (), ())
+    if not root_exists(str(paths.root)):  # exit 8, as gc and verify: a script sees no root
+        from volenv.base.errors import VolumeError
+
+        raise VolumeError(
+            f"volume root {paths.root} (from {root_source}) does not exist",
+            hint="pass --root (or VOLENV_ROOT) where the volume is mounted, or sync a manifest"
+            " there to make it",
+        )
     import psutil
 
     free = psutil.disk_usage(str(paths.root)).free

@@ -249,6 +249,8 @@ def pin(paths: VolumePaths, snapshot: str, *, on: bool) -> SwitchResult:
     marker = paths.pin(env, snapshot)
     safe_mkdirs(marker.parent, paths.root)  # a linked envs/<env> or pins/ is refused
     if on:
+        if store.is_pinned(paths, env, snapshot):  # say so: "pinned" would claim a change
+            return SwitchResult(env, snapshot, None, "already pinned", changed=False)
         atomic_write_json(marker, {"schema": 1, "snapshot": snapshot, "time": time.time()}, root=paths.root)
     else:
         with contained(marker, paths.root) as (fd, name):  # a link above it is refused

@@ -209,9 +209,15 @@ class Checker:
     def keys(self, table: dict[str, Any], allowed: set[str], prefix: str) -> None:
         for key in table:
             if key not in allowed:
+                import difflib  # only on this error path: `run` parses manifests on every start
+
                 dotted = f"{prefix}{key}"
+                close = difflib.get_close_matches(str(key), sorted(allowed), n=1, cutoff=0.6)
+                guess = f"did you mean '{prefix}{close[0]}'? " if close else ""
                 raise self.fail(
-                    dotted, f"unknown key {key!r}", hint=f"allowed here: {', '.join(sorted(allowed))}"
+                    dotted,
+                    f"unknown key {key!r}",
+                    hint=f"{guess}allowed here: {', '.join(sorted(allowed))}",
                 )
 
     def string(self, value: Any, key: str) -> str:
