@@ -244,7 +244,10 @@ def read_history(paths: VolumePaths, env: str) -> list[Generation]:
     except OSError as exc:
         if exc.errno not in NOT_A_RECORD:
             raise
-        raise DamagedRecord(f"history {path} is damaged: not a regular file ({exc.strerror})") from None
+        raise DamagedRecord(
+            f"history {path} is damaged: not a regular file ({exc.strerror})",
+            hint=f"it is not volenv's (a link or a FIFO planted there): move it away (mv {shq(str(path))} /tmp/)",
+        ) from None
     except UnicodeDecodeError:
         raise DamagedRecord(f"history {path} is damaged: not UTF-8 text") from None
     out: list[Generation] = []
