@@ -28,12 +28,27 @@ ROOT_IN_POD = f"{MOUNT}/volenv"
 ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 GPU = re.compile(r"^[A-Za-z0-9 ._-]{1,80}$")
 IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,255}$")
+# a docker reference: [registry[:port]/]path[:tag][@sha256:digest], the path lowercase
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE_REF = re.compile(
+    rf"^(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?{_COMPONENT}(?:/{_COMPONENT})*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
+)
+# RunPod network volume ids: lowercase letters and digits (e.g. "agv6w2qcg7")
+VOLUME_ID = re.compile(r"^[a-z0-9]{1,64}$")
 DATACENTER = re.compile(r"^[A-Z]{2}-[A-Z]{2,4}-[0-9]{1,2}$")
 DONE_STATES = {"EXITED", "TERMINATED", "DEAD"}
 
 
 class ProvisionError(VolenvError):
     exit_code = 7
+
+
+class APIUnreachable(VolenvError):
+    """RunPod's API could not be reached (DNS, refused, timed out): exit 8, as an unavailable
+    volume is, not 7 (nothing was built, nothing refused)."""
+
+    exit_code = 8
 
 
 @dataclass(frozen=True)
@@ -102,12 +117,30 @@ def _runpod() -> Any:
 def provision(opts: ProvisionOptions) -> ProvisionResult:
     runpod = _runpod()
     _check(ID, opts.volume_id, "--volume-id")
+    if not VOLUME_ID.match(opts.volume_id):
+        raise UsageError(
+            f"--volume-id: {opts.volume_id!r} is not a RunPod network volume id"
+            " (lowercase letters and digits, as the console's Storage page shows them)"
+        )
     _check(IMAGE, opts.image, "--image")
+    if not IMAGE_REF.match(opts.image):
+        raise UsageError(
+            f"--image: {opts.image!r} is not an image name a pod can pull"
+            " ([registry/]name[:tag], the name in lowercase, e.g. 'ghcr.io/me/worker:1.0')"
+        )
     if opts.gpu_type is not None:
         _check(GPU, opts.gpu_type, "--gpu-type")
     if opts.data_center is not None:
         _check(DATACENTER, opts.data_center, "--data-center")
     manifest = load_manifest(opts.manifest)  # exit 2 before any API call
+    unseen = pod_cannot_see(manifest)
+    if unseen:
+        raise UsageError(
+            f"{opts.manifest}: the pod gets only this manifest's text, and it names files that exist"
+            f" only here: {'; '.join(unseen)}",
+            hint=f"copy them onto the volume and name them by their path in the pod (under {MOUNT}),"
+            " or put the requirements inline (a pod cannot read this machine's disk)",
+        )
     text = opts.manifest.read_text(encoding="utf-8")
     runpod.api_key = api_key()
     name = f"volenv-provision-{manifest.name}-{secrets.token_hex(3)}"
@@ -133,6 +166,7 @@ def provision(opts: ProvisionOptions) -> ProvisionResult:
             container_disk_in_gb=opts.container_disk_gb,
         )
     except Exception as exc:  # the SDK raises plain exceptions for API errors
+        _raise_if_unreachable(exc, "creating the pod")
         raise ProvisionError(f"RunPod refused to create the pod: {_scrub(str(exc))}") from None
     pod_id = str(pod.get("id") or "")
     if not pod_id:
@@ -169,6 +203,7 @@ def _wait(runpod: Any, pod_id: str, opts: ProvisionOptions) -> tuple[str, str | 
         try:
             pod = runpod.get_pod(pod_id) or {}
         except Exception as exc:
+            _raise_if_unreachable(exc, f"polling pod {pod_id} (it is still running: terminate it by hand)")
             raise ProvisionError(f"polling pod {pod_id} failed: {_scrub(str(exc))}") from None
         status = str(pod.get("desiredStatus") or "UNKNOWN")
         change = pod.get("lastStatusChange")
@@ -183,6 +218,49 @@ def _wait(runpod: Any, pod_id: str, opts: ProvisionOptions) -> tuple[str, str | 
                 hint="raise --timeout; the pod is terminated",
             )
         time.sleep(opts.poll)
+
+
+def pod_cannot_see(manifest: Any) -> list[str]:
+    """What the manifest names on this machine's disk, which the pod (given only the text) will
+    not have: the requirements file, the lockfile, local packages, local find-links folders.
+    Paths on the volume (under /runpod-volume) are what the pod sees too."""
+
+    def local(path: Any) -> bool:
+        return not str(path).startswith(f"{MOUNT}/")
+
+    out: list[str] = []
+    if manifest.requirements_file is not None and local(manifest.requirements_file):
+        out.append(f"requirements-file {manifest.requirements_file}")
+    if manifest.lockfile is not None and local(manifest.lockfile):
+        out.append(f"lockfile {manifest.lockfile}")
+    for text, _digest in manifest.local_sources:
+        if f"@ {MOUNT}/" not in text and f"@ file://{MOUNT}/" not in text:
+            out.append(f"local package `{text}`")
+    for entry in manifest.index.find_links:
+        if "://" not in entry or entry.startswith("file:"):
+            path = entry.removeprefix("file://")
+            if local(path if os.path.isabs(path) else manifest.path.parent / path):
+                out.append(f"find-links {entry}")
+    return out
+
+
+def _raise_if_unreachable(exc: BaseException, doing: str) -> None:
+    """A DNS failure, a refused or timed-out connection to RunPod's API: exit 8, the host named."""
+    names: set[str] = set()
+    seen: BaseException | None = exc
+    while seen is not None and len(names) < 50:
+        names |= {k.__name__ for k in type(seen).__mro__}
+        seen = seen.__cause__ or seen.__context__
+    if not names & {"ConnectionError", "Timeout", "ConnectTimeout", "gaierror", "TimeoutError"}:
+        return
+    from urllib.parse import urlsplit
+
+    base = os.environ.get("RUNPOD_API_BASE_URL") or "https://api.runpod.io"
+    host = urlsplit(base).netloc or base
+    raise APIUnreachable(
+        f"could not reach RunPod's API at {host} while {doing}: {_scrub(str(exc)).splitlines()[0][:300]}",
+        hint="check the network and DNS (and RUNPOD_API_BASE_URL if set), then run it again",
+    ) from None
 
 
 def _scrub(text: str) -> str:
