@@ -61,12 +61,17 @@ def pull(
 
 def pack(paths: VolumePaths, target: str) -> dict[str, Any]:
     """Store a snapshot as zstd packs beside it; a summary of what was written."""
+    from volenv.commands.show import installed_counts
     from volenv.remote.push import _select_local
     from volenv.store.packwrite import pack_snapshot
 
-    manifest = pack_snapshot(paths, _select_local(paths, target))
+    snapshot = _select_local(paths, target)
+    manifest = pack_snapshot(paths, snapshot)
+    counts = installed_counts(snapshot)  # as sync, show and verify count them
     return {
         "snapshot": manifest.snapshot,
+        "files": counts.files if counts else None,
+        "packages": len(counts.distributions) if counts else None,
         "packs": len(manifest.packs),
         "bytes": sum(p.blob_size for p in manifest.packs),
         "uncompressed": sum(p.tar_size for p in manifest.packs),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from volenv.base.errors import DamagedRecord, UsageError
@@ -106,6 +107,47 @@ def load_seal(paths: VolumePaths, env: str, sid: str) -> tuple[dict[str, Any], s
         return {}, problem
 
 
+@dataclass(frozen=True)
+class InstalledCounts:
+    """What a snapshot holds as `sync`, `verify` and `pack` count it, from its record: regular
+    files (not directories, links or the seal), their bytes, and the installed distributions
+    (each `.dist-info/METADATA`: a local package counts, as sync counted it)."""
+
+    files: int
+    bytes: int
+    distributions: dict[str, str]  # canonical name -> version
+
+
+def installed_counts(snapshot: Path) -> InstalledCounts | None:
+    """None where the record cannot be read (the seal's figures stand in)."""
+    from packaging.utils import canonicalize_name
+
+    from volenv.store.integrity import load_record
+
+    try:
+        record = load_record(snapshot)
+    except (OSError, SealProblem, ValueError):
+        return None
+    dists = {}
+    for rel in record:
+        if rel.endswith(".dist-info/METADATA") and rel.count(".dist-info/") == 1:
+            folder = rel.rsplit("/", 2)[-2].removesuffix(".dist-info")
+            name, _, version = folder.partition("-")
+            dists[str(canonicalize_name(name))] = version
+    regular = [e for e in record.values() if e.type == "f"]
+    return InstalledCounts(len(regular), sum(e.size for e in regular), dict(sorted(dists.items())))
+
+
+def _packages(held: contents.Contents, counts: InstalledCounts | None) -> tuple[contents.Package, ...]:
+    """The installed distributions, each with its pin and group where the resolution named it
+    (a local package `NAME @ ./path` resolves to a bare path: its version is the wheel's)."""
+    if counts is None:
+        return tuple(held.packages.values())
+    return tuple(
+        held.packages.get(name) or contents.Package(name, v) for name, v in counts.distributions.items()
+    )
+
+
 def show(paths: VolumePaths, target: str, *, sizes: bool = True) -> ShowResult:
     from volenv.commands.status import _unique_bytes
     from volenv.store.modelpaths import model_record_path
@@ -142,6 +184,7 @@ def show(paths: VolumePaths, target: str, *, sizes: bool = True) -> ShowResult:
     except DamagedRecord:
         current = None
     snap = paths.snapshot(env, sid)
+    counts = installed_counts(snap)
     return ShowResult(
         snapshot=sid,
         env=env,
@@ -156,8 +199,8 @@ def show(paths: VolumePaths, target: str, *, sizes: bool = True) -> ShowResult:
         link_mode=_str(seal.get("link_mode")),
         apparent_bytes=int(_num(seal.get("apparent_bytes")) or 0),
         unique_bytes=_unique_bytes(str(snap)) if sizes else None,
-        files=int(_num(seal.get("record_entries")) or 0),
-        packages=tuple(held.packages.values()),
+        files=counts.files if counts else int(_num(seal.get("record_entries")) or 0),
+        packages=_packages(held, counts),
         groups=groups,
         models=tuple(models),
         manifests=tuple(refs),
