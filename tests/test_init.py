@@ -391,3 +391,48 @@ def test_damaged_requirements_file_snapshot_points_to_a_repair_that_works(
     assert volenv("--root", root, "verify", "rf", "--level", "full").returncode == 0
     r = volenv("--root", root, "sync", "--offline", "--reinstall-all", m)
     assert r.returncode == 2 and "--offline" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        ("[tool]\nuv = 3\n", "[tool.uv]"),
+        ('[tool.uv]\nindex = "x"\n', "tool.uv.index"),
+        ("[[tool.uv.index]]\nname = 3\nurl = 5\n", "tool.uv.index[0].url"),
+        ("[tool.uv]\nsources = 4\n", "tool.uv.sources"),
+        ("[tool.uv.sources]\nfoo = 5\n", "tool.uv.sources.foo"),
+        ('[tool.uv]\nfind-links = "dir"\n', "tool.uv.find-links"),
+        ('[project.optional-dependencies]\naudio = "soundfile"\n', "project.optional-dependencies.audio"),
+    ],
+)
+def test_init_names_a_wrong_typed_pyproject_key(tmp_path: Path, table: str, key: str) -> None:
+    """Issue 26: a pyproject whose tool, tool.uv, index, sources or optional-dependencies has
+    the wrong type is one line naming the file and the key (exit 2), not an internal error."""
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(
+        '[project]\nname = "p"\nversion = "1"\ndependencies = []\n' + table, encoding="utf-8"
+    )
+    r = volenv("init", project / "pyproject.toml", "-o", project / "out.toml")
+    assert r.returncode == 2, r.stderr
+    assert f"{project / 'pyproject.toml'}: {key} is not a" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and "internal error" not in r.stderr
+    assert not (project / "out.toml").exists()
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ('dynamic = "x"', "project.dynamic"),
+        ('optional-dependencies = "x"', "project.optional-dependencies"),
+        ("requires-python = 3", "project.requires-python"),
+    ],
+)
+def test_init_names_a_wrong_typed_project_key(tmp_path: Path, line: str, key: str) -> None:
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(
+        f'[project]\nname = "p"\nversion = "1"\n{line}\n', encoding="utf-8"
+    )
+    r = volenv("init", project / "pyproject.toml", "-o", project / "out.toml")
+    assert r.returncode == 2 and f"{key} is not a" in r.stderr, r.stderr

@@ -23,7 +23,7 @@ import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from volenv.base.errors import ManifestError, UsageError, shq
 from volenv.base.ui import reporter
@@ -222,10 +222,71 @@ def _toml(path: Path) -> dict[str, Any]:
         raise UsageError(f"{path}: cannot read it as TOML: {exc}") from None
 
 
+_TYPE_NAMES: dict[type, str] = {dict: "table", list: "list", str: "string", bool: "boolean"}
+
+
+def _shape(source: Path, key: str, value: Any, typ: type, item: type | None = None) -> None:
+    """One clear line (exit 2) for a key of the wrong type, where uv itself would refuse the
+    file: never an AttributeError further down."""
+    if not isinstance(value, typ) or (
+        item is not None and not all(isinstance(v, item) for v in cast(list[Any], value))
+    ):
+        want = _TYPE_NAMES[typ] + (f" of {_TYPE_NAMES[item]}s" if item else "")
+        raise UsageError(f"{source}: {key} is not a {want} (found {type(value).__name__} {value!r:.60})")
+
+
+def check_pyproject_shapes(source: Path, data: dict[str, Any]) -> None:
+    """The keys init reads, each of the type PEP 621 and uv's settings give it."""
+    project = data.get("project")
+    if project is not None:
+        _shape(source, "[project]", project, dict)
+        for key in ("name", "requires-python"):
+            if key in project:
+                _shape(source, f"project.{key}", project[key], str)
+        for key in ("dynamic", "dependencies"):
+            if key in project:
+                _shape(source, f"project.{key}", project[key], list, str)
+        extras = project.get("optional-dependencies")
+        if extras is not None:
+            _shape(source, "project.optional-dependencies", extras, dict)
+            for name, reqs in extras.items():
+                _shape(source, f"project.optional-dependencies.{name}", reqs, list, str)
+    tool = data.get("tool")
+    if tool is None:
+        return
+    _shape(source, "[tool]", tool, dict)
+    uv = tool.get("uv")
+    if uv is None:
+        return
+    _shape(source, "[tool.uv]", uv, dict)
+    shapes: tuple[tuple[str, type, type | None], ...] = (
+        ("index", list, dict),
+        ("find-links", list, str),
+        ("extra-index-url", list, str),
+        ("index-url", str, None),
+        ("no-index", bool, None),
+        ("package", bool, None),
+        ("sources", dict, None),
+    )
+    for key, typ, item in shapes:
+        if key in uv:
+            _shape(source, f"tool.uv.{key}", uv[key], typ, item)
+    for n, entry in enumerate(uv.get("index") or []):
+        _shape(source, f"tool.uv.index[{n}].url", entry.get("url"), str)
+        entry_shapes: tuple[tuple[str, type], ...] = (("name", str), ("default", bool), ("explicit", bool))
+        for key, want in entry_shapes:
+            if key in entry:
+                _shape(source, f"tool.uv.index[{n}].{key}", entry[key], want)
+    for name, src in (uv.get("sources") or {}).items():
+        if isinstance(src, list):
+            _shape(source, f"tool.uv.sources.{name}", src, list, dict)
+        else:
+            _shape(source, f"tool.uv.sources.{name}", src, dict)
+
+
 def _read_pyproject(source: Path, data: dict[str, Any], opts: InitOptions, cli_index: _Index) -> _Project:
+    check_pyproject_shapes(source, data)
     project = data["project"]
-    if not isinstance(project, dict):
-        raise UsageError(f"{source}: [project] is not a table")
     if "dependencies" in (project.get("dynamic") or []):
         raise UsageError(
             f"{source}: its dependencies are dynamic (computed by the build backend)",
@@ -367,7 +428,9 @@ def _is_package(data: dict[str, Any], tool_uv: dict[str, Any]) -> bool:
 
 
 def _tool_uv(pyproject: Path) -> dict[str, Any]:
-    tool_uv = (_toml(pyproject).get("tool") or {}).get("uv") or {}
+    data = _toml(pyproject)
+    check_pyproject_shapes(pyproject, data)
+    tool_uv = (data.get("tool") or {}).get("uv") or {}
     return tool_uv if isinstance(tool_uv, dict) else {}
 
 
