@@ -333,12 +333,24 @@ class _Build:
     def _compile_bytecode(self) -> None:
         """compile_file skips .pyc that are already up to date (the re-linked ones)."""
         with reporter.step("compiling bytecode"):
-            failed, output = compile_bytecode(self.staging)
-        if failed:
-            self.logline(output)
-            if "No space left" in output:
-                raise DiskSpaceError(f"volume full while compiling bytecode (build log: {self.log})")
-            reporter.warn("some modules failed to byte-compile (see the build log); they compile at import")
+            result = compile_bytecode(self.staging)
+        for line in result.log_lines():
+            self.logline(line)
+        if "No space left" in result.output:
+            raise DiskSpaceError(f"volume full while compiling bytecode (build log: {self.log})")
+        self.stats["bytecode_other_python"] = len(result.other_python)
+        if result.failures or result.crashed:
+            # files written for another Python (torch's _py312_intrinsics.py) never load here:
+            # counted in the build log, not warned about on every build
+            named = ", ".join(p for p, _ in result.failures[:3]) + (
+                " ..." if len(result.failures) > 3 else ""
+            )
+            what = named or "a compile worker crashed"
+            reporter.warn(
+                f"{len(result.failures)} module{'' if len(result.failures) == 1 else 's'} failed to"
+                f" byte-compile ({what}); importing them fails too:"
+                f" see {self.log}"
+            )
 
     def smoke(self) -> None:
         faults.point("smoke")

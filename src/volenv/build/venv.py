@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -86,26 +88,74 @@ def link_previous_bytecode(staging: Path, previous: list[Path]) -> int:
 # bytes do not depend on where the build staged; imports replace it with the real path anyway.
 _COMPILE_DRIVER = """
 import compileall, os, sys
-ok = True
 with open(sys.argv[2], "rb") as fh:
     names = fh.read().split(b"\\0")
+failed = []
 for f in names:
-    if f:
-        ok = bool(compileall.compile_file(os.fsdecode(f), quiet=1, stripdir=sys.argv[1])) and ok
-sys.exit(0 if ok else 1)
+    if f and not compileall.compile_file(os.fsdecode(f), quiet=2, stripdir=sys.argv[1]):
+        failed.append(os.fsdecode(f))
+for path in failed:  # why, one line each: the file's own SyntaxError (or decoding error)
+    try:
+        with open(path, "rb") as fh:
+            compile(fh.read(), path, "exec")
+        why = "failed to compile"
+    except (SyntaxError, ValueError, UnicodeError) as exc:
+        why = f"{type(exc).__name__}: {exc}"
+    print(f"{path}\\t{why}".replace("\\n", " "), flush=True)
+sys.exit(1 if failed else 0)
 """
 
+# A module named for another Python than the snapshot's (torch's `_py312_intrinsics.py`,
+# `compat_py2.py`, a `py2/` folder): imported only under that Python, never under this one.
+_OTHER_PYTHON = re.compile(r"(?:^|[^a-z0-9])py(?:thon)?_?([23])(?:[._]?(\d{1,2}))?(?=$|[^0-9])", re.I)
 
-def compile_bytecode(venv: Path) -> tuple[bool, str]:
+
+@dataclass(frozen=True)
+class CompileResult:
+    """Byte-compilation's outcome: files that failed, split into those written for another
+    Python (counted, not warned about: they never load here) and the rest (warned about)."""
+
+    other_python: tuple[tuple[str, str], ...] = ()
+    failures: tuple[tuple[str, str], ...] = ()
+    output: str = ""  # anything else the workers printed (a traceback: disk full, ...)
+    crashed: bool = False
+
+    def log_lines(self) -> list[str]:
+        lines = []
+        if self.other_python:
+            lines.append(
+                f"# byte-compile: {len(self.other_python)} files written for another Python, skipped:"
+            )
+            lines += [f"#   {p}: {why}" for p, why in self.other_python]
+        if self.failures:
+            lines.append(f"# byte-compile: {len(self.failures)} files failed (they fail at import too):")
+            lines += [f"#   {p}: {why}" for p, why in self.failures]
+        if self.output.strip():
+            lines.append(self.output)
+        return lines
+
+
+def targets_other_python(path: str, python: tuple[int, int]) -> bool:
+    """A path that names a Python version newer than `python` (or Python 2) in a component."""
+    for part in Path(path).parts[-3:]:
+        for m in _OTHER_PYTHON.finditer(part):
+            major = int(m.group(1))
+            minor = int(m.group(2)) if m.group(2) else None
+            if major == 2 or (minor is not None and (major, minor) > python):
+                return True
+    return False
+
+
+def compile_bytecode(venv: Path) -> CompileResult:
     """Byte-compile every module of the venv's site-packages in one worker process per core,
     each given its share of the files at once: `compileall -j` sends files to its pool one at a
-    time, and that round trip cost a third of a cold build of a real stack. (failed, output)"""
+    time, and that round trip cost a third of a cold build of a real stack."""
     files: list[str] = []
     for sp in site_packages_dirs(venv):
         for dirpath, _dirs, names in os.walk(sp):
             files.extend(os.path.join(dirpath, n) for n in names if n.endswith(".py"))
     if not files:
-        return False, ""
+        return CompileResult()
     workers = max(1, min(os.cpu_count() or 1, len(files) // 200 + 1))
     env = activation_env_for_build(venv)
     with tempfile.TemporaryDirectory(prefix="volenv-compile-") as tmp:
@@ -117,10 +167,10 @@ def compile_bytecode(venv: Path) -> tuple[bool, str]:
             out = open(os.path.join(tmp, f"out-{i}"), "w+b")  # noqa: SIM115 - closed below
             cmd = [str(venv / "bin" / "python"), "-c", _COMPILE_DRIVER, str(venv), listing]
             procs.append((subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env), out))
-        failed, output = False, []
+        codes, output = [], []
         try:
             for proc, out in procs:
-                failed = proc.wait() != 0 or failed
+                codes.append(proc.wait())
                 out.seek(0)
                 output.append(out.read().decode("utf-8", "replace"))
         except BaseException:  # Ctrl-C: no worker may still write while staging is removed
@@ -131,7 +181,30 @@ def compile_bytecode(venv: Path) -> tuple[bool, str]:
         finally:
             for _proc, out in procs:
                 out.close()
-    return failed, "".join(output)
+    python = _venv_python_version(venv)
+    other: list[tuple[str, str]] = []
+    failures: list[tuple[str, str]] = []
+    rest: list[str] = []
+    known = set(files)
+    for line in "".join(output).splitlines():
+        path, tab, why = line.partition("\t")
+        if tab and path in known:
+            rel = os.path.relpath(path, venv)
+            (other if targets_other_python(rel, python) else failures).append((rel, why))
+        elif line.strip():
+            rest.append(line)
+    return CompileResult(
+        tuple(other), tuple(failures), "\n".join(rest), crashed=any(c not in (0, 1) for c in codes)
+    )
+
+
+def _venv_python_version(venv: Path) -> tuple[int, int]:
+    """X.Y of the venv's interpreter, from its lib/pythonX.Y folder (no subprocess)."""
+    for sp in site_packages_dirs(venv):
+        ver = Path(sp).parent.name.removeprefix("python").split(".")
+        if len(ver) == 2 and all(v.isdigit() for v in ver):
+            return int(ver[0]), int(ver[1])
+    return sys.version_info[:2]
 
 
 def _cache_tag(prev: Path, rel_sp: str, default: str) -> str:
