@@ -103,6 +103,7 @@ class SyncResult:
     log: str | None = None
     models: tuple[Any, ...] = ()
     changes: Any = None  # --dry-run: contents.Changes against the current snapshot (None: no current)
+    packages: tuple[Any, ...] = ()  # --dry-run: dryrun.PlannedPackage, each resolved package
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from volenv.manifest.schema import Manifest
 from volenv.store import pointers as store
 from volenv.store.alias import write_alias
 from volenv.store.paths import VolumePaths
+from volenv.store.rootfind import root_exists
 from volenv.store.sealcheck import (
     SealProblem,
     check_seal,
@@ -85,6 +86,8 @@ def sync_snapshot(paths: VolumePaths, manifest: Manifest, opts: SyncOptions) -> 
             "--offline cannot be combined with --refresh or --reinstall (they fetch again)",
             hint="drop --offline, or drop --refresh/--reinstall",
         )
+    if opts.dry_run and not root_exists(str(paths.root)):
+        return _dry_run(paths, manifest, opts, t0, root_missing=True)
     store.open_volume(paths, create=not opts.dry_run)
     _warn_secret_env(manifest)
     hit = None if opts.refresh or opts.rebuild else valid_index_hit(paths, manifest)
@@ -94,20 +97,7 @@ def sync_snapshot(paths: VolumePaths, manifest: Manifest, opts: SyncOptions) -> 
         except _Vanished:  # gc collected it between the look and the lease: build it again
             reporter.info(f"snapshot {hit[0]} was removed meanwhile (gc); building it again")
     if opts.dry_run:
-        plan = make_plan(paths, manifest, opts, tempfile.gettempdir())
-        action = "would-reuse" if plan.action in ("reuse", "index") else "would-build"
-        sid = plan.snapshot or "?"
-        _note_rollback_end(paths, env, sid, dry_run=True)
-        return SyncResult(
-            env,
-            sid,
-            action,
-            str(paths.snapshot(env, sid)),
-            manifest.digest,
-            time.perf_counter() - t0,
-            plan.previous,
-            changes=_changes_from_current(paths, env, _planned_contents(manifest, plan.resolution)),
-        )
+        return _dry_run(paths, manifest, opts, t0)
     try:
         store.ensure_env_dirs(paths, env)
         check_filesystem(paths)
@@ -221,6 +211,39 @@ def _reuse(
         groups=tuple(GroupState(**g) for g in seal.get("groups", [])),
         link_mode=seal.get("link_mode"),
         changes=changes,
+    )
+
+
+def _dry_run(
+    paths: VolumePaths, manifest: Manifest, opts: SyncOptions, t0: float, *, root_missing: bool = False
+) -> SyncResult:
+    """The plan and every package it would install, with sizes where known. A root that does
+    not exist yet is no error: it resolves with a temporary cache and creates nothing."""
+    from volenv.build.dryrun import planned_packages
+
+    env = manifest.name
+    with tempfile.TemporaryDirectory(prefix="volenv-dry-run-") as tmp:
+        where = VolumePaths(Path(tmp) / "root") if root_missing else paths  # uv's cache: not the root
+        plan = make_plan(where, manifest, opts, tmp)
+        assert plan.resolution is not None
+        packages = planned_packages(where, manifest, plan.resolution, Path(tmp), opts)
+    action = "would-reuse" if plan.action in ("reuse", "index") else "would-build"
+    sid = plan.snapshot or "?"
+    if not root_missing:
+        _note_rollback_end(paths, env, sid, dry_run=True)
+    changes = None
+    if not root_missing:
+        changes = _changes_from_current(paths, env, _planned_contents(manifest, plan.resolution))
+    return SyncResult(
+        env,
+        sid,
+        action,
+        str(paths.snapshot(env, sid)),
+        manifest.digest,
+        time.perf_counter() - t0,
+        None if root_missing else plan.previous,
+        changes=changes,
+        packages=packages,
     )
 
 

@@ -259,6 +259,7 @@ def _render_plan(r: Any) -> None:
     """sync --dry-run: what it would do, then the package diff against the env's current
     snapshot, one line each."""
     out_line(f"{r.action.replace('-', ' ')} {r.snapshot}")  # would build X / would reuse X
+    _render_planned(r.packages)
     if r.changes is None:
         out_line("  no current snapshot to compare with: every package is new")
         return
@@ -269,6 +270,34 @@ def _render_plan(r: Any) -> None:
     out_line(f"  changes {against}:")
     for item in r.changes.items():
         out_line(f"    {item}")
+
+
+def _render_planned(packages: Any) -> None:
+    """The resolved packages, one a line: `name  version  download  installed  group`, sizes
+    where known (`-` where only the install would tell); --json has the exact bytes."""
+    if not packages:
+        return
+
+    def total(values: list[int | None]) -> str:
+        known = [v for v in values if v is not None]
+        return human_bytes(sum(known)) + ("" if len(known) == len(values) else "+") if known else "?"
+
+    down = total([p.download_bytes for p in packages])
+    inst = total([p.installed_bytes for p in packages])
+    n = len(packages)
+    out_line(f"  {n} package{'s' if n != 1 else ''}, {down} to download, {inst} installed:")
+    cells = [
+        [p.name, p.version, human_bytes(p.download_bytes), human_bytes(p.installed_bytes), p.group or "-"]
+        for p in packages
+    ]
+    heads = ["package", "version", "download", "installed", "group"]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]
+    for row in [heads, *cells]:
+        text = "  ".join(
+            c.rjust(w) if i in (2, 3) else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        out_line(f"    {text.rstrip()}")
 
 
 def render_status(r: Any, quiet: int) -> None:
