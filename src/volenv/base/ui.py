@@ -153,6 +153,12 @@ def sync_summary(action: str, snapshot: str, seconds: float, stats: dict[str, An
     return line
 
 
+def step_summary(steps: dict[str, float]) -> str:
+    """Where a build's time went, one line (`steps: resolve 1.2 s, install 3.4 s, ...`): the
+    figures to compare with `uv pip install` (bench/buildspeed.py)."""
+    return "steps: " + ", ".join(f"{name} {human_seconds(s)}" for name, s in steps.items())
+
+
 def fmt_duration(seconds: float) -> str:
     """The one duration format of policies (gc's plan, its header and its rows): 7d, 12h, 90m, 30s."""
     for unit, n in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):

@@ -104,6 +104,7 @@ class SyncResult:
     models: tuple[Any, ...] = ()
     changes: Any = None  # --dry-run: contents.Changes against the current snapshot (None: no current)
     packages: tuple[Any, ...] = ()  # --dry-run: dryrun.PlannedPackage, each resolved package
+    steps: dict[str, float] = field(default_factory=dict)  # a build: seconds per step, in order
 
 
 @dataclass(frozen=True)

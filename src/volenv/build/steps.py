@@ -28,7 +28,7 @@ from volenv.base.errors import (
     from_oserror,
 )
 from volenv.base.redact import redact_text
-from volenv.base.ui import reporter
+from volenv.base.ui import reporter, step_summary
 from volenv.build.plan import DEFAULT_MIN_FREE, GroupState, SyncOptions, SyncPlan, SyncResult, refresh_args
 from volenv.build.staging import (
     BUILDING_NAME,
@@ -550,6 +550,7 @@ def build_snapshot(
     t0: float,
     *,
     repair: bool = False,
+    resolve_seconds: float | None = None,
 ) -> SyncResult:
     """Run the build steps in order. With repair=True nothing is reused from earlier snapshots
     (their files may be the damaged ones) and the damaged target is quarantined on commit."""
@@ -560,18 +561,26 @@ def build_snapshot(
     store.log_event(
         paths, b.env, "build-start", snapshot=b.sid, manifest_digest=manifest.digest, log=str(b.log)
     )
+    steps: dict[str, float] = {} if resolve_seconds is None else {"resolve": resolve_seconds}
+
+    def timed(name: str, *calls: Any) -> Any:
+        t = time.perf_counter()
+        out = None
+        for call in calls:
+            out = call()
+        steps[name] = steps.get(name, 0.0) + time.perf_counter() - t
+        return out
+
     try:
         try:
             b.preflight(opts.min_free)
-            b.stage()
-            b.install()
-            b.install_groups()
-            b.post_install()
-            b.compile()
-            b.smoke()
-            entries = b.record()
-            b.seal(entries)
-            b.commit(lease, replace=repair)
+            timed("stage", b.stage)
+            timed("install", b.install, b.install_groups)
+            timed("post-install", b.post_install)
+            timed("compile", b.compile)
+            timed("smoke", b.smoke)
+            entries = timed("record", b.record)
+            timed("seal", lambda: b.seal(entries), lambda: b.commit(lease, replace=repair))
         except OSError as exc:
             raise from_oserror(exc, f"build of {b.sid} failed (build log: {b.log})") from exc
     except DiskSpaceError as exc:
@@ -583,7 +592,10 @@ def build_snapshot(
         b.abort()
         _log_failure(paths, b, exc)
         raise
-    store.log_event(paths, b.env, "build-done", snapshot=b.sid, stats=b.stats, link_mode=b.link_mode)
+    b.logline(f"# {step_summary(steps)}")
+    store.log_event(
+        paths, b.env, "build-done", snapshot=b.sid, stats=b.stats, link_mode=b.link_mode, steps=steps
+    )
     return SyncResult(
         b.env,
         b.sid,
@@ -596,6 +608,7 @@ def build_snapshot(
         dict(b.stats),
         b.link_mode,
         str(b.log),
+        steps=steps,
     )
 
 

@@ -121,6 +121,7 @@ def sync_snapshot(paths: VolumePaths, manifest: Manifest, opts: SyncOptions) -> 
                 paths.env_logs(env) / f"build-{time.strftime('%Y%m%dT%H%M%S')}-{env}-resolve.log",
                 paths.root,
             )
+            t_resolve = time.perf_counter()
             try:
                 plan = make_plan(paths, manifest, opts, tmp, rlog)
             except BuildError as exc:
@@ -139,7 +140,10 @@ def sync_snapshot(paths: VolumePaths, manifest: Manifest, opts: SyncOptions) -> 
             if plan.action == "index":
                 publish_pointers(paths, manifest, plan.resolution.snapshot_id, "index")
                 return _reuse(paths, manifest, plan.resolution.snapshot_id, t0, opts, have_lease=True)
-            return build_snapshot(paths, manifest, plan, lease, opts, Path(tmp), t0)
+            resolve_s = time.perf_counter() - t_resolve
+            return build_snapshot(
+                paths, manifest, plan, lease, opts, Path(tmp), t0, resolve_seconds=resolve_s
+            )
 
 
 def valid_index_hit(paths: VolumePaths, manifest: Manifest) -> tuple[str, dict[str, Any]] | None:

@@ -26,7 +26,7 @@ from volenv.base.errors import cause_lines, error_document, shq
 from volenv.base.redact import redact_obj, redact_text
 from volenv.base.ui import _unit_of as _unit_of  # the size format is ui's (low modules print sizes too)
 from volenv.base.ui import human_bytes as human_bytes
-from volenv.base.ui import human_seconds, sync_summary
+from volenv.base.ui import human_seconds, step_summary, sync_summary
 from volenv.store.sealcheck import is_record_time
 
 JSON_VERSION = 1
@@ -240,6 +240,8 @@ def render_sync(r: Any, quiet: int, verbose: bool = False) -> None:
     line = sync_summary(r.action, r.snapshot, r.seconds, r.stats)
     verb, _, tail = line.partition(f" {r.snapshot} ")
     _c().print(f"[bold]{esc(verb)}[/bold] {esc(r.snapshot)} {esc(tail)}")
+    if r.steps:  # a build: where its time went
+        _c().print(f"  {esc(step_summary(r.steps))}")
     if verbose:  # one summary line stays (-v: where it is and how it was built)
         _c().print(f"  path: {esc(r.path)}")
     for g in r.groups:

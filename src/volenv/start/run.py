@@ -435,9 +435,11 @@ def _build_for(
         reporter.info(f"snapshot {sid} of '{target.env}' is not usable; building it again")
     manifest = load_manifest(o.manifest)
     outcome = provide(paths, manifest, SyncOptions(lock_timeout=o.lock_timeout, refresh=problem is not None))
-    from volenv.base.ui import sync_summary
+    from volenv.base.ui import step_summary, sync_summary
 
     reporter.info(sync_summary(outcome.action, outcome.snapshot, outcome.seconds, outcome.stats))
+    if outcome.steps:
+        reporter.info(f"  {step_summary(outcome.steps)}")
     target.digest = manifest.digest
 
 
