@@ -44,6 +44,7 @@ ALLOWED: dict[str, str] = {
     "build/plan.py:requirements_file_options": USER
     + " (a requirements file and its -r includes; FIFOs refused by sources)",
     "build/plan.py:_lockfile_pins": USER + " (the manifest's lockfile)",
+    "build/dryrun.py:_pylock": TMP + " (sync --dry-run's pins and the pylock uv compiles from them)",
     "build/staging.py:probe_filesystem": "a probe file with a unique name in staging/, made by safe_mkdirs just before",
     "build/steps.py:_Build.stage": TMP + " (the resolve log copied into the build log)",
     "build/steps.py:_Build._write_lock": TMP + " (the lock files handed to uv)",

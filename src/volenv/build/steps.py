@@ -110,6 +110,7 @@ class _Build:
         self._log_made = False
         self.python = self.staging / "bin" / "python"
         self.groups: list[GroupState] = []
+        self.import_report: dict[str, Any] | None = None
         self.stats: dict[str, int] = {}
         self.link_mode = "hardlink"
         self.need = DEFAULT_MIN_FREE
@@ -394,6 +395,44 @@ class _Build:
                 cause="\n".join(["the import's traceback:", *(" " * 7 + ln for ln in tb)]) if tb else None,
             )
 
+    def imports(self) -> None:
+        """The manifest's import check: every top-level module of every installed distribution
+        imported in the staged snapshot (build/importcheck.py); a required distribution's
+        failure fails the build, an optional group's warns; both go to the log and the seal."""
+        if not self.manifest.import_check:
+            return
+        from volenv.base.envvars import apply_manifest_env
+        from volenv.build.importcheck import check_imports
+
+        required: list[str] = list(self.res.base)
+        optional: list[str] = []
+        for g in self.groups:
+            if g.state == "installed":
+                (required if g.required else optional).extend(self.res.groups.get(g.name, ()))
+        env = apply_manifest_env(activation_env_for_build(self.staging), dict(self.manifest.env))
+        with reporter.step("import check"):
+            report = check_imports(
+                self.staging, self.python, required_lines=required, optional_lines=optional, env_extra=env
+            )
+        for line in report.log_lines():
+            self.logline(line)
+        self.import_report = report.to_data()
+        reporter.detail(report.summary())
+        if report.unchecked:
+            reporter.warn(f"{report.summary()}: raise VOLENV_IMPORT_CHECK_BUDGET to check them all")
+        for f in report.failures:
+            if not f.required:
+                reporter.warn(f"optional: import {f.module} ({f.distribution}) fails: {f.error}")
+        bad = report.required_failures
+        if bad:
+            raise BuildError(
+                f"import check: {len(bad)} module{'' if len(bad) == 1 else 's'} of required distributions"
+                f" fail to import; {bad[0].module} ({bad[0].distribution}): {bad[0].error}",
+                step="imports",
+                log_path=str(self.log),
+                cause="\n".join(f"{f.module} ({f.distribution}): {f.error}" for f in bad[1:10]) or None,
+            )
+
     def record(self) -> list[Entry]:
         faults.point("record")
         previous_records = []
@@ -488,6 +527,8 @@ class _Build:
             atomic_write_bytes(meta / "build.log", read_regular(self.log, 8 << 20, tail=True))
         except OSError:
             pass
+        if self.import_report is not None:  # the manifest's import check: `show` prints it
+            seal["imports"] = self.import_report
         if self.clashes:  # files two distributions ship: `show` lists them (only when there are)
             seal["clashes"] = self.clashes
         if self.res.reinstall:  # what `sync --reinstall` forced (its id carries a nonce)
@@ -579,6 +620,8 @@ def build_snapshot(
             timed("post-install", b.post_install)
             timed("compile", b.compile)
             timed("smoke", b.smoke)
+            if manifest.import_check:
+                timed("imports", b.imports)
             entries = timed("record", b.record)
             timed("seal", lambda: b.seal(entries), lambda: b.commit(lease, replace=repair))
         except OSError as exc:

@@ -110,21 +110,36 @@ def verify_cmd(
     repair: Annotated[
         bool, typer.Option("--repair", help="Rebuild damaged snapshots from their recorded manifest.")
     ] = False,
+    imports: Annotated[
+        bool,
+        typer.Option(
+            "--imports",
+            help="Also import every top-level module of every distribution (the build's import check).",
+        ),
+    ] = False,
 ) -> None:
-    """Check snapshots against their record; exit 4 on any error-level problem."""
+    """Check snapshots against their record; exit 4 on any error-level problem (or, with
+    --imports, a required distribution whose module fails to import)."""
     from volenv.base.errors import EXIT_VERIFY
     from volenv.cli.render import emit_json, render_verify
     from volenv.commands.verify import verify
 
     g = global_options(ctx)
-    result = verify(g.paths, target, all_=all_, level=level.value)
+    result = verify(g.paths, target, all_=all_, level=level.value, imports=imports)
     if repair and not result.ok:
         from volenv.commands.repair import repair_reports
 
         result = repair_reports(g.paths, result)
     if g.json:
-        emit_json("verify", {"level": result.level, "ok": result.ok, "reports": result.reports})
+        doc: dict[str, object] = {"level": result.level, "ok": result.ok, "reports": result.reports}
+        if imports:
+            doc["imports"] = {sid: rep.to_data() for sid, rep in result.imports}
+        emit_json("verify", doc)
     else:
         render_verify(result.reports, g.quiet)
+        if imports:
+            from volenv.cli.render import render_imports
+
+            render_imports(result.imports)
     if not result.ok:
         raise typer.Exit(EXIT_VERIFY)

@@ -766,6 +766,20 @@ def render_show(r: Any) -> None:
         print_table([Col("model", whole=True), Col("source"), Col("present")], rows, "models")
     for c in r.clashes:
         _o().print(f"shipped by several distributions: {esc(c)}", highlight=False)
+    if r.imports:
+        _o().print(esc(r.imports[0]), highlight=False)
+        for line in r.imports[1:]:
+            _o().print(f"  {esc(line)}", highlight=False)
+
+
+def render_imports(checks: Any) -> None:
+    """verify --imports: each snapshot's import check, its failures one line each."""
+    for sid, rep in checks:
+        style = "red" if rep.required_failures else ("yellow" if rep.failures or rep.unchecked else "green")
+        _o().print(f"{esc(sid)}: [{style}]{esc(rep.summary())}[/{style}]", highlight=False)
+        for f in rep.failures:
+            kind = "" if f.required else " (optional)"
+            _o().print(f"  {esc(f.module)} ({esc(f.distribution)}){kind}: {esc(f.error)}", highlight=False)
 
 
 def render_diff(r: Any, quiet: int = 0) -> None:

@@ -65,6 +65,7 @@ class ShowResult:
     models: tuple[ModelView, ...]
     manifests: tuple[ManifestRef, ...]
     clashes: tuple[str, ...] = ()  # files several distributions ship: "path (a, b; kept b)"
+    imports: tuple[str, ...] = ()  # the build's import check: its summary, then each failure
 
 
 def resolve(paths: VolumePaths, text: str) -> tuple[str, str]:
@@ -211,7 +212,23 @@ def show(paths: VolumePaths, target: str, *, sizes: bool = True) -> ShowResult:
             and isinstance(c.get("path"), str)
             and isinstance(c.get("distributions"), list)
         ),
+        imports=_imports(seal.get("imports")),
     )
+
+
+def _imports(doc: Any) -> tuple[str, ...]:
+    """The seal's import check as lines: `import check: N modules ... ; K failed`, then each."""
+    if not isinstance(doc, dict):
+        return ()
+    fails = [f for f in doc.get("failures") or [] if isinstance(f, dict)]
+    checked, seconds = _num(doc.get("checked")) or 0, _num(doc.get("seconds")) or 0
+    head = f"import check: {checked:.0f} modules in {seconds:.1f} s"
+    head += f"; {len(fails)} failed" if fails else ", all imported"
+    lines = [head]
+    for f in fails:
+        kind = "" if f.get("required") else " (optional)"
+        lines.append(f"{f.get('module')} ({f.get('distribution')}){kind}: {f.get('error')}")
+    return tuple(lines)
 
 
 def _str(value: object) -> str | None:

@@ -33,6 +33,8 @@ from volenv.manifest.sources import lexical, local_sources, lockfile_local_sourc
 
 TOP_KEYS = {
     "name",
+    "check",
+    "id",
     "python",
     "requirements",
     "requirements-file",
@@ -177,6 +179,7 @@ def _parse(p: Path, data: dict[str, Any], c: Checker) -> Manifest:
         trace_cmd=trace_cmd,
         models=models,
         local_sources=tuple(
+        import_check=_parse_check(c, data.get("check", {})),
             sorted({**dict(local_sources(c, p.parent, requirements, optional)), **req_local}.items())
         ),
     )
@@ -305,6 +308,17 @@ def _parse_trace_cmd(c: Checker, value: Any) -> tuple[str, ...]:
     else:
         argv = list(c.strings(raw, "activate.trace-cmd"))
     if not argv or any("\0" in a for a in argv):
+def _parse_check(c: Checker, value: Any) -> bool:
+    """[check] imports = true: the build imports every top-level module of every installed
+    distribution (build/importcheck.py) and fails when a required one cannot load."""
+    t = c.table(value, "check")
+    c.keys(t, {"imports"}, "check.")
+    imports = t.get("imports", False)
+    if not isinstance(imports, bool):
+        raise c.fail("check.imports", f"{imports!r} is not true or false")
+    return imports
+
+
         raise c.fail("activate.trace-cmd", "must be a non-empty command without NUL bytes")
     return tuple(argv)
 
@@ -420,6 +434,7 @@ def manifest_from_seal(data: dict[str, Any], path: str) -> Manifest:
         )
         raise ManifestError(path, "requirements-file", problem, hint=hint)
     if dict(m.local_sources) != data.get("local_sources", {}):
+        "check": {"imports": bool((data.get("check") or {}).get("imports", False))},
         raise ManifestError(
             path,
             "requirements",

@@ -108,6 +108,7 @@ class Manifest:
     # [activate] trace-cmd: a start that sync traces (trace.py); not a build input, not in the digest
     trace_cmd: tuple[str, ...] = ()
     # requirement -> digest of its local source tree or file (`name @ ./path`): a build input
+    import_check: bool = False  # [check] imports: import every distribution's modules at build
     local_sources: tuple[tuple[str, str], ...] = ()
 
     def build_inputs(self) -> dict[str, Any]:
@@ -160,6 +161,8 @@ class Manifest:
         return data
 
     @property
+        if self.import_check:  # only when set: other manifests keep their digests
+            data["check"] = {"imports": True}
     def digest(self) -> str:
         """The index key: any change to the manifest (or its lockfile) gives a new digest."""
         return hashlib.sha256(canonical_json(self.normalized())).hexdigest()

@@ -246,7 +246,7 @@ def read_history(paths: VolumePaths, env: str) -> list[Generation]:
             raise
         raise DamagedRecord(
             f"history {path} is damaged: not a regular file ({exc.strerror})",
-            hint=f"it is not volenv's (a link or a FIFO planted there): move it away (mv {shq(str(path))} /tmp/)",
+            hint=f"it is not volenv's (a link or a FIFO planted there): mv {shq(str(path))} /tmp/",
         ) from None
     except UnicodeDecodeError:
         raise DamagedRecord(f"history {path} is damaged: not UTF-8 text") from None
