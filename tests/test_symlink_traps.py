@@ -377,3 +377,33 @@ def test_hf_fetch_never_deletes_a_linked_file_outside(
     assert tree_hash(outside) == before
     assert not (snap / "evil").is_symlink()
     assert not list((root / "models" / "records").glob("tiny.*.json"))
+
+
+def test_hf_fetch_never_walks_a_linked_snapshot_folder(
+    tmp_path: Path,
+    root: Path,
+    wheelhouse: Path,
+    fake_hub: tuple[str, dict[str, bytes], object],  # noqa: F811
+) -> None:
+    """An attacker's pass: `snapshots/REV` itself a link to an outside folder. os.walk followed
+    it and deleted each outside file as "a link out of the Hub cache"; the link is now removed
+    before the download, and the outside folder is untouched."""
+    endpoint, _files, _hits = fake_hub
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "config.json").write_text("{}\n")
+    (outside / "secret.txt").write_text("precious\n")
+    before = tree_hash(outside)
+    snaps = root / "models" / "hf" / "hub" / "models--acme--tiny-model" / "snapshots"
+    snaps.mkdir(parents=True)
+    (snaps / REV).symlink_to(outside, target_is_directory=True)
+    extra = (
+        '[[models]]\nname = "tiny"\n'
+        f'hf = {{ repo = "acme/tiny-model", revision = "{REV}", files = ["config.json"] }}\n'
+    )
+    m = write_manifest(tmp_path / "m", "hub", ["alpha==1.0"], find_links=wheelhouse, extra=extra)
+    r = volenv("--root", root, "models", "fetch", m, env={"HF_ENDPOINT": endpoint, "HF_HUB_DISABLE_XET": "1"})
+    _no_traceback(r)
+    assert r.returncode in (0, 9), r.stderr
+    assert tree_hash(outside) == before
+    assert not (snaps / REV).is_symlink()

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+import contextlib
 
 from volenv.base.errors import (
     DamagedRecord,
@@ -33,7 +34,15 @@ from volenv.store.locks import BuildLease
 from volenv.store.modelpaths import model_files_dir, model_key, model_location, model_record_path
 from volenv.store.paths import VolumePaths
 from volenv.store.sealcheck import activation_problem
-from volenv.store.volio import atomic_write_json, fsync_dir, safe_mkdirs, safe_rename, safe_unlink
+from volenv.store.volio import (
+    ContainmentError,
+    atomic_write_json,
+    fsync_dir,
+    open_dir_nofollow,
+    safe_mkdirs,
+    safe_rename,
+    safe_unlink,
+)
 from volenv.transfer import httpfetch
 
 RECORD_SCHEMA = 1
@@ -380,7 +389,8 @@ def _fetch_hf(paths: VolumePaths, spec: ModelSpec, snapshot_dir: Path) -> list[d
             blob = p.resolve()
             if not blob.is_relative_to(hf_top) or not blob.is_file():
                 # a link planted out of the Hub cache: damage; remove the link, never its target
-                p.unlink(missing_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    safe_unlink(p, paths.root)
                 raise ModelError(
                     f"model '{spec.name}': {p.relative_to(snapshot_dir)} points outside {hf_top};"
                     " the link was removed",
@@ -388,8 +398,10 @@ def _fetch_hf(paths: VolumePaths, spec: ModelSpec, snapshot_dir: Path) -> list[d
                 )
             digest = hash_file(str(blob))
             if len(blob.name) == 64 and blob.name != digest:  # LFS blobs are named by their sha256
-                for victim in (p, blob):
-                    victim.unlink(missing_ok=True)
+                lexical_blob = paths.models / "hf" / blob.relative_to(hf_top)  # the root may be a link
+                for victim in (p, lexical_blob):
+                    with contextlib.suppress(FileNotFoundError):
+                        safe_unlink(victim, paths.root)
                 raise ModelError(
                     f"model '{spec.name}': {p.relative_to(snapshot_dir)} does not match its sha256"
                     f" ({blob.name}); removed"
@@ -397,6 +409,8 @@ def _fetch_hf(paths: VolumePaths, spec: ModelSpec, snapshot_dir: Path) -> list[d
             files.append(
                 {"path": str(p.relative_to(snapshot_dir)), "size": blob.stat().st_size, "sha256": digest}
             )
+    if os.path.islink(snapshot_dir):  # a planted snapshots/REV link: removed, never walked or written
+        safe_unlink(snapshot_dir, paths.root)
     if not files:
         raise ModelError(f"model '{spec.name}': nothing matched in {spec.hf.repo}@{spec.hf.revision}")
     return sorted(files, key=lambda f: f["path"])
@@ -414,6 +428,10 @@ def list_models(paths: VolumePaths, manifest: Manifest | None) -> list[ModelStat
         try:
             rec = read_model_record(rec_path)
         except DamagedRecord as exc:  # listed as a warning; the intact records still are
+    try:  # the snapshot folder itself reached without a link (os.walk would follow one at its top)
+        os.close(open_dir_nofollow(paths.root, Path(os.path.relpath(snapshot_dir, paths.root)).parts))
+    except ContainmentError as exc:
+        raise ModelError(f"model '{spec.name}': {exc.message}", hint=exc.hint) from None
             reporter.warn(exc.message)
             continue
         if rec is None:
