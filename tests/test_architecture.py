@@ -32,6 +32,8 @@ FAST_MODULES = (
     "volenv.store.rootfind",
     "volenv.store.alias",
     "volenv.store.modelpaths",
+    "volenv.store.runpodcache",
+    "volenv.manifest.hubnames",
     "volenv.manifest.tree",
     "volenv.base.envvars",
     "volenv.store.sealcheck",
@@ -75,6 +77,7 @@ FAST_LAZY = {
     "volenv.start.startcheck": {"threading"},
     "volenv.store.rootfind": {"volenv.base.ui", "volenv.base.errors", "stat"},
     "volenv.store.sealcheck": {"hashlib", "_sha256"},
+    "volenv.store.runpodcache": {"hashlib", "fnmatch"},
     "volenv.base.leanjson": {"json", "_json"},
     "volenv.base.errors": {"volenv.base.redact"},
 }

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from volenv.base.errors import ManifestError, shq
+from volenv.manifest.hubnames import valid_ref
 from volenv.manifest.schema import (
     ENV_NAME,
     HEX40,
@@ -177,9 +178,9 @@ def _parse(p: Path, data: dict[str, Any], c: Checker) -> Manifest:
         env=env,
         smoke_imports=smoke,
         trace_cmd=trace_cmd,
+        import_check=_parse_check(c, data.get("check", {})),
         models=models,
         local_sources=tuple(
-        import_check=_parse_check(c, data.get("check", {})),
             sorted({**dict(local_sources(c, p.parent, requirements, optional)), **req_local}.items())
         ),
     )
@@ -308,6 +309,10 @@ def _parse_trace_cmd(c: Checker, value: Any) -> tuple[str, ...]:
     else:
         argv = list(c.strings(raw, "activate.trace-cmd"))
     if not argv or any("\0" in a for a in argv):
+        raise c.fail("activate.trace-cmd", "must be a non-empty command without NUL bytes")
+    return tuple(argv)
+
+
 def _parse_check(c: Checker, value: Any) -> bool:
     """[check] imports = true: the build imports every top-level module of every installed
     distribution (build/importcheck.py) and fails when a required one cannot load."""
@@ -317,10 +322,6 @@ def _parse_check(c: Checker, value: Any) -> bool:
     if not isinstance(imports, bool):
         raise c.fail("check.imports", f"{imports!r} is not true or false")
     return imports
-
-
-        raise c.fail("activate.trace-cmd", "must be a non-empty command without NUL bytes")
-    return tuple(argv)
 
 
 def parse_models(c: Checker, value: Any) -> tuple[ModelSpec, ...]:
@@ -367,7 +368,7 @@ def parse_models(c: Checker, value: Any) -> tuple[ModelSpec, ...]:
 
 def _parse_hf(c: Checker, value: Any, key: str) -> HfSource:
     t = c.table(value, key)
-    c.keys(t, {"repo", "revision", "files", "allow-patterns"}, f"{key}.")
+    c.keys(t, {"repo", "revision", "files", "allow-patterns", "ref"}, f"{key}.")
     if "repo" not in t:
         raise c.fail(f"{key}.repo", "missing")
     repo = c.string(t["repo"], f"{key}.repo")
@@ -385,7 +386,14 @@ def _parse_hf(c: Checker, value: Any, key: str) -> HfSource:
             raise c.fail(f"{key}.files[{i}]", f"{f!r} must be a relative path inside the repository")
     if not files and not patterns:
         raise c.fail(key, "give `files` or `allow-patterns` (never a whole repository by accident)")
-    return HfSource(repo, rev, files, patterns)
+    ref = c.string(t.get("ref", "main"), f"{key}.ref")
+    if not valid_ref(ref):
+        raise c.fail(
+            f"{key}.ref",
+            f"{ref!r} is not a ref name (a branch or tag such as 'main' or 'v1.0': letters, digits,"
+            " '.', '_', '-', segments joined by '/'; not a commit id)",
+        )
+    return HfSource(repo, rev, files, patterns, ref)
 
 
 def manifest_from_seal(data: dict[str, Any], path: str) -> Manifest:
@@ -411,6 +419,7 @@ def manifest_from_seal(data: dict[str, Any], path: str) -> Manifest:
         "optional": {k: dict(v) for k, v in data.get("optional", {}).items()},
         "build": {"post-install": data.get("post_install", [])},
         "activate": {"env": data.get("env", {}), "smoke-imports": data.get("smoke_imports", [])},
+        "check": {"imports": bool((data.get("check") or {}).get("imports", False))},
     }
     m = _parse(Path(path), raw, c)
     # a plain `sync` would reuse the damaged snapshot (its seal is fine): --reinstall-all builds
@@ -434,7 +443,6 @@ def manifest_from_seal(data: dict[str, Any], path: str) -> Manifest:
         )
         raise ManifestError(path, "requirements-file", problem, hint=hint)
     if dict(m.local_sources) != data.get("local_sources", {}):
-        "check": {"imports": bool((data.get("check") or {}).get("imports", False))},
         raise ManifestError(
             path,
             "requirements",

@@ -74,6 +74,7 @@ class HfSource:
     revision: str
     files: tuple[str, ...] = ()
     allow_patterns: tuple[str, ...] = ()
+    ref: str = "main"  # the ref volenv writes to `revision` (code loading the repo by name reads it)
 
 
 @dataclass(frozen=True)
@@ -107,8 +108,8 @@ class Manifest:
     models: tuple[ModelSpec, ...] = ()
     # [activate] trace-cmd: a start that sync traces (trace.py); not a build input, not in the digest
     trace_cmd: tuple[str, ...] = ()
-    # requirement -> digest of its local source tree or file (`name @ ./path`): a build input
     import_check: bool = False  # [check] imports: import every distribution's modules at build
+    # requirement -> digest of its local source tree or file (`name @ ./path`): a build input
     local_sources: tuple[tuple[str, str], ...] = ()
 
     def build_inputs(self) -> dict[str, Any]:
@@ -158,11 +159,11 @@ class Manifest:
         data["schema"] = SCHEMA
         data["env"] = dict(self.env)
         data["models"] = [model_dict(m) for m in self.models]
+        if self.import_check:  # only when set: other manifests keep their digests
+            data["check"] = {"imports": True}
         return data
 
     @property
-        if self.import_check:  # only when set: other manifests keep their digests
-            data["check"] = {"imports": True}
     def digest(self) -> str:
         """The index key: any change to the manifest (or its lockfile) gives a new digest."""
         return hashlib.sha256(canonical_json(self.normalized())).hexdigest()
@@ -187,6 +188,8 @@ def model_dict(m: ModelSpec) -> dict[str, Any]:
             "files": list(m.hf.files),
             "allow_patterns": list(m.hf.allow_patterns),
         }
+        if m.hf.ref != "main":  # absent when main: manifests without it keep their digests
+            d["hf"]["ref"] = m.hf.ref
     else:
         d["url"] = redact_url(m.url) if m.url else m.url  # identity: sha256 + URL without credentials
         d["sha256"] = m.sha256

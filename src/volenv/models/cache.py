@@ -4,17 +4,19 @@ record, verify. One fetcher per model across hosts (a lease); the others wait an
 Layout: url models under models/files/<name>/<sha256[:16]>/<file>; hf models in the hub
 cache layout under models/hf/hub (so libraries find them through HF_HUB_CACHE); and for each
 fetched model a record models/records/<name>.<key>.json, written last, listing every file
-with size and sha256: its presence is what "present" means to activation.
+with size and sha256: its presence is what "present" means to activation. After the record, an
+hf model's ref is written to its pinned commit; an hf model that RunPod's model cache holds at
+its pin is verified there and used in place (models/hubrefs.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-import contextlib
 
 from volenv.base.errors import (
     DamagedRecord,
@@ -29,9 +31,18 @@ from volenv.base.leanjson import loads as json_loads  # RecursionError is ValueE
 from volenv.base.redact import redact_url
 from volenv.base.ui import human_bytes, reporter
 from volenv.manifest.schema import Manifest, ModelSpec, model_dict
+from volenv.models.hubrefs import how_checked, read_ref, runpod_found, write_ref
+from volenv.store import runpodcache
 from volenv.store.integrity import hash_file
 from volenv.store.locks import BuildLease
-from volenv.store.modelpaths import model_files_dir, model_key, model_location, model_record_path
+from volenv.store.modelpaths import (
+    hf_ref,
+    model_files_dir,
+    model_key,
+    model_location,
+    model_record_path,
+    model_ref_path,
+)
 from volenv.store.paths import VolumePaths
 from volenv.store.sealcheck import activation_problem
 from volenv.store.volio import (
@@ -63,8 +74,10 @@ class ModelState:
     optional: bool
     files: int = 0
     bytes: int = 0
-    action: str = ""  # fetch: fetched | present | failed (optional)
+    action: str = ""  # fetch: fetched | present | in-place | failed (optional)
     detail: str = ""
+    # volume: the volume's copy; runpod-cache: RunPod's model cache on this machine, used in place
+    where: str = "volume"
 
 
 @dataclass(frozen=True)
@@ -124,13 +137,18 @@ def fetch_model(paths: VolumePaths, spec: ModelSpec, *, lock_timeout: float = 36
     root = str(paths.root)
     record = Path(model_record_path(root, m))
     loc = model_location(root, m)
+    in_place = in_runpod_cache(m, verify=True, say=True)
+    if in_place is not None:
+        return in_place
     if record.exists() and not _damaged_files(paths, m):
+        write_ref(paths, m)
         return _state(paths, m, "present")
     safe_mkdirs(record.parent, paths.root)  # no write through a planted link below the root
     lease = BuildLease(paths, f"model-{spec.name}.{model_key(m)}", timeout=lock_timeout, say=reporter.info)
     with lease:
         damaged = _damaged_files(paths, m) if record.exists() else []
         if record.exists() and not damaged:  # another worker fetched (or repaired) it meanwhile
+            write_ref(paths, m)
             return _state(paths, m, "present")
         if damaged:
             _set_aside(paths, m, record, damaged)
@@ -147,8 +165,28 @@ def fetch_model(paths: VolumePaths, spec: ModelSpec, *, lock_timeout: float = 36
                 "fetched": time.time(),
             },
         )
+        write_ref(paths, m)
     store_event(paths, spec.name, files)
     return _state(paths, m, "fetched")
+
+
+def in_runpod_cache(m: dict[str, Any], *, verify: bool, say: bool) -> ModelState | None:
+    """The model's state as RunPod's model cache holds it (used in place), or None."""
+    found = runpod_found(m, verify=verify, say=say)
+    if found is None:
+        return None
+    return ModelState(
+        m["name"],
+        _source(m),
+        found.snapshot,
+        True,
+        bool(m.get("optional")),
+        len(found.files),
+        found.bytes,
+        "in-place",
+        f"RunPod model cache, {how_checked(found)}",
+        "runpod-cache",
+    )
 
 
 def _damaged_files(paths: VolumePaths, m: dict[str, Any]) -> list[Path]:
@@ -365,6 +403,8 @@ def _fetch_hf(paths: VolumePaths, spec: ModelSpec, snapshot_dir: Path) -> list[d
     repo_dir = cache / ("models--" + spec.hf.repo.replace("/", "--"))
     for sub_dir in (repo_dir / "blobs", repo_dir / "snapshots", repo_dir / "refs"):
         safe_mkdirs(sub_dir, paths.root)
+    if os.path.islink(snapshot_dir):  # a planted snapshots/REV link: removed, never walked or written
+        safe_unlink(snapshot_dir, paths.root)
     reporter.info(f"fetching model '{spec.name}' from the Hub: {spec.hf.repo}@{spec.hf.revision[:12]}")
     try:
         if spec.hf.files:
@@ -382,6 +422,10 @@ def _fetch_hf(paths: VolumePaths, spec: ModelSpec, snapshot_dir: Path) -> list[d
     except (HfHubHTTPError, OSError, ValueError) as exc:
         raise ModelError(f"model '{spec.name}': Hub download failed: {str(exc).splitlines()[0]}") from None
     hf_top = (paths.models / "hf").resolve()
+    try:  # the snapshot folder itself reached without a link (os.walk would follow one at its top)
+        os.close(open_dir_nofollow(paths.root, Path(os.path.relpath(snapshot_dir, paths.root)).parts))
+    except ContainmentError as exc:
+        raise ModelError(f"model '{spec.name}': {exc.message}", hint=exc.hint) from None
     files = []
     for dirpath, _dirs, names in os.walk(snapshot_dir):
         for n in names:
@@ -409,8 +453,6 @@ def _fetch_hf(paths: VolumePaths, spec: ModelSpec, snapshot_dir: Path) -> list[d
             files.append(
                 {"path": str(p.relative_to(snapshot_dir)), "size": blob.stat().st_size, "sha256": digest}
             )
-    if os.path.islink(snapshot_dir):  # a planted snapshots/REV link: removed, never walked or written
-        safe_unlink(snapshot_dir, paths.root)
     if not files:
         raise ModelError(f"model '{spec.name}': nothing matched in {spec.hf.repo}@{spec.hf.revision}")
     return sorted(files, key=lambda f: f["path"])
@@ -422,16 +464,16 @@ def _fetch_hf(paths: VolumePaths, spec: ModelSpec, snapshot_dir: Path) -> list[d
 def list_models(paths: VolumePaths, manifest: Manifest | None) -> list[ModelState]:
     root = str(paths.root)
     if manifest is not None:
-        return [_state(paths, model_dict(s), "") for s in manifest.models]
+        out = []
+        for s in manifest.models:
+            m = model_dict(s)
+            out.append(in_runpod_cache(m, verify=False, say=False) or _state(paths, m, ""))
+        return out
     out = []
     for rec_path in sorted((paths.models / "records").glob("*.json")):
         try:
             rec = read_model_record(rec_path)
         except DamagedRecord as exc:  # listed as a warning; the intact records still are
-    try:  # the snapshot folder itself reached without a link (os.walk would follow one at its top)
-        os.close(open_dir_nofollow(paths.root, Path(os.path.relpath(snapshot_dir, paths.root)).parts))
-    except ContainmentError as exc:
-        raise ModelError(f"model '{spec.name}': {exc.message}", hint=exc.hint) from None
             reporter.warn(exc.message)
             continue
         if rec is None:
@@ -479,6 +521,16 @@ def verify_models(paths: VolumePaths, manifest: Manifest | None, level: str) -> 
                 )
     checked = []
     for m, rec_path in records:
+        if manifest is not None and m.get("hf"):
+            found = runpodcache.find(m, verify=level == "full")
+            if found is not None and found.usable:  # used in place on this machine: checked there
+                checked.append(m["name"])
+                continue
+            if found is not None:
+                problems.append(
+                    ModelProblem(m["name"], "content-changed", found.snapshot, str(found.problem))
+                )
+                continue
         try:
             rec = read_model_record(rec_path)
         except VolenvError as exc:
@@ -504,6 +556,19 @@ def verify_models(paths: VolumePaths, manifest: Manifest | None, level: str) -> 
             elif level == "full" and hash_file(str(p)) != f["sha256"]:
                 problems.append(
                     ModelProblem(m["name"], "content-changed", str(p), "sha256 differs from the record")
+                )
+        if m.get("hf"):
+            named = read_ref(paths, m)
+            if named != m["hf"]["revision"]:
+                problems.append(
+                    ModelProblem(
+                        m["name"],
+                        "ref-changed",
+                        model_ref_path(root, m),
+                        f"refs/{hf_ref(m)} names {named[:12] if named else 'nothing'}, not the pinned"
+                        f" {m['hf']['revision'][:12]}: code that loads {m['hf']['repo']} by name offline"
+                        " does not get it (a fetch of the manifest writes the ref)",
+                    )
                 )
     return ModelVerifyReport(level, tuple(checked), tuple(problems))
 

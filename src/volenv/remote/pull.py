@@ -292,6 +292,8 @@ def _model_table(spec: Any) -> dict[str, Any]:
             "files": hf.get("files", []),
             "allow-patterns": hf.get("allow_patterns", []),
         }
+        if "ref" in hf:
+            table["hf"]["ref"] = hf["ref"]
     else:
         table.update({k: spec.get(k) for k in ("url", "sha256")})
         if spec.get("size") is not None:

@@ -24,8 +24,9 @@ from volenv.base.errors import (
     shq,
 )
 from volenv.base.leanjson import NOT_A_RECORD, loads, read_record_bytes
+from volenv.store import runpodcache
 from volenv.store.alias import activation_settings, alias_current, alias_path, inputs_match, write_alias
-from volenv.store.modelpaths import model_env_name, model_location, model_record_path
+from volenv.store.modelpaths import hf_ref, model_env_name, model_location, model_record_path
 from volenv.store.rootfind import fix_command
 from volenv.store.sealcheck import (
     SealProblem,
@@ -210,11 +211,21 @@ def compute_env(
     env["NLTK_DATA"] = os.path.join(models_dir, "nltk")
     models = activation.get("models", [])
     all_present = True
+    in_place = []  # hf models that RunPod's model cache holds, used where they are
+    hf_on_volume = False
     for m in models:
-        if os.path.exists(model_record_path(root, m)):
+        found = runpodcache.find(m, verify=False) if m.get("hf") else None
+        if found is not None and found.usable:
+            env[model_env_name(m["name"])] = found.snapshot
+            in_place.append((m, found))
+        elif os.path.exists(model_record_path(root, m)):
             env[model_env_name(m["name"])] = model_location(root, m)
+            hf_on_volume = hf_on_volume or bool(m.get("hf"))
         elif not m.get("optional"):
             all_present = False
+    if in_place and not hf_on_volume and all(runpodcache.ref_matches(f, m, hf_ref(m)) for m, f in in_place):
+        # every hf model is in RunPod's cache and its refs name the pins: loading by name reads there
+        env["HF_HUB_CACHE"] = os.path.dirname(os.path.dirname(os.path.dirname(in_place[0][1].snapshot)))
     if models and all_present:
         env["HF_HUB_OFFLINE"] = "1"
     try:

@@ -30,6 +30,7 @@ from volenv.start.activation import (
     mark_used,
     resolve_target,
 )
+from volenv.store import runpodcache
 from volenv.store.rootfind import fix_command
 from volenv.store.sealcheck import SealProblem, check_seal, newest_valid_snapshot, read_seal, rollback_hint
 
@@ -493,6 +494,8 @@ def run(root: str, argv: list[str]) -> int:
                 target, snap_dir, _seal = prepare(root, o)
                 volume_snap = snap_dir
         env = compute_env(root, snap_dir, target.env, target.activation)
+        for line in runpodcache.start_lines(target.activation.get("models", []), env):
+            print(f"volenv: {line}", file=sys.stderr, flush=True)
         if any(m.get("local") in ("always", "auto") for m in target.activation.get("models", [])):
             from volenv.start.localcopy import localize_models  # [[models]] local: copies to this disk
 

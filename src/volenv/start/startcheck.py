@@ -6,7 +6,8 @@ Which files: the snapshot's start trace when it has one (the files a real start 
 what the start is known to execute: `pyvenv.cfg`, every `.pth` file of site-packages (the site
 module runs them), the command's own script when the snapshot provides it, and the packages of
 the manifest's smoke imports, whole. And every required model's files: present, regular, of
-the recorded size (a model record names them).
+the recorded size (a model record names them); an hf model that RunPod's model cache holds at
+its pin is hashed there instead (store/runpodcache.py) and needs no record.
 
 Lean on purpose (os and the C modules the seal check uses): it runs on every container start.
 A snapshot's record is read once (the bytes the seal check hashed) and only the wanted lines
@@ -20,6 +21,7 @@ import os
 import stat
 
 from volenv.base.leanjson import loads, read_record_bytes
+from volenv.store import runpodcache
 from volenv.store.modelpaths import model_files_dir, model_record_path
 
 TYPE_CHECKING = False
@@ -256,7 +258,10 @@ def model_problems(root: str, models: list[dict[str, Any]]) -> list[StartProblem
     blobs) and of the recorded size."""
     out: list[StartProblem] = []
     for m in models:
-        if m.get("optional"):
+        # RunPod's model cache first: what it holds at the pin is hashed against the names the Hub
+        # gave its blobs, and used in place; one that fails falls back to the volume's copy
+        found = runpodcache.find(m, verify=True) if m.get("hf") else None
+        if (found is not None and found.usable) or m.get("optional"):
             continue
         rec_path = model_record_path(root, m)
         try:

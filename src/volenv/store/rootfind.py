@@ -4,6 +4,10 @@ Inside a RunPod container (RUNPOD_POD_ID or RUNPOD_ENDPOINT_ID set) there is no 
 with no network volume attached, a build there would fill the container disk (the seed's
 failure), so discovery raises VolumeError instead. os-only on purpose: it runs on the
 entrypoint's fast path.
+
+RunPod's model cache lives at /runpod-volume/huggingface-cache on the worker's own disk: a
+/runpod-volume that holds only that cache (and is no mount point) is not a network volume, and
+volenv never makes its root there.
 """
 
 from __future__ import annotations
@@ -18,8 +22,23 @@ if TYPE_CHECKING:
 
 
 MOUNTS = ("/runpod-volume", "/workspace")
+RUNPOD_CACHE_ONLY = frozenset({"huggingface-cache"})  # what RunPod's model cache puts there
 NO_VOLUME_ROOT = "/runpod-volume/volenv"  # what `run` reports as its root when there is none
 _told_fallback = False
+
+
+def is_volume(mount: str) -> bool:
+    """Whether a mount path is a network volume to keep the root on: a directory, and not one
+    that holds only RunPod's model cache (unless it is a mount point of its own)."""
+    if not os.path.isdir(mount):
+        return False
+    if os.path.isdir(os.path.join(mount, "volenv")):  # the common case, one stat: volenv's root is there
+        return True
+    try:
+        names = set(os.listdir(mount))
+    except OSError:
+        return True  # unreadable: root_exists says why, never a silent move elsewhere
+    return not (names and names <= RUNPOD_CACHE_ONLY) or os.path.ismount(mount)
 
 
 def in_runpod(environ: Mapping[str, str]) -> bool:
@@ -29,9 +48,11 @@ def in_runpod(environ: Mapping[str, str]) -> bool:
 def no_volume_error() -> VolumeError:
     from volenv.base.errors import VolumeError
 
+    cache_only = os.path.isdir(MOUNTS[0]) and not is_volume(MOUNTS[0])
     return VolumeError(
-        "no network volume is attached at /runpod-volume (nor at /workspace); "
-        "volenv does not build on the container disk",
+        "no network volume is attached at /runpod-volume (nor at /workspace)"
+        + (" (it holds only RunPod's model cache)" if cache_only else "")
+        + "; volenv does not build on the container disk",
         hint="attach a network volume to this endpoint or pod, "
         "or set VOLENV_ROOT to choose a root on the container disk",
     )
@@ -50,7 +71,7 @@ def discover_root(
     if env.get("VOLENV_ROOT"):
         return os.path.abspath(env["VOLENV_ROOT"]), "VOLENV_ROOT"
     for mount in MOUNTS:
-        if os.path.isdir(mount):
+        if is_volume(mount):
             return os.path.join(mount, "volenv"), mount
     if in_runpod(env):
         if defer:
@@ -77,7 +98,7 @@ def root_exists(path: str) -> bool:
 
     from volenv.base.errors import VolumeError
 
-    if path == NO_VOLUME_ROOT and in_runpod(os.environ) and not any(os.path.isdir(m) for m in MOUNTS):
+    if path == NO_VOLUME_ROOT and in_runpod(os.environ) and not any(is_volume(m) for m in MOUNTS):
         raise no_volume_error()
     try:
         st = os.stat(path)
@@ -100,7 +121,7 @@ def default_root(environ: Mapping[str, str] | None = None) -> str | None:
     if env.get("VOLENV_ROOT"):
         return os.path.abspath(env["VOLENV_ROOT"])
     for mount in MOUNTS:
-        if os.path.isdir(mount):
+        if is_volume(mount):
             return os.path.join(mount, "volenv")
     if in_runpod(env):
         return None

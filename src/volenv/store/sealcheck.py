@@ -10,6 +10,7 @@ import os
 
 from volenv.base.envvars import expand_env_value
 from volenv.base.leanjson import NOT_A_RECORD, dumps_canonical, loads, read_record_bytes
+from volenv.manifest.hubnames import valid_ref
 from volenv.store.rootfind import fix_command
 
 TYPE_CHECKING = False
@@ -165,6 +166,7 @@ def activation_problem(env: object, models: object) -> str | None:
         if hf:
             ok = isinstance(hf, dict) and _is(hf.get("repo"), str) and plain_name(hf.get("revision"))
             ok = ok and ".." not in hf["repo"] and "\0" not in hf["repo"]
+            ok = ok and ("ref" not in hf or valid_ref(hf["ref"]))
         else:
             ok = _is(m.get("url"), str) and _is(m.get("sha256"), str) and len(m["sha256"]) >= 16
         if not ok:
