@@ -212,6 +212,103 @@ def plant_fifo_model_record(w: World) -> list[str]:
     return ["models", "list"]
 
 
+# ---------------------------------------------------------------- from the attacker's pass
+
+
+def _second_manifest(w: World) -> Path:
+    wheels = Path(str(w.manifest.read_text()).split('find-links = ["')[1].split('"')[0])
+    # the same file edited (a second file of the same env name would be another project's)
+    return write_manifest(w.manifest.parent, "app", ["alpha==1.0", "gamma==1.0"], find_links=wheels)
+
+
+def plant_trace_linked_volenv(w: World) -> list[str]:
+    import shutil
+
+    shutil.copytree(w.snap / ".volenv", w.sentinel.parent / "vcopy", symlinks=True)
+    shutil.rmtree(w.snap / ".volenv")
+    (w.snap / ".volenv").symlink_to(w.sentinel.parent / "vcopy", target_is_directory=True)
+    return ["trace", "--env", "app", "--", "python", "-c", "import alpha"]
+
+
+def plant_doctor_linked_logs(w: World) -> list[str]:
+    import shutil
+
+    shutil.rmtree(w.root / "logs" / "app")
+    (w.sentinel.parent / "events.jsonl").write_text(
+        json.dumps({"event": "build-failed", "time": 9999999999, "error": SECRET, "env": "app"}) + "\n"
+    )
+    (w.root / "logs" / "app").symlink_to(w.sentinel.parent, target_is_directory=True)
+    return ["doctor"]
+
+
+def plant_diagnose_linked_logs(w: World) -> list[str]:
+    import shutil
+
+    shutil.rmtree(w.root / "logs" / "app")
+    (w.sentinel.parent / "build-29991231T235959-app-000000000000.log").write_text(SECRET + "\n")
+    (w.root / "logs" / "app").symlink_to(w.sentinel.parent, target_is_directory=True)
+    (w.snap / ".volenv" / "seal.json").write_text("{")
+    return ["run", "--diagnose", "--on-missing", "fail", "--manifest", str(w.manifest), "--", "true"]
+
+
+def plant_hardlinked_history(w: World) -> list[str]:
+    history = w.root / "envs" / "app" / "history.jsonl"
+    history.unlink()
+    os.link(w.sentinel, history)
+    return ["sync", str(_second_manifest(w))]
+
+
+def plant_symlinked_history_switch(w: World) -> list[str]:
+    history = w.root / "envs" / "app" / "history.jsonl"
+    history.unlink()
+    history.symlink_to(w.sentinel)
+    return ["sync", str(_second_manifest(w))]
+
+
+def plant_hardlinked_events(w: World) -> list[str]:
+    events = w.root / "logs" / "app" / "events.jsonl"
+    events.unlink(missing_ok=True)
+    os.link(w.sentinel, events)
+    return ["pin", snapshot_of(w.root, "app")]
+
+
+def _linked_snapshot(w: World) -> None:
+    import shutil
+
+    copy = w.sentinel.parent / "scopy"
+    shutil.copytree(w.snap, copy, symlinks=True)
+    (copy / SECRET).write_text(SECRET + "\n")
+    snap = w.snap
+    shutil.rmtree(snap)
+    snap.symlink_to(copy, target_is_directory=True)
+
+
+def plant_linked_snapshot_pack(w: World) -> list[str]:
+    _linked_snapshot(w)
+    return ["pack", "app"]
+
+
+def plant_linked_snapshot_sync(w: World) -> list[str]:
+    _linked_snapshot(w)
+    return ["sync", str(w.manifest)]
+
+
+def plant_fifo_manifest(w: World) -> list[str]:
+    os.mkfifo(w.tmp / "fifo.toml")
+    return ["sync", str(w.tmp / "fifo.toml")]
+
+
+def plant_missing_blobs(w: World) -> list[str]:
+    from conftest import volenv as run_volenv
+
+    assert run_volenv("--root", w.root, "pack", "app").returncode == 0
+    for blob in (w.root / "packs" / "blobs").iterdir():
+        blob.unlink()
+        os.mkfifo(blob)
+    local = w.tmp / "local"
+    return ["run", "--materialize", "always", "--materialize-dir", str(local), "--env", "app", "--", "true"]
+
+
 CASES: dict[str, tuple[Callable[[World], list[str]], set[int]]] = {
     "build-log-link": (plant_build_log_links, {0}),
     "diagnose-newest-log-link": (plant_newest_build_log_link, {3, 4}),
@@ -235,6 +332,16 @@ CASES: dict[str, tuple[Callable[[World], list[str]], set[int]]] = {
     "linked-packs-dir": (plant_linked_packs_dir, {8}),
     "linked-resolve-log-dir": (plant_linked_resolve_log_dir, {7, 8}),
     "fifo-model-record": (plant_fifo_model_record, {0, 4}),
+    "trace-linked-volenv": (plant_trace_linked_volenv, {4, 8}),
+    "doctor-linked-logs": (plant_doctor_linked_logs, {0, 3, 4}),
+    "diagnose-linked-logs": (plant_diagnose_linked_logs, {3, 4}),
+    "hardlinked-history": (plant_hardlinked_history, {4}),
+    "symlinked-history-switch": (plant_symlinked_history_switch, {4}),
+    "hardlinked-events": (plant_hardlinked_events, {0, 8}),
+    "linked-snapshot-pack": (plant_linked_snapshot_pack, {4}),
+    "linked-snapshot-sync": (plant_linked_snapshot_sync, {4}),
+    "fifo-manifest": (plant_fifo_manifest, {2}),
+    "missing-blobs-materialize": (plant_missing_blobs, {4}),
 }
 
 
@@ -256,6 +363,16 @@ def test_hostile_volume(case: str, world: World) -> None:
         assert SECRET not in sealed.read_text(errors="replace"), f"{case}: copied into a sealed build log"
     if case == "build-log-link":
         assert "building it again" in r.stderr, r.stderr  # the rebuild whose log name was planted
+    if case == "trace-linked-volenv":
+        assert not (world.sentinel.parent / "vcopy" / "trace.json").exists(), (
+            "a trace written through the link"
+        )
+    if case in ("hardlinked-history", "symlinked-history-switch"):
+        current = (world.root / "envs" / "app" / "current").read_text()
+        assert snapshot_of(world.root, "app") in current  # the switch did not happen
+        assert len(list((world.root / "envs" / "app" / "snapshots").iterdir())) >= 1
+    if case == "linked-snapshot-pack":
+        assert not list((world.root / "packs").rglob("*.tar.zst")), "an outside tree was packed"
     if case in ("linked-packs-dir", "linked-resolve-log-dir"):
         assert list(world.sentinel.parent.iterdir()) == [world.sentinel], "written through the link"
     if case == "inline-manifest-link":

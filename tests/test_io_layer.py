@@ -58,8 +58,6 @@ ALLOWED: dict[str, str] = {
     "commands/bench.py:time_start": BENCH,
     "commands/bench.py:coldstart": BENCH,
     "commands/doctor.py:_writable": "a probe created O_CREAT | O_EXCL | O_NOFOLLOW under a unique name, removed at once",
-    "manifest/parse.py:load_manifest": USER + " (the manifest)",
-    "manifest/parse.py:_parse": USER + " (the manifest)",
     "manifest/sources.py:_local_project_name": USER + " (a local package's pyproject.toml)",
     "manifest/sources.py:source_digest": USER + " (a local input file, digested)",
     "manifest/sources.py:_file_sha256": USER + " (a local package's file, O_NOFOLLOW | O_NONBLOCK)",

@@ -8,6 +8,7 @@ groups -> post-install -> compile -> smoke -> record (+ wheel check) -> seal -> 
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from volenv.base import faults
 from volenv.base.errors import (
     BuildError,
     UsageError,
+    VerifyError,
     VolenvError,
     from_oserror,
 )
@@ -33,6 +35,7 @@ from volenv.store.sealcheck import (
     SealProblem,
     check_seal,
 )
+from volenv.store.volio import real_dir_below
 
 if TYPE_CHECKING:  # filelock (and psutil, in _free_bytes) load only when a build really
     pass  # starts: a no-op sync is one process start, they a tenth of it
@@ -154,8 +157,14 @@ def valid_index_hit(paths: VolumePaths, manifest: Manifest) -> tuple[str, dict[s
         return None
     if sid is None:
         return None
+    snap = paths.snapshot(manifest.name, sid)
+    if not real_dir_below(paths.root, snap) and os.path.lexists(snap):
+        raise VerifyError(
+            f"snapshot directory {snap} is a link (or below one) inside the root: not reused",
+            hint="remove the link (volenv never makes one there), then sync again",
+        )
     try:
-        return sid, check_seal(str(paths.snapshot(manifest.name, sid)), sid)
+        return sid, check_seal(str(snap), sid)
     except SealProblem:
         return None
 

@@ -19,7 +19,7 @@ from volenv.base.leanjson import loads as json_loads  # RecursionError is ValueE
 from volenv.store import pointers as store
 from volenv.store.paths import RootChoice, VolumePaths
 from volenv.store.sealcheck import SealProblem, check_seal, interpreter_problem
-from volenv.store.volio import read_regular
+from volenv.store.volio import read_regular, real_dir_below
 
 
 @dataclass(frozen=True)
@@ -297,6 +297,8 @@ def last_build_failure(paths: VolumePaths) -> BuildFailure | None:
     newest: BuildFailure | None = None
     for env in store.list_envs(paths):
         try:
+            if not real_dir_below(paths.root, paths.env_logs(env)):  # a linked logs/<env>: not ours
+                continue
             text = read_regular(paths.events(env), 4 << 20, tail=True).decode("utf-8", errors="replace")
         except OSError:
             continue

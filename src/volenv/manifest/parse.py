@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from volenv.base.errors import ManifestError, shq
+from volenv.base.leanjson import read_regular_file
 from volenv.manifest.hubnames import valid_ref
 from volenv.manifest.schema import (
     ENV_NAME,
@@ -48,12 +49,16 @@ TOP_KEYS = {
 }
 
 
+#: a manifest (or its lockfile) past this size is not one
+MANIFEST_LIMIT = 64 << 20
+
+
 def load_manifest(path: str | Path) -> Manifest:
     """Parse and validate; raises ManifestError (exit 2) naming file, key and value."""
     p = Path(path)
     c = Checker(p)
-    try:
-        raw = p.read_bytes()
+    try:  # never blocking (a FIFO is refused: a seal's manifest_path comes from the volume)
+        raw = read_regular_file(p, MANIFEST_LIMIT, follow=True)
     except FileNotFoundError:
         raise c.fail("", "no such file", hint=_init_hint(p)) from None
     except IsADirectoryError:
@@ -147,7 +152,7 @@ def _parse(p: Path, data: dict[str, Any], c: Checker) -> Manifest:
         if not re.match(r"^pylock\.([^.]+\.)?toml$", lockfile.name):
             raise c.fail("lockfile", f"{rel!r}: expected a pylock.toml or pylock.<name>.toml file (PEP 751)")
         try:
-            lock_bytes = lockfile.read_bytes()
+            lock_bytes = read_regular_file(lockfile, MANIFEST_LIMIT, follow=True)
         except OSError as exc:
             raise c.fail("lockfile", f"{rel!r}: cannot read ({exc.strerror})") from None
         try:

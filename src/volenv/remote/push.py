@@ -35,6 +35,7 @@ from volenv.store.packwrite import pack_snapshot
 from volenv.store.paths import VolumePaths
 from volenv.store.rootfind import fix_command
 from volenv.store.sealcheck import META_DIR, SEAL_NAME, SealProblem, check_seal
+from volenv.store.volio import real_dir_below
 from volenv.transfer.bucketput import Outgoing, check_all, put_all, stamp_of
 from volenv.transfer.buckets import Remote
 
@@ -197,6 +198,8 @@ def _check_model_file(
             " model again",
         )
 
+    if not real_dir_below(paths.root, paths.models):  # realpath(models) is outside then
+        raise damaged("is below a models/ directory that is a link")
     top = os.path.realpath(paths.models)
     real = os.path.realpath(path)
     if os.path.commonpath([top, real]) != top:

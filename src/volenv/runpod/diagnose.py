@@ -81,9 +81,13 @@ def _snapshots(root: str) -> list[dict[str, Any]]:
 
 
 def _last_build_log(root: str, env: str | None) -> tuple[list[str], str | None]:
+    from volenv.store.volio import real_dir_below
+
     logs = os.path.join(root, "logs")
     candidates: list[str] = []
     for d in [os.path.join(logs, env)] if env else [os.path.join(logs, e) for e in _listdir(logs)]:
+        if not real_dir_below(root, d):  # a linked logs/ or logs/<env>: an outside folder's files
+            continue
         candidates += [
             os.path.join(d, n) for n in _listdir(d) if n.startswith("build-") and n.endswith(".log")
         ]

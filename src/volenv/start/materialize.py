@@ -213,6 +213,10 @@ def _choose(
         delete_detached(garbage)  # what no background extraction took over
 
 
+#: what opening a pack blob raises when it is gone, a link (O_NOFOLLOW), a FIFO or a directory
+_NOT_A_BLOB = (errno.ENOENT, errno.ELOOP, errno.EINVAL, errno.ENOTDIR, errno.EISDIR)
+
+
 def _extract(
     paths: VolumePaths,
     manifest: PackManifest,
@@ -243,7 +247,14 @@ def _extract(
     staged = partial / sid
     if exchange:
         with _gc_paused():
-            return extract_startup_first(paths, manifest, base, partial, dest, mode, volume, garbage)
+            try:
+                return extract_startup_first(paths, manifest, base, partial, dest, mode, volume, garbage)
+            except OSError as exc:
+                if exc.errno not in _NOT_A_BLOB:
+                    raise
+                shutil.rmtree(partial, ignore_errors=True)
+                damaged(mode, f"a pack blob is missing or not a plain file: {exc}", paths, sid)
+                return None
     t0 = time.perf_counter()
     tree = dest
     try:
@@ -273,6 +284,9 @@ def _extract(
         return None
     except OSError as exc:
         shutil.rmtree(partial, ignore_errors=True)
+        if exc.errno in _NOT_A_BLOB:  # removed, a link or a FIFO in its place: the packs are damaged
+            damaged(mode, f"a pack blob is missing or not a plain file: {exc}", paths, manifest.snapshot)
+            return None
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             say(f"warning: materialize: local disk full while extracting ({exc.strerror}); running in place")
             return None

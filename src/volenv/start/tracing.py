@@ -132,7 +132,7 @@ def take_trace(
     )
 
 
-def store_trace(snapshot_dir: Path, trace: Trace) -> None:
+def store_trace(snapshot_dir: Path, trace: Trace, root: Path) -> None:
     """Temp + fsync + rename into .volenv; the seal is re-checked first so a trace is only ever
     stored beside the record it was taken against."""
     try:
@@ -141,7 +141,8 @@ def store_trace(snapshot_dir: Path, trace: Trace) -> None:
         raise DamagedRecord(f"cannot store the trace of {snapshot_dir.name}: {sp.detail}") from None
     if seal["record_sha256"] != trace.record_sha256:
         raise DamagedRecord(f"{snapshot_dir.name} was re-sealed while it was traced; trace it again")
-    atomic_write_json(trace_path(snapshot_dir), trace.to_json())
+    # the snapshot's .volenv reached without a link from the root (a linked one is refused)
+    atomic_write_json(trace_path(snapshot_dir), trace.to_json(), root=root)
 
 
 def _stored_files(snapshot_dir: Path, seal: dict[str, Any]) -> int | None:
@@ -161,7 +162,7 @@ def keep_trace(root: str, snapshot_dir: Path, seal: dict[str, Any], trace: Trace
     from volenv.store.paths import VolumePaths
 
     replaced = _stored_files(snapshot_dir, seal)
-    store_trace(snapshot_dir, trace)
+    store_trace(snapshot_dir, trace, Path(root))
     if replaced is not None and len(trace.files) < replaced / 2:
         # stored all the same (the user asked for it), but a `python -c pass` by mistake would
         # quietly empty the startup pack of a snapshot whose real start was traced

@@ -45,7 +45,7 @@ from volenv.store.paths import VolumePaths
 from volenv.store.rootfind import fix_command
 from volenv.store.sealcheck import META_DIR, SealProblem, check_seal
 from volenv.store.trace import HOOK_VERSION
-from volenv.store.volio import atomic_write_json, safe_mkdirs, streamed_write
+from volenv.store.volio import atomic_write_json, real_dir_below, safe_mkdirs, streamed_write
 
 
 def startup_paths(
@@ -242,6 +242,11 @@ def pack_snapshot(paths: VolumePaths, snapshot_dir: Path) -> PackManifest:
     import zstandard
 
     sid = snapshot_dir.name
+    if not real_dir_below(paths.root, snapshot_dir):  # a planted link would pack an outside tree
+        raise VerifyError(
+            f"cannot pack {sid}: {snapshot_dir} is a link (or below one) inside the root",
+            hint="remove the link: volenv never makes one there",
+        )
     try:
         seal = check_seal(str(snapshot_dir), sid)
     except SealProblem as sp:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from volenv.store.sealcheck import is_snapshot_id as is_snapshot_id  # re-export
 from volenv.store.volio import (
     ContainmentError,
     append_line,
+    assert_real_parents,
     atomic_write_json,
     create_once_bytes,
     dumps_json,
@@ -317,8 +319,25 @@ def switch_current(
             from volenv.base.ui import reporter
 
             reporter.warn(note)
+    _history_appendable(paths, env)  # checked first: a refused append must not follow a switch
     write_current(paths, env, snapshot_id, rollback)
     append_history(paths, env, snapshot_id, manifest_digest, action)
+
+
+def _history_appendable(paths: VolumePaths, env: str) -> None:
+    """What append_line will refuse (a link, a FIFO, a second name), refused before anything moves."""
+    path = paths.history(env)
+    assert_real_parents(path, paths.root)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        what = "a hard link" if stat.S_ISREG(st.st_mode) else "not a regular file"
+        raise DamagedRecord(
+            f"history {path} is damaged: {what}; nothing was switched",
+            hint=f"it is not volenv's (planted there): mv {shq(str(path))} /tmp/",
+        )
 
 
 def last_used(paths: VolumePaths, env: str, snapshot_id: str) -> float | None:

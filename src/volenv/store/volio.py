@@ -179,8 +179,9 @@ def append_line(path: Path, line: str, root: Path | None = None) -> None:
     data = (line.rstrip("\n") + "\n").encode()
     if root is not None:
         assert_real_parents(path, root)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+        fd = os.open(path, flags, 0o644)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise ContainmentError(
@@ -188,6 +189,8 @@ def append_line(path: Path, line: str, root: Path | None = None) -> None:
             ) from None
         raise
     try:
+        _own_regular(fd, path)
+        os.set_blocking(fd, True)
         os.write(fd, data)
         os.fsync(fd)
     finally:
@@ -361,11 +364,27 @@ def open_append(path: Path, root: Path | None = None, *, exclusive: bool = False
                 f"refusing to write {path}: it is a symlink", hint="remove the link"
             ) from None
         raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    try:
+        _own_regular(fd, path)
+    except BaseException:
         os.close(fd)
-        raise ContainmentError(f"refusing to write {path}: not a regular file", hint=f"remove {path}")
+        raise
     os.set_blocking(fd, True)
     return fd
+
+
+def _own_regular(fd: int, path: Path) -> None:
+    """An append target must be a regular file with no other name: a hard link planted at a
+    log's or history's name (to a file outside the root, on the same filesystem) would make
+    volenv append to that other file."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise ContainmentError(f"refusing to write {path}: not a regular file", hint=f"remove {path}")
+    if st.st_nlink != 1:
+        raise ContainmentError(
+            f"refusing to append to {path}: it has {st.st_nlink} names (a hard link planted there)",
+            hint=f"move it away: mv {path} {path}.planted",
+        )
 
 
 def read_regular(path: Path | str, limit: int = 1 << 20, *, tail: bool = False) -> bytes:
@@ -423,3 +442,15 @@ def streamed_write(dest: Path, root: Path, *, durable: bool = True) -> Iterator[
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=dfd)
             raise
+
+
+def real_dir_below(root: Path | str, path: Path | str) -> bool:
+    """Whether `path` is a directory reached from `root` without any link (itself included):
+    what a snapshot, a models/ or a logs/<env> folder must be before volenv reads, packs,
+    uploads or writes what is inside (a planted link there would hand it an outside tree)."""
+    try:
+        parts = _rel_parts(Path(path), Path(root))
+        os.close(open_dir_nofollow(Path(root), parts))
+    except (ContainmentError, FileNotFoundError, NotADirectoryError):
+        return False
+    return True
