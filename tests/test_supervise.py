@@ -235,14 +235,14 @@ def test_the_served_tail_masks_the_workers_secrets(tmp_path: Path, root: Path, w
 def test_the_grace_period_is_measured_to_the_exit_not_to_a_grandchilds_stderr(
     tmp_path: Path, root: Path, app: Path
 ) -> None:
-    code = "import subprocess, sys\nsubprocess.Popen(['sleep', '30'])\nsys.exit(2)\n"
+    code = "import subprocess, sys\nsubprocess.Popen(['sleep', '8'])\nsys.exit(2)\n"
     r = volenv(
         "--root",
         root,
         "run",
         "--diagnose",
         "--diagnose-grace",
-        "3",
+        "2",
         "--manifest",
         app,
         "--",
