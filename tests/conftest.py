@@ -134,10 +134,16 @@ def write_manifest(
     index_url: str | None = None,
     extra: str = "",
     filename: str | None = None,
+    manifest_id: str | None = "",
 ) -> Path:
+    """A manifest of env `name`. Its `id` (`manifest_id`; "" gives `tests/NAME`, None none)
+    makes the manifests a test writes in several folders for one env versions of one project,
+    not projects that would share the env (`sync` refuses those: test_env_identity.py)."""
     directory.mkdir(parents=True, exist_ok=True)
     reqs = json.dumps(requirements if requirements is not None else ["alpha==1.0"])
     lines = [f'name = "{name}"', 'python = "3.11"', f"requirements = {reqs}", "", "[index]"]
+    if manifest_id is not None:
+        lines.insert(0, f"id = {json.dumps(manifest_id or f'tests/{name}')}")
     if index_url:
         lines.append(f'url = "{index_url}"')
     else:

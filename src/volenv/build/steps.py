@@ -673,7 +673,7 @@ def _log_failure(paths: VolumePaths, b: _Build, exc: BaseException) -> None:
 
 
 def publish_pointers(paths: VolumePaths, manifest: Manifest, sid: str, action: str) -> None:
-    store.write_index(paths, manifest.name, manifest.digest, sid, str(manifest.path))
+    store.write_index(paths, manifest.name, manifest.digest, sid, str(manifest.path), manifest.id)
     faults.point("current")
     if store.read_current(paths, manifest.name) != sid:
         store.switch_current(paths, manifest.name, sid, manifest.digest, action)

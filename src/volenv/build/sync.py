@@ -197,6 +197,9 @@ def _reuse(
                 if now is None or now[0] != sid:
                     raise _Vanished(sid)
             try:
+                # written again, so it is this manifest's newest entry: gc keeps each manifest's
+                # newest (a manifest reverted in place to earlier contents reuses their snapshot)
+                store.write_index(paths, env, manifest.digest, sid, str(manifest.path), manifest.id)
                 store.switch_current(paths, env, sid, manifest.digest, "sync")
             except OSError as exc:
                 raise from_oserror(exc, "cannot switch the current pointer") from exc

@@ -67,6 +67,12 @@ def sync(
     reinstall_all: Annotated[
         bool, typer.Option("--reinstall-all", help="Rebuild and reinstall every package into a new snapshot.")
     ] = False,
+    take_over: Annotated[
+        bool,
+        typer.Option(
+            "--take-over", help="Sync even though the env belongs to another manifest; it becomes this one's."
+        ),
+    ] = False,
 ) -> None:
     """Build (or reuse) the snapshot for MANIFEST, make it current, fetch its models."""
     from volenv.build.plan import SyncOptions
@@ -93,6 +99,8 @@ def sync(
             reinstall=tuple(reinstall),
             reinstall_all=reinstall_all,
         ),
+        attended=from_env is None,  # --from-env: a provisioning pod's temp file on a one-off host
+        take_over=take_over,
     )
     if result is not None:
         from volenv.cli.render import to_data

@@ -158,11 +158,14 @@ def _plan_env(
             size = apparent(path)
         infos.append((sid, path, created, store.last_used(paths, env, sid), size))
     newest = {sid for sid, *_ in sorted(infos, key=lambda x: x[2], reverse=True)[:keep]}
+    live = manifest_roots(paths, env)
     out = []
     for sid, path, created, used, size in infos:
         reasons = []
         if sid == current:
             reasons.append("current")
+        elif sid in live:  # another manifest of this env runs it (`run --manifest` reads the index)
+            reasons.append(f"current for manifest {', '.join(live[sid])}")
         if unknown_current:
             reasons.append("the current pointer is damaged")
         if store.is_pinned(paths, env, sid):
@@ -179,6 +182,15 @@ def _plan_env(
         if not reasons:
             reasons = ["not current, not pinned, not among the newest, not used recently"]
         out.append(GcItem("snapshot", str(path), env, action, tuple(reasons), size, created, used))
+    return out
+
+
+def manifest_roots(paths: VolumePaths, env: str) -> dict[str, list[str]]:
+    """snapshot id -> the manifests whose newest index entry names it: what `run --manifest`
+    of each runs, so a root like `current` (an env can hold several manifests' snapshots)."""
+    out: dict[str, list[str]] = {}
+    for entry in store.live_index_entries(paths, env):
+        out.setdefault(entry.snapshot, []).append(store.manifest_label(entry))
     return out
 
 

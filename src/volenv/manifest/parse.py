@@ -34,9 +34,9 @@ from volenv.manifest.schema import (
 from volenv.manifest.sources import lexical, local_sources, lockfile_local_sources, parse_requirements_file
 
 TOP_KEYS = {
-    "name",
     "check",
     "id",
+    "name",
     "python",
     "requirements",
     "requirements-file",
@@ -131,6 +131,7 @@ def _parse(p: Path, data: dict[str, Any], c: Checker) -> Manifest:
     if "name" not in data:
         raise c.fail("name", "missing (every manifest names its environment)")
     name = c.slug(data["name"], "name")
+    ident = _parse_id(c, data)
     python = c.string(data.get("python", "3.11"), "python")
     _check_python(c, python)
     if "requirements" not in data and "lockfile" not in data and "requirements-file" not in data:
@@ -185,10 +186,24 @@ def _parse(p: Path, data: dict[str, Any], c: Checker) -> Manifest:
         trace_cmd=trace_cmd,
         import_check=_parse_check(c, data.get("check", {})),
         models=models,
+        id=ident,
         local_sources=tuple(
             sorted({**dict(local_sources(c, p.parent, requirements, optional)), **req_local}.items())
         ),
     )
+
+
+def _parse_id(c: Checker, data: dict[str, Any]) -> str | None:
+    """`id`: the project's identity for the env it names, wherever the file lies (printable
+    text without control characters, at most 200 characters)."""
+    if "id" not in data:
+        return None
+    ident = c.string(data["id"], "id")
+    if not ident.strip() or len(ident) > 200 or any(ord(ch) < 32 or ord(ch) == 127 for ch in ident):
+        raise c.fail(
+            "id", f"{ident!r} is not an identity (1 to 200 printable characters, e.g. 'github.com/acme/tts')"
+        )
+    return ident
 
 
 def _check_python(c: Checker, python: str) -> None:
@@ -298,6 +313,17 @@ def parse_activate(c: Checker, value: Any) -> tuple[tuple[tuple[str, str], ...],
     return tuple(sorted(env)), smoke
 
 
+def _parse_check(c: Checker, value: Any) -> bool:
+    """[check] imports = true: the build imports every top-level module of every installed
+    distribution (build/importcheck.py) and fails when a required one cannot load."""
+    t = c.table(value, "check")
+    c.keys(t, {"imports"}, "check.")
+    imports = t.get("imports", False)
+    if not isinstance(imports, bool):
+        raise c.fail("check.imports", f"{imports!r} is not true or false")
+    return imports
+
+
 def _parse_trace_cmd(c: Checker, value: Any) -> tuple[str, ...]:
     """A command line (split as a shell would, nothing expanded) or a list of arguments."""
     import shlex
@@ -316,17 +342,6 @@ def _parse_trace_cmd(c: Checker, value: Any) -> tuple[str, ...]:
     if not argv or any("\0" in a for a in argv):
         raise c.fail("activate.trace-cmd", "must be a non-empty command without NUL bytes")
     return tuple(argv)
-
-
-def _parse_check(c: Checker, value: Any) -> bool:
-    """[check] imports = true: the build imports every top-level module of every installed
-    distribution (build/importcheck.py) and fails when a required one cannot load."""
-    t = c.table(value, "check")
-    c.keys(t, {"imports"}, "check.")
-    imports = t.get("imports", False)
-    if not isinstance(imports, bool):
-        raise c.fail("check.imports", f"{imports!r} is not true or false")
-    return imports
 
 
 def parse_models(c: Checker, value: Any) -> tuple[ModelSpec, ...]:

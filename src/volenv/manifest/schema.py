@@ -111,6 +111,8 @@ class Manifest:
     import_check: bool = False  # [check] imports: import every distribution's modules at build
     # requirement -> digest of its local source tree or file (`name @ ./path`): a build input
     local_sources: tuple[tuple[str, str], ...] = ()
+    # `id`: which project this manifest is, wherever it lies (store/origin.py); not in the digest
+    id: str | None = None
 
     def build_inputs(self) -> dict[str, Any]:
         """Everything that determines the snapshot's content (not activation env, not models)."""

@@ -122,12 +122,21 @@ def read_index(paths: VolumePaths, env: str, manifest_digest: str) -> str | None
 
 
 def write_index(
-    paths: VolumePaths, env: str, manifest_digest: str, snapshot_id: str, manifest_path: str | None = None
+    paths: VolumePaths,
+    env: str,
+    manifest_digest: str,
+    snapshot_id: str,
+    manifest_path: str | None = None,
+    manifest_id: str | None = None,
 ) -> None:
-    """`manifest_path` (where the manifest was read) is for people: show and rollback name it."""
+    """`manifest_path` (where the manifest was read) is for people: show and rollback name it.
+    It and `manifest_id` (the manifest's `id`) say which manifest the entry is of: gc keeps each
+    manifest's newest entry's snapshot."""
     rec: dict[str, Any] = {"schema": POINTER_SCHEMA, "snapshot": snapshot_id, "time": time.time()}
     if manifest_path is not None:
         rec["manifest_path"] = manifest_path
+    if manifest_id is not None:
+        rec["manifest_id"] = manifest_id
     atomic_write_json(paths.index_entry(env, manifest_digest), rec, root=paths.root)
 
 
@@ -136,6 +145,8 @@ class IndexEntry:
     manifest_digest: str
     snapshot: str
     manifest_path: str | None  # None in entries written before volenv recorded it
+    time: float = 0.0  # when the entry was written (its "time", else the file's mtime)
+    manifest_id: str | None = None  # the manifest's `id`, when it declares one
 
 
 def list_index(paths: VolumePaths, env: str) -> list[IndexEntry]:
@@ -154,9 +165,62 @@ def list_index(paths: VolumePaths, env: str) -> list[IndexEntry]:
         except (OSError, DamagedRecord, VolumeError):
             continue
         where = rec.get("manifest_path")
+        stamp = rec.get("time")
+        ok = isinstance(stamp, int | float) and not isinstance(stamp, bool) and is_record_time(stamp)
+        written = float(stamp) if ok else 0.0  # type: ignore[arg-type]
+        if not written:
+            try:
+                written = paths.index_entry(env, name).stat().st_mtime
+            except OSError:
+                pass
+        ident = rec.get("manifest_id")
         if is_snapshot_id(rec["snapshot"], env):
-            out.append(IndexEntry(name, rec["snapshot"], where if isinstance(where, str) else None))
+            out.append(
+                IndexEntry(
+                    name,
+                    rec["snapshot"],
+                    where if isinstance(where, str) else None,
+                    written,
+                    ident if isinstance(ident, str) else None,
+                )
+            )
     return out
+
+
+#: `sync --from-env` reads its manifest from a fresh temp folder of this prefix each time
+#: (runpod/provision.py's read_inline_manifest): every such path is one manifest, "provisioned"
+INLINE_DIR_PREFIX = "volenv-inline-"
+
+
+def manifest_key(entry: IndexEntry) -> str:
+    """Which manifest an index entry is of, for "a manifest's current snapshot": its `id` when
+    it declares one (wherever it was read), else its path; the temp files of provisioning pods
+    count as one manifest per env, and so do the entries written before volenv recorded paths."""
+    if entry.manifest_id is not None:
+        return f"id {entry.manifest_id!r}"
+    if entry.manifest_path is None:
+        return "(manifest path not recorded)"
+    if os.path.basename(os.path.dirname(entry.manifest_path)).startswith(INLINE_DIR_PREFIX):
+        return "(provisioned: sync --from-env)"
+    return entry.manifest_path
+
+
+def manifest_label(entry: IndexEntry) -> str:
+    """The manifest an entry is of, for people: its path, and its id when it declares one."""
+    key = manifest_key(entry)
+    return f"{entry.manifest_path} ({key})" if entry.manifest_id and entry.manifest_path else key
+
+
+def live_index_entries(paths: VolumePaths, env: str) -> list[IndexEntry]:
+    """Each manifest's newest index entry: the snapshot `run --manifest` of that manifest, as
+    the file is now, activates. A manifest edited in place leaves one entry per content; only
+    the newest is that manifest's current snapshot (gc keeps those: roots)."""
+    newest: dict[str, IndexEntry] = {}
+    for entry in list_index(paths, env):
+        key = manifest_key(entry)
+        if key not in newest or entry.time >= newest[key].time:
+            newest[key] = entry
+    return [newest[k] for k in sorted(newest)]
 
 
 def read_current(paths: VolumePaths, env: str) -> str | None:
