@@ -110,3 +110,22 @@ def test_modules_come_from_the_record() -> None:
         "torch-2.8.0.dist-info/RECORD", "../../bin/torchrun", "distutils-precedence.pth",
     ]  # fmt: skip
     assert _modules_of(rows) == ["_cffi_backend", "functorch", "google.protobuf", "nvidia", "six", "torch"]
+
+
+def test_ignored_modules_are_not_imported_and_are_listed(tmp_path: Path, root: Path, wheels: Path) -> None:
+    """`[check] ignore`: a module a dependency declares and nothing imports (f5-tts's
+    transformers_stream_generator) does not fail the build; the report names it as ignored."""
+    extra = '\n[check]\nimports = true\nignore = ["cudaish"]\n'
+    m = write_manifest(tmp_path / "m", "app", ["cudaish==1.0", "fine==1.0"], find_links=wheels, extra=extra)
+    r = volenv("--root", root, "sync", m)
+    assert r.returncode == 0, r.stderr
+    seal = json.loads(
+        (root / "envs" / "app" / "snapshots" / snapshot_of(root, "app") / ".volenv" / "seal.json").read_text()
+    )
+    assert seal["imports"]["ignored"] == ["cudaish"] and seal["imports"]["failures"] == []
+    assert volenv("--root", root, "verify", "--imports", "app").returncode == 0
+    bad = write_manifest(
+        tmp_path / "b", "bad", ["fine==1.0"], find_links=wheels, extra='\n[check]\nignore = ["a b"]\n'
+    )
+    r = volenv("--root", root, "sync", bad)
+    assert r.returncode == 2 and "check.ignore[0]" in r.stderr, r.stderr

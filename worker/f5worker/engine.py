@@ -151,12 +151,20 @@ def _checkpoint_files(ckpt_dir: Path) -> tuple[Path, Path, dict[str, Any]]:
 
 
 def _load_aligner(device: str) -> Any:
-    try:
-        import whisperx  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        return WhisperXAligner(os.environ.get("ALIGN_LANGUAGE", "en"), device)
+    """ALIGNER=whisperx|ctc|auto (default auto: WhisperX where installed, else the CTC model on
+    the volume). `ctc` keeps word timings on the pinned volume model even where the whisperx
+    group is installed (WhisperX downloads its align model from the Hub at first use)."""
+    choice = os.environ.get("ALIGNER", "auto").strip().lower() or "auto"
+    if choice not in ("auto", "whisperx", "ctc"):
+        raise ModelUnavailable(f"ALIGNER={choice!r}: expected auto, whisperx or ctc")
+    if choice != "ctc":
+        try:
+            import whisperx  # noqa: F401
+        except ImportError:
+            if choice == "whisperx":
+                raise ModelUnavailable("ALIGNER=whisperx but whisperx is not installed") from None
+        else:
+            return WhisperXAligner(os.environ.get("ALIGN_LANGUAGE", "en"), device)
     try:
         path = _model_path(os.environ.get("ALIGNER_MODEL_NAME", "ctc-aligner"))
     except ModelUnavailable:

@@ -37,8 +37,7 @@ for m in json.loads(sys.stdin.read()):
         importlib.import_module(m)
         err = None
     except BaseException as e:
-        text = f"{type(e).__name__}: {e}".strip()
-        err = (text.splitlines() or [type(e).__name__])[0][:500]
+        err = " ".join(f"{type(e).__name__}: {e}".split())[:800]  # a multi-line reason, on one line
     out.write(json.dumps({"module": m, "error": err}) + "\n"); out.flush()
 """
 
@@ -58,6 +57,7 @@ class ImportReport:
     failures: tuple[ImportFailure, ...] = ()
     unchecked: tuple[str, ...] = ()  # modules the time budget did not reach
     distributions: int = 0
+    ignored: tuple[str, ...] = ()  # [check] ignore: modules the manifest says are never imported
 
     @property
     def required_failures(self) -> tuple[ImportFailure, ...]:
@@ -70,6 +70,7 @@ class ImportReport:
             "seconds": round(self.seconds, 2),
             "failures": [asdict(f) for f in self.failures],
             "unchecked": list(self.unchecked),
+            "ignored": list(self.ignored),
         }
 
     def summary(self) -> str:
@@ -79,6 +80,8 @@ class ImportReport:
             line += f"; {len(self.failures)} failed"
         if self.unchecked:
             line += f"; {len(self.unchecked)} not reached within the time budget"
+        if self.ignored:
+            line += f"; {len(self.ignored)} ignored ([check] ignore)"
         return line
 
     def log_lines(self) -> list[str]:
@@ -172,6 +175,7 @@ def check_imports(
     optional_lines: Iterable[str] = (),
     env_extra: dict[str, str] | None = None,
     budget: float | None = None,
+    ignore: Iterable[str] = (),
 ) -> ImportReport:
     """Import everything, in up to 4 worker processes (distributions dealt round-robin); a
     module that hangs past MODULE_TIMEOUT or kills its worker is a failure and the worker is
@@ -181,6 +185,12 @@ def check_imports(
     t0 = time.perf_counter()
     budget = budget_from_env() if budget is None else budget
     by_dist = top_level_modules(venv)
+    skip = {str(canonicalize_name(n)) for n in ignore} | set(ignore)
+    ignored = sorted(
+        m for d, mods in by_dist.items() for m in mods if m in skip or str(canonicalize_name(d)) in skip
+    )
+    by_dist = {d: [m for m in mods if m not in ignored] for d, mods in by_dist.items()}
+    by_dist = {d: mods for d, mods in by_dist.items() if mods}
     optional_only = _names(optional_lines) - _names(required_lines)
     owner = {m: d for d, mods in by_dist.items() for m in mods}
     workers = max(1, min(4, os.cpu_count() or 1, len(by_dist)))
@@ -205,6 +215,7 @@ def check_imports(
         failures=failures,
         unchecked=tuple(sorted(unchecked)),
         distributions=len(by_dist),
+        ignored=tuple(ignored),
     )
 
 

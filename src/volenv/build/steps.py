@@ -412,7 +412,12 @@ class _Build:
         env = apply_manifest_env(activation_env_for_build(self.staging), dict(self.manifest.env))
         with reporter.step("import check"):
             report = check_imports(
-                self.staging, self.python, required_lines=required, optional_lines=optional, env_extra=env
+                self.staging,
+                self.python,
+                required_lines=required,
+                optional_lines=optional,
+                env_extra=env,
+                ignore=self.manifest.import_ignore,
             )
         for line in report.log_lines():
             self.logline(line)

@@ -54,8 +54,15 @@ def import_check(snapshot: Path) -> ImportReport:
     manifest: dict[str, Any] = seal["manifest"] if isinstance(seal.get("manifest"), dict) else {}
     values: dict[str, Any] = manifest["env"] if isinstance(manifest.get("env"), dict) else {}
     env = apply_manifest_env(activation_env_for_build(snapshot), {str(k): str(v) for k, v in values.items()})
+    check: dict[str, Any] = manifest["check"] if isinstance(manifest.get("check"), dict) else {}
+    ignore = [x for x in check.get("ignore") or [] if isinstance(x, str)]
     return check_imports(
-        snapshot, snapshot / "bin" / "python", required_lines=required, optional_lines=optional, env_extra=env
+        snapshot,
+        snapshot / "bin" / "python",
+        required_lines=required,
+        optional_lines=optional,
+        env_extra=env,
+        ignore=ignore,
     )
 
 

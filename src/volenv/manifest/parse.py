@@ -168,6 +168,7 @@ def _parse(p: Path, data: dict[str, Any], c: Checker) -> Manifest:
     post_install = _parse_build(c, data.get("build", {}))
     env, smoke = parse_activate(c, data.get("activate", {}))
     trace_cmd = _parse_trace_cmd(c, data.get("activate", {}))
+    check = _parse_check(c, data.get("check", {}))
     models = parse_models(c, data.get("models", []))
     return Manifest(
         path=p,
@@ -184,7 +185,8 @@ def _parse(p: Path, data: dict[str, Any], c: Checker) -> Manifest:
         env=env,
         smoke_imports=smoke,
         trace_cmd=trace_cmd,
-        import_check=_parse_check(c, data.get("check", {})),
+        import_check=check[0],
+        import_ignore=check[1],
         models=models,
         id=ident,
         local_sources=tuple(
@@ -313,15 +315,21 @@ def parse_activate(c: Checker, value: Any) -> tuple[tuple[tuple[str, str], ...],
     return tuple(sorted(env)), smoke
 
 
-def _parse_check(c: Checker, value: Any) -> bool:
+def _parse_check(c: Checker, value: Any) -> tuple[bool, tuple[str, ...]]:
     """[check] imports = true: the build imports every top-level module of every installed
-    distribution (build/importcheck.py) and fails when a required one cannot load."""
+    distribution (build/importcheck.py) and fails when a required one cannot load; `ignore`
+    names modules (or distributions) a dependency declares but nothing imports, which do not
+    import (say why in a comment)."""
     t = c.table(value, "check")
-    c.keys(t, {"imports"}, "check.")
+    c.keys(t, {"imports", "ignore"}, "check.")
     imports = t.get("imports", False)
     if not isinstance(imports, bool):
         raise c.fail("check.imports", f"{imports!r} is not true or false")
-    return imports
+    ignore = c.strings(t.get("ignore", []), "check.ignore")
+    for i, name in enumerate(ignore):
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", name):
+            raise c.fail(f"check.ignore[{i}]", f"{name!r} is not a module or distribution name")
+    return imports, tuple(sorted(set(ignore)))
 
 
 def _parse_trace_cmd(c: Checker, value: Any) -> tuple[str, ...]:
@@ -439,7 +447,10 @@ def manifest_from_seal(data: dict[str, Any], path: str) -> Manifest:
         "optional": {k: dict(v) for k, v in data.get("optional", {}).items()},
         "build": {"post-install": data.get("post_install", [])},
         "activate": {"env": data.get("env", {}), "smoke-imports": data.get("smoke_imports", [])},
-        "check": {"imports": bool((data.get("check") or {}).get("imports", False))},
+        "check": {
+            "imports": bool((data.get("check") or {}).get("imports", False)),
+            "ignore": list((data.get("check") or {}).get("ignore", [])),
+        },
     }
     m = _parse(Path(path), raw, c)
     # a plain `sync` would reuse the damaged snapshot (its seal is fine): --reinstall-all builds

@@ -109,6 +109,7 @@ class Manifest:
     # [activate] trace-cmd: a start that sync traces (trace.py); not a build input, not in the digest
     trace_cmd: tuple[str, ...] = ()
     import_check: bool = False  # [check] imports: import every distribution's modules at build
+    import_ignore: tuple[str, ...] = ()  # [check] ignore: modules (or distributions) never imported
     # requirement -> digest of its local source tree or file (`name @ ./path`): a build input
     local_sources: tuple[tuple[str, str], ...] = ()
     # `id`: which project this manifest is, wherever it lies (store/origin.py); not in the digest
@@ -161,8 +162,10 @@ class Manifest:
         data["schema"] = SCHEMA
         data["env"] = dict(self.env)
         data["models"] = [model_dict(m) for m in self.models]
-        if self.import_check:  # only when set: other manifests keep their digests
-            data["check"] = {"imports": True}
+        if self.import_check or self.import_ignore:  # only when set: other manifests keep their digests
+            data["check"] = {"imports": self.import_check}
+            if self.import_ignore:
+                data["check"]["ignore"] = list(self.import_ignore)
         return data
 
     @property
