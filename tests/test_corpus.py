@@ -5,10 +5,17 @@ Marked `pypi` and `corpus` (deselect with `-m "not corpus"`; skipped when PyPI i
 The volume's uv cache is kept between runs on the same machine (`VOLENV_CORPUS_ROOT`, set by
 .ci/run) so the downloads are paid once; the snapshots themselves are rebuilt every run, so the
 build code is what is tested, not a no-op sync of yesterday's snapshots.
+
+Among them: pairs of distributions that ship the same file (issue 27: uv accepts them, so volenv
+must), and the requirement sets of three public RunPod workers (runpod-workers/worker-template,
+worker-faster_whisper, worker-infinity-embedding), whose whole dependency sets are imported by
+`verify --imports`. The infinity worker's torch is this machine's CPU wheel; it is marked `heavy`
+(about 100 s a run warm): `-m "corpus and not heavy"` leaves it out.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import textwrap
@@ -220,6 +227,82 @@ STACKS: dict[str, tuple[list[str], str]] = {
         assert [e.get("n") for e in t.xpath("//i")] == ["1", "2"]
         """,
     ),
+    "opencv-clash": (
+        # the headless and contrib-headless wheels both ship cv2/ (79 files, 7 of them different:
+        # cv2.abi3.so, version.py, the .pyi stubs): uv writes both wheels in parallel, so which
+        # one's file is left is not fixed, and a mix still loads (each .so finds its own .libs)
+        ["opencv-python-headless==4.10.0.84", "opencv-contrib-python-headless==4.10.0.84", "numpy==2.1.3"],
+        """
+        import cv2, numpy as np
+        img = np.zeros((32, 32), np.uint8)
+        cv2.circle(img, (16, 16), 8, 255, -1)
+        n, _ = cv2.connectedComponents(img)
+        assert n == 2 and cv2.__version__ == "4.10.0", cv2.__version__
+        """,
+    ),
+    "serial-clash": (
+        # serial (a serialisation library) and pyserial both ship serial/__init__.py, whichever
+        # uv wrote last is the package `import serial` gives; the rest of each is its own
+        ["serial==0.0.97", "pyserial==3.5"],
+        """
+        import serial, serial.serialutil, serial.model
+        assert serial.serialutil.to_bytes([1, 2]) == b"\\x01\\x02"
+        assert hasattr(serial, "Serial") != hasattr(serial, "marshal"), serial.__file__  # one or the other
+        """,
+    ),
+    "worker-template": (
+        # runpod-workers/worker-template@03ea230 requirements.txt: runpod~=1.7.9
+        ["runpod==1.7.13"],
+        """
+        import runpod, runpod.serverless
+        from runpod.serverless.utils.rp_validator import validate
+        out = validate({"n": 3}, {"n": {"type": int, "required": True}, "s": {"type": str,
+                       "required": False, "default": "x"}})
+        assert out["validated_input"] == {"n": 3, "s": "x"}, out
+        """,
+    ),
+    "worker-faster-whisper": (
+        # runpod-workers/worker-faster_whisper@bd500dc builder/requirements.txt
+        ["runpod==1.7.13", "faster-whisper==1.1.0"],
+        """
+        import io, wave
+        import ctranslate2, numpy as np, runpod
+        from faster_whisper import decode_audio
+        from faster_whisper.feature_extractor import FeatureExtractor
+        buf = io.BytesIO()
+        with wave.open(buf, "wb") as w:
+            w.setnchannels(1); w.setsampwidth(2); w.setframerate(16000)
+            t = np.arange(16000) / 16000
+            w.writeframes((np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16).tobytes())
+        buf.seek(0)
+        audio = decode_audio(buf, sampling_rate=16000)  # through av (ffmpeg's libraries)
+        assert audio.shape == (16000,) and abs(float(abs(audio).max()) - 8000 / 32768) < 0.01
+        assert FeatureExtractor()(audio).shape[0] == 80
+        assert ctranslate2.__version__
+        """,
+    ),
+    "worker-infinity": (
+        # runpod-workers/worker-infinity-embedding@8ef2eed requirements.txt: runpod~=1.7.0,
+        # infinity-emb (here with the extras issue 27 names: it pulls fastapi 0.115.14 and
+        # fastapi-cli 0.0.7, the bin/fastapi clash, and numpy 1.26.4) and einops; torch is
+        # this machine's CPU wheel (find-links), not the worker's CUDA build
+        [
+            "runpod==1.7.13",
+            "infinity-emb[torch,server,einops,logging]==0.0.76",
+            "einops==0.8.0",
+            "torch==2.13.0+cpu",
+        ],
+        """
+        import einops, fastapi, numpy, runpod, sentence_transformers, torch
+        import infinity_emb, infinity_emb.infinity_server
+        from infinity_emb import EngineArgs
+        x = torch.arange(24.0).reshape(2, 3, 4)
+        assert einops.rearrange(x, "a b c -> (a b) c").shape == (6, 4)
+        assert float(torch.nn.functional.normalize(torch.ones(4), dim=0).sum()) == 2.0
+        assert fastapi.__version__ == "0.115.14" and numpy.__version__ == "1.26.4"
+        assert EngineArgs(model_name_or_path="unused/model", engine="torch").engine.value == "torch"
+        """,
+    ),
     "jinja": (
         ["jinja2==3.1.4"],
         """
@@ -230,6 +313,15 @@ STACKS: dict[str, tuple[list[str], str]] = {
     ),
 }
 
+
+# stacks whose manifest names this machine's CPU torch wheel folder as find-links (skipped where
+# there is none: PyPI's torch is a multi-GB CUDA build)
+LOCAL_TORCH = {"worker-infinity": "2.13.0"}
+# stacks verified with --imports as well: every top-level module of every installed distribution
+# imports (the RunPod workers' whole dependency sets, not only what the check touches)
+IMPORT_ALL = {"worker-template", "worker-faster-whisper", "worker-infinity"}
+# stacks over ~30 s a run on a warm cache: `-m "corpus and not heavy"` leaves them out
+HEAVY = {"worker-infinity"}  # warm: sync ~71 s, check ~13 s, verify ~21 s (imports 14 s)
 
 _RAN: list[str] = []  # stacks that got through, for the wall-time line
 
@@ -260,14 +352,24 @@ def corpus_root(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.C
             reporter.write_line(line)
 
 
-@pytest.mark.parametrize("name", sorted(STACKS))
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=[pytest.mark.heavy] if n in HEAVY else []) for n in sorted(STACKS)]
+)
 def test_real_stack_syncs_runs_and_verifies(
     name: str, corpus_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     reqs, check = STACKS[name]
     manifest = tmp_path / f"{name}.toml"
     quoted = ", ".join(f'"{r}"' for r in reqs)
-    manifest.write_text(f'name = "{name}"\npython = "3.11"\nrequirements = [{quoted}]\n')
+    text = f'name = "{name}"\npython = "3.11"\nrequirements = [{quoted}]\n'
+    if name in LOCAL_TORCH:
+        from wheelfactory import local_torch_wheels
+
+        wheels = local_torch_wheels(LOCAL_TORCH[name])
+        if wheels is None:
+            pytest.skip(f"no local CPU torch {LOCAL_TORCH[name]} wheel (pip config find-links)")
+        text += f"\n[index]\nfind-links = [{json.dumps(str(wheels))}]\n"
+    manifest.write_text(text)
     env = {"MPLCONFIGDIR": str(tmp_path / "mpl"), "HOME": str(tmp_path)}
     t0 = time.perf_counter()
     r = volenv("--root", corpus_root, "sync", manifest, timeout=1200, env=env)
@@ -277,7 +379,8 @@ def test_real_stack_syncs_runs_and_verifies(
     r = volenv("--root", corpus_root, "run", "--env", name, "--", "python", "-c", code, timeout=600, env=env)
     assert r.returncode == 0, f"check {name}: {r.stderr[-3000:]}"
     t1 = time.perf_counter()
-    r = volenv("--root", corpus_root, "verify", name, "--level", "full", timeout=600)
+    imports = ["--imports"] if name in IMPORT_ALL else []
+    r = volenv("--root", corpus_root, "verify", name, "--level", "full", *imports, timeout=600)
     assert r.returncode == 0, f"verify {name}: {r.stdout[-2000:]} {r.stderr[-2000:]}"
     _RAN.append(name)
     with capsys.disabled():
