@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from volenv.build.plan import Resolution, SyncOptions
+from volenv.build.uvinputs import resolver_args, sources_input
 from volenv.build.uvtool import index_args, run_uv
 from volenv.manifest.schema import Manifest
 from volenv.store.contents import parse_pin
@@ -70,6 +71,8 @@ def _pylock(
         "pip",
         "compile",
         str(pins),
+        *sources_input(manifest, lines, tmp / "dry-run.sources"),
+        *resolver_args(manifest, tmp),
         "-o",
         str(out),
         "--format",

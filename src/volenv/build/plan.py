@@ -17,6 +17,7 @@ from volenv.base.errors import (
 )
 from volenv.base.ui import reporter
 from volenv.build.interp import fingerprint_key, probe
+from volenv.build.uvinputs import resolver_args, sources_input
 from volenv.build.uvtool import index_args, last_error_line, raise_if_disk_full, run_uv
 from volenv.manifest.schema import Manifest, canonical_json
 from volenv.store import pointers as store
@@ -314,6 +315,10 @@ def _compile(
     if base and manifest.requirements_file is not None:
         # uv parses it (-r, -c, markers, index options) and emits the index options it used
         sources += [str(manifest.requirements_file), "--emit-index-url", "--emit-find-links"]
+    # [sources]: the packages pinned to a named index, named here or already pinned by the base
+    pinned = constraints.read_text().splitlines() if constraints is not None else []
+    sources += sources_input(manifest, [*requirements, *pinned], stem.with_suffix(".sources"))
+    sources += resolver_args(manifest, stem.parent)
     args = [
         "pip",
         "compile",

@@ -37,6 +37,7 @@ from volenv.build.staging import (
     quarantine,
     with_space_figures,
 )
+from volenv.build.uvinputs import resolver_args, sources_input
 from volenv.build.uvtool import (
     index_args,
     install_progress,
@@ -233,6 +234,9 @@ class _Build:
         lock = self.manifest.lockfile
         reqs = [str(lock) if lock is not None else self._write_lock("base", self.res.base)]
         reqs += [self._write_lock(f"group-{g}", self.res.groups[g]) for g in groups]
+        pins = [*self.res.base, *(p for g in groups for p in self.res.groups[g])]
+        if lock is None:  # the packages [sources] pins come from their index here too
+            reqs += sources_input(self.manifest, pins, self.tmp / "sync.sources")
         return [
             "pip",
             "sync",
@@ -255,6 +259,13 @@ class _Build:
         path.write_text("\n".join([*self.res.index_lines, *lines]) + "\n")
         return str(path)
 
+    def _resolver_inputs(self, group: str) -> list[str]:
+        """[sources] (its pyproject, when the group's pins name a package pinned to a named
+        index), overrides and excludes: `pip install` resolves the group's dependencies again."""
+        pins = self.res.groups[group]
+        project = sources_input(self.manifest, pins, self.tmp / f"group-{group}.sources")
+        return [*(a for src in project for a in ("-r", src)), *resolver_args(self.manifest, self.tmp)]
+
     def install_groups(self) -> None:
         faults.point("groups")
         ok: list[str] = []
@@ -267,6 +278,7 @@ class _Build:
                 "install",
                 "-r",
                 self._write_lock(f"group-{g.name}", self.res.groups[g.name]),
+                *self._resolver_inputs(g.name),
                 "--python",
                 str(self.python),
                 "--link-mode",

@@ -16,6 +16,7 @@ from typing import Any
 from volenv.base.errors import ManifestError, shq
 from volenv.base.leanjson import read_regular_file
 from volenv.manifest.hubnames import valid_ref
+from volenv.manifest.resolver import parse_excludes, parse_named_indexes, parse_sources, refuse_with_lockfile
 from volenv.manifest.schema import (
     ENV_NAME,
     HEX40,
@@ -46,6 +47,9 @@ TOP_KEYS = {
     "build",
     "activate",
     "models",
+    "sources",
+    "overrides",
+    "excludes",
 }
 
 
@@ -144,6 +148,7 @@ def _parse(p: Path, data: dict[str, Any], c: Checker) -> Manifest:
         )
     requirements = c.requirements(data.get("requirements", []), "requirements")
     req_file, req_inputs, req_local = parse_requirements_file(c, p, data)
+    refuse_with_lockfile(c, data)
 
     lockfile: Path | None = None
     lock_sha: str | None = None
@@ -170,6 +175,7 @@ def _parse(p: Path, data: dict[str, Any], c: Checker) -> Manifest:
     trace_cmd = _parse_trace_cmd(c, data.get("activate", {}))
     check = _parse_check(c, data.get("check", {}))
     models = parse_models(c, data.get("models", []))
+    sources = parse_sources(c, data.get("sources", {}), index.named, requirements, optional)
     return Manifest(
         path=p,
         name=name,
@@ -189,6 +195,9 @@ def _parse(p: Path, data: dict[str, Any], c: Checker) -> Manifest:
         import_ignore=check[1],
         models=models,
         id=ident,
+        sources=sources,
+        overrides=c.requirements(data.get("overrides", []), "overrides"),
+        excludes=parse_excludes(c, data.get("excludes", [])),
         local_sources=tuple(
             sorted({**dict(local_sources(c, p.parent, requirements, optional)), **req_local}.items())
         ),
@@ -228,7 +237,7 @@ def _check_python(c: Checker, python: str) -> None:
 
 def _parse_index(c: Checker, value: Any) -> IndexSettings:
     t = c.table(value, "index")
-    c.keys(t, {"url", "extra-urls", "find-links", "no-index", "torch-backend"}, "index.")
+    c.keys(t, {"url", "extra-urls", "find-links", "no-index", "torch-backend", "named"}, "index.")
     url = c.string(t["url"], "index.url") if "url" in t else None
     extra = c.strings(t.get("extra-urls", []), "index.extra-urls")
     for i, u in enumerate((url, *extra) if url else extra):
@@ -244,7 +253,8 @@ def _parse_index(c: Checker, value: Any) -> IndexSettings:
             raise c.fail(
                 "index.torch-backend", f"{backend!r} is not a uv torch backend (auto, cpu, cu126, ...)"
             )
-    return IndexSettings(url, extra, find_links, no_index, backend)
+    named = parse_named_indexes(c, t.get("named", []))
+    return IndexSettings(url, extra, find_links, no_index, backend, named)
 
 
 def _parse_optional(c: Checker, value: Any) -> tuple[OptionalGroup, ...]:
@@ -424,6 +434,18 @@ def _parse_hf(c: Checker, value: Any, key: str) -> HfSource:
     return HfSource(repo, rev, files, patterns, ref)
 
 
+def _resolver_inputs_from_seal(data: dict[str, Any]) -> dict[str, Any]:
+    """[sources], overrides and excludes as the manifest wrote them (named indexes are in the
+    seal's `index`), each only where the seal has it."""
+    raw: dict[str, Any] = {}
+    if data.get("sources"):
+        raw["sources"] = {k: dict(v) for k, v in data["sources"].items()}
+    for key in ("overrides", "excludes"):
+        if data.get(key):
+            raw[key] = list(data[key])
+    return raw
+
+
 def manifest_from_seal(data: dict[str, Any], path: str) -> Manifest:
     """Rebuild a Manifest from the normalized copy a seal carries (for repair): the build
     inputs are exact; relative find-links resolve against the original manifest's folder."""
@@ -441,10 +463,14 @@ def manifest_from_seal(data: dict[str, Any], path: str) -> Manifest:
                 "find-links": idx.get("find_links", []),
                 "no-index": idx.get("no_index", False),
                 "torch-backend": idx.get("torch_backend"),
+                "named": [{"name": k, "url": v} for k, v in idx["named"].items()]
+                if idx.get("named")
+                else None,
             }.items()
             if v is not None
         },
         "optional": {k: dict(v) for k, v in data.get("optional", {}).items()},
+        **_resolver_inputs_from_seal(data),
         "build": {"post-install": data.get("post_install", [])},
         "activate": {"env": data.get("env", {}), "smoke-imports": data.get("smoke_imports", [])},
         "check": {

@@ -53,12 +53,22 @@ RESERVED_ENV = {"VIRTUAL_ENV", "PYTHONHOME", "VOLENV_SNAPSHOT", "VOLENV_ROOT"}
 
 
 @dataclass(frozen=True)
+class NamedIndex:
+    """An `[[index.named]]` entry: explicit, as uv's `explicit = true` (only the packages
+    `[sources]` pins to it come from it)."""
+
+    name: str
+    url: str
+
+
+@dataclass(frozen=True)
 class IndexSettings:
     url: str | None = None
     extra_urls: tuple[str, ...] = ()
     find_links: tuple[str, ...] = ()
     no_index: bool = False
     torch_backend: str | None = None
+    named: tuple[NamedIndex, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -112,6 +122,10 @@ class Manifest:
     import_ignore: tuple[str, ...] = ()  # [check] ignore: modules (or distributions) never imported
     # requirement -> digest of its local source tree or file (`name @ ./path`): a build input
     local_sources: tuple[tuple[str, str], ...] = ()
+    # [sources]: (canonical package name, the [[index.named]] entry it comes from)
+    sources: tuple[tuple[str, str], ...] = ()
+    overrides: tuple[str, ...] = ()  # uv's --overrides: requirements that replace any other's pin
+    excludes: tuple[str, ...] = ()  # uv's --excludes: package names left out of every resolution
     # `id`: which project this manifest is, wherever it lies (store/origin.py); not in the digest
     id: str | None = None
 
@@ -140,7 +154,22 @@ class Manifest:
         }
         if self.local_sources:  # only when present: other manifests keep their digests and ids
             data["local_sources"] = dict(self.local_sources)
+        if self.index.named:  # as the other resolver inputs: only when set
+            data["index"]["named"] = {n.name: redact_url(n.url) for n in self.index.named}
+        data.update(self._resolver_inputs())
         return data
+
+    def _resolver_inputs(self) -> dict[str, Any]:
+        """[sources], overrides and excludes: each only when set, so that the
+        manifests without them keep their digests and snapshot ids."""
+        out: dict[str, Any] = {}
+        if self.sources:
+            out["sources"] = {name: {"index": index} for name, index in self.sources}
+        if self.overrides:
+            out["overrides"] = sorted(self.overrides)
+        if self.excludes:
+            out["excludes"] = sorted(self.excludes)
+        return out
 
     def _requirements_file_input(self) -> dict[str, Any]:
         """The requirements file's closure by path (relative to the manifest) and content
@@ -280,8 +309,36 @@ class Checker:
             except InvalidRequirement as exc:
                 first = str(exc).splitlines()[0]
                 raise self.fail(f"{key}[{i}]", f"invalid requirement {item!r}: {first}") from None
+            problem = git_pin_problem(req.url)
+            if problem is not None:
+                raise self.fail(
+                    f"{key}[{i}]",
+                    f"{item!r}: the git requirement {problem}",
+                    hint=GIT_PIN_HINT,
+                )
             out.append(str(req))
         return tuple(out)
+
+
+GIT_COMMIT = re.compile(r"^[0-9a-fA-F]{40}$")
+
+GIT_PIN_HINT = "pin the full 40-hex commit (`git ls-remote URL REF` prints it): NAME @ git+URL@COMMIT"
+
+
+def git_pin_problem(url: str | None) -> str | None:
+    """Why a requirement's git URL is not pinned to a full commit (a branch or tag moves: the
+    same manifest would build other code); None when it is, or when the URL is not git's."""
+    if url is None or not url.startswith("git+"):
+        return None
+    from urllib.parse import urlsplit
+
+    path = urlsplit(url[4:]).path  # `git@host` userinfo is in the netloc, the `@rev` in the path
+    _repo, at, rev = path.rpartition("@")
+    if not at:
+        return "names no commit (the repository's default branch moves)"
+    if not GIT_COMMIT.fullmatch(rev):
+        return f"pins {rev!r}, a branch, a tag or a short commit id, which can move"
+    return None
 
 
 def type_name(value: Any) -> str:

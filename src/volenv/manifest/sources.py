@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from volenv.base.leanjson import read_regular_file
-from volenv.manifest.schema import Checker, OptionalGroup
+from volenv.manifest.schema import GIT_PIN_HINT, Checker, OptionalGroup, git_pin_problem
 from volenv.manifest.tree import walk
 
 
@@ -97,6 +97,13 @@ def _file_local_sources(c: Checker, key: str, path: Path, content: bytes, folder
                 req = Requirement(line)
             except InvalidRequirement:
                 continue  # uv will say what is wrong with it
+            problem = git_pin_problem(req.url)
+            if problem is not None:
+                raise c.fail(
+                    key,
+                    f"{where}: the git requirement {problem}",
+                    hint=GIT_PIN_HINT,
+                )
             target, name = local_path(folder, req.url), req.name
         else:
             continue
