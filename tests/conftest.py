@@ -65,6 +65,13 @@ class Index:
 @pytest.fixture
 def package_index(wheelhouse: Path) -> Iterator[Index]:
     """A PEP 503 simple index on 127.0.0.1 serving the wheelhouse, counting every GET."""
+    with serve_index(wheelhouse) as index:
+        yield index
+
+
+@contextmanager
+def serve_index(wheelhouse: Path) -> Iterator[Index]:
+    """A PEP 503 simple index on 127.0.0.1 serving the wheels in a folder, counting every GET."""
     hits: Counter[str] = Counter()
     wheels = sorted(wheelhouse.glob("*.whl"))
 
