@@ -36,6 +36,7 @@ def test_fallback_root_notice_is_a_warning_that_qq_silences(tmp_path: Path) -> N
         pytest.skip("a network volume mount exists here: no fallback root")
     env = _fallback_env(tmp_path)
     fallback = tmp_path / "home" / ".local" / "share" / "volenv"
+    fallback.mkdir(parents=True)  # status on a root that does not exist is exit 8 (as gc, verify)
     r = volenv("status", env=env)
     assert r.returncode == 0, r.stderr
     assert (

@@ -237,11 +237,11 @@ def render_sync(r: Any, quiet: int, verbose: bool = False) -> None:
     if quiet > 0:
         return
     # the summary line that stays on screen after the spinners are gone, its verb in bold
+    if r.steps:  # a build: where its time went, just above the line that stays
+        _c().print(esc(step_summary(r.steps)))
     line = sync_summary(r.action, r.snapshot, r.seconds, r.stats)
     verb, _, tail = line.partition(f" {r.snapshot} ")
     _c().print(f"[bold]{esc(verb)}[/bold] {esc(r.snapshot)} {esc(tail)}")
-    if r.steps:  # a build: where its time went
-        _c().print(f"  {esc(step_summary(r.steps))}")
     if verbose:  # one summary line stays (-v: where it is and how it was built)
         _c().print(f"  path: {esc(r.path)}")
     for g in r.groups:

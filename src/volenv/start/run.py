@@ -438,9 +438,9 @@ def _build_for(
     outcome = provide(paths, manifest, SyncOptions(lock_timeout=o.lock_timeout, refresh=problem is not None))
     from volenv.base.ui import step_summary, sync_summary
 
-    reporter.info(sync_summary(outcome.action, outcome.snapshot, outcome.seconds, outcome.stats))
     if outcome.steps:
-        reporter.info(f"  {step_summary(outcome.steps)}")
+        reporter.info(step_summary(outcome.steps))
+    reporter.info(sync_summary(outcome.action, outcome.snapshot, outcome.seconds, outcome.stats))
     target.digest = manifest.digest
 
 

@@ -158,11 +158,14 @@ def _hash(path: str, algo: str, size: int) -> str | None:
     import hashlib
 
     h = hashlib.sha256() if algo == "sha256" else hashlib.sha1(b"blob %d\0" % size, usedforsecurity=False)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:  # a FIFO or device planted in the cache is refused, never waited on
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        os.set_blocking(fd, True)
         while chunk := os.read(fd, READ):
             h.update(chunk)
     except OSError:
@@ -176,11 +179,13 @@ def ref_matches(found: Found, m: dict[str, Any], ref: str) -> bool:
     """Whether RunPod's cache names the pinned commit under `ref` (what code loading the repo by
     name reads there); a cache volenv does not write can only be read."""
     repo_dir = os.path.dirname(os.path.dirname(found.snapshot))
+    from volenv.store.volio import read_regular
+
     try:
-        with open(os.path.join(repo_dir, "refs", *ref.split("/")), "rb") as f:
-            return f.read(100).strip() == str(m["hf"]["revision"]).encode()
+        text = read_regular(os.path.join(repo_dir, "refs", *ref.split("/")), 100)
     except OSError:
         return False
+    return text.strip() == str(m["hf"]["revision"]).encode()
 
 
 def start_lines(models: list[dict[str, Any]], env: Mapping[str, str]) -> list[str]:
