@@ -621,20 +621,20 @@ def test_a_copy_beside_an_in_use_tree_is_kept_while_a_child_of_its_program_runs_
         child = int(pid)
         partial = Path(prefix).parent
         assert partial.name.startswith(f".{sid}.partial-"), prefix
-        assert partial not in leftovers(local, sid)  # B gone, its child still there
+        assert partial not in leftovers(local)  # B gone, its child still there
         a.communicate(timeout=60)
         c = volenv(*args, "--", "python", "-c", "import late")  # A and B gone: the tree is replaced
         assert c.returncode == 0, c.stderr
         _wait_mark(tree)
         _gone(f".{sid}.stale-*", local)
         assert partial.is_dir() and Path(prefix, "bin").is_dir()  # the child's copy, kept
-        assert partial not in leftovers(local, sid)
+        assert partial not in leftovers(local)
     finally:
         if a.poll() is None:
             a.kill()
         if child:
             os.kill(child, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while partial not in leftovers(local, sid):  # the child gone: deletable
+    while partial not in leftovers(local):  # the child gone: deletable
         assert time.monotonic() < deadline
         time.sleep(0.05)
