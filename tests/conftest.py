@@ -306,3 +306,65 @@ def moto_s3() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+# The fast tier (`pytest -m "not slow and not container and not corpus and not mounts"`, under
+# 5 minutes on a 2-core machine) leaves out these whole files: each takes 20 s to 2 min (real
+# builds of many envs, SIGKILLs, concurrent starts, bucket round trips). CI runs them all.
+SLOW_FILES = frozenset(
+    {
+        "test_contain.py",
+        "test_container.py",
+        "test_damage.py",
+        "test_fetch.py",
+        "test_gc.py",
+        "test_hostile_bucket.py",
+        "test_hostile_volume.py",
+        "test_inputs.py",
+        "test_integrity.py",
+        "test_models.py",
+        "test_progress_uv.py",
+        "test_pull_parallel.py",
+        "test_push_parallel.py",
+        "test_replicate.py",
+        "test_skeleton.py",
+        "test_stale_inputs.py",
+        "test_start_check.py",
+        "test_supervise.py",
+        "test_symlink_traps.py",
+    }
+)
+
+
+# .ci/run runs the suite as two halves at once (a 2-core machine; most tests wait on
+# subprocesses): `-m ci_a` (the image, the real stacks, the production environment, mounts and
+# a few long files) and `-m "not ci_a"`, each file wholly in one half. test_zz_hints runs in
+# both (marked `hints`): each half checks the hints its own tests printed.
+CI_GROUP_A = frozenset(
+    {
+        "test_concurrency.py",
+        "test_corpus.py",
+        "test_damage.py",
+        "test_docs.py",
+        "test_gc.py",
+        "test_image.py",
+        "test_init_projects.py",
+        "test_materialize.py",
+        "test_production_env.py",
+        "test_worker_e2e.py",
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
+        if (
+            item.path.name in CI_GROUP_A
+            or item.get_closest_marker("container")
+            or item.get_closest_marker("corpus")
+        ):
+            item.add_marker(pytest.mark.ci_a)
+        if item.path.name == "test_zz_hints.py":
+            item.add_marker(pytest.mark.hints)
