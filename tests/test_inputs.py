@@ -223,7 +223,7 @@ def test_offline_git_dependency_says_why_logs_and_doctor_shows_it(
 ) -> None:
     ok = write_manifest(tmp_path, "fine", ["alpha==1.0"], find_links=wheelhouse)
     assert volenv("--root", root, "sync", ok).returncode == 0  # an older success
-    m = write_manifest(tmp_path, "gitdep", ["foo @ git+https://git.invalid/x/foo.git"])
+    m = write_manifest(tmp_path, "gitdep", [f"foo @ git+https://git.invalid/x/foo.git@{'f' * 40}"])
     r = volenv("--root", root, "sync", m, timeout=120)
     assert r.returncode == 7, r.stderr
     assert "Could not resolve host" in r.stderr

@@ -280,3 +280,66 @@ def test_the_resolver_inputs_are_build_inputs_only_when_set(tmp_path: Path) -> N
             )
         )
         assert m.digest != full.digest
+
+
+def test_init_carries_them_over_from_a_uv_project(
+    tmp_path: Path, root: Path, two_indexes: tuple[Index, Index], bare_repo: tuple[Path, str, str]
+) -> None:
+    """`[tool.uv.sources]` index and git entries (a full rev as written; a branch only as a
+    uv.lock resolved it, else said and left out), their `[[tool.uv.index]]`, and
+    override-/exclude-dependencies become the manifest's [sources], [[index.named]], git
+    requirements, overrides and excludes; the manifest syncs to what uv would install."""
+    first, second = two_indexes
+    bare, one, _two = bare_repo
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "pyproject.toml").write_text(
+        '[project]\nname = "svc"\nversion = "0.1"\nrequires-python = ">=3.11"\n'
+        'dependencies = ["foo==1.0", "needs-old-dep", "pulls-extra", "gitpkg", "moving"]\n\n'
+        "[tool.uv]\n"
+        'override-dependencies = ["dep==2.0"]\nexclude-dependencies = ["dropme"]\n\n'
+        f'[[tool.uv.index]]\nname = "main"\nurl = "{first.url}"\ndefault = true\n\n'
+        f'[[tool.uv.index]]\nname = "second"\nurl = "{second.url}"\nexplicit = true\n\n'
+        "[tool.uv.sources]\n"
+        'foo = { index = "second" }\n'
+        f'gitpkg = {{ git = "{bare.as_uri()}", rev = "{one}" }}\n'
+        f'moving = {{ git = "{bare.as_uri()}", branch = "main" }}\n'
+    )
+    out = tmp_path / "volenv.toml"
+    r = volenv("init", proj / "pyproject.toml", "-o", out, "--python", "3.11")
+    assert r.returncode == 0, r.stderr
+    assert "moving" in r.stderr and "full commit" in r.stderr, r.stderr  # said, not written moving
+    m = load_manifest(out)
+    assert m.sources == (("foo", "second"),) and [n.url for n in m.index.named] == [second.url]
+    assert m.overrides == ("dep==2.0",) and m.excludes == ("dropme",)
+    assert f"gitpkg @ git+{bare.as_uri()}@{one}" in m.requirements
+    # `moving` (a branch, no uv.lock) stays a bare name, as init leaves any source it cannot
+    # carry (it would resolve from the index); the test drops it to sync what remains
+    out.write_text(out.read_text().replace('    "moving",\n', "").replace('"moving", ', ""))
+    r = volenv("--root", root, "sync", out)
+    assert r.returncode == 0, r.stderr
+    code = (
+        "import foo, gitpkg, importlib.metadata as md, importlib.util as u;"
+        " print(foo.WHERE, gitpkg.CODE, md.version('dep'), u.find_spec('dropme'))"
+    )
+    assert _py(root, out, code) == "second 1 2.0 None"
+
+
+def test_init_takes_a_git_branch_at_the_commit_uv_lock_resolved(
+    tmp_path: Path, bare_repo: tuple[Path, str, str]
+) -> None:
+    bare, one, _two = bare_repo
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "pyproject.toml").write_text(
+        '[project]\nname = "svc"\nversion = "0.1"\ndependencies = ["moving"]\n\n'
+        f'[tool.uv.sources]\nmoving = {{ git = "{bare.as_uri()}", branch = "main" }}\n'
+    )
+    (proj / "uv.lock").write_text(
+        'version = 1\n\n[[package]]\nname = "moving"\nversion = "1.0"\n'
+        f'source = {{ git = "{bare.as_uri()}?branch=main#{one}" }}\n'
+    )
+    out = tmp_path / "volenv.toml"
+    r = volenv("init", proj / "pyproject.toml", "-o", out, "--no-index")
+    assert r.returncode == 0, r.stderr
+    assert load_manifest(out).requirements == (f"moving @ git+{bare.as_uri()}@{one}",)

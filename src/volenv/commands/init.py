@@ -127,6 +127,19 @@ class _Project:
     optional: dict[str, tuple[str, ...]] = field(default_factory=dict)
     index: _Index = _Index()
     root: Path | None = None  # the project's root folder (.git, pyproject.toml or Dockerfile)
+    steer: _UvSteering = field(default_factory=lambda: _UvSteering())
+
+
+@dataclass(frozen=True)
+class _UvSteering:
+    """What a uv project tells its resolver beyond the dependencies, as the manifest says it:
+    `[tool.uv.sources]` index entries with their `[[tool.uv.index]]`, override-dependencies,
+    exclude-dependencies."""
+
+    sources: tuple[tuple[str, str], ...] = ()  # package -> index name
+    named: tuple[tuple[str, str], ...] = ()  # index name -> url
+    overrides: tuple[str, ...] = ()
+    excludes: tuple[str, ...] = ()
 
 
 def init(opts: InitOptions) -> InitResult:
@@ -267,6 +280,8 @@ def check_pyproject_shapes(source: Path, data: dict[str, Any]) -> None:
         ("no-index", bool, None),
         ("package", bool, None),
         ("sources", dict, None),
+        ("override-dependencies", list, str),
+        ("exclude-dependencies", list, str),
     )
     for key, typ, item in shapes:
         if key in uv:
@@ -298,7 +313,7 @@ def _read_pyproject(source: Path, data: dict[str, Any], opts: InitOptions, cli_i
         str(k): _string_list(v, source, f"project.optional-dependencies.{k}") for k, v in extras.items() if v
     }
     tool_uv = (data.get("tool") or {}).get("uv") or {}
-    local = _path_sources(source, tool_uv)
+    local: dict[str, Path | str] = {**_path_sources(source, tool_uv), **_git_sources(source, tool_uv)}
     package = _is_package(data, tool_uv) and isinstance(project.get("name"), str)
     if package:
         # an extra that names the project itself (`all = ["tts-worker[audio]"]`) means this tree
@@ -328,6 +343,7 @@ def _read_pyproject(source: Path, data: dict[str, Any], opts: InitOptions, cli_i
         optional=optional,
         index=index,
         root=project_root(source.parent),
+        steer=_steering(source, tool_uv, [*deps, *(r for v in optional.values() for r in v)]),
     )
 
 
@@ -378,6 +394,7 @@ def _read_uv_lock(source: Path, opts: InitOptions, cli_index: _Index) -> _Projec
         optional=base.optional,
         index=base.index,
         root=base.root,
+        steer=base.steer,
     )
 
 
@@ -393,18 +410,101 @@ def _path_sources(source: Path, tool_uv: dict[str, Any]) -> dict[str, Path]:
     for name, src in sources.items() if isinstance(sources, dict) else ():
         if isinstance(src, dict) and isinstance(src.get("path"), str):
             out[str(canonicalize_name(name))] = (source.parent / src["path"]).resolve()
-        else:
+        elif not (isinstance(src, dict) and ("git" in src or "index" in src)):  # those: below
             other.append(str(name))
     if other:
         reporter.warn(
             f"{source.name}: [tool.uv.sources] for {', '.join(sorted(other))} not carried over"
-            " (only path sources are); volenv resolves those names from the index"
+            " (path, git and index sources are); volenv resolves those names from the index"
         )
     return out
 
 
-def _with_local(dep: str, local: dict[str, Path]) -> str:
-    """A dependency that [tool.uv.sources] points at a local path, as `NAME[extras] @ file:...`."""
+def _git_sources(source: Path, tool_uv: dict[str, Any]) -> dict[str, str]:
+    """[tool.uv.sources] git entries -> `git+URL@COMMIT` (a branch or tag: the commit the
+    uv.lock beside records; without one it is said and left out, never written moving)."""
+    from packaging.utils import canonicalize_name
+
+    from volenv.manifest.schema import GIT_COMMIT
+
+    locked = _locked_git_commits(source.parent / "uv.lock")
+    out: dict[str, str] = {}
+    sources = tool_uv.get("sources") or {}
+    for name, src in sources.items() if isinstance(sources, dict) else ():
+        if not (isinstance(src, dict) and isinstance(src.get("git"), str)):
+            continue
+        key = str(canonicalize_name(name))
+        rev = next((src[k] for k in ("rev", "tag", "branch") if isinstance(src.get(k), str)), "")
+        commit = rev if GIT_COMMIT.fullmatch(rev) else locked.get(key)
+        if commit is None:
+            reporter.warn(
+                f"{source.name}: [tool.uv.sources] {name} = git {src['git']} {rev or '(default branch)'}"
+                " not carried over: a manifest pins a full commit (`uv lock` records it, then init again)"
+            )
+            continue
+        sub = src.get("subdirectory")
+        frag = f"#subdirectory={sub}" if isinstance(sub, str) else ""
+        out[key] = f"git+{src['git']}@{commit}{frag}"
+    return out
+
+
+def _locked_git_commits(lock: Path) -> dict[str, str]:
+    """package -> the commit a uv.lock resolved its git source to (`git = "URL?rev=X#COMMIT"`)."""
+    from packaging.utils import canonicalize_name
+
+    try:
+        data = tomllib.loads(lock.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return {}
+    out = {}
+    for pkg in data.get("package") or []:
+        src = pkg.get("source") if isinstance(pkg, dict) else None
+        git = src.get("git") if isinstance(src, dict) else None
+        if isinstance(git, str) and isinstance(pkg.get("name"), str) and "#" in git:
+            out[str(canonicalize_name(pkg["name"]))] = git.rpartition("#")[2]
+    return out
+
+
+def _steering(source: Path, tool_uv: dict[str, Any], requirements: list[str]) -> _UvSteering:
+    """[tool.uv.sources] index entries (for the packages the manifest names: uv applies a source
+    to a direct dependency only) with the indexes they name, override- and exclude-dependencies."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    named_here = set()
+    for text in requirements:
+        try:
+            named_here.add(str(canonicalize_name(Requirement(text).name)))
+        except InvalidRequirement:
+            continue
+    indexes = {
+        e["name"]: e["url"]
+        for e in tool_uv.get("index") or []
+        if isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("url"), str)
+    }
+    pinned: dict[str, str] = {}
+    sources = tool_uv.get("sources") or {}
+    for name, src in sources.items() if isinstance(sources, dict) else ():
+        index = src.get("index") if isinstance(src, dict) else None
+        if not isinstance(index, str):
+            continue
+        key = str(canonicalize_name(name))
+        if index in indexes and key in named_here:
+            pinned[key] = index
+        else:
+            reporter.warn(f"{source.name}: [tool.uv.sources] {name} = index {index!r} not carried over")
+    used = {i for i in pinned.values()}
+    return _UvSteering(
+        sources=tuple(sorted(pinned.items())),
+        named=tuple(sorted((n, u) for n, u in indexes.items() if n in used)),
+        overrides=tuple(tool_uv.get("override-dependencies") or ()),
+        excludes=tuple(tool_uv.get("exclude-dependencies") or ()),
+    )
+
+
+def _with_local(dep: str, local: dict[str, Path | str]) -> str:
+    """A dependency that [tool.uv.sources] points at a local path or a git commit, as
+    `NAME[extras] @ file:...` or `NAME[extras] @ git+...`."""
     from packaging.requirements import InvalidRequirement, Requirement
     from packaging.utils import canonicalize_name
 
@@ -417,7 +517,8 @@ def _with_local(dep: str, local: dict[str, Path]) -> str:
         return dep
     extras = f"[{','.join(sorted(req.extras))}]" if req.extras else ""
     marker = f" ; {req.marker}" if req.marker else ""
-    return f"{req.name}{extras} @ {path.as_uri()}{marker}"
+    url = path.as_uri() if isinstance(path, Path) else path
+    return f"{req.name}{extras} @ {url}{marker}"
 
 
 def _is_package(data: dict[str, Any], tool_uv: dict[str, Any]) -> bool:
@@ -1044,6 +1145,10 @@ def _manifest_text(project: _Project, out: Path, imports: Sequence[str], lock: P
         lines.append("requirements = [")
         lines += [f"    {q(_relative_local(r, out.parent))}," for r in project.requirements]
         lines.append("]")
+    steer = project.steer if lock is None else _UvSteering()  # a lockfile has them resolved
+    for key, values in (("overrides", steer.overrides), ("excludes", steer.excludes)):
+        if values:
+            lines.append(f"{key} = [{', '.join(q(v) for v in values)}]")
     idx = project.index
     if not idx.empty():
         lines += ["", "[index]"]
@@ -1056,6 +1161,10 @@ def _manifest_text(project: _Project, out: Path, imports: Sequence[str], lock: P
             lines.append(f"find-links = [{', '.join(q(f) for f in rel)}]")
         if idx.no_index:
             lines.append("no-index = true")
+    for name, url in steer.named:
+        lines += ["", "[[index.named]]", f"name = {q(name)}", f"url = {q(url)}"]
+    if steer.sources:
+        lines += ["", "[sources]"] + [f"{q(n)} = {{ index = {q(i)} }}" for n, i in steer.sources]
     for group, reqs in project.optional.items():
         listed = ", ".join(q(_relative_local(r, out.parent)) for r in reqs)
         lines += ["", f"[optional.{q(group)}]", f"requirements = [{listed}]"]
