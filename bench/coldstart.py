@@ -60,7 +60,9 @@ F5_WORK = Path("/var/tmp/h-bench-f5")
 READY_F5 = "f5-tts-worker: ready"
 FAILED_F5 = "f5-tts-worker: model unavailable"
 PROBE_LINE = re.compile(r"materialize auto: .*volume (?:metadata op|\(\S*\)) ([\d.]+) ms")
-STARTUP_LINE = re.compile(r"startup pack of \S+ local in ([\d.]+) ?s \((\d+) files, (\d+) of (\d+) bytes[;)]")
+STARTUP_LINE = re.compile(
+    r"startup pack of \S+ local in ([\d.]+) ?s \((\d+) files, ([\d.]+) ([KMGT]?i?B) of ([\d.]+) ([KMGT]?i?B)[;)]"
+)
 EXTRACTED_LINE = re.compile(r"materialize: extracted \S+ to ")
 MODEL_LINE = re.compile(r"model '[^']+': copied ([\d.]+) ([KMGT]?i?B) to ")
 _UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
@@ -357,7 +359,10 @@ def _start(case: Case, root: Path, mode: str, local: Path, timeout: float) -> St
             out.probe_ms = float(hit.group(1))
         if hit := STARTUP_LINE.search(line):
             out.startup_local_s = float(hit.group(1))
-            out.before_exec_files, out.before_exec_bytes, out.total_bytes = map(int, hit.groups()[1:])
+            g = hit.groups()
+            out.before_exec_files = int(g[1])
+            out.before_exec_bytes = int(float(g[2]) * _UNITS.get(g[3], 1))  # sizes are printed to 2-3 digits
+            out.total_bytes = int(float(g[4]) * _UNITS.get(g[5], 1))
         elif EXTRACTED_LINE.search(line):
             out.extracted_all = True
         if hit := MODEL_LINE.search(line):

@@ -16,7 +16,7 @@ from volenv.base.errors import UsageError, VerifyError
 from volenv.base.iopool import Part
 from volenv.base.leanjson import loads as json_loads  # RecursionError is ValueError there
 from volenv.base.streams import AdaptiveStreams
-from volenv.base.ui import Progress, reporter
+from volenv.base.ui import Progress, human_bytes, reporter
 from volenv.remote.replicate import TransferResult, believe, model_names, resolve_remote
 from volenv.remote.signing import Trust
 from volenv.store import pointers as store
@@ -168,7 +168,9 @@ def _fetch_and_unpack(
         progress.close()
         unpacking.close()
         u.close()
-    reporter.detail(f"pull: {len(need)} packs, {fetched_bytes} bytes, {streams.current} streams at the end")
+    reporter.detail(
+        f"pull: {len(need)} packs, {human_bytes(fetched_bytes)}, {streams.current} streams at the end"
+    )
     return len(need), fetched_bytes
 
 

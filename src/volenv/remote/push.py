@@ -18,7 +18,7 @@ from volenv.base import faults
 from volenv.base.errors import VerifyError
 from volenv.base.leanjson import read_record_bytes
 from volenv.base.streams import AdaptiveStreams
-from volenv.base.ui import reporter
+from volenv.base.ui import human_bytes, reporter
 from volenv.remote.replicate import TransferResult
 from volenv.remote.signing import SigningKey
 from volenv.store import pointers as store
@@ -71,7 +71,9 @@ def push(paths: VolumePaths, remote: Remote, target: str, key: SigningKey | None
     todo = outgoing + model_files
     with reporter.progress(f"push {sid}", sum(o.size for o in todo)) as progress:
         sent_bytes = put_all(remote, todo, streams, progress)
-    reporter.detail(f"push: {len(todo)} objects, {sent_bytes} bytes, {streams.current} streams at the end")
+    reporter.detail(
+        f"push: {len(todo)} objects, {human_bytes(sent_bytes)}, {streams.current} streams at the end"
+    )
     sent = len(outgoing)
     models = _put_model_records(remote, records)
     doc = manifest.to_json()

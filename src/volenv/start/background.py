@@ -16,7 +16,7 @@ from typing import Any
 from volenv.base import faults
 from volenv.base.errors import VerifyError, shq
 from volenv.base.leanjson import loads as json_loads  # RecursionError is ValueError there
-from volenv.base.ui import human_seconds
+from volenv.base.ui import human_bytes, human_seconds
 from volenv.start.localdisk import detached, owned_alone, remove_all, say
 from volenv.start.skeleton import (
     Live,
@@ -150,7 +150,8 @@ def extract_startup_first(
     took, skel = human_seconds(time.perf_counter() - t0), human_seconds(t_skel)
     say(
         f"materialize: startup pack of {sid} local in {took} ({files} files,"
-        f" {before} of {total} bytes; skeleton of {len(pending)} links to the volume in {skel});"
+        f" {human_bytes(before)} of {human_bytes(total)};"
+        f" skeleton of {len(pending)} links to the volume in {skel});"
         f" the rest extracts in the background into {tree}"
     )
     return str(tree)

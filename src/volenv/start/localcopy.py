@@ -146,7 +146,7 @@ def _local_copy(root: str, m: dict[str, Any], mdir: str | None = None) -> str | 
     need = sum(int(f["size"]) for f in files)
     free = free_bytes(base)
     if free < need * 1.05:
-        raise OSError(f"{base} has {free} bytes free, {need} needed")
+        raise OSError(f"{base} has {human_bytes(free)} free, {human_bytes(need)} needed")
     tmp = base / f".{dest.name}.partial-{unique_suffix()}"
     t0 = time.perf_counter()
     try:

@@ -25,7 +25,7 @@ from typing import Any
 from volenv.base import faults
 from volenv.base.errors import VerifyError, VolenvError, shq
 from volenv.base.leanjson import loads as json_loads  # RecursionError is ValueError there
-from volenv.base.ui import human_seconds
+from volenv.base.ui import human_bytes, human_seconds
 from volenv.start.auto import decide_auto
 from volenv.start.background import (
     FAILED,
@@ -193,13 +193,16 @@ def _choose(
             return None
         if free < need:
             say(
-                f"materialize auto: in place ({d.reason}, but local disk has {free} bytes free"
+                f"materialize auto: in place ({d.reason}, but local disk has {human_bytes(free)} free"
                 f" < {need} needed)"
             )
             return None
         say(f"materialize auto: extracting to {base} ({d.reason})")
     elif free < need:
-        say(f"warning: materialize: local disk {base} has {free} bytes free, {need} needed; running in place")
+        say(
+            f"warning: materialize: local disk {base} has {human_bytes(free)} free,"
+            f" {human_bytes(need)} needed; running in place"
+        )
         return None
     try:
         volume = volume_dir(root, snapshot_dir)
