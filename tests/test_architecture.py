@@ -77,7 +77,7 @@ FAST_LAZY = {
     "volenv.start.startcheck": {"threading"},
     "volenv.store.rootfind": {"volenv.base.ui", "volenv.base.errors", "stat"},
     "volenv.store.sealcheck": {"hashlib", "_sha256"},
-    "volenv.store.runpodcache": {"hashlib", "fnmatch"},
+    "volenv.store.runpodcache": {"hashlib", "fnmatch", "volenv.store.volio"},
     "volenv.base.leanjson": {"json", "_json"},
     "volenv.base.errors": {"volenv.base.redact"},
 }

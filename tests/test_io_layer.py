@@ -44,6 +44,8 @@ ALLOWED: dict[str, str] = {
     "build/plan.py:requirements_file_options": USER
     + " (a requirements file and its -r includes; FIFOs refused by sources)",
     "build/plan.py:_lockfile_pins": USER + " (the manifest's lockfile)",
+    "build/uvinputs.py:resolver_args": TMP + " (the overrides/excludes files handed to uv)",
+    "build/uvinputs.py:sources_input": TMP + " (the throwaway pyproject that maps packages to named indexes)",
     "build/dryrun.py:_pylock": TMP + " (sync --dry-run's pins and the pylock uv compiles from them)",
     "build/staging.py:probe_filesystem": "a probe file with a unique name in staging/, made by safe_mkdirs just before",
     "build/steps.py:_Build.stage": TMP + " (the resolve log copied into the build log)",

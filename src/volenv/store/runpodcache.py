@@ -179,7 +179,7 @@ def ref_matches(found: Found, m: dict[str, Any], ref: str) -> bool:
     """Whether RunPod's cache names the pinned commit under `ref` (what code loading the repo by
     name reads there); a cache volenv does not write can only be read."""
     repo_dir = os.path.dirname(os.path.dirname(found.snapshot))
-    from volenv.store.volio import read_regular
+    from volenv.store.volio import read_regular  # the ref's few bytes, never through a link or FIFO
 
     try:
         text = read_regular(os.path.join(repo_dir, "refs", *ref.split("/")), 100)
