@@ -33,9 +33,19 @@ def test_local_files_images_and_volume_ids_are_refused_before_the_api(tmp_path: 
     )
     r = _provision(tmp_path, m)
     assert r.returncode == 2, r.stderr
-    assert "exist only here" in r.stderr and "requirements-file" in r.stderr, r.stderr
+    assert "files the pod cannot read" in r.stderr and "requirements-file" in r.stderr, r.stderr
     assert "mypkg @ ./mypkg" in r.stderr and "find-links wheels" in r.stderr, r.stderr
     assert "could not reach" not in r.stderr  # refused before any API call
+
+    # a path the image has (absolute, not on this machine) or the volume has: the pod's to read,
+    # so the check passes and the (unreachable) API is asked
+    image = tmp_path / "image.toml"
+    image.write_text(
+        'name = "app"\nrequirements = ["alpha==1.0"]\n'
+        '[index]\nfind-links = ["/app/manifests/demo-wheels", "/runpod-volume/wheels"]\n'
+    )
+    r = _provision(tmp_path, image, url="http://127.0.0.1:9")
+    assert r.returncode == 8 and "could not reach" in r.stderr, r.stderr
 
     ok = tmp_path / "ok.toml"
     ok.write_text('name = "app"\nrequirements = ["alpha==1.0"]\n')
@@ -67,3 +77,18 @@ def test_an_unreachable_api_is_exit_8_naming_the_host(tmp_path: Path, url: str) 
     assert r.returncode == 8, r.stderr
     assert f"could not reach RunPod's API at {host}" in r.stderr, r.stderr
     assert "refused to create" not in r.stderr
+
+
+def test_the_pods_result_file_is_named_by_its_pod_id(tmp_path: Path, root: Path, wheelhouse: Path) -> None:
+    """The pod's start command reaches volenv without a shell (the image's ENTRYPOINT is
+    exec-form): `--result .../$RUNPOD_POD_ID.json` is expanded by volenv, one file per pod."""
+    from conftest import write_manifest
+    from volenv.runpod.provision import pod_command
+
+    assert "$RUNPOD_POD_ID" in pod_command()
+    m = write_manifest(tmp_path / "m", "app", ["alpha==1.0"], find_links=wheelhouse)
+    result = str(root / "logs" / "provision" / "$RUNPOD_POD_ID.json")
+    r = volenv("--root", root, "sync", "--result", result, m, env={"RUNPOD_POD_ID": "pod42"})
+    assert r.returncode == 0, r.stderr
+    assert (root / "logs" / "provision" / "pod42.json").is_file()
+    assert not (root / "logs" / "provision" / "$RUNPOD_POD_ID.json").exists()

@@ -6,6 +6,7 @@ to the one typer app in the order `volenv --help` lists them."""
 
 from __future__ import annotations
 
+import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -53,7 +54,10 @@ def sync(
     result: Annotated[
         Path | None,
         typer.Option(
-            "--result", metavar="FILE", help="Also write the JSON result to this file (provisioning pods)."
+            "--result",
+            metavar="FILE",
+            help="Also write the JSON result to this file (provisioning pods; $VARS in it are expanded,"
+            " so an exec-form start command can name $RUNPOD_POD_ID).",
         ),
     ] = None,
     reinstall: Annotated[
@@ -103,6 +107,8 @@ def sync(
         take_over=take_over,
     )
     if result is not None:
+        # a pod's start command reaches volenv without a shell: $RUNPOD_POD_ID is expanded here
+        result = Path(os.path.expandvars(str(result)))
         from volenv.cli.render import to_data
         from volenv.store.volio import atomic_write_json
 

@@ -136,10 +136,10 @@ def provision(opts: ProvisionOptions) -> ProvisionResult:
     unseen = pod_cannot_see(manifest)
     if unseen:
         raise UsageError(
-            f"{opts.manifest}: the pod gets only this manifest's text, and it names files that exist"
-            f" only here: {'; '.join(unseen)}",
-            hint=f"copy them onto the volume and name them by their path in the pod (under {MOUNT}),"
-            " or put the requirements inline (a pod cannot read this machine's disk)",
+            f"{opts.manifest}: the pod gets only this manifest's text, and it names files the pod"
+            f" cannot read (a relative path, or this machine's own): {'; '.join(unseen)}",
+            hint=f"name them by an absolute path the pod has: on the volume (under {MOUNT}) or in"
+            " the image (e.g. /app/manifests/...), or put the requirements inline",
         )
     text = opts.manifest.read_text(encoding="utf-8")
     runpod.api_key = api_key()
@@ -221,27 +221,47 @@ def _wait(runpod: Any, pod_id: str, opts: ProvisionOptions) -> tuple[str, str | 
 
 
 def pod_cannot_see(manifest: Any) -> list[str]:
-    """What the manifest names on this machine's disk, which the pod (given only the text) will
-    not have: the requirements file, the lockfile, local packages, local find-links folders.
-    Paths on the volume (under /runpod-volume) are what the pod sees too."""
+    """What the manifest names that the pod (given only the text, which it parses in a fresh
+    temp folder) cannot read: a relative path (it would start at that temp folder), or an
+    absolute one that is this machine's own (it exists here, in the home or a temp folder).
+    Paths on the volume (under /runpod-volume) and absolute paths this machine lacks (the
+    image's, e.g. /app/manifests/wheels) are the pod's to have."""
+    home = os.path.expanduser("~")
+    mine = tuple(p.rstrip("/") + "/" for p in (home, "/tmp", "/var/tmp", os.getcwd()) if p and p != "/")
 
-    def local(path: Any) -> bool:
-        return not str(path).startswith(f"{MOUNT}/")
+    def unseen(written: str, resolved: Any) -> bool:
+        if not os.path.isabs(written):
+            return True
+        path = str(resolved)
+        if path.startswith(f"{MOUNT}/"):
+            return False
+        return os.path.exists(path) and path.startswith(mine)
 
     out: list[str] = []
-    if manifest.requirements_file is not None and local(manifest.requirements_file):
-        out.append(f"requirements-file {manifest.requirements_file}")
-    if manifest.lockfile is not None and local(manifest.lockfile):
-        out.append(f"lockfile {manifest.lockfile}")
+    for key, value in (("requirements-file", manifest.requirements_file), ("lockfile", manifest.lockfile)):
+        if value is not None and unseen(_written(manifest, key) or str(value), value):
+            out.append(f"{key} {value}")
     for text, _digest in manifest.local_sources:
-        if f"@ {MOUNT}/" not in text and f"@ file://{MOUNT}/" not in text:
+        target = text.split(" @ ", 1)[-1].removeprefix("file://")
+        if unseen(target, target):
             out.append(f"local package `{text}`")
     for entry in manifest.index.find_links:
         if "://" not in entry or entry.startswith("file:"):
             path = entry.removeprefix("file://")
-            if local(path if os.path.isabs(path) else manifest.path.parent / path):
+            if unseen(path, path if os.path.isabs(path) else manifest.path.parent / path):
                 out.append(f"find-links {entry}")
     return out
+
+
+def _written(manifest: Any, key: str) -> str | None:
+    """The path as the manifest's text writes it (relative or not), for the relative-path rule."""
+    try:
+        import tomllib
+
+        value = tomllib.loads(manifest.path.read_text(encoding="utf-8")).get(key)
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def _raise_if_unreachable(exc: BaseException, doing: str) -> None:
