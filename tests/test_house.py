@@ -57,3 +57,28 @@ def test_fast_path_notices_share_the_cli_style(tmp_path: Path, root: Path, wheel
     assert r.returncode == 0, r.stderr
     assert f"no snapshot indexed for {m}; syncing it" in r.stderr.splitlines(), r.stderr
     assert not [ln for ln in r.stderr.splitlines() if ln.startswith("volenv:")], r.stderr
+
+
+def test_a_mounted_volume_with_nothing_provisioned_is_no_snapshot_not_no_volume(
+    tmp_path: Path, wheelhouse: Path
+) -> None:
+    """A new user's walkthrough: an endpoint with `VOLENV_ON_MISSING=fail` on a volume that is
+    attached but never provisioned answered "volume root ... does not exist" (exit 8, "mount the
+    volume"); the volume is mounted: it is a missing snapshot (exit 3), and the fix provisions."""
+    import mounts
+    from conftest import write_manifest
+
+    mounts.need_root_and("mount")
+    m = write_manifest(tmp_path / "m", "app", ["alpha==1.0"], find_links=wheelhouse)
+    with mounts.tmpfs(tmp_path / "vol", "16m") as vol:
+        r = volenv("--root", vol / "volenv", "run", "--on-missing", "fail", "--manifest", m, "--", "true")
+        assert r.returncode == 3, r.stderr
+        assert "nothing is provisioned on the volume mounted at" in r.stderr and f"sync {m}" in r.stderr, (
+            r.stderr
+        )
+        assert not (vol / "volenv").exists()
+    (tmp_path / "plain").mkdir()  # not a mount: the volume itself is missing, as before
+    r = volenv(
+        "--root", tmp_path / "plain" / "volenv", "run", "--on-missing", "fail", "--manifest", m, "--", "true"
+    )
+    assert r.returncode == 8 and "mount the volume" in r.stderr, r.stderr

@@ -229,6 +229,16 @@ def prepare(root: str, o: RunOptions, *, start_check: bool = True) -> tuple[Targ
 
     present = root_exists(root)
     if not present and (o.on_missing != "build" or o.manifest is None):
+        parent = os.path.dirname(os.path.abspath(root))
+        if o.on_missing == "fail" and os.path.ismount(parent):
+            # the volume is mounted, nothing was ever built on it: a missing snapshot, not volume
+            from volenv.base.errors import NoSnapshotError, shq
+
+            what = shq(str(o.manifest)) if o.manifest else "MANIFEST"
+            raise NoSnapshotError(
+                f"nothing is provisioned on the volume mounted at {parent} ({root} does not exist yet)",
+                hint=f"provision it (docs/runpod.md): `volenv --root {shq(root)} sync {what}`",
+            )
         raise VolumeError(
             f"volume root {root} does not exist",
             hint="mount the volume, or pass --root / VOLENV_ROOT",
