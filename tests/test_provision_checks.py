@@ -92,3 +92,24 @@ def test_the_pods_result_file_is_named_by_its_pod_id(tmp_path: Path, root: Path,
     assert r.returncode == 0, r.stderr
     assert (root / "logs" / "provision" / "pod42.json").is_file()
     assert not (root / "logs" / "provision" / "$RUNPOD_POD_ID.json").exists()
+
+
+def test_rollback_names_provisioned_manifests_as_one_not_by_temp_paths(
+    tmp_path: Path, root: Path, wheelhouse: Path
+) -> None:
+    """Every provisioning pod parses the manifest in a fresh temp folder: rollback listed each
+    of those throwaway paths; it names them as the one provisioned manifest."""
+    from conftest import write_manifest
+
+    m = write_manifest(tmp_path / "m", "app", ["alpha==1.0"], find_links=wheelhouse)
+    first = m.read_text()
+    second = first.replace('requirements = ["alpha==1.0"]', 'requirements = ["alpha==1.0", "gamma==1.0"]')
+    for text in (first, second):
+        r = volenv(
+            "--root", root, "sync", "--from-env", "VOLENV_MANIFEST_TOML", env={"VOLENV_MANIFEST_TOML": text}
+        )
+        assert r.returncode == 0, r.stderr
+    r = volenv("--root", root, "rollback", "app")
+    assert r.returncode == 0, r.stderr
+    assert "volenv-inline-" not in r.stderr, r.stderr
+    assert r.stderr.count("run --manifest (provisioned: sync --from-env)") == 1, r.stderr

@@ -454,7 +454,7 @@ def render_switch(r: Any) -> None:
     for f in r.manifests:  # rollback: what `run --manifest` runs for each indexed manifest
         _c().print(esc(f"  run --manifest {f.manifest}: runs {f.runs} ({f.why})"), highlight=False)
     if r.action == "rollback" and (r.changed or r.manifests):
-        known = sorted({f.manifest for f in r.manifests if not f.manifest.startswith("digest ")})
+        known = sorted({f.manifest for f in r.manifests if not f.manifest.startswith(("digest ", "("))})
         name = shq(known[0]) if len(known) == 1 else "MANIFEST"  # several: any of them does
         _c().print(esc(f"  `volenv sync {name}` moves current on and ends the rollback"), highlight=False)
 

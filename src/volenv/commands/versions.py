@@ -148,7 +148,7 @@ def manifest_fates(paths: VolumePaths, env: str, target: str, created: float) ->
     the target."""
     out = []
     for entry in _newest_per_path(paths, env):
-        name = entry.manifest_path or f"digest {entry.manifest_digest[:12]}"
+        name = _shown(entry.manifest_path) or f"digest {entry.manifest_digest[:12]}"
         sid = entry.snapshot
         if sid == target:
             out.append(ManifestFate(name, sid, sid, "built it: the rollback target"))
@@ -179,11 +179,25 @@ def _newest_per_path(paths: VolumePaths, env: str) -> list[store.IndexEntry]:
     newest: dict[str, store.IndexEntry] = {}
     out: list[store.IndexEntry] = []
     for entry in store.list_index(paths, env):
-        if entry.manifest_path is None:
+        key = _shown(entry.manifest_path)
+        if key is None:
             out.append(entry)
-        elif entry.manifest_path not in newest or written(entry) >= written(newest[entry.manifest_path]):
-            newest[entry.manifest_path] = entry
-    return sorted([*out, *newest.values()], key=lambda e: e.manifest_path or "")
+        elif key not in newest or written(entry) >= written(newest[key]):
+            newest[key] = entry
+    return sorted([*out, *newest.values()], key=lambda e: _shown(e.manifest_path) or "")
+
+
+PROVISIONED = "(provisioned: sync --from-env)"
+
+
+def _shown(manifest_path: str | None) -> str | None:
+    """A manifest path as a person reads it: every provisioning pod's temp copy (a fresh
+    `volenv-inline-*` folder each time) is one manifest, the provisioned one."""
+    if manifest_path is not None and os.path.basename(os.path.dirname(manifest_path)).startswith(
+        store.INLINE_DIR_PREFIX
+    ):
+        return PROVISIONED
+    return manifest_path
 
 
 def _resolve_in(paths: VolumePaths, env: str, text: str) -> str:
