@@ -884,7 +884,8 @@ def _f5_manifests(mdir: Path) -> None:
     from test_worker_e2e import POST_INSTALL, REV
 
     base = (
-        'name = "f5-cpu"\npython = "3.11"\n'
+        # one project in two files (the env, and the worker's with its models): one id
+        'id = "tests/f5-cpu"\nname = "f5-cpu"\npython = "3.11"\n'
         f"requirements = {json.dumps(F5_REQUIREMENTS)}\n"
         '[index]\nfind-links = ["/wheels"]\n'
         f"[build]\npost-install = {json.dumps(POST_INSTALL)}\n"

@@ -58,7 +58,8 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]
     )
     m = tmp / "f5-cpu.toml"
     m.write_text(
-        'name = "f5-cpu"\npython = "3.11"\n'
+        # the kept volume outlives this temp folder, and worker.toml is the same project: one id
+        'id = "tests/f5-cpu"\nname = "f5-cpu"\npython = "3.11"\n'
         'requirements = ["torch==2.13.0", "f5-tts==1.1.22", "soundfile", "runpod>=1.10,<1.12", "boto3", "pyyaml"]\n'
         + extra
         + '[activate]\nsmoke-imports = ["torch", "f5_tts.infer.utils_infer", "soundfile", "runpod"]\n'
