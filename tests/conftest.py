@@ -222,9 +222,18 @@ def volenv_popen(*args: str | Path, env: dict[str, str] | None = None, **kw: obj
     full_env = base_env()
     if env:
         full_env.update(env)
+    # Ctrl-C reaches volenv as from a terminal, also when this suite runs as a background job
+    # (.ci/run's halves), where SIGINT is inherited as ignored
+    kw.setdefault("preexec_fn", _sigint_default)
     return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
         [sys.executable, "-m", "volenv", *map(str, args)], env=full_env, text=True, **kw
     )
+
+
+def _sigint_default() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture

@@ -436,3 +436,20 @@ def test_init_names_a_wrong_typed_project_key(tmp_path: Path, line: str, key: st
     )
     r = volenv("init", project / "pyproject.toml", "-o", project / "out.toml")
     assert r.returncode == 2 and f"{key} is not a" in r.stderr, r.stderr
+
+
+def test_init_writes_the_projects_id(tmp_path: Path) -> None:
+    """Every manifest init writes for one project carries one `id` (its git remote, else its
+    root folder), so a second manifest of it (from uv.lock beside pyproject) is the same env's."""
+    from volenv.commands.init import project_id
+
+    (tmp_path / ".git").mkdir()
+    for url in ("git@github.com:acme/tts.git", "https://user:tok@github.com/acme/tts.git"):
+        (tmp_path / ".git" / "config").write_text(f'[remote "origin"]\n\turl = {url}\n')
+        assert project_id(tmp_path) == "github.com/acme/tts"
+    (tmp_path / ".git" / "config").unlink()
+    assert project_id(tmp_path) == str(tmp_path)
+    (tmp_path / "requirements.txt").write_text("alpha==1.0\n")
+    r = volenv("init", tmp_path / "requirements.txt", "--no-index", "-o", tmp_path / "volenv.toml")
+    assert r.returncode == 0, r.stderr
+    assert tomllib.loads((tmp_path / "volenv.toml").read_text())["id"] == str(tmp_path)

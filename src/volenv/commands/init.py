@@ -622,6 +622,29 @@ def _folders_up(folder: Path, root: Path | None) -> list[Path]:
 ROOT_MARKERS = (".git", "pyproject.toml", "Dockerfile")
 
 
+def project_id(root: Path) -> str:
+    """The project's identity for `id`: its git remote (`github.com/acme/tts`, credentials and
+    scheme dropped), else its root folder's absolute path. Read from .git/config, no subprocess."""
+    import configparser
+
+    config = root / ".git" / "config"
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    try:
+        parser.read_string(config.read_text(encoding="utf-8", errors="replace"))
+        url = parser.get('remote "origin"', "url", fallback="").strip()
+    except (OSError, configparser.Error):
+        url = ""
+    if url:
+        url = re.sub(r"^[a-z+]+://", "", url)  # https://, ssh://, git://
+        url = url.split("@", 1)[-1]  # user:token@host
+        url = re.sub(r"^([^/:]+):(?!\d+/)", r"\1/", url)  # git@github.com:acme/tts -> github.com/acme/tts
+        url = url.removesuffix("/").removesuffix(".git")
+        if url and len(url) <= 200 and url.isprintable():
+            return url
+    path = str(root.absolute())
+    return path if len(path) <= 200 else path[-200:]
+
+
 def project_root(folder: Path) -> Path:
     """The project's root: the nearest folder from `folder` up that holds .git, a
     pyproject.toml or a Dockerfile (`builder/requirements.txt` belongs to the repository
@@ -1134,6 +1157,8 @@ def _manifest_text(project: _Project, out: Path, imports: Sequence[str], lock: P
     q = json.dumps  # a JSON string is a valid TOML basic string
     lines = [
         f"# Written by `volenv init` from {os.path.relpath(project.source, out.parent)}; edit freely.",
+        "# id: which project the env belongs to; every manifest init writes for it carries the same",
+        f"id = {q(project_id(project.root or project.source.parent))}",
         f"name = {q(project.name)}",
         f"python = {q(project.python)}",
     ]
