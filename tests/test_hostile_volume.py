@@ -382,6 +382,9 @@ def test_hostile_volume(case: str, world: World) -> None:
     assert took < 10
 
 
-def test_hostile_suite_size() -> None:
-    print(f"\nhostile volume cases: {len(CASES)}")
+def test_hostile_suite_size(request: pytest.FixtureRequest) -> None:
+    """Printed even with the output captured: .ci/run's log shows the suite's size."""
+    line = f"hostile volume cases: {len(CASES)} (plant -> command -> sentinel, exit code, one line, no hang)"
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    reporter.write_line(line) if reporter is not None else print(line)
     assert len(CASES) >= 15
