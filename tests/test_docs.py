@@ -106,10 +106,12 @@ def _run_block(text: str, cwd: Path, env: dict[str, str], where: str, timeout: f
 def _say(request: pytest.FixtureRequest, line: str) -> None:
     """Printed even with the output captured: .ci/run's log shows how many blocks ran."""
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(line)
-    else:
+    capman = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capman is None:
         print(line)
+        return
+    with capman.global_and_fixture_disabled():  # past the capture of the test's output
+        reporter.write_line(line)
 
 
 def test_every_shell_block_is_marked() -> None:

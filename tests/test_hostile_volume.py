@@ -386,5 +386,10 @@ def test_hostile_suite_size(request: pytest.FixtureRequest) -> None:
     """Printed even with the output captured: .ci/run's log shows the suite's size."""
     line = f"hostile volume cases: {len(CASES)} (plant -> command -> sentinel, exit code, one line, no hang)"
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    reporter.write_line(line) if reporter is not None else print(line)
+    capman = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capman is None:
+        print(line)
+    else:
+        with capman.global_and_fixture_disabled():  # past the capture of the test's output
+            reporter.write_line(line)
     assert len(CASES) >= 15
