@@ -68,6 +68,7 @@ ALLOWED: dict[str, str] = {
     "remote/signing.py:write_secret": USER + " (a key file the user names; O_EXCL, 0600)",
     "remote/signing.py:load_signing_key": USER + " (the signing key file)",
     "runpod/provision.py:provision": USER + " (the manifest sent to the pod)",
+    "runpod/provision.py:_written": USER + " (the manifest's own text, for the paths as written)",
     "runpod/provision.py:read_inline_manifest": TMP
     + " (sync --from-env's private 0600 file, O_EXCL | O_NOFOLLOW)",
     "start/_tracehook.py:_install": TMP + " (the trace output file handed by `volenv trace`)",
