@@ -453,3 +453,24 @@ def test_init_writes_the_projects_id(tmp_path: Path) -> None:
     r = volenv("init", tmp_path / "requirements.txt", "--no-index", "-o", tmp_path / "volenv.toml")
     assert r.returncode == 0, r.stderr
     assert tomllib.loads((tmp_path / "volenv.toml").read_text())["id"] == str(tmp_path)
+
+
+def test_a_monorepo_folder_is_its_own_project_and_a_missing_txt_gets_no_harmful_hint(tmp_path: Path) -> None:
+    """A new user's walkthrough: two services' requirements.txt in one repository got the
+    repository's id, so sync did not refuse the second; and `sync requirements.txt` of a missing
+    file hinted an init that wrote a TOML manifest into requirements.txt."""
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    (repo / ".git" / "config").write_text('[remote "origin"]\n\turl = git@github.com:acme/mono.git\n')
+    ids = []
+    for svc in ("a", "b"):
+        d = repo / "services" / svc
+        d.mkdir(parents=True)
+        (d / "requirements.txt").write_text("alpha==1.0\n")
+        r = volenv("init", d / "requirements.txt", "--no-index", "-o", d / "volenv.toml")
+        assert r.returncode == 0, r.stderr
+        ids.append(tomllib.loads((d / "volenv.toml").read_text())["id"])
+    assert ids == ["github.com/acme/mono/services/a", "github.com/acme/mono/services/b"]
+    (tmp_path / "uv.lock").write_text("")
+    r = volenv("sync", tmp_path / "requirements.txt", cwd=tmp_path)
+    assert r.returncode == 2 and " -o " not in r.stderr and "is a .toml file" in r.stderr, r.stderr

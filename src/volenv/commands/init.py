@@ -622,6 +622,15 @@ def _folders_up(folder: Path, root: Path | None) -> list[Path]:
 ROOT_MARKERS = (".git", "pyproject.toml", "Dockerfile")
 
 
+def manifest_id(project: _Project) -> str:
+    """The project's id, and below a repository root (a monorepo's `services/a/requirements.txt`)
+    the folder's path in it: two such folders are two projects, never one env by accident."""
+    root = project.root or project.source.parent
+    base = project_id(root)
+    rel = os.path.relpath(project.source.parent.absolute(), root.absolute())
+    return base if rel in (".", "") or rel.startswith("..") else f"{base}/{Path(rel).as_posix()}"
+
+
 def project_id(root: Path) -> str:
     """The project's identity for `id`: its git remote (`github.com/acme/tts`, credentials and
     scheme dropped), else its root folder's absolute path. Read from .git/config, no subprocess."""
@@ -1158,7 +1167,7 @@ def _manifest_text(project: _Project, out: Path, imports: Sequence[str], lock: P
     lines = [
         f"# Written by `volenv init` from {os.path.relpath(project.source, out.parent)}; edit freely.",
         "# id: which project the env belongs to; every manifest init writes for it carries the same",
-        f"id = {q(project_id(project.root or project.source.parent))}",
+        f"id = {q(manifest_id(project))}",
         f"name = {q(project.name)}",
         f"python = {q(project.python)}",
     ]
