@@ -310,3 +310,22 @@ def test_a_fifo_in_the_package_never_hangs_and_caches_never_rebuild(tmp_path: Pa
         (proj / "mypkg" / cache / "x").write_text(str(cache))
     (proj / "mypkg" / "mypkg" / ".module.py.swp").write_text("editor")
     assert start(root, m) == ("1", first)
+
+
+def test_a_second_manifest_beside_a_project_does_not_change_its_snapshot(tmp_path: Path) -> None:
+    """A new user's walkthrough: a project that is its own local package (`mypkg @ ./`, what
+    init writes for a package project) counted volenv's own files in its tree, so `init uv.lock
+    -o volenv-lock.toml` (or `--lock`'s pylock.toml) beside it changed every snapshot of the
+    first manifest. Those files are not the package; any other file still counts."""
+    from volenv.manifest.parse import load_manifest
+
+    proj = source_tree(tmp_path / "proj")
+    m = proj / "volenv.toml"
+    m.write_text('id = "acme/mypkg"\nname = "app"\npython = "3.11"\nrequirements = ["mypkg @ ./"]\n')
+    before = load_manifest(m).digest
+    (proj / "volenv-lock.toml").write_text(m.read_text())
+    (proj / "pylock.toml").write_text('lock-version = "1.0"\n')
+    (proj / "pylock.dev.toml").write_text('lock-version = "1.0"\n')
+    assert load_manifest(m).digest == before
+    (proj / "mypkg" / "extra.py").write_text("X = 1\n")
+    assert load_manifest(m).digest != before

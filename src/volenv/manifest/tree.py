@@ -35,6 +35,16 @@ SOURCE_SKIP_TOP = {"build", "dist", ".venv", ".tox", ".nox", "target", ".idea", 
 SOURCE_SKIP_FILES = (".pyc", ".pyo", ".swp", ".swo", "~", ".DS_Store")  # name endings, anywhere
 
 
+def volenv_own_file(name: str) -> bool:
+    """At the tree's top, the files volenv itself writes beside a project (`volenv init`'s
+    `volenv.toml`/`volenv-*.toml` and its `pylock.toml`/`pylock.NAME.toml`): inputs of their own
+    when a manifest names them, never part of the package; counted, writing a second manifest
+    next to a project changed every snapshot of the first."""
+    if not name.endswith(".toml"):
+        return False
+    return name.startswith(("volenv.", "volenv-")) or name == "pylock.toml" or name.startswith("pylock.")
+
+
 def walk(top: str) -> Iterator[tuple[bytes, str, os.stat_result]]:
     """(path relative to `top` as bytes, full path, lstat) of every counted file or link of a
     tree, in the digest's order: a directory's files and links (names sorted), then its
@@ -61,7 +71,7 @@ def _walk(path: str, prefix: bytes, is_top: bool) -> Iterator[tuple[bytes, str, 
                 else:
                     dirs.append((e.name, e))
     for name, e in sorted(others):
-        if name.endswith(SOURCE_SKIP_FILES):
+        if name.endswith(SOURCE_SKIP_FILES) or (is_top and volenv_own_file(name)):
             continue
         yield prefix + os.fsencode(name), e.path, e.stat(follow_symlinks=False)
     for name, e in sorted(dirs):
