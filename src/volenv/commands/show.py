@@ -144,9 +144,16 @@ def _packages(held: contents.Contents, counts: InstalledCounts | None) -> tuple[
     (a local package `NAME @ ./path` resolves to a bare path: its version is the wheel's)."""
     if counts is None:
         return tuple(held.packages.values())
-    return tuple(
-        held.packages.get(name) or contents.Package(name, v) for name, v in counts.distributions.items()
-    )
+    out = []
+    for name, version in counts.distributions.items():
+        pin = held.packages.get(name)
+        if pin is None:
+            out.append(contents.Package(name, version))
+        elif pin.version.startswith("@"):  # a direct reference: its URL says more than a version
+            out.append(pin)
+        else:  # what is installed, not the resolution's last line (a pylock lists one per marker)
+            out.append(contents.Package(name, version, pin.group))
+    return tuple(out)
 
 
 def show(paths: VolumePaths, target: str, *, sizes: bool = True) -> ShowResult:
