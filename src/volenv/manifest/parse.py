@@ -88,7 +88,7 @@ def load_manifest(path: str | Path) -> Manifest:
 def _init_hint(p: Path) -> str:
     """A missing manifest: the `volenv init` command that writes it, from what lies beside it."""
     if p.suffix != ".toml":  # `sync requirements.txt` of a missing file: never write a manifest there
-        return "a manifest is a .toml file: `volenv init` writes one from what you have"
+        return "a manifest is a .toml file: write one with `init` from what you have"
     for source in ("uv.lock", "pyproject.toml", "requirements.txt"):
         if (p.parent / source).is_file():
             return f"write it from {source}: volenv init {shq(p.parent / source)} -o {shq(p)}"
