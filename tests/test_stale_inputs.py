@@ -329,3 +329,19 @@ def test_a_second_manifest_beside_a_project_does_not_change_its_snapshot(tmp_pat
     assert load_manifest(m).digest == before
     (proj / "mypkg" / "extra.py").write_text("X = 1\n")
     assert load_manifest(m).digest != before
+
+
+def test_offline_sync_of_a_changed_local_package_says_why(tmp_path: Path, root: Path) -> None:
+    """A new user's walkthrough: `sync --offline` after editing a local package failed with uv's
+    'UV_OFFLINE cannot be used with --refresh' as a build error (exit 7). uv rebuilds a local
+    package only with --refresh-package, which it refuses offline (from its cache it could give
+    the old code): a usage error naming the package, exit 2; the unchanged snapshot is reused."""
+    proj = source_tree(tmp_path / "proj")
+    m = tmp_path / "app.toml"
+    m.write_text('id = "t/app"\nname = "app"\npython = "3.11"\nrequirements = ["mypkg @ ./proj"]\n')
+    assert volenv("--root", root, "sync", m).returncode == 0
+    assert volenv("--root", root, "sync", "--offline", m).returncode == 0  # reused: nothing to build
+    (proj / "mypkg" / "__init__.py").write_text("CODE = 2\n")
+    r = volenv("--root", root, "sync", "--offline", m)
+    assert r.returncode == 2, r.stderr
+    assert "--offline cannot build app" in r.stderr and "mypkg" in r.stderr and "Traceback" not in r.stderr

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from volenv.base.errors import (
     BuildError,
+    UsageError,
     VolenvError,
     shq,
 )
@@ -335,6 +336,15 @@ def _compile(
         args += ["-c", str(constraints)]
     if opts.refresh or opts.reinstall_all:
         args.append("--refresh")
+    if opts.offline and manifest.local_sources:
+        # uv caches a local package's build by path and refuses --refresh-package offline: a
+        # build from its cache could hold the tree's old code under the new tree's digest
+        names = ", ".join(sorted(t.split(" @ ")[0] for t, _d in manifest.local_sources))
+        raise UsageError(
+            f"--offline cannot build {manifest.name}: it names local packages ({names}), which uv"
+            " rebuilds only with --refresh-package, refused offline",
+            hint="sync without --offline (a snapshot that exists is reused offline as it is)",
+        )
     args += refresh_args(manifest, opts.reinstall, reinstall=False)
     args += index_args(manifest)
     # cwd: relative `name @ ./path` requirements start at the manifest's folder (uv keeps them
