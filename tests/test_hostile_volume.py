@@ -309,6 +309,69 @@ def plant_missing_blobs(w: World) -> list[str]:
     return ["run", "--materialize", "always", "--materialize-dir", str(local), "--env", "app", "--", "true"]
 
 
+# ---------------------------------------------------------------- from the second attacker's pass
+
+
+def _linked_volenv(w: World) -> None:
+    import shutil
+
+    shutil.copytree(w.snap / ".volenv", w.sentinel.parent / "meta", symlinks=True)
+    shutil.rmtree(w.snap / ".volenv")
+    (w.snap / ".volenv").symlink_to(w.sentinel.parent / "meta", target_is_directory=True)
+
+
+def plant_linked_volenv_run(w: World) -> list[str]:
+    _linked_volenv(w)
+    return ["run", "--env", "app", "--", "true"]
+
+
+def plant_linked_volenv_verify(w: World) -> list[str]:
+    _linked_volenv(w)
+    return ["verify", "app", "--level", "full"]
+
+
+def plant_linked_aliases(w: World) -> list[str]:
+    import shutil
+
+    from conftest import volenv as run_volenv
+
+    assert run_volenv("--root", w.root, "run", "--manifest", w.manifest, "--", "true").returncode == 0
+    copy = w.sentinel.parent / "aliases"
+    shutil.copytree(w.root / "aliases", copy)
+    for alias in copy.glob("*.json"):
+        doc = json.loads(alias.read_text())
+        doc["activation"]["env"] = {"LEAK": SECRET}
+        alias.write_text(json.dumps(doc))
+    shutil.rmtree(w.root / "aliases")
+    (w.root / "aliases").symlink_to(copy, target_is_directory=True)
+    return [
+        "run",
+        "--manifest",
+        str(w.manifest),
+        "--",
+        "python",
+        "-c",
+        "import os; print(os.environ.get('LEAK'))",
+    ]
+
+
+def plant_linked_snapshot_verify(w: World) -> list[str]:
+    _linked_snapshot(w)
+    return ["verify", "app", "--level", "full"]
+
+
+def plant_linked_snapshot_show(w: World) -> list[str]:
+    _linked_snapshot(w)
+    return ["show", "app"]
+
+
+def plant_hardlinked_build_log(w: World) -> list[str]:
+    log = w.root / "logs" / "app" / "build-29991231T235959-app-000000000000.log"
+    os.link(w.sentinel, log)
+    (w.snap / ".volenv" / "seal.json").write_text("{")
+    return ["doctor"]
+
+
 CASES: dict[str, tuple[Callable[[World], list[str]], set[int]]] = {
     "build-log-link": (plant_build_log_links, {0}),
     "diagnose-newest-log-link": (plant_newest_build_log_link, {3, 4}),
@@ -342,6 +405,12 @@ CASES: dict[str, tuple[Callable[[World], list[str]], set[int]]] = {
     "linked-snapshot-sync": (plant_linked_snapshot_sync, {4}),
     "fifo-manifest": (plant_fifo_manifest, {2}),
     "missing-blobs-materialize": (plant_missing_blobs, {4}),
+    "linked-volenv-run": (plant_linked_volenv_run, {3, 4}),
+    "linked-volenv-verify": (plant_linked_volenv_verify, {4}),
+    "linked-aliases-run": (plant_linked_aliases, {0}),
+    "linked-snapshot-verify": (plant_linked_snapshot_verify, {4}),
+    "linked-snapshot-show": (plant_linked_snapshot_show, {4}),
+    "hardlinked-build-log-doctor": (plant_hardlinked_build_log, {0, 3, 4}),
 }
 
 

@@ -296,6 +296,9 @@ def test_hf_model_from_fake_hub_used_offline_inside_snapshot(
     snap = root / "models" / "hf" / "hub" / "models--acme--tiny-model" / "snapshots" / REV
     assert (snap / "model.safetensors").read_bytes() == files["model.safetensors"]
     assert (snap / "README.md").exists()
+    # the Hub layout's files are links into blobs/: a full verify hashes the blobs they name
+    r = volenv("--root", root, "models", "verify", "--manifest", m, "--level", "full")
+    assert r.returncode == 0, r.stdout + r.stderr
     code = (
         "import os, huggingface_hub as h\n"
         "assert os.environ['HF_HUB_OFFLINE'] == '1'\n"

@@ -299,7 +299,8 @@ def last_build_failure(paths: VolumePaths) -> BuildFailure | None:
         try:
             if not real_dir_below(paths.root, paths.env_logs(env)):  # a linked logs/<env>: not ours
                 continue
-            text = read_regular(paths.events(env), 4 << 20, tail=True).decode("utf-8", errors="replace")
+            raw = read_regular(paths.events(env), 4 << 20, tail=True, one_name=True)
+            text = raw.decode("utf-8", errors="replace")
         except OSError:
             continue
         for line in reversed(text.splitlines()):

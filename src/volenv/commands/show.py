@@ -161,6 +161,7 @@ def show(paths: VolumePaths, target: str, *, sizes: bool = True) -> ShowResult:
     from volenv.store.modelpaths import model_record_path
 
     env, sid = resolve(paths, target)
+    store.snapshot_for(paths, sid)  # one reached through a link is damage: its seal is not shown
     seal, problem = load_seal(paths, env, sid)
     held = contents.from_seal(seal)
     fp = seal.get("fingerprint")

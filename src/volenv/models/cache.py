@@ -7,6 +7,10 @@ fetched model a record models/records/<name>.<key>.json, written last, listing e
 with size and sha256: its presence is what "present" means to activation. After the record, an
 hf model's ref is written to its pinned commit; an hf model that RunPod's model cache holds at
 its pin is verified there and used in place (models/hubrefs.py).
+
+Long: one model's whole life on the volume (fetch per source, record, verify, list) reads top
+to bottom in one place; split by source, the record and verify rules every source shares
+would be repeated or scattered.
 """
 
 from __future__ import annotations
@@ -461,6 +465,17 @@ def _fetch_hf(paths: VolumePaths, spec: ModelSpec, snapshot_dir: Path) -> list[d
 # ---------------------------------------------------------------- list / verify
 
 
+def _hub_blob(p: Path, root: str) -> str:
+    """What a model file's bytes are: the file, or for the Hub layout (snapshots/REV/NAME is a
+    link into blobs/) the blob it names, which must lie inside the volume's Hub cache (a link
+    out of it is not followed: hashing it then fails, and the file is reported)."""
+    if not p.is_symlink():
+        return str(p)
+    real = p.resolve()
+    top = (Path(root) / "models" / "hf").resolve()
+    return str(real) if real.is_relative_to(top) else str(p)
+
+
 def list_models(paths: VolumePaths, manifest: Manifest | None) -> list[ModelState]:
     root = str(paths.root)
     if manifest is not None:
@@ -553,7 +568,7 @@ def verify_models(paths: VolumePaths, manifest: Manifest | None, level: str) -> 
                 problems.append(
                     ModelProblem(m["name"], "size-changed", str(p), f"{size} bytes, recorded {f['size']}")
                 )
-            elif level == "full" and hash_file(str(p)) != f["sha256"]:
+            elif level == "full" and hash_file(_hub_blob(p, root)) != f["sha256"]:
                 problems.append(
                     ModelProblem(m["name"], "content-changed", str(p), "sha256 differs from the record")
                 )

@@ -205,6 +205,20 @@ def _extract_local(paths: VolumePaths, u: Unpacker, info: PackInfo) -> Part:
     return part
 
 
+def _same_bytes(dest: Path, sha256: str, paths: VolumePaths) -> bool:
+    """A model file already on the volume holds the recorded bytes (a Hub-layout link is hashed
+    through to its blob inside the volume's Hub cache; anything unreadable is not the same)."""
+    target = dest
+    if dest.is_symlink():
+        target = dest.resolve()
+        if not target.is_relative_to((paths.models / "hf").resolve()):
+            return False
+    try:
+        return hash_file(str(target)) == sha256
+    except OSError:
+        return False
+
+
 def _extract_downloaded(u: Unpacker, info: PackInfo, tmp: Path) -> None:
     """A downloaded pack, extracted from its complete temp file: the extraction checks that its
     tar hashes to the id at the declared size, and that every member is in the record."""
@@ -331,7 +345,7 @@ def _pull_models(
         base_dir = Path(model_files_dir(str(paths.root), rec["spec"]))
         for f in rec["files"]:
             dest = base_dir / f["path"]
-            if dest in files or (dest.exists() and hash_file(str(dest)) == f["sha256"]):
+            if dest in files or (dest.exists() and _same_bytes(dest, f["sha256"], paths)):
                 continue
             if os.path.lexists(dest):
                 # another record's file (or damage): never replaced by the bucket's bytes

@@ -97,7 +97,7 @@ def _last_build_log(root: str, env: str | None) -> tuple[list[str], str | None]:
             st = os.lstat(p)
         except OSError:
             continue
-        if stat.S_ISREG(st.st_mode):
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:  # a hard link's other name is elsewhere
             logs_of.append((st.st_mtime, p))
     if not logs_of:
         return [], None
@@ -106,7 +106,9 @@ def _last_build_log(root: str, env: str | None) -> tuple[list[str], str | None]:
 
     try:  # never blocking, never through a link, the tail only
         lines = (
-            read_regular(newest, 256 << 10, tail=True).decode("utf-8", "replace").splitlines()[-TAIL_LINES:]
+            read_regular(newest, 256 << 10, tail=True, one_name=True)
+            .decode("utf-8", "replace")
+            .splitlines()[-TAIL_LINES:]
         )
     except OSError:
         return [], newest

@@ -89,8 +89,10 @@ def target_from_manifest(root: str, manifest_path: str, *, remember: bool = Fals
     except OSError:
         raw = None
     if raw is not None:
-        try:
-            alias = _read_json(alias_path(root, raw))
+        alias: Any = None
+        try:  # a linked aliases/ holds somebody else's activation: never read through it
+            if not os.path.islink(os.path.join(root, "aliases")):
+                alias = _read_json(alias_path(root, raw))
         except DamagedRecord:  # a cache of a full parse: when damaged, parse again
             alias = None
         if alias_current(alias) and inputs_match(root, raw, alias, manifest_path, refresh=remember):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from volenv.base.leanjson import NOT_A_RECORD
 from volenv.base.ui import reporter
-from volenv.store.sealcheck import META_DIR, RECORD_NAME, SealProblem, check_seal
+from volenv.store.sealcheck import META_DIR, RECORD_NAME, SealProblem, check_seal, meta_is_link
 from volenv.store.volio import open_regular, read_regular
 
 RECORD_HEADER = "#volenv-record 1"
@@ -108,6 +108,7 @@ RECORD_LIMIT = 1 << 30
 
 def load_record(snapshot_dir: Path) -> dict[str, Entry]:
     path = snapshot_dir / META_DIR / RECORD_NAME
+    meta_is_link(str(snapshot_dir))  # a linked .volenv: its record is somebody else's
     try:
         raw = read_regular(path, RECORD_LIMIT)
     except FileNotFoundError:

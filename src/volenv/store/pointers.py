@@ -463,7 +463,21 @@ def log_event(paths: VolumePaths, env: str, event: str, **fields: Any) -> None:
 
 
 def snapshot_for(paths: VolumePaths, target: str) -> Path:
-    """ENV -> its current snapshot's directory; SNAPSHOT id -> its directory (must exist)."""
+    """ENV -> its current snapshot's directory; SNAPSHOT id -> its directory (must exist); one
+    reached through a link (at it or above it) is damage: verify, show and push never read an
+    outside copy."""
+    snap = _snapshot_for(paths, target)
+    from volenv.store.volio import real_dir_below
+
+    if os.path.lexists(snap) and not real_dir_below(paths.root, snap):
+        raise DamagedRecord(
+            f"snapshot directory {snap} is a link (or below one) inside the root: not read",
+            hint="remove the link: volenv never makes one there",
+        )
+    return snap
+
+
+def _snapshot_for(paths: VolumePaths, target: str) -> Path:
     from volenv.base.errors import UsageError
     from volenv.store.paths import env_from_snapshot_id
 

@@ -40,6 +40,7 @@ def seal_self_digest(seal: dict[str, Any]) -> str:
 
 def read_seal(snapshot_dir: str) -> dict[str, Any]:
     path = os.path.join(snapshot_dir, META_DIR, SEAL_NAME)
+    meta_is_link(snapshot_dir)
     try:
         raw = read_record_bytes(path, 64 << 20)
     except FileNotFoundError:
@@ -205,6 +206,14 @@ def record_sha256(snapshot_dir: str, keep: list[bytes] | None = None) -> str:
         if exc.errno not in NOT_A_RECORD:
             raise
         raise SealProblem("record-damaged", f"{path} is not a regular file ({exc.strerror})") from None
+
+
+def meta_is_link(snapshot_dir: str) -> None:
+    """A `.volenv` that is a link is damage: volenv always writes it as a directory, and reading
+    the seal or record by full path would follow one to an outside copy (one lstat)."""
+    meta = os.path.join(snapshot_dir, META_DIR)
+    if os.path.islink(meta):  # missing: the seal read says so
+        raise SealProblem("seal-damaged", f"{meta} is a link: volenv writes it as a directory")
 
 
 def check_seal(

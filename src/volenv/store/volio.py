@@ -387,7 +387,9 @@ def _own_regular(fd: int, path: Path) -> None:
         )
 
 
-def read_regular(path: Path | str, limit: int = 1 << 20, *, tail: bool = False) -> bytes:
+def read_regular(
+    path: Path | str, limit: int = 1 << 20, *, tail: bool = False, one_name: bool = False
+) -> bytes:
     """A file's bytes (at most `limit`: its first, or with `tail` its last), read without
     following a link at `path` and without blocking: a FIFO, a device, a directory or a link in
     its place raises OSError (ELOOP, EINVAL), never hangs and never reads something elsewhere."""
@@ -396,6 +398,8 @@ def read_regular(path: Path | str, limit: int = 1 << 20, *, tail: bool = False) 
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, "not a regular file", str(path))
+        if one_name and st.st_nlink != 1:  # a log volenv wrote has one name: a second is a plant
+            raise OSError(errno.EINVAL, "a file with several names (a hard link)", str(path))
         if tail and st.st_size > limit:
             os.lseek(fd, st.st_size - limit, os.SEEK_SET)
         chunks, left = [], limit
