@@ -81,9 +81,18 @@ def _handler(state: RangeServer) -> type[http.server.BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             state._begin()
+            self.ended = False
             try:
                 self._get()
             finally:
+                self._done()
+
+        def _done(self) -> None:
+            """The request is over for the count as its last piece goes out: the client has it
+            then and may send its next request on another connection before this thread
+            returns (a race the in-flight count would take for two at once)."""
+            if not self.ended:
+                self.ended = True
                 state._end()
 
         def _signed(self) -> bool:
@@ -140,6 +149,8 @@ def _handler(state: RangeServer) -> type[http.server.BaseHTTPRequestHandler]:
                     self.due = max(self.due, now - PIECE / state.rate) + len(data) / state.rate
                     if self.due > now:
                         time.sleep(self.due - now)
+                    if pos + len(data) > end:
+                        self._done()  # before the last piece: once it lands the client may go on
                     try:
                         self.wfile.write(data)
                     except OSError:
