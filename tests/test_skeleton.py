@@ -638,3 +638,27 @@ def test_a_copy_beside_an_in_use_tree_is_kept_while_a_child_of_its_program_runs_
     while partial not in leftovers(local):  # the child gone: deletable
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+def test_a_partial_copy_whose_pid_was_reused_is_collected(tmp_path: Path) -> None:
+    """A busy machine wraps its pids in minutes: a partial copy named by a pid that a process
+    started after the copy was last touched now holds is a dead start's, not a live one's (CI
+    saw one kept forever)."""
+    import sys
+
+    from volenv.start.localdisk import leftovers
+
+    local = tmp_path / "l"
+    local.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        partial = local / f".app-0123456789ab.partial-host-{other.pid}-0000aaaa"
+        (partial / "app-0123456789ab").mkdir(parents=True)
+        old = time.time() - 3600
+        os.utime(partial, (old, old))  # its owner last touched it an hour before `other` started
+        assert partial in leftovers(local)
+        os.utime(partial, None)  # touched now: `other` may be the owner
+        assert partial not in leftovers(local)
+    finally:
+        other.kill()
+        other.wait()

@@ -103,7 +103,11 @@ def leftovers(base: Path) -> list[Path]:
         if not owned_alone(p):
             continue  # a link or another user's plant: never deleted through
         pid = rest.rsplit("-", 2)[-2] if rest.count("-") >= 2 else ""
-        if ".partial-" in name and pid.isdigit() and int(pid) != os.getpid() and alive(int(pid)):
+        try:
+            touched = os.lstat(p).st_mtime
+        except OSError:
+            continue
+        if ".partial-" in name and pid.isdigit() and int(pid) != os.getpid() and alive(int(pid), touched):
             continue  # another process on this disk is extracting it now
         if in_use(p / sid) or in_use(p):
             continue  # the program that started from it is gone, a child it left still runs there
@@ -198,9 +202,11 @@ def detached(work: Callable[[], int], *, close_others: bool = False) -> bool:
     return True
 
 
-def alive(pid: int) -> bool:
+def alive(pid: int, since: float | None = None) -> bool:
     """A running process: not gone, and not a zombie (a killed background, detached, is
-    reparented to PID 1, which in a container often never reaps it)."""
+    reparented to PID 1, which in a container often never reaps it). `since`: when what the
+    pid names was last touched by its owner; a process with that pid started later is another
+    one that reuses the number (a busy machine wraps its pids in minutes), not the owner."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -209,9 +215,27 @@ def alive(pid: int) -> bool:
         return True
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().rpartition(b")")[2].split()[0] != b"Z"
-    except (OSError, IndexError):
+            fields = fh.read().rpartition(b")")[2].split()
+    except OSError:
         return True
+    if not fields or fields[0] == b"Z":
+        return False
+    if since is not None and len(fields) > 19:
+        started = _boot_time() + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        if started > since + 2:
+            return False
+    return True
+
+
+def _boot_time() -> float:
+    try:
+        with open("/proc/stat", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"btime "):
+                    return float(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0.0
 
 
 def in_use_fd(tree: str | Path) -> int:
