@@ -90,6 +90,7 @@ ALLOWED: dict[str, str] = {
     "start/localdisk.py:remove_all": LOCAL,
     "start/localdisk.py:detached": LOCAL,
     "start/localdisk.py:alive": "/proc/PID/stat of a local copy's owner",
+    "start/localdisk.py:_boot_time": "/proc/stat's boot time (a pid's start time against a copy's age)",
     "start/localdisk.py:in_use_fd": LOCAL,
     "start/materialize.py:_complete": LOCAL,
     "start/materialize.py:_extract": LOCAL + "; the volume's packs are read with open_regular",
