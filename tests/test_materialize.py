@@ -196,8 +196,11 @@ def test_concurrent_starts_leave_no_partial_copy_behind(tmp_path: Path, packed: 
         time.sleep(0.1)
     r = _run(root, "always", local, m, "python", "-c", PROBE)
     assert r.returncode == 0 and r.stdout.split()[0] == str(local / sid), r.stderr
+    from volenv.start.localdisk import in_use
+
     deadline = time.monotonic() + 300  # an idle-priority deleter: slow under a loaded CI
-    while list(local.glob(".*.partial-*")):
+    # what stays must be held: a background extraction (or a child) still running from it
+    while [p for p in local.glob(".*.partial-*") if not in_use(p / sid)]:
         assert time.monotonic() < deadline, sorted(p.name for p in local.iterdir())
         time.sleep(0.1)
     assert verify_snapshot(local / sid, "full").ok
