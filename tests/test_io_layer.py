@@ -109,8 +109,6 @@ ALLOWED: dict[str, str] = {
     "store/packread.py:_extract_member": DIRFD + "; O_CREAT | O_EXCL | O_NOFOLLOW for each member",
     "store/packwrite.py:_open_recorded": NOFOLLOW + "; the parent's realpath checked against the snapshot",
     "store/trace.py:load_trace": NOFOLLOW,
-    "store/runpodcache.py:_hash": NOFOLLOW
-    + " (RunPod's model cache, outside the root: hashed to check the pins)",
     "transfer/bucketget.py:_Object._whole": DOWNLOAD,
     "transfer/bucketget.py:_Object._range_part.part": DOWNLOAD,
     "transfer/bucketput.py:_Object._start": "a pack blob being uploaded: O_NOFOLLOW, and its stat stamp (inode, size, time) must be the one recorded when it was packed",

@@ -158,20 +158,14 @@ def _hash(path: str, algo: str, size: int) -> str | None:
     import hashlib
 
     h = hashlib.sha256() if algo == "sha256" else hashlib.sha1(b"blob %d\0" % size, usedforsecurity=False)
-    try:  # a FIFO or device planted in the cache is refused, never waited on
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
+    from volenv.store.volio import open_regular  # a FIFO or device planted there: refused, not waited on
+
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        os.set_blocking(fd, True)
-        while chunk := os.read(fd, READ):
-            h.update(chunk)
+        with open_regular(path, buffering=0) as fh:
+            while chunk := fh.read(READ):
+                h.update(chunk)
     except OSError:
         return None
-    finally:
-        os.close(fd)
     return h.hexdigest()
 
 

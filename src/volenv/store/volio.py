@@ -393,11 +393,8 @@ def read_regular(
     """A file's bytes (at most `limit`: its first, or with `tail` its last), read without
     following a link at `path` and without blocking: a FIFO, a device, a directory or a link in
     its place raises OSError (ELOOP, EINVAL), never hangs and never reads something elsewhere."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    fd, st = _open_regular_fd(path)
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
         if one_name and st.st_nlink != 1:  # a log volenv wrote has one name: a second is a plant
             raise OSError(errno.EINVAL, "a file with several names (a hard link)", str(path))
         if tail and st.st_size > limit:
@@ -411,14 +408,26 @@ def read_regular(
         os.close(fd)
 
 
+def _open_regular_fd(path: Path | str) -> tuple[int, os.stat_result]:
+    """The one open of the layer's reads: no link at `path` (O_NOFOLLOW), never blocking
+    (O_NONBLOCK: a FIFO is opened, then refused), a regular file only (EINVAL otherwise)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
 def open_regular(path: Path | str, buffering: int = -1) -> io.BufferedReader | io.FileIO:
     """A file object for streaming a large file of the volume (a pack blob, a snapshot's file):
     the same rules as `read_regular` (no link at `path`, no FIFO or device, never blocking on
     the open), without reading it whole."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    fd, _st = _open_regular_fd(path)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
         os.set_blocking(fd, True)
         return cast("io.BufferedReader | io.FileIO", os.fdopen(fd, "rb", buffering=buffering))
     except BaseException:
