@@ -54,7 +54,8 @@ def manifest(path: Path, name: str, reqs: list[str], wheels: Path | None) -> Pat
     import json
 
     index = f'[index]\nno-index = true\nfind-links = ["{wheels}"]\n' if wheels else ""
-    path.write_text(f'name = "{name}"\npython = "3.11"\nrequirements = {json.dumps(reqs)}\n{index}')
+    head = f'id = "bench/{name}"\nname = "{name}"\npython = "3.11"\n'
+    path.write_text(f"{head}requirements = {json.dumps(reqs)}\n{index}")
     return path
 
 
