@@ -50,7 +50,8 @@ def timed(cmd: list[str], **kw: object) -> float:
 
 
 def manifest(path: Path, name: str, reqs: list[str], wheels: Path | None) -> Path:
-    """A manifest for `reqs` from a folder of wheels, or from the default index (None)."""
+    """A manifest for `reqs` from a folder of wheels, or from the default index (None). Its
+    `id` makes the bench's versions of one env (m1.toml, m2.toml) one project, as sync asks."""
     import json
 
     index = f'[index]\nno-index = true\nfind-links = ["{wheels}"]\n' if wheels else ""
@@ -113,3 +114,32 @@ def transfer_volume(
     sync = [*v, "--root", str(root), "-q", "sync", *(["--pack"] if pack else []), str(m)]
     subprocess.run(sync, check=True, env=env)
     return env, root
+
+
+def uv_pip_install(venv: Path, cache: Path, args: list[str]) -> float:
+    """`uv pip install --compile-bytecode ARGS` into `venv` with `cache`: seconds."""
+    env = dict(os.environ, UV_CACHE_DIR=str(cache), UV_NO_PROGRESS="1")
+    t0 = time.perf_counter()
+    python = str(venv / "bin" / "python")
+    subprocess.run(
+        [uv_bin(), "pip", "install", "-q", "--python", python, "--compile-bytecode", *args],
+        check=True,
+        env=env,
+    )
+    return time.perf_counter() - t0
+
+
+def plain_uv(
+    workdir: Path, cache: Path, reqs: list[str], wheels: Path | None, tag: str
+) -> tuple[float, Path]:
+    """The baseline volenv's builds are measured against: `uv venv && uv pip install
+    --compile-bytecode -r reqs` into a new venv: (seconds, the venv)."""
+    venv = workdir / f"plain-{tag}"
+    req = workdir / f"req-{tag}.txt"
+    req.write_text("\n".join(reqs) + "\n")
+    env = dict(os.environ, UV_CACHE_DIR=str(cache), UV_NO_PROGRESS="1")
+    t0 = time.perf_counter()
+    subprocess.run([uv_bin(), "venv", "-q", "--python", sys.executable, str(venv)], check=True, env=env)
+    index = ["--no-index", "--find-links", str(wheels)] if wheels else []
+    uv_pip_install(venv, cache, [*index, "-r", str(req)])
+    return time.perf_counter() - t0, venv

@@ -14,45 +14,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import generate_wheels, manifest, timed, uv_bin, volenv_cmd
+from _common import generate_wheels, manifest, plain_uv, timed, volenv_cmd
 
 REAL_STACK = ["pandas==2.2.3", "scipy==1.14.1", "scikit-learn==1.5.2", "numpy==2.1.3"]
 REAL_EXTRA = ["tabulate==0.9.0"]
-
-
-def plain_uv(workdir: Path, cache: Path, reqs: list[str], wheels: Path | None, tag: str) -> float:
-    venv = workdir / f"plain-{tag}"
-    req = workdir / f"req-{tag}.txt"
-    req.write_text("\n".join(reqs) + "\n")
-    env = dict(os.environ, UV_CACHE_DIR=str(cache), UV_NO_PROGRESS="1")
-    t0 = time.perf_counter()
-    subprocess.run([uv_bin(), "venv", "-q", "--python", sys.executable, str(venv)], check=True, env=env)
-    subprocess.run(
-        [
-            uv_bin(),
-            "pip",
-            "install",
-            "-q",
-            "--python",
-            str(venv / "bin" / "python"),
-            *(["--no-index", "--find-links", str(wheels)] if wheels else []),
-            "--compile-bytecode",
-            "-r",
-            str(req),
-        ],
-        check=True,
-        env=env,
-    )
-    return time.perf_counter() - t0
 
 
 def main() -> int:
@@ -81,8 +53,8 @@ def main() -> int:
 
         # plain uv: cold (empty cache, or warm downloads for --real), then +1 package into a
         # fresh venv with a warm cache
-        uv_cold = plain_uv(tmp, uv_cache, reqs, wheels, "cold")
-        uv_incr = plain_uv(tmp, uv_cache, reqs + extra, wheels, "incr")
+        uv_cold = plain_uv(tmp, uv_cache, reqs, wheels, "cold")[0]
+        uv_incr = plain_uv(tmp, uv_cache, reqs + extra, wheels, "incr")[0]
 
         m1 = manifest(tmp / "m1.toml", "bench", reqs, wheels)
         m2 = manifest(tmp / "m2.toml", "bench", reqs + extra, wheels)

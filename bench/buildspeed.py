@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -29,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import manifest, uv_bin, volenv_cmd
+from _common import manifest, plain_uv, uv_pip_install, volenv_cmd
 
 STACKS: dict[str, tuple[list[str], str]] = {
     # (the set, the one package the incremental step adds)
@@ -43,54 +42,6 @@ STACKS: dict[str, tuple[list[str], str]] = {
         "tabulate==0.9.0",
     ),
 }
-
-
-def _uv_env(cache: Path) -> dict[str, str]:
-    return dict(os.environ, UV_CACHE_DIR=str(cache), UV_NO_PROGRESS="1")
-
-
-def uv_fresh(work: Path, cache: Path, reqs: list[str], tag: str) -> tuple[float, Path]:
-    venv = work / f"uv-{tag}"
-    req = work / f"req-{tag}.txt"
-    req.write_text("\n".join(reqs) + "\n")
-    env = _uv_env(cache)
-    t0 = time.perf_counter()
-    subprocess.run([uv_bin(), "venv", "-q", "--python", "3.11", str(venv)], check=True, env=env)
-    subprocess.run(
-        [
-            uv_bin(),
-            "pip",
-            "install",
-            "-q",
-            "--python",
-            str(venv / "bin" / "python"),
-            "--compile-bytecode",
-            "-r",
-            str(req),
-        ],
-        check=True,
-        env=env,
-    )
-    return time.perf_counter() - t0, venv
-
-
-def uv_add(venv: Path, cache: Path, pkg: str) -> float:
-    t0 = time.perf_counter()
-    subprocess.run(
-        [
-            uv_bin(),
-            "pip",
-            "install",
-            "-q",
-            "--python",
-            str(venv / "bin" / "python"),
-            "--compile-bytecode",
-            pkg,
-        ],
-        check=True,
-        env=_uv_env(cache),
-    )
-    return time.perf_counter() - t0
 
 
 def volenv_sync(root: Path, m: Path) -> tuple[float, dict[str, float]]:
@@ -115,7 +66,7 @@ def main() -> int:
     try:
         for name in args.stacks.split(","):
             reqs, extra = STACKS[name]
-            uv_fresh(work, cache, [*reqs, extra], f"{name}-warm")  # warm the cache with everything
+            plain_uv(work, cache, [*reqs, extra], None, f"{name}-warm")  # warm the cache with everything
             fresh_v, fresh_u, add_v, add_u = [], [], [], []
             steps: dict[str, list[float]] = {}
             for i in range(args.rounds):
@@ -129,14 +80,14 @@ def main() -> int:
                         for k, v in st.items():
                             steps.setdefault(k, []).append(v)
                     else:
-                        t, venv = uv_fresh(work, cache, reqs, f"{env}")
+                        t, venv = plain_uv(work, cache, reqs, None, env)
                         fresh_u.append(t)
                 m2 = manifest(work / f"{env}.toml", env, [*reqs, extra], None)  # the same file, edited
                 for who in order:
                     if who == 0:
                         add_v.append(volenv_sync(root, m2)[0])
                     else:
-                        add_u.append(uv_add(venv, cache, extra))
+                        add_u.append(uv_pip_install(venv, cache, [extra]))
             med = statistics.median
             print(f"== {name}: {' '.join(reqs)} (+{extra})")
             print(
